@@ -1,0 +1,330 @@
+"""The one I/O spec per model: the single source of truth for tensor names, dtypes and shapes.
+
+ONNX dynamic axes (`onnx_dynamic_axes`), TensorRT optimization profiles
+(`profile_shapes`), every Triton `config.pbtxt` (`render_config`) and the
+client's tensor names are all derived from the `ModelSpec`s below.
+
+Dims exclude the batch axis. A dim is an int (fixed by the audio/video
+contract), the name of a dynamic axis (declared with its min/opt/max in
+`ModelSpec.axes`), or the name of a preset parameter (resolved from
+`export.presets` by `ModelSpec.preset_dims`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export import contract
+from export.presets import Preset, get_preset
+
+# Triton data type names -> numpy dtype names (BYTES travels as numpy object arrays).
+NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "UINT8": "uint8",
+                "BOOL": "bool", "BYTES": "object"}
+
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A dynamic axis and the sizes TensorRT profiles and input validation use."""
+
+    name: str
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # Triton type name: FP32, INT64, UINT8, BYTES, ...
+    dims: tuple[int | str, ...]  # without the batch axis
+    optional: bool = False  # an input a request may leave out
+    ragged: bool = False  # requests of different lengths share a batch; the runtime pads
+    pad_value: float = 0.0  # what the runtime pads a ragged input with
+    # For batched outputs with a dynamic axis: how long each request's slice is.
+    # "output:<name>" = the value of that output; "input:<name>" = that ragged input's length.
+    length_from: str | None = None
+    length_scale: int = 1  # multiplies the length read from length_from
+
+    @property
+    def numpy_dtype(self) -> str:
+        return NUMPY_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    axes: tuple[Axis, ...] = ()
+    max_batch_size: int = 0  # 0: the model takes no batch axis
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    preset_dims: Callable[[Preset], dict[str, int]] = field(default=lambda p: {}, compare=False)
+    gpu_instances: int = 1  # instances of the TensorRT plan per GPU
+    max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
+    queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
+
+    def axis(self, name: str) -> Axis:
+        for a in self.axes:
+            if a.name == name:
+                return a
+        raise KeyError(f"{self.name}: no dynamic axis {name!r}")
+
+    def input(self, name: str) -> Tensor:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> Tensor:
+        return next(t for t in self.outputs if t.name == name)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def shape(self, tensor: Tensor, preset: Preset | None) -> list[int | str]:
+        """Dims of `tensor` (batch excluded) with preset parameters resolved.
+
+        Dynamic axes stay names; with preset=None, preset parameters stay names too.
+        """
+        params = self.preset_dims(preset) if preset is not None else {}
+        return [params.get(d, d) if isinstance(d, str) else d for d in tensor.dims]
+
+
+# ---------------------------------------------------------------- the models
+
+def _asr_dims(p: Preset) -> dict[str, int]:
+    a = p.asr
+    return {"asr_state": a.n_audio_state, "asr_layers": a.n_text_layer, "asr_heads": a.n_text_head,
+            "asr_head_dim": contract.exact_div(a.n_text_state, a.n_text_head), "asr_vocab": a.n_vocab}
+
+
+def _llm_dims(p: Preset) -> dict[str, int]:
+    c = p.llm
+    return {"llm_layers": c.num_hidden_layers, "llm_kv_heads": c.num_key_value_heads,
+            "llm_head_dim": c.head_dim, "llm_vocab": c.vocab_size}
+
+
+ASR_ENCODER = ModelSpec(
+    name="asr_encoder",
+    inputs=(Tensor("mel", "FP32", (contract.ASR_MEL.n_mels, contract.ASR_N_FRAMES)),),
+    outputs=(Tensor("audio_features", "FP32", (contract.ASR_AUDIO_CTX, "asr_state")),),
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000,
+    preset_dims=_asr_dims,
+)
+
+ASR_DECODER = ModelSpec(
+    name="asr_decoder",
+    inputs=(
+        Tensor("tokens", "INT64", ("tokens",)),
+        Tensor("audio_features", "FP32", (contract.ASR_AUDIO_CTX, "asr_state")),
+        Tensor("past_kv", "FP32", ("asr_layers", 2, "asr_heads", "past", "asr_head_dim")),
+    ),
+    outputs=(
+        Tensor("logits", "FP32", ("asr_vocab",)),  # next-token logits at the last position
+        Tensor("present_kv", "FP32", ("asr_layers", 2, "asr_heads", "total", "asr_head_dim")),
+    ),
+    axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 447)),
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
+    preset_dims=_asr_dims,
+)
+
+LLM = ModelSpec(
+    name="llm",
+    inputs=(
+        Tensor("input_ids", "INT64", ("tokens",)),
+        Tensor("past_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "past", "llm_head_dim")),
+    ),
+    outputs=(
+        Tensor("logits", "FP32", ("llm_vocab",)),  # next-token logits at the last position
+        Tensor("present_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "total", "llm_head_dim")),
+    ),
+    axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 2047)),
+    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
+    preset_dims=_llm_dims,
+)
+
+TTS = ModelSpec(
+    name="tts",
+    inputs=(
+        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),
+        Tensor("phoneme_lengths", "INT64", (1,)),
+        Tensor("controls", "FP32", (3,)),  # pitch, energy and duration scales (1.0 = neutral)
+    ),
+    outputs=(
+        Tensor("mel", "FP32", (contract.TTS_MEL.n_mels, "frames"), length_from="output:mel_lengths"),
+        Tensor("mel_lengths", "INT64", (1,)),
+    ),
+    axes=(Axis("phonemes", 1, 64, 400),),
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+)
+
+VOCODER = ModelSpec(
+    name="vocoder",
+    inputs=(Tensor("mel", "FP32", (contract.TTS_MEL.n_mels, "frames"), ragged=True,
+                   pad_value=contract.LOG_MEL_FLOOR),),
+    outputs=(Tensor("audio", "FP32", ("samples",), length_from="input:mel",
+                    length_scale=contract.TTS_MEL.hop_length),),
+    axes=(Axis("frames", 1, 64, 1024),),
+    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000, gpu_instances=2,
+)
+
+LIPSYNC = ModelSpec(
+    name="lipsync",
+    inputs=(
+        Tensor("mel", "FP32", (1, contract.LIPSYNC_MEL.n_mels, contract.LIPSYNC_MEL_STEP)),
+        Tensor("faces", "FP32", (6, contract.FACE_SIZE, contract.FACE_SIZE)),  # masked target + reference, BGR 0..1
+    ),
+    outputs=(Tensor("frames", "FP32", (3, contract.FACE_SIZE, contract.FACE_SIZE)),),  # BGR 0..1
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+)
+
+STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC)
+
+# The orchestrator: one decoupled stream per user turn.
+TALKING_HEAD = ModelSpec(
+    name="talking_head",
+    inputs=(
+        Tensor("audio", "FP32", (-1,), optional=True),  # mono speech, INPUT_SAMPLE_RATE
+        Tensor("sample_rate", "INT32", (1,), optional=True),  # must be INPUT_SAMPLE_RATE
+        Tensor("text", "BYTES", (1,), optional=True),  # UTF-8 text instead of speech
+        Tensor("avatar_id", "BYTES", (1,)),  # from avatar_registry
+        Tensor("options", "BYTES", (1,), optional=True),  # JSON object, see ensemble.options
+    ),
+    outputs=(
+        Tensor("event", "BYTES", (1,)),  # JSON, see ensemble.events
+        Tensor("audio_chunk", "FP32", (-1,)),  # PCM at OUTPUT_SAMPLE_RATE, in audio events
+        Tensor("frame", "UINT8", (-1,)),  # JPEG bytes, in video events
+    ),
+)
+
+AVATAR_REGISTRY = ModelSpec(
+    name="avatar_registry",
+    inputs=(Tensor("image", "BYTES", (1,)),),  # encoded image file bytes (PNG, JPEG, ...)
+    outputs=(
+        Tensor("avatar_id", "BYTES", (1,)),
+        Tensor("face_box", "INT32", (4,)),  # x0, y0, x1, y1 in the image
+        Tensor("message", "BYTES", (1,)),  # what the detector decided, e.g. which of several faces
+    ),
+)
+
+ORCHESTRATION: tuple[ModelSpec, ...] = (TALKING_HEAD, AVATAR_REGISTRY)
+ALL: tuple[ModelSpec, ...] = STAGES + ORCHESTRATION
+BY_NAME: dict[str, ModelSpec] = {s.name: s for s in ALL}
+
+
+# ---------------------------------------------------------------- derivations
+
+def onnx_dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
+    """`torch.onnx.export(dynamic_axes=...)`: the batch axis plus every named dynamic axis."""
+    dynamic = {a.name for a in spec.axes} | {"total", "samples", "frames"}
+    out: dict[str, dict[int, str]] = {}
+    for t in spec.inputs + spec.outputs:
+        axes = {0: BATCH_AXIS} if spec.batched else {}
+        for i, d in enumerate(t.dims):
+            if isinstance(d, str) and d in dynamic:
+                axes[i + int(spec.batched)] = d
+        out[t.name] = axes
+    return out
+
+
+def profile_shapes(spec: ModelSpec, preset: Preset, batch: tuple[int, int, int] | None = None
+                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """TensorRT optimization profile: (min, opt, max) shape of every input, batch axis first."""
+    if batch is None:
+        opt = max(spec.preferred_batch_sizes, default=1)
+        batch = (1, opt, spec.max_batch_size)
+    shapes = {}
+    for t in spec.inputs:
+        dims = spec.shape(t, preset)
+        per_level = []
+        for level in range(3):
+            shape = [batch[level]] if spec.batched else []
+            for d in dims:
+                if isinstance(d, str):
+                    a = spec.axis(d)
+                    d = (a.min, a.opt, a.max)[level]
+                shape.append(d)
+            per_level.append(tuple(shape))
+        shapes[t.name] = tuple(per_level)
+    return shapes
+
+
+def sample_shape(spec: ModelSpec, preset: Preset, batch: int = 1, **sizes: int) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes for tests and export: dynamic axes at `sizes` (default: opt)."""
+    shapes = {}
+    for t in spec.inputs:
+        dims = [sizes.get(d, spec.axis(d).opt) if isinstance(d, str) else d for d in spec.shape(t, preset)]
+        shapes[t.name] = tuple(([batch] if spec.batched else []) + dims)
+    return shapes
+
+
+# ---------------------------------------------------------------- Triton configs
+
+VARIANTS = ("tensorrt", "cpu")
+PRODUCTION_PRESET = "base"  # what config.pbtxt (TensorRT, GPU) is rendered for
+CPU_BACKEND = "ort_cpu"  # the Python-based ONNX Runtime backend in deploy/backends/
+
+
+def _tensor_config(msg, spec: ModelSpec, t: Tensor, preset: Preset | None, is_input: bool) -> None:
+    dims = [d if isinstance(d, int) else -1 for d in spec.shape(t, preset)]
+    entry = msg.add(name=t.name, data_type=mc.DataType.Value("TYPE_STRING" if t.dtype == "BYTES" else f"TYPE_{t.dtype}"), dims=dims)
+    if is_input:
+        entry.optional = t.optional
+        entry.allow_ragged_batch = t.ragged
+
+
+def render_config(spec: ModelSpec, variant: str) -> str:
+    """The Triton model configuration of `spec` for one runtime variant, as pbtxt text."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
+    preset = get_preset(PRODUCTION_PRESET) if variant == "tensorrt" else None
+    for t in spec.inputs:
+        _tensor_config(cfg.input, spec, t, preset, is_input=True)
+    for t in spec.outputs:
+        _tensor_config(cfg.output, spec, t, preset, is_input=False)
+    if spec in ORCHESTRATION:
+        cfg.backend = "python"
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+        cfg.model_transaction_policy.decoupled = spec is TALKING_HEAD
+        return _header(spec, "python") + text_format.MessageToString(cfg)
+    if variant == "tensorrt":
+        cfg.platform = "tensorrt_plan"
+        cfg.default_model_filename = "model.plan"
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.gpu_instances)
+    else:
+        cfg.backend = CPU_BACKEND
+        cfg.default_model_filename = "model.onnx"
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    db = cfg.dynamic_batching
+    db.preferred_batch_size.extend(spec.preferred_batch_sizes)
+    db.max_queue_delay_microseconds = spec.max_queue_delay_us
+    db.default_queue_policy.max_queue_size = spec.max_queue_size
+    db.default_queue_policy.default_timeout_microseconds = spec.queue_timeout_us
+    db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
+    return _header(spec, variant) + text_format.MessageToString(cfg)
+
+
+def _header(spec: ModelSpec, variant: str) -> str:
+    return (f"# Rendered from export/spec.py ({spec.name}, {variant}); do not edit by hand.\n"
+            f"# Regenerate with: python -m export.render_configs\n")
+
+
+def config_paths(spec: ModelSpec) -> dict[str, str]:
+    """Where each variant's config lives, relative to the model repository."""
+    if spec in ORCHESTRATION:
+        return {"python": f"{spec.name}/config.pbtxt"}
+    return {"tensorrt": f"{spec.name}/config.pbtxt", "cpu": f"{spec.name}/configs/cpu.pbtxt"}
+
+
+def rendered_configs() -> dict[str, str]:
+    """Every checked-in config file (relative path -> text) as the specs render it."""
+    files = {}
+    for spec in ALL:
+        for variant, path in config_paths(spec).items():
+            files[path] = render_config(spec, "cpu" if variant == "python" else variant)
+    return files
