@@ -127,7 +127,7 @@ ASR_DECODER = ModelSpec(
         Tensor("logits", "FP32", ("asr_vocab",)),  # next-token logits at the last position
         Tensor("present_kv", "FP32", ("asr_layers", 2, "asr_heads", "total", "asr_head_dim")),
     ),
-    axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 447)),
+    axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 440)),  # past + tokens <= n_text_ctx (448)
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
     preset_dims=_asr_dims,
 )
@@ -142,7 +142,7 @@ LLM = ModelSpec(
         Tensor("logits", "FP32", ("llm_vocab",)),  # next-token logits at the last position
         Tensor("present_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "total", "llm_head_dim")),
     ),
-    axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 2047)),
+    axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 1536)),  # past + tokens <= 2048
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
     preset_dims=_llm_dims,
 )

@@ -1,0 +1,260 @@
+"""Avatar registration (decode, find the face, crop like Wav2Lip), Wav2Lip I/O, and storage.
+
+Decompression bombs: the byte size is checked first, then width and height are read from the
+PNG (IHDR) or JPEG (SOFn) header and the pixel count checked BEFORE OpenCV decodes anything.
+Only PNG and JPEG are accepted, so there is no other format whose header we would have to trust
+OpenCV to bound (OpenCV's own OPENCV_IO_MAX_IMAGE_PIXELS is process-global, so it is not used).
+After decoding, the decoded size is checked again.
+"""
+from __future__ import annotations
+
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from hashlib import sha256
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ensemble.errors import InputError
+from export import contract as C
+
+UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
+_ID = re.compile(r"[0-9a-f]{16}")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+@dataclass(frozen=True)
+class AvatarOptions:
+    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # Wav2Lip --pads: pixels added top, bottom, left, right
+    scale_factor: float = 1.1  # Haar detectMultiScale pyramid step
+    min_neighbors: int = 5  # Haar detectMultiScale: overlapping detections needed to keep a face
+    min_face_fraction: float = 0.05  # smallest face side searched, as a fraction of the shorter image side
+    min_face_pixels: int = 30  # ... and never below this many pixels
+    cascade: str = "haarcascade_frontalface_default.xml"  # file under cv2.data.haarcascades
+
+
+@dataclass(frozen=True)
+class Avatar:
+    id: str  # first 16 hex chars of sha256(image bytes)
+    image: np.ndarray  # full image, HxWx3 uint8 BGR (read-only)
+    box: tuple[int, int, int, int]  # face crop y1, y2, x1, x2 (Wav2Lip's coords order), padded and clamped
+    face: np.ndarray  # the crop resized to FACE_SIZE x FACE_SIZE x 3 uint8 BGR (read-only)
+    faces_found: int  # faces the detector found; the largest is used
+    message: str  # human-readable registration note (e.g. several faces found)
+
+
+class FaceDetector:
+    """OpenCV's Haar frontal-face cascade; load once per model instance and reuse."""
+
+    def __init__(self, options: AvatarOptions = AvatarOptions()) -> None:
+        self.options = options
+        path = os.path.join(cv2.data.haarcascades, options.cascade)
+        self._cascade = cv2.CascadeClassifier(path)
+        if self._cascade.empty():
+            raise RuntimeError(f"could not load the face cascade {path}")
+
+    def detect(self, image_bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
+        """Faces as (x, y, w, h), largest first."""
+        o = self.options
+        gray = cv2.equalizeHist(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
+        side = max(o.min_face_pixels, int(o.min_face_fraction * min(gray.shape)))
+        found = self._cascade.detectMultiScale(gray, scaleFactor=o.scale_factor, minNeighbors=o.min_neighbors,
+                                               minSize=(side, side))
+        faces = [tuple(int(v) for v in f) for f in np.asarray(found).reshape(-1, 4)]
+        return sorted(faces, key=lambda f: (-f[2] * f[3], f[1], f[0]))
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header, without decoding; InputError otherwise."""
+    if data.startswith(_PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise InputError(UNDECODABLE)
+        return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 4 <= len(data):
+            if data[i] != 0xFF:
+                raise InputError(UNDECODABLE)
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # no length field
+                i += 2
+                continue
+            if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+                break
+            (length,) = struct.unpack(">H", data[i + 2:i + 4])
+            if marker in _JPEG_SOF:
+                if length < 7 or i + 9 > len(data):
+                    break
+                height, width = struct.unpack(">HH", data[i + 5:i + 9])
+                return width, height
+            i += 2 + length
+        raise InputError(UNDECODABLE)
+    raise InputError(UNDECODABLE[:-1] + "; PNG and JPEG are accepted)")
+
+
+def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, options: AvatarOptions = AvatarOptions(),
+             detector: FaceDetector | None = None) -> Avatar:
+    """Validate, decode and analyse an avatar image; InputError names any problem."""
+    if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
+        raise InputError(f"avatar image must be bytes, got {type(image_bytes).__name__}")
+    data = bytes(image_bytes)
+    if not data:
+        raise InputError("avatar image is empty")
+    if len(data) > max_bytes:
+        raise InputError(f"avatar image is {len(data)} bytes; the limit is {max_bytes}")
+    width, height = image_size(data)
+    if width == 0 or height == 0:
+        raise InputError(UNDECODABLE)
+    if width * height > max_pixels:
+        raise InputError(f"avatar image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
+        raise InputError(UNDECODABLE)
+    if image.shape[0] * image.shape[1] > max_pixels:  # belt and braces: the header said otherwise
+        raise InputError(f"avatar image is {image.shape[1]}x{image.shape[0]} pixels; the limit is {max_pixels}")
+    detector = detector or FaceDetector(options)
+    faces = detector.detect(image)
+    if not faces:
+        raise InputError("no face found in the avatar image")
+    x, y, w, h = faces[0]
+    top, bottom, left, right = detector.options.pads
+    ih, iw = image.shape[:2]
+    y1, y2 = max(0, y - top), min(ih, y + h + bottom)
+    x1, x2 = max(0, x - left), min(iw, x + w + right)
+    face = cv2.resize(image[y1:y2, x1:x2], (C.FACE_SIZE, C.FACE_SIZE))
+    if len(faces) == 1:
+        message = f"found 1 face at x={x} y={y} size {w}x{h}"
+    else:
+        message = f"found {len(faces)} faces; using the largest, at x={x} y={y} size {w}x{h}"
+    return Avatar(sha256(data).hexdigest()[:16], _frozen(image), (y1, y2, x1, x2), _frozen(face), len(faces), message)
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.flags.writeable = False
+    return a
+
+
+# --------------------------------------------------------------------------- Wav2Lip I/O
+
+
+def wav2lip_faces(avatar: Avatar) -> np.ndarray:
+    """Wav2Lip's face input [6, 96, 96] float32: lower-half-masked crop then reference crop, BGR, /255."""
+    face = avatar.face
+    masked = face.copy()
+    masked[C.FACE_SIZE // 2:] = 0
+    return (np.concatenate([masked, face], axis=2).transpose(2, 0, 1) / 255.0).astype(np.float32)
+
+
+def composite(avatar: Avatar, face96: np.ndarray) -> np.ndarray:
+    """Paste a generated face [3, 96, 96] (BGR, 0..1) into a copy of the avatar image, as Wav2Lip does
+    (x255, truncate to uint8, cv2.resize to the crop box)."""
+    f = np.asarray(face96)
+    if f.shape != (3, C.FACE_SIZE, C.FACE_SIZE):
+        raise ValueError(f"face96 must be [3, {C.FACE_SIZE}, {C.FACE_SIZE}], got {f.shape}")
+    p = np.clip(f.transpose(1, 2, 0) * 255.0, 0, 255).astype(np.uint8)
+    y1, y2, x1, x2 = avatar.box
+    out = avatar.image.copy()
+    out[y1:y2, x1:x2] = cv2.resize(p, (x2 - x1, y2 - y1))
+    return out
+
+
+def encode_jpeg(img: np.ndarray, quality: int = 85) -> bytes:
+    """BGR uint8 image -> JPEG bytes."""
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def demo_avatar_png() -> bytes:
+    """scikit-image's `astronaut` (public-domain NASA portrait of Eileen Collins) as PNG."""
+    from skimage import data  # heavy import; only needed for the demo
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class AvatarStore:
+    """Avatars as <root>/<id>.npz, with an in-memory LRU of `capacity` loaded avatars. Thread-safe."""
+
+    def __init__(self, root: Path, capacity: int = 64) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.root = Path(root)  # directory holding <id>.npz files
+        self.capacity = capacity  # avatars kept in memory
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._cache: OrderedDict[str, Avatar] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def check_id(avatar_id: str | bytes) -> str:
+        """The id as str if it is 16 lowercase hex characters, else InputError (no filesystem access)."""
+        if isinstance(avatar_id, (bytes, bytearray)):
+            try:
+                avatar_id = bytes(avatar_id).decode("ascii")
+            except UnicodeDecodeError:
+                avatar_id = repr(bytes(avatar_id))
+        if not isinstance(avatar_id, str) or not _ID.fullmatch(avatar_id):
+            shown = avatar_id[:40] if isinstance(avatar_id, str) else type(avatar_id).__name__
+            raise InputError(f"unknown avatar id {shown!r} (avatar ids are 16 lowercase hex characters)")
+        return avatar_id
+
+    def _path(self, avatar_id: str) -> Path:
+        return self.root / f"{avatar_id}.npz"
+
+    def save(self, avatar: Avatar) -> None:
+        avatar_id = self.check_id(avatar.id)
+        fd, tmp = tempfile.mkstemp(prefix=f".{avatar_id}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, image=avatar.image, box=np.asarray(avatar.box, np.int64), face=avatar.face,
+                         faces_found=np.int64(avatar.faces_found), message=np.str_(avatar.message))
+            os.replace(tmp, self._path(avatar_id))
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._remember(avatar)
+
+    def load(self, avatar_id: str | bytes) -> Avatar:
+        avatar_id = self.check_id(avatar_id)
+        with self._lock:
+            if avatar_id in self._cache:
+                self._cache.move_to_end(avatar_id)
+                return self._cache[avatar_id]
+        path = self._path(avatar_id)
+        if not path.is_file():
+            raise InputError(f"unknown avatar id {avatar_id!r}; register the avatar first")
+        with np.load(path, allow_pickle=False) as z:
+            y1, y2, x1, x2 = (int(v) for v in z["box"])
+            avatar = Avatar(avatar_id, _frozen(z["image"]), (y1, y2, x1, x2), _frozen(z["face"]),
+                            int(z["faces_found"]), str(z["message"]))
+        self._remember(avatar)
+        return avatar
+
+    def _remember(self, avatar: Avatar) -> None:
+        with self._lock:
+            self._cache[avatar.id] = avatar
+            self._cache.move_to_end(avatar.id)
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+
+    def cached_ids(self) -> list[str]:
+        """Ids in memory, least recently used first."""
+        with self._lock:
+            return list(self._cache)

@@ -1,0 +1,11 @@
+"""Errors the orchestrator reports back to the client."""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """A problem with what the user sent (text, audio, avatar image, ids).
+
+    The message names the problem and, where there is one, the expected value;
+    the orchestrator turns it into a Triton INVALID_ARG error with this message.
+    Anything else raised inside the orchestrator is a server-side bug.
+    """

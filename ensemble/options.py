@@ -1,0 +1,68 @@
+"""Per-turn options a client may send (JSON), and the service's input limits."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields, replace
+
+from ensemble.errors import InputError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on everything a user sends; each is checked before any work starts."""
+
+    max_audio_seconds: float = 30.0  # one Whisper window
+    max_text_chars: int = 2000  # typed input
+    max_options_bytes: int = 4096  # the options JSON
+    max_prompt_tokens: int = 448  # prompt tokens the LLM sees (older ones are cut)
+    max_avatar_bytes: int = 10 * 1024 * 1024  # encoded avatar image
+    max_avatar_pixels: int = 4096 * 4096  # decoded avatar image
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """What a client may tune per turn; unknown keys are an error, not silently ignored."""
+
+    max_reply_tokens: int | None = None  # cap on LLM tokens (None: the preset's default)
+    video: bool = True  # stream lip-synced frames (False: audio and text only)
+    speed: float = 1.0  # speaking rate: durations are divided by this
+    pitch: float = 1.0  # FastSpeech2 pitch control
+    energy: float = 1.0  # FastSpeech2 energy control
+    jpeg_quality: int = 85  # quality of streamed frames, 30..95
+    lipsync_batch: int = 8  # video frames per Wav2Lip call, 1..64
+
+    @classmethod
+    def parse(cls, raw: bytes | None, limits: Limits) -> "TurnOptions":
+        if not raw:
+            return cls()
+        if len(raw) > limits.max_options_bytes:
+            raise InputError(f"options has {len(raw)} bytes; the limit is {limits.max_options_bytes}")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InputError(f"options is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InputError("options must be a JSON object")
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        opts = replace(cls(), **data)
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        def bounded(name: str, lo: float, hi: float) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+                raise InputError(f"option {name}={v!r} is out of range {lo}..{hi}")
+
+        if self.max_reply_tokens is not None:
+            bounded("max_reply_tokens", 1, 512)
+        if not isinstance(self.video, bool):
+            raise InputError(f"option video={self.video!r} must be true or false")
+        bounded("speed", 0.5, 2.0)
+        bounded("pitch", 0.5, 2.0)
+        bounded("energy", 0.5, 2.0)
+        bounded("jpeg_quality", 30, 95)
+        bounded("lipsync_batch", 1, 64)

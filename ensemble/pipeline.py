@@ -1,0 +1,243 @@
+"""One user turn through the whole pipeline, streamed: ASR → LLM → TTS → vocoder → Wav2Lip.
+
+Plain asyncio over an `infer(model, inputs) -> outputs` coroutine, so it runs
+the same inside Triton (BLS calls) and in tests (ONNX Runtime in process).
+Three tasks overlap:
+  reply   ASR (speech input), then LLM tokens → text events → Segmenter pieces
+  speech  each piece → TTS → streaming vocoder → audio events
+  video   audio → 16 kHz → Wav2Lip mel windows → Wav2Lip batches → composited JPEG frames
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ensemble import avatar as avatars
+from ensemble.decoding import Infer, KVDecoder, greedy
+from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
+from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
+from ensemble.options import TurnOptions
+from ensemble.text import Segmenter
+from ensemble.vocoder_stream import VocoderStream
+from export import contract, spec
+from export.presets import Preset
+from export.text_frontend import text_to_ids
+
+Emit = Callable[[Event], None]
+_END = object()
+
+
+class Cancelled(Exception):
+    """The client cancelled the turn."""
+
+
+@dataclass
+class Tokenizers:
+    """The text tokenizers of the ASR and the LLM (`tokenizers.Tokenizer` objects)."""
+
+    asr: object
+    llm: object
+    chat_prompt: Callable[[str], str]  # applies the LLM's chat template to the user's words
+
+
+@dataclass
+class TurnStats:
+    t0: float = field(default_factory=time.perf_counter)
+    first: dict[str, float] = field(default_factory=dict)  # event type -> ms of its first emission
+    stage_ms: dict[str, float] = field(default_factory=dict)  # summed time inside each stage model
+    stage_calls: dict[str, int] = field(default_factory=dict)
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+
+class Turn:
+    """Runs one turn and emits events; raise InputError for bad input, Cancelled on cancel."""
+
+    def __init__(self, infer: Infer, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
+                 options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False):
+        self._infer = infer
+        self.preset = preset
+        self.tok = tokenizers
+        self.avatar = avatar
+        self.options = options
+        self._emit = emit
+        self.turn_id = turn_id
+        self.is_cancelled = is_cancelled
+        self.stats = TurnStats()
+        self.transcript = ""
+        self.reply = ""
+        self.audio_samples = 0
+        self.audio_chunks = 0
+        self.video_frames = 0
+
+    # ------------------------------------------------------------ plumbing
+    async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.is_cancelled():
+            raise Cancelled()
+        t = time.perf_counter()
+        out = await self._infer(model, inputs)
+        s = self.stats
+        s.stage_ms[model] = s.stage_ms.get(model, 0.0) + (time.perf_counter() - t) * 1000.0
+        s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
+        return out
+
+    def emit(self, kind: str, data: dict, audio: np.ndarray | None = None, frame: bytes | None = None) -> None:
+        t_ms = round(self.stats.ms(), 1)
+        self.stats.first.setdefault(kind, t_ms)
+        self._emit(Event(kind, {"turn_id": self.turn_id, "t_ms": t_ms, **data}, audio=audio, frame=frame))
+
+    # ------------------------------------------------------------ the turn
+    async def run(self, *, text: str | None = None, audio16k: np.ndarray | None = None) -> None:
+        pieces: asyncio.Queue = asyncio.Queue()
+        audio_q: asyncio.Queue = asyncio.Queue()
+        tasks = [asyncio.ensure_future(self._reply(text, audio16k, pieces)),
+                 asyncio.ensure_future(self._speech(pieces, audio_q))]
+        if self.options.video:
+            tasks.append(asyncio.ensure_future(self._video(audio_q)))
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+        s = self.stats
+        self.emit(DONE, {
+            "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
+            "sample_rate": contract.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
+            "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
+            "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
+        })
+
+    async def _reply(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue) -> None:
+        try:
+            if audio16k is not None:
+                self.transcript = await self._transcribe(audio16k)
+                self.emit(TRANSCRIPT, {"text": self.transcript})
+                text = self.transcript or "..."
+            await self._generate(text, pieces)
+        finally:
+            pieces.put_nowait(_END)
+
+    async def _transcribe(self, audio16k: np.ndarray) -> str:
+        mel = whisper_log_mel(audio16k)[None]
+        features = (await self.infer(spec.ASR_ENCODER.name, {"mel": mel}))["audio_features"]
+        tok = self.tok.asr
+        prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
+        eot = tok.token_to_id("<|endoftext|>")
+        decoder = KVDecoder(self.infer, spec.ASR_DECODER, self.preset, extra={"audio_features": features})
+        logits = await decoder.feed(prompt)
+        out: list[int] = []
+        limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt))
+        specials = [i for i in prompt]
+        while len(out) < limit:
+            token = greedy(logits, banned=specials)
+            if token == eot:
+                break
+            out.append(token)
+            logits = await decoder.feed([token])
+        return tok.decode(out).strip()
+
+    async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:
+        tok = self.tok.llm
+        ids = tok.encode(self.tok.chat_prompt(user_text)).ids[-self._max_prompt():]
+        stops = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
+        specials = [tok.token_to_id(t) for t in ("<|im_start|>", "<|startoftranscript|>") if tok.token_to_id(t) is not None]
+        decoder = KVDecoder(self.infer, spec.LLM, self.preset)
+        logits = await decoder.feed(ids)
+        limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
+        segmenter = Segmenter()
+        out: list[int] = []
+        n_pieces = 0
+        while len(out) < limit:
+            token = greedy(logits, banned=specials)
+            if token in stops:
+                break
+            out.append(token)
+            text = tok.decode(out)
+            delta, self.reply = text[len(self.reply):], text
+            if delta:
+                self.emit(TEXT, {"delta": delta, "piece": n_pieces})
+                for piece in segmenter.push(delta):
+                    n_pieces = self._send_piece(piece, n_pieces, pieces)
+            if len(out) < limit:
+                logits = await decoder.feed([token])
+        for piece in segmenter.finish():
+            n_pieces = self._send_piece(piece, n_pieces, pieces)
+
+    def _send_piece(self, piece: str, index: int, pieces: asyncio.Queue) -> int:
+        self.emit(PIECE, {"index": index, "text": piece})
+        pieces.put_nowait(piece)
+        return index + 1
+
+    def _max_prompt(self) -> int:
+        return spec.LLM.axis("tokens").max
+
+    async def _speech(self, pieces: asyncio.Queue, audio_q: asyncio.Queue) -> None:
+        o = self.options
+        controls = np.asarray([[o.pitch, o.energy, 1.0 / o.speed]], dtype=np.float32)
+        max_symbols = spec.TTS.axis("phonemes").max
+        try:
+            while (piece := await pieces.get()) is not _END:
+                ids = text_to_ids(piece)[:max_symbols]
+                if not ids:
+                    continue
+                out = await self.infer(spec.TTS.name, {
+                    "phonemes": np.asarray([ids], dtype=np.int64),
+                    "phoneme_lengths": np.asarray([[len(ids)]], dtype=np.int64),
+                    "controls": controls})
+                mel = out["mel"][0][:, : int(out["mel_lengths"][0, 0])]
+                await self._vocode(mel, audio_q)
+        finally:
+            audio_q.put_nowait(_END)
+
+    async def _vocode(self, mel: np.ndarray, audio_q: asyncio.Queue) -> None:
+        stream = VocoderStream()
+        stream.push(mel)
+        stream.finish()
+        for chunk_id, mel_chunk in stream.chunks_ready():
+            audio = (await self.infer(spec.VOCODER.name, {"mel": mel_chunk[None]}))["audio"][0]
+            for ready in stream.accept(chunk_id, audio):
+                self._emit_audio(ready, audio_q)
+
+    def _emit_audio(self, audio: np.ndarray, audio_q: asyncio.Queue) -> None:
+        audio = np.ascontiguousarray(audio, dtype=np.float32)
+        self.emit(AUDIO, {"index": self.audio_chunks, "sample_rate": contract.OUTPUT_SAMPLE_RATE,
+                          "start_sample": self.audio_samples, "samples": int(audio.size)}, audio=audio)
+        self.audio_chunks += 1
+        self.audio_samples += int(audio.size)
+        audio_q.put_nowait(audio)
+
+    async def _video(self, audio_q: asyncio.Queue) -> None:
+        resampler = StreamingResampler(contract.OUTPUT_SAMPLE_RATE, contract.LIPSYNC_MEL.sample_rate)
+        mels = LipsyncMelStream()
+        faces = avatars.wav2lip_faces(self.avatar)
+        pending: list[np.ndarray] = []
+        while True:
+            audio = await audio_q.get()
+            if audio is _END:
+                mels.push(resampler.finish())
+                pending += mels.finish(contract.video_frames_for_samples(self.audio_samples))
+                break
+            pending += mels.push(resampler.push(audio))
+            while len(pending) >= self.options.lipsync_batch:
+                batch, pending = pending[: self.options.lipsync_batch], pending[self.options.lipsync_batch:]
+                await self._lipsync(batch, faces)
+        while pending:
+            batch, pending = pending[: self.options.lipsync_batch], pending[self.options.lipsync_batch:]
+            await self._lipsync(batch, faces)
+
+    async def _lipsync(self, windows: list[np.ndarray], faces: np.ndarray) -> None:
+        mel = np.stack(windows)[:, None].astype(np.float32)  # [n, 1, 80, 16]
+        face_batch = np.broadcast_to(faces, (len(windows), *faces.shape)).astype(np.float32)
+        generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": face_batch}))["frames"]
+        for face in generated:
+            image = avatars.composite(self.avatar, face)
+            jpeg = avatars.encode_jpeg(image, quality=self.options.jpeg_quality)
+            i = self.video_frames
+            self.emit(VIDEO, {"index": i, "pts": i / contract.VIDEO_FPS, "width": image.shape[1],
+                              "height": image.shape[0], "encoding": "jpeg"}, frame=jpeg)
+            self.video_frames += 1

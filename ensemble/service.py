@@ -1,0 +1,91 @@
+"""The orchestrator's state and request handling, free of Triton types.
+
+`Service.load` reads what `python -m export` wrote beside the orchestrator
+(preset name, tokenizers); `Service.handle` validates one request's inputs,
+loads the avatar and runs a `Turn`. The Triton model.py only converts tensors
+and responses.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ensemble.audio_input import validate_audio
+from ensemble.avatar import AvatarStore
+from ensemble.decoding import Infer
+from ensemble.errors import InputError
+from ensemble.options import Limits, TurnOptions
+from ensemble.pipeline import Emit, Tokenizers, Turn
+from ensemble.text import validate_text
+from export import contract
+from export.artifacts import read_manifest
+from export.presets import Preset, get_preset
+from export.vocab import chat_prompt
+
+def default_avatar_dir() -> Path:
+    """Where registered avatars live: $TALKING_HEAD_AVATAR_DIR, else a folder in the temp dir."""
+    return Path(os.environ.get("TALKING_HEAD_AVATAR_DIR") or Path(tempfile.gettempdir()) / "talking-head-avatars")
+
+
+@dataclass
+class Service:
+    preset: Preset
+    tokenizers: Tokenizers
+    avatars: AvatarStore
+    limits: Limits
+
+    @classmethod
+    def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None) -> "Service":
+        info = read_manifest(artifacts)
+        tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
+                                llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
+                                chat_prompt=chat_prompt)
+        return cls(preset=get_preset(info["preset"]), tokenizers=tokenizers,
+                   avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits())
+
+    def parse(self, inputs: dict[str, np.ndarray]) -> tuple[dict, TurnOptions, str]:
+        """Validated turn input (text or 16 kHz audio), options and avatar id; InputError names any problem."""
+        options = TurnOptions.parse(_scalar_bytes(inputs, "options"), self.limits)
+        avatar_id = _scalar_bytes(inputs, "avatar_id")
+        if avatar_id is None:
+            raise InputError("avatar_id is required (register an avatar first)")
+        try:
+            avatar_id_text = avatar_id.decode("ascii")
+        except UnicodeDecodeError:
+            raise InputError("avatar_id is not ASCII") from None
+        has_text, has_audio = "text" in inputs, "audio" in inputs
+        if has_text == has_audio:
+            raise InputError("send exactly one of `text` or `audio`")
+        if has_text:
+            return {"text": validate_text(_scalar_bytes(inputs, "text") or b"", self.limits.max_text_chars)}, options, avatar_id_text
+        if "sample_rate" not in inputs:
+            raise InputError(f"audio needs `sample_rate` ({contract.INPUT_SAMPLE_RATE})")
+        rate = int(np.asarray(inputs["sample_rate"]).reshape(-1)[0])
+        audio = validate_audio(inputs["audio"], rate, self.limits.max_audio_seconds)
+        return {"audio16k": audio}, options, avatar_id_text
+
+    async def handle(self, inputs: dict[str, np.ndarray], infer: Infer, emit: Emit,
+                     is_cancelled: Callable[[], bool] = lambda: False) -> Turn:
+        turn_input, options, avatar_id = self.parse(inputs)
+        avatar = self.avatars.load(avatar_id)
+        turn = Turn(infer, self.preset, self.tokenizers, avatar, options, emit,
+                    turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled)
+        await turn.run(**turn_input)
+        return turn
+
+
+def _scalar_bytes(inputs: dict[str, np.ndarray], name: str) -> bytes | None:
+    if name not in inputs:
+        return None
+    a = np.asarray(inputs[name]).reshape(-1)
+    if a.size != 1:
+        raise InputError(f"`{name}` must hold exactly one element, got {a.size}")
+    v = a[0]
+    return v if isinstance(v, bytes) else str(v).encode()

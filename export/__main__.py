@@ -1,0 +1,98 @@
+"""Export the stage models of a preset to ONNX in the model repository.
+
+    python -m export --preset tiny           # the CPU demo's graphs (seconds)
+    python -m export --preset base           # real model sizes (minutes, ~2.6 GB)
+
+Idempotent: a graph is skipped when its manifest says it was exported from the
+same preset, seed and model code. Every graph is checked with onnx.checker and
+compared with PyTorch through ONNX Runtime on fresh inputs (max relative error
+printed; fp32 limit 1e-4). Weights are seeded random unless real checkpoints
+are given (see README).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from export import onnx_export, spec
+from export.artifacts import write_orchestrator_artifacts
+from export.graphs import build_graphs, parameter_count
+from export.presets import PRESETS, get_preset
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_REPOSITORY = REPO / "model_repository"
+STAGES = [s.name for s in spec.STAGES]
+
+
+def code_digest() -> str:
+    """Changes whenever the model zoo, presets, spec or exporter change."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def up_to_date(manifest: Path, key: dict) -> bool:
+    try:
+        return json.loads(manifest.read_text()).get("key") == key and (manifest.parent / "model.onnx").exists()
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model sizes (default: tiny)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write into")
+    ap.add_argument("--models", nargs="+", choices=STAGES, default=STAGES, help="export only these stages")
+    ap.add_argument("--force", action="store_true", help="export even when the manifest says up to date")
+    ap.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    preset = get_preset(args.preset)
+    t_all = time.perf_counter()
+    print(f"export: preset {preset.name} ({preset.notes}), seed {args.seed}; weights are SEEDED RANDOM"
+          f" (no real checkpoints given), so speech, words and lips are noise", flush=True)
+    key_base = {"preset": preset.name, "seed": args.seed, "code": code_digest(), "opset": onnx_export.OPSET}
+    todo = [n for n in args.models
+            if args.force or not up_to_date(args.repository / n / "1" / "export.json", {**key_base, "model": n})]
+    skipped = [n for n in args.models if n not in todo]
+    if skipped:
+        print(f"  up to date, skipped: {', '.join(skipped)}")
+    failed = []
+    if todo:
+        t = time.perf_counter()
+        graphs = build_graphs(preset, args.seed, todo)
+        print(f"  built {len(graphs)} PyTorch graph(s) in {time.perf_counter() - t:.1f} s", flush=True)
+        for name in todo:
+            graph, s = graphs[name], spec.BY_NAME[name]
+            folder = args.repository / name / "1"
+            path = folder / "model.onnx"
+            seconds = onnx_export.export_onnx(graph, s, path)
+            onnx_export.check_onnx(path)
+            line = f"  {name:<12} {parameter_count(graph) / 1e6:8.2f} M params  exported in {seconds:5.1f} s"
+            if not args.no_parity:
+                report = onnx_export.parity(graph, s, path)
+                line += f"  parity: {report.line().split(': ', 1)[1]}"
+                if not report.ok:
+                    failed.append(name)
+            print(line, flush=True)
+            if name not in failed:
+                (folder / "export.json").write_text(json.dumps({"key": {**key_base, "model": name}}, indent=2))
+    write_orchestrator_artifacts(args.repository / spec.TALKING_HEAD.name / "1", preset.name, args.seed)
+    print(f"export: done in {time.perf_counter() - t_all:.1f} s -> {args.repository}", flush=True)
+    if failed:
+        print(f"export: parity FAILED for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

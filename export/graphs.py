@@ -1,0 +1,31 @@
+"""The six stage graphs of a preset, built from the model zoo with seeded random weights."""
+from __future__ import annotations
+
+import torch
+
+from export.models import fastspeech2, hifigan, qwen2, wav2lip, whisper
+from export.presets import Preset
+
+
+def build_graphs(preset: Preset, seed: int = 0, names: list[str] | None = None) -> dict[str, torch.nn.Module]:
+    """name -> graph module (eval mode, inference weights), for the stage names asked for."""
+    wanted = set(names) if names else {"asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync"}
+    graphs: dict[str, torch.nn.Module] = {}
+    if wanted & {"asr_encoder", "asr_decoder"}:
+        asr = whisper.build(preset.asr, seed)
+        graphs["asr_encoder"] = whisper.EncoderGraph(asr)
+        graphs["asr_decoder"] = whisper.DecoderGraph(asr)
+    if "llm" in wanted:
+        graphs["llm"] = qwen2.LlmGraph(qwen2.build(preset.llm, seed))
+    if "tts" in wanted:
+        graphs["tts"] = fastspeech2.TtsGraph(fastspeech2.build(preset.tts, seed))
+    if "vocoder" in wanted:
+        graphs["vocoder"] = hifigan.VocoderGraph(hifigan.build(preset.vocoder, seed))
+    if "lipsync" in wanted:
+        graphs["lipsync"] = wav2lip.LipsyncGraph(wav2lip.build(preset.lipsync, seed))
+    return {k: v.eval() for k, v in graphs.items() if k in wanted}
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    """Distinct parameters (a tied embedding counts once)."""
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())

@@ -1,0 +1,94 @@
+"""PyTorch → ONNX for one stage graph, with the checker and an ONNX Runtime parity check.
+
+Names and dynamic axes come from the model's spec (export/spec.py). The parity
+check draws fresh inputs of other sizes than the export example, so a shape
+that was baked into the graph by mistake fails it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.spec import ModelSpec, onnx_dynamic_axes
+
+OPSET = 17
+PARITY_RTOL = 1e-4  # max |onnx - torch| / max |torch| per output, fp32
+
+
+@dataclass
+class ParityReport:
+    model: str
+    max_rel_error: dict[str, float]  # per output: max |onnx - torch| / max |torch|
+
+    @property
+    def ok(self) -> bool:
+        return all(e <= PARITY_RTOL for e in self.max_rel_error.values())
+
+    def line(self) -> str:
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in self.max_rel_error.items())
+        return f"{self.model}: max relative error {errs} ({'ok' if self.ok else 'FAIL'}, limit {PARITY_RTOL:.0e})"
+
+
+def export_onnx(graph: torch.nn.Module, spec: ModelSpec, path: Path) -> float:
+    """Export `graph` to `path`; returns seconds taken. Large graphs get external data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = graph.example_inputs(batch=2 if spec.batched else 1, seed=0)
+    t0 = time.perf_counter()
+    tmp = path.with_suffix(".tmp.onnx")
+    with torch.inference_mode():
+        torch.onnx.export(
+            graph, example, str(tmp), dynamo=False, opset_version=OPSET,
+            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            dynamic_axes=onnx_dynamic_axes(spec), do_constant_folding=True)
+    _move_onnx(tmp, path)
+    return time.perf_counter() - t0
+
+
+def _move_onnx(tmp: Path, path: Path) -> None:
+    """Rename a freshly written graph into place, re-saving external weights next to it if any."""
+    import onnx
+
+    model = onnx.load(str(tmp), load_external_data=True)
+    for f in tmp.parent.glob(tmp.name + "*"):
+        f.unlink()
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    large = model.ByteSize() > 1_500_000_000 if _has_only_internal(model) else True
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data" if large else None)
+
+
+def _has_only_internal(model) -> bool:
+    return all(not t.HasField("data_location") or t.data_location == 0 for t in model.graph.initializer)
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=False)
+
+
+def parity(graph: torch.nn.Module, spec: ModelSpec, path: Path, seed: int = 1, **sizes: int) -> ParityReport:
+    """Fresh random inputs (batch 3, other sizes) through PyTorch and ONNX Runtime."""
+    import onnxruntime as ort
+
+    batch = 3 if spec.batched else 1
+    inputs = graph.example_inputs(batch=batch, seed=seed, **sizes)
+    with torch.inference_mode():
+        ref = graph(*inputs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)}
+    got = session.run([t.name for t in spec.outputs], feeds)
+    errors = {}
+    for t, r, g in zip(spec.outputs, ref, got):
+        r = r.numpy()
+        if r.shape != g.shape:
+            raise AssertionError(f"{spec.name}.{t.name}: ONNX shape {g.shape} != PyTorch {r.shape}")
+        scale = float(np.max(np.abs(r))) or 1.0
+        errors[t.name] = float(np.max(np.abs(g.astype(np.float64) - r))) / scale if r.size else 0.0
+    return ParityReport(spec.name, errors)

@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+
+from ensemble.avatar import (Avatar, AvatarOptions, AvatarStore, FaceDetector, composite, demo_avatar_png,
+                             encode_jpeg, image_size, register, wav2lip_faces)
+from ensemble.errors import InputError
+from export import contract as C
+
+BIG = 50_000_000
+
+
+@pytest.fixture(scope="module")
+def demo_png() -> bytes:
+    return demo_avatar_png()
+
+
+@pytest.fixture(scope="module")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="module")
+def demo(demo_png, detector) -> Avatar:
+    return register(demo_png, BIG, BIG, detector=detector)
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def test_demo_avatar_has_exactly_one_face(demo_png, detector):
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (512, 512, 3)
+    faces = detector.detect(img)
+    assert len(faces) == 1
+    x, y, w, h = faces[0]
+    assert 150 < x < 220 and 40 < y < 100 and 70 < w < 130  # the astronaut's face, upper middle
+
+
+def test_register_demo(demo, demo_png):
+    assert demo.id == hashlib.sha256(demo_png).hexdigest()[:16]
+    assert demo.image.dtype == np.uint8 and demo.image.shape == (512, 512, 3)
+    assert demo.face.shape == (C.FACE_SIZE, C.FACE_SIZE, 3) and demo.face.dtype == np.uint8
+    assert demo.faces_found == 1 and demo.message.startswith("found 1 face")
+    y1, y2, x1, x2 = demo.box
+    x, y, w, h = FaceDetector().detect(demo.image)[0]
+    assert (y1, y2, x1, x2) == (y, y + h + 10, x, x + w)  # Wav2Lip pads [0, 10, 0, 0]
+    np.testing.assert_array_equal(demo.face, cv2.resize(demo.image[y1:y2, x1:x2], (96, 96)))
+    with pytest.raises(ValueError):
+        demo.image[0, 0, 0] = 1  # read-only: shared between requests
+
+
+def test_box_is_clamped_to_image(demo_png, detector):
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    y, h = detector.detect(img)[0][1::2]
+    cut = img[: y + h + 3]  # image ends 3 px below the face box; the 10 px pad must clamp
+    a = register(_png(cut), BIG, BIG, detector=detector)
+    assert a.box[1] == cut.shape[0]
+    big_pads = register(demo_png, BIG, BIG, options=AvatarOptions(pads=(1000, 1000, 1000, 1000)))
+    assert big_pads.box == (0, 512, 0, 512)
+
+
+def test_several_faces_picks_largest(demo_png, detector):
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    two = np.zeros((512, 768, 3), np.uint8)
+    two[:, :512] = img
+    two[128:384, 512:] = cv2.resize(img, (256, 256))
+    a = register(_png(two), BIG, BIG, detector=detector)
+    assert a.faces_found == 2
+    assert "2 faces" in a.message and "largest" in a.message
+    assert a.box[3] <= 512  # the big face on the left
+
+
+def test_no_face(detector):
+    grad = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    with pytest.raises(InputError, match=r"^no face found in the avatar image$"):
+        register(_png(grad), BIG, BIG, detector=detector)
+
+
+@pytest.mark.parametrize("data", [
+    b"hello, this is not an image",
+    b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", 64, 64) + b"\x08\x02\x00\x00\x00garbage",
+    b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",  # JPEG with no frame header
+    b"GIF89a\x01\x00\x01\x00",  # not PNG/JPEG
+])
+def test_undecodable(data):
+    with pytest.raises(InputError, match=r"^avatar image could not be decoded \(not an image or corrupt"):
+        register(data, BIG, BIG)
+
+
+def test_truncated_png(demo_png):
+    with pytest.raises(InputError, match="could not be decoded"):
+        register(demo_png[:2000], BIG, BIG)
+
+
+def test_empty_and_wrong_type():
+    with pytest.raises(InputError, match="avatar image is empty"):
+        register(b"", BIG, BIG)
+    with pytest.raises(InputError, match="must be bytes"):
+        register("not bytes", BIG, BIG)  # type: ignore[arg-type]
+
+
+def test_byte_limit(demo_png):
+    with pytest.raises(InputError, match=rf"^avatar image is {len(demo_png)} bytes; the limit is 1000$"):
+        register(demo_png, 1000, BIG)
+
+
+def test_pixel_limit_checked_from_header_before_decoding():
+    # a tiny file whose header claims 100000 x 100000 pixels: must be refused without decoding
+    ihdr = struct.pack(">II", 100_000, 100_000) + b"\x08\x02\x00\x00\x00"
+    bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
+            + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
+    assert image_size(bomb) == (100_000, 100_000)
+    with pytest.raises(InputError, match=r"^avatar image is 100000x100000 = 10000000000 pixels; the limit is 4000000$"):
+        register(bomb, BIG, 4_000_000)
+
+
+def test_pixel_limit_jpeg(demo_png):
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    jpg = encode_jpeg(img)
+    assert image_size(jpg) == (512, 512)
+    ok, prog = cv2.imencode(".jpg", img[:, :300], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    assert image_size(prog.tobytes()) == (300, 512)
+    with pytest.raises(InputError, match="512x512 = 262144 pixels"):
+        register(jpg, BIG, 512 * 511)
+    assert register(jpg, BIG, 512 * 512).faces_found == 1  # JPEG avatars work too
+
+
+def test_wav2lip_faces(demo):
+    x = wav2lip_faces(demo)
+    assert x.shape == (6, 96, 96) and x.dtype == np.float32
+    ref = demo.face.transpose(2, 0, 1) / 255.0
+    assert np.all(x[:3, 48:] == 0)  # lower half of the target masked
+    np.testing.assert_allclose(x[:3, :48], ref[:, :48], atol=1e-7)
+    np.testing.assert_allclose(x[3:], ref, atol=1e-7)  # BGR reference, channels-first
+    assert x.max() <= 1.0 and x[3:].max() > 0.5
+
+
+def test_composite(demo):
+    y1, y2, x1, x2 = demo.box
+    black = composite(demo, np.zeros((3, 96, 96), np.float32))
+    assert black.shape == demo.image.shape and black.dtype == np.uint8
+    assert np.all(black[y1:y2, x1:x2] == 0)
+    outside = np.ones(black.shape[:2], bool)
+    outside[y1:y2, x1:x2] = False
+    np.testing.assert_array_equal(black[outside], demo.image[outside])
+    # feeding the reference crop back reproduces the region up to resize blur
+    same = composite(demo, demo.face.transpose(2, 0, 1).astype(np.float32) / 255.0)
+    err = np.abs(same[y1:y2, x1:x2].astype(int) - demo.image[y1:y2, x1:x2].astype(int)).mean()
+    assert err < 8
+    white = composite(demo, np.full((3, 96, 96), 2.0, np.float32))  # out of range is clipped
+    assert np.all(white[y1:y2, x1:x2] == 255)
+    with pytest.raises(ValueError):
+        composite(demo, np.zeros((96, 96, 3), np.float32))
+
+
+def test_encode_jpeg(demo):
+    jpg = encode_jpeg(demo.image, quality=85)
+    assert jpg[:2] == b"\xff\xd8"
+    back = cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR)
+    assert back.shape == demo.image.shape
+    assert np.abs(back.astype(int) - demo.image.astype(int)).mean() < 6
+    assert len(encode_jpeg(demo.image, quality=30)) < len(jpg)
+
+
+def test_store_roundtrip_and_lru(tmp_path, demo, demo_png, detector):
+    store = AvatarStore(tmp_path / "avatars", capacity=2)
+    store.save(demo)
+    assert (tmp_path / "avatars" / f"{demo.id}.npz").is_file()
+    assert list((tmp_path / "avatars").glob("*.tmp")) == []
+    cold = AvatarStore(tmp_path / "avatars", capacity=2)  # a fresh process: loads from disk
+    a = cold.load(demo.id)
+    assert a.id == demo.id and a.box == demo.box and a.message == demo.message
+    assert a.faces_found == demo.faces_found
+    np.testing.assert_array_equal(a.image, demo.image)
+    np.testing.assert_array_equal(a.face, demo.face)
+    assert cold.load(demo.id.encode()) is a  # bytes ids from Triton work; cached object reused
+    others = []
+    for k in range(2):
+        img = demo.image.copy()
+        img[0, k] = 255 - img[0, k]  # different bytes -> different id
+        others.append(register(_png(img), BIG, BIG, detector=detector))
+        cold.save(others[-1])
+    assert cold.cached_ids() == [others[0].id, others[1].id]  # capacity 2, demo evicted
+    cold.load(demo.id)
+    assert cold.cached_ids() == [others[1].id, demo.id]
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "ABCDEF0123456789", "0123456789abcdef\n", "0123456789abcde",
+                                 "0123456789abcdef0", "", "0123456789abcdeg", b"\xff" * 16, 12345])
+def test_store_rejects_invalid_ids(tmp_path, bad):
+    store = AvatarStore(tmp_path)
+    (tmp_path / "ABCDEF0123456789.npz").write_bytes(b"x")  # must never be opened via a bad id
+    with pytest.raises(InputError, match=r"^unknown avatar id .*16 lowercase hex characters"):
+        store.load(bad)
+
+
+def test_store_unknown_id(tmp_path):
+    with pytest.raises(InputError, match=r"^unknown avatar id '0123456789abcdef'; register the avatar first$"):
+        AvatarStore(tmp_path).load("0123456789abcdef")
