@@ -47,3 +47,18 @@ def greedy(logits: np.ndarray, banned: Sequence[int] = ()) -> int:
         logits = logits.copy()
         logits[list(banned)] = -np.inf
     return int(np.argmax(logits))
+
+
+def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int,
+           banned: Sequence[int] = ()) -> int:
+    """Top-k sampling at `temperature`; temperature 0 is greedy."""
+    if temperature <= 0:
+        return greedy(logits, banned)
+    logits = logits.astype(np.float64)
+    if banned:
+        logits[list(banned)] = -np.inf
+    k = min(top_k, logits.size)
+    top = np.argpartition(-logits, k - 1)[:k]
+    z = logits[top] / temperature
+    p = np.exp(z - z.max())
+    return int(top[rng.choice(k, p=p / p.sum())])

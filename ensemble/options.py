@@ -25,6 +25,9 @@ class TurnOptions:
 
     max_reply_tokens: int | None = None  # cap on LLM tokens (None: the preset's default)
     video: bool = True  # stream lip-synced frames (False: audio and text only)
+    temperature: float = 0.7  # LLM sampling temperature (0 = greedy)
+    top_k: int = 40  # LLM samples among the k most likely tokens
+    seed: int = 0  # seed of the LLM sampler: the same turn gives the same reply
     speed: float = 1.0  # speaking rate: durations are divided by this
     pitch: float = 1.0  # FastSpeech2 pitch control
     energy: float = 1.0  # FastSpeech2 energy control
@@ -61,6 +64,9 @@ class TurnOptions:
             bounded("max_reply_tokens", 1, 512)
         if not isinstance(self.video, bool):
             raise InputError(f"option video={self.video!r} must be true or false")
+        bounded("temperature", 0.0, 2.0)
+        bounded("top_k", 1, 1000)
+        bounded("seed", 0, 2**31 - 1)
         bounded("speed", 0.5, 2.0)
         bounded("pitch", 0.5, 2.0)
         bounded("energy", 0.5, 2.0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble import avatar as avatars
-from ensemble.decoding import Infer, KVDecoder, greedy
+from ensemble.decoding import Infer, KVDecoder, greedy, sample
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
@@ -29,6 +29,13 @@ from export.text_frontend import text_to_ids
 
 Emit = Callable[[Event], None]
 _END = object()
+# Mel frames of context on each side of a vocoder chunk: HiFi-GAN V1's receptive field is about 14
+# frames per side, so 16 makes streamed audio match whole-utterance vocoding (tests/test_streaming_parity.py).
+VOCODER_CONTEXT_FRAMES = 16
+# Transcript tokens allowed per second of speech (plus a few): far above real speech (~3-4 Whisper tokens/s),
+# it stops the repetition loops Whisper can fall into (and random weights always do) early.
+ASR_TOKENS_PER_SECOND = 8
+ASR_EXTRA_TOKENS = 8
 
 
 class Cancelled(Exception):
@@ -131,8 +138,10 @@ class Turn:
         decoder = KVDecoder(self.infer, spec.ASR_DECODER, self.preset, extra={"audio_features": features})
         logits = await decoder.feed(prompt)
         out: list[int] = []
-        limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt))
-        specials = [i for i in prompt]
+        seconds = audio16k.size / contract.INPUT_SAMPLE_RATE
+        limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
+                    int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
+        specials = list(prompt)
         while len(out) < limit:
             token = greedy(logits, banned=specials)
             if token == eot:
@@ -150,10 +159,11 @@ class Turn:
         logits = await decoder.feed(ids)
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
         segmenter = Segmenter()
+        rng = np.random.default_rng(self.options.seed)
         out: list[int] = []
         n_pieces = 0
         while len(out) < limit:
-            token = greedy(logits, banned=specials)
+            token = sample(logits, rng, self.options.temperature, self.options.top_k, banned=specials)
             if token in stops:
                 break
             out.append(token)
@@ -195,7 +205,7 @@ class Turn:
             audio_q.put_nowait(_END)
 
     async def _vocode(self, mel: np.ndarray, audio_q: asyncio.Queue) -> None:
-        stream = VocoderStream()
+        stream = VocoderStream(context_frames=VOCODER_CONTEXT_FRAMES)
         stream.push(mel)
         stream.finish()
         for chunk_id, mel_chunk in stream.chunks_ready():

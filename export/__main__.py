@@ -30,10 +30,14 @@ DEFAULT_REPOSITORY = REPO / "model_repository"
 STAGES = [s.name for s in spec.STAGES]
 
 
+GRAPH_SOURCES = ("models/*.py", "contract.py", "presets.py", "spec.py", "graphs.py", "onnx_export.py")
+
+
 def code_digest() -> str:
-    """Changes whenever the model zoo, presets, spec or exporter change."""
+    """Changes whenever the code that defines an exported graph changes."""
+    here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parent.rglob("*.py")):
+    for f in sorted(p for pattern in GRAPH_SOURCES for p in here.glob(pattern)):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
 

@@ -182,7 +182,7 @@ def up_to_date(plan_path: Path, onnx_path: Path, key: dict) -> tuple[bool, str]:
     if not plan_path.exists() or plan_path.stat().st_size == 0:
         return False, "no plan yet"
     plan_time = plan_path.stat().st_mtime_ns
-    newer = [p.name for p in onnx_files(onnx_path) if p.stat().st_mtime_ns >= plan_time]
+    newer = [p.name for p in onnx_files(onnx_path) if p.stat().st_mtime_ns > plan_time]
     if newer:
         return False, f"{', '.join(newer)} newer than the plan"
     try:
@@ -615,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" --repository {args.repository}` first)", flush=True)
             failed.append(name)
             continue
-        print(f"  {name:<12} building ({onnx_size(onnx_path)}) ...", flush=True)
+        print(f"  {name:<12} {onnx_size(onnx_path)} -> {plan_path} ...", flush=True)
         try:
             calibrator = None
             if args.precision == "int8":

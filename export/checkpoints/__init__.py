@@ -9,6 +9,7 @@ with a checkpoint is a `CheckpointError` whose message says what and where.
 """
 from export.checkpoints.common import (
     CheckpointError, load_state_dict_strict, load_tokenizer, read_safetensors, read_state_dict, read_torch, resolve,
+    save_safetensors,
 )
 from export.checkpoints.qwen2 import ChatTemplate, chat_prompt, config_from_hf, load_chat_template, load_llm
 from export.checkpoints.whisper import dims_from_hf_config, load_whisper
@@ -16,5 +17,5 @@ from export.checkpoints.whisper import dims_from_hf_config, load_whisper
 __all__ = [
     "CheckpointError", "ChatTemplate", "chat_prompt", "config_from_hf", "dims_from_hf_config",
     "load_chat_template", "load_llm", "load_state_dict_strict", "load_tokenizer", "load_whisper",
-    "read_safetensors", "read_state_dict", "read_torch", "resolve",
+    "read_safetensors", "read_state_dict", "read_torch", "resolve", "save_safetensors",
 ]

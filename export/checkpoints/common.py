@@ -121,6 +121,35 @@ def _read_safetensors_builtin(path: Path) -> dict[str, Tensor]:
     return out
 
 
+def _write_safetensors_builtin(tensors: Mapping[str, Tensor], path: Path, metadata: dict | None) -> None:
+    names = {v: k for k, v in _ST_DTYPES.items()}
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for key in sorted(tensors):
+        t = tensors[key].detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(raw)]}
+        blobs.append(raw)
+        offset += len(raw)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for raw in blobs:
+            f.write(raw)
+
+
+def save_safetensors(tensors: Mapping[str, Tensor], path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write a safetensors file (the `safetensors` package when installed, else the same format by hand)."""
+    path = Path(path)
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        _write_safetensors_builtin(tensors, path, metadata)
+        return
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
 def read_safetensors(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     try:

@@ -199,6 +199,9 @@ def chat_prompt(template: str, messages: list[dict], add_generation_prompt: bool
     context: extra template variables (tools=..., bos_token=..., enable_thinking=...); the
     special tokens a `ChatTemplate` carries are passed by default.
     """
+    if not isinstance(template, str):
+        raise CheckpointError("no chat template: this checkpoint has none (a base model, not an instruct one?); "
+                              "format the prompt yourself or pass a template string")
     variables = {**getattr(template, "tokens", {}), **context}
     return _compile(str(template)).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                           **variables)

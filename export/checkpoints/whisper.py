@@ -76,7 +76,8 @@ def dims_from_hf_config(config: dict, source: str = "config.json") -> WhisperDim
     unsupported = []
     for k in ("encoder_ffn_dim", "decoder_ffn_dim"):
         if config.get(k, 4 * d) != 4 * d:
-            unsupported.append(f"{k}={config[k]} (export/models/whisper.py fixes the MLP width at 4 * d_model = {4 * d})")
+            unsupported.append(f"{k}={config[k]} (export/models/whisper.py fixes the MLP width at "
+                               f"4 * d_model = {4 * d})")
     if config.get("activation_function", "gelu") != "gelu":
         unsupported.append(f"activation_function={config['activation_function']!r} (ours is exact 'gelu')")
     if config.get("scale_embedding", False):

@@ -2,17 +2,17 @@
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from ensemble.avatar import register
+from ensemble.avatar import AvatarStore, FaceDetector, register
 from ensemble.errors import InputError
 from ensemble.options import Limits
 from ensemble.service import default_avatar_dir
-from ensemble.avatar import AvatarStore
 
 
 class TritonPythonModel:
     def initialize(self, args):
         self.store = AvatarStore(default_avatar_dir())
         self.limits = Limits()
+        self.detector = FaceDetector()
 
     def execute(self, requests):
         return [self.register(r) for r in requests]
@@ -22,13 +22,20 @@ class TritonPythonModel:
             raw = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
             if raw.size != 1 or not isinstance(raw[0], bytes):
                 raise InputError("`image` must hold one encoded image (bytes)")
-            avatar = register(raw[0], max_bytes=self.limits.max_avatar_bytes, max_pixels=self.limits.max_avatar_pixels)
+            avatar = register(raw[0], max_bytes=self.limits.max_avatar_bytes, max_pixels=self.limits.max_avatar_pixels,
+                              detector=self.detector)
             self.store.save(avatar)
         except InputError as e:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG))
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("avatar_id", np.array([avatar.id.encode()], dtype=np.object_)),
-            pb_utils.Tensor("face_box", np.asarray(avatar.box, dtype=np.int32)),
+            pb_utils.Tensor("face_box", np.asarray(_xyxy(avatar.box), dtype=np.int32)),
             pb_utils.Tensor("message", np.array([avatar.message.encode()], dtype=np.object_)),
         ])
+
+
+def _xyxy(box):
+    """Avatar.box is Wav2Lip's (y1, y2, x1, x2); the API answers x0, y0, x1, y1."""
+    y1, y2, x1, x2 = box
+    return [x1, y1, x2, y2]

@@ -1,0 +1,39 @@
+"""Shared fixtures: the exported tiny graphs and one real embedded Triton server per test session."""
+from __future__ import annotations
+
+import pytest
+
+from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
+
+PORTS = dict(http_port=18000, grpc_port=18001, metrics_port=18002)
+
+
+@pytest.fixture(scope="session")
+def exported_repository():
+    """The repository with the tiny preset exported (idempotent: skipped when up to date)."""
+    from export.__main__ import main as export_main
+
+    assert export_main(["--preset", "tiny"]) == 0
+    return DEFAULT_REPOSITORY
+
+
+@pytest.fixture(scope="session")
+def server(exported_repository, tmp_path_factory):
+    options = ServerOptions(repository=exported_repository, workdir=tmp_path_factory.mktemp("triton"), **PORTS)
+    with EmbeddedServer(options) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from client.sdk import TalkingHeadClient
+
+    with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def avatar(client):
+    from ensemble.avatar import demo_avatar_png
+
+    return client.register_avatar(demo_avatar_png())

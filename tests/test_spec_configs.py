@@ -1,0 +1,47 @@
+"""The checked-in Triton configs are exactly what export/spec.py renders."""
+from pathlib import Path
+
+import pytest
+
+from export import spec
+from export.presets import get_preset
+from export.render_configs import DEFAULT_REPOSITORY, main as render_main
+
+
+@pytest.mark.parametrize("rel", sorted(spec.rendered_configs()))
+def test_checked_in_config_matches_spec(rel):
+    path = DEFAULT_REPOSITORY / rel
+    assert path.exists(), f"{rel} is missing: run `python -m export.render_configs`"
+    assert path.read_text() == spec.rendered_configs()[rel], f"{rel} differs from export/spec.py"
+
+
+def test_check_mode_fails_on_a_drifted_config(tmp_path):
+    assert render_main(["--repository", str(tmp_path)]) == 0
+    target = tmp_path / "vocoder" / "configs" / "cpu.pbtxt"
+    target.write_text(target.read_text().replace("max_batch_size: 16", "max_batch_size: 4"))
+    assert render_main(["--repository", str(tmp_path), "--check"]) == 1
+
+
+def test_production_configs_are_tensorrt_on_gpu_and_cpu_variants_use_onnxruntime():
+    for s in spec.STAGES:
+        trt = spec.render_config(s, "tensorrt")
+        cpu = spec.render_config(s, "cpu")
+        assert 'platform: "tensorrt_plan"' in trt and "KIND_GPU" in trt and "dynamic_batching" in trt
+        assert f'backend: "{spec.CPU_BACKEND}"' in cpu and "KIND_CPU" in cpu and "dynamic_batching" in cpu
+
+
+def test_profiles_cover_the_opt_shapes_and_resolve_preset_dims():
+    base = get_preset("base")
+    shapes = spec.profile_shapes(spec.LLM, base)
+    lo, opt, hi = shapes["past_kv"]
+    assert lo == (1, 24, 2, 2, 0, 64) and hi == (16, 24, 2, 2, 1536, 64)
+    assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
+    assert spec.onnx_dynamic_axes(spec.VOCODER) == {"mel": {0: "batch", 2: "frames"}, "audio": {0: "batch", 1: "samples"}}
+
+
+def test_client_tensor_names_come_from_the_spec():
+    from client import sdk
+
+    names = {t.name for t in spec.TALKING_HEAD.inputs + spec.TALKING_HEAD.outputs}
+    used = {v.name for k, v in vars(sdk).items() if k.startswith("TH_")}
+    assert used and used <= names

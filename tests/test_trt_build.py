@@ -1,0 +1,246 @@
+"""CI gate for `python -m export.trt`: every tiny-preset ONNX graph parses and builds with TensorRT.
+
+The builder here is TensorRT-RTX (pip wheels, requirements-trt.txt), which builds plans ahead of
+time on a machine without a GPU; its tests are skipped only when those wheels are not installed.
+Plans go to a temporary folder, never into the model repository.
+
+The base preset is not built by default (the LLM graph alone is ~2 GB). To build it:
+
+    python -m export --preset base --repository build/base_repo
+    python -m export.trt --preset base --repository build/base_repo --builder tensorrt-rtx --out-dir build/rtx_plans
+
+or set TRT_BASE_BUILD=1 to run `test_base_preset_builds` below (exports and builds, tens of minutes).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export import spec as specs
+from export import trt as trt_build
+from export import trt_calibration as cal
+from export.presets import get_preset
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx_libs") is not None and (
+    importlib.util.find_spec("tensorrt_rtx_bindings") is not None or importlib.util.find_spec("tensorrt_rtx") is not None)
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="TensorRT-RTX wheels not installed:"
+                               " pip install -r requirements-trt.txt")
+TINY = get_preset("tiny")
+STAGES = [s.name for s in specs.STAGES]
+
+
+@pytest.fixture(scope="module")
+def tiny_repo(tmp_path_factory) -> Path:
+    """The six tiny graphs exported with `python -m export` into a temporary repository."""
+    from export.__main__ import main as export_main
+
+    repo = tmp_path_factory.mktemp("repo")
+    assert export_main(["--preset", "tiny", "--repository", str(repo), "--no-parity"]) == 0
+    for name in STAGES:
+        assert (repo / name / "1" / "model.onnx").exists(), name
+    return repo
+
+
+@pytest.fixture(scope="module")
+def rtx():
+    return trt_build.load_trt("tensorrt-rtx")[0]
+
+
+def _build(rtx, repo: Path, out: Path, name: str, **kw) -> trt_build.BuildResult:
+    logs: list[str] = []
+    result = trt_build.build_engine(repo / name / "1" / "model.onnx", specs.BY_NAME[name], TINY,
+                                    out / name / "1" / "model.plan", trt_module=rtx, log=logs.append, **kw)
+    return result
+
+
+def _touch_after(path: Path, reference: Path) -> None:
+    t = reference.stat().st_mtime_ns + 2_000_000_000
+    os.utime(path, ns=(t, t))
+
+
+def _age(path: Path, seconds: int = 10) -> None:
+    t = path.stat().st_mtime_ns - seconds * 1_000_000_000
+    os.utime(path, ns=(t, t))
+
+
+@needs_rtx
+@pytest.mark.parametrize("name", STAGES)
+def test_tiny_graph_builds_and_skips(tiny_repo, rtx, tmp_path, name):
+    spec = specs.BY_NAME[name]
+    onnx_path = tiny_repo / name / "1" / "model.onnx"
+    plan = tmp_path / name / "1" / "model.plan"
+
+    first = _build(rtx, tiny_repo, tmp_path, name)
+    assert not first.skipped and first.reason == "built"
+    assert plan.stat().st_size > 0 and first.plan_bytes == plan.stat().st_size
+
+    side = json.loads(trt_build.sidecar_path(plan).read_text())
+    key = side["key"]
+    assert key["tensorrt_version"] == f"tensorrt-rtx {rtx.__version__}"
+    assert key["precision"] == "fp16" and key["gpu"] and key["compute_capability"]
+    assert key["onnx_sha256"]["model.onnx"] == trt_build.sha256_file(onnx_path)
+    assert side["build_seconds"] >= 0 and side["builder"] == "tensorrt-rtx"
+    # The parsed network carries the spec's tensor names; dynamic axes stay dynamic.
+    io = side["io"]
+    assert [n for n, _, _ in io["inputs"]] == [t.name for t in spec.inputs]
+    assert [n for n, _, _ in io["outputs"]] == [t.name for t in spec.outputs]
+    for (n, _, shape), t in zip(io["inputs"], spec.inputs):
+        want = ([-1] if spec.batched else []) + [-1 if isinstance(d, str) else d for d in spec.shape(t, TINY)]
+        assert list(shape) == want, (n, shape, want)
+
+    second = _build(rtx, tiny_repo, tmp_path, name)
+    assert second.skipped, second.reason
+
+    _age(plan)  # as if the graph was re-exported after the plan was built:
+    onnx_path.touch()
+    third = _build(rtx, tiny_repo, tmp_path, name)
+    assert not third.skipped and third.reason == "built"
+    assert _build(rtx, tiny_repo, tmp_path, name).skipped
+
+
+@needs_rtx
+def test_sidecar_mismatch_rebuilds(tiny_repo, rtx, tmp_path):
+    name = "vocoder"
+    plan = tmp_path / name / "1" / "model.plan"
+    assert not _build(rtx, tiny_repo, tmp_path, name).skipped
+    assert _build(rtx, tiny_repo, tmp_path, name).skipped
+    assert not _build(rtx, tiny_repo, tmp_path, name, precision="fp32").skipped  # other precision
+    assert _build(rtx, tiny_repo, tmp_path, name, precision="fp32").skipped
+    assert not _build(rtx, tiny_repo, tmp_path, name, precision="fp32", force=True).skipped
+
+    side_path = trt_build.sidecar_path(plan)
+    side = json.loads(side_path.read_text())
+    side["key"]["tensorrt_version"] = "tensorrt 10.5.0"  # as if built by another TensorRT
+    side_path.write_text(json.dumps(side))
+    _touch_after(plan, tiny_repo / name / "1" / "model.onnx")
+    result = _build(rtx, tiny_repo, tmp_path, name, precision="fp32")
+    assert not result.skipped
+
+    side = json.loads(side_path.read_text())
+    side["key"]["gpu"] = "NVIDIA H100 80GB HBM3"  # as if built for another GPU
+    side_path.write_text(json.dumps(side))
+    fresh, why = trt_build.up_to_date(plan, tiny_repo / name / "1" / "model.onnx",
+                                      trt_build.build_key(rtx, tiny_repo / name / "1" / "model.onnx",
+                                                          specs.BY_NAME[name], TINY, "fp32"))
+    assert not fresh and "gpu" in why
+
+    side_path.unlink()  # no sidecar: rebuild
+    assert not _build(rtx, tiny_repo, tmp_path, name, precision="fp32").skipped
+
+
+@needs_rtx
+def test_zero_length_past_profile_builds(tiny_repo, rtx, tmp_path):
+    """The KV-cache `past` axis has min 0 in the spec: the builder accepts a profile with a 0 dim."""
+    for name in ("asr_decoder", "llm"):
+        shapes = specs.profile_shapes(specs.BY_NAME[name], TINY)["past_kv"]
+        assert shapes[0][-2] == 0
+        assert _build(rtx, tiny_repo, tmp_path, name, precision="fp32").plan_bytes > 0
+
+
+@needs_rtx
+def test_int8_refused_by_rtx(tiny_repo, rtx, tmp_path):
+    with pytest.raises(trt_build.BuildError, match="INT8"):
+        _build(rtx, tiny_repo, tmp_path, "lipsync", precision="int8", force=True)
+
+
+@needs_rtx
+def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(trt_build, "DEFAULT_RTX_OUT_DIR", tmp_path / "rtx_plans")
+    argv = ["--preset", "tiny", "--repository", str(tiny_repo), "--builder", "tensorrt-rtx",
+            "--models", "vocoder", "lipsync", "--timing-cache", str(tmp_path / "timing.cache")]
+    assert trt_build.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "tensorrt-rtx" in out and out.count("built in") == 2
+    # RTX plans go to the separate folder, never into the model repository.
+    for name in ("vocoder", "lipsync"):
+        assert (tmp_path / "rtx_plans" / name / "1" / "model.plan").stat().st_size > 0
+        assert not (tiny_repo / name / "1" / "model.plan").exists()
+    import torch
+
+    if not torch.cuda.is_available():
+        assert out.count("parity skipped: no CUDA GPU") == 2
+    assert trt_build.main(argv) == 0
+    assert capsys.readouterr().out.count("up to date, skipped") == 2
+    # --out-name and --out-dir
+    assert trt_build.main(argv + ["--out-dir", str(tmp_path / "o"), "--out-name", "x.plan", "--no-parity"]) == 0
+    assert (tmp_path / "o" / "lipsync" / "1" / "x.plan").exists()
+    # A missing graph fails that model only, with a hint.
+    assert trt_build.main(["--preset", "tiny", "--repository", str(tmp_path / "none"), "--builder",
+                           "tensorrt-rtx", "--models", "llm"]) == 1
+    assert "python -m export --preset tiny" in capsys.readouterr().out
+
+
+def test_no_builder_exits_with_message(monkeypatch, capsys):
+    def no_module(kind):
+        raise ImportError(f"No module named {kind!r}")
+
+    monkeypatch.setattr(trt_build, "_import", no_module)
+    assert trt_build.main(["--preset", "tiny", "--builder", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "no TensorRT builder importable" in err and "requirements-trt.txt" in err
+
+
+def test_parity_skips_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: check_plan runs for real")
+    r = trt_build.check_plan(tmp_path / "model.plan", tmp_path / "model.onnx", specs.LLM, TINY)
+    assert r.skipped and r.ok and "no CUDA GPU" in r.reason and "skipped" in r.line()
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_generated_calibration_batches(name):
+    spec = specs.BY_NAME[name]
+    shapes, batches = cal.calibration_batches(spec, TINY, n=2, batch=4)
+    batches = list(batches)
+    assert len(batches) == 2
+    for feeds in batches:
+        assert list(feeds) == [t.name for t in spec.inputs]
+        for t in spec.inputs:
+            assert feeds[t.name].shape == shapes[t.name]
+            assert feeds[t.name].dtype == np.dtype(t.numpy_dtype)
+        # shapes sit inside the build profile
+        for k, (lo, _, hi) in specs.profile_shapes(spec, TINY).items():
+            assert all(a <= d <= b for a, d, b in zip(lo, feeds[k].shape, hi)), (k, feeds[k].shape)
+    assert not all(np.array_equal(batches[0][k], batches[1][k]) for k in batches[0])  # fresh draws
+
+
+def test_npz_calibration_batches(tmp_path):
+    spec = specs.VOCODER
+    good = np.zeros((2, 80, 10), np.float32)
+    np.savez(tmp_path / "a.npz", mel=good)
+    np.savez(tmp_path / "b.npz", mel=np.ones((80, 10), np.float64).reshape(1, 80, 10))
+    np.savez(tmp_path / "c.npz", mel=np.zeros((1, 80, 12), np.float32))  # other shape: left out
+    np.savez(tmp_path / "d.npz", mel=np.ones((80, 10), np.float32)[None].repeat(2, 0))
+    logs: list[str] = []
+    batches = cal.npz_batches(spec, tmp_path, log=logs.append)
+    assert [b["mel"].shape for b in batches] == [(2, 80, 10), (2, 80, 10)]
+    assert any("c.npz" in line for line in logs)
+    shapes, got = cal.calibration_batches(spec, TINY, n=1, folder=tmp_path, log=logs.append)
+    assert shapes == {"mel": (2, 80, 10)} and len(got) == 1
+    unbatched = tmp_path / "u"
+    unbatched.mkdir()
+    np.savez(unbatched / "x.npz", mel=np.zeros((80, 7), np.float32))  # batch axis added
+    assert cal.npz_batches(spec, unbatched)[0]["mel"].shape == (1, 80, 7)
+
+
+@needs_rtx
+@pytest.mark.skipif(not os.environ.get("TRT_BASE_BUILD"),
+                    reason="base preset builds are opt-in (TRT_BASE_BUILD=1): python -m export --preset base"
+                           " --repository build/base_repo && python -m export.trt --preset base --repository"
+                           " build/base_repo --builder tensorrt-rtx --out-dir build/rtx_plans")
+def test_base_preset_builds(tmp_path):
+    from export.__main__ import main as export_main
+
+    repo = Path(os.environ.get("TRT_BASE_REPOSITORY", tmp_path / "repo"))
+    assert export_main(["--preset", "base", "--repository", str(repo), "--no-parity"]) == 0
+    assert trt_build.main(["--preset", "base", "--repository", str(repo), "--builder", "tensorrt-rtx",
+                           "--out-dir", str(tmp_path / "plans"), "--no-parity"]) == 0
+    for name in STAGES:
+        assert (tmp_path / "plans" / name / "1" / "model.plan").stat().st_size > 0
