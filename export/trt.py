@@ -24,6 +24,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -266,13 +267,15 @@ def _check_io(network, spec: ModelSpec) -> None:
 def build_engine(onnx_path: Path, spec: ModelSpec, preset: Preset, plan_path: Path, *,
                  precision: str = "fp16", workspace_gb: float = 4, timing_cache: Path | None = None,
                  calibrator=None, trt_module=None, log: Log = print, force: bool = False,
-                 compute_capabilities: list[str] | None = None, verbose: bool = False) -> BuildResult:
+                 compute_capabilities: list[str] | None = None, verbose: bool = False,
+                 max_workspace_retries: int = 2) -> BuildResult:
     """Build `plan_path` from `onnx_path` (skipped when up to date, see `up_to_date`).
 
     precision: fp16 / bf16 set the builder flag where the module has it (full TensorRT);
     TensorRT-RTX has none: its precision follows the ONNX graph's types, and the result says so.
     int8 needs a calibrator (`export.trt_calibration.entropy_calibrator`) and full TensorRT.
     compute_capabilities: TensorRT-RTX targets such as ["SM86", "SM89"] (default: the builder's own).
+    When the builder fails for want of workspace it is retried with a larger one (recorded in `applied`).
     """
     trt = trt_module if trt_module is not None else load_trt("auto")[0]
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -308,6 +311,20 @@ def build_engine(onnx_path: Path, spec: ModelSpec, preset: Preset, plan_path: Pa
     applied.append(cache_note)
 
     serialized = builder.build_serialized_network(network, config)
+    for _ in range(max_workspace_retries):
+        need = _workspace_shortfall(logger.errors, workspace_gb)
+        if serialized is not None or need is None:
+            break
+        # TensorRT-RTX counts the activations at the profile's max shapes against the workspace
+        # (HiFi-GAN base at 16 x 1024 frames: ~4.5 GiB); grow it rather than fail, and say so.
+        log(f"    {spec.name}: the builder asked for {need / (1 << 30):.2f} GiB, over the {workspace_gb:g} GiB"
+            f" workspace; retrying with {_gib_above(need):g} GiB")
+        applied.append(f"workspace grown {workspace_gb:g} -> {_gib_above(need):g} GiB"
+                       f" (the builder asked for {need / (1 << 30):.2f} GiB)")
+        workspace_gb = _gib_above(need)
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+        logger.errors.clear()
+        serialized = builder.build_serialized_network(network, config)
     if serialized is None or serialized.nbytes == 0:
         raise BuildError(f"{spec.name}: build_serialized_network failed:\n"
                          + ("\n".join(f"  - {e}" for e in logger.errors) or "  (the builder logged no error)"))
@@ -320,6 +337,20 @@ def build_engine(onnx_path: Path, spec: ModelSpec, preset: Preset, plan_path: Pa
                "workspace_gb": workspace_gb, "io": network_io(network)}
     _write_atomic(sidecar_path(plan_path), json.dumps(sidecar, indent=2).encode())
     return BuildResult(spec.name, plan_path, False, "built", seconds, serialized.nbytes, applied)
+
+
+def _workspace_shortfall(errors: list[str], workspace_gb: float) -> int | None:
+    """Bytes the builder asked for beyond the workspace limit, from its OutOfMemory error, if any."""
+    for e in errors:
+        m = re.search(r"OutOfMemory \(Requested size was (\d+) bytes", e)
+        if m and int(m.group(1)) > workspace_gb * (1 << 30):
+            return int(m.group(1))
+    return None
+
+
+def _gib_above(nbytes: int) -> float:
+    """A workspace limit with room above `nbytes`: the next whole GiB plus 1."""
+    return float(-(-nbytes // (1 << 30)) + 1)
 
 
 def _set_precision(trt, config, builder, precision: str, calibrator, log: Log) -> list[str]:
@@ -635,12 +666,19 @@ def main(argv: list[str] | None = None) -> int:
                     f" [{'; '.join(result.applied)}]")
         print(line, flush=True)
         if not args.no_parity:
-            try:
-                report = check_plan(plan_path, onnx_path, spec, preset, trt_module=trt)
-            except Exception as e:
-                report = ParityResult(name, False, False, f"{type(e).__name__}: {e}")
-            print(f"  {name:<12} {report.line()}", flush=True)
-            if not report.ok:
+            recorded = _recorded_parity(plan_path) if result.skipped else None
+            if recorded is not None:  # this plan was compared when it was built
+                print(f"  {name:<12} {recorded['line']} (recorded at build)", flush=True)
+                ok = recorded["ok"]
+            else:
+                try:
+                    report = check_plan(plan_path, onnx_path, spec, preset, trt_module=trt)
+                except Exception as e:
+                    report = ParityResult(name, False, False, f"{type(e).__name__}: {e}")
+                print(f"  {name:<12} {report.line()}", flush=True)
+                _record_parity(plan_path, report)
+                ok = report.ok
+            if not ok:
                 failed.append(name)
         _release_graphs()
     print(f"export.trt: done in {time.perf_counter() - t_all:.1f} s", flush=True)
@@ -648,6 +686,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export.trt: FAILED for {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _recorded_parity(plan_path: Path) -> dict | None:
+    """The parity result the sidecar holds, unless there is none or it was skipped."""
+    try:
+        parity = json.loads(sidecar_path(plan_path).read_text()).get("parity")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return parity if parity and not parity.get("skipped") else None
+
+
+def _record_parity(plan_path: Path, report: ParityResult) -> None:
+    path = sidecar_path(plan_path)
+    try:
+        side = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    side["parity"] = {"ok": report.ok, "skipped": report.skipped, "line": report.line(), "errors": report.errors}
+    mtime = plan_path.stat().st_mtime_ns
+    _write_atomic(path, json.dumps(side, indent=2).encode())
+    os.utime(plan_path, ns=(mtime, mtime))  # the plan's own time is unchanged
 
 
 def onnx_size(onnx_path: Path) -> str:
