@@ -9,3 +9,7 @@ class InputError(ValueError):
     the orchestrator turns it into a Triton INVALID_ARG error with this message.
     Anything else raised inside the orchestrator is a server-side bug.
     """
+
+
+class Overloaded(RuntimeError):
+    """The service is at its session limit; the client may retry later (UNAVAILABLE)."""

@@ -17,6 +17,7 @@ class Limits:
     max_prompt_tokens: int = 448  # prompt tokens the LLM sees (older ones are cut)
     max_avatar_bytes: int = 10 * 1024 * 1024  # encoded avatar image
     max_avatar_pixels: int = 4096 * 4096  # decoded avatar image
+    max_sessions: int = 32  # turns served at once; more are refused at once (UNAVAILABLE)
 
 
 @dataclass(frozen=True)

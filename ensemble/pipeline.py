@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble import avatar as avatars
+from ensemble import metrics
 from ensemble.decoding import Infer, KVDecoder, greedy, sample
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
@@ -36,6 +37,9 @@ VOCODER_CONTEXT_FRAMES = 16
 # it stops the repetition loops Whisper can fall into (and random weights always do) early.
 ASR_TOKENS_PER_SECOND = 8
 ASR_EXTRA_TOKENS = 8
+
+
+FIRST_METRICS = {AUDIO: metrics.TTFA, VIDEO: metrics.TTFF}
 
 
 class Cancelled(Exception):
@@ -66,7 +70,8 @@ class Turn:
     """Runs one turn and emits events; raise InputError for bad input, Cancelled on cancel."""
 
     def __init__(self, infer: Infer, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
-                 options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False):
+                 options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
+                 recorder: metrics.Recorder | None = None):
         self._infer = infer
         self.preset = preset
         self.tok = tokenizers
@@ -75,6 +80,7 @@ class Turn:
         self._emit = emit
         self.turn_id = turn_id
         self.is_cancelled = is_cancelled
+        self.recorder = recorder or metrics.MemoryRecorder()
         self.stats = TurnStats()
         self.transcript = ""
         self.reply = ""
@@ -88,14 +94,19 @@ class Turn:
             raise Cancelled()
         t = time.perf_counter()
         out = await self._infer(model, inputs)
+        ms = (time.perf_counter() - t) * 1000.0
+        self.recorder.observe(metrics.STAGE_LATENCY, ms, stage=model)
         s = self.stats
-        s.stage_ms[model] = s.stage_ms.get(model, 0.0) + (time.perf_counter() - t) * 1000.0
+        s.stage_ms[model] = s.stage_ms.get(model, 0.0) + ms
         s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
         return out
 
     def emit(self, kind: str, data: dict, audio: np.ndarray | None = None, frame: bytes | None = None) -> None:
         t_ms = round(self.stats.ms(), 1)
-        self.stats.first.setdefault(kind, t_ms)
+        if kind not in self.stats.first:
+            self.stats.first[kind] = t_ms
+            if kind in FIRST_METRICS:
+                self.recorder.observe(FIRST_METRICS[kind], t_ms)
         self._emit(Event(kind, {"turn_id": self.turn_id, "t_ms": t_ms, **data}, audio=audio, frame=frame))
 
     # ------------------------------------------------------------ the turn

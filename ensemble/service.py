@@ -11,7 +11,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,9 @@ from tokenizers import Tokenizer
 from ensemble.audio_input import validate_audio
 from ensemble.avatar import AvatarStore
 from ensemble.decoding import Infer
-from ensemble.errors import InputError
+from ensemble import metrics
+from ensemble.errors import InputError, Overloaded
+from ensemble.pipeline import Cancelled
 from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import Emit, Tokenizers, Turn
 from ensemble.text import validate_text
@@ -40,15 +42,19 @@ class Service:
     tokenizers: Tokenizers
     avatars: AvatarStore
     limits: Limits
+    recorder: metrics.Recorder = field(default_factory=metrics.MemoryRecorder)
+    active: int = 0  # turns in flight
 
     @classmethod
-    def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None) -> "Service":
+    def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None,
+             recorder: metrics.Recorder | None = None) -> "Service":
         info = read_manifest(artifacts)
         tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
                                 llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
                                 chat_prompt=chat_prompt)
         return cls(preset=get_preset(info["preset"]), tokenizers=tokenizers,
-                   avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits())
+                   avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits(),
+                   recorder=recorder or metrics.MemoryRecorder())
 
     def parse(self, inputs: dict[str, np.ndarray]) -> tuple[dict, TurnOptions, str]:
         """Validated turn input (text or 16 kHz audio), options and avatar id; InputError names any problem."""
@@ -73,11 +79,31 @@ class Service:
 
     async def handle(self, inputs: dict[str, np.ndarray], infer: Infer, emit: Emit,
                      is_cancelled: Callable[[], bool] = lambda: False) -> Turn:
-        turn_input, options, avatar_id = self.parse(inputs)
-        avatar = self.avatars.load(avatar_id)
+        rec = self.recorder
+        if self.active >= self.limits.max_sessions:
+            rec.inc(metrics.REJECTED, reason="overloaded")
+            raise Overloaded(f"server busy: {self.active} turns in flight (limit {self.limits.max_sessions}); retry later")
+        try:
+            turn_input, options, avatar_id = self.parse(inputs)
+            avatar = self.avatars.load(avatar_id)
+        except InputError:
+            rec.inc(metrics.REJECTED, reason="invalid_input")
+            raise
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, emit,
-                    turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled)
-        await turn.run(**turn_input)
+                    turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec)
+        self.active += 1
+        rec.set(metrics.ACTIVE_SESSIONS, self.active)
+        outcome = "error"
+        try:
+            await turn.run(**turn_input)
+            outcome = "ok"
+        except Cancelled:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.active -= 1
+            rec.set(metrics.ACTIVE_SESSIONS, self.active)
+            rec.inc(metrics.TURNS, outcome=outcome)
         return turn
 
 

@@ -68,6 +68,7 @@ class ModelSpec:
     gpu_instances: int = 1  # instances of the TensorRT plan per GPU
     max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
     queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
+    parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
 
     def axis(self, name: str) -> Axis:
         for a in self.axes:
@@ -199,6 +200,7 @@ TALKING_HEAD = ModelSpec(
         Tensor("audio_chunk", "FP32", (-1,)),  # PCM at OUTPUT_SAMPLE_RATE, in audio events
         Tensor("frame", "UINT8", (-1,)),  # JPEG bytes, in video events
     ),
+    parameters=(("max_sessions", "32"),),  # turns served at once; more are refused (UNAVAILABLE)
 )
 
 AVATAR_REGISTRY = ModelSpec(
@@ -287,6 +289,8 @@ def render_config(spec: ModelSpec, variant: str) -> str:
         _tensor_config(cfg.input, spec, t, preset, is_input=True)
     for t in spec.outputs:
         _tensor_config(cfg.output, spec, t, preset, is_input=False)
+    for key, value in spec.parameters:
+        cfg.parameters[key].string_value = value
     if spec in ORCHESTRATION:
         cfg.backend = "python"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)

@@ -328,6 +328,7 @@ def build_engine(onnx_path: Path, spec: ModelSpec, preset: Preset, plan_path: Pa
     if serialized is None or serialized.nbytes == 0:
         raise BuildError(f"{spec.name}: build_serialized_network failed:\n"
                          + ("\n".join(f"  - {e}" for e in logger.errors) or "  (the builder logged no error)"))
+    sidecar_path(plan_path).unlink(missing_ok=True)  # a plan never stands beside another build's record
     _write_atomic(plan_path, memoryview(serialized))
     seconds = time.perf_counter() - t0
     if cache is not None:

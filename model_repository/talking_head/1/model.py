@@ -7,7 +7,9 @@ import numpy as np
 
 import triton_python_backend_utils as pb_utils
 
-from ensemble.errors import InputError
+from ensemble import metrics
+from ensemble.errors import InputError, Overloaded
+from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service
 from export.spec import BY_NAME, TALKING_HEAD
@@ -34,7 +36,11 @@ class TritonPythonModel:
     def initialize(self, args):
         if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
             raise pb_utils.TritonModelException("talking_head must use the decoupled transaction policy")
-        self.service = Service.load(Path(args["model_repository"]) / args["model_version"])
+        config = json.loads(args["model_config"])
+        max_sessions = config.get("parameters", {}).get("max_sessions", {}).get("string_value")
+        limits = Limits(max_sessions=int(max_sessions)) if max_sessions else Limits()
+        self.service = Service.load(Path(args["model_repository"]) / args["model_version"], limits=limits,
+                                    recorder=TritonMetrics())
         self.inflight = 0
 
     async def execute(self, requests):
@@ -60,6 +66,8 @@ class TritonPythonModel:
             await self.service.handle(inputs, bls, emit, is_cancelled=request.is_cancelled)
         except InputError as e:
             error = pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG)
+        except Overloaded as e:
+            error = pb_utils.TritonError(str(e), pb_utils.TritonError.UNAVAILABLE)
         except Cancelled:
             error = pb_utils.TritonError("turn cancelled by the client", pb_utils.TritonError.CANCELLED)
         except Exception as e:  # a stage failed: this turn fails, the server keeps serving
@@ -74,6 +82,34 @@ class TritonPythonModel:
     def finalize(self):
         if self.inflight:
             pb_utils.Logger.log_warn(f"talking_head unloading with {self.inflight} turn(s) in flight")
+
+
+class TritonMetrics:
+    """ensemble.metrics.Recorder on Triton's metrics endpoint (pb_utils.MetricFamily)."""
+
+    KINDS = {"histogram": "HISTOGRAM", "gauge": "GAUGE", "counter": "COUNTER"}
+
+    def __init__(self):
+        self.families = {m.name: pb_utils.MetricFamily(name=m.name, description=m.help,
+                                                       kind=getattr(pb_utils.MetricFamily, self.KINDS[m.kind]))
+                         for m in metrics.ALL}
+        self.children = {}
+
+    def _child(self, metric, labels):
+        key = (metric.name, tuple(sorted(labels.items())))
+        if key not in self.children:
+            extra = {"buckets": list(metric.buckets)} if metric.buckets else {}
+            self.children[key] = self.families[metric.name].Metric(labels=labels, **extra)
+        return self.children[key]
+
+    def observe(self, metric, value, **labels):
+        self._child(metric, labels).observe(value)
+
+    def inc(self, metric, by=1.0, **labels):
+        self._child(metric, labels).increment(by)
+
+    def set(self, metric, value, **labels):
+        self._child(metric, labels).set(value)
 
 
 def _bytes_tensor(raw: bytes):
