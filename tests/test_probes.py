@@ -1,0 +1,52 @@
+"""Canary and drain probes against the real server."""
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from deploy import canary, drain
+from ensemble import metrics
+
+pytestmark = pytest.mark.server
+
+
+def _metrics(server) -> str:
+    with urllib.request.urlopen(f"http://localhost:{server.options.metrics_port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def test_canary_passes_on_a_healthy_server(server):
+    assert canary.main(["--url", server.options.grpc_url, "--timeout", "60"]) == 0
+
+
+def test_canary_fails_fast_when_nothing_listens():
+    t = time.perf_counter()
+    assert canary.main(["--url", "localhost:1", "--timeout", "5"]) == 1
+    assert time.perf_counter() - t < 10
+
+
+def test_metrics_endpoint_exports_the_orchestrator_metrics(server, client, avatar):
+    client.turn(avatar_id=avatar.id, text="Hello metrics.")
+    text = _metrics(server)
+    for m in (metrics.TTFA, metrics.TTFF, metrics.STAGE_LATENCY):
+        assert f"{m.name}_bucket" in text and f"{m.name}_count" in text
+    assert 'talking_head_stage_latency_ms_count{stage="vocoder"}' in text
+    assert f"{metrics.ACTIVE_SESSIONS.name} " in text or f"{metrics.ACTIVE_SESSIONS.name}{{" in text
+    assert 'talking_head_turns_total{outcome="ok"}' in text
+
+
+def test_drain_waits_for_active_sessions(server, client, avatar):
+    url = f"localhost:{server.options.metrics_port}"
+    assert drain.main(["--url", url, "--timeout", "5"]) == 0
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (client.turn(avatar_id=avatar.id, text="A longer answer please.",
+                                                          options={"max_reply_tokens": 60}), done.set()))
+    worker.start()
+    deadline = time.time() + 10
+    while drain.active_sessions(f"http://{url}/metrics") == 0 and time.time() < deadline:
+        time.sleep(0.02)
+    assert drain.main(["--url", url, "--timeout", "120", "--interval", "0.1"]) == 0
+    assert drain.active_sessions(f"http://{url}/metrics") == 0
+    worker.join(60)
+    assert done.is_set()
