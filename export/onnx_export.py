@@ -6,6 +6,7 @@ that was baked into the graph by mistake fails it.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,32 +39,30 @@ def export_onnx(graph: torch.nn.Module, spec: ModelSpec, path: Path) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     example = graph.example_inputs(batch=2 if spec.batched else 1, seed=0)
     t0 = time.perf_counter()
-    tmp = path.with_suffix(".tmp.onnx")
-    with torch.inference_mode():
-        torch.onnx.export(
-            graph, example, str(tmp), dynamo=False, opset_version=OPSET,
-            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
-            dynamic_axes=onnx_dynamic_axes(spec), do_constant_folding=True)
-    _move_onnx(tmp, path)
+    # The exporter spills a >2 GB graph's weights as one file per tensor beside it: write into a scratch
+    # folder, then save graph + one weights file into place.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+        tmp = Path(scratch) / "model.onnx"
+        with torch.inference_mode():
+            torch.onnx.export(
+                graph, example, str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                dynamic_axes=onnx_dynamic_axes(spec), do_constant_folding=True)
+        _save_onnx(tmp, path)
     return time.perf_counter() - t0
 
 
-def _move_onnx(tmp: Path, path: Path) -> None:
-    """Rename a freshly written graph into place, re-saving external weights next to it if any."""
+def _save_onnx(src: Path, path: Path) -> None:
+    """Save the graph at `path`, its weights in `path.data` when they are too large for one protobuf."""
     import onnx
 
-    model = onnx.load(str(tmp), load_external_data=True)
-    for f in tmp.parent.glob(tmp.name + "*"):
-        f.unlink()
+    model = onnx.load(str(src), load_external_data=True)
     for f in path.parent.glob(path.name + "*"):
         f.unlink()
-    large = model.ByteSize() > 1_500_000_000 if _has_only_internal(model) else True
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    large = weights > 1_500_000_000
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=path.name + ".data" if large else None)
-
-
-def _has_only_internal(model) -> bool:
-    return all(not t.HasField("data_location") or t.data_location == 0 for t in model.graph.initializer)
 
 
 def check_onnx(path: Path) -> None:

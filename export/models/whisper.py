@@ -157,7 +157,8 @@ class TextDecoder(nn.Module):
         if not all_logits:
             x = x[:, -1]  # [B, D]
         x = self.ln(x)
-        logits = x @ self.token_embedding.weight.T  # [B, V] (tied output projection)
+        # tied output projection; F.linear exports as Gemm(transB) on 2-D x, so ONNX keeps one copy of the matrix
+        logits = F.linear(x, self.token_embedding.weight)  # [B, V] (or [B, T, V])
         return logits, torch.stack(presents, dim=1)
 
 

@@ -1,0 +1,57 @@
+"""The Triton glue every stage backend shares: gather requests, run one batch, answer each.
+
+A Python-based backend's model.py is one line over this: it names the function
+that makes a `BatchRunner` for the model (ONNX Runtime on CPU, PyTorch on CUDA).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+from ensemble.batching import BatchRunner
+from export.spec import BY_NAME, ModelSpec
+
+RunnerFactory = Callable[[ModelSpec, dict, dict], BatchRunner]
+
+
+def make_model(factory: RunnerFactory):
+    """A TritonPythonModel class whose runner comes from factory(spec, model_config, args)."""
+
+    class TritonPythonModel:
+        def initialize(self, args):
+            config = json.loads(args["model_config"])
+            name = config["name"]
+            if name not in BY_NAME:
+                raise pb_utils.TritonModelException(f"no I/O spec named {name!r} in export/spec.py")
+            self.spec = BY_NAME[name]
+            try:
+                self.runner = factory(self.spec, config, args)
+            except FileNotFoundError as e:
+                raise pb_utils.TritonModelException(f"{name}: {e}") from None
+
+        def execute(self, requests):
+            feeds = []
+            for r in requests:
+                tensors = {t.name: pb_utils.get_input_tensor_by_name(r, t.name) for t in self.spec.inputs}
+                feeds.append({k: v.as_numpy() for k, v in tensors.items() if v is not None})
+            responses = []
+            for result in self.runner.run(feeds):
+                if isinstance(result, Exception):
+                    responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+                else:
+                    responses.append(pb_utils.InferenceResponse(
+                        output_tensors=[pb_utils.Tensor(n, a) for n, a in result.items()]))
+            return responses
+
+    return TritonPythonModel
+
+
+def parameter(config: dict, key: str, default: str) -> str:
+    return config.get("parameters", {}).get(key, {}).get("string_value", default)
+
+
+def version_dir(args: dict) -> Path:
+    return Path(args["model_repository"]) / args["model_version"]
