@@ -30,28 +30,44 @@ PROJECT_BACKENDS = Path(__file__).resolve().parent / "backends"  # Python-based 
 SHM_PREFIX = "triton_python_backend_shm_region"
 
 
-def pytriton_root() -> Path:
-    """The folder of the nvidia-pytriton wheel that holds tritonserver and its libraries."""
-    import pytriton
+@dataclass(frozen=True)
+class TritonInstall:
+    """Where a tritonserver, its Python backend (with a stub for this Python) and its libraries are."""
 
-    root = Path(pytriton.__file__).resolve().parent
-    if not (root / "tritonserver" / "bin" / "tritonserver").exists():
-        raise RuntimeError(f"nvidia-pytriton at {root} has no bundled tritonserver")
-    return root
+    binary: Path
+    python_backend: Path  # holds libtriton_python.so and triton_python_backend_utils.py
+    stub: Path  # triton_python_backend_stub for this interpreter's Python version
+    lib_dir: Path | None  # goes on LD_LIBRARY_PATH
+
+    @classmethod
+    def find(cls) -> "TritonInstall":
+        """$TRITON_HOME (an unpacked bin/ backends/ lib/ tree, as on the GPU machine), else the pytriton wheel."""
+        home = os.environ.get("TRITON_HOME")
+        if home:
+            root = Path(home)
+            return cls(root / "bin" / "tritonserver", root / "backends" / "python",
+                       root / "backends" / "python" / "triton_python_backend_stub", root / "lib")
+        import pytriton
+
+        ts = Path(pytriton.__file__).resolve().parent / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(ts / "bin" / "tritonserver", ts / "backends" / "python",
+                      ts / "python_backend_stubs" / version / "triton_python_backend_stub",
+                      ts.parent.parent / "nvidia_pytriton.libs")
+        if not install.binary.exists():
+            raise RuntimeError(f"nvidia-pytriton at {ts} has no bundled tritonserver")
+        if not install.stub.exists():
+            raise RuntimeError(f"the bundled Triton has no Python backend stub for Python {version}")
+        return install
 
 
-def assemble_backends(dest: Path) -> Path:
-    """A backend directory: the wheel's `python` backend (+ this Python's stub) and ours."""
-    ts = pytriton_root() / "tritonserver"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = ts / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.exists():
-        raise RuntimeError(f"the bundled Triton has no Python backend stub for Python {version}")
+def assemble_backends(dest: Path, install: TritonInstall) -> Path:
+    """A backend directory: Triton's `python` backend (+ the stub for this Python) and ours."""
     if dest.exists():
         shutil.rmtree(dest)
     python_dir = dest / "python"
-    shutil.copytree(ts / "backends" / "python", python_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(stub, python_dir / "triton_python_backend_stub")
+    shutil.copytree(install.python_backend, python_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
     for backend in sorted(PROJECT_BACKENDS.iterdir()):
         if (backend / "model.py").exists():
             shutil.copytree(backend, dest / backend.name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -84,11 +100,12 @@ class EmbeddedServer:
         self.process: subprocess.Popen | None = None
         self.log_path = self.options.workdir / "tritonserver.log"
         self.started_s: float | None = None  # seconds from launch to all models ready
+        self.install = TritonInstall.find()
 
     def command(self, backends: Path) -> list[str]:
         o = self.options
         return [
-            str(pytriton_root() / "tritonserver" / "bin" / "tritonserver"),
+            str(self.install.binary),
             f"--model-repository={o.repository}",
             f"--model-config-name={o.config_name}",
             f"--backend-directory={backends}",
@@ -103,8 +120,8 @@ class EmbeddedServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        libs = str(pytriton_root().parent / "nvidia_pytriton.libs")
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [libs, env.get("LD_LIBRARY_PATH")]))
+        if self.install.lib_dir is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(self.install.lib_dir), env.get("LD_LIBRARY_PATH")]))
         # The Python stub uses the site-packages of the first python on PATH: make it ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         return env
@@ -114,7 +131,7 @@ class EmbeddedServer:
         if not (o.repository / "talking_head" / "config.pbtxt").exists():
             raise RuntimeError(f"{o.repository} is not this project's model repository")
         o.workdir.mkdir(parents=True, exist_ok=True)
-        backends = assemble_backends(o.workdir / "backends")
+        backends = assemble_backends(o.workdir / "backends", self.install)
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(backends), env=self.environment(), stdout=log,

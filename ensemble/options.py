@@ -26,6 +26,7 @@ class TurnOptions:
 
     max_reply_tokens: int | None = None  # cap on LLM tokens (None: the preset's default)
     video: bool = True  # stream lip-synced frames (False: audio and text only)
+    streaming: bool = True  # False: the naive baseline (whole reply, whole TTS, whole vocoder, all frames, then send)
     temperature: float = 0.7  # LLM sampling temperature (0 = greedy)
     top_k: int = 40  # LLM samples among the k most likely tokens
     seed: int = 0  # seed of the LLM sampler: the same turn gives the same reply
@@ -63,8 +64,9 @@ class TurnOptions:
 
         if self.max_reply_tokens is not None:
             bounded("max_reply_tokens", 1, 512)
-        if not isinstance(self.video, bool):
-            raise InputError(f"option video={self.video!r} must be true or false")
+        for flag in ("video", "streaming"):
+            if not isinstance(getattr(self, flag), bool):
+                raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
         bounded("temperature", 0.0, 2.0)
         bounded("top_k", 1, 1000)
         bounded("seed", 0, 2**31 - 1)

@@ -113,15 +113,18 @@ class Turn:
     async def run(self, *, text: str | None = None, audio16k: np.ndarray | None = None) -> None:
         pieces: asyncio.Queue = asyncio.Queue()
         audio_q: asyncio.Queue = asyncio.Queue()
-        tasks = [asyncio.ensure_future(self._reply(text, audio16k, pieces)),
-                 asyncio.ensure_future(self._speech(pieces, audio_q))]
-        if self.options.video:
-            tasks.append(asyncio.ensure_future(self._video(audio_q)))
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
+        if self.options.streaming:
+            tasks = [asyncio.ensure_future(self._reply(text, audio16k, pieces)),
+                     asyncio.ensure_future(self._speech(pieces, audio_q))]
+            if self.options.video:
+                tasks.append(asyncio.ensure_future(self._video(audio_q)))
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                for t in tasks:
+                    t.cancel()
+        else:
+            await self._naive(text, audio16k, pieces, audio_q)
         s = self.stats
         self.emit(DONE, {
             "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
@@ -129,6 +132,21 @@ class Turn:
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
             "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
         })
+
+    async def _naive(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue,
+                     audio_q: asyncio.Queue) -> None:
+        """The benchmark's baseline: every stage finishes before the next starts; nothing is sent until the end."""
+        held: list[Event] = []
+        send, self._emit = self._emit, held.append
+        try:
+            await self._reply(text, audio16k, pieces)
+            await self._speech(pieces, audio_q)
+            if self.options.video:
+                await self._video(audio_q)
+        finally:
+            self._emit = send
+        for event in held:
+            send(event)
 
     async def _reply(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue) -> None:
         try:
@@ -216,7 +234,9 @@ class Turn:
             audio_q.put_nowait(_END)
 
     async def _vocode(self, mel: np.ndarray, audio_q: asyncio.Queue) -> None:
-        stream = VocoderStream(context_frames=VOCODER_CONTEXT_FRAMES)
+        whole = spec.VOCODER.axis("frames").max - 2 * VOCODER_CONTEXT_FRAMES  # naive: one call per piece
+        stream = VocoderStream(context_frames=VOCODER_CONTEXT_FRAMES,
+                               **({} if self.options.streaming else {"chunk_frames": whole}))
         stream.push(mel)
         stream.finish()
         for chunk_id, mel_chunk in stream.chunks_ready():

@@ -2,16 +2,20 @@
 
     python -m export --preset tiny           # the CPU demo's graphs (seconds)
     python -m export --preset base           # real model sizes (minutes, ~2.6 GB)
+    python -m export --weights vocoder=LJ_V1 --weights llm=Qwen/Qwen2.5-0.5B-Instruct   # real checkpoints
 
 Idempotent: a graph is skipped when its manifest says it was exported from the
 same preset, seed and model code. Every graph is checked with onnx.checker and
 compared with PyTorch through ONNX Runtime on fresh inputs (max relative error
 printed; fp32 limit 1e-4). Weights are seeded random unless real checkpoints
-are given (see README).
+are given with --weights FAMILY=PATH_OR_HUB_ID (asr, llm, tts, vocoder, lipsync;
+repeatable; see export/weights.py): such a family's dimensions then come from
+its checkpoint, and its source (files, sizes, mtimes) is part of the up-to-date key.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -20,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from export import onnx_export, spec
+from export import onnx_export, spec, weights
 from export.artifacts import write_orchestrator_artifacts
+from export.checkpoints.common import CheckpointError
 from export.graphs import build_graphs, parameter_count
 from export.presets import PRESETS, get_preset
 
@@ -57,23 +62,51 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", choices=STAGES, default=STAGES, help="export only these stages")
     ap.add_argument("--force", action="store_true", help="export even when the manifest says up to date")
     ap.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
+    ap.add_argument("--weights", action="append", default=[], metavar="FAMILY=PATH_OR_HUB_ID",
+                    help=f"real checkpoint for one family ({', '.join(weights.FAMILIES)}): a local file or folder, "
+                         f"or a Hugging Face Hub id when a network is there; repeatable")
+    ap.add_argument("--no-download", action="store_true", help="never download --weights hub ids (local paths only)")
     args = ap.parse_args(argv)
+    try:
+        weight_specs = weights.parse_weights_args(args.weights)
+    except ValueError as e:
+        ap.error(str(e))
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     preset = get_preset(args.preset)
     t_all = time.perf_counter()
-    print(f"export: preset {preset.name} ({preset.notes}), seed {args.seed}; weights are SEEDED RANDOM"
-          f" (no real checkpoints given), so speech, words and lips are noise", flush=True)
+    if not weight_specs:
+        print(f"export: preset {preset.name} ({preset.notes}), seed {args.seed}; weights are SEEDED RANDOM"
+              f" (no real checkpoints given), so speech, words and lips are noise", flush=True)
+    else:
+        print(f"export: preset {preset.name} ({preset.notes}), seed {args.seed}; loading real checkpoints for "
+              f"{', '.join(weight_specs)}", flush=True)
+    try:
+        loaded = weights.load_weights(weight_specs, allow_download=not args.no_download)
+    except CheckpointError as e:
+        print(f"export: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if loaded:
+        preset = weights.preset_with(preset, loaded)
+        print(f"  weights: {weights.summary(loaded)}", flush=True)
     key_base = {"preset": preset.name, "seed": args.seed, "code": code_digest(), "opset": onnx_export.OPSET}
+
+    def stage_key(n: str) -> dict:
+        key = {**key_base, "model": n}
+        real = weights.weights_key(weights.STAGE_FAMILY[n], loaded)
+        if real is not None:
+            key["weights"] = real
+        return key
+
     todo = [n for n in args.models
-            if args.force or not up_to_date(args.repository / n / "1" / "export.json", {**key_base, "model": n})]
+            if args.force or not up_to_date(args.repository / n / "1" / "export.json", stage_key(n))]
     skipped = [n for n in args.models if n not in todo]
     if skipped:
         print(f"  up to date, skipped: {', '.join(skipped)}")
     failed = []
     if todo:
         t = time.perf_counter()
-        graphs = build_graphs(preset, args.seed, todo)
+        graphs = build_graphs(preset, args.seed, todo, modules=weights.modules_of(loaded))
         print(f"  built {len(graphs)} PyTorch graph(s) in {time.perf_counter() - t:.1f} s", flush=True)
         for name in todo:
             graph, s = graphs[name], spec.BY_NAME[name]
@@ -89,8 +122,15 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(name)
             print(line, flush=True)
             if name not in failed:
-                (folder / "export.json").write_text(json.dumps({"key": {**key_base, "model": name}}, indent=2))
-    write_orchestrator_artifacts(args.repository / spec.TALKING_HEAD.name / "1", preset.name, args.seed)
+                (folder / "export.json").write_text(json.dumps({"key": stage_key(name)}, indent=2))
+    tokenizer = {fam: loaded[fam].tokenizer_file if fam in loaded else None for fam in ("asr", "llm")}
+    write_orchestrator_artifacts(
+        args.repository / spec.TALKING_HEAD.name / "1", preset.name, args.seed, weights.weights_manifest(loaded),
+        asr_tokenizer=tokenizer["asr"], llm_tokenizer=tokenizer["llm"],
+        chat_template=loaded["llm"].chat_template if "llm" in loaded else None,
+        tts_lexicon=loaded["tts"].lexicon if "tts" in loaded else None,
+        tts_frontend="arpabet" if "tts" in loaded else "characters",
+        dims={fam: dataclasses.asdict(getattr(preset, fam)) for fam in weights.FAMILIES} if loaded else None)
     print(f"export: done in {time.perf_counter() - t_all:.1f} s -> {args.repository}", flush=True)
     if failed:
         print(f"export: parity FAILED for {', '.join(failed)}", file=sys.stderr)

@@ -65,7 +65,8 @@ class ModelSpec:
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_us: int = 0
     preset_dims: Callable[[Preset], dict[str, int]] = field(default=lambda p: {}, compare=False)
-    gpu_instances: int = 1  # instances of the TensorRT plan per GPU
+    gpu_instances: int = 1  # instances of the TensorRT plan / PyTorch model per GPU
+    gpu_precision: str = "fp16"  # dtype of the PyTorch-on-CUDA variant (gpu): fp16, bf16 or fp32
     max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
     queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
     parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
@@ -145,7 +146,7 @@ LLM = ModelSpec(
     ),
     axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 1536)),  # past + tokens <= 2048
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
-    preset_dims=_llm_dims,
+    preset_dims=_llm_dims, gpu_precision="bf16",
 )
 
 TTS = ModelSpec(
@@ -161,6 +162,7 @@ TTS = ModelSpec(
     ),
     axes=(Axis("phonemes", 1, 64, 400),),
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+    gpu_precision="fp32",  # one call per sentence; its sinusoid tables and length regulator stay fp32
 )
 
 VOCODER = ModelSpec(
@@ -266,9 +268,10 @@ def sample_shape(spec: ModelSpec, preset: Preset, batch: int = 1, **sizes: int) 
 
 # ---------------------------------------------------------------- Triton configs
 
-VARIANTS = ("tensorrt", "cpu")
+VARIANTS = ("tensorrt", "cpu", "gpu", "gpu_naive")
 PRODUCTION_PRESET = "base"  # what config.pbtxt (TensorRT, GPU) is rendered for
 CPU_BACKEND = "ort_cpu"  # the Python-based ONNX Runtime backend in deploy/backends/
+GPU_BACKEND = "torch_gpu"  # the Python-based PyTorch-on-CUDA backend in deploy/backends/ (hosts without TensorRT)
 
 
 def _tensor_config(msg, spec: ModelSpec, t: Tensor, preset: Preset | None, is_input: bool) -> None:
@@ -293,17 +296,25 @@ def render_config(spec: ModelSpec, variant: str) -> str:
         cfg.parameters[key].string_value = value
     if spec in ORCHESTRATION:
         cfg.backend = "python"
-        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+        count = ORCHESTRATOR_GPU_INSTANCES if variant == "gpu" else 1
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=count)
         cfg.model_transaction_policy.decoupled = spec is TALKING_HEAD
         return _header(spec, "python") + text_format.MessageToString(cfg)
     if variant == "tensorrt":
         cfg.platform = "tensorrt_plan"
         cfg.default_model_filename = "model.plan"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=spec.gpu_instances)
-    else:
+    elif variant == "cpu":
         cfg.backend = CPU_BACKEND
         cfg.default_model_filename = "model.onnx"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    else:  # PyTorch on CUDA; gpu_naive = the benchmark's baseline: eager fp32, one request at a time
+        naive = variant == "gpu_naive"
+        cfg.backend = GPU_BACKEND
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=1 if naive else spec.gpu_instances)
+        cfg.parameters["precision"].string_value = "fp32" if naive else spec.gpu_precision
+        if naive:
+            return _header(spec, variant) + text_format.MessageToString(cfg)
     db = cfg.dynamic_batching
     db.preferred_batch_size.extend(spec.preferred_batch_sizes)
     db.max_queue_delay_microseconds = spec.max_queue_delay_us
@@ -318,11 +329,17 @@ def _header(spec: ModelSpec, variant: str) -> str:
             f"# Regenerate with: python -m export.render_configs\n")
 
 
+ORCHESTRATOR_GPU_INSTANCES = 4  # stub processes of the orchestrator on a GPU host: frames are composited on CPUs
+
+
 def config_paths(spec: ModelSpec) -> dict[str, str]:
     """Where each variant's config lives, relative to the model repository."""
+    if spec is TALKING_HEAD:
+        return {"python": f"{spec.name}/config.pbtxt", "gpu": f"{spec.name}/configs/gpu.pbtxt"}
     if spec in ORCHESTRATION:
         return {"python": f"{spec.name}/config.pbtxt"}
-    return {"tensorrt": f"{spec.name}/config.pbtxt", "cpu": f"{spec.name}/configs/cpu.pbtxt"}
+    return {"tensorrt": f"{spec.name}/config.pbtxt", "cpu": f"{spec.name}/configs/cpu.pbtxt",
+            "gpu": f"{spec.name}/configs/gpu.pbtxt", "gpu_naive": f"{spec.name}/configs/gpu_naive.pbtxt"}
 
 
 def rendered_configs() -> dict[str, str]:

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from export import text_frontend
-from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch, resolve
+from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch
 from export.checkpoints.contract_check import AudioSettings, check_tts_audio, tts_audio_from_preprocess
 from export.models.fastspeech2 import FastSpeech2
 from export.presets import FastSpeech2Config
@@ -256,15 +256,16 @@ def _apply_stats(sd: dict, stats_file: Path, model_cfg: dict | None, n_bins: int
 def load_fastspeech2(path: str | os.PathLike, *, model_yaml: str | os.PathLike | None = None,
                      preprocess_yaml: str | os.PathLike | None = None, stats: str | os.PathLike | None = None,
                      lexicon: str | os.PathLike | None = None, check_contract: bool = True,
-                     allow_download: bool = False, dtype: torch.dtype = torch.float32) -> FastSpeech2:
-    """FastSpeech2 in eval mode from a ming024 checkpoint (a `.pth.tar`, or a folder holding one).
+                     dtype: torch.dtype = torch.float32) -> FastSpeech2:
+    """FastSpeech2 in eval mode from a ming024 checkpoint (a local `.pth.tar`, or a folder holding one;
+    export/weights.py fetches hub ids).
 
     The returned module carries `.checkpoint_files` (FastSpeech2Files: what was read, the lexicon
     for export/g2p.py included) and `.audio_settings` (AudioSettings from preprocess.yaml, or only
     the mel count from the shapes when there is no preprocess.yaml).
     check_contract: raise ContractError when preprocess.yaml disagrees with export/contract.py TTS_MEL.
     """
-    files = locate_fastspeech2(resolve(path, allow_download), model_yaml=model_yaml,
+    files = locate_fastspeech2(path, model_yaml=model_yaml,
                                preprocess_yaml=preprocess_yaml, stats=stats, lexicon=lexicon)
     source = str(files.checkpoint)
     model_cfg = read_yaml(files.model_yaml) if files.model_yaml else None

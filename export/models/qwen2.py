@@ -126,7 +126,7 @@ class Qwen2Model(nn.Module):
         """input_ids [B, T], past_kv [B, L, 2, KVH, P, Dh] -> (hidden [B, T, D] normed, present_kv)."""
         n_past, n_new = past_kv.shape[4], input_ids.shape[1]
         positions = torch.arange(n_new, device=input_ids.device) + n_past  # [T]: P .. P + T - 1
-        cos, sin = self.rotary_emb(positions)
+        cos, sin = (t.to(self.embed_tokens.weight.dtype) for t in self.rotary_emb(positions))  # fp32 math, model dtype
         mask = causal_mask(n_past, n_new, device=input_ids.device)  # [T, S]
         x = self.embed_tokens(input_ids)
         presents = []

@@ -1,0 +1,223 @@
+"""GPU benchmark: naive baseline vs optimized streaming pipeline, side by side in one run.
+
+    python -m loadtests.bench_gpu --preset base --out bench_out     # on a GPU host
+
+1. per-stage speed of the PyTorch modules (loadtests.stage_bench): fp32 ("naive") and
+   the spec's GPU precisions ("optimized");
+2. end to end through the real Triton server at the client:
+   (a) naive: `--model-config-name=gpu_naive` (eager fp32, no dynamic batching, one
+       orchestrator instance) with turn option streaming=false (whole reply, whole TTS,
+       whole vocoder, all frames, then everything is sent);
+   (b) optimized: `--model-config-name=gpu` (fp16/bf16, dynamic batching, several
+       orchestrator instances), streaming;
+   text turns at each concurrency, and speech turns (a 5 s utterance) at concurrency 1;
+   time to first audio chunk (TTFA) and first video frame (TTFF) p50/p95, whether every
+   session stayed real time (no audio underrun after the first chunk, every frame on
+   time at 25 fps), the largest real-time concurrency, and peak GPU memory.
+Writes <out>/bench_gpu.json, <out>/BENCHMARKS.md and PNG plots.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from client.sdk import ClientError, TalkingHeadClient, Turn
+from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
+from ensemble import events as ev
+from ensemble.avatar import demo_avatar_png
+from export import contract
+from export.artifacts import write_orchestrator_artifacts
+
+FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
+TEXT = "Please tell me about the weather today and what I should wear."
+
+
+@dataclass
+class TurnRecord:
+    ok: bool
+    error: str = ""
+    ttfa_s: float | None = None
+    ttff_s: float | None = None
+    total_s: float | None = None
+    audio_s: float = 0.0
+    frames: int = 0
+    audio_underruns: int = 0
+    late_frames: int = 0
+
+    @property
+    def real_time(self) -> bool:
+        return self.ok and self.audio_underruns == 0 and self.late_frames == 0
+
+
+def speech_utterance(seconds: float = 5.0) -> np.ndarray:
+    """A speech-like 16 kHz signal (voiced harmonics with a syllable envelope); content does not change the cost."""
+    t = np.arange(int(seconds * contract.INPUT_SAMPLE_RATE)) / contract.INPUT_SAMPLE_RATE
+    f0 = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)
+    voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / contract.INPUT_SAMPLE_RATE) / k for k in range(1, 8))
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) * 0.2
+    return (voice * envelope).astype(np.float32)
+
+
+def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np.ndarray | None) -> TurnRecord:
+    turn = Turn(clock=client.clock)
+    frame_arrivals: list[float] = []
+    try:
+        kwargs = {"audio": audio} if audio is not None else {"text": TEXT}
+        for event in client.ask(avatar_id=avatar_id, options=options, **kwargs):
+            turn.add(event)
+            if event.type == ev.VIDEO:
+                frame_arrivals.append(event.received_at)
+        r = turn.result()
+    except ClientError as e:
+        return TurnRecord(ok=False, error=str(e)[:200])
+    late = 0
+    if frame_arrivals:
+        first = frame_arrivals[0]
+        late = sum(1 for i, t in enumerate(frame_arrivals) if t - first > i / contract.VIDEO_FPS + FRAME_SLACK_S)
+    return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
+                      total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
+                      late_frames=late)
+
+
+def run_level(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
+              audio: np.ndarray | None = None) -> list[TurnRecord]:
+    """`concurrency` sessions at once, each `turns` turns back to back."""
+    with TalkingHeadClient(url, turn_timeout_s=300) as client:
+        def session(_):
+            return [one_turn(client, avatar_id, options, audio) for _ in range(turns)]
+        with ThreadPoolExecutor(concurrency) as pool:
+            return [r for rs in pool.map(session, range(concurrency)) for r in rs]
+
+
+def summarize(records: list[TurnRecord]) -> dict:
+    ok = [r for r in records if r.ok]
+
+    def pct(name, q):
+        vals = [getattr(r, name) for r in ok if getattr(r, name) is not None]
+        return float(np.percentile(vals, q)) if vals else None
+
+    return {"turns": len(records), "failed": len(records) - len(ok),
+            "real_time_sessions": sum(r.real_time for r in records),
+            "all_real_time": all(r.real_time for r in records) and bool(records),
+            "ttfa_p50_s": pct("ttfa_s", 50), "ttfa_p95_s": pct("ttfa_s", 95),
+            "ttff_p50_s": pct("ttff_s", 50), "ttff_p95_s": pct("ttff_s", 95),
+            "total_p50_s": pct("total_s", 50), "audio_s_p50": pct("audio_s", 50),
+            "late_frames": sum(r.late_frames for r in records), "audio_underruns": sum(r.audio_underruns for r in records),
+            "errors": sorted({r.error for r in records if r.error})[:3]}
+
+
+class GpuMemory:
+    """Peak GPU memory in use (all processes), sampled with nvidia-smi."""
+
+    def __init__(self, interval_s: float = 0.5):
+        self.peak_mib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.peak_mib = max(self.peak_mib, max(int(x) for x in out.split()))
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+            self._stop.wait(interval_s)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
+                      port: int, speech: np.ndarray) -> dict:
+    server_options = ServerOptions(config_name=config_name, workdir=workdir / config_name, grpc_port=port,
+                                   http_port=port - 1, metrics_port=port + 1, ready_timeout_s=400)
+    result: dict = {"config": config_name, "options": options, "levels": {}}
+    with GpuMemory() as mem, EmbeddedServer(server_options) as server:
+        result["server_start_s"] = server.started_s
+        url = server_options.grpc_url
+        with TalkingHeadClient(url) as c:
+            avatar = c.register_avatar(demo_avatar_png()).id
+        run_level(url, avatar, 1, 2, options)  # warm-up: first calls build cuDNN plans
+        result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
+        print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
+        for c in levels:
+            t = time.perf_counter()
+            s = summarize(run_level(url, avatar, c, turns, options))
+            s["wall_s"] = time.perf_counter() - t
+            result["levels"][c] = s
+            print(f"[{config_name}] text c={c}: {s}", flush=True)
+    result["peak_gpu_memory_mib"] = mem.peak_mib
+    return result
+
+
+def capacity(levels: dict) -> int:
+    """Largest measured concurrency at which every session stayed real time."""
+    ok = [int(c) for c, s in levels.items() if s["all_real_time"] and not s["failed"]]
+    return max(ok, default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="base")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32, 64])
+    ap.add_argument("--naive-concurrency", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--turns", type=int, default=2, help="turns per session at each level")
+    ap.add_argument("--max-reply-tokens", type=int, default=48)
+    ap.add_argument("--out", type=Path, default=Path("bench_out"))
+    ap.add_argument("--skip-stages", action="store_true", help="no per-stage microbenchmarks")
+    ap.add_argument("--port", type=int, default=8101)
+    ap.add_argument("--naive-config", default="gpu_naive", help="model config variant of the baseline")
+    ap.add_argument("--optimized-config", default="gpu", help="model config variant of the optimized pipeline")
+    ap.add_argument("--stage-device", default="cuda", help="device of the per-stage microbenchmarks")
+    args = ap.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_orchestrator_artifacts(DEFAULT_REPOSITORY / "talking_head" / "1", args.preset, 0)
+
+    report: dict = {"date": datetime.date.today().isoformat(), "preset": args.preset, "hardware": hardware(),
+                    "command": "python -m loadtests.bench_gpu " + " ".join(argv or [])}
+    if not args.skip_stages:
+        from loadtests.stage_bench import bench
+        report["stages"] = {"naive": bench(args.preset, args.stage_device, "fp32", 30),
+                            "optimized": bench(args.preset, args.stage_device, None, 30)}
+        print("stages:", json.dumps(report["stages"]), flush=True)
+    speech = speech_utterance()
+    base_opts = {"max_reply_tokens": args.max_reply_tokens}
+    report["naive"] = serve_and_measure(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
+                                        args.naive_concurrency, args.turns, args.out, args.port, speech)
+    report["optimized"] = serve_and_measure(args.optimized_config, {**base_opts, "lipsync_batch": 8}, args.concurrency,
+                                            args.turns, args.out, args.port, speech)
+    report["capacity"] = {"naive": capacity(report["naive"]["levels"]), "optimized": capacity(report["optimized"]["levels"])}
+    (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=2, default=str))
+    from loadtests.bench_report import write_report
+    write_report(report, args.out)
+    return 0
+
+
+def hardware() -> str:
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except OSError:
+        gpu = "no GPU"
+    import os
+    return f"{gpu}; {os.cpu_count()} CPU cores; {platform.platform()}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

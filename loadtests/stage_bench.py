@@ -1,0 +1,127 @@
+"""Per-stage speed of the PyTorch modules on one device, outside Triton (medians of timed repeats).
+
+    python -m loadtests.stage_bench --preset base --device cuda
+
+Vocoder × real time (batch 1 and best batch), Wav2Lip frames/s, LLM ms/token at
+batch 1 and tokens/s at batch 16, ASR real-time factor on a 5 s utterance, TTS
+ms per sentence; each in the spec's GPU precision ("optimized") and in fp32
+("naive"). Inputs are fresh random tensors rotated between repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from export import contract, spec
+from export.presets import get_preset
+from export.torch_runtime import DTYPES, load_graph
+
+
+def timed(fn: Callable[[int], object], device: str, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of fn(i) over `repeats` runs (after `warmup`), synchronizing the device."""
+    for i in range(warmup):
+        fn(i)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    times = []
+    for i in range(repeats):
+        t = time.perf_counter()
+        fn(i)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _inputs(graph, n: int, batch: int, dtype, device, **sizes):
+    sets = []
+    for seed in range(n):
+        xs = graph.example_inputs(batch=batch, seed=seed, **sizes)
+        sets.append([x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device) for x in xs])
+    return sets
+
+
+def bench(preset_name: str, device: str, precision: str | None, repeats: int) -> dict:
+    """precision: one dtype for every stage (the naive baseline: "fp32"), or None for each spec's GPU precision."""
+    preset = get_preset(preset_name)
+    out: dict[str, float] = {}
+
+    def load(s):
+        prec = precision or s.gpu_precision
+        return load_graph(s, preset, 0, device, prec), DTYPES[prec]
+
+    with torch.inference_mode():
+        g, dtype = load(spec.VOCODER)
+        frames_1s = round(contract.TTS_MEL.frames_per_second)  # 86 mel frames = 1 s of audio
+        for batch in (1, 16):
+            sets = _inputs(g, 4, batch, dtype, device, frames=frames_1s)
+            s = timed(lambda i: g(*sets[i % 4]), device, repeats)
+            out[f"vocoder_xrt_b{batch}"] = batch * (frames_1s * contract.TTS_MEL.hop_length / contract.TTS_MEL.sample_rate) / s
+        del g
+
+        g, dtype = load(spec.LIPSYNC)
+        for batch in (1, 32, 64):
+            sets = _inputs(g, 4, batch, dtype, device)
+            s = timed(lambda i: g(*sets[i % 4]), device, repeats)
+            out[f"lipsync_fps_b{batch}"] = batch / s
+        del g
+
+        g, dtype = load(spec.LLM)
+        for batch in (1, 16):
+            sets = _inputs(g, 4, batch, dtype, device, tokens=1, past=128)
+            s = timed(lambda i: g(*sets[i % 4]), device, repeats)
+            out[f"llm_ms_per_token_b{batch}"] = s * 1000
+            out[f"llm_tokens_per_s_b{batch}"] = batch / s
+        del g
+
+        enc, dtype = load(spec.ASR_ENCODER)
+        dec, _ = load(spec.ASR_DECODER)
+        mel = _inputs(enc, 2, 1, dtype, device)
+        steps = 20  # a 5 s utterance is ~15-20 tokens
+
+        def asr(i):
+            feats = enc(*mel[i % 2])
+            past = torch.zeros((1, *spec.ASR_DECODER.shape(spec.ASR_DECODER.input("past_kv"), preset)[:3], 0,
+                                spec.ASR_DECODER.shape(spec.ASR_DECODER.input("past_kv"), preset)[4]),
+                               device=device, dtype=dtype)
+            tok = torch.ones((1, 4), dtype=torch.int64, device=device)
+            for _ in range(steps):
+                _, past = dec(tok, feats, past)
+                tok = tok[:, :1]
+        s = timed(asr, device, max(3, repeats // 5))
+        out["asr_rtf_5s"] = s / 5.0
+        del enc, dec
+
+        g, dtype = load(spec.TTS)
+        sets = _inputs(g, 4, 1, dtype, device, phonemes=60)
+        out["tts_ms_sentence"] = timed(lambda i: g(*sets[i % 4]), device, repeats) * 1000
+    if device.startswith("cuda"):
+        out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        torch.cuda.reset_peak_memory_stats()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="base")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    results = {label: bench(args.preset, args.device, precision, args.repeats)
+               for label, precision in (("naive", "fp32"), ("optimized", None))}
+    for label, figures in results.items():
+        print(label, json.dumps({k: round(v, 3) for k, v in figures.items()}), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
