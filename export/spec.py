@@ -14,9 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
 from export import contract
 from export.presets import Preset, get_preset
 
@@ -275,6 +272,8 @@ GPU_BACKEND = "torch_gpu"  # the Python-based PyTorch-on-CUDA backend in deploy/
 
 
 def _tensor_config(msg, spec: ModelSpec, t: Tensor, preset: Preset | None, is_input: bool) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
     dims = [d if isinstance(d, int) else -1 for d in spec.shape(t, preset)]
     entry = msg.add(name=t.name, data_type=mc.DataType.Value("TYPE_STRING" if t.dtype == "BYTES" else f"TYPE_{t.dtype}"), dims=dims)
     if is_input:
@@ -286,6 +285,10 @@ def render_config(spec: ModelSpec, variant: str) -> str:
     """The Triton model configuration of `spec` for one runtime variant, as pbtxt text."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    # imported here: the server's Python stubs import this module for the specs, not for rendering
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
     cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
     preset = get_preset(PRODUCTION_PRESET) if variant == "tensorrt" else None
     for t in spec.inputs:
