@@ -165,7 +165,8 @@ class Turn:
         prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
         eot = tok.token_to_id("<|endoftext|>")
         decoder = KVDecoder(self.infer, spec.ASR_DECODER, self.preset, extra={"audio_features": features})
-        logits = await decoder.feed(prompt)
+        vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
+        logits = (await decoder.feed(prompt))[:vocab]
         out: list[int] = []
         seconds = audio16k.size / contract.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
@@ -176,7 +177,7 @@ class Turn:
             if token == eot:
                 break
             out.append(token)
-            logits = await decoder.feed([token])
+            logits = (await decoder.feed([token]))[:vocab]
         return tok.decode(out).strip()
 
     async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:
@@ -185,7 +186,8 @@ class Turn:
         stops = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
         specials = [tok.token_to_id(t) for t in ("<|im_start|>", "<|startoftranscript|>") if tok.token_to_id(t) is not None]
         decoder = KVDecoder(self.infer, spec.LLM, self.preset)
-        logits = await decoder.feed(ids)
+        vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
+        logits = (await decoder.feed(ids))[:vocab]
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
         segmenter = Segmenter()
         rng = np.random.default_rng(self.options.seed)
@@ -203,7 +205,7 @@ class Turn:
                 for piece in segmenter.push(delta):
                     n_pieces = self._send_piece(piece, n_pieces, pieces)
             if len(out) < limit:
-                logits = await decoder.feed([token])
+                logits = (await decoder.feed([token]))[:vocab]
         for piece in segmenter.finish():
             n_pieces = self._send_piece(piece, n_pieces, pieces)
 

@@ -78,9 +78,9 @@ def plots(report: dict, out: Path) -> list[Path]:
         cs = sorted(levels, key=int)
         for key, style in (("ttfa_p95_s", "-o"), ("ttff_p95_s", "--s")):
             ys = [levels[c][key] * 1000 if levels[c][key] is not None else float("nan") for c in cs]
-            ax.plot([int(c) for c in cs], ys, style, label=f"{name} {key[:4].upper()} p95")
+            if any(y == y for y in ys):
+                ax.plot([int(c) for c in cs], ys, style, label=f"{name} {key[:4].upper()} p95")
     ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("ms at the client")
     ax.legend(fontsize=8)
