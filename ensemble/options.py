@@ -30,6 +30,7 @@ class TurnOptions:
     temperature: float = 0.7  # LLM sampling temperature (0 = greedy)
     top_k: int = 40  # LLM samples among the k most likely tokens
     seed: int = 0  # seed of the LLM sampler: the same turn gives the same reply
+    ignore_eos: bool = False  # keep generating to max_reply_tokens (benchmarks: replies of a fixed length)
     speed: float = 1.0  # speaking rate: durations are divided by this
     pitch: float = 1.0  # FastSpeech2 pitch control
     energy: float = 1.0  # FastSpeech2 energy control
@@ -64,7 +65,7 @@ class TurnOptions:
 
         if self.max_reply_tokens is not None:
             bounded("max_reply_tokens", 1, 512)
-        for flag in ("video", "streaming"):
+        for flag in ("video", "streaming", "ignore_eos"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
         bounded("temperature", 0.0, 2.0)

@@ -35,7 +35,7 @@ _END = object()
 VOCODER_CONTEXT_FRAMES = 16
 # Transcript tokens allowed per second of speech (plus a few): far above real speech (~3-4 Whisper tokens/s),
 # it stops the repetition loops Whisper can fall into (and random weights always do) early.
-ASR_TOKENS_PER_SECOND = 8
+ASR_TOKENS_PER_SECOND = 6
 ASR_EXTRA_TOKENS = 8
 
 
@@ -185,6 +185,8 @@ class Turn:
         ids = tok.encode(self.tok.chat_prompt(user_text)).ids[-self._max_prompt():]
         stops = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
         specials = [tok.token_to_id(t) for t in ("<|im_start|>", "<|startoftranscript|>") if tok.token_to_id(t) is not None]
+        if self.options.ignore_eos:
+            specials += sorted(stops)
         decoder = KVDecoder(self.infer, spec.LLM, self.preset)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
         logits = (await decoder.feed(ids))[:vocab]

@@ -1,7 +1,7 @@
 """Stage models on CUDA with PyTorch: the runtime for GPU hosts without TensorRT (`configs/gpu.pbtxt`).
 
 The same module definitions the ONNX graphs are exported from, cast to the
-spec's GPU precision, run under `torch.inference_mode` with cuDNN autotuning;
+spec's GPU precision, run under `torch.inference_mode`;
 requests are batched by `ensemble.batching` exactly as on the CPU variant.
 """
 from __future__ import annotations
@@ -34,7 +34,9 @@ class TorchStage:
         self.graph = graph
         self.device = torch.device(device)
         self.dtype = DTYPES[precision]
-        torch.backends.cudnn.benchmark = True
+        # No cuDNN autotuning: chunk lengths and batch sizes vary call to call, and every new shape
+        # would be benchmarked again (seconds of stalls under load).
+        torch.backends.cudnn.benchmark = False
 
     def __call__(self, feeds: Feeds) -> Feeds:
         with torch.inference_mode():

@@ -23,6 +23,7 @@ import datetime
 import json
 import platform
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +54,7 @@ class TurnRecord:
     frames: int = 0
     audio_underruns: int = 0
     late_frames: int = 0
+    stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
 
     @property
     def real_time(self) -> bool:
@@ -86,7 +88,7 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
         late = sum(1 for i, t in enumerate(frame_arrivals) if t - first > i / contract.VIDEO_FPS + FRAME_SLACK_S)
     return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
                       total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
-                      late_frames=late)
+                      late_frames=late, stage_ms=(r.done or {}).get("stage_ms"))
 
 
 def run_level(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
@@ -113,6 +115,8 @@ def summarize(records: list[TurnRecord]) -> dict:
             "ttff_p50_s": pct("ttff_s", 50), "ttff_p95_s": pct("ttff_s", 95),
             "total_p50_s": pct("total_s", 50), "audio_s_p50": pct("audio_s", 50),
             "late_frames": sum(r.late_frames for r in records), "audio_underruns": sum(r.audio_underruns for r in records),
+            "stage_ms_per_turn": {k: round(float(np.mean([(r.stage_ms or {}).get(k, 0.0) for r in ok])), 1)
+                                  for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
 
@@ -190,14 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     write_orchestrator_artifacts(DEFAULT_REPOSITORY / "talking_head" / "1", args.preset, 0)
 
     report: dict = {"date": datetime.date.today().isoformat(), "preset": args.preset, "hardware": hardware(),
-                    "command": "python -m loadtests.bench_gpu " + " ".join(argv or [])}
+                    "command": "python -m loadtests.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv)}
     if not args.skip_stages:
         from loadtests.stage_bench import bench
         report["stages"] = {"naive": bench(args.preset, args.stage_device, "fp32", 30),
                             "optimized": bench(args.preset, args.stage_device, None, 30)}
         print("stages:", json.dumps(report["stages"]), flush=True)
     speech = speech_utterance()
-    base_opts = {"max_reply_tokens": args.max_reply_tokens}
+    base_opts = {"max_reply_tokens": args.max_reply_tokens, "ignore_eos": True}
     report["naive"] = serve_and_measure(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
                                         args.naive_concurrency, args.turns, args.out, args.port, speech)
     report["optimized"] = serve_and_measure(args.optimized_config, {**base_opts, "lipsync_batch": 8}, args.concurrency,

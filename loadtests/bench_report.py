@@ -10,6 +10,7 @@ def _f(x, digits=3, scale=1.0) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
 
 
+STAGES = ("asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync")
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
     ("vocoder_xrt_b16", "vocoder × real time, batch 16", 0),
@@ -49,6 +50,11 @@ def markdown(report: dict) -> str:
                          f"{_f(s['ttfa_p95_s'], 0, 1000)} | {_f(s['ttff_p50_s'], 0, 1000)} / {_f(s['ttff_p95_s'], 0, 1000)} |"
                          f" {_f(s['total_p50_s'], 2)} | {_f(s['audio_s_p50'], 1)} | {s['real_time_sessions']}/{s['turns']} |"
                          f" {s['late_frames']} | {s['audio_underruns']} |")
+        lines += ["", "Server time inside each stage model per turn (ms, mean; BLS call to answer, queueing included):", "",
+                  "| input | concurrency | " + " | ".join(STAGES) + " |", "| --- | ---: |" + " ---: |" * len(STAGES)]
+        for label, c, s in rows:
+            st = s.get("stage_ms_per_turn", {})
+            lines.append(f"| {label} | {c} | " + " | ".join(_f(st.get(k), 0) for k in STAGES) + " |")
         lines.append("")
     cap = report["capacity"]
     n1, o1 = report["naive"]["levels"].get("1") or report["naive"]["levels"].get(1), \
