@@ -268,9 +268,12 @@ class Turn:
                 pending += mels.finish(contract.video_frames_for_samples(self.audio_samples))
                 break
             pending += mels.push(resampler.push(audio))
-            while len(pending) >= self.options.lipsync_batch:
-                batch, pending = pending[: self.options.lipsync_batch], pending[self.options.lipsync_batch:]
+            # the first frame goes alone (time to first frame); later ones in batches
+            size = 1 if self.video_frames == 0 else self.options.lipsync_batch
+            while len(pending) >= size:
+                batch, pending = pending[:size], pending[size:]
                 await self._lipsync(batch, faces)
+                size = self.options.lipsync_batch
         while pending:
             batch, pending = pending[: self.options.lipsync_batch], pending[self.options.lipsync_batch:]
             await self._lipsync(batch, faces)

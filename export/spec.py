@@ -128,7 +128,7 @@ ASR_DECODER = ModelSpec(
     ),
     axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 440)),  # past + tokens <= n_text_ctx (448)
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
-    preset_dims=_asr_dims,
+    preset_dims=_asr_dims, gpu_instances=2,
 )
 
 LLM = ModelSpec(
@@ -143,7 +143,9 @@ LLM = ModelSpec(
     ),
     axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 1536)),  # past + tokens <= 2048
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
-    preset_dims=_llm_dims, gpu_precision="bf16",
+    # Decode steps of sessions at different positions do not share a batch (KV lengths differ), and one
+    # step at batch 1 is launch-bound: several instances overlap them (BENCHMARKS.md).
+    preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
 )
 
 TTS = ModelSpec(

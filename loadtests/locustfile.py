@@ -39,7 +39,6 @@ grpc_gevent.init_gevent()
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
-import os  # noqa: E402
 import queue  # noqa: E402  (gevent's, after patching)
 import random  # noqa: E402
 import sys  # noqa: E402
@@ -48,8 +47,10 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import gevent  # noqa: E402
 import numpy as np  # noqa: E402
 from locust import User, events, task  # noqa: E402
+from locust import stats as locust_stats  # noqa: E402
 from locust.runners import MasterRunner, WorkerRunner  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root, for `locust -f` from anywhere
@@ -96,16 +97,6 @@ def _add_arguments(parser) -> None:
                    help="do not send 'triton_grpc_error: true' (errors then lose their gRPC status)")
 
 
-def parse_think(value: str) -> tuple[float, float]:
-    """"1,3" -> (1.0, 3.0); "2" -> (2.0, 2.0)."""
-    parts = [float(p) for p in str(value).replace(":", ",").split(",") if p.strip()]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or parts[0] < 0 or parts[1] < parts[0]:
-        raise ValueError(f"--think wants MIN,MAX seconds with 0 <= MIN <= MAX, got {value!r}")
-    return parts[0], parts[1]
-
-
 # ---------------------------------------------------------------- inputs, loaded once per process
 
 class Inputs:
@@ -134,7 +125,10 @@ def _on_init(environment, **_kw) -> None:
     opts = environment.parsed_options
     if opts is None:  # used as a library (no command line): defaults
         return
-    Inputs.think = parse_think(opts.think)
+    try:
+        Inputs.think = stats.parse_think(opts.think)
+    except ValueError as e:
+        raise SystemExit(f"--think: {e}") from None
     if not 0.0 <= opts.speech_ratio <= 1.0:
         raise SystemExit(f"--speech-ratio must lie in 0..1, got {opts.speech_ratio}")
     if opts.turns < 1:
@@ -179,6 +173,10 @@ def _write_reports(environment, **_kw) -> None:
     if isinstance(environment.runner, WorkerRunner):
         return
     opts = environment.parsed_options
+    if getattr(opts, "csv_prefix", None):
+        # Locust's --csv writer rewrites its files once a second (locust.stats.CSV_STATS_INTERVAL_SEC): let it run
+        # once more, so that turns ending in the last second of the stop phase are in <prefix>_stats.csv too.
+        gevent.sleep(locust_stats.CSV_STATS_INTERVAL_SEC + 0.25)
     summary = stats.write_reports(
         Inputs.prefix, Inputs.samples, host=environment.host, users=getattr(opts, "num_users", None),
         spawn_rate=getattr(opts, "spawn_rate", None), run_time_s=getattr(opts, "run_time", None),

@@ -119,6 +119,19 @@ TURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TurnSample))
 _FIELD_TYPES = {f.name: f.type for f in fields(TurnSample)}
 
 
+def parse_think(value: str) -> tuple[float, float]:
+    """Think time "MIN,MAX" seconds: "1,3" -> (1.0, 3.0); "2" -> (2.0, 2.0)."""
+    try:
+        parts = [float(p) for p in str(value).replace(":", ",").split(",") if p.strip()]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or parts[0] < 0 or parts[1] < parts[0]:
+        raise ValueError(f"think time wants MIN,MAX seconds with 0 <= MIN <= MAX, got {value!r}")
+    return parts[0], parts[1]
+
+
 # ---------------------------------------------------------------- failure classes
 
 def _status_name(status: Any) -> str:

@@ -1,0 +1,398 @@
+"""Triton's own load generator (perf_analyzer) on the orchestrator, and time to first response.
+
+    python -m loadtests.perf_analyzer --host localhost:8001 --avatar ID
+    python -m loadtests.perf_analyzer --start-server [--concurrency-range 1:4] [--request-count 8] [--speech]
+
+1. writes the input-data JSON for `talking_head` (text turns: `text` and `avatar_id`
+   as BYTES; with `--speech` also spoken turns: `audio` FP32 with its shape and
+   `sample_rate`; `--turn-options` adds the `options` JSON to every turn),
+2. runs the `perf_analyzer` binary that the tritonclient wheel ships, as an argument list:
+   `perf_analyzer -m talking_head -i grpc --streaming -u HOST --input-data FILE
+   --concurrency-range A:B ... -f <out>_pa.csv --profile-export-file <out>_profile.json`
+   (a decoupled model needs `--streaming`),
+3. reads the profile export's per-request timestamps (send time, every response's
+   arrival) and each response's `event` output, and prints p50/p95/p99 per concurrency
+   of: time to first response, first audio chunk, first video frame, last response.
+
+perf_analyzer links libb64.so.0d and libcudart.so.12. Where the system lacks them
+(Debian: `apt-get install libb64-0d`), the copies that the nvidia-pytriton wheel bundles
+(`nvidia_pytriton.libs/libb64-*.so.0d`, `libcudart-*.so.12*`) are linked under their
+plain names into `<out dir>/perf_analyzer_libs` and put on LD_LIBRARY_PATH.
+
+The profile export holds every response's outputs, JPEG frames as JSON number lists
+(about 25 MB per turn with video on), so it is scanned with a regular expression over
+a memory map rather than parsed whole, and deleted afterwards unless `--keep-profile`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtests import stats
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL = "talking_head"
+TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
+         "Can you help me with my work?", "What should I cook tonight?", "Thank you, goodbye."]
+NEEDED_LIBS = ("libb64.so.0d", "libcudart.so.12")
+
+
+class PerfAnalyzerUnavailable(RuntimeError):
+    """The perf_analyzer binary or a library it needs cannot be found."""
+
+
+# ---------------------------------------------------------------- the binary and its libraries
+
+def find_perf_analyzer() -> Path:
+    """The perf_analyzer of this environment (tritonclient's wheel puts it in bin/), else the one on PATH."""
+    local = Path(sys.executable).parent / "perf_analyzer"
+    if local.exists():
+        return local
+    found = shutil.which("perf_analyzer")
+    if found:
+        return Path(found)
+    raise PerfAnalyzerUnavailable("no perf_analyzer binary: it comes with `pip install tritonclient[all]==2.51.0` "
+                                  "(or [grpc]: the wheel's bin/perf_analyzer)")
+
+
+def _missing_libraries(binary: Path, env: dict[str, str]) -> list[str] | None:
+    """Shared libraries the loader cannot find for `binary` (None when ldd is unavailable)."""
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return None
+    out = subprocess.run([ldd, str(binary)], capture_output=True, text=True, env=env).stdout
+    return [line.split("=>")[0].strip() for line in out.splitlines() if "not found" in line]
+
+
+def _bundled_libraries() -> Path | None:
+    try:
+        import pytriton
+    except ImportError:
+        return None
+    libs = Path(pytriton.__file__).resolve().parent.parent / "nvidia_pytriton.libs"
+    return libs if libs.is_dir() else None
+
+
+def perf_analyzer_env(binary: Path, libdir: Path) -> dict[str, str]:
+    """An environment in which `binary` loads: missing libraries linked from nvidia-pytriton's bundle."""
+    env = dict(os.environ)
+    missing = _missing_libraries(binary, env)
+    if missing == []:
+        return env
+    wanted = missing if missing is not None else list(NEEDED_LIBS)
+    bundle = _bundled_libraries()
+    if bundle is not None:
+        libdir.mkdir(parents=True, exist_ok=True)
+        for name in wanted:
+            stem, _, suffix = name.partition(".so")  # libb64, .0d
+            candidates = sorted(bundle.glob(f"{stem}-*.so{suffix}*"))
+            if candidates:
+                link = libdir / name
+                if link.is_symlink() or link.exists():
+                    link.unlink()
+                link.symlink_to(candidates[0])
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libdir), env.get("LD_LIBRARY_PATH")]))
+    still = _missing_libraries(binary, env)
+    if still:
+        hints = {"libb64.so.0d": "apt-get install -y libb64-0d",
+                 "libcudart.so.12": "pip install nvidia-cuda-runtime-cu12 (and put its lib/ on LD_LIBRARY_PATH)"}
+        raise PerfAnalyzerUnavailable(f"{binary} cannot load {', '.join(still)}: "
+                                      + "; ".join(hints.get(n, f"install {n}") for n in still))
+    return env
+
+
+# ---------------------------------------------------------------- input data
+
+def input_data(avatar_id: str, *, texts: Sequence[str] = TEXTS, speech: Sequence[Any] = (),
+               options: str | None = None, sample_rate: int = 16000) -> dict[str, Any]:
+    """perf_analyzer's --input-data JSON: one entry per request, taken in turn (text first, then speech)."""
+    entries: list[dict[str, Any]] = []
+    for t in texts:
+        entries.append({"text": [t], "avatar_id": [avatar_id]})
+    for audio in speech:
+        values = [float(x) for x in audio]
+        entries.append({"audio": {"content": values, "shape": [len(values)]}, "sample_rate": [int(sample_rate)],
+                        "avatar_id": [avatar_id]})
+    if options:
+        for e in entries:
+            e["options"] = [options]
+    return {"data": entries}
+
+
+def write_input_data(path: Path, avatar_id: str, **kwargs: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(input_data(avatar_id, **kwargs)))
+    return path
+
+
+# ---------------------------------------------------------------- the profile export
+
+@dataclass
+class RequestRecord:
+    sent_ns: int
+    responses_ns: list[int] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)  # each response's event type ("" for the empty final one)
+
+    def _first(self, kind: str) -> float | None:
+        for t, e in zip(self.responses_ns, self.events):
+            if e == kind:
+                return (t - self.sent_ns) / 1e9
+        return None
+
+    @property
+    def first_response_s(self) -> float | None:
+        return (self.responses_ns[0] - self.sent_ns) / 1e9 if self.responses_ns else None
+
+    @property
+    def last_response_s(self) -> float | None:
+        return (self.responses_ns[-1] - self.sent_ns) / 1e9 if self.responses_ns else None
+
+    @property
+    def first_audio_s(self) -> float | None:
+        return self._first("audio")
+
+    @property
+    def first_frame_s(self) -> float | None:
+        return self._first("video")
+
+
+@dataclass
+class Experiment:
+    mode: str  # "concurrency" or "request_rate"
+    value: float
+    requests: list[RequestRecord] = field(default_factory=list)
+
+
+_PROFILE_TOKENS = re.compile(
+    rb'"experiment":\{"mode":"(?P<mode>[^"]*)","value":(?P<value>[-+\d.eE]+)\}'
+    rb'|"timestamp":(?P<ts>\d+)'
+    rb'|"response_timestamps":\[(?P<rts>[\d,\s]*)\]'
+    rb'|"event":"(?P<ev>(?:[^"\\]|\\.)*)"')
+_EVENT_TYPE = re.compile(rb'\\"type\\":\s*\\"(\w+)\\"|"type":\s*"(\w+)"')
+
+
+def read_profile(path: str | os.PathLike) -> list[Experiment]:
+    """Experiments and per-request timestamps of a perf_analyzer profile export (any size).
+
+    Keys are matched as perf_analyzer 2.51 writes them: per experiment
+    {"experiment": {"mode", "value"}, "requests": [{"timestamp", "request_inputs",
+    "response_timestamps": [...], "response_outputs": [{"event": "<JSON>", ...}, ...]}]}.
+    Inside a JSON string every quote is escaped, so event texts cannot fake a key.
+    """
+    experiments: list[Experiment] = []
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return experiments
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            current: RequestRecord | None = None
+            for tok in _PROFILE_TOKENS.finditer(m):
+                if tok.group("mode") is not None:
+                    experiments.append(Experiment(tok.group("mode").decode(), float(tok.group("value"))))
+                elif tok.group("ts") is not None:
+                    if not experiments:
+                        experiments.append(Experiment("unknown", 0.0))
+                    current = RequestRecord(int(tok.group("ts")))
+                    experiments[-1].requests.append(current)
+                elif tok.group("rts") is not None and current is not None:
+                    current.responses_ns = [int(x) for x in tok.group("rts").split(b",") if x.strip()]
+                elif tok.group("ev") is not None and current is not None:
+                    t = _EVENT_TYPE.search(tok.group("ev"))
+                    current.events.append((t.group(1) or t.group(2)).decode() if t else "")
+    return experiments
+
+
+def summarize_profile(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
+    """Per experiment: requests, and p50/p95/p99 (seconds) of first response, first audio, first frame, last."""
+    out = []
+    for e in experiments:
+        rs = [r for r in e.requests if r.responses_ns]
+        out.append({
+            "mode": e.mode, "value": e.value, "requests": len(e.requests), "answered": len(rs),
+            "responses_per_request": stats.percentiles(len(r.responses_ns) for r in rs),
+            "time_to_first_response_s": stats.percentiles(r.first_response_s for r in rs),
+            "time_to_first_audio_s": stats.percentiles(r.first_audio_s for r in rs),
+            "time_to_first_frame_s": stats.percentiles(r.first_frame_s for r in rs),
+            "time_to_last_response_s": stats.percentiles(r.last_response_s for r in rs),
+        })
+    return out
+
+
+def format_profile_summary(rows: Sequence[dict[str, Any]]) -> str:
+    def s(v: float | None) -> str:
+        return "       -" if v is None else f"{v:8.3f}"
+
+    lines = [f"{'seconds':<30}{'p50':>9}{'p95':>9}{'p99':>9}{'n':>6}"]
+    for row in rows:
+        lines.append(f"{row['mode']} {row['value']:g}: {row['answered']} of {row['requests']} requests answered")
+        for key, label in (("time_to_first_response_s", "first response"), ("time_to_first_audio_s", "first audio"),
+                           ("time_to_first_frame_s", "first video frame"), ("time_to_last_response_s", "last response")):
+            m = row[key]
+            lines.append(f"  {label:<28}{s(m['p50'])} {s(m['p95'])} {s(m['p99'])}{m['count']:>6}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- running it
+
+def concurrency_levels(spec: str) -> list[int]:
+    """"1:4" -> [1, 2, 3, 4]; "2:8:2" -> [2, 4, 6, 8]; "3" -> [3]."""
+    parts = [int(p) for p in spec.split(":")]
+    start, end, step = parts[0], (parts[1] if len(parts) > 1 else parts[0]), (parts[2] if len(parts) > 2 else 1)
+    if start < 1 or end < start or step < 1:
+        raise ValueError(f"--concurrency-range wants START:END[:STEP] with 1 <= START <= END, got {spec!r}")
+    return list(range(start, end + 1, step))
+
+
+def perf_analyzer_command(binary: Path, *, host: str, input_file: Path, csv_file: Path, profile_file: Path,
+                          concurrency_range: str = "1:2", measurement_interval_ms: int = 8000,
+                          request_count: int = 0, max_trials: int = 5, stability_percentage: float = 50.0,
+                          extra: Sequence[str] = ()) -> list[str]:
+    cmd = [str(binary), "-m", MODEL, "-i", "grpc", "--streaming", "-u", host, "--input-data", str(input_file),
+           "--concurrency-range", concurrency_range, "-f", str(csv_file), "--profile-export-file", str(profile_file),
+           "--max-trials", str(max_trials), "-s", f"{stability_percentage:g}"]
+    if request_count:
+        cmd += ["--request-count", str(request_count)]
+    else:
+        cmd += ["--measurement-interval", str(measurement_interval_ms)]
+    return cmd + list(extra)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="localhost:8001", help="Triton gRPC endpoint HOST:PORT (default localhost:8001)")
+    ap.add_argument("--avatar", default="", help="a registered avatar id (default: register the demo avatar)")
+    ap.add_argument("--concurrency-range", default="1:2", help="START:END[:STEP] concurrent streams (default 1:2)")
+    ap.add_argument("--measurement-interval", type=int, default=8000,
+                    help="ms per measurement window (default 8000; unused with --request-count)")
+    ap.add_argument("--request-count", type=int, default=0,
+                    help="send exactly this many requests per concurrency level instead of time windows "
+                         "(one perf_analyzer run per level)")
+    ap.add_argument("--max-trials", type=int, default=5, help="measurement windows per level at most (default 5)")
+    ap.add_argument("--stability-percentage", type=float, default=50.0,
+                    help="allowed spread between windows (perf_analyzer -s; default 50: a shared CPU is noisy)")
+    ap.add_argument("--speech", action="store_true", help="also send spoken turns (espeak-ng questions, 16 kHz)")
+    ap.add_argument("--turn-options", default="", help="options JSON added to every turn, e.g. '{\"video\": false}'")
+    ap.add_argument("--out", type=Path, default=REPO / "out" / "perf",
+                    help="prefix: <out>_pa.csv, <out>_pa_input.json, <out>_pa_summary.json (default out/perf)")
+    ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~25 MB per turn)")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds perf_analyzer may run (default 600)")
+    ap.add_argument("--start-server", action="store_true", help="run the embedded tritonserver for the duration")
+    ap.add_argument("--grpc-port", type=int, default=18501, help="with --start-server (default 18501)")
+    ap.add_argument("--http-port", type=int, default=18500, help="with --start-server (default 18500)")
+    ap.add_argument("--metrics-port", type=int, default=18502, help="with --start-server (default 18502)")
+    ap.add_argument("--preset", default="tiny", help="with --start-server: preset exported when missing (tiny)")
+    ap.add_argument("extra", nargs="*", help="after --: more perf_analyzer arguments, passed as they are")
+    return ap.parse_args(argv)
+
+
+def _speech_inputs() -> list[Any]:
+    from client import media
+    from deploy.demo import QUESTION, speak
+    from export import contract
+
+    with tempfile.TemporaryDirectory(prefix="pa-speech-") as tmp:
+        return [media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=contract.INPUT_SAMPLE_RATE)]
+
+
+def measure(args: argparse.Namespace, host: str) -> int:
+    """Everything after the server is up: avatar, input data, perf_analyzer, the summary."""
+    binary = find_perf_analyzer()
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = perf_analyzer_env(binary, out.parent / "perf_analyzer_libs")
+    avatar = args.avatar
+    if not avatar:
+        from client.sdk import TalkingHeadClient
+        from ensemble.avatar import demo_avatar_png
+
+        with TalkingHeadClient(host) as c:
+            avatar = c.register_avatar(demo_avatar_png()).id
+        print(f"== registered the demo avatar: {avatar}", flush=True)
+    input_file = write_input_data(Path(f"{out}_pa_input.json"), avatar,
+                                  speech=_speech_inputs() if args.speech else (),
+                                  options=args.turn_options or None)
+    # perf_analyzer takes --request-count for one concurrency only: one run per level then.
+    if args.request_count:
+        levels = [f"{c}:{c}" for c in concurrency_levels(args.concurrency_range)]
+    else:
+        levels = [args.concurrency_range]
+    rows, commands, codes, size_mb = [], [], [], 0.0
+    t0 = time.perf_counter()
+    for level in levels:
+        tag = "" if len(levels) == 1 else f"_c{level.split(':')[0]}"
+        csv_file, profile_file = Path(f"{out}_pa{tag}.csv"), Path(f"{out}_profile{tag}.json")
+        for p in (csv_file, profile_file):
+            if p.exists():
+                p.unlink()
+        cmd = perf_analyzer_command(binary, host=host, input_file=input_file, csv_file=csv_file,
+                                    profile_file=profile_file, concurrency_range=level,
+                                    measurement_interval_ms=args.measurement_interval,
+                                    request_count=args.request_count, max_trials=args.max_trials,
+                                    stability_percentage=args.stability_percentage, extra=args.extra)
+        print("== " + " ".join(cmd), flush=True)
+        commands.append(cmd)
+        try:
+            code = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+        except subprocess.TimeoutExpired:
+            print(f"perf_analyzer ran past {args.timeout:g} s", file=sys.stderr)
+            code = 124
+        codes.append(code)
+        if not profile_file.exists():
+            print(f"perf_analyzer exited with code {code} and wrote no profile export", file=sys.stderr)
+            continue
+        size_mb += profile_file.stat().st_size / 1e6
+        rows += summarize_profile(read_profile(profile_file))
+        if not args.keep_profile:
+            profile_file.unlink()
+    wall = time.perf_counter() - t0
+    code = next((c for c in codes if c), 0)
+    if not rows:
+        return code or 2
+    summary = {"host": host, "model": MODEL, "commands": commands, "perf_analyzer_exit_codes": codes,
+               "wall_s": round(wall, 2), "profile_export_mb": round(size_mb, 1), "experiments": rows}
+    summary_file = Path(f"{out}_pa_summary.json")
+    summary_file.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nperf_analyzer on {MODEL} ({host}), exit code {code}, {wall:.1f} s; profile export {size_mb:.0f} MB")
+    print(format_profile_summary(rows))
+    print(f"\nreports: {out}_pa*.csv  {summary_file}" + (f"  {out}_profile*.json" if args.keep_profile else ""))
+    if not any(r["answered"] for r in rows):
+        print("no request was answered", file=sys.stderr)
+        return code or 1
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out = args.out.resolve()
+    try:
+        if not args.start_server:
+            return measure(args, args.host)
+        from deploy.server import EmbeddedServer, ServerOptions
+        from loadtests.run import ensure_exported
+
+        ensure_exported(args.preset)
+        with tempfile.TemporaryDirectory(prefix="perf-triton-") as tmp:
+            options = ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port,
+                                    metrics_port=args.metrics_port, workdir=Path(tmp))
+            print(f"== starting the embedded tritonserver (gRPC {options.grpc_url})", flush=True)
+            with EmbeddedServer(options) as server:
+                print(f"   ready in {server.started_s:.1f} s", flush=True)
+                return measure(args, options.grpc_url)
+    except PerfAnalyzerUnavailable as e:
+        print(f"perf_analyzer unavailable: {e}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
