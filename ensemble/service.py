@@ -27,8 +27,8 @@ from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import Emit, Tokenizers, Turn
 from ensemble.text import validate_text
 from export import contract
-from export.artifacts import read_manifest
-from export.presets import Preset, get_preset
+from export.artifacts import manifest_preset, read_manifest
+from export.presets import Preset
 from export.vocab import chat_prompt
 
 def default_avatar_dir() -> Path:
@@ -52,7 +52,7 @@ class Service:
         tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
                                 llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
                                 chat_prompt=chat_prompt)
-        return cls(preset=get_preset(info["preset"]), tokenizers=tokenizers,
+        return cls(preset=manifest_preset(info), tokenizers=tokenizers,
                    avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits(),
                    recorder=recorder or metrics.MemoryRecorder())
 

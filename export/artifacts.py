@@ -67,3 +67,20 @@ def read_manifest(folder: Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `python -m export` first")
     return json.loads(path.read_text())
+
+
+def manifest_preset(info: dict):
+    """The Preset the export wrote: the named preset, with every family whose weights were real
+    replaced by the dimensions recorded from its checkpoint (so KV-cache shapes follow it)."""
+    import dataclasses
+
+    from export.presets import get_preset
+
+    preset = get_preset(info["preset"])
+    for family, dims in (info.get("dims") or {}).items():
+        cls = type(getattr(preset, family))
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(map(tuple, v)) if isinstance(v, list) and v and isinstance(v[0], list)
+                  else tuple(v) if isinstance(v, list) else v for k, v in dims.items() if k in fields}
+        preset = dataclasses.replace(preset, **{family: cls(**values)})
+    return preset

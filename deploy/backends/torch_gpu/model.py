@@ -4,15 +4,14 @@ The preset and seed come from the export manifest beside the orchestrator, so
 every stage and the orchestrator agree on model sizes and tokenizers.
 """
 from deploy.stage_backend import make_model, parameter, version_dir
-from export.artifacts import read_manifest
-from export.presets import get_preset
+from export.artifacts import manifest_preset, read_manifest
 from export.torch_runtime import torch_runner
 
 
 def gpu_runner(spec, config, args):
     manifest = read_manifest(version_dir(args).parent.parent / "talking_head" / "1")
     device = f"cuda:{args.get('model_instance_device_id', 0)}"
-    return torch_runner(spec, get_preset(manifest["preset"]), int(manifest["seed"]), device,
+    return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
                         parameter(config, "precision", spec.gpu_precision))
 
 
