@@ -53,6 +53,7 @@ class Tokenizers:
     asr: object
     llm: object
     chat_prompt: Callable[[str], str]  # applies the LLM's chat template to the user's words
+    tts_ids: Callable[[str], list[int]] = text_to_ids  # text -> FastSpeech2 symbol ids (characters or ARPAbet)
 
 
 @dataclass
@@ -225,7 +226,7 @@ class Turn:
         max_symbols = spec.TTS.axis("phonemes").max
         try:
             while (piece := await pieces.get()) is not _END:
-                ids = text_to_ids(piece)[:max_symbols]
+                ids = self.tok.tts_ids(piece)[:max_symbols]
                 if not ids:
                     continue
                 out = await self.infer(spec.TTS.name, {

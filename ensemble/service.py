@@ -28,6 +28,7 @@ from ensemble.pipeline import Emit, Tokenizers, Turn
 from ensemble.text import validate_text
 from export import contract
 from export.artifacts import manifest_preset, read_manifest
+from export.text_frontend import text_to_ids
 from export.presets import Preset
 from export.vocab import chat_prompt
 
@@ -51,7 +52,7 @@ class Service:
         info = read_manifest(artifacts)
         tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
                                 llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
-                                chat_prompt=chat_prompt)
+                                chat_prompt=_chat_prompt(artifacts, info), tts_ids=_tts_front_end(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
                    avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits(),
                    recorder=recorder or metrics.MemoryRecorder())
@@ -105,6 +106,27 @@ class Service:
             rec.set(metrics.ACTIVE_SESSIONS, self.active)
             rec.inc(metrics.TURNS, outcome=outcome)
         return turn
+
+
+def _chat_prompt(artifacts: Path, info: dict) -> Callable[[str], str]:
+    """The checkpoint's chat template when the LLM weights are real, else the tiny tokenizer's ChatML."""
+    if "llm_chat_template" not in info:
+        return chat_prompt
+    from export.checkpoints.qwen2 import chat_prompt as render
+
+    template = (artifacts / info["llm_chat_template"]).read_text(encoding="utf-8")
+    tokens = info.get("llm_special_tokens") or {}
+    return lambda text: render(template, [{"role": "user", "content": text}], **tokens)
+
+
+def _tts_front_end(artifacts: Path, info: dict) -> Callable[[str], list[int]]:
+    """ARPAbet through g2p (lexicon, else CMUdict) for real FastSpeech2 weights, else characters."""
+    if info.get("tts_frontend") != "arpabet":
+        return text_to_ids
+    from export.g2p import make_g2p
+
+    lexicon = artifacts / info["tts_lexicon"] if "tts_lexicon" in info else None
+    return make_g2p(lexicon).text_to_ids
 
 
 def _scalar_bytes(inputs: dict[str, np.ndarray], name: str) -> bytes | None:

@@ -90,3 +90,19 @@ def test_cancel_stops_the_turn(service, runners):
 def test_bad_requests_name_the_problem(service, runners, inputs, message):
     with pytest.raises(InputError, match=message):
         asyncio.run(service.handle(inputs, make_infer(runners), lambda e: None))
+
+
+def test_real_checkpoint_front_ends_are_used(tmp_path):
+    from export.artifacts import write_orchestrator_artifacts
+    from export.text_frontend import arpabet_to_ids
+
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    lexicon = tmp_path / "lexicon.txt"
+    lexicon.write_text("HELLO\tHH AH0 L OW1\n")
+    folder = tmp_path / "artifacts"
+    write_orchestrator_artifacts(folder, "tiny", 0, chat_template=template, tts_lexicon=lexicon, tts_frontend="arpabet")
+    svc = Service.load(folder, avatar_dir=tmp_path / "avatars")
+    assert svc.tokenizers.chat_prompt("hi there") == "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
+    ids = svc.tokenizers.tts_ids("hello")
+    assert set(arpabet_to_ids(["HH", "AH0", "L", "OW1"])) <= set(ids)
