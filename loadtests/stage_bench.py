@@ -80,23 +80,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
             out[f"llm_tokens_per_s_b{batch}"] = batch / s
         del g
 
-        enc, dtype = load(spec.ASR_ENCODER)
-        dec, _ = load(spec.ASR_DECODER)
-        mel = _inputs(enc, 2, 1, dtype, device)
-        steps = 20  # a 5 s utterance is ~15-20 tokens
-
-        def asr(i):
-            feats = enc(*mel[i % 2])
-            past = torch.zeros((1, *spec.ASR_DECODER.shape(spec.ASR_DECODER.input("past_kv"), preset)[:3], 0,
-                                spec.ASR_DECODER.shape(spec.ASR_DECODER.input("past_kv"), preset)[4]),
-                               device=device, dtype=dtype)
-            tok = torch.ones((1, 4), dtype=torch.int64, device=device)
-            for _ in range(steps):
-                _, past = dec(tok, feats, past)
-                tok = tok[:, :1]
-        s = timed(asr, device, max(3, repeats // 5))
-        out["asr_rtf_5s"] = s / 5.0
-        del enc, dec
+        out["asr_rtf_5s"] = _asr_rtf(*load(spec.ASR_ENCODER), load(spec.ASR_DECODER)[0], preset, device, repeats)
 
         g, dtype = load(spec.TTS)
         sets = _inputs(g, 4, 1, dtype, device, phonemes=60)
@@ -105,6 +89,21 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
     return out
+
+
+def _asr_rtf(enc, dtype, dec, preset, device: str, repeats: int, steps: int = 20) -> float:
+    """Encoder over the 30 s window plus `steps` decoder steps (a 5 s utterance is ~15-20 tokens), per second of speech."""
+    mel = _inputs(enc, 2, 1, dtype, device)
+    kv = spec.ASR_DECODER.shape(spec.ASR_DECODER.input("past_kv"), preset)  # [L, 2, H, "past", Dh]
+
+    def asr(i):
+        feats = enc(*mel[i % 2])
+        past = torch.zeros((1, *kv[:3], 0, kv[4]), device=device, dtype=dtype)
+        tok = torch.ones((1, 4), dtype=torch.int64, device=device)
+        for _ in range(steps):
+            _, past = dec(tok, feats, past)
+            tok = tok[:, :1]
+    return timed(asr, device, max(3, repeats // 5)) / 5.0
 
 
 def main(argv: list[str] | None = None) -> int:

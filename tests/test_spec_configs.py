@@ -1,5 +1,4 @@
 """The checked-in Triton configs are exactly what export/spec.py renders."""
-from pathlib import Path
 
 import pytest
 

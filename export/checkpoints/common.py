@@ -173,6 +173,20 @@ def read_torch(path: str | os.PathLike) -> object:
                               f"({type(e).__name__}: {e})") from e
 
 
+def unwrap_state_dict(ckpt: object, file: Path, keys: tuple[str, ...], layout: str, hint: str = "") -> dict[str, Tensor]:
+    """The state dict inside a training checkpoint ({key: state_dict, "optimizer": ...}) or a bare
+    state dict, without DataParallel's `module.` prefix. layout/hint describe the expected file."""
+    sd = None
+    if isinstance(ckpt, dict):
+        sd = next((ckpt[k] for k in keys if isinstance(ckpt.get(k), dict)), None)
+        if sd is None and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
+            sd = ckpt
+    if sd is None:
+        got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{file}: {layout}, this one has {got}{hint}")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
 def read_json(path: str | os.PathLike) -> dict:
     try:
         with open(path, encoding="utf-8") as f:

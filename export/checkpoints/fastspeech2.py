@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from export import text_frontend
-from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch
+from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch, unwrap_state_dict
 from export.checkpoints.contract_check import AudioSettings, check_tts_audio, tts_audio_from_preprocess
 from export.models.fastspeech2 import FastSpeech2
 from export.presets import FastSpeech2Config
@@ -129,20 +129,8 @@ def locate_fastspeech2(path: str | os.PathLike, *, model_yaml=None, preprocess_y
 
 def read_fastspeech2_state_dict(file: Path) -> dict[str, Tensor]:
     """The `model` state dict of a ming024 checkpoint (a bare state dict is accepted too)."""
-    ckpt = read_torch(file)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
-        sd = ckpt["model"]
-    elif isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        sd = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        sd = ckpt
-    else:
-        got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{file}: a ming024 FastSpeech2 checkpoint is {{'model': state_dict, 'optimizer': ...}}, "
-                              f"this one has {got}")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
-    return dict(sd)
+    return unwrap_state_dict(read_torch(file), file, ("model", "state_dict"),
+                             "a ming024 FastSpeech2 checkpoint is {'model': state_dict, 'optimizer': ...}")
 
 
 def _count(sd: dict, prefix: str) -> int:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from export import contract
-from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch
+from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_json, read_torch, unwrap_state_dict
 from export.checkpoints.contract_check import AudioSettings, ContractError, check_tts_audio, vocoder_audio_from_config
 from export.models.hifigan import Generator
 from export.presets import HiFiGANConfig
@@ -116,18 +116,10 @@ def config_from_json(cfg: dict, source: str) -> HiFiGANConfig:
 
 def read_generator_state_dict(file: Path) -> dict[str, Tensor]:
     ckpt = read_torch(file)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("generator"), dict):
-        sd = ckpt["generator"]
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        sd = ckpt
-    else:
-        got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        hint = (" (a discriminator/optimizer checkpoint do_<step>: pass the g_<step> file)"
-                if isinstance(ckpt, dict) and {"mpd", "msd"} & set(ckpt) else "")
-        raise CheckpointError(f"{file}: a HiFi-GAN generator checkpoint is {{'generator': state_dict}}, "
-                              f"this one has {got}{hint}")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+    hint = (" (a discriminator/optimizer checkpoint do_<step>: pass the g_<step> file)"
+            if isinstance(ckpt, dict) and {"mpd", "msd"} & set(ckpt) else "")
+    sd = unwrap_state_dict(ckpt, file, ("generator",),
+                           "a HiFi-GAN generator checkpoint is {'generator': state_dict}", hint)
     # torch.nn.utils.parametrizations.weight_norm names -> the legacy weight_g / weight_v
     return {re.sub(r"\.parametrizations\.weight\.original([01])$",
                    lambda m: ".weight_g" if m.group(1) == "0" else ".weight_v", k): v for k, v in sd.items()}

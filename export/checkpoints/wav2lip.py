@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_torch
+from export.checkpoints.common import CheckpointError, load_state_dict_strict, read_torch, unwrap_state_dict
 from export.checkpoints.contract_check import check_lipsync_model
 from export.models.wav2lip import Wav2Lip
 from export.presets import Wav2LipConfig
@@ -57,16 +57,8 @@ def locate_wav2lip(path: str | os.PathLike) -> Wav2LipFiles:
 
 def read_wav2lip_state_dict(file: Path) -> dict[str, Tensor]:
     """The generator's state dict, without DataParallel's `module.` prefix."""
-    ckpt = read_torch(file)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict):
-        sd = ckpt["state_dict"]
-    elif isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):
-        sd = ckpt
-    else:
-        got = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{file}: a Wav2Lip checkpoint is {{'state_dict': ..., 'optimizer': ..., "
-                              f"'global_step': ...}}, this one has {got}")
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+    sd = unwrap_state_dict(read_torch(file), file, ("state_dict",),
+                           "a Wav2Lip checkpoint is {'state_dict': ..., 'optimizer': ..., 'global_step': ...}")
     if any(k.startswith("face_encoder.") for k in sd) and not any(k.startswith("face_decoder_blocks.") for k in sd):
         raise CheckpointError(f"{file}: this is the SyncNet lip-sync expert (face_encoder.* / audio_encoder.*, "
                               f"lipsync_expert.pth), not the Wav2Lip generator: pass wav2lip.pth or wav2lip_gan.pth")
