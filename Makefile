@@ -8,7 +8,7 @@ PRESET ?= tiny
 
 .PHONY: demo test test-fast bench export serve configs system-deps clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-trt.txt deploy/requirements-validate.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-trt.txt requirements-load.txt deploy/requirements-validate.txt pyproject.toml
 	@echo "== creating $(VENV) and installing requirements (first run: about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

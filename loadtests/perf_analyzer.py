@@ -1,7 +1,7 @@
 """Triton's own load generator (perf_analyzer) on the orchestrator, and time to first response.
 
     python -m loadtests.perf_analyzer --host localhost:8001 --avatar ID
-    python -m loadtests.perf_analyzer --start-server [--concurrency-range 1:4] [--request-count 8] [--speech]
+    python -m loadtests.perf_analyzer --start-server [--concurrency-range 1:4] [--request-count 10] [--speech]
 
 1. writes the input-data JSON for `talking_head` (text turns: `text` and `avatar_id`
    as BYTES; with `--speech` also spoken turns: `audio` FP32 with its shape and
@@ -19,9 +19,15 @@ perf_analyzer links libb64.so.0d and libcudart.so.12. Where the system lacks the
 (`nvidia_pytriton.libs/libb64-*.so.0d`, `libcudart-*.so.12*`) are linked under their
 plain names into `<out dir>/perf_analyzer_libs` and put on LD_LIBRARY_PATH.
 
+By default each concurrency level sends `--request-count` (10) requests; `--request-count 0`
+uses perf_analyzer's time windows instead (`--measurement-interval`, `--max-trials`,
+`--stability-percentage`). perf_analyzer's own "latency" for this decoupled model is the
+time to the *last* response of a request (despite its "using the first response" line),
+hence the profile export.
+
 The profile export holds every response's outputs, JPEG frames as JSON number lists
-(about 25 MB per turn with video on), so it is scanned with a regular expression over
-a memory map rather than parsed whole, and deleted afterwards unless `--keep-profile`.
+(about 30 MB per turn with video on), so it is scanned with a regular expression over
+a memory map rather than parsed whole, and deleted after each level unless `--keep-profile`.
 """
 from __future__ import annotations
 
@@ -274,10 +280,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--avatar", default="", help="a registered avatar id (default: register the demo avatar)")
     ap.add_argument("--concurrency-range", default="1:2", help="START:END[:STEP] concurrent streams (default 1:2)")
     ap.add_argument("--measurement-interval", type=int, default=8000,
-                    help="ms per measurement window (default 8000; unused with --request-count)")
-    ap.add_argument("--request-count", type=int, default=0,
-                    help="send exactly this many requests per concurrency level instead of time windows "
-                         "(one perf_analyzer run per level)")
+                    help="ms per measurement window with --request-count 0 (default 8000)")
+    ap.add_argument("--request-count", type=int, default=10,
+                    help="requests per concurrency level (default 10; one perf_analyzer run per level); "
+                         "0: perf_analyzer's time windows until stable (--measurement-interval, --max-trials)")
     ap.add_argument("--max-trials", type=int, default=5, help="measurement windows per level at most (default 5)")
     ap.add_argument("--stability-percentage", type=float, default=50.0,
                     help="allowed spread between windows (perf_analyzer -s; default 50: a shared CPU is noisy)")
@@ -287,6 +293,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="prefix: <out>_pa.csv, <out>_pa_input.json, <out>_pa_summary.json (default out/perf)")
     ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~25 MB per turn)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds perf_analyzer may run (default 600)")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="runs again when perf_analyzer leaves a profile export without requests (default 1)")
     ap.add_argument("--start-server", action="store_true", help="run the embedded tritonserver for the duration")
     ap.add_argument("--grpc-port", type=int, default=18501, help="with --start-server (default 18501)")
     ap.add_argument("--http-port", type=int, default=18500, help="with --start-server (default 18500)")
@@ -327,36 +335,53 @@ def measure(args: argparse.Namespace, host: str) -> int:
         levels = [f"{c}:{c}" for c in concurrency_levels(args.concurrency_range)]
     else:
         levels = [args.concurrency_range]
-    rows, commands, codes, size_mb = [], [], [], 0.0
+    rows, commands, codes, final_codes, size_mb = [], [], [], [], 0.0
     t0 = time.perf_counter()
     for level in levels:
         tag = "" if len(levels) == 1 else f"_c{level.split(':')[0]}"
         csv_file, profile_file = Path(f"{out}_pa{tag}.csv"), Path(f"{out}_profile{tag}.json")
-        for p in (csv_file, profile_file):
-            if p.exists():
-                p.unlink()
         cmd = perf_analyzer_command(binary, host=host, input_file=input_file, csv_file=csv_file,
                                     profile_file=profile_file, concurrency_range=level,
                                     measurement_interval_ms=args.measurement_interval,
                                     request_count=args.request_count, max_trials=args.max_trials,
                                     stability_percentage=args.stability_percentage, extra=args.extra)
-        print("== " + " ".join(cmd), flush=True)
-        commands.append(cmd)
-        try:
-            code = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
-        except subprocess.TimeoutExpired:
-            print(f"perf_analyzer ran past {args.timeout:g} s", file=sys.stderr)
-            code = 124
-        codes.append(code)
-        if not profile_file.exists():
-            print(f"perf_analyzer exited with code {code} and wrote no profile export", file=sys.stderr)
+        for attempt in range(1 + args.retries):
+            for p in (csv_file, profile_file):
+                if p.exists():
+                    p.unlink()
+            print("== " + " ".join(cmd), flush=True)
+            commands.append(cmd)
+            try:
+                code = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
+            except subprocess.TimeoutExpired:
+                print(f"perf_analyzer ran past {args.timeout:g} s", file=sys.stderr)
+                code = 124
+            codes.append(code)
+            size = profile_file.stat().st_size if profile_file.exists() else None
+            experiments = read_profile(profile_file) if size else []
+            if any(e.requests for e in experiments):
+                break
+            # Seen once in ~30 runs: exit code 0 and a profile export without requests.
+            head = b""
+            if size:
+                with open(profile_file, "rb") as f:
+                    head = f.read(200)
+            print(f"perf_analyzer (exit code {code}) wrote {'no' if size is None else f'a {size}-byte'} profile export "
+                  f"without requests{f': {head!r}' if head else ''}"
+                  + ("; trying again" if attempt < args.retries else ""), file=sys.stderr, flush=True)
+            if size and attempt == args.retries:
+                bad = profile_file.with_name(profile_file.stem + "_unreadable.json")
+                profile_file.replace(bad)
+                print(f"kept it as {bad}", file=sys.stderr)
+        final_codes.append(code)
+        if not any(e.requests for e in experiments):
             continue
         size_mb += profile_file.stat().st_size / 1e6
-        rows += summarize_profile(read_profile(profile_file))
+        rows += summarize_profile(experiments)
         if not args.keep_profile:
             profile_file.unlink()
     wall = time.perf_counter() - t0
-    code = next((c for c in codes if c), 0)
+    code = next((c for c in final_codes if c), 0)
     if not rows:
         return code or 2
     summary = {"host": host, "model": MODEL, "commands": commands, "perf_analyzer_exit_codes": codes,
@@ -378,17 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.start_server:
             return measure(args, args.host)
-        from deploy.server import EmbeddedServer, ServerOptions
-        from loadtests.run import ensure_exported
+        from loadtests.run import start_server
 
-        ensure_exported(args.preset)
-        with tempfile.TemporaryDirectory(prefix="perf-triton-") as tmp:
-            options = ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port,
-                                    metrics_port=args.metrics_port, workdir=Path(tmp))
-            print(f"== starting the embedded tritonserver (gRPC {options.grpc_url})", flush=True)
-            with EmbeddedServer(options) as server:
-                print(f"   ready in {server.started_s:.1f} s", flush=True)
-                return measure(args, options.grpc_url)
+        with start_server(args) as server:
+            return measure(args, server.options.grpc_url)
     except PerfAnalyzerUnavailable as e:
         print(f"perf_analyzer unavailable: {e}", file=sys.stderr)
         return 3

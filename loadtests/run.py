@@ -22,13 +22,17 @@ the duration (exporting the tiny models first when they are missing), on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from loadtests import stats
 
@@ -66,6 +70,42 @@ def ensure_exported(preset: str) -> None:
     print(f"== exporting the {preset} models into {DEFAULT_REPOSITORY}", flush=True)
     if export_main(["--preset", preset]) != 0:
         raise SystemExit("export failed")
+
+
+def check_ports_free(*ports: int) -> None:
+    """Refuse to start when a port is taken: EmbeddedServer would find the other server ready and use it."""
+    import socket
+
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise SystemExit(f"port {port} is already in use: stop what listens there, or pick other ports "
+                                 "(--http-port/--grpc-port/--metrics-port)")
+
+
+@contextlib.contextmanager
+def start_server(args: argparse.Namespace) -> Iterator[Any]:
+    """The embedded tritonserver on args' ports for the block, after exporting the models if needed.
+
+    Its work folder (assembled backends, tritonserver.log) is removed afterwards unless
+    the block failed, when its path is printed.
+    """
+    from deploy.server import EmbeddedServer, ServerOptions
+
+    ensure_exported(args.preset)
+    check_ports_free(args.http_port, args.grpc_port, args.metrics_port)
+    workdir = Path(tempfile.mkdtemp(prefix="loadtest-triton-"))
+    options = ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+                            workdir=workdir)
+    print(f"== starting the embedded tritonserver (gRPC {options.grpc_url})", flush=True)
+    try:
+        with EmbeddedServer(options) as server:
+            print(f"   ready in {server.started_s:.1f} s", flush=True)
+            yield server
+    except BaseException:
+        print(f"   server log kept: {workdir / 'tritonserver.log'}", file=sys.stderr)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,16 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     t0 = time.perf_counter()
     if args.start_server:
-        from deploy.server import EmbeddedServer, ServerOptions
-
-        ensure_exported(args.preset)
-        with tempfile.TemporaryDirectory(prefix="loadtest-triton-") as tmp:
-            options = ServerOptions(http_port=args.http_port, grpc_port=args.grpc_port,
-                                    metrics_port=args.metrics_port, workdir=Path(tmp))
-            print(f"== starting the embedded tritonserver (gRPC {options.grpc_url})", flush=True)
-            with EmbeddedServer(options) as server:
-                print(f"   ready in {server.started_s:.1f} s", flush=True)
-                code = run_locust(args, options.grpc_url)
+        with start_server(args) as server:
+            code = run_locust(args, server.options.grpc_url)
     else:
         code = run_locust(args, args.host)
 
