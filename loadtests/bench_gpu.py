@@ -13,20 +13,32 @@
    text turns at each concurrency, and speech turns (a 5 s utterance) at concurrency 1;
    time to first audio chunk (TTFA) and first video frame (TTFF) p50/p95, whether every
    session stayed real time (no audio underrun after the first chunk, every frame on
-   time at 25 fps), the largest real-time concurrency, and peak GPU memory.
-Writes <out>/bench_gpu.json, <out>/BENCHMARKS.md and PNG plots.
+   time at 25 fps), the largest real-time concurrency, and peak GPU memory;
+3. with `--gpus 1 2 4` (scale-out, on a host with that many GPUs): the optimized pipeline
+   once per GPU count with `--model-config-name=gpu` / `gpu_x2` / `gpu_x4` (instances
+   placed by export/placement.py), the server seeing only the first N GPUs
+   (CUDA_VISIBLE_DEVICES; the 1-GPU runs above too); real-time capacity per GPU count,
+   its ratio to 1 GPU and TTFA p95 at the capacity point. No tensor crosses GPUs (no NCCL).
+
+    python -m loadtests.bench_gpu --preset base --gpus 1 2 4 --skip-naive --skip-stages --resume --out bench_scale
+
+   `--resume` reuses the end-to-end runs already saved under <out>/runs/ (same config,
+   options, levels and turns), so a run cut short can be started again where it stopped.
+Writes <out>/bench_gpu.json, <out>/BENCHMARKS.md, <out>/runs/<config>.json and PNG plots.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +50,7 @@ from ensemble import events as ev
 from ensemble.avatar import demo_avatar_png
 from export import contract
 from export.artifacts import write_orchestrator_artifacts
+from export.spec import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
 
 FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
 TEXT = "Please tell me about the weather today and what I should wear."
@@ -124,7 +137,8 @@ class GpuMemory:
     """Peak GPU memory in use (all processes), sampled with nvidia-smi."""
 
     def __init__(self, interval_s: float = 0.5):
-        self.peak_mib = 0
+        self.peak_mib = 0  # the busiest GPU's
+        self.peak_per_gpu_mib: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
 
@@ -133,7 +147,10 @@ class GpuMemory:
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
                                      capture_output=True, text=True, timeout=5).stdout
-                self.peak_mib = max(self.peak_mib, max(int(x) for x in out.split()))
+                used = [int(x) for x in out.split()]
+                self.peak_mib = max(self.peak_mib, max(used))
+                self.peak_per_gpu_mib = [max(a, b) for a, b in
+                                         zip(used, self.peak_per_gpu_mib + [0] * (len(used) - len(self.peak_per_gpu_mib)))]
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
             self._stop.wait(interval_s)
@@ -147,12 +164,47 @@ class GpuMemory:
         self._thread.join()
 
 
+def available_gpus() -> int:
+    """GPUs this process may use: nvidia-smi's count, narrowed by CUDA_VISIBLE_DEVICES when set."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    n = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return n if visible is None else min(n, len([x for x in visible.split(",") if x.strip()]))
+
+
+@contextmanager
+def visible_gpus(n: int | None):
+    """The server started inside sees only the first `n` GPUs (None: as it is). A config without `gpus:`
+    (configs/gpu.pbtxt) puts its instances on every GPU Triton sees: this keeps the 1-GPU runs on one."""
+    if n is None:
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [x.strip() for x in old.split(",") if x.strip()] if old is not None else [str(i) for i in range(n)]
+    if len(ids) < n:
+        raise RuntimeError(f"{n} GPUs wanted, CUDA_VISIBLE_DEVICES={old!r} has {len(ids)}")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:n])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
 def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
-                      port: int, speech: np.ndarray) -> dict:
+                      port: int, speech: np.ndarray, gpus: int | None = None) -> dict:
+    """gpus: the server sees only the first `gpus` GPUs (None: every GPU it would see anyway)."""
     server_options = ServerOptions(config_name=config_name, workdir=workdir / config_name, grpc_port=port,
                                    http_port=port - 1, metrics_port=port + 1, ready_timeout_s=400)
-    result: dict = {"config": config_name, "options": options, "levels": {}}
-    with GpuMemory() as mem, EmbeddedServer(server_options) as server:
+    result: dict = {"config": config_name, "options": options, "levels": {}, "turns": turns}
+    if gpus is not None:
+        result["gpus"] = gpus
+    with GpuMemory() as mem, visible_gpus(gpus), EmbeddedServer(server_options) as server:
         result["server_start_s"] = server.started_s
         url = server_options.grpc_url
         with TalkingHeadClient(url) as c:
@@ -168,6 +220,23 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
             result["levels"][c] = s
             print(f"[{config_name}] text c={c}: {s}", flush=True)
     result["peak_gpu_memory_mib"] = mem.peak_mib
+    result["peak_gpu_memory_mib_per_gpu"] = mem.peak_per_gpu_mib
+    return result
+
+
+def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
+                      speech: np.ndarray, gpus: int | None, resume: bool) -> dict:
+    """serve_and_measure, saved to <workdir>/runs/<config>.json; with resume, a saved run of the same settings."""
+    path = workdir / "runs" / f"{config_name}.json"
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        if (saved.get("options") == options and saved.get("turns") == turns and saved.get("gpus") == gpus
+                and sorted(int(c) for c in saved.get("levels", {})) == sorted(levels)):
+            print(f"[{config_name}] reusing {path}", flush=True)
+            return saved
+    result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str))
     return result
 
 
@@ -177,7 +246,30 @@ def capacity(levels: dict) -> int:
     return max(ok, default=0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _level(levels: dict, c: int) -> dict | None:
+    return levels.get(c) or levels.get(str(c))
+
+
+def scale_out_summary(runs: dict[int, dict]) -> dict[str, dict]:
+    """GPU count -> capacity, capacity per GPU, ratio to 1 GPU, TTFA p95 at the capacity point (and at the
+    highest level measured, which still shows the trend when no level is real time)."""
+    caps = {n: capacity(r["levels"]) for n, r in runs.items()}
+    base = caps.get(1)
+    out = {}
+    for n in sorted(runs):
+        r, cap = runs[n], caps[n]
+        at_cap = _level(r["levels"], cap) if cap else None
+        top = max((int(c) for c in r["levels"]), default=None)
+        at_top = _level(r["levels"], top) if top is not None else None
+        out[str(n)] = {"gpus": n, "config": r["config"], "capacity": cap, "capacity_per_gpu": cap / n,
+                       "ratio_vs_1": cap / base if base else None,
+                       "ttfa_p95_at_capacity_s": at_cap["ttfa_p95_s"] if at_cap else None,
+                       "max_level": top, "ttfa_p95_at_max_level_s": at_top["ttfa_p95_s"] if at_top else None,
+                       "peak_gpu_memory_mib": r.get("peak_gpu_memory_mib"), "server_start_s": r.get("server_start_s")}
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="base")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32, 64])
@@ -190,7 +282,35 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--naive-config", default="gpu_naive", help="model config variant of the baseline")
     ap.add_argument("--optimized-config", default="gpu", help="model config variant of the optimized pipeline")
     ap.add_argument("--stage-device", default="cuda", help="device of the per-stage microbenchmarks")
+    ap.add_argument("--gpus", type=int, nargs="+", default=None, metavar="N",
+                    help="scale-out: run the optimized pipeline on each of these GPU counts "
+                         f"(1 or one of {list(SCALE_OUT_GPUS)}; config <optimized-config>_x<N>)")
+    ap.add_argument("--scale-concurrency", type=int, nargs="+", default=None,
+                    help="concurrency levels of the runs on more than one GPU (default: --concurrency)")
+    ap.add_argument("--skip-naive", action="store_true", help="no naive baseline run")
+    ap.add_argument("--resume", action="store_true", help="reuse end-to-end runs saved under <out>/runs/")
     args = ap.parse_args(argv)
+    if args.gpus is not None:
+        bad = [n for n in args.gpus if n != 1 and n not in SCALE_OUT_GPUS]
+        if bad:
+            ap.error(f"--gpus: no configs rendered for {bad} GPUs; choose from {[1, *SCALE_OUT_GPUS]}")
+        base, n = parse_variant(args.optimized_config)
+        if n != 1 or (any(g > 1 for g in args.gpus) and base not in SCALABLE_VARIANTS):
+            ap.error(f"--gpus scales out --optimized-config {args.optimized_config!r}: "
+                     f"give one of {list(SCALABLE_VARIANTS)} (1 GPU)")
+        args.gpus = sorted(set(args.gpus) | {1})  # the optimized run is the 1-GPU point
+    return args
+
+
+def scale_out_configs(args: argparse.Namespace) -> dict[int, str]:
+    """GPU count -> --model-config-name of the scale-out runs (1 -> the optimized run's)."""
+    return {n: variant_name(args.optimized_config, n) for n in (args.gpus or [])}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.gpus and max(args.gpus) > (have := available_gpus()):
+        raise SystemExit(f"--gpus {' '.join(map(str, args.gpus))}: this host has {have} GPU(s) to use")
     args.out.mkdir(parents=True, exist_ok=True)
     write_orchestrator_artifacts(DEFAULT_REPOSITORY / "talking_head" / "1", args.preset, 0)
 
@@ -203,11 +323,23 @@ def main(argv: list[str] | None = None) -> int:
         print("stages:", json.dumps(report["stages"]), flush=True)
     speech = speech_utterance()
     base_opts = {"max_reply_tokens": args.max_reply_tokens, "ignore_eos": True}
-    report["naive"] = serve_and_measure(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
-                                        args.naive_concurrency, args.turns, args.out, args.port, speech)
-    report["optimized"] = serve_and_measure(args.optimized_config, {**base_opts, "lipsync_batch": 8}, args.concurrency,
-                                            args.turns, args.out, args.port, speech)
-    report["capacity"] = {"naive": capacity(report["naive"]["levels"]), "optimized": capacity(report["optimized"]["levels"])}
+    one_gpu = 1 if args.gpus else None  # scale-out: keep the 1-GPU runs on one GPU of the multi-GPU host
+    if not args.skip_naive:
+        report["naive"] = measure_or_resume(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
+                                            args.naive_concurrency, args.turns, args.out, args.port, speech,
+                                            one_gpu, args.resume)
+    optimized_opts = {**base_opts, "lipsync_batch": 8}
+    report["optimized"] = measure_or_resume(args.optimized_config, optimized_opts, args.concurrency,
+                                            args.turns, args.out, args.port, speech, one_gpu, args.resume)
+    report["capacity"] = {name: capacity(report[name]["levels"]) for name in ("naive", "optimized") if name in report}
+    if args.gpus:
+        runs = {1: report["optimized"]}
+        for n, config in scale_out_configs(args).items():
+            if n > 1:
+                runs[n] = measure_or_resume(config, optimized_opts, args.scale_concurrency or args.concurrency,
+                                            args.turns, args.out, args.port, speech, n, args.resume)
+        report["scale_out"] = {"gpus": args.gpus, "runs": {str(n): r for n, r in runs.items() if n > 1},
+                               "summary": scale_out_summary(runs)}
     (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=2, default=str))
     from loadtests.bench_report import write_report
     write_report(report, args.out)

@@ -37,37 +37,68 @@ def markdown(report: dict) -> str:
                          f" {_f(report['stages']['optimized'].get(key), digits)} |")
         lines.append("")
     for name in ("naive", "optimized"):
-        r = report[name]
-        lines += [f"## End to end, {name} (`--model-config-name={r['config']}`, options {json.dumps(r['options'])})", "",
-                  f"Server start to ready: {_f(r['server_start_s'], 1)} s; peak GPU memory (nvidia-smi): "
-                  f"{r['peak_gpu_memory_mib']} MiB.", "",
-                  "| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"
-                  " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames | underruns |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        rows = [("speech 5 s", 1, r["speech_c1"])] + [("text", c, s) for c, s in r["levels"].items()]
-        for label, c, s in rows:
-            lines.append(f"| {label} | {c} | {s['turns']} | {s['failed']} | {_f(s['ttfa_p50_s'], 0, 1000)} / "
-                         f"{_f(s['ttfa_p95_s'], 0, 1000)} | {_f(s['ttff_p50_s'], 0, 1000)} / {_f(s['ttff_p95_s'], 0, 1000)} |"
-                         f" {_f(s['total_p50_s'], 2)} | {_f(s['audio_s_p50'], 1)} | {s['real_time_sessions']}/{s['turns']} |"
-                         f" {s['late_frames']} | {s['audio_underruns']} |")
-        lines += ["", "Server time inside each stage model per turn (ms, mean; BLS call to answer, queueing included):", "",
-                  "| input | concurrency | " + " | ".join(STAGES) + " |", "| --- | ---: |" + " ---: |" * len(STAGES)]
-        for label, c, s in rows:
-            st = s.get("stage_ms_per_turn", {})
-            lines.append(f"| {label} | {c} | " + " | ".join(_f(st.get(k), 0) for k in STAGES) + " |")
-        lines.append("")
+        if name in report:  # bench_gpu --skip-naive leaves the baseline out
+            lines += _end_to_end(name, report[name])
     cap = report["capacity"]
-    n1, o1 = report["naive"]["levels"].get("1") or report["naive"]["levels"].get(1), \
+    n1, o1 = (report["naive"]["levels"].get("1") or report["naive"]["levels"].get(1)) if "naive" in report else None, \
         report["optimized"]["levels"].get("1") or report["optimized"]["levels"].get(1)
     lines += ["## Summary", "",
-              f"- largest measured concurrency with every session real time: naive {cap['naive']}, optimized {cap['optimized']}"]
+              "- largest measured concurrency with every session real time: "
+              + ", ".join(f"{name} {cap[name]}" for name in ("naive", "optimized") if name in cap)]
     if n1 and o1 and o1["ttff_p50_s"] and n1["ttff_p50_s"]:
         lines.append(f"- TTFF p50 at concurrency 1: naive {n1['ttff_p50_s'] * 1000:.0f} ms, optimized "
                      f"{o1['ttff_p50_s'] * 1000:.0f} ms ({n1['ttff_p50_s'] / o1['ttff_p50_s']:.1f}× lower)")
         lines.append(f"- TTFA p50 at concurrency 1: naive {n1['ttfa_p50_s'] * 1000:.0f} ms, optimized "
                      f"{o1['ttfa_p50_s'] * 1000:.0f} ms")
     lines.append("")
+    if "scale_out" in report:
+        lines += scale_out_markdown(report)
     return "\n".join(lines)
+
+
+def _end_to_end(name: str, r: dict) -> list[str]:
+    """The end-to-end section of one server run: per-level latency and real-time table, then stage times."""
+    lines = [f"## End to end, {name} (`--model-config-name={r['config']}`, options {json.dumps(r['options'])})", "",
+             (f"Server start to ready: {_f(r['server_start_s'], 1)} s; peak GPU memory (nvidia-smi): "
+              f"{r['peak_gpu_memory_mib']} MiB."), "",
+             ("| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"
+              " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames | underruns |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    rows = [("speech 5 s", 1, r["speech_c1"])] + [("text", c, s) for c, s in r["levels"].items()]
+    for label, c, s in rows:
+        lines.append(f"| {label} | {c} | {s['turns']} | {s['failed']} | {_f(s['ttfa_p50_s'], 0, 1000)} / "
+                     f"{_f(s['ttfa_p95_s'], 0, 1000)} | {_f(s['ttff_p50_s'], 0, 1000)} / {_f(s['ttff_p95_s'], 0, 1000)} |"
+                     f" {_f(s['total_p50_s'], 2)} | {_f(s['audio_s_p50'], 1)} | {s['real_time_sessions']}/{s['turns']} |"
+                     f" {s['late_frames']} | {s['audio_underruns']} |")
+    lines += ["", "Server time inside each stage model per turn (ms, mean; BLS call to answer, queueing included):", "",
+              "| input | concurrency | " + " | ".join(STAGES) + " |", "| --- | ---: |" + " ---: |" * len(STAGES)]
+    for label, c, s in rows:
+        st = s.get("stage_ms_per_turn", {})
+        lines.append(f"| {label} | {c} | " + " | ".join(_f(st.get(k), 0) for k in STAGES) + " |")
+    lines.append("")
+    return lines
+
+
+def scale_out_markdown(report: dict) -> list[str]:
+    """The "Scale-out" section (bench_gpu --gpus): capacity per GPU count, then each multi-GPU run in full."""
+    so = report["scale_out"]
+    lines = [f"## Scale-out across GPUs (`--gpus {' '.join(str(n) for n in so['gpus'])}`)", "",
+             ("The optimized pipeline once per GPU count, the server seeing only the first N GPUs; instances "
+              "placed by export/placement.py (every GPU a replica of the single-GPU set). Capacity: the largest "
+              "measured concurrency with every session real time; the ratio is to the 1-GPU capacity."), "",
+             ("| GPUs | config | real-time capacity (sessions) | per GPU | vs 1 GPU | TTFA p95 at capacity (ms) |"
+              " highest level: TTFA p95 (ms) | peak GPU memory, busiest GPU (MiB) | server start (s) |"),
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for n, s in sorted(so["summary"].items(), key=lambda kv: int(kv[0])):
+        top = "—" if s["max_level"] is None else f"c={s['max_level']}: {_f(s['ttfa_p95_at_max_level_s'], 0, 1000)}"
+        ratio = "—" if s["ratio_vs_1"] is None else f"{s['ratio_vs_1']:.2f}×"
+        lines.append(f"| {n} | `{s['config']}` | {s['capacity']} | {_f(s['capacity_per_gpu'], 1)} | {ratio} |"
+                     f" {_f(s['ttfa_p95_at_capacity_s'], 0, 1000)} | {top} | {s['peak_gpu_memory_mib']} |"
+                     f" {_f(s['server_start_s'], 1)} |")
+    lines.append("")
+    for n, r in sorted(so["runs"].items(), key=lambda kv: int(kv[0])):
+        lines += _end_to_end(f"optimized on {n} GPUs", r)
+    return lines
 
 
 def plots(report: dict, out: Path) -> list[Path]:
@@ -80,6 +111,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in ("naive", "optimized"):
+        if name not in report:
+            continue
         levels = report[name]["levels"]
         cs = sorted(levels, key=int)
         for key, style in (("ttfa_p95_s", "-o"), ("ttff_p95_s", "--s")):
@@ -107,6 +140,23 @@ def plots(report: dict, out: Path) -> list[Path]:
         ax.set_title("Per-stage throughput")
         fig.tight_layout()
         path = out / "stages.png"
+        fig.savefig(path, dpi=120)
+        written.append(path)
+    if "scale_out" in report:
+        runs = {"1": report["optimized"], **report["scale_out"]["runs"]}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for n in sorted(runs, key=int):
+            levels = runs[n]["levels"]
+            cs = sorted(levels, key=int)
+            ys = [levels[c]["ttfa_p95_s"] * 1000 if levels[c]["ttfa_p95_s"] is not None else float("nan") for c in cs]
+            ax.plot([int(c) for c in cs], ys, "-o", label=f"{n} GPU{'s' if int(n) > 1 else ''}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylabel("TTFA p95, ms at the client")
+        ax.legend(fontsize=8)
+        ax.set_title("Scale-out: latency vs concurrency per GPU count")
+        fig.tight_layout()
+        path = out / "scale_out.png"
         fig.savefig(path, dpi=120)
         written.append(path)
     return written
