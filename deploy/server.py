@@ -6,28 +6,47 @@ It assembles a backend directory (the wheel's Python backend with the stub for
 this interpreter, plus this repository's Python-based backends), starts
 `tritonserver --model-config-name=cpu` in its own process group with this
 environment's `bin/` first on PATH (the Python stub takes its site-packages from
-there), waits until the server and every model are ready, and on stop sends
-SIGTERM, waits for Triton's own drain, then ends anything left in the group so
-that no stub process or shared-memory region outlives it.
+there), waits until the server and every model are ready, and on stop (or SIGTERM to
+`python -m deploy.server`) first drains: new turns are refused (UNAVAILABLE) and
+turns in flight run to their end, since Triton's own SIGTERM handling would cut
+them (see `EmbeddedServer.drain`); then it sends SIGTERM, waits for Triton to
+exit, and ends anything left in the group so that no stub process or
+shared-memory region outlives it.
+
+Options for deployments: `tls` (gRPC over TLS, deploy/tls.py) and `admin_key`
+(model-repository, model-config, shared-memory, statistics, trace and logging
+APIs need the admin header); RELIABILITY.md says how to use both.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
+from deploy.tls import TLSFiles
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO / "model_repository"
 PROJECT_BACKENDS = Path(__file__).resolve().parent / "backends"  # Python-based backends: <name>/model.py
-SHM_PREFIX = "triton_python_backend_shm_region"
+SHM_MARK = "_shm_region"  # Python(-based) backends name theirs triton_<backend>_backend_shm_region_*
+DRAIN_FILE_ENV = "TALKING_HEAD_DRAIN_FILE"  # = ensemble.service.DRAIN_FILE_ENV (not imported: keeps this module light)
+# Endpoints that change or expose the server rather than serve turns: with ServerOptions.admin_key set,
+# gRPC and HTTP calls to these need the admin header. Inference, health and metadata stay open.
+ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+ADMIN_HEADER = "admin-key"  # the HTTP header; on gRPC Triton expects it as `triton-grpc-protocol-<header>`
+ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
+_ADMIN_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")  # no ',', ':', '=' or spaces: they would break the flag
 
 
 @dataclass(frozen=True)
@@ -83,13 +102,38 @@ class ServerOptions:
     metrics_port: int = 8002
     workdir: Path = REPO / "build" / "triton"  # assembled backends and the server log
     exit_timeout_s: int = 30  # --exit-timeout-secs: how long Triton drains in-flight work on SIGTERM
+    drain_timeout_s: float | None = None  # stop(): how long to wait for turns in flight before SIGTERM
+    #                                       (None: exit_timeout_s); see EmbeddedServer.drain
     ready_timeout_s: float = 180.0  # how long start() waits for every model to be ready
     log_verbose: int = 0
     extra_args: list[str] = field(default_factory=list)  # passed to tritonserver as they are
+    tls: TLSFiles | None = None  # gRPC over TLS (--grpc-use-ssl[-mutual], cert, key, root cert); HTTP stays plain
+    admin_key: str | None = None  # restrict ADMIN_APIS on gRPC and HTTP to calls sending header ADMIN_HEADER: <key>
+    admin_apis: tuple[str, ...] = ADMIN_APIS
+
+    def __post_init__(self) -> None:
+        if self.admin_key is not None and not _ADMIN_KEY.fullmatch(self.admin_key):
+            raise ValueError("admin_key must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / -")
+        unknown = set(self.admin_apis) - set(ADMIN_APIS) - {"health", "metadata", "inference"}
+        if unknown:
+            raise ValueError(f"unknown restricted API(s) {sorted(unknown)}")
 
     @property
     def grpc_url(self) -> str:
         return f"localhost:{self.grpc_port}"
+
+    @property
+    def drain_file(self) -> Path:
+        """Exists while the server drains: the orchestrator and the registry then refuse new work."""
+        return self.workdir / "draining"
+
+    def security_args(self) -> list[str]:
+        """tritonserver flags for tls and admin_key (empty when neither is set)."""
+        args = self.tls.server_args() if self.tls is not None else []
+        if self.admin_key is not None:
+            rule = f"{','.join(self.admin_apis)}:{ADMIN_HEADER}={self.admin_key}"
+            args += [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
+        return args
 
 
 class EmbeddedServer:
@@ -100,6 +144,7 @@ class EmbeddedServer:
         self.process: subprocess.Popen | None = None
         self.log_path = self.options.workdir / "tritonserver.log"
         self.started_s: float | None = None  # seconds from launch to all models ready
+        self.drain_s: float | None = None  # seconds the last drain() waited for turns in flight
         self.install = TritonInstall.find()
 
     def command(self, backends: Path) -> list[str]:
@@ -115,6 +160,7 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
+            *o.security_args(),
             *o.extra_args,
         ]
 
@@ -124,13 +170,21 @@ class EmbeddedServer:
             env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(self.install.lib_dir), env.get("LD_LIBRARY_PATH")]))
         # The Python stub uses the site-packages of the first python on PATH: make it ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env[DRAIN_FILE_ENV] = str(self.options.drain_file)
         return env
 
     def start(self) -> "EmbeddedServer":
         o = self.options
         if not (o.repository / "talking_head" / "config.pbtxt").exists():
             raise RuntimeError(f"{o.repository} is not this project's model repository")
+        if o.tls is not None:
+            o.tls.check()
+        taken = busy_ports([o.http_port, o.grpc_port, o.metrics_port])
+        if taken:
+            raise RuntimeError(f"port(s) {', '.join(map(str, taken))} already in use: stop the other server or choose"
+                               " other ports (--http-port/--grpc-port/--metrics-port)")
         o.workdir.mkdir(parents=True, exist_ok=True)
+        o.drain_file.unlink(missing_ok=True)  # left by a stop that was cut short
         backends = assemble_backends(o.workdir / "backends", self.install)
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
@@ -146,19 +200,37 @@ class EmbeddedServer:
 
     def _wait_ready(self, t0: float) -> None:
         deadline = t0 + self.options.ready_timeout_s
-        with grpcclient.InferenceServerClient(self.options.grpc_url) as client:
-            while time.perf_counter() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"tritonserver exited with code {self.process.returncode} during start-up;"
-                                       f" last log lines:\n{self.log_tail()}")
-                try:
-                    if client.is_server_ready():
-                        return
-                except Exception:  # not listening yet
-                    pass
-                time.sleep(0.2)
+        tls = self.options.tls
+        if tls is not None and tls.mutual and (tls.client_cert is None or tls.client_key is None):
+            # mutual TLS and no client certificate to probe gRPC with: ask the (plain) HTTP endpoint
+            self._poll_ready(deadline, self._http_ready)
+            return
+        with grpcclient.InferenceServerClient(self.options.grpc_url,
+                                              **(tls.client_kwargs() if tls is not None else {})) as client:
+            self._poll_ready(deadline, lambda: client.is_server_ready(headers=self._admin_headers()))
+
+    def _poll_ready(self, deadline: float, ready) -> None:
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"tritonserver exited with code {self.process.returncode} during start-up;"
+                                   f" last log lines:\n{self.log_tail()}")
+            try:
+                if ready():
+                    return
+            except Exception:  # not listening yet
+                pass
+            time.sleep(0.2)
         raise TimeoutError(f"tritonserver not ready after {self.options.ready_timeout_s:.0f} s;"
                            f" last log lines:\n{self.log_tail()}")
+
+    def _http_ready(self) -> bool:
+        request = urllib.request.Request(f"http://localhost:{self.options.http_port}/v2/health/ready",
+                                         headers=self._admin_headers(grpc=False) or {})
+        with urllib.request.urlopen(request, timeout=2) as r:
+            return r.status == 200
+
+    def _admin_headers(self, grpc: bool = True) -> dict[str, str] | None:
+        return admin_headers(self.options.admin_key, grpc=grpc)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -166,12 +238,49 @@ class EmbeddedServer:
         except OSError:
             return "(no log)"
 
-    def stop(self) -> int | None:
-        """SIGTERM, wait for Triton's drain, then end whatever is left of the process group."""
+    def drain(self, timeout_s: float | None = None, poll_s: float = 0.05) -> float:
+        """Refuse new work, then wait until no turn is in flight (or timeout_s); the seconds it took.
+
+        Creates options.drain_file: from then on `talking_head` answers new turns, and
+        `avatar_registry` new registrations, with UNAVAILABLE ("server is shutting down"), while
+        turns in flight run on. Then polls `talking_head_active_sessions` on the metrics port until
+        it reads 0. This must happen BEFORE Triton gets SIGTERM: on SIGTERM Triton 2.51 stops every
+        model at once and counts no decoupled BLS turn as in flight, so a turn still running would
+        fail at its next stage call ("Server not ready"); see RELIABILITY.md.
+        """
+        from deploy.drain import active_sessions  # light: ensemble.metrics only
+
+        o = self.options
+        timeout_s = (o.exit_timeout_s if o.drain_timeout_s is None else o.drain_timeout_s) if timeout_s is None \
+            else timeout_s
+        t0 = time.perf_counter()
+        o.drain_file.parent.mkdir(parents=True, exist_ok=True)
+        o.drain_file.touch()
+        url = f"http://localhost:{o.metrics_port}/metrics"
+        while True:
+            try:
+                if active_sessions(url) == 0:
+                    break
+            except OSError:  # metrics endpoint gone: nothing left to wait for
+                break
+            if time.perf_counter() - t0 >= timeout_s:
+                break
+            time.sleep(poll_s)
+        self.drain_s = time.perf_counter() - t0
+        return self.drain_s
+
+    def stop(self, drain: bool = True) -> int | None:
+        """Drain (unless drain=False), SIGTERM, wait for Triton's own exit, then end whatever is left of the
+        process group."""
         p = self.process
         if p is None:
             return None
         if p.poll() is None:
+            if drain:
+                try:
+                    self.drain()
+                except KeyboardInterrupt:  # a second Ctrl-C: stop now
+                    pass
             p.send_signal(signal.SIGTERM)
             try:
                 p.wait(timeout=self.options.exit_timeout_s + 15)
@@ -182,6 +291,7 @@ class EmbeddedServer:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        self.options.drain_file.unlink(missing_ok=True)
         self.process = None
         return p.returncode
 
@@ -197,10 +307,35 @@ class EmbeddedServer:
                 f"metrics http://localhost:{o.metrics_port}/metrics")
 
 
+def admin_headers(key: str | None, grpc: bool = True) -> dict[str, str] | None:
+    """The headers an admin call sends when ServerOptions.admin_key is set (None when it is not).
+
+    Triton 2.51 checks `admin-key` on HTTP but `triton-grpc-protocol-admin-key` on gRPC.
+    """
+    if key is None:
+        return None
+    return {ADMIN_GRPC_HEADER if grpc else ADMIN_HEADER: key}
+
+
 def leaked_shm() -> list[str]:
-    """Python-backend shared-memory regions present in /dev/shm."""
+    """Shared-memory regions of Python and Python-based backends (python, ort_cpu, torch_gpu) in /dev/shm."""
     shm = Path("/dev/shm")
-    return sorted(p.name for p in shm.iterdir() if p.name.startswith(SHM_PREFIX)) if shm.exists() else []
+    if not shm.exists():
+        return []
+    return sorted(p.name for p in shm.iterdir() if p.name.startswith("triton_") and SHM_MARK in p.name)
+
+
+def busy_ports(ports: list[int]) -> list[int]:
+    """Ports on which something already listens (the server would answer for another server)."""
+    busy = []
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                busy.append(port)
+    return busy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,23 +346,60 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grpc-port", type=int, default=8001)
     ap.add_argument("--metrics-port", type=int, default=8002)
     ap.add_argument("--log-verbose", type=int, default=0, help="Triton log verbosity (0 = quiet)")
+    ap.add_argument("--workdir", type=Path, default=ServerOptions.workdir, help="assembled backends and the log")
+    ap.add_argument("--exit-timeout", type=int, default=ServerOptions.exit_timeout_s,
+                    help="seconds SIGTERM waits for turns in flight (drain), and then Triton's own exit timeout")
+    ap.add_argument("--tls-cert", type=Path, help="gRPC over TLS: the server certificate (PEM)")
+    ap.add_argument("--tls-key", type=Path, help="gRPC over TLS: the server's private key (PEM)")
+    ap.add_argument("--tls-root-cert", type=Path, help="gRPC over TLS: the CA certificate (PEM)")
+    ap.add_argument("--tls-mutual", action="store_true", help="require client certificates signed by the CA")
+    ap.add_argument("--admin-key-env", metavar="VAR",
+                    help=f"restrict {', '.join(ADMIN_APIS)} to calls with header {ADMIN_HEADER}: $VAR")
     args = ap.parse_args(argv)
+    tls_paths = (args.tls_cert, args.tls_key, args.tls_root_cert)
+    if any(tls_paths) and not all(tls_paths):
+        ap.error("--tls-cert, --tls-key and --tls-root-cert go together")
+    tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_root_cert, mutual=args.tls_mutual) if all(tls_paths) else None
+    if args.tls_mutual and tls is None:
+        ap.error("--tls-mutual needs --tls-cert, --tls-key and --tls-root-cert")
+    admin_key = None
+    if args.admin_key_env:
+        admin_key = os.environ.get(args.admin_key_env)
+        if not admin_key:
+            ap.error(f"--admin-key-env: ${args.admin_key_env} is not set")
     server = EmbeddedServer(ServerOptions(repository=args.repository, config_name=args.config_name,
                                           http_port=args.http_port, grpc_port=args.grpc_port,
-                                          metrics_port=args.metrics_port, log_verbose=args.log_verbose))
+                                          metrics_port=args.metrics_port, log_verbose=args.log_verbose,
+                                          workdir=args.workdir, exit_timeout_s=args.exit_timeout,
+                                          tls=tls, admin_key=admin_key))
     print(f"starting tritonserver on {args.repository} ({args.config_name}); log: {server.log_path}", flush=True)
-    server.start()
+    stop = {"now": False, "serving": False}
+
+    def on_sigterm(*_):
+        if not stop["serving"]:  # during start-up: abort it (start() stops what it started)
+            raise KeyboardInterrupt
+        server.options.drain_file.touch()  # refuse new work at once; stop() below drains, then stops Triton
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        server.start()
+    except KeyboardInterrupt:
+        print("interrupted during start-up; tritonserver stopped", flush=True)
+        return 1
+    stop["serving"] = True
     print(f"ready in {server.started_s:.1f} s\n{server.endpoints()}\nCtrl-C stops it.", flush=True)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         while not stop["now"] and server.process.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.1)
     except KeyboardInterrupt:
         pass
     finally:
+        if server.process is not None and server.process.poll() is None:
+            print("stopping: refusing new turns, waiting for turns in flight", flush=True)
         code = server.stop()
-        print(f"tritonserver stopped (exit code {code})")
+        drained = f"; drained in {server.drain_s:.2f} s" if server.drain_s is not None else ""
+        print(f"tritonserver stopped (exit code {code}{drained})", flush=True)
     return 0
 
 

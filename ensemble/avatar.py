@@ -13,6 +13,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from hashlib import sha256
@@ -102,9 +103,14 @@ def image_size(data: bytes) -> tuple[int, int]:
     raise InputError(UNDECODABLE[:-1] + "; PNG and JPEG are accepted)")
 
 
-def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, options: AvatarOptions = AvatarOptions(),
-             detector: FaceDetector | None = None) -> Avatar:
-    """Validate, decode and analyse an avatar image; InputError names any problem."""
+def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, min_side: int = 64,
+             options: AvatarOptions = AvatarOptions(), detector: FaceDetector | None = None) -> Avatar:
+    """Validate, decode and analyse an avatar image; InputError names any problem.
+
+    Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), and the
+    header's width x height against max_pixels and min_side. Several faces: the largest is used
+    and the message says so.
+    """
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
         raise InputError(f"avatar image must be bytes, got {type(image_bytes).__name__}")
     data = bytes(image_bytes)
@@ -117,6 +123,8 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, options: Av
         raise InputError(UNDECODABLE)
     if width * height > max_pixels:
         raise InputError(f"avatar image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    if min(width, height) < min_side:
+        raise InputError(f"avatar image is {width}x{height} pixels; width and height must be at least {min_side}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise InputError(UNDECODABLE)
@@ -190,13 +198,27 @@ def demo_avatar_png() -> bytes:
 
 
 class AvatarStore:
-    """Avatars as <root>/<id>.npz, with an in-memory LRU of `capacity` loaded avatars. Thread-safe."""
+    """Avatars as <root>/<id>.npz, with an in-memory LRU of `capacity` loaded avatars. Thread-safe.
 
-    def __init__(self, root: Path, capacity: int = 64) -> None:
+    The files are bounded too: `save` keeps at most `max_avatars` files and `max_bytes` bytes of
+    them, evicting the least recently used (file mtime: set by `save`, refreshed by every `load`).
+    Eviction, not refusal: a full store must not stop new clients from registering, and an evicted
+    avatar is recovered by registering its image again (the id is the image's hash, so it is the
+    same id). A turn for an evicted avatar gets "unknown avatar id ...; register the avatar first"
+    unless a serving process still holds it in memory. Several processes may share one root (the
+    registry writes, the orchestrator reads); only `save` evicts.
+    """
+
+    def __init__(self, root: Path, capacity: int = 64, *, max_avatars: int | None = None,
+                 max_bytes: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if max_avatars is not None and max_avatars < 1:
+            raise ValueError("max_avatars must be >= 1")
         self.root = Path(root)  # directory holding <id>.npz files
         self.capacity = capacity  # avatars kept in memory
+        self.max_avatars = max_avatars  # avatar files kept on disk (None: unbounded)
+        self.max_bytes = max_bytes  # bytes of avatar files kept on disk (None: unbounded)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[str, Avatar] = OrderedDict()
         self._lock = threading.Lock()
@@ -217,7 +239,8 @@ class AvatarStore:
     def _path(self, avatar_id: str) -> Path:
         return self.root / f"{avatar_id}.npz"
 
-    def save(self, avatar: Avatar) -> None:
+    def save(self, avatar: Avatar) -> list[str]:
+        """Write the avatar (atomically), then evict beyond the bounds; returns the ids evicted."""
         avatar_id = self.check_id(avatar.id)
         fd, tmp = tempfile.mkstemp(prefix=f".{avatar_id}.", suffix=".tmp", dir=self.root)
         try:
@@ -225,25 +248,78 @@ class AvatarStore:
                 np.savez(fh, image=avatar.image, box=np.asarray(avatar.box, np.int64), face=avatar.face,
                          faces_found=np.int64(avatar.faces_found), message=np.str_(avatar.message))
             os.replace(tmp, self._path(avatar_id))
+            _touch(self._path(avatar_id))
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
         self._remember(avatar)
+        return self.evict(keep=avatar_id)
+
+    def evict(self, keep: str | None = None) -> list[str]:
+        """Delete the least recently used avatar files beyond max_avatars / max_bytes; the ids deleted."""
+        if self.max_avatars is None and self.max_bytes is None:
+            return []
+        files = []
+        for path in self.root.glob("*.npz"):
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # evicted by another process meanwhile
+                continue
+            files.append((st.st_mtime_ns, path.name, path, st.st_size))
+        files.sort()  # oldest first
+        count, total = len(files), sum(f[3] for f in files)
+        evicted = []
+        for _, _, path, size in files:
+            over_count = self.max_avatars is not None and count > self.max_avatars
+            over_bytes = self.max_bytes is not None and total > self.max_bytes
+            if not (over_count or over_bytes):
+                break
+            if path.stem == keep:
+                continue
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            count, total = count - 1, total - size
+            evicted.append(path.stem)
+            with self._lock:
+                self._cache.pop(path.stem, None)
+        return evicted
+
+    def stored_ids(self) -> list[str]:
+        """Ids on disk, least recently used first."""
+        files = []
+        for path in self.root.glob("*.npz"):
+            try:
+                files.append((path.stat().st_mtime_ns, path.stem))
+            except FileNotFoundError:
+                continue
+        return [i for _, i in sorted(files)]
 
     def load(self, avatar_id: str | bytes) -> Avatar:
         avatar_id = self.check_id(avatar_id)
+        path = self._path(avatar_id)
         with self._lock:
             if avatar_id in self._cache:
                 self._cache.move_to_end(avatar_id)
-                return self._cache[avatar_id]
-        path = self._path(avatar_id)
+                cached = self._cache[avatar_id]
+            else:
+                cached = None
+        if cached is not None:
+            _touch(path, missing_ok=True)  # recently used: the registry's eviction keeps it longer
+            return cached
+        unknown = InputError(f"unknown avatar id {avatar_id!r}; register the avatar first")
         if not path.is_file():
-            raise InputError(f"unknown avatar id {avatar_id!r}; register the avatar first")
-        with np.load(path, allow_pickle=False) as z:
-            y1, y2, x1, x2 = (int(v) for v in z["box"])
-            avatar = Avatar(avatar_id, _frozen(z["image"]), (y1, y2, x1, x2), _frozen(z["face"]),
-                            int(z["faces_found"]), str(z["message"]))
+            raise unknown
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                y1, y2, x1, x2 = (int(v) for v in z["box"])
+                avatar = Avatar(avatar_id, _frozen(z["image"]), (y1, y2, x1, x2), _frozen(z["face"]),
+                                int(z["faces_found"]), str(z["message"]))
+        except FileNotFoundError:  # evicted between the check and the read
+            raise unknown from None
+        _touch(path, missing_ok=True)
         self._remember(avatar)
         return avatar
 
@@ -258,3 +334,13 @@ class AvatarStore:
         """Ids in memory, least recently used first."""
         with self._lock:
             return list(self._cache)
+
+
+def _touch(path: Path, missing_ok: bool = False) -> None:
+    """Set the file's mtime to now (its last use, for the store's LRU eviction)."""
+    now = time.time_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except FileNotFoundError:
+        if not missing_ok:
+            raise

@@ -17,6 +17,9 @@ class Limits:
     max_prompt_tokens: int = 448  # prompt tokens the LLM sees (older ones are cut)
     max_avatar_bytes: int = 10 * 1024 * 1024  # encoded avatar image
     max_avatar_pixels: int = 4096 * 4096  # decoded avatar image
+    min_avatar_side: int = 64  # avatar image width and height at least this (the face detector searches >= 30 px)
+    max_avatars: int = 1000  # avatars kept on disk per server (its avatar store); the least recently used is evicted
+    max_avatar_store_bytes: int = 4 * 1024**3  # ... and at most this many bytes of them (same eviction)
     max_sessions: int = 32  # turns served at once; more are refused at once (UNAVAILABLE)
 
 

@@ -22,7 +22,7 @@ from ensemble.decoding import Infer, KVDecoder, greedy, sample
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
-from ensemble.text import Segmenter
+from ensemble.text import Segmenter, strip_chat_markup
 from ensemble.vocoder_stream import VocoderStream
 from export import contract, spec
 from export.presets import Preset
@@ -154,7 +154,8 @@ class Turn:
             if audio16k is not None:
                 self.transcript = await self._transcribe(audio16k)
                 self.emit(TRANSCRIPT, {"text": self.transcript})
-                text = self.transcript or "..."
+                # spoken words are user text too: no chat markup reaches the prompt
+                text = strip_chat_markup(self.transcript) or "..."
             await self._generate(text, pieces)
         finally:
             pieces.put_nowait(_END)

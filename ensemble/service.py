@@ -32,9 +32,23 @@ from export.text_frontend import text_to_ids
 from export.presets import Preset
 from export.vocab import chat_prompt
 
+DRAIN_FILE_ENV = "TALKING_HEAD_DRAIN_FILE"
+
+
 def default_avatar_dir() -> Path:
     """Where registered avatars live: $TALKING_HEAD_AVATAR_DIR, else a folder in the temp dir."""
     return Path(os.environ.get("TALKING_HEAD_AVATAR_DIR") or Path(tempfile.gettempdir()) / "talking-head-avatars")
+
+
+def draining(path: str | None = None) -> bool:
+    """Whether the server is shutting down: the file named by $TALKING_HEAD_DRAIN_FILE exists.
+
+    deploy.server creates it when it starts a graceful stop (before Triton gets SIGTERM): from then on
+    new turns and registrations are refused with UNAVAILABLE while turns in flight run to their end.
+    Triton's own SIGTERM handling cannot do this for a BLS pipeline (see RELIABILITY.md).
+    """
+    path = os.environ.get(DRAIN_FILE_ENV) if path is None else path
+    return bool(path) and os.path.exists(path)
 
 
 @dataclass
@@ -54,7 +68,9 @@ class Service:
                                 llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
                                 chat_prompt=_chat_prompt(artifacts, info), tts_ids=_tts_front_end(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
-                   avatars=AvatarStore(avatar_dir or default_avatar_dir()), limits=limits or Limits(),
+                   avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=(limits or Limits()).max_avatars,
+                                       max_bytes=(limits or Limits()).max_avatar_store_bytes),
+                   limits=limits or Limits(),
                    recorder=recorder or metrics.MemoryRecorder())
 
     def parse(self, inputs: dict[str, np.ndarray]) -> tuple[dict, TurnOptions, str]:
@@ -81,6 +97,9 @@ class Service:
     async def handle(self, inputs: dict[str, np.ndarray], infer: Infer, emit: Emit,
                      is_cancelled: Callable[[], bool] = lambda: False) -> Turn:
         rec = self.recorder
+        if draining():
+            rec.inc(metrics.REJECTED, reason="draining")
+            raise Overloaded("server is shutting down (draining its turns in flight); retry on another replica")
         if self.active >= self.limits.max_sessions:
             rec.inc(metrics.REJECTED, reason="overloaded")
             raise Overloaded(f"server busy: {self.active} turns in flight (limit {self.limits.max_sessions}); retry later")

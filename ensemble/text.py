@@ -101,6 +101,9 @@ class Segmenter:
 # --------------------------------------------------------------------------- validation
 
 _KEEP_CONTROLS = {"\n", "\t"}
+# <|im_start|>, <|im_end|>, <|endoftext|>, ...: the LLM tokenizer turns these into special tokens (matched
+# before normalisation), so typed user text could otherwise close its own turn and open a `system` one.
+_CHAT_MARKUP = re.compile(r"<\|[^<>|\s]{0,64}\|>")
 _H_SPACE = re.compile(r"[^\S\n]+")  # whitespace other than newline
 _NEWLINES = re.compile(r" ?\n[\s]*")
 
@@ -109,9 +112,12 @@ def validate_text(raw: bytes | str, max_chars: int) -> str:
     """User text -> clean str, or InputError naming the problem.
 
     Decodes bytes as strict UTF-8 (a leading BOM is dropped), NFC-normalises, removes control
-    characters except newline and tab, collapses runs of spaces/tabs to one space and runs of
-    blank lines to one newline, strips the ends; then rejects empty text and text longer than
-    max_chars characters (counted after cleaning).
+    characters except newline and tab, removes chat-template markup (`<|...|>`, see
+    strip_chat_markup), collapses runs of spaces/tabs to one space and runs of blank lines to one
+    newline, strips the ends; then rejects empty text and text longer than max_chars characters
+    (counted after cleaning). Everything else, including "ignore your instructions"-style prompt
+    injection, is kept: it is the user's words, given to the LLM inside the user turn of the
+    chat template, and the reply is only ever spoken.
     """
     if isinstance(raw, (bytes, bytearray, memoryview)):
         b = bytes(raw)
@@ -125,9 +131,23 @@ def validate_text(raw: bytes | str, max_chars: int) -> str:
         raise InputError(f"text must be UTF-8 bytes or a string, got {type(raw).__name__}")
     text = unicodedata.normalize("NFC", text.removeprefix("\ufeff"))
     text = "".join(ch for ch in text if ch in _KEEP_CONTROLS or unicodedata.category(ch) != "Cc")
+    text = strip_chat_markup(text)
     text = _NEWLINES.sub("\n", _H_SPACE.sub(" ", text)).strip()
     if not text:
         raise InputError("text is empty")
     if len(text) > max_chars:
         raise InputError(f"text has {len(text)} characters; the limit is {max_chars}")
     return text
+
+
+def strip_chat_markup(text: str) -> str:
+    """Text with every `<|name|>` chat-template marker replaced by a space, until none is left.
+
+    Repeated to a fixed point, so no marker is left; since each is replaced by a space, one hidden
+    inside another (`<|im_<|x|>start|>`) cannot re-form a marker either.
+    """
+    while True:
+        cleaned = _CHAT_MARKUP.sub(" ", text)
+        if cleaned == text:
+            return text
+        text = cleaned

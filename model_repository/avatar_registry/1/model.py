@@ -5,25 +5,29 @@ import triton_python_backend_utils as pb_utils
 from ensemble.avatar import AvatarStore, FaceDetector, register
 from ensemble.errors import InputError
 from ensemble.options import Limits
-from ensemble.service import default_avatar_dir
+from ensemble.service import default_avatar_dir, draining
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.store = AvatarStore(default_avatar_dir())
         self.limits = Limits()
+        self.store = AvatarStore(default_avatar_dir(), max_avatars=self.limits.max_avatars,
+                                 max_bytes=self.limits.max_avatar_store_bytes)
         self.detector = FaceDetector()
 
     def execute(self, requests):
         return [self.register(r) for r in requests]
 
     def register(self, request):
+        if draining():
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                "server is shutting down; register the avatar on another replica", pb_utils.TritonError.UNAVAILABLE))
         try:
             raw = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
             if raw.size != 1 or not isinstance(raw[0], bytes):
                 raise InputError("`image` must hold one encoded image (bytes)")
             avatar = register(raw[0], max_bytes=self.limits.max_avatar_bytes, max_pixels=self.limits.max_avatar_pixels,
-                              detector=self.detector)
+                              min_side=self.limits.min_avatar_side, detector=self.detector)
             self.store.save(avatar)
         except InputError as e:
             return pb_utils.InferenceResponse(

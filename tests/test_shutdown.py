@@ -1,0 +1,205 @@
+"""Shutdown with a turn in flight (ports 18900-18902).
+
+Triton 2.51's own SIGTERM handling stops every model at once and counts no decoupled BLS turn as
+in flight, so a turn still running fails at its next stage call ("Server not ready"):
+`test_sigterm_straight_to_tritonserver_cuts_the_turn_in_flight` pins that down. The server's
+entrypoint (`python -m deploy.server`, EmbeddedServer.stop) therefore drains first: on SIGTERM it
+makes the orchestrator refuse new turns (UNAVAILABLE), waits until `talking_head_active_sessions`
+is 0, and only then gives Triton its SIGTERM. `test_sigterm_to_the_server_drains_the_turn_in_flight`
+checks that path end to end.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from client.sdk import ClientError, ServerError, TalkingHeadClient
+from deploy.server import (
+    DRAIN_FILE_ENV,
+    REPO,
+    EmbeddedServer,
+    ServerOptions,
+)
+from ensemble import events as ev
+from ensemble.avatar import demo_avatar_png
+from ensemble.service import DRAIN_FILE_ENV as SERVICE_DRAIN_FILE_ENV
+
+pytestmark = pytest.mark.server
+
+PYTHON_SHM = "triton_python_backend_shm_region"  # the stock Python backend's regions
+PORTS = dict(http_port=18900, grpc_port=18901, metrics_port=18902)
+GRPC_URL = f"localhost:{PORTS['grpc_port']}"
+READY_URL = f"http://localhost:{PORTS['http_port']}/v2/health/ready"
+LONG_TURN = dict(text="Please tell me a long story about the sea.", options={"max_reply_tokens": 120, "ignore_eos": True})
+EXIT_TIMEOUT_S = 30
+
+
+def _ready() -> bool:
+    try:
+        with urllib.request.urlopen(READY_URL, timeout=1) as r:
+            return r.status == 200
+    except OSError:  # refused, reset, 503 (HTTPError is an OSError)
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _shm_regions(*pids: int) -> set[str]:
+    """Shared-memory regions of the Python backend (`triton_python_backend_shm_region_*`) and of the
+    Python-based `ort_cpu` backend (`triton_ort_cpu_backend_shm_region_*`) that these processes map:
+    ours only, other servers may run beside."""
+    names = set()
+    for pid in pids:
+        with open(f"/proc/{pid}/maps") as f:
+            names |= {Path(line.split()[-1]).name for line in f
+                      if "/dev/shm/triton_" in line and "_backend_shm_region_" in line}
+    return names
+
+
+class Watch:
+    """A turn in a thread: its events with arrival times, and its error."""
+
+    def __init__(self, client: TalkingHeadClient, avatar_id: str, t0: float):
+        self.events: list[tuple[float, str]] = []
+        self.error: Exception | None = None
+        self.t0 = t0
+        self.thread = threading.Thread(target=self._run, args=(client, avatar_id), daemon=True)
+        self.thread.start()
+
+    def _run(self, client, avatar_id):
+        try:
+            for e in client.ask(avatar_id=avatar_id, **LONG_TURN):
+                self.events.append((time.perf_counter() - self.t0, e.type))
+        except Exception as e:  # recorded, asserted by the test
+            self.error = e
+
+    def wait_for(self, kind: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not any(k == kind for _, k in self.events):
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, f"no {kind} event in {timeout_s} s"
+            time.sleep(0.005)
+
+
+def _unready_after(t0: float, limit_s: float) -> float | None:
+    while time.perf_counter() - t0 < limit_s:
+        if not _ready():
+            return time.perf_counter() - t0
+        time.sleep(0.01)
+    return None
+
+
+def test_drain_file_names_agree():
+    assert DRAIN_FILE_ENV == SERVICE_DRAIN_FILE_ENV
+
+
+def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--repository", str(exported_repository),
+                             "--workdir", str(tmp_path), "--exit-timeout", str(EXIT_TIMEOUT_S),
+                             *(f"--{k.replace('_', '-')}={v}" for k, v in PORTS.items())],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 180
+        while not any("Ctrl-C stops it" in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.05)
+        triton = _descendants(proc.pid)  # tritonserver and its stubs
+        regions = _shm_regions(*triton)
+        assert any(r.startswith(PYTHON_SHM) for r in regions) and any("ort_cpu" in r for r in regions), regions
+
+        client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
+        avatar = client.register_avatar(demo_avatar_png())
+        t0 = time.perf_counter()
+        turn = Watch(client, avatar.id, t0)
+        turn.wait_for(ev.AUDIO)
+        assert _ready()
+        t_term = time.perf_counter() - t0
+        proc.send_signal(signal.SIGTERM)
+
+        # a new turn after SIGTERM is refused at once, cleanly
+        t_new = time.perf_counter()
+        with TalkingHeadClient(GRPC_URL, turn_timeout_s=30) as late:
+            with pytest.raises(ServerError) as refused:
+                late.turn(text="A new turn.", avatar_id=avatar.id)
+            refused_s = time.perf_counter() - t_new
+            with pytest.raises(ServerError, match="server is shutting down"):
+                late.register_avatar(demo_avatar_png())
+        assert refused.value.message.startswith("server is shutting down"), refused.value.message
+
+        # the turn in flight runs to its done event; then Triton goes unready and exits
+        unready_s = _unready_after(t0, EXIT_TIMEOUT_S + 15)
+        turn.thread.join(EXIT_TIMEOUT_S + 15)
+        assert turn.error is None, turn.error
+        kinds = [k for _, k in turn.events]
+        assert kinds[-1] == ev.DONE
+        done_s = turn.events[-1][0]
+        assert done_s - t_term < EXIT_TIMEOUT_S
+        assert unready_s is not None and unready_s >= done_s - 0.05  # the drain held Triton up for the turn
+        assert proc.wait(EXIT_TIMEOUT_S + 30) == 0
+        exit_s = time.perf_counter() - t0
+        client.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = "".join(lines)
+    print(f"\nSIGTERM at {t_term:.2f} s into the turn; new turn refused in {refused_s * 1000:.0f} ms "
+          f"({refused.value.message!r}); turn in flight done at {done_s:.2f} s "
+          f"({done_s - t_term:.2f} s after SIGTERM, {kinds.count(ev.AUDIO)} audio chunks); /v2/health/ready "
+          f"unready at {unready_s:.2f} s; process exited at {exit_s:.2f} s; {len(triton)} processes and "
+          f"{len(regions)} shared-memory regions gone\n{log.strip().splitlines()[-1]}")
+    assert "drained in" in log
+    time.sleep(0.2)
+    assert [p for p in triton if os.path.exists(f"/proc/{p}")] == [], "tritonserver or a stub outlived the server"
+    assert {r for r in regions if os.path.exists(f"/dev/shm/{r}")} == set(), "shared memory leaked"
+    assert not (tmp_path / "draining").exists()
+
+
+def test_sigterm_straight_to_tritonserver_cuts_the_turn_in_flight(exported_repository, tmp_path):
+    """Why the entrypoint drains first: Triton's own SIGTERM handling, measured."""
+    server = EmbeddedServer(ServerOptions(repository=exported_repository, workdir=tmp_path,
+                                          exit_timeout_s=EXIT_TIMEOUT_S, **PORTS))
+    server.start()
+    try:
+        pid = server.process.pid
+        stubs = _descendants(pid)
+        regions = _shm_regions(pid, *stubs)
+        assert any(r.startswith(PYTHON_SHM) for r in regions) and any("ort_cpu" in r for r in regions), regions
+        client = TalkingHeadClient(GRPC_URL, turn_timeout_s=60)
+        avatar = client.register_avatar(demo_avatar_png())
+        t0 = time.perf_counter()
+        turn = Watch(client, avatar.id, t0)
+        turn.wait_for(ev.AUDIO)
+        t_term = time.perf_counter() - t0
+        server.process.send_signal(signal.SIGTERM)
+        unready_s = _unready_after(t0, 5)
+        turn.thread.join(30)
+        code = server.process.wait(EXIT_TIMEOUT_S + 15)
+        exit_s = time.perf_counter() - t0
+        client.close()
+    finally:
+        server.stop()
+    print(f"\nSIGTERM straight to tritonserver at {t_term:.2f} s into the turn: /v2/health/ready unready "
+          f"{(unready_s - t_term) * 1000:.0f} ms later; the turn in flight failed: {turn.error}; "
+          f"exit code {code} at {exit_s:.2f} s")
+    assert unready_s is not None and unready_s - t_term < 1.0  # unready at once
+    assert isinstance(turn.error, ClientError) and "Server not ready" in str(turn.error)  # Triton 2.51
+    assert ev.DONE not in [k for _, k in turn.events]
+    assert code == 0
+    assert [p for p in stubs if os.path.exists(f"/proc/{p}")] == []
+    assert {r for r in regions if os.path.exists(f"/dev/shm/{r}")} == set()
