@@ -19,7 +19,6 @@ after every case 5 more times (growth <= 10%).
 from __future__ import annotations
 
 import json
-import queue
 import re
 import struct
 import threading
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from rawgrpc import bytes_array, infer_input, raw_turn
 
 from client.sdk import ServerError
 from ensemble import events as ev
@@ -41,7 +41,6 @@ from ensemble import metrics
 from ensemble.avatar import Avatar, AvatarStore, demo_avatar_png
 from ensemble.errors import InputError
 from ensemble.options import Limits
-from export import spec
 from export.vocab import DEFAULT_SYSTEM
 
 pytestmark = pytest.mark.server
@@ -53,53 +52,23 @@ LIMITS = Limits()
 
 # ---------------------------------------------------------------- raw requests
 
-def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    x = grpcclient.InferInput(name, list(value.shape), dtype)
-    x.set_data_from_numpy(value)
-    return x
-
-
-def _bytes(v: bytes) -> np.ndarray:
-    return np.array([v], dtype=np.object_)
-
-
 def _avatar_id(avatar_id: str | bytes) -> grpcclient.InferInput:
-    return _input("avatar_id", _bytes(avatar_id if isinstance(avatar_id, bytes) else avatar_id.encode()), "BYTES")
+    return infer_input("avatar_id", bytes_array(avatar_id if isinstance(avatar_id, bytes) else avatar_id.encode()), "BYTES")
 
 
 def _audio(audio: np.ndarray, rate: int | None = 16000, dtype: str = "FP32") -> list:
-    inputs = [_input("audio", audio, dtype)]
+    inputs = [infer_input("audio", audio, dtype)]
     if rate is not None:
-        inputs.append(_input("sample_rate", np.array([rate], np.int32), "INT32"))
+        inputs.append(infer_input("sample_rate", np.array([rate], np.int32), "INT32"))
     return inputs
 
 
 def _text(text: bytes) -> list:
-    return [_input("text", _bytes(text), "BYTES")]
+    return [infer_input("text", bytes_array(text), "BYTES")]
 
 
 def _options(raw: bytes) -> list:
-    return [_input("options", _bytes(raw), "BYTES")]
-
-
-def raw_turn(url: str, inputs: list, timeout_s: float = 60) -> tuple[list[ev.Event], str | None]:
-    """One request over a raw gRPC stream: (events, error message or None)."""
-    q: queue.Queue = queue.Queue()
-    with grpcclient.InferenceServerClient(url) as c:
-        c.start_stream(callback=lambda result, error: q.put((result, error)))
-        c.async_stream_infer(spec.TALKING_HEAD.name, inputs, enable_empty_final_response=True)
-        events, error = [], None
-        while True:
-            result, err = q.get(timeout=timeout_s)
-            if err is not None:
-                error = str(err)
-                break
-            if result.get_output("event") is not None:
-                events.append(ev.Event.from_json(result.as_numpy("event")[0]))
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                break
-        c.stop_stream()
-    return events, error
+    return [infer_input("options", bytes_array(raw), "BYTES")]
 
 
 # ---------------------------------------------------------------- inputs

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from rawgrpc import bytes_array, infer_input, raw_turn
 
 from client import media
 from ensemble import events as ev
@@ -92,45 +93,13 @@ def test_two_concurrent_sessions_complete(client, avatar):
         assert r.done is not None and r.audio.size > 0 and len(r.frames) > 0
 
 
-def _raw_turn(url: str, inputs: list[grpcclient.InferInput]) -> tuple[list, str | None]:
-    """Send one request over a raw gRPC stream; return (events, error message)."""
-    import queue
-
-    q: queue.Queue = queue.Queue()
-    with grpcclient.InferenceServerClient(url) as c:
-        c.start_stream(callback=lambda result, error: q.put((result, error)))
-        c.async_stream_infer(spec.TALKING_HEAD.name, inputs, enable_empty_final_response=True)
-        events, error = [], None
-        while True:
-            result, err = q.get(timeout=60)
-            if err is not None:
-                error = str(err)
-                break
-            if result.get_output("event") is not None:
-                events.append(ev.Event.from_json(result.as_numpy("event")[0]))
-            if result.get_response().parameters["triton_final_response"].bool_param:
-                break
-        c.stop_stream()
-    return events, error
-
-
-def _input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:
-    x = grpcclient.InferInput(name, list(value.shape), dtype)
-    x.set_data_from_numpy(value)
-    return x
-
-
-def _bytes(v: bytes) -> np.ndarray:
-    return np.array([v], dtype=np.object_)
-
-
 def _audio_inputs(audio: np.ndarray, rate: int, avatar_id: str, dtype: str = "FP32") -> list:
-    return [_input("audio", audio, dtype), _input("sample_rate", np.array([rate], np.int32), "INT32"),
-            _input("avatar_id", _bytes(avatar_id.encode()), "BYTES")]
+    return [infer_input("audio", audio, dtype), infer_input("sample_rate", np.array([rate], np.int32), "INT32"),
+            infer_input("avatar_id", bytes_array(avatar_id.encode()), "BYTES")]
 
 
 def _text_inputs(text: bytes, avatar_id: str) -> list:
-    return [_input("text", _bytes(text), "BYTES"), _input("avatar_id", _bytes(avatar_id.encode()), "BYTES")]
+    return [infer_input("text", bytes_array(text), "BYTES"), infer_input("avatar_id", bytes_array(avatar_id.encode()), "BYTES")]
 
 
 BAD_INPUTS = {
@@ -142,7 +111,7 @@ BAD_INPUTS = {
     "text over the limit": (lambda a: _text_inputs(b"word " * 1000, a), "limit"),
     "non-UTF-8 text": (lambda a: _text_inputs(b"caf\xe9 au lait", a), "UTF-8"),
     "unknown avatar": (lambda a: _text_inputs(b"hello", "0123456789abcdef"), "unknown avatar"),
-    "unknown option": (lambda a: _text_inputs(b"hello", a) + [_input("options", _bytes(b'{"colour": 1}'), "BYTES")],
+    "unknown option": (lambda a: _text_inputs(b"hello", a) + [infer_input("options", bytes_array(b'{"colour": 1}'), "BYTES")],
                        "unknown option"),
 }
 
@@ -152,7 +121,7 @@ def test_bad_input_is_named_and_other_sessions_continue(server, client, avatar, 
     make_inputs, expected = BAD_INPUTS[case]
     with ThreadPoolExecutor(2) as pool:
         healthy = pool.submit(client.turn, avatar_id=avatar.id, text="Hello again.")
-        events, error = _raw_turn(server.options.grpc_url, make_inputs(avatar.id))
+        events, error = raw_turn(server.options.grpc_url, make_inputs(avatar.id))
         good = healthy.result(timeout=120)
     assert error is not None, f"{case}: no error, got {[e.type for e in events]}"
     assert expected.lower() in error.lower(), f"{case}: {error}"
