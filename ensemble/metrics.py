@@ -31,12 +31,15 @@ ACTIVE_SESSIONS = Metric("talking_head_active_sessions", "gauge", "Turns being s
 STAGE_LATENCY = Metric("talking_head_stage_latency_ms", "histogram", "Latency of one stage model call (ms)",
                        labels=("stage",), buckets=LATENCY_BUCKETS_MS)
 FRAMES_DROPPED = Metric("talking_head_frames_dropped_total", "counter", "Video frames dropped to keep up with audio")
+FRAMES_LATE = Metric("talking_head_frames_late_total", "counter",
+                     "Video frames sent more than LATE_FRAME_S after their display time (first audio chunk = time 0)")
+LATE_FRAME_S = 0.040
 REJECTED = Metric("talking_head_rejected_total", "counter", "Turns refused or failed before completion",
                   labels=("reason",))
 TURNS = Metric("talking_head_turns_total", "counter", "Turns finished", labels=("outcome",))
 CACHE_HITS = Metric("talking_head_cache_hits_total", "counter", "Turns served from the answer cache")
 
-ALL = (TTFA, TTFF, ACTIVE_SESSIONS, STAGE_LATENCY, FRAMES_DROPPED, REJECTED, TURNS, CACHE_HITS)
+ALL = (TTFA, TTFF, ACTIVE_SESSIONS, STAGE_LATENCY, FRAMES_DROPPED, FRAMES_LATE, REJECTED, TURNS, CACHE_HITS)
 
 
 class Recorder(Protocol):

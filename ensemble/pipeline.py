@@ -87,6 +87,7 @@ class Turn:
         self.reply = ""
         self.audio_samples = 0
         self.audio_chunks = 0
+        self.first_audio_at: float | None = None  # perf_counter of the first audio chunk: the playback clock's 0
         self.video_frames = 0
 
     # ------------------------------------------------------------ plumbing
@@ -252,6 +253,8 @@ class Turn:
 
     def _emit_audio(self, audio: np.ndarray, audio_q: asyncio.Queue) -> None:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()
         self.emit(AUDIO, {"index": self.audio_chunks, "sample_rate": contract.OUTPUT_SAMPLE_RATE,
                           "start_sample": self.audio_samples, "samples": int(audio.size)}, audio=audio)
         self.audio_chunks += 1
@@ -288,6 +291,9 @@ class Turn:
             image = avatars.composite(self.avatar, face)
             jpeg = avatars.encode_jpeg(image, quality=self.options.jpeg_quality)
             i = self.video_frames
-            self.emit(VIDEO, {"index": i, "pts": i / contract.VIDEO_FPS, "width": image.shape[1],
+            pts = i / contract.VIDEO_FPS
+            self.emit(VIDEO, {"index": i, "pts": pts, "width": image.shape[1],
                               "height": image.shape[0], "encoding": "jpeg"}, frame=jpeg)
+            if self.options.streaming and time.perf_counter() - self.first_audio_at > pts + metrics.LATE_FRAME_S:
+                self.recorder.inc(metrics.FRAMES_LATE)
             self.video_frames += 1

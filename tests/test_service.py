@@ -106,3 +106,16 @@ def test_real_checkpoint_front_ends_are_used(tmp_path):
     assert svc.tokenizers.chat_prompt("hi there") == "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
     ids = svc.tokenizers.tts_ids("hello")
     assert set(arpabet_to_ids(["HH", "AH0", "L", "OW1"])) <= set(ids)
+
+
+def test_frames_sent_after_their_display_time_are_counted_late(service, runners):
+    infer = make_infer(runners)
+
+    async def slow_lipsync(model, inputs):
+        if model == spec.LIPSYNC.name:
+            await asyncio.sleep(0.2)  # far slower than 25 fps: every frame after the first few is late
+        return await infer(model, inputs)
+
+    turn = asyncio.run(service.handle(text_inputs(service), slow_lipsync, lambda e: None))
+    late = service.recorder.totals[(metrics.FRAMES_LATE.name, ())]
+    assert 0 < late <= turn.video_frames
