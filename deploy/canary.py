@@ -31,10 +31,12 @@ def probe_audio(seconds: float = 0.5) -> np.ndarray:
     return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
-def run(url: str, timeout_s: float) -> float:
-    """Seconds the canary took; raises ClientError (or TimeoutError) on any failure."""
+def run(url: str, timeout_s: float, root_certificates: str | None = None) -> float:
+    """Seconds the canary took; raises ClientError (or TimeoutError) on any failure.
+    root_certificates: the CA (PEM path) when the server's gRPC endpoint uses TLS."""
     t0 = time.perf_counter()
-    with TalkingHeadClient(url, turn_timeout_s=timeout_s, request_timeout_s=timeout_s) as client:
+    with TalkingHeadClient(url, ssl=root_certificates is not None, root_certificates=root_certificates,
+                           turn_timeout_s=timeout_s, request_timeout_s=timeout_s) as client:
         avatar = client.register_avatar(demo_avatar_png())
         spoken = client.turn(avatar_id=avatar.id, audio=probe_audio(), options=SPOKEN,
                              timeout_s=max(0.1, timeout_s - (time.perf_counter() - t0)))
@@ -52,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="localhost:8001", help="Triton gRPC endpoint")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds the whole canary may take")
+    ap.add_argument("--root-certificates", default=None, help="CA certificate (PEM) when gRPC uses TLS")
     args = ap.parse_args(argv)
     try:
-        took = run(args.url, args.timeout)
+        took = run(args.url, args.timeout, args.root_certificates)
     except (ClientError, TimeoutError, OSError) as e:
         print(f"canary FAILED: {e}", file=sys.stderr)
         return 1

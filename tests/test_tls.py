@@ -82,6 +82,14 @@ def test_text_turn_over_tls(tls_server, tls):
     print(f"TLS text turn: first audio {result.time_to_first_audio_s:.3f} s, total {result.total_s:.3f} s")
 
 
+def test_canary_over_tls(tls_server, tls):
+    from deploy import canary
+
+    url = tls_server.options.grpc_url
+    assert canary.main(["--url", url, "--timeout", "60", "--root-certificates", str(tls.root_cert)]) == 0
+    assert canary.main(["--url", url, "--timeout", "10"]) == 1  # a plaintext probe cannot pass
+
+
 def test_plaintext_client_is_refused_clearly(tls_server):
     with TalkingHeadClient(tls_server.options.grpc_url, request_timeout_s=10) as th:
         with pytest.raises(ConnectionFailed) as info:
