@@ -41,6 +41,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from client.retry import RetryPolicy, is_retryable_refusal
 from ensemble import events as ev
 from ensemble.events import Event
 from export import contract
@@ -407,9 +408,25 @@ class TalkingHeadClient:
         timeout = self.turn_timeout_s if timeout_s is None else float(timeout_s)
         return TurnStream(self._run_turn(inputs, rid, timeout), rid)
 
-    def turn(self, **ask_kwargs: Any) -> TurnResult:
-        """`ask(...)` and collect the whole turn into a `TurnResult`."""
-        return Turn(clock=self.clock).collect(self.ask(**ask_kwargs))
+    def turn(self, *, retry: RetryPolicy | None = None, **ask_kwargs: Any) -> TurnResult:
+        """`ask(...)` and collect the whole turn into a `TurnResult`.
+
+        retry: retry a turn the server refused as busy/shutting down before sending any event
+        (client.retry); a turn that delivered content is never repeated.
+        """
+        if retry is not None:
+            retry.record_first_attempt()
+        attempt = 1
+        while True:
+            collector = Turn(clock=self.clock)
+            try:
+                return collector.collect(self.ask(**ask_kwargs))
+            except ServerError as e:
+                if (retry is None or collector.delivered or not is_retryable_refusal(e.message)
+                        or attempt >= retry.max_attempts or not retry.try_spend()):
+                    raise
+                retry.backoff(attempt)
+                attempt += 1
 
     def _run_turn(self, inputs: list[grpcclient.InferInput], request_id: str,
                   timeout_s: float) -> Iterator[StreamEvent]:
@@ -635,6 +652,11 @@ class Turn:
         elif self.t0 is None:
             self.t0 = t
         self._records.append((t, event))
+
+    @property
+    def delivered(self) -> bool:
+        """Whether any event of the turn reached the client (content was delivered)."""
+        return bool(self._records)
 
     def collect(self, events: Iterable[Event]) -> TurnResult:
         self.start()
