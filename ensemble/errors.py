@@ -13,3 +13,7 @@ class InputError(ValueError):
 
 class Overloaded(RuntimeError):
     """The service is at its session limit; the client may retry later (UNAVAILABLE)."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """The turn's deadline (TurnOptions.deadline_s) passed; its remaining work was dropped."""

@@ -33,6 +33,7 @@ class TurnOptions:
     temperature: float = 0.7  # LLM sampling temperature (0 = greedy)
     top_k: int = 40  # LLM samples among the k most likely tokens
     seed: int = 0  # seed of the LLM sampler: the same turn gives the same reply
+    deadline_s: float = 120.0  # the whole turn; every stage call gets the time that is left as its timeout
     ignore_eos: bool = False  # keep generating to max_reply_tokens (benchmarks: replies of a fixed length)
     speed: float = 1.0  # speaking rate: durations are divided by this
     pitch: float = 1.0  # FastSpeech2 pitch control
@@ -71,6 +72,7 @@ class TurnOptions:
         for flag in ("video", "streaming", "ignore_eos"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
+        bounded("deadline_s", 0.05, 600.0)
         bounded("temperature", 0.0, 2.0)
         bounded("top_k", 1, 1000)
         bounded("seed", 0, 2**31 - 1)

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics
-from ensemble.decoding import Infer, KVDecoder, greedy, sample
+from ensemble.decoding import KVDecoder, greedy, sample
+from ensemble.errors import DeadlineExceeded
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
@@ -29,6 +30,8 @@ from export.presets import Preset
 from export.text_frontend import text_to_ids
 
 Emit = Callable[[Event], None]
+# One stage call: (model, inputs, timeout in seconds) -> outputs. Triton: a BLS request with that timeout.
+StageCall = Callable[[str, dict[str, np.ndarray], float], Awaitable[dict[str, np.ndarray]]]
 _END = object()
 # Mel frames of context on each side of a vocoder chunk: HiFi-GAN V1's receptive field is about 14
 # frames per side, so 16 makes streamed audio match whole-utterance vocoding (tests/test_streaming_parity.py).
@@ -70,7 +73,7 @@ class TurnStats:
 class Turn:
     """Runs one turn and emits events; raise InputError for bad input, Cancelled on cancel."""
 
-    def __init__(self, infer: Infer, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
+    def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None):
         self._infer = infer
@@ -83,6 +86,7 @@ class Turn:
         self.is_cancelled = is_cancelled
         self.recorder = recorder or metrics.MemoryRecorder()
         self.stats = TurnStats()
+        self.deadline = self.stats.t0 + options.deadline_s
         self.transcript = ""
         self.reply = ""
         self.audio_samples = 0
@@ -95,7 +99,16 @@ class Turn:
         if self.is_cancelled():
             raise Cancelled()
         t = time.perf_counter()
-        out = await self._infer(model, inputs)
+        left = self.deadline - t
+        if left <= 0:
+            raise DeadlineExceeded(f"deadline exceeded: the turn's {self.options.deadline_s:g} s passed before {model}")
+        try:
+            out = await self._infer(model, inputs, left)
+        except Exception as e:
+            if time.perf_counter() >= self.deadline:
+                raise DeadlineExceeded(f"deadline exceeded: the turn's {self.options.deadline_s:g} s passed"
+                                       f" during {model} ({e})") from None
+            raise
         ms = (time.perf_counter() - t) * 1000.0
         self.recorder.observe(metrics.STAGE_LATENCY, ms, stage=model)
         s = self.stats

@@ -19,12 +19,11 @@ from tokenizers import Tokenizer
 
 from ensemble.audio_input import validate_audio
 from ensemble.avatar import AvatarStore
-from ensemble.decoding import Infer
 from ensemble import metrics
 from ensemble.errors import InputError, Overloaded
 from ensemble.pipeline import Cancelled
 from ensemble.options import Limits, TurnOptions
-from ensemble.pipeline import Emit, Tokenizers, Turn
+from ensemble.pipeline import Emit, StageCall, Tokenizers, Turn
 from ensemble.text import validate_text
 from export import contract
 from export.artifacts import manifest_preset, read_manifest
@@ -94,7 +93,7 @@ class Service:
         audio = validate_audio(inputs["audio"], rate, self.limits.max_audio_seconds)
         return {"audio16k": audio}, options, avatar_id_text
 
-    async def handle(self, inputs: dict[str, np.ndarray], infer: Infer, emit: Emit,
+    async def handle(self, inputs: dict[str, np.ndarray], infer: StageCall, emit: Emit,
                      is_cancelled: Callable[[], bool] = lambda: False) -> Turn:
         rec = self.recorder
         if draining():

@@ -127,3 +127,15 @@ def test_bad_input_is_named_and_other_sessions_continue(server, client, avatar, 
     assert expected.lower() in error.lower(), f"{case}: {error}"
     assert ev.DONE not in [e.type for e in events]
     assert good.done is not None and good.audio.size > 0
+
+
+def test_turn_deadline_fails_clearly_and_others_continue(server, client, avatar):
+    inputs = _text_inputs(b"Tell me a long story.", avatar.id) + [
+        infer_input("options", bytes_array(b'{"deadline_s": 0.05, "max_reply_tokens": 64}'), "BYTES")]
+    with ThreadPoolExecutor(2) as pool:
+        healthy = pool.submit(client.turn, avatar_id=avatar.id, text="Hello again.")
+        events, error = raw_turn(server.options.grpc_url, inputs)
+        good = healthy.result(timeout=120)
+    assert error is not None and "deadline exceeded" in error, error
+    assert ev.DONE not in [e.type for e in events]
+    assert good.done is not None and good.audio.size > 0

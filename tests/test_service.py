@@ -8,7 +8,7 @@ from ensemble import events as ev
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png, register
 from ensemble.batching import onnx_runner
-from ensemble.errors import InputError, Overloaded
+from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service
@@ -30,7 +30,7 @@ def service(exported_repository, tmp_path):
 
 
 def make_infer(runners):
-    async def infer(model, inputs):
+    async def infer(model, inputs, timeout_s=None):
         await asyncio.sleep(0)  # let the other tasks of the turn run, as BLS awaits do
         result = runners[model].run([inputs])[0]
         if isinstance(result, Exception):
@@ -111,11 +111,28 @@ def test_real_checkpoint_front_ends_are_used(tmp_path):
 def test_frames_sent_after_their_display_time_are_counted_late(service, runners):
     infer = make_infer(runners)
 
-    async def slow_lipsync(model, inputs):
+    async def slow_lipsync(model, inputs, timeout_s):
         if model == spec.LIPSYNC.name:
             await asyncio.sleep(0.2)  # far slower than 25 fps: every frame after the first few is late
-        return await infer(model, inputs)
+        return await infer(model, inputs, timeout_s)
 
     turn = asyncio.run(service.handle(text_inputs(service), slow_lipsync, lambda e: None))
     late = service.recorder.totals[(metrics.FRAMES_LATE.name, ())]
     assert 0 < late <= turn.video_frames
+
+
+def test_deadline_bounds_every_stage_call_and_fails_the_turn_clearly(service, runners):
+    infer = make_infer(runners)
+    timeouts = []
+
+    async def slow(model, inputs, timeout_s):
+        timeouts.append(timeout_s)
+        await asyncio.sleep(0.05)
+        return await infer(model, inputs, timeout_s)
+
+    inputs = text_inputs(service)
+    inputs["options"] = np.array([b'{"deadline_s": 0.3}'], dtype=object)
+    with pytest.raises(DeadlineExceeded, match="deadline exceeded: the turn's 0.3 s passed"):
+        asyncio.run(service.handle(inputs, slow, lambda e: None))
+    assert timeouts and all(0 < t <= 0.3 for t in timeouts)
+    assert service.active == 0

@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ensemble import metrics
-from ensemble.errors import InputError, Overloaded
+from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service
@@ -21,11 +21,11 @@ class StageError(RuntimeError):
     pass
 
 
-async def bls(model: str, inputs: dict) -> dict:
-    """One stage call; the response just received is checked for an error."""
+async def bls(model: str, inputs: dict, timeout_s: float) -> dict:
+    """One stage call with the turn's remaining time as its timeout; the response just received is checked."""
     request = pb_utils.InferenceRequest(
         model_name=model, inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
-        requested_output_names=[t.name for t in BY_NAME[model].outputs])
+        requested_output_names=[t.name for t in BY_NAME[model].outputs], timeout=max(1, int(timeout_s * 1e6)))
     response = await request.async_exec()
     if response.has_error():
         raise StageError(f"{model}: {response.error().message()}")
@@ -68,6 +68,8 @@ class TritonPythonModel:
             error = pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG)
         except Overloaded as e:
             error = pb_utils.TritonError(str(e), pb_utils.TritonError.UNAVAILABLE)
+        except DeadlineExceeded as e:  # the remaining work was dropped
+            error = pb_utils.TritonError(str(e))
         except Cancelled:
             error = pb_utils.TritonError("turn cancelled by the client", pb_utils.TritonError.CANCELLED)
         except Exception as e:  # a stage failed: this turn fails, the server keeps serving
