@@ -6,6 +6,7 @@ Qwen2Config, FastSpeech2's model.yaml, HiFi-GAN's config.json, Wav2Lip's layers.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from export import contract
@@ -127,6 +128,12 @@ PRESETS: dict[str, Preset] = {
         notes="published model sizes",
     ),
 }
+
+
+def preset_with(family: str, config) -> Preset:
+    """A preset carrying `config` for one family (e.g. "asr", WhisperDims), the others tiny: what a
+    graph needs for export.spec to resolve its preset-dependent dims."""
+    return dataclasses.replace(PRESETS["tiny"], **{family: config})
 
 
 def get_preset(name: str) -> Preset:

@@ -29,7 +29,6 @@ Masks follow ming024: True marks padding.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import OrderedDict
 
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.presets import FastSpeech2Config, Preset, get_preset
+from export.presets import FastSpeech2Config, preset_with
 from export.spec import TTS, sample_shape
 
 PAD = 0  # transformer/Constants.py
@@ -457,9 +456,6 @@ def build(config: FastSpeech2Config, seed: int = 0) -> FastSpeech2:
     return init_weights(FastSpeech2(config), seed).eval()
 
 
-def _preset_for(config: FastSpeech2Config) -> Preset:
-    return dataclasses.replace(get_preset("tiny"), tts=config)
-
 
 class TtsGraph(nn.Module):
     """TTS: (phonemes [B, T] int64, phoneme_lengths [B, 1] int64, controls [B, 3] float32 = pitch, energy,
@@ -470,7 +466,7 @@ class TtsGraph(nn.Module):
     def __init__(self, model: FastSpeech2):
         super().__init__()
         self.model = model
-        self.preset = _preset_for(model.config)
+        self.preset = preset_with("tts", model.config)
         self.eval()
 
     def forward(self, phonemes: Tensor, phoneme_lengths: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:

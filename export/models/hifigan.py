@@ -13,7 +13,6 @@ Shapes: B batch, M = 80 mel channels, F mel frames, S = F * prod(upsample_rates)
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import Conv1d, ConvTranspose1d
 
 from export import contract
-from export.presets import HiFiGANConfig, Preset, get_preset
+from export.presets import HiFiGANConfig, preset_with
 from export.spec import VOCODER, sample_shape
 
 LRELU_SLOPE = 0.1
@@ -191,9 +190,6 @@ def build(config: HiFiGANConfig, seed: int = 0) -> Generator:
     return init_generator(Generator(config), seed).eval()
 
 
-def _preset_for(config: HiFiGANConfig) -> Preset:
-    return dataclasses.replace(get_preset("tiny"), vocoder=config)
-
 
 class VocoderGraph(nn.Module):
     """VOCODER: mel [B, 80, F] -> audio [B, F * 256]. Removes the generator's weight norm (in place)."""
@@ -205,7 +201,7 @@ class VocoderGraph(nn.Module):
         if generator.has_weight_norm():
             generator.remove_weight_norm()
         self.generator = generator
-        self.preset = _preset_for(generator.h)
+        self.preset = preset_with("vocoder", generator.h)
         self.eval()
 
     def forward(self, mel: Tensor) -> Tensor:

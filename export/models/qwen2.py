@@ -15,14 +15,13 @@ KVH key/value heads, R = H / KVH queries per kv head, Dh head dim, L layers, V v
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.models.whisper import causal_mask, init_weights
-from export.presets import Preset, Qwen2Config, get_preset
+from export.presets import Preset, Qwen2Config, preset_with
 from export.spec import LLM, sample_shape
 
 
@@ -169,7 +168,7 @@ class LlmGraph(nn.Module):
     def __init__(self, model: Qwen2ForCausalLM):
         super().__init__()
         self.model = model
-        self.preset: Preset = dataclasses.replace(get_preset("tiny"), llm=model.config)
+        self.preset: Preset = preset_with("llm", model.config)
 
     def forward(self, input_ids: Tensor, past_kv: Tensor) -> tuple[Tensor, Tensor]:
         return self.model(input_ids, past_kv)

@@ -16,12 +16,11 @@ masked target and reference, BGR in 0..1) -> [B, 3, 96, 96] in 0..1.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 from torch import Tensor, nn
 
-from export.presets import Preset, Wav2LipConfig, get_preset
+from export.presets import Wav2LipConfig, preset_with
 from export.spec import LIPSYNC, sample_shape
 
 
@@ -185,9 +184,6 @@ def build(config: Wav2LipConfig, seed: int = 0) -> Wav2Lip:
     return init_weights(Wav2Lip(config), seed).eval()
 
 
-def _preset_for(config: Wav2LipConfig) -> Preset:
-    return dataclasses.replace(get_preset("tiny"), lipsync=config)
-
 
 class LipsyncGraph(nn.Module):
     """LIPSYNC: (mel [B, 1, 80, 16], faces [B, 6, 96, 96]) -> frames [B, 3, 96, 96]."""
@@ -197,7 +193,7 @@ class LipsyncGraph(nn.Module):
     def __init__(self, model: Wav2Lip):
         super().__init__()
         self.model = model
-        self.preset = _preset_for(model.config)
+        self.preset = preset_with("lipsync", model.config)
         self.eval()
 
     def forward(self, mel: Tensor, faces: Tensor) -> Tensor:

@@ -17,7 +17,6 @@ L decoder layers, V vocabulary, A = n_audio_ctx (1500), F = 2 A mel frames (3000
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.spec import ASR_DECODER, ASR_ENCODER, sample_shape
-from export.presets import Preset, WhisperDims, get_preset
+from export.presets import WhisperDims, preset_with
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
@@ -195,10 +194,6 @@ def build(dims: WhisperDims, seed: int = 0) -> Whisper:
     return init_weights(Whisper(dims), seed).eval()
 
 
-def _preset_for(dims: WhisperDims) -> Preset:
-    """A preset carrying these dims (spec.sample_shape resolves the ASR dims from it)."""
-    return dataclasses.replace(get_preset("tiny"), asr=dims)
-
 
 class EncoderGraph(nn.Module):
     """ASR_ENCODER: mel [B, 80, 3000] -> audio_features [B, 1500, D]."""
@@ -208,7 +203,7 @@ class EncoderGraph(nn.Module):
     def __init__(self, model: Whisper):
         super().__init__()
         self.model = model
-        self.preset = _preset_for(model.dims)
+        self.preset = preset_with("asr", model.dims)
 
     def forward(self, mel: Tensor) -> Tensor:
         return self.model.encoder(mel)
@@ -228,7 +223,7 @@ class DecoderGraph(nn.Module):
     def __init__(self, model: Whisper):
         super().__init__()
         self.model = model
-        self.preset = _preset_for(model.dims)
+        self.preset = preset_with("asr", model.dims)
 
     def forward(self, tokens: Tensor, audio_features: Tensor, past_kv: Tensor) -> tuple[Tensor, Tensor]:
         return self.model.decoder(tokens, audio_features, past_kv)
