@@ -101,6 +101,20 @@ def scale_out_markdown(report: dict) -> list[str]:
     return lines
 
 
+def _ms_series(levels: dict, key: str) -> tuple[list[int], list[float]]:
+    """Concurrency levels and one latency figure in ms (NaN where no turn completed)."""
+    cs = sorted(levels, key=int)
+    return [int(c) for c in cs], [levels[c][key] * 1000 if levels[c][key] is not None else float("nan") for c in cs]
+
+
+def _latency_axes(ax, ylabel: str, title: str) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("concurrent sessions")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+
+
 def plots(report: dict, out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -109,25 +123,22 @@ def plots(report: dict, out: Path) -> list[Path]:
     except ImportError:
         return []
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        written.append(out / name)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for name in ("naive", "optimized"):
         if name not in report:
             continue
-        levels = report[name]["levels"]
-        cs = sorted(levels, key=int)
         for key, style in (("ttfa_p95_s", "-o"), ("ttff_p95_s", "--s")):
-            ys = [levels[c][key] * 1000 if levels[c][key] is not None else float("nan") for c in cs]
+            xs, ys = _ms_series(report[name]["levels"], key)
             if any(y == y for y in ys):
-                ax.plot([int(c) for c in cs], ys, style, label=f"{name} {key[:4].upper()} p95")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent sessions")
-    ax.set_ylabel("ms at the client")
-    ax.legend(fontsize=8)
-    ax.set_title("Latency vs concurrency")
-    fig.tight_layout()
-    path = out / "latency_vs_concurrency.png"
-    fig.savefig(path, dpi=120)
-    written.append(path)
+                ax.plot(xs, ys, style, label=f"{name} {key[:4].upper()} p95")
+    _latency_axes(ax, "ms at the client", "Latency vs concurrency")
+    save(fig, "latency_vs_concurrency.png")
     if "stages" in report:
         fig, ax = plt.subplots(figsize=(6, 4))
         keys = ["vocoder_xrt_b1", "lipsync_fps_b32", "llm_tokens_per_s_b16"]
@@ -138,27 +149,14 @@ def plots(report: dict, out: Path) -> list[Path]:
         ax.set_yscale("log")
         ax.legend()
         ax.set_title("Per-stage throughput")
-        fig.tight_layout()
-        path = out / "stages.png"
-        fig.savefig(path, dpi=120)
-        written.append(path)
+        save(fig, "stages.png")
     if "scale_out" in report:
         runs = {"1": report["optimized"], **report["scale_out"]["runs"]}
         fig, ax = plt.subplots(figsize=(6, 4))
         for n in sorted(runs, key=int):
-            levels = runs[n]["levels"]
-            cs = sorted(levels, key=int)
-            ys = [levels[c]["ttfa_p95_s"] * 1000 if levels[c]["ttfa_p95_s"] is not None else float("nan") for c in cs]
-            ax.plot([int(c) for c in cs], ys, "-o", label=f"{n} GPU{'s' if int(n) > 1 else ''}")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent sessions")
-        ax.set_ylabel("TTFA p95, ms at the client")
-        ax.legend(fontsize=8)
-        ax.set_title("Scale-out: latency vs concurrency per GPU count")
-        fig.tight_layout()
-        path = out / "scale_out.png"
-        fig.savefig(path, dpi=120)
-        written.append(path)
+            ax.plot(*_ms_series(runs[n]["levels"], "ttfa_p95_s"), "-o", label=f"{n} GPU{'s' if int(n) > 1 else ''}")
+        _latency_axes(ax, "TTFA p95, ms at the client", "Scale-out: latency vs concurrency per GPU count")
+        save(fig, "scale_out.png")
     return written
 
 
