@@ -8,11 +8,12 @@ PRESET ?= tiny
 
 .PHONY: demo test test-fast bench export serve configs system-deps clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-trt.txt requirements-load.txt deploy/requirements-validate.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-trt.txt requirements-load.txt deploy/requirements-validate.txt pyproject.toml
 	@echo "== creating $(VENV) and installing requirements (first run: about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
 	@touch $@
 

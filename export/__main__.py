@@ -11,6 +11,9 @@ printed; fp32 limit 1e-4). Weights are seeded random unless real checkpoints
 are given with --weights FAMILY=PATH_OR_HUB_ID (asr, llm, tts, vocoder, lipsync;
 repeatable; see export/weights.py): such a family's dimensions then come from
 its checkpoint, and its source (files, sizes, mtimes) is part of the up-to-date key.
+
+The VAD stage is no PyTorch graph: its own step (export/vad.py) wraps silero VAD's ONNX graph from
+the silero-vad wheel and compares the wrapper with the original through ONNX Runtime.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from export import onnx_export, spec, weights
+from export import onnx_export, spec, vad, weights
 from export.artifacts import write_orchestrator_artifacts
 from export.checkpoints.common import CheckpointError
 from export.graphs import build_graphs, parameter_count
@@ -33,6 +36,7 @@ from export.presets import PRESETS, get_preset
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO / "model_repository"
 STAGES = [s.name for s in spec.STAGES]
+MODELS = STAGES + [s.name for s in spec.INPUT_STAGES]  # what --models accepts: the PyTorch stages and the VAD
 
 
 GRAPH_SOURCES = ("models/*.py", "contract.py", "presets.py", "spec.py", "graphs.py", "onnx_export.py")
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model sizes (default: tiny)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
     ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write into")
-    ap.add_argument("--models", nargs="+", choices=STAGES, default=STAGES, help="export only these stages")
+    ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS, help="export only these stages")
     ap.add_argument("--force", action="store_true", help="export even when the manifest says up to date")
     ap.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
     ap.add_argument("--weights", action="append", default=[], metavar="FAMILY=PATH_OR_HUB_ID",
@@ -98,12 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             key["weights"] = real
         return key
 
-    todo = [n for n in args.models
-            if args.force or not up_to_date(args.repository / n / "1" / "export.json", stage_key(n))]
-    skipped = [n for n in args.models if n not in todo]
+    failed = []
+    if spec.VAD.name in args.models:
+        try:
+            print(vad.write_vad(args.repository, force=args.force, check_parity=not args.no_parity), flush=True)
+        except vad.VadSourceMissing as e:
+            print(f"export: {e}", file=sys.stderr)
+            return 2
+        except AssertionError as e:
+            print(f"{e}", flush=True)
+            failed.append(spec.VAD.name)
+    todo = [n for n in args.models if n in STAGES
+            and (args.force or not up_to_date(args.repository / n / "1" / "export.json", stage_key(n)))]
+    skipped = [n for n in args.models if n in STAGES and n not in todo]
     if skipped:
         print(f"  up to date, skipped: {', '.join(skipped)}")
-    failed = []
     if todo:
         t = time.perf_counter()
         graphs = build_graphs(preset, args.seed, todo, modules=weights.modules_of(loaded))

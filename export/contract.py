@@ -69,6 +69,16 @@ AUDIO_SAMPLES_PER_VIDEO_FRAME = exact_div(TTS_MEL.sample_rate, VIDEO_FPS)
 INPUT_SAMPLE_RATE = ASR_MEL.sample_rate
 OUTPUT_SAMPLE_RATE = TTS_MEL.sample_rate
 
+# Voice activity detection (silero VAD, snakers4/silero-vad utils_vad.py OnnxWrapper): at 16 kHz each call
+# sees one 512-sample window (32 ms) behind the last 64 samples of the window before it; the LSTM carries
+# a 2 x 128 state per stream from call to call.
+VAD_SAMPLE_RATE = INPUT_SAMPLE_RATE
+VAD_WINDOW = 512  # samples per call at 16 kHz (silero accepts no other window at this rate)
+VAD_CONTEXT = 64  # samples of the previous window prepended to each call
+VAD_INPUT = VAD_CONTEXT + VAD_WINDOW  # 576 samples per call
+VAD_STATE = (2, 128)  # silero's LSTM state per stream (h and c, 128 units)
+assert VAD_SAMPLE_RATE == 16000, "silero VAD's 512-sample window and 64-sample context are its 16 kHz settings"
+
 
 def lipsync_window_start(frame_index: int) -> int:
     """First Wav2Lip mel frame of video frame `frame_index` (Wav2Lip: int(80. * (i / fps)))."""

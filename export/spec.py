@@ -67,6 +67,9 @@ class ModelSpec:
     max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
     queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
     parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
+    # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
+    # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu
+    torch_module: bool = True
 
     def axis(self, name: str) -> Axis:
         for a in self.axes:
@@ -186,6 +189,30 @@ LIPSYNC = ModelSpec(
 
 STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC)
 
+# Voice activity detection on streamed microphone input, before a turn (ensemble/vad.py): silero VAD's own
+# ONNX graph (silero-vad wheel) in a batch-first wrapper with sr fixed at 16 kHz (export/vad.py), not a
+# PyTorch graph. One call per 32 ms window and session; each row carries its stream's LSTM state, so the
+# windows of many sessions batch together. A 1.3 MB LSTM at batch 64 takes well under a millisecond on one
+# CPU core, less than a GPU launch round trip: the gpu variants (hosts without TensorRT) run it on ONNX Runtime
+# on CPU instances (`torch_module=False`); production (tensorrt) builds a plan from the same ONNX, gpu_instances
+# on every GPU of the host (export/placement.py does not place it).
+VAD = ModelSpec(
+    name="vad",
+    inputs=(
+        Tensor("audio", "FP32", (contract.VAD_INPUT,)),  # the last 64 samples before the window + the 512-sample window
+        Tensor("state", "FP32", contract.VAD_STATE),  # the stream's LSTM state from its previous call (zeros first)
+    ),
+    outputs=(
+        Tensor("probability", "FP32", (1,)),  # speech probability of the window
+        Tensor("next_state", "FP32", contract.VAD_STATE),  # the state to send with the stream's next window
+    ),
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=500,
+    gpu_instances=2, gpu_precision="fp32", torch_module=False,
+)
+
+# Stages outside a turn's pipeline: they see the streamed input before ASR.
+INPUT_STAGES: tuple[ModelSpec, ...] = (VAD,)
+
 # The orchestrator: one decoupled stream per user turn.
 TALKING_HEAD = ModelSpec(
     name="talking_head",
@@ -215,7 +242,7 @@ AVATAR_REGISTRY = ModelSpec(
 )
 
 ORCHESTRATION: tuple[ModelSpec, ...] = (TALKING_HEAD, AVATAR_REGISTRY)
-ALL: tuple[ModelSpec, ...] = STAGES + ORCHESTRATION
+ALL: tuple[ModelSpec, ...] = STAGES + INPUT_STAGES + ORCHESTRATION
 BY_NAME: dict[str, ModelSpec] = {s.name: s for s in ALL}
 
 
@@ -352,6 +379,13 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
         cfg.backend = CPU_BACKEND
         cfg.default_model_filename = "model.onnx"
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
+    elif not spec.torch_module:  # gpu, gpu_naive without a PyTorch module: its ONNX graph on CPU instances
+        naive = variant == "gpu_naive"
+        cfg.backend = CPU_BACKEND
+        cfg.default_model_filename = "model.onnx"
+        cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1 if naive else spec.gpu_instances * gpus)
+        if naive:
+            return _header(spec, variant) + text_format.MessageToString(cfg)
     else:  # PyTorch on CUDA; gpu_naive = the benchmark's baseline: eager fp32, one request at a time
         naive = variant == "gpu_naive"
         cfg.backend = GPU_BACKEND
@@ -372,7 +406,7 @@ def _gpu_instance_groups(cfg, spec: ModelSpec, count: int, placement) -> None:
     """One GPU: `count` instances, no `gpus:` list (as before). Several: the placement's groups, GPUs listed."""
     from tritonclient.grpc import model_config_pb2 as mc
 
-    if placement is None:
+    if placement is None or spec.name not in placement:  # one GPU, or a model not placed: `count` on every GPU
         cfg.instance_group.add(kind=mc.ModelInstanceGroup.KIND_GPU, count=count)
         return
     for group in placement[spec.name].groups:

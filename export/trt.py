@@ -43,7 +43,7 @@ DEFAULT_REPOSITORY = REPO / "model_repository"
 DEFAULT_RTX_OUT_DIR = REPO / "build" / "rtx_plans"
 DEFAULT_TIMING_CACHE = REPO / "build" / "trt_timing.cache"
 DEFAULT_CALIBRATION_DIR = REPO / "build" / "trt_calibration"
-STAGES = [s.name for s in specs.STAGES]
+STAGES = [s.name for s in specs.STAGES + specs.INPUT_STAGES]
 BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")
 PRECISIONS = ("fp16", "bf16", "fp32", "int8")
 # check_plan: max |plan - onnxruntime| / max |onnxruntime| per float output.

@@ -42,6 +42,12 @@ def example_feeds(spec: ModelSpec, preset: Preset, batch: int = 1, seed: int = 0
 
     Dynamic axes default to their opt size (`export.spec.sample_shape`).
     """
+    if not spec.torch_module:  # no PyTorch graph to draw from: the VAD's own example inputs
+        from export import vad
+        from export.spec import VAD
+
+        assert spec.name == VAD.name, spec.name
+        return vad.example_feeds(batch=batch if spec.batched else 1, seed=seed)
     import torch
 
     graph = _graph(preset, spec.name)

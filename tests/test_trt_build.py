@@ -1,4 +1,4 @@
-"""CI gate for `python -m export.trt`: every tiny-preset ONNX graph parses and builds with TensorRT.
+"""CI gate for `python -m export.trt`: every tiny-preset ONNX graph (and the VAD) parses and builds with TensorRT.
 
 The builder here is TensorRT-RTX (pip wheels, requirements-trt.txt), which builds plans ahead of
 time on a machine without a GPU; its tests are skipped only when those wheels are not installed.
@@ -38,12 +38,12 @@ def test_rtx_installed_where_required():
     if os.environ.get("TRT_BUILD_REQUIRED") == "1":
         assert HAS_RTX, "TRT_BUILD_REQUIRED=1 but the TensorRT-RTX wheels are not installed (requirements-trt.txt)"
 TINY = get_preset("tiny")
-STAGES = [s.name for s in specs.STAGES]
+STAGES = [s.name for s in specs.STAGES + specs.INPUT_STAGES]  # the VAD (silero's graph) too
 
 
 @pytest.fixture(scope="module")
 def tiny_repo(tmp_path_factory) -> Path:
-    """The six tiny graphs exported with `python -m export` into a temporary repository."""
+    """The six tiny graphs and the VAD exported with `python -m export` into a temporary repository."""
     from export.__main__ import main as export_main
 
     repo = tmp_path_factory.mktemp("repo")
