@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-# How Triton 2.51 and our orchestrator word a refusal worth retrying later (UNAVAILABLE class).
+# How Triton 2.51 and our orchestrator word a refusal worth retrying later (UNAVAILABLE class). The last:
+# what Triton answers (NOT_FOUND) while `talking_head` unloads during a graceful stop (deploy.server drain).
 RETRYABLE_MARKERS = ("server busy", "server is shutting down", "exceeds maximum queue size",
-                     "request timeout expired", "server is stopping")
+                     "request timeout expired", "server is stopping", "has no available versions")
 
 
 def is_retryable_refusal(message: str) -> bool:

@@ -4,13 +4,17 @@ A Python stub that dies is not restarted and Triton's health endpoints keep
 answering 200, so this probe runs real work through every model: it registers
 the demo avatar (avatar_registry), asks one short spoken turn (asr_encoder,
 asr_decoder, llm, tts, vocoder) and one short text turn with video (lipsync),
-and exits 0 only if both finish within --timeout seconds.
+and exits 0 only if both finish within --timeout seconds. On failure it exits 1 and
+names the model that failed when the error does (a dead stub: "Stub process
+'vocoder_0_0' is not healthy"; a stage error: "StageError: vocoder: ..."):
 
     python -m deploy.canary --url localhost:8001 --timeout 10
+    canary FAILED after 2.41 s (model: vocoder): internal error: StageError: vocoder: Stub process ...
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 
@@ -23,6 +27,21 @@ from export import contract
 # What the canary turns ask for: as little work as still touches every stage.
 SPOKEN = {"max_reply_tokens": 1, "video": False}
 TEXT = {"max_reply_tokens": 1, "video": True}
+
+
+# How a failing model is named in an error: a dead stub ("Stub process 'vocoder_0_0' is not healthy"),
+# the orchestrator's stage error ("StageError: vocoder: ..."), Triton's own ("model 'llm' is not ready"...).
+_FAILED_MODEL = (re.compile(r"Stub process '(\w+?)_\d+_\d+'"), re.compile(r"StageError: (\w+):"),
+                 re.compile(r"model '(\w+)'"), re.compile(r"unknown model: '(\w+)'"))
+
+
+def failed_model(message: str) -> str | None:
+    """The model an error message names as the one that failed, if any."""
+    for pattern in _FAILED_MODEL:
+        m = pattern.search(message)
+        if m:
+            return m.group(1)
+    return None
 
 
 def probe_audio(seconds: float = 0.5) -> np.ndarray:
@@ -56,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds the whole canary may take")
     ap.add_argument("--root-certificates", default=None, help="CA certificate (PEM) when gRPC uses TLS")
     args = ap.parse_args(argv)
+    t0 = time.perf_counter()
     try:
         took = run(args.url, args.timeout, args.root_certificates)
     except (ClientError, TimeoutError, OSError) as e:
-        print(f"canary FAILED: {e}", file=sys.stderr)
+        model = failed_model(str(e))
+        print(f"canary FAILED after {time.perf_counter() - t0:.2f} s{f' (model: {model})' if model else ''}: {e}",
+              file=sys.stderr)
         return 1
     print(f"canary ok in {took:.2f} s")
     return 0

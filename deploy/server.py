@@ -7,11 +7,17 @@ this interpreter, plus this repository's Python-based backends), starts
 `tritonserver --model-config-name=cpu` in its own process group with this
 environment's `bin/` first on PATH (the Python stub takes its site-packages from
 there), waits until the server and every model are ready, and on stop (or SIGTERM to
-`python -m deploy.server`) first drains: new turns are refused (UNAVAILABLE) and
-turns in flight run to their end, since Triton's own SIGTERM handling would cut
-them (see `EmbeddedServer.drain`); then it sends SIGTERM, waits for Triton to
-exit, and ends anything left in the group so that no stub process or
-shared-memory region outlives it.
+`python -m deploy.server`) first drains: new turns are refused, `/v2/health/ready`
+turns unready at once, and turns in flight run to their end, since Triton's own
+SIGTERM handling would cut them (see `EmbeddedServer.drain`); then it sends SIGTERM,
+waits for Triton to exit, and ends anything left in the group so that no stub
+process or shared-memory region outlives it.
+
+Models are under explicit control (`--model-control-mode=explicit --load-model=*`):
+a stage whose Python stub died is brought back with `EmbeddedServer.reload_model`
+(Triton 2.51 does not restart a dead stub). The repository API that allows this is
+always behind the admin key: `admin_key` when given, else a random per-run key
+(written to `<workdir>/admin-key`, mode 0600). `model_control="none"` turns both off.
 
 Options for deployments: `tls` (gRPC over TLS, deploy/tls.py) and `admin_key`
 (model-repository, model-config, shared-memory, statistics, trace and logging
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -47,6 +54,8 @@ ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics",
 ADMIN_HEADER = "admin-key"  # the HTTP header; on gRPC Triton expects it as `triton-grpc-protocol-<header>`
 ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 _ADMIN_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")  # no ',', ':', '=' or spaces: they would break the flag
+ORCHESTRATOR = "talking_head"  # = export.spec.TALKING_HEAD.name (not imported: keeps this module light)
+MODEL_CONTROL_MODES = ("explicit", "none")
 
 
 @dataclass(frozen=True)
@@ -109,9 +118,19 @@ class ServerOptions:
     extra_args: list[str] = field(default_factory=list)  # passed to tritonserver as they are
     tls: TLSFiles | None = None  # gRPC over TLS (--grpc-use-ssl[-mutual], cert, key, root cert); HTTP stays plain
     admin_key: str | None = None  # restrict ADMIN_APIS on gRPC and HTTP to calls sending header ADMIN_HEADER: <key>
+    #                               (None with model_control="explicit": a random key is made for this run)
     admin_apis: tuple[str, ...] = ADMIN_APIS
+    model_control: str = "explicit"  # "explicit": every model loaded at start, reload/unload through the (admin-
+    #                                  restricted) repository API; "none": Triton loads all and nothing can change
+    admin_key_generated: bool = field(default=False, init=False)  # admin_key is the random per-run key
 
     def __post_init__(self) -> None:
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {self.model_control!r}")
+        if self.admin_key is None and self.model_control == "explicit":
+            # Loading models is code execution (a Python model's files can come with the load request):
+            # never leave the repository API open.
+            self.admin_key, self.admin_key_generated = secrets.token_urlsafe(32), True
         if self.admin_key is not None and not _ADMIN_KEY.fullmatch(self.admin_key):
             raise ValueError("admin_key must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / -")
         unknown = set(self.admin_apis) - set(ADMIN_APIS) - {"health", "metadata", "inference"}
@@ -121,6 +140,11 @@ class ServerOptions:
     @property
     def grpc_url(self) -> str:
         return f"localhost:{self.grpc_port}"
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where start() writes a generated admin key (mode 0600), for operators of `python -m deploy.server`."""
+        return self.workdir / "admin-key"
 
     @property
     def drain_file(self) -> Path:
@@ -145,6 +169,7 @@ class EmbeddedServer:
         self.log_path = self.options.workdir / "tritonserver.log"
         self.started_s: float | None = None  # seconds from launch to all models ready
         self.drain_s: float | None = None  # seconds the last drain() waited for turns in flight
+        self.shm_regions: set[str] = set()  # /dev/shm regions of every stub this server started (see stop)
         self.install = TritonInstall.find()
 
     def command(self, backends: Path) -> list[str]:
@@ -160,6 +185,7 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
+            *(["--model-control-mode=explicit", "--load-model=*"] if o.model_control == "explicit" else []),
             *o.security_args(),
             *o.extra_args,
         ]
@@ -185,6 +211,11 @@ class EmbeddedServer:
                                " other ports (--http-port/--grpc-port/--metrics-port)")
         o.workdir.mkdir(parents=True, exist_ok=True)
         o.drain_file.unlink(missing_ok=True)  # left by a stop that was cut short
+        o.admin_key_file.unlink(missing_ok=True)
+        if o.admin_key_generated:
+            fd = os.open(o.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(o.admin_key + "\n")
         backends = assemble_backends(o.workdir / "backends", self.install)
         t0 = time.perf_counter()
         with open(self.log_path, "wb") as log:
@@ -196,6 +227,7 @@ class EmbeddedServer:
             self.stop()
             raise
         self.started_s = time.perf_counter() - t0
+        self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
         return self
 
     def _wait_ready(self, t0: float) -> None:
@@ -238,15 +270,50 @@ class EmbeddedServer:
         except OSError:
             return "(no log)"
 
-    def drain(self, timeout_s: float | None = None, poll_s: float = 0.05) -> float:
-        """Refuse new work, then wait until no turn is in flight (or timeout_s); the seconds it took.
+    def admin_client(self) -> grpcclient.InferenceServerClient:
+        """A gRPC client of this server (TLS as configured); send `admin_headers(options.admin_key)` with admin calls."""
+        tls = self.options.tls
+        return grpcclient.InferenceServerClient(self.options.grpc_url, **(tls.client_kwargs() if tls is not None else {}))
 
-        Creates options.drain_file: from then on `talking_head` answers new turns, and
-        `avatar_registry` new registrations, with UNAVAILABLE ("server is shutting down"), while
-        turns in flight run on. Then polls `talking_head_active_sessions` on the metrics port until
-        it reads 0. This must happen BEFORE Triton gets SIGTERM: on SIGTERM Triton 2.51 stops every
-        model at once and counts no decoupled BLS turn as in flight, so a turn still running would
-        fail at its next stage call ("Server not ready"); see RELIABILITY.md.
+    def reload_model(self, name: str, timeout_s: float = 120.0) -> float:
+        """Unload `name` and load it again (explicit model control); the seconds it took.
+
+        This is how a stage whose Python stub died comes back: Triton 2.51 does not restart a dead
+        stub, keeps the model READY and fails every request to it ("Stub process '<model>_0_0' is not
+        healthy."), and a plain `load_model` of a loaded model whose files did not change does nothing.
+        Unloading first makes the load start a new stub. Requests to `name` in between fail.
+        """
+        if self.options.model_control != "explicit":
+            raise RuntimeError("reload_model needs model_control='explicit'")
+        t0 = time.perf_counter()
+        headers = self._admin_headers()
+        with self.admin_client() as client:
+            self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
+            client.unload_model(name, headers=headers)
+            client.load_model(name, headers=headers, client_timeout=timeout_s)
+            if not client.is_model_ready(name):
+                raise RuntimeError(f"{name} is not ready after its reload; last log lines:\n{self.log_tail()}")
+        self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
+        return time.perf_counter() - t0
+
+    def drain(self, timeout_s: float | None = None, poll_s: float = 0.05) -> float:
+        """Refuse new work and turn unready at once, then wait until no turn is in flight (or timeout_s);
+        the seconds it took.
+
+        1. Creates options.drain_file: from then on `avatar_registry` refuses new registrations (and
+           `talking_head` new turns) with UNAVAILABLE ("server is shutting down").
+        2. With explicit model control, asks Triton to unload `talking_head`. Triton 2.51 marks it
+           UNLOADING at once, so `/v2/health/ready` (strict readiness) answers 503 from then on, and
+           refuses new turns itself ("Request for unknown model: 'talking_head' has no available
+           versions", gRPC NOT_FOUND), while the turns in flight keep calling their stages and
+           streaming until they end: the unload completes only after the last one (measured, see
+           RELIABILITY.md). Once it completes, strict readiness would say ready again (an unloaded
+           model does not count), so stop() sends SIGTERM as soon as the turns are done.
+        3. Polls `talking_head_active_sessions` on the metrics port until it reads 0.
+
+        All of this must happen BEFORE Triton gets SIGTERM: on SIGTERM Triton 2.51 stops every model at
+        once and counts no decoupled BLS turn as in flight, so a turn still running would fail at its
+        next stage call ("Server not ready"); see RELIABILITY.md.
         """
         from deploy.drain import active_sessions  # light: ensemble.metrics only
 
@@ -256,6 +323,8 @@ class EmbeddedServer:
         t0 = time.perf_counter()
         o.drain_file.parent.mkdir(parents=True, exist_ok=True)
         o.drain_file.touch()
+        if o.model_control == "explicit":
+            self._unload_orchestrator()
         url = f"http://localhost:{o.metrics_port}/metrics"
         while True:
             try:
@@ -269,13 +338,24 @@ class EmbeddedServer:
         self.drain_s = time.perf_counter() - t0
         return self.drain_s
 
+    def _unload_orchestrator(self) -> None:
+        """Start unloading talking_head (returns at once; Triton finishes the turns in flight first)."""
+        try:
+            with self.admin_client() as client:
+                client.unload_model(ORCHESTRATOR, headers=self._admin_headers(), client_timeout=5)
+        except Exception as e:  # the server may be gone or wedged: the drain file still refuses new turns
+            print(f"drain: could not unload {ORCHESTRATOR} ({e}); readiness stays up until Triton stops",
+                  file=sys.stderr, flush=True)
+
     def stop(self, drain: bool = True) -> int | None:
         """Drain (unless drain=False), SIGTERM, wait for Triton's own exit, then end whatever is left of the
-        process group."""
+        process group and remove the shared-memory regions its stubs left (a stub that was killed leaves
+        its region behind: Triton never finalizes that instance)."""
         p = self.process
         if p is None:
             return None
         if p.poll() is None:
+            self.shm_regions |= {st.shm_region for st in stubs(p.pid)}
             if drain:
                 try:
                     self.drain()
@@ -291,7 +371,11 @@ class EmbeddedServer:
             os.killpg(p.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for region in self.shm_regions:
+            if region:
+                Path("/dev/shm", region).unlink(missing_ok=True)
         self.options.drain_file.unlink(missing_ok=True)
+        self.options.admin_key_file.unlink(missing_ok=True)
         self.process = None
         return p.returncode
 
@@ -315,6 +399,40 @@ def admin_headers(key: str | None, grpc: bool = True) -> dict[str, str] | None:
     if key is None:
         return None
     return {ADMIN_GRPC_HEADER if grpc else ADMIN_HEADER: key}
+
+
+@dataclass(frozen=True)
+class Stub:
+    """One Python backend stub process of a tritonserver (one per model instance)."""
+
+    pid: int
+    instance: str  # Triton's instance name: <model>_<group>_<index>, e.g. vocoder_0_0
+    shm_region: str  # its shared-memory region in /dev/shm
+
+    @property
+    def model(self) -> str:
+        return self.instance.rsplit("_", 2)[0]
+
+
+def stubs(server_pid: int) -> list[Stub]:
+    """The live stub processes of the tritonserver `server_pid`, read from /proc.
+
+    A stub's command line is: stub binary, model path, shm region, shm sizes, parent pid, backend
+    folder, ..., instance name (the 9th), runtime folder (python_be.cc's StubLauncher).
+    """
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != server_pid or len(args) < 9 or not args[0].endswith("triton_python_backend_stub"):
+            continue  # not ours, gone, or a zombie (empty command line)
+        found.append(Stub(int(proc.name), args[8], next((a for a in args if SHM_MARK in a), "")))
+    return sorted(found, key=lambda st: st.instance)
 
 
 def leaked_shm() -> list[str]:
@@ -354,7 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-root-cert", type=Path, help="gRPC over TLS: the CA certificate (PEM)")
     ap.add_argument("--tls-mutual", action="store_true", help="require client certificates signed by the CA")
     ap.add_argument("--admin-key-env", metavar="VAR",
-                    help=f"restrict {', '.join(ADMIN_APIS)} to calls with header {ADMIN_HEADER}: $VAR")
+                    help=f"restrict {', '.join(ADMIN_APIS)} to calls with header {ADMIN_HEADER}: $VAR (default: a"
+                         " random key, written to WORKDIR/admin-key)")
+    ap.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="explicit",
+                    help="explicit (default): models can be reloaded through the admin-restricted repository API,"
+                         " and SIGTERM turns readiness off at once; none: Triton's default")
     args = ap.parse_args(argv)
     tls_paths = (args.tls_cert, args.tls_key, args.tls_root_cert)
     if any(tls_paths) and not all(tls_paths):
@@ -371,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
                                           http_port=args.http_port, grpc_port=args.grpc_port,
                                           metrics_port=args.metrics_port, log_verbose=args.log_verbose,
                                           workdir=args.workdir, exit_timeout_s=args.exit_timeout,
-                                          tls=tls, admin_key=admin_key))
+                                          tls=tls, admin_key=admin_key, model_control=args.model_control))
     print(f"starting tritonserver on {args.repository} ({args.config_name}); log: {server.log_path}", flush=True)
     stop = {"now": False, "serving": False}
 
@@ -388,10 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted during start-up; tritonserver stopped", flush=True)
         return 1
     stop["serving"] = True
-    print(f"ready in {server.started_s:.1f} s\n{server.endpoints()}\nCtrl-C stops it.", flush=True)
+    key = f"\nadmin key (random, this run): {server.options.admin_key_file}" if server.options.admin_key_generated else ""
+    print(f"ready in {server.started_s:.1f} s\n{server.endpoints()}{key}\nCtrl-C stops it.", flush=True)
     try:
         while not stop["now"] and server.process.poll() is None:
-            time.sleep(0.1)
+            time.sleep(0.02)  # a signal does not cut a sleep short (PEP 475): this bounds the drain's start
     except KeyboardInterrupt:
         pass
     finally:

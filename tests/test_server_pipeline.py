@@ -12,6 +12,7 @@ import tritonclient.grpc as grpcclient
 from rawgrpc import bytes_array, infer_input, raw_turn
 
 from client import media
+from deploy.server import admin_headers
 from ensemble import events as ev
 from export import contract, spec
 
@@ -79,7 +80,7 @@ def test_answer_mp4_has_one_h264_and_one_aac_stream(client, avatar, tmp_path):
 
 def test_every_stage_model_executed(server, spoken_turn):
     with grpcclient.InferenceServerClient(server.options.grpc_url) as c:
-        stats = c.get_inference_statistics(as_json=True)["model_stats"]
+        stats = c.get_inference_statistics(headers=admin_headers(server.options.admin_key), as_json=True)["model_stats"]
     executed = {m["name"]: int(m.get("execution_count", 0)) for m in stats}
     for stage in spec.STAGES:
         assert executed.get(stage.name, 0) > 0, f"{stage.name} never executed"

@@ -4,9 +4,11 @@ Triton 2.51's own SIGTERM handling stops every model at once and counts no decou
 in flight, so a turn still running fails at its next stage call ("Server not ready"):
 `test_sigterm_straight_to_tritonserver_cuts_the_turn_in_flight` pins that down. The server's
 entrypoint (`python -m deploy.server`, EmbeddedServer.stop) therefore drains first: on SIGTERM it
-makes the orchestrator refuse new turns (UNAVAILABLE), waits until `talking_head_active_sessions`
-is 0, and only then gives Triton its SIGTERM. `test_sigterm_to_the_server_drains_the_turn_in_flight`
-checks that path end to end.
+creates the drain file (new registrations refused, UNAVAILABLE) and asks Triton (explicit model
+control) to unload `talking_head`, which Triton marks UNLOADING at once: `/v2/health/ready` turns
+503 and new turns are refused by Triton, while the turns in flight run to their end (the unload
+waits for them). When `talking_head_active_sessions` is 0 it gives Triton its SIGTERM.
+`test_sigterm_to_the_server_drains_the_turn_in_flight` checks that path end to end.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from client.retry import is_retryable_refusal
 from client.sdk import ClientError, ServerError, TalkingHeadClient
 from deploy.server import (
     DRAIN_FILE_ENV,
@@ -105,6 +108,27 @@ def test_drain_file_names_agree():
     assert DRAIN_FILE_ENV == SERVICE_DRAIN_FILE_ENV
 
 
+class Readiness:
+    """/v2/health/ready polled every 10 ms in a thread: (seconds since t0, ready) at every change."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self.changes: list[tuple[float, bool]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            ready = _ready()
+            if not self.changes or self.changes[-1][1] != ready:
+                self.changes.append((time.perf_counter() - self.t0, ready))
+            time.sleep(0.01)
+
+    def first_unready_after(self, t: float) -> float | None:
+        return next((s for s, ready in self.changes if s >= t and not ready), None)
+
+
 def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--repository", str(exported_repository),
                              "--workdir", str(tmp_path), "--exit-timeout", str(EXIT_TIMEOUT_S),
@@ -121,17 +145,25 @@ def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tm
         triton = _descendants(proc.pid)  # tritonserver and its stubs
         regions = _shm_regions(*triton)
         assert any(r.startswith(PYTHON_SHM) for r in regions) and any("ort_cpu" in r for r in regions), regions
+        assert oct((tmp_path / "admin-key").stat().st_mode & 0o777) == "0o600"  # the per-run admin key
 
         client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
         avatar = client.register_avatar(demo_avatar_png())
         t0 = time.perf_counter()
         turn = Watch(client, avatar.id, t0)
         turn.wait_for(ev.AUDIO)
-        assert _ready()
+        readiness = Readiness(t0)
+        time.sleep(0.05)
+        assert readiness.changes == [(readiness.changes[0][0], True)]
         t_term = time.perf_counter() - t0
         proc.send_signal(signal.SIGTERM)
 
-        # a new turn after SIGTERM is refused at once, cleanly
+        # readiness goes at once; a new turn is then refused by Triton itself, at once, and a new
+        # registration by the registry (drain file)
+        while readiness.first_unready_after(t_term) is None:
+            assert time.perf_counter() - t0 - t_term < 5, "still ready 5 s after SIGTERM"
+            time.sleep(0.005)
+        unready_s = readiness.first_unready_after(t_term) - t_term
         t_new = time.perf_counter()
         with TalkingHeadClient(GRPC_URL, turn_timeout_s=30) as late:
             with pytest.raises(ServerError) as refused:
@@ -139,35 +171,40 @@ def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tm
             refused_s = time.perf_counter() - t_new
             with pytest.raises(ServerError, match="server is shutting down"):
                 late.register_avatar(demo_avatar_png())
-        assert refused.value.message.startswith("server is shutting down"), refused.value.message
+        assert "Request for unknown model: 'talking_head' has no available versions" in refused.value.message, \
+            refused.value.message
+        assert is_retryable_refusal(refused.value.message)  # the SDK's RetryPolicy tries another time/replica
 
-        # the turn in flight runs to its done event; then Triton goes unready and exits
-        unready_s = _unready_after(t0, EXIT_TIMEOUT_S + 15)
+        # the turn in flight runs to its done event, the server stays unready, then exits
         turn.thread.join(EXIT_TIMEOUT_S + 15)
         assert turn.error is None, turn.error
         kinds = [k for _, k in turn.events]
         assert kinds[-1] == ev.DONE
         done_s = turn.events[-1][0]
         assert done_s - t_term < EXIT_TIMEOUT_S
-        assert unready_s is not None and unready_s >= done_s - 0.05  # the drain held Triton up for the turn
         assert proc.wait(EXIT_TIMEOUT_S + 30) == 0
         exit_s = time.perf_counter() - t0
+        readiness.stop.set()
+        readiness.thread.join(5)
         client.close()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     log = "".join(lines)
-    print(f"\nSIGTERM at {t_term:.2f} s into the turn; new turn refused in {refused_s * 1000:.0f} ms "
-          f"({refused.value.message!r}); turn in flight done at {done_s:.2f} s "
-          f"({done_s - t_term:.2f} s after SIGTERM, {kinds.count(ev.AUDIO)} audio chunks); /v2/health/ready "
-          f"unready at {unready_s:.2f} s; process exited at {exit_s:.2f} s; {len(triton)} processes and "
+    after_term = [(s, r) for s, r in readiness.changes if s >= t_term]
+    print(f"\nSIGTERM at {t_term:.2f} s into the turn; /v2/health/ready unready {unready_s * 1000:.0f} ms later; "
+          f"new turn refused in {refused_s * 1000:.0f} ms ({refused.value.message!r}); turn in flight done at "
+          f"{done_s:.2f} s ({done_s - t_term:.2f} s after SIGTERM, {kinds.count(ev.AUDIO)} audio chunks); "
+          f"process exited at {exit_s:.2f} s; readiness after SIGTERM: {after_term}; {len(triton)} processes and "
           f"{len(regions)} shared-memory regions gone\n{log.strip().splitlines()[-1]}")
+    assert unready_s < 0.5
+    assert all(not r for _, r in after_term), "ready again before the process exited"
     assert "drained in" in log
     time.sleep(0.2)
     assert [p for p in triton if os.path.exists(f"/proc/{p}")] == [], "tritonserver or a stub outlived the server"
     assert {r for r in regions if os.path.exists(f"/dev/shm/{r}")} == set(), "shared memory leaked"
-    assert not (tmp_path / "draining").exists()
+    assert not (tmp_path / "draining").exists() and not (tmp_path / "admin-key").exists()
 
 
 def test_sigterm_straight_to_tritonserver_cuts_the_turn_in_flight(exported_repository, tmp_path):

@@ -67,7 +67,12 @@ def test_server_flags():
                         "--grpc-root-cert=ca.pem"]
     rule = f"{','.join(ADMIN_APIS)}:admin-key={'k' * 20}"
     assert args[4:] == [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
-    assert ServerOptions().security_args() == []
+    assert ServerOptions(model_control="none").security_args() == []
+    # explicit model control (the default) never leaves the repository API open: a random per-run key
+    generated = ServerOptions()
+    assert generated.admin_key_generated and len(generated.admin_key) >= 32
+    assert generated.admin_key != ServerOptions().admin_key
+    assert f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:admin-key={generated.admin_key}" in generated.security_args()
     for bad in ("short", "a,b:c=d" * 4, "with space in the key"):
         with pytest.raises(ValueError, match="admin_key"):
             ServerOptions(admin_key=bad)
@@ -129,12 +134,12 @@ def test_admin_apis_need_the_admin_key(grpc_admin, admin_key):
     # a wrong key, or the HTTP header name on gRPC, does not open them
     assert _refused(lambda: grpc_admin.get_inference_statistics(headers={ADMIN_GRPC_HEADER: "wrong"})) == restricted
     assert _refused(lambda: grpc_admin.get_inference_statistics(headers={"admin-key": admin_key})) == restricted
-    # with the key: statistics answer; unload gets past the restriction (and is then refused by the
-    # model control mode, which this server leaves at `none`)
+    # with the key: statistics and the repository index answer
     headers = admin_headers(admin_key)
     stats = grpc_admin.get_inference_statistics(headers=headers, as_json=True)
     assert {m["name"] for m in stats["model_stats"]} >= {"talking_head", "llm", "avatar_registry"}
-    assert "restricted" not in _refused(lambda: grpc_admin.unload_model("llm", headers=headers))
+    index = grpc_admin.get_model_repository_index(headers=headers, as_json=True)
+    assert {m["name"]: m.get("state") for m in index["models"]}["llm"] == "READY"
     # health, metadata and inference stay open (probes, canary and clients need no key)
     assert grpc_admin.is_server_ready() and grpc_admin.is_model_ready("talking_head")
     assert grpc_admin.get_model_metadata("talking_head").name == "talking_head"

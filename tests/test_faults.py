@@ -1,0 +1,207 @@
+"""Faults inside the server (ports 19000-19002): a stage's stub killed mid-session, a stage that raises.
+
+What Triton 2.51 does when a stage's Python stub dies (measured here, see RELIABILITY.md): it does
+NOT restart the stub; the model stays READY and `/v2/health/ready` stays 200; every request to the
+stage fails with "Stub process '<model>_0_0' is not healthy." (the turn in flight fails at its
+next call of that stage, naming it). A plain `load_model` of the still-loaded model changes
+nothing (its files did not change); unloading it first and loading it again starts a new stub
+(`EmbeddedServer.reload_model`, explicit model control, admin key). The canary notices the dead
+stub and names the stage.
+
+A stage that raises for one request fails that turn only: the server here serves a copy of the
+repository whose `lipsync` stage is `tests/faulty_stage/model.py` (the real ONNX graph, raising for
+faces with an empty colour channel: only the avatar this test registers has one).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from client.sdk import ServerError, TalkingHeadClient
+from deploy.server import REPO, EmbeddedServer, ServerOptions, admin_headers, stubs
+from ensemble import events as ev
+from ensemble.avatar import demo_avatar_png
+
+pytestmark = pytest.mark.server
+
+PORTS = dict(http_port=19000, grpc_port=19001, metrics_port=19002)
+FAULTY = Path(__file__).resolve().parent / "faulty_stage" / "model.py"
+LONG_TURN = dict(text="Please tell me a long story about the sea.", options={"max_reply_tokens": 120, "ignore_eos": True})
+SHORT_TURN = dict(text="Hello there.", options={"max_reply_tokens": 8})
+CANARY_TIMEOUT_S = 10
+
+
+def repository_with_faulty_lipsync(src: Path, dest: Path) -> Path:
+    """The exported repository (symlinked), except `lipsync`: the same graph and config served by the
+    stock `python` backend from tests/faulty_stage/model.py."""
+    dest.mkdir()
+    for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").exists()):
+        if model.name != "lipsync":
+            (dest / model.name).symlink_to(model, target_is_directory=True)
+    lipsync = dest / "lipsync"
+    (lipsync / "1").mkdir(parents=True)
+    (lipsync / "configs").mkdir()
+    config = (src / "lipsync" / "configs" / "cpu.pbtxt").read_text()
+    assert 'backend: "ort_cpu"' in config, "the CPU lipsync config no longer names the ort_cpu backend"
+    # the stock python backend runs 1/model.py (it refuses another file name); model.py opens model.onnx
+    config = "\n".join(line for line in config.splitlines() if not line.startswith("default_model_filename:"))
+    (lipsync / "configs" / "cpu.pbtxt").write_text(config.replace('backend: "ort_cpu"', 'backend: "python"'))
+    shutil.copy2(src / "lipsync" / "config.pbtxt", lipsync / "config.pbtxt")
+    for f in (src / "lipsync" / "1").iterdir():
+        if f.is_file():
+            (lipsync / "1" / f.name).symlink_to(f)
+    shutil.copy2(FAULTY, lipsync / "1" / "model.py")
+    return dest
+
+
+@pytest.fixture(scope="module")
+def fault_server(exported_repository, tmp_path_factory):
+    repo = repository_with_faulty_lipsync(exported_repository, tmp_path_factory.mktemp("faults") / "repo")
+    # exit_timeout_s: after a stub was killed, Triton's shutdown waits this long for the dead instance
+    options = ServerOptions(repository=repo, workdir=tmp_path_factory.mktemp("triton-faults"), exit_timeout_s=10,
+                            **PORTS)
+    with EmbeddedServer(options) as server:
+        yield server
+    # the killed stub's region too: Triton never finalizes a dead instance, stop() removes what is left
+    assert server.shm_regions and not [r for r in server.shm_regions if os.path.exists(f"/dev/shm/{r}")]
+
+
+@pytest.fixture(scope="module")
+def th(fault_server):
+    with TalkingHeadClient(fault_server.options.grpc_url, turn_timeout_s=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def avatar(th):
+    return th.register_avatar(demo_avatar_png())
+
+
+def _ready(server) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://localhost:{server.options.http_port}/v2/health/ready", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _canary(server) -> tuple[int, str, float]:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "deploy.canary", "--url", server.options.grpc_url,
+                           "--timeout", str(CANARY_TIMEOUT_S)], cwd=REPO, capture_output=True, text=True,
+                          timeout=CANARY_TIMEOUT_S + 30)
+    return proc.returncode, (proc.stdout + proc.stderr).strip(), time.perf_counter() - t0
+
+
+class Background:
+    """A turn in a thread: its event types and its error."""
+
+    def __init__(self, client: TalkingHeadClient, avatar_id: str, turn: dict):
+        self.kinds: list[str] = []
+        self.error: Exception | None = None
+        self.thread = threading.Thread(target=self._run, args=(client, avatar_id, turn), daemon=True)
+        self.thread.start()
+
+    def _run(self, client, avatar_id, turn):
+        try:
+            for e in client.ask(avatar_id=avatar_id, **turn):
+                self.kinds.append(e.type)
+        except Exception as e:  # recorded, asserted by the test
+            self.error = e
+
+    def wait_for(self, kind: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while kind not in self.kinds:
+            assert self.error is None, self.error
+            assert time.monotonic() < deadline, f"no {kind} event in {timeout_s} s"
+            time.sleep(0.005)
+
+
+def test_killed_stub_fails_its_session_the_canary_names_it_and_a_reload_brings_it_back(fault_server, th, avatar):
+    stage = "vocoder"
+    server = fault_server
+    before = {s.model: s for s in stubs(server.process.pid)}
+    assert stage in before, sorted(before)
+    turn = Background(th, avatar.id, LONG_TURN)
+    turn.wait_for(ev.AUDIO)
+    os.kill(before[stage].pid, signal.SIGKILL)
+    t_kill = time.perf_counter()
+
+    # the canary, started right after the kill, fails and names the stage
+    code, canary_out, canary_s = _canary(server)
+    canary_since_kill = time.perf_counter() - t_kill
+    assert code == 1, canary_out
+    assert f"(model: {stage})" in canary_out and "is not healthy" in canary_out, canary_out
+    assert canary_since_kill <= CANARY_TIMEOUT_S, canary_since_kill
+
+    # the session in flight failed with an error naming the stage
+    turn.thread.join(60)
+    assert isinstance(turn.error, ServerError), turn.error
+    assert f"{stage}: Stub process '{stage}_0_0' is not healthy" in turn.error.message, turn.error.message
+    assert ev.DONE not in turn.kinds
+
+    # Triton 2.51: no restart, health still 200, the model still READY; every turn fails the same way
+    assert stage not in {s.model for s in stubs(server.process.pid)}
+    assert _ready(server)
+    with server.admin_client() as admin:
+        assert admin.is_model_ready(stage)
+        t_load = time.perf_counter()
+        admin.load_model(stage, headers=admin_headers(server.options.admin_key))  # files unchanged: a no-op
+        plain_load_s = time.perf_counter() - t_load
+    with pytest.raises(ServerError, match=f"Stub process '{stage}_0_0' is not healthy"):
+        th.turn(avatar_id=avatar.id, **SHORT_TURN)
+
+    # unload + load (explicit model control) starts a new stub: new sessions succeed
+    reload_s = server.reload_model(stage)
+    after = {s.model: s for s in stubs(server.process.pid)}
+    assert after[stage].pid != before[stage].pid
+    result = th.turn(avatar_id=avatar.id, **SHORT_TURN)
+    assert result.done is not None and result.audio.size > 0 and result.frames
+    code_after, canary_after, _ = _canary(server)
+    assert code_after == 0, canary_after
+    print(f"\n{stage} stub SIGKILLed after the first audio chunk: the turn failed with {turn.error.message!r}; "
+          f"canary started at the kill exited 1 after {canary_s:.2f} s ({canary_since_kill:.2f} s after the kill): "
+          f"{canary_out!r}; /v2/health/ready still 200, model still READY; a plain load_model took "
+          f"{plain_load_s * 1000:.0f} ms and changed nothing; reload (unload + load) {reload_s:.2f} s, then a turn "
+          f"completed ({len(result.frames)} frames) and the canary passed ({canary_after!r})")
+
+
+def _blue_less_demo_face() -> bytes:
+    img = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
+    img[:, :, 0] = 0  # no blue at all: the faulty stage's marker
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+def test_a_stage_raising_fails_only_its_session(fault_server, th, avatar):
+    marked = th.register_avatar(_blue_less_demo_face())
+    assert marked.id != avatar.id
+    with ThreadPoolExecutor(3) as pool:
+        healthy = [pool.submit(th.turn, avatar_id=avatar.id, **SHORT_TURN) for _ in range(2)]
+        t0 = time.perf_counter()
+        with pytest.raises(ServerError) as failed:
+            th.turn(avatar_id=marked.id, **SHORT_TURN)
+        failed_s = time.perf_counter() - t0
+        results = [f.result(timeout=120) for f in healthy]
+    assert "lipsync: faulty_stage: refusing a face" in failed.value.message, failed.value.message
+    assert failed.value.message.startswith("internal error: StageError: lipsync:"), failed.value.message
+    for r in results:  # the sessions beside it, served by the same lipsync instance, complete
+        assert r.done is not None and r.audio.size > 0 and r.frames
+    after = th.turn(avatar_id=avatar.id, **SHORT_TURN)  # and the stage keeps serving: no reload needed
+    assert after.done is not None and after.frames
+    assert _ready(fault_server)
+    print(f"\nthe marked session failed after {failed_s:.2f} s with {failed.value.message!r}; "
+          f"{len(results)} concurrent sessions and the next one completed with video")
