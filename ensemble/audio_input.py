@@ -8,6 +8,7 @@ from export import contract as C
 
 SILENCE_PEAK = 1e-4  # peak amplitude below which the input is treated as silence
 MAX_PEAK = 2.0  # float PCM should be in [-1, 1]; resampler overshoot up to this is tolerated
+MAX_CHUNK_SECONDS = 1.0  # one streamed microphone chunk (clients send 20-40 ms)
 
 
 def _sample_rate(sample_rate) -> int:
@@ -20,13 +21,13 @@ def _sample_rate(sample_rate) -> int:
     return int(value)
 
 
-def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float) -> np.ndarray:
+def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float, *, allow_silence: bool = False) -> np.ndarray:
     """User audio -> contiguous float32 mono [n] at contract.INPUT_SAMPLE_RATE, or InputError.
 
     Accepts shape [n], and [1, n] / [n, 1] (a batch or channel axis of one). Does not resample:
     a different sample_rate is an error naming the expected one. Samples must be finite, with a
     peak of at most MAX_PEAK (values in (1, MAX_PEAK] are passed through unchanged) and at least
-    SILENCE_PEAK.
+    SILENCE_PEAK (unless allow_silence: a microphone chunk may well be silent).
     """
     if isinstance(audio, np.generic):  # a numpy scalar: report it as a 0-D array below
         audio = np.asarray(audio)
@@ -57,6 +58,11 @@ def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float) -> n
     if peak > MAX_PEAK:
         raise InputError(f"audio peak amplitude is {peak:g}; float32 PCM must be in [-1, 1] "
                          "(int16 values sent as float?)")
-    if peak < SILENCE_PEAK:
+    if peak < SILENCE_PEAK and not allow_silence:
         raise InputError(f"audio is silent (peak amplitude {peak:.1e}; need at least {SILENCE_PEAK:.0e})")
     return np.ascontiguousarray(a)
+
+
+def validate_chunk(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """One streamed microphone chunk: like validate_audio, at most MAX_CHUNK_SECONDS, silence allowed."""
+    return validate_audio(audio, sample_rate, MAX_CHUNK_SECONDS, allow_silence=True)

@@ -139,7 +139,7 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, min_side: i
     ih, iw = image.shape[:2]
     y1, y2 = max(0, y - top), min(ih, y + h + bottom)
     x1, x2 = max(0, x - left), min(iw, x + w + right)
-    face = cv2.resize(image[y1:y2, x1:x2], (C.FACE_SIZE, C.FACE_SIZE))
+    face = face_crop(image, (y1, y2, x1, x2))
     if len(faces) == 1:
         message = f"found 1 face at x={x} y={y} size {w}x{h}"
     else:
@@ -156,23 +156,31 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- Wav2Lip I/O
 
 
-def wav2lip_faces(avatar: Avatar) -> np.ndarray:
-    """Wav2Lip's face input [6, 96, 96] float32: lower-half-masked crop then reference crop, BGR, /255."""
-    face = avatar.face
+def face_crop(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The face box of `image` resized to FACE_SIZE x FACE_SIZE (what Wav2Lip sees)."""
+    y1, y2, x1, x2 = box
+    return cv2.resize(image[y1:y2, x1:x2], (C.FACE_SIZE, C.FACE_SIZE))
+
+
+def wav2lip_faces(avatar: Avatar, image: np.ndarray | None = None) -> np.ndarray:
+    """Wav2Lip's face input [6, 96, 96] float32: lower-half-masked crop then reference crop, BGR, /255.
+
+    image: the avatar image as moved for this frame (ensemble.motion.render); default the still image."""
+    face = avatar.face if image is None else face_crop(image, avatar.box)
     masked = face.copy()
     masked[C.FACE_SIZE // 2:] = 0
     return (np.concatenate([masked, face], axis=2).transpose(2, 0, 1) / 255.0).astype(np.float32)
 
 
-def composite(avatar: Avatar, face96: np.ndarray) -> np.ndarray:
-    """Paste a generated face [3, 96, 96] (BGR, 0..1) into a copy of the avatar image, as Wav2Lip does
-    (x255, truncate to uint8, cv2.resize to the crop box)."""
+def composite(avatar: Avatar, face96: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+    """Paste a generated face [3, 96, 96] (BGR, 0..1) into a copy of the avatar image (or of `image`, the
+    frame's moved avatar image), as Wav2Lip does (x255, truncate to uint8, cv2.resize to the crop box)."""
     f = np.asarray(face96)
     if f.shape != (3, C.FACE_SIZE, C.FACE_SIZE):
         raise ValueError(f"face96 must be [3, {C.FACE_SIZE}, {C.FACE_SIZE}], got {f.shape}")
     p = np.clip(f.transpose(1, 2, 0) * 255.0, 0, 255).astype(np.uint8)
     y1, y2, x1, x2 = avatar.box
-    out = avatar.image.copy()
+    out = (avatar.image if image is None else image).copy()
     out[y1:y2, x1:x2] = cv2.resize(p, (x2 - x1, y2 - y1))
     return out
 

@@ -8,10 +8,16 @@ event (or a Triton error naming the problem), flagged final by Triton.
 Event types, in the order a client first sees them:
   transcript  {"text"}                                   what ASR heard (speech input only)
   text        {"delta", "piece"}                         reply text as the LLM produces it
-  piece       {"index", "text"}                          a sentence/clause sent to TTS
+  piece       {"index", "text", "emotion"}               a sentence/clause sent to TTS, its emotion label
   audio       {"index", "sample_rate", "start_sample", "samples"}
-  video       {"index", "pts", "width", "height", "encoding"}
-  done        {"reply", "transcript", "audio_samples", "video_frames", "timings_ms"}
+  video       {"index", "pts", "width", "height", "encoding", "emotion"}
+                                                         index/pts count every frame slot of the 25 fps clock:
+                                                         slots dropped to keep up with audio leave gaps
+  done        {"reply", "transcript", "audio_samples", "video_frames", "frames_dropped", "timings_ms",
+               "interrupted"}                            interrupted: null, "barge_in" or "cancel"
+  cancelled   {"session", "interrupted_turn"}            answer to a `cancel` request (turn id or null)
+  vad         {"state", "t_s", ...}                      microphone turn detection: "speech_start", then
+                                                         "turn_end" {"silence_ms", "speech_s"}
 All events also carry "type", "turn_id" and "t_ms" (server milliseconds since the request arrived).
 """
 from __future__ import annotations
@@ -28,7 +34,9 @@ PIECE = "piece"
 AUDIO = "audio"
 VIDEO = "video"
 DONE = "done"
-TYPES = (TRANSCRIPT, TEXT, PIECE, AUDIO, VIDEO, DONE)
+CANCELLED = "cancelled"
+VAD = "vad"
+TYPES = (TRANSCRIPT, TEXT, PIECE, AUDIO, VIDEO, DONE, CANCELLED, VAD)
 
 
 @dataclass

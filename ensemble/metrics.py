@@ -30,7 +30,9 @@ TTFF = Metric("talking_head_ttff_ms", "histogram", "Time from request to first v
 ACTIVE_SESSIONS = Metric("talking_head_active_sessions", "gauge", "Turns being served now")
 STAGE_LATENCY = Metric("talking_head_stage_latency_ms", "histogram", "Latency of one stage model call (ms)",
                        labels=("stage",), buckets=LATENCY_BUCKETS_MS)
-FRAMES_DROPPED = Metric("talking_head_frames_dropped_total", "counter", "Video frames dropped to keep up with audio")
+FRAMES_DROPPED = Metric("talking_head_frames_dropped_total", "counter",
+                        "Video frame slots not made: late (would miss their display time) or stride (lowered rate)",
+                        labels=("reason",))
 FRAMES_LATE = Metric("talking_head_frames_late_total", "counter",
                      "Video frames sent more than LATE_FRAME_S after their display time (first audio chunk = time 0)")
 LATE_FRAME_S = 0.040
@@ -38,8 +40,15 @@ REJECTED = Metric("talking_head_rejected_total", "counter", "Turns refused or fa
                   labels=("reason",))
 TURNS = Metric("talking_head_turns_total", "counter", "Turns finished", labels=("outcome",))
 CACHE_HITS = Metric("talking_head_cache_hits_total", "counter", "Turns served from the answer cache")
+CACHE_LOOKUPS = Metric("talking_head_cache_lookups_total", "counter",
+                       "Turns whose text is a cached exchange (hit rate = hits / lookups)")
+INTERRUPTIONS = Metric("talking_head_interruptions_total", "counter", "Replies stopped early", labels=("reason",))
+DEGRADED = Metric("talking_head_degraded", "gauge", "Load governor level: 0 normal, 1 lighter settings for new turns")
+DEGRADE_SWITCHES = Metric("talking_head_degrade_switches_total", "counter", "Load governor switches",
+                          labels=("to",))
 
-ALL = (TTFA, TTFF, ACTIVE_SESSIONS, STAGE_LATENCY, FRAMES_DROPPED, FRAMES_LATE, REJECTED, TURNS, CACHE_HITS)
+ALL = (TTFA, TTFF, ACTIVE_SESSIONS, STAGE_LATENCY, FRAMES_DROPPED, FRAMES_LATE, REJECTED, TURNS, CACHE_HITS,
+       CACHE_LOOKUPS, INTERRUPTIONS, DEGRADED, DEGRADE_SWITCHES)
 
 
 class Recorder(Protocol):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields, replace
 
 from ensemble.errors import InputError
@@ -21,6 +22,12 @@ class Limits:
     max_avatars: int = 1000  # avatars kept on disk per server (its avatar store); the least recently used is evicted
     max_avatar_store_bytes: int = 4 * 1024**3  # ... and at most this many bytes of them (same eviction)
     max_sessions: int = 32  # turns served at once; more are refused at once (UNAVAILABLE)
+    max_open_sessions: int = 1024  # conversations (`session` ids) remembered; the least recently used is forgotten
+    session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
+
+
+ACTIONS = ("turn", "cancel", "mic", "prerender", "idle")
+SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,12 @@ class TurnOptions:
     energy: float = 1.0  # FastSpeech2 energy control
     jpeg_quality: int = 85  # quality of streamed frames, 30..95
     lipsync_batch: int = 8  # video frames per Wav2Lip call, 1..64
+    frame_stride: int = 1  # send every n-th video frame (1: 25 fps, 2: 12.5 fps); the load governor raises it
+    session: str | None = None  # conversation id: a new turn (or `cancel`) interrupts the session's reply in flight
+    action: str = "turn"  # turn | cancel (stop the session's reply) | mic (one microphone chunk) |
+    #                       prerender (fill the answer cache for this avatar) | idle (stream idle-motion frames)
+    min_silence_ms: int = 500  # mic: silence that ends the user's turn
+    idle_s: float = 2.0  # idle: seconds of idle-motion frames to stream
 
     @classmethod
     def parse(cls, raw: bytes | None, limits: Limits) -> "TurnOptions":
@@ -81,3 +94,12 @@ class TurnOptions:
         bounded("energy", 0.5, 2.0)
         bounded("jpeg_quality", 30, 95)
         bounded("lipsync_batch", 1, 64)
+        bounded("frame_stride", 1, 4)
+        bounded("min_silence_ms", 100, 5000)
+        bounded("idle_s", 0.04, 60.0)
+        if self.action not in ACTIONS:
+            raise InputError(f"option action={self.action!r} is not one of {', '.join(ACTIONS)}")
+        if self.session is not None and not (isinstance(self.session, str) and SESSION_ID.fullmatch(self.session)):
+            raise InputError(f"option session={self.session!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+        if self.action in ("cancel", "mic") and self.session is None:
+            raise InputError(f"action {self.action!r} needs a `session` id")

@@ -6,6 +6,12 @@ Three tasks overlap:
   reply   ASR (speech input), then LLM tokens → text events → Segmenter pieces
   speech  each piece → TTS → streaming vocoder → audio events
   video   audio → 16 kHz → Wav2Lip mel windows → Wav2Lip batches → composited JPEG frames
+
+Audio comes first: the video task drops a frame whose display time (first audio chunk = time 0)
+would pass before Wav2Lip could return it, so video never falls behind the voice (frame indices and
+timestamps stay those of the 25 fps clock; dropped slots are counted). A turn can be interrupted
+(`Turn.interrupt`: barge-in, an explicit cancel, the client cancelling its stream): its tasks are
+cancelled at their next await, no further stage call is made, and a `done` event says why.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ensemble import avatar as avatars
-from ensemble import metrics
+from ensemble import metrics, motion
 from ensemble.decoding import KVDecoder, greedy, sample
 from ensemble.errors import DeadlineExceeded
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
@@ -40,6 +46,7 @@ VOCODER_CONTEXT_FRAMES = 16
 # it stops the repetition loops Whisper can fall into (and random weights always do) early.
 ASR_TOKENS_PER_SECOND = 6
 ASR_EXTRA_TOKENS = 8
+CANCEL_POLL_S = 0.02  # how often a turn asks whether its client cancelled the stream
 
 
 FIRST_METRICS = {AUDIO: metrics.TTFA, VIDEO: metrics.TTFF}
@@ -92,7 +99,20 @@ class Turn:
         self.audio_samples = 0
         self.audio_chunks = 0
         self.first_audio_at: float | None = None  # perf_counter of the first audio chunk: the playback clock's 0
-        self.video_frames = 0
+        self.video_frames = 0  # frames sent
+        self.frames_dropped = 0  # frame slots skipped (late, or the frame stride)
+        self.frames_late_dropped = 0  # ... of which late: Wav2Lip could not make them before their display time
+        self.timeline = motion.Timeline()  # the reply pieces' emotions on the audio clock
+        self.interrupted: str | None = None  # why the turn stopped early: "barge_in", "cancel", "client"
+        self._tasks: list[asyncio.Future] = []
+        self._lipsync_s = 0.0  # recent seconds per Wav2Lip call (EWMA): when a frame would be ready
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the turn now: its tasks are cancelled, queued stage work is dropped, `run` ends the turn."""
+        if self.interrupted is None:
+            self.interrupted = reason
+        for task in self._tasks:
+            task.cancel()
 
     # ------------------------------------------------------------ plumbing
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -125,28 +145,51 @@ class Turn:
         self._emit(Event(kind, {"turn_id": self.turn_id, "t_ms": t_ms, **data}, audio=audio, frame=frame))
 
     # ------------------------------------------------------------ the turn
-    async def run(self, *, text: str | None = None, audio16k: np.ndarray | None = None) -> None:
+    async def run(self, *, text: str | None = None, audio16k: np.ndarray | None = None,
+                  idle_s: float | None = None) -> None:
+        """The turn: a reply to `text` or to speech (`audio16k`), or `idle_s` seconds of idle motion."""
         pieces: asyncio.Queue = asyncio.Queue()
         audio_q: asyncio.Queue = asyncio.Queue()
-        if self.options.streaming:
-            tasks = [asyncio.ensure_future(self._reply(text, audio16k, pieces)),
-                     asyncio.ensure_future(self._speech(pieces, audio_q))]
-            if self.options.video:
-                tasks.append(asyncio.ensure_future(self._video(audio_q)))
-            try:
-                await asyncio.gather(*tasks)
-            finally:
-                for t in tasks:
-                    t.cancel()
+        if idle_s is not None:
+            jobs = [self._idle(idle_s)]
+        elif not self.options.streaming:
+            jobs = [self._naive(text, audio16k, pieces, audio_q)]
         else:
-            await self._naive(text, audio16k, pieces, audio_q)
+            jobs = [self._reply(text, audio16k, pieces), self._speech(pieces, audio_q)]
+            if self.options.video:
+                jobs.append(self._video(audio_q))
+        self._tasks = [asyncio.ensure_future(j) for j in jobs]
+        watcher = asyncio.ensure_future(self._watch_client())
+        try:
+            await asyncio.gather(*self._tasks)
+        except asyncio.CancelledError:
+            if self.interrupted is None:
+                raise
+        finally:
+            watcher.cancel()
+            for t in self._tasks:
+                if not t.done() and self.interrupted is None:  # a sibling failed: stop the rest (once)
+                    t.cancel()
+            # let every task run its finally blocks (e.g. releasing a KV session) before the turn ends
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.interrupted == "client":
+            raise Cancelled()
         s = self.stats
         self.emit(DONE, {
             "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
             "sample_rate": contract.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
+            "frames_dropped": self.frames_dropped, "interrupted": self.interrupted,
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
             "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
         })
+
+    async def _watch_client(self) -> None:
+        """Interrupt the turn as soon as its client cancels the stream (not only at the next stage call)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            if self.is_cancelled():
+                self.interrupt("client")
+                return
 
     async def _naive(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue,
                      audio_q: asyncio.Queue) -> None:
@@ -228,8 +271,9 @@ class Turn:
             n_pieces = self._send_piece(piece, n_pieces, pieces)
 
     def _send_piece(self, piece: str, index: int, pieces: asyncio.Queue) -> int:
-        self.emit(PIECE, {"index": index, "text": piece})
-        pieces.put_nowait(piece)
+        emotion = motion.classify(piece)
+        self.emit(PIECE, {"index": index, "text": piece, "emotion": emotion})
+        pieces.put_nowait((piece, emotion))
         return index + 1
 
     def _max_prompt(self) -> int:
@@ -240,7 +284,8 @@ class Turn:
         controls = np.asarray([[o.pitch, o.energy, 1.0 / o.speed]], dtype=np.float32)
         max_symbols = spec.TTS.axis("phonemes").max
         try:
-            while (piece := await pieces.get()) is not _END:
+            while (item := await pieces.get()) is not _END:
+                piece, emotion = item
                 ids = self.tok.tts_ids(piece)[:max_symbols]
                 if not ids:
                     continue
@@ -249,6 +294,7 @@ class Turn:
                     "phoneme_lengths": np.asarray([[len(ids)]], dtype=np.int64),
                     "controls": controls})
                 mel = out["mel"][0][:, : int(out["mel_lengths"][0, 0])]
+                self.timeline.add(self.audio_samples / contract.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
                 await self._vocode(mel, audio_q)
         finally:
             audio_q.put_nowait(_END)
@@ -277,36 +323,78 @@ class Turn:
     async def _video(self, audio_q: asyncio.Queue) -> None:
         resampler = StreamingResampler(contract.OUTPUT_SAMPLE_RATE, contract.LIPSYNC_MEL.sample_rate)
         mels = LipsyncMelStream()
-        faces = avatars.wav2lip_faces(self.avatar)
-        pending: list[np.ndarray] = []
+        slots: list[tuple[int, np.ndarray]] = []  # (frame index on the 25 fps clock, its mel window)
+        n_slots = 0
         while True:
             audio = await audio_q.get()
             if audio is _END:
                 mels.push(resampler.finish())
-                pending += mels.finish(contract.video_frames_for_samples(self.audio_samples))
+                windows = mels.finish(contract.video_frames_for_samples(self.audio_samples))
+            else:
+                windows = mels.push(resampler.push(audio))
+            slots += [(n_slots + i, w) for i, w in enumerate(windows)]
+            n_slots += len(windows)
+            if audio is _END:
                 break
-            pending += mels.push(resampler.push(audio))
             # the first frame goes alone (time to first frame); later ones in batches
             size = 1 if self.video_frames == 0 else self.options.lipsync_batch
-            while len(pending) >= size:
-                batch, pending = pending[:size], pending[size:]
-                await self._lipsync(batch, faces)
+            while len(slots) >= size:
+                batch, slots = slots[:size], slots[size:]
+                await self._lipsync(batch)
                 size = self.options.lipsync_batch
-        while pending:
-            batch, pending = pending[: self.options.lipsync_batch], pending[self.options.lipsync_batch:]
-            await self._lipsync(batch, faces)
+        while slots:
+            batch, slots = slots[: self.options.lipsync_batch], slots[self.options.lipsync_batch:]
+            await self._lipsync(batch)
 
-    async def _lipsync(self, windows: list[np.ndarray], faces: np.ndarray) -> None:
-        mel = np.stack(windows)[:, None].astype(np.float32)  # [n, 1, 80, 16]
-        face_batch = np.broadcast_to(faces, (len(windows), *faces.shape)).astype(np.float32)
-        generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": face_batch}))["frames"]
-        for face in generated:
-            image = avatars.composite(self.avatar, face)
-            jpeg = avatars.encode_jpeg(image, quality=self.options.jpeg_quality)
-            i = self.video_frames
-            pts = i / contract.VIDEO_FPS
-            self.emit(VIDEO, {"index": i, "pts": pts, "width": image.shape[1],
-                              "height": image.shape[0], "encoding": "jpeg"}, frame=jpeg)
-            if self.options.streaming and time.perf_counter() - self.first_audio_at > pts + metrics.LATE_FRAME_S:
-                self.recorder.inc(metrics.FRAMES_LATE)
-            self.video_frames += 1
+    def _keep(self, index: int) -> bool:
+        """Whether frame slot `index` is made: every frame_stride-th, and (streaming) only if it can still
+        reach the client before its display time (audio first: a late frame is dropped, not sent late)."""
+        reason = None
+        if index % self.options.frame_stride:
+            reason = "stride"
+        elif self.options.streaming and self.video_frames and self.first_audio_at is not None:
+            ready_at = time.perf_counter() + self._lipsync_s
+            if ready_at > self.first_audio_at + index / contract.VIDEO_FPS + metrics.LATE_FRAME_S:
+                reason = "late"
+        if reason is None:
+            return True
+        self.frames_dropped += 1
+        self.frames_late_dropped += reason == "late"
+        self.recorder.inc(metrics.FRAMES_DROPPED, reason=reason)
+        return False
+
+    async def _lipsync(self, slots: list[tuple[int, np.ndarray]]) -> None:
+        slots = [(i, w) for i, w in slots if self._keep(i)]
+        if not slots:
+            return
+        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS))
+                  for i, _ in slots]
+        mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
+        faces = np.stack([avatars.wav2lip_faces(self.avatar, image) for image in images])
+        t = time.perf_counter()
+        generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": faces}))["frames"]
+        took = time.perf_counter() - t
+        self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
+        for (i, _), image, face in zip(slots, images, generated):
+            self._send_frame(i, avatars.composite(self.avatar, face, image))
+            await asyncio.sleep(0)  # audio first: let the speech task send its chunks between frames
+
+    def _send_frame(self, index: int, image: np.ndarray) -> None:
+        jpeg = avatars.encode_jpeg(image, quality=self.options.jpeg_quality)
+        pts = index / contract.VIDEO_FPS
+        self.emit(VIDEO, {"index": index, "pts": pts, "width": image.shape[1], "height": image.shape[0],
+                          "encoding": "jpeg", "emotion": self.timeline.at(pts)[0]}, frame=jpeg)
+        if (self.options.streaming and self.first_audio_at is not None
+                and time.perf_counter() - self.first_audio_at > pts + metrics.LATE_FRAME_S):
+            self.recorder.inc(metrics.FRAMES_LATE)
+        self.video_frames += 1
+
+    async def _idle(self, seconds: float) -> None:
+        """Idle motion without speech, paced in real time: the avatar breathes and sways, never freezes."""
+        if self.first_audio_at is None:
+            self.first_audio_at = time.perf_counter()  # the idle clock's 0
+        for index in range(0, max(1, round(seconds * contract.VIDEO_FPS)), self.options.frame_stride):
+            due = self.first_audio_at + index / contract.VIDEO_FPS
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            self._send_frame(index, motion.render(self.avatar.image, self.avatar.box,
+                                                  motion.idle_pose(index / contract.VIDEO_FPS)))

@@ -2,28 +2,42 @@
 
 `Service.load` reads what `python -m export` wrote beside the orchestrator
 (preset name, tokenizers); `Service.handle` validates one request's inputs,
-loads the avatar and runs a `Turn`. The Triton model.py only converts tensors
-and responses.
+loads the avatar and runs what the request's `action` asks for:
+  turn       a reply to text or speech (`Turn`); with a `session` id, it interrupts the
+             session's reply in flight (barge-in); listed exchanges come from the answer cache
+  cancel     interrupts the session's reply in flight
+  mic        one microphone chunk of a session: voice activity detection finds the user's turn,
+             speech starting interrupts the reply in flight, the turn's end starts the reply
+  prerender  fills the answer cache for an avatar and voice
+  idle       streams idle-motion frames of the avatar
+The Triton model.py only converts tensors and responses.
 """
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from ensemble.audio_input import validate_audio
-from ensemble.avatar import AvatarStore
 from ensemble import metrics
+from ensemble.answer_cache import DEFAULT_PHRASES, AnswerCache
+from ensemble.audio_input import validate_audio, validate_chunk
+from ensemble.avatar import AvatarStore
 from ensemble.errors import InputError, Overloaded
-from ensemble.pipeline import Cancelled
+from ensemble.events import CANCELLED, DONE, VAD, Event
+from ensemble.governor import GovernorSettings, LoadGovernor
 from ensemble.options import Limits, TurnOptions
-from ensemble.pipeline import Emit, StageCall, Tokenizers, Turn
+from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
+from ensemble.sessions import Sessions
 from ensemble.text import validate_text
 from export import contract
 from export.artifacts import manifest_preset, read_manifest
@@ -50,6 +64,36 @@ def draining(path: str | None = None) -> bool:
     return bool(path) and os.path.exists(path)
 
 
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The orchestrator's settings, from its config.pbtxt `parameters` (see export/spec.py TALKING_HEAD)."""
+
+    limits: Limits = Limits()
+    governor: GovernorSettings = GovernorSettings()
+    cache_phrases: tuple[str, ...] = DEFAULT_PHRASES
+    cache_bytes: int = 256 * 1024**2
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
+        def number(key: str, default: int) -> int:
+            raw = params.get(key, str(default))
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"talking_head parameter {key}={raw!r} is not an integer") from None
+            if value < 0:
+                raise ValueError(f"talking_head parameter {key}={value} must be >= 0")
+            return value
+
+        limits = Limits(max_sessions=max(1, number("max_sessions", Limits.max_sessions)))
+        degrade = params.get("degrade", "on").lower()
+        if degrade not in ("on", "off"):
+            raise ValueError(f"talking_head parameter degrade={degrade!r} must be on or off")
+        phrases = tuple(p for p in params.get("answer_cache_phrases", "").split("|") if p.strip()) or DEFAULT_PHRASES
+        return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
+                   cache_phrases=phrases, cache_bytes=number("answer_cache_mb", 256) * 1024**2)
+
+
 @dataclass
 class Service:
     preset: Preset
@@ -57,73 +101,232 @@ class Service:
     avatars: AvatarStore
     limits: Limits
     recorder: metrics.Recorder = field(default_factory=metrics.MemoryRecorder)
+    config: ServiceConfig = field(default_factory=ServiceConfig)
+    models_version: str = ""  # digest of the export manifest: part of the answer cache's key
+    log: Callable[[str], None] = lambda line: None
     active: int = 0  # turns in flight
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.limits.max_open_sessions, self.limits.session_idle_s)
+        self.cache = AnswerCache(self.config.cache_phrases, self.config.cache_bytes)
+        self.governor = LoadGovernor(self.config.governor, self.recorder, self.log)
 
     @classmethod
     def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None,
-             recorder: metrics.Recorder | None = None) -> "Service":
+             recorder: metrics.Recorder | None = None, config: ServiceConfig | None = None,
+             log: Callable[[str], None] = lambda line: None) -> "Service":
         info = read_manifest(artifacts)
+        config = config or ServiceConfig(limits=limits or Limits())
+        limits = config.limits
         tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
                                 llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
                                 chat_prompt=_chat_prompt(artifacts, info), tts_ids=_tts_front_end(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
-                   avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=(limits or Limits()).max_avatars,
-                                       max_bytes=(limits or Limits()).max_avatar_store_bytes),
-                   limits=limits or Limits(),
-                   recorder=recorder or metrics.MemoryRecorder())
+                   avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=limits.max_avatars,
+                                       max_bytes=limits.max_avatar_store_bytes),
+                   limits=limits, recorder=recorder or metrics.MemoryRecorder(), config=config,
+                   models_version=hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16], log=log)
 
+    # ------------------------------------------------------------ parsing
     def parse(self, inputs: dict[str, np.ndarray]) -> tuple[dict, TurnOptions, str]:
         """Validated turn input (text or 16 kHz audio), options and avatar id; InputError names any problem."""
-        options = TurnOptions.parse(_scalar_bytes(inputs, "options"), self.limits)
+        options = self.parse_options(inputs)
+        avatar_id = self.parse_avatar_id(inputs)
+        return self.parse_turn_input(inputs, options), options, avatar_id
+
+    def parse_options(self, inputs: dict[str, np.ndarray]) -> TurnOptions:
+        return TurnOptions.parse(_scalar_bytes(inputs, "options"), self.limits)
+
+    def parse_avatar_id(self, inputs: dict[str, np.ndarray]) -> str:
         avatar_id = _scalar_bytes(inputs, "avatar_id")
         if avatar_id is None:
             raise InputError("avatar_id is required (register an avatar first)")
         try:
-            avatar_id_text = avatar_id.decode("ascii")
+            return avatar_id.decode("ascii")
         except UnicodeDecodeError:
             raise InputError("avatar_id is not ASCII") from None
+
+    def parse_turn_input(self, inputs: dict[str, np.ndarray], options: TurnOptions) -> dict:
         has_text, has_audio = "text" in inputs, "audio" in inputs
-        if has_text == has_audio:
+        if options.action == "turn" and has_text == has_audio:
             raise InputError("send exactly one of `text` or `audio`")
+        if options.action in ("cancel", "idle") and (has_text or has_audio):
+            raise InputError(f"action {options.action!r} takes no `text` or `audio`")
+        if options.action == "mic" and not has_audio:
+            raise InputError("action 'mic' needs an `audio` chunk (and `sample_rate`)")
+        if options.action == "prerender" and has_audio:
+            raise InputError("action 'prerender' takes `text` (one exchange) or nothing (every listed exchange)")
         if has_text:
-            return {"text": validate_text(_scalar_bytes(inputs, "text") or b"", self.limits.max_text_chars)}, options, avatar_id_text
+            return {"text": validate_text(_scalar_bytes(inputs, "text") or b"", self.limits.max_text_chars)}
+        if not has_audio:
+            return {}
         if "sample_rate" not in inputs:
             raise InputError(f"audio needs `sample_rate` ({contract.INPUT_SAMPLE_RATE})")
         rate = int(np.asarray(inputs["sample_rate"]).reshape(-1)[0])
-        audio = validate_audio(inputs["audio"], rate, self.limits.max_audio_seconds)
-        return {"audio16k": audio}, options, avatar_id_text
+        if options.action == "mic":
+            return {"chunk": validate_chunk(inputs["audio"], rate)}
+        return {"audio16k": validate_audio(inputs["audio"], rate, self.limits.max_audio_seconds)}
 
+    # ------------------------------------------------------------ requests
     async def handle(self, inputs: dict[str, np.ndarray], infer: StageCall, emit: Emit,
-                     is_cancelled: Callable[[], bool] = lambda: False) -> Turn:
+                     is_cancelled: Callable[[], bool] = lambda: False) -> Turn | None:
+        """Serve one request; returns the turn it ran (None for cancel, a mic chunk that ended no turn, a cache hit)."""
         rec = self.recorder
-        if draining():
-            rec.inc(metrics.REJECTED, reason="draining")
-            raise Overloaded("server is shutting down (draining its turns in flight); retry on another replica")
-        if self.active >= self.limits.max_sessions:
-            rec.inc(metrics.REJECTED, reason="overloaded")
-            raise Overloaded(f"server busy: {self.active} turns in flight (limit {self.limits.max_sessions}); retry later")
         try:
-            turn_input, options, avatar_id = self.parse(inputs)
+            options = self.parse_options(inputs)
+            if options.action == "cancel":
+                self.parse_turn_input(inputs, options)
+                return self.cancel(options.session, emit)
+            self._refuse_if_draining()
+            avatar_id = self.parse_avatar_id(inputs)
+            turn_input = self.parse_turn_input(inputs, options)
             avatar = self.avatars.load(avatar_id)
         except InputError:
             rec.inc(metrics.REJECTED, reason="invalid_input")
             raise
-        turn = Turn(infer, self.preset, self.tokenizers, avatar, options, emit,
+        if options.action == "mic":
+            return await self._mic(turn_input["chunk"], options, avatar_id, avatar, infer, emit, is_cancelled)
+        if options.action == "prerender":
+            return await self._prerender(turn_input.get("text"), options, avatar_id, avatar, infer, emit)
+        if options.action == "idle":
+            turn_input = {"idle_s": options.idle_s}
+        return await self._turn(turn_input, options, avatar_id, avatar, infer, emit, is_cancelled)
+
+    def cancel(self, session_id: str, emit: Emit) -> None:
+        """Interrupt the session's reply in flight (if any) and say which turn that was."""
+        session = self.sessions.peek(session_id)
+        turn = session.turn if session else None
+        if turn is not None:
+            turn.interrupt("cancel")
+            self.recorder.inc(metrics.INTERRUPTIONS, reason="cancel")
+        emit(Event(CANCELLED, {"turn_id": None, "t_ms": 0.0, "session": session_id,
+                               "interrupted_turn": turn.turn_id if turn else None}))
+        return None
+
+    def _refuse_if_draining(self) -> None:
+        if draining():
+            self.recorder.inc(metrics.REJECTED, reason="draining")
+            raise Overloaded("server is shutting down (draining its turns in flight); retry on another replica")
+
+    def _admit(self, session_turn: Turn | None) -> None:
+        """Refuse a new turn when the server is full (a turn it interrupts does not count: it is ending)."""
+        self._refuse_if_draining()
+        busy = self.active - (session_turn is not None)
+        if busy >= self.limits.max_sessions:
+            self.recorder.inc(metrics.REJECTED, reason="overloaded")
+            raise Overloaded(f"server busy: {busy} turns in flight (limit {self.limits.max_sessions}); retry later")
+
+    async def _turn(self, turn_input: dict, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
+                    emit: Emit, is_cancelled: Callable[[], bool], *, silence_ms: float | None = None) -> Turn | None:
+        rec = self.recorder
+        session = self.sessions.get(options.session) if options.session else None
+        self._admit(session.turn if session else None)
+        if session is not None and session.turn is not None:  # barge-in: the new turn replaces the reply in flight
+            session.turn.interrupt("barge_in")
+            rec.inc(metrics.INTERRUPTIONS, reason="barge_in")
+        self.governor.update(self.active + 1)  # counting this turn
+        options = self.governor.apply(options)
+        key = self.cache.key(turn_input["text"], avatar_id, options, self.models_version) if "text" in turn_input else None
+        if key is not None:
+            rec.inc(metrics.CACHE_LOOKUPS)
+            cached = self.cache.get(key)
+            if cached is not None:
+                rec.inc(metrics.CACHE_HITS)
+                await replay(cached, emit, rec)
+                rec.inc(metrics.TURNS, outcome="ok")
+                return None
+        recording: list[Event] = []
+        send = emit if key is None else lambda e: (recording.append(e), emit(e))
+        turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec)
+        if session is not None:
+            session.turn = turn
         self.active += 1
         rec.set(metrics.ACTIVE_SESSIONS, self.active)
         outcome = "error"
         try:
             await turn.run(**turn_input)
-            outcome = "ok"
+            outcome = "ok" if turn.interrupted is None else "interrupted"
         except Cancelled:
             outcome = "cancelled"
             raise
         finally:
             self.active -= 1
+            if session is not None and session.turn is turn:
+                session.turn = None
             rec.set(metrics.ACTIVE_SESSIONS, self.active)
             rec.inc(metrics.TURNS, outcome=outcome)
+            self.governor.turn_ended(turn.frames_late_dropped, turn.video_frames + turn.frames_dropped, self.active)
+        if key is not None and outcome == "ok":
+            self.cache.put(key, recording)
         return turn
+
+
+    async def _prerender(self, text: str | None, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
+                         emit: Emit) -> None:
+        """Render listed exchanges (or the one in `text`) for this avatar and voice into the answer cache."""
+        phrases = [text] if text is not None else sorted(self.cache.phrases)
+        keys = [self.cache.key(p, avatar_id, self.governor.apply(options), self.models_version) for p in phrases]
+        if text is not None and keys[0] is None:
+            raise InputError(f"{text!r} is not a cached exchange (the answer cache holds: "
+                             f"{', '.join(sorted(self.cache.phrases))})")
+        rendered = []
+        for phrase, key in zip(phrases, keys):
+            if key is not None and self.cache.get(key) is None:
+                await self._turn({"text": phrase}, replace(options, action="turn", session=None), avatar_id, avatar,
+                                 infer, lambda e: None, lambda: False)
+                rendered.append(phrase)
+        emit(Event(DONE, {"turn_id": None, "t_ms": 0.0, "reply": "", "transcript": "", "audio_samples": 0,
+                          "video_frames": 0, "prerendered": rendered, "cached_answers": len(self.cache)}))
+
+    async def _mic(self, chunk: np.ndarray, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
+                   emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
+        """One microphone chunk: speech starting interrupts the reply in flight; the end of the user's turn
+        (after `min_silence_ms` of silence) starts the reply on this request's stream."""
+        from ensemble.vad import TurnDetector, VadSettings
+
+        session = self.sessions.get(options.session)
+        if session.mic is None or session.mic.settings.min_silence_ms != options.min_silence_ms:
+            session.mic = TurnDetector(lambda model, x: infer(model, x, MIC_CALL_TIMEOUT_S),
+                                       VadSettings(min_silence_ms=options.min_silence_ms))
+            session.mic_lock = asyncio.Lock()
+        async with session.mic_lock:
+            found = await session.mic.push(chunk)
+        for event in found:
+            data = {"turn_id": None, "t_ms": 0.0, "state": event.kind, "t_s": round(event.t_s, 3)}
+            if event.kind == "speech_start":
+                emit(Event(VAD, data))
+                if session.turn is not None:  # the user speaks over the reply: barge-in
+                    session.turn.interrupt("barge_in")
+                    self.recorder.inc(metrics.INTERRUPTIONS, reason="barge_in")
+            elif event.kind == "turn_end":
+                emit(Event(VAD, {**data, "silence_ms": event.silence_ms,
+                                 "speech_s": round(event.audio.size / contract.INPUT_SAMPLE_RATE, 3)}))
+                turn_options = replace(options, action="turn")
+                return await self._turn({"audio16k": event.audio}, turn_options, avatar_id, avatar, infer, emit,
+                                        is_cancelled)
+        return None
+
+
+MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
+
+
+async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) -> None:
+    """Send a cached answer as a new turn: same events, a fresh turn id and fresh timestamps."""
+    turn_id, t0 = uuid.uuid4().hex[:12], time.perf_counter()
+    first: dict[str, float] = {}
+    for e in events:
+        t_ms = round((time.perf_counter() - t0) * 1000.0, 1)
+        if e.type not in first:
+            first[e.type] = t_ms
+            if e.type in FIRST_METRICS:
+                recorder.observe(FIRST_METRICS[e.type], t_ms)
+        data = {**e.data, "turn_id": turn_id, "t_ms": t_ms}
+        if e.type == DONE:
+            data["timings_ms"] = {"first_" + k: v for k, v in first.items()} | {"total": t_ms}
+            data["stage_ms"], data["stage_calls"] = {}, {}
+        emit(Event(e.type, data, audio=e.audio, frame=e.frame))
+        await asyncio.sleep(0)
 
 
 def _chat_prompt(artifacts: Path, info: dict) -> Callable[[str], str]:

@@ -220,7 +220,7 @@ TALKING_HEAD = ModelSpec(
         Tensor("audio", "FP32", (-1,), optional=True),  # mono speech, INPUT_SAMPLE_RATE
         Tensor("sample_rate", "INT32", (1,), optional=True),  # must be INPUT_SAMPLE_RATE
         Tensor("text", "BYTES", (1,), optional=True),  # UTF-8 text instead of speech
-        Tensor("avatar_id", "BYTES", (1,)),  # from avatar_registry
+        Tensor("avatar_id", "BYTES", (1,), optional=True),  # from avatar_registry (a `cancel` needs none)
         Tensor("options", "BYTES", (1,), optional=True),  # JSON object, see ensemble.options
     ),
     outputs=(
@@ -228,7 +228,11 @@ TALKING_HEAD = ModelSpec(
         Tensor("audio_chunk", "FP32", (-1,)),  # PCM at OUTPUT_SAMPLE_RATE, in audio events
         Tensor("frame", "UINT8", (-1,)),  # JPEG bytes, in video events
     ),
-    parameters=(("max_sessions", "32"),),  # turns served at once; more are refused (UNAVAILABLE)
+    # max_sessions: turns served at once, more are refused (UNAVAILABLE); degrade: the load governor
+    # (ensemble/governor.py) on/off; answer_cache_mb: the answer cache's bound (0: off), its phrases
+    # default to ensemble.answer_cache.DEFAULT_PHRASES (an `answer_cache_phrases` parameter, "|"-separated,
+    # replaces them). See ensemble.service.ServiceConfig.
+    parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256")),
 )
 
 AVATAR_REGISTRY = ModelSpec(

@@ -9,9 +9,8 @@ import triton_python_backend_utils as pb_utils
 
 from ensemble import metrics
 from ensemble.errors import DeadlineExceeded, InputError, Overloaded
-from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
-from ensemble.service import Service
+from ensemble.service import Service, ServiceConfig
 from export.spec import BY_NAME, TALKING_HEAD
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -37,10 +36,13 @@ class TritonPythonModel:
         if not pb_utils.using_decoupled_model_transaction_policy(json.loads(args["model_config"])):
             raise pb_utils.TritonModelException("talking_head must use the decoupled transaction policy")
         config = json.loads(args["model_config"])
-        max_sessions = config.get("parameters", {}).get("max_sessions", {}).get("string_value")
-        limits = Limits(max_sessions=int(max_sessions)) if max_sessions else Limits()
-        self.service = Service.load(Path(args["model_repository"]) / args["model_version"], limits=limits,
-                                    recorder=TritonMetrics())
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        try:
+            settings = ServiceConfig.from_parameters(params)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(str(e)) from None
+        self.service = Service.load(Path(args["model_repository"]) / args["model_version"], config=settings,
+                                    recorder=TritonMetrics(), log=pb_utils.Logger.log_info)
         self.inflight = 0
 
     async def execute(self, requests):

@@ -1,0 +1,88 @@
+"""Answer cache: frequent exchanges (greetings, thanks, goodbyes) rendered once, replayed at once.
+
+The key is everything that shapes what the client receives: the user's text normalized
+(`normalize`), the avatar, the voice (speed, pitch, energy), the render settings (video,
+frame stride, JPEG quality, reply length, sampling) and the model versions (the export
+manifest's digest). Only texts on the configured list are cached, so open-ended turns
+never are. The first turn of a listed text (or a `prerender` request) records its events;
+later ones replay them with a fresh turn id and fresh timestamps: the same event types,
+text, audio and frames, only sooner. Entries are bounded by bytes; the least recently
+used is evicted first.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ensemble.events import Event
+from ensemble.options import TurnOptions
+
+DEFAULT_PHRASES = ("hello", "hi", "hey", "good morning", "good afternoon", "good evening", "how are you",
+                   "thank you", "thanks", "goodbye", "bye", "see you")
+_NOT_WORD = re.compile(r"[^\w' ]+")
+
+
+def normalize(text: str) -> str:
+    """Case-, accent-width- and punctuation-insensitive form: 'Hello!!  ' and 'hello' are one key."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_NOT_WORD.sub(" ", text).split())
+
+
+# options that change what a cached answer looks or sounds like
+RENDER_OPTIONS = ("video", "speed", "pitch", "energy", "jpeg_quality", "frame_stride", "max_reply_tokens",
+                  "temperature", "top_k", "seed", "ignore_eos")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    text: str
+    avatar_id: str
+    render: tuple
+    models: str
+
+
+def event_bytes(e: Event) -> int:
+    return len(e.to_json()) + (e.audio.nbytes if e.audio is not None else 0) + (len(e.frame) if e.frame else 0)
+
+
+class AnswerCache:
+    def __init__(self, phrases: Iterable[str] = DEFAULT_PHRASES, max_bytes: int = 256 * 1024**2):
+        self.phrases = frozenset(normalize(p) for p in phrases)
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[CacheKey, tuple[list[Event], int]] = OrderedDict()
+        self.bytes = 0
+
+    def key(self, text: str, avatar_id: str, options: TurnOptions, models: str) -> CacheKey | None:
+        """The cache key of a turn, or None when its text is not a cached exchange (or the turn is the
+        naive benchmark baseline, which must run every stage)."""
+        norm = normalize(text)
+        if norm not in self.phrases or not options.streaming:
+            return None
+        return CacheKey(norm, avatar_id, tuple(getattr(options, k) for k in RENDER_OPTIONS), models)
+
+    def get(self, key: CacheKey) -> list[Event] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: CacheKey, events: list[Event]) -> bool:
+        """Store a completed turn's events; False when one answer alone exceeds the cache."""
+        size = sum(event_bytes(e) for e in events)
+        if size > self.max_bytes:
+            return False
+        if key in self._entries:
+            self.bytes -= self._entries.pop(key)[1]
+        self._entries[key] = (list(events), size)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self.bytes -= dropped
+        return True
+
+    def __len__(self) -> int:
+        return len(self._entries)

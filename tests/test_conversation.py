@@ -1,0 +1,327 @@
+"""Conversation features in process (real exported graphs on ONNX Runtime, no Triton): barge-in, cancel,
+audio first, the answer cache, load-aware degradation, expressive and idle motion."""
+import asyncio
+import json
+import time
+
+import numpy as np
+import pytest
+
+from ensemble import events as ev
+from ensemble import metrics
+from ensemble.avatar import demo_avatar_png, register
+from ensemble.batching import onnx_runner
+from ensemble.errors import InputError
+from ensemble.options import Limits
+from ensemble.pipeline import Cancelled
+from ensemble.service import Service, ServiceConfig
+from export import contract, spec
+
+LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that runs long enough to be interrupted
+
+
+@pytest.fixture(scope="module")
+def runners(exported_repository):
+    return {s.name: onnx_runner(s, exported_repository / s.name / "1" / "model.onnx") for s in spec.STAGES}
+
+
+def make_service(repo, tmp_path, **config):
+    svc = Service.load(repo / "talking_head" / "1", avatar_dir=tmp_path,
+                       config=ServiceConfig(**{"limits": Limits(max_sessions=4), **config}))
+    avatar = register(demo_avatar_png(), max_bytes=10**7, max_pixels=10**8)
+    svc.avatars.save(avatar)
+    svc.avatar_id = avatar.id
+    return svc
+
+
+@pytest.fixture
+def service(exported_repository, tmp_path):
+    return make_service(exported_repository, tmp_path)
+
+
+class Stages:
+    """The stage models in process, counting calls (and optionally slowing one stage down)."""
+
+    def __init__(self, runners, slow: dict[str, float] | None = None):
+        self.runners = runners
+        self.slow = slow or {}
+        self.calls = 0
+
+    async def __call__(self, model, inputs, timeout_s=None):
+        self.calls += 1
+        await asyncio.sleep(self.slow.get(model, 0))  # BLS awaits let the turn's other tasks run
+        result = self.runners[model].run([inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def request(service, text=None, **options):
+    inputs = {"avatar_id": np.array([service.avatar_id.encode()], dtype=object),
+              "options": np.array([json.dumps(options).encode()], dtype=object)}
+    if text is not None:
+        inputs["text"] = np.array([text.encode()], dtype=object)
+    return inputs
+
+
+class Log:
+    """An emit callable that keeps (perf_counter, event)."""
+
+    def __init__(self):
+        self.items = []
+
+    def __call__(self, e):
+        self.items.append((time.perf_counter(), e))
+
+    def of(self, kind):
+        return [(t, e) for t, e in self.items if e.type == kind]
+
+    def first(self, kind):
+        return next((t for t, e in self.items if e.type == kind), None)
+
+
+async def wait_for(pred, timeout=60.0):
+    t = time.perf_counter()
+    while not pred():
+        assert time.perf_counter() - t < timeout, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+# ------------------------------------------------------------------ barge-in and cancel
+
+def test_new_turn_in_the_session_interrupts_the_reply_in_flight(service, runners):
+    stages = Stages(runners)
+    first, second = Log(), Log()
+
+    async def scenario():
+        a = asyncio.ensure_future(service.handle(request(service, "Tell me a long story.", session="s1", **LONG),
+                                                 stages, first))
+        await wait_for(lambda: first.of(ev.AUDIO))
+        t_barge = time.perf_counter()
+        b = asyncio.ensure_future(service.handle(request(service, "Stop, what time is it?", session="s1"),
+                                                 stages, second))
+        await a
+        a_done = first.of(ev.DONE)[-1][0]
+        await b
+        return t_barge, a_done
+
+    t_barge, a_done = asyncio.run(scenario())
+    done = first.of(ev.DONE)[-1][1].data
+    assert done["interrupted"] == "barge_in"
+    assert first.items[-1][1].type == ev.DONE  # the final event closes the interrupted turn
+    assert second.of(ev.DONE)[-1][1].data["interrupted"] is None and second.of(ev.AUDIO)
+    print(f"\nbarge-in: new turn -> interrupted turn's done in {(a_done - t_barge) * 1000:.1f} ms")
+    assert a_done - t_barge < 1.0
+    assert service.recorder.totals[(metrics.INTERRUPTIONS.name, (("reason", "barge_in"),))] == 1
+    assert service.active == 0
+
+
+def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, runners):
+    stages = Stages(runners)
+    turn_log, cancel_log = Log(), Log()
+
+    async def scenario():
+        a = asyncio.ensure_future(service.handle(request(service, "Tell me a long story.", session="s2", **LONG),
+                                                 stages, turn_log))
+        await wait_for(lambda: turn_log.of(ev.AUDIO))
+        t_cancel = time.perf_counter()
+        await service.handle({"options": np.array([b'{"action": "cancel", "session": "s2"}'], dtype=object)},
+                             stages, cancel_log)
+        turn = await a
+        calls_at_end = stages.calls
+        await asyncio.sleep(0.3)
+        return turn, t_cancel, calls_at_end
+
+    turn, t_cancel, calls_at_end = asyncio.run(scenario())
+    (ack,) = [e for _, e in cancel_log.items]
+    assert ack.type == ev.CANCELLED and ack.data["interrupted_turn"] == turn.turn_id
+    t_done, done = turn_log.of(ev.DONE)[-1]
+    assert done.data["interrupted"] == "cancel" and turn_log.items[-1][1] is done
+    print(f"\ncancel -> done in {(t_done - t_cancel) * 1000:.1f} ms")
+    assert stages.calls == calls_at_end  # nothing of the session runs after its final event
+    assert service.active == 0 and len(done.data["reply"].split()) < 200
+
+
+def test_cancel_of_a_session_without_a_reply_says_so(service, runners):
+    log = Log()
+    asyncio.run(service.handle({"options": np.array([b'{"action": "cancel", "session": "idle"}'], dtype=object)},
+                               Stages(runners), log))
+    assert [e.data["interrupted_turn"] for _, e in log.items] == [None]
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"action": "cancel"}, "needs a `session`"),
+    ({"action": "dance", "session": "x"}, "is not one of"),
+    ({"session": "../../etc"}, "must be 1-64 characters"),
+    ({"frame_stride": 9}, "frame_stride"),
+])
+def test_bad_conversation_options_name_the_problem(service, runners, options, message):
+    with pytest.raises(InputError, match=message):
+        asyncio.run(service.handle(request(service, "hi", **options), Stages(runners), Log()))
+
+
+def test_client_cancelling_its_stream_stops_the_turn_within_a_poll(service, runners):
+    stages = Stages(runners)
+    log = Log()
+    state = {"cancelled_at": None}
+
+    def is_cancelled():
+        if state["cancelled_at"] is None and log.of(ev.AUDIO):
+            state["cancelled_at"] = time.perf_counter()
+        return state["cancelled_at"] is not None
+
+    with pytest.raises(Cancelled):
+        asyncio.run(service.handle(request(service, "Tell me a long story.", **LONG), stages, log, is_cancelled))
+    stopped = time.perf_counter() - state["cancelled_at"]
+    print(f"\nclient cancel -> turn stopped in {stopped * 1000:.1f} ms")
+    assert not log.of(ev.DONE) and service.active == 0
+    assert service.recorder.totals[(metrics.TURNS.name, (("outcome", "cancelled"),))] == 1
+
+
+# ------------------------------------------------------------------ audio first
+
+def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, runners):
+    """Wav2Lip at 0.5 s per call of 8 frames cannot keep 25 fps: frames that would be late are dropped, counted, and the
+    ones sent keep their true timestamps and arrive in time; audio runs ahead unhindered."""
+    fast, slow = Log(), Log()
+    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(runners), fast))
+    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(runners, {"lipsync": 0.5}), slow))
+    done = slow.of(ev.DONE)[-1][1].data
+    slots = contract.video_frames_for_samples(done["audio_samples"])
+    assert done["frames_dropped"] > 0 and done["video_frames"] + done["frames_dropped"] == slots
+    assert service.recorder.totals[(metrics.FRAMES_DROPPED.name, (("reason", "late"),))] == done["frames_dropped"]
+    t_audio0 = slow.first(ev.AUDIO)
+    frames = slow.of(ev.VIDEO)
+    lateness = [t - (t_audio0 + e.data["pts"]) for t, e in frames]
+    indices = [e.data["index"] for _, e in frames]
+    assert indices == sorted(indices) and all(e.data["pts"] == e.data["index"] / contract.VIDEO_FPS for _, e in frames)
+    audio_s = done["audio_samples"] / contract.OUTPUT_SAMPLE_RATE
+    end_drift = abs(slots / contract.VIDEO_FPS - audio_s)
+    print(f"\naudio {audio_s:.1f} s, {len(frames)} frames sent, {done['frames_dropped']} dropped; "
+          f"worst frame lateness {max(lateness) * 1000:.0f} ms; A/V end drift {end_drift * 1000:.0f} ms")
+    assert end_drift <= 0.040
+    assert sorted(lateness)[int(0.95 * len(lateness))] <= 0.1  # frames go out on time (scheduling noise aside)
+    # the audio timeline is the same as without the slow video (audio is never held back by frames)
+    last_audio = lambda log: log.of(ev.AUDIO)[-1][0] - log.first(ev.AUDIO)
+    assert last_audio(slow) < last_audio(fast) + 1.0
+
+
+def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, runners):
+    log = Log()
+    asyncio.run(service.handle(request(service, "Hello there.", frame_stride=2), Stages(runners), log))
+    indices = [e.data["index"] for _, e in log.of(ev.VIDEO)]
+    assert indices and all(i % 2 == 0 for i in indices)
+    assert service.recorder.totals[(metrics.FRAMES_DROPPED.name, (("reason", "stride"),))] == \
+        log.of(ev.DONE)[-1][1].data["frames_dropped"]
+
+
+# ------------------------------------------------------------------ answer cache
+
+def test_listed_exchange_is_replayed_from_the_cache_identically_and_sooner(service, runners):
+    first, second, other = Log(), Log(), Log()
+    t = time.perf_counter()
+    asyncio.run(service.handle(request(service, "Hello!"), Stages(runners), first))
+    t_miss = time.perf_counter() - t
+    stages = Stages(runners)
+    t = time.perf_counter()
+    asyncio.run(service.handle(request(service, "  hello "), stages, second))
+    t_hit = time.perf_counter() - t
+    assert stages.calls == 0
+    a, b = [e for _, e in first.items], [e for _, e in second.items]
+    assert [e.type for e in a] == [e.type for e in b]
+    assert a[-1].data["reply"] == b[-1].data["reply"] and a[-1].data["turn_id"] != b[-1].data["turn_id"]
+    assert all((x.audio is None and y.audio is None) or np.array_equal(x.audio, y.audio) for x, y in zip(a, b))
+    assert [x.frame for x in a] == [y.frame for y in b]
+    print(f"\nanswer cache: miss {t_miss * 1000:.0f} ms, hit {t_hit * 1000:.1f} ms")
+    assert t_hit < t_miss
+    rec = service.recorder.totals
+    assert rec[(metrics.CACHE_HITS.name, ())] == 1 and rec[(metrics.CACHE_LOOKUPS.name, ())] == 2
+    asyncio.run(service.handle(request(service, "hello", speed=1.2), Stages(runners), other))  # another voice
+    assert rec[(metrics.CACHE_HITS.name, ())] == 1
+    asyncio.run(service.handle(request(service, "Tell me about the moon"), Stages(runners), Log()))  # not listed
+    assert rec[(metrics.CACHE_LOOKUPS.name, ())] == 3
+
+
+def test_prerender_fills_the_cache_and_the_cache_stays_bounded(exported_repository, tmp_path, runners):
+    svc = make_service(exported_repository, tmp_path, cache_phrases=("hello", "goodbye"), cache_bytes=3 * 1024**2)
+    log = Log()
+    asyncio.run(svc.handle(request(svc, action="prerender", video=False), Stages(runners), log))
+    assert sorted(log.of(ev.DONE)[-1][1].data["prerendered"]) == ["goodbye", "hello"]
+    stages = Stages(runners)
+    asyncio.run(svc.handle(request(svc, "Goodbye.", video=False), stages, Log()))
+    assert stages.calls == 0
+    with pytest.raises(InputError, match="not a cached exchange"):
+        asyncio.run(svc.handle(request(svc, "What is love?", action="prerender"), Stages(runners), Log()))
+    asyncio.run(svc.handle(request(svc, "hello"), Stages(runners), Log()))  # with video: large answers
+    asyncio.run(svc.handle(request(svc, "goodbye"), Stages(runners), Log()))
+    assert svc.cache.bytes <= svc.cache.max_bytes
+
+
+# ------------------------------------------------------------------ degradation
+
+def test_governor_degrades_new_turns_under_load_with_hysteresis():
+    from ensemble.governor import GovernorSettings, LoadGovernor
+    from ensemble.options import TurnOptions
+
+    now = {"t": 0.0}
+    lines = []
+    rec = metrics.MemoryRecorder()
+    gov = LoadGovernor(GovernorSettings(enter_sessions=8, exit_sessions=4, min_hold_s=5.0), rec, lines.append,
+                       clock=lambda: now["t"])
+    assert gov.update(7) == 0 and gov.apply(TurnOptions()) == TurnOptions()
+    assert gov.update(8) == 1
+    light = gov.apply(TurnOptions())
+    assert light.frame_stride == 2 and light.max_reply_tokens == 24 and light.jpeg_quality == 60
+    assert gov.apply(TurnOptions(max_reply_tokens=10)).max_reply_tokens == 10  # a lighter client choice stays
+    assert gov.update(5) == 1  # between the thresholds: stays
+    assert gov.update(3) == 1  # below exit, but held only 0 s
+    now["t"] = 6.0
+    assert gov.update(3) == 0
+    gov.turn_ended(frames_dropped_late=50, frame_slots=50, active=1)  # video lag alone degrades
+    assert gov.level == 1
+    assert rec.totals[(metrics.DEGRADE_SWITCHES.name, (("to", "degraded"),))] == 2
+    assert rec.totals[(metrics.DEGRADE_SWITCHES.name, (("to", "normal"),))] == 1
+    assert len(lines) == 3 and "degrading new turns" in lines[0]
+
+
+def test_service_applies_degraded_settings_to_new_turns(exported_repository, tmp_path, runners):
+    from ensemble.governor import GovernorSettings
+
+    svc = make_service(exported_repository, tmp_path, governor=GovernorSettings(enter_sessions=1, exit_sessions=0))
+    log = Log()
+    asyncio.run(svc.handle(request(svc, "Tell me a long story.", ignore_eos=True), Stages(runners), log))
+    indices = [e.data["index"] for _, e in log.of(ev.VIDEO)]
+    assert all(i % 2 == 0 for i in indices)
+    assert len(log.of(ev.TEXT)) <= 24
+
+
+def test_degradation_can_be_switched_off():
+    assert not ServiceConfig.from_parameters({"degrade": "off"}).governor.enabled
+    assert ServiceConfig.from_parameters({"max_sessions": "8"}).governor.enter_sessions == 6
+    with pytest.raises(ValueError, match="degrade"):
+        ServiceConfig.from_parameters({"degrade": "maybe"})
+    assert ServiceConfig.from_parameters({"answer_cache_phrases": "hi|bye"}).cache_phrases == ("hi", "bye")
+
+
+# ------------------------------------------------------------------ motion
+
+def test_each_piece_gets_an_emotion_and_frames_carry_it(service, runners):
+    log = Log()
+    asyncio.run(service.handle(request(service, "Hello, great to see you!"), Stages(runners), log))
+    from ensemble.motion import EMOTIONS
+
+    pieces = [e.data for _, e in log.of(ev.PIECE)]
+    assert pieces and all(p["emotion"] in EMOTIONS for p in pieces)
+    assert all(e.data["emotion"] in EMOTIONS for _, e in log.of(ev.VIDEO))
+
+
+def test_idle_streams_moving_frames_in_real_time(service, runners):
+    from client.media import decode_jpeg
+
+    log = Log()
+    t = time.perf_counter()
+    asyncio.run(service.handle(request(service, action="idle", idle_s=1.0), Stages(runners), log))
+    took = time.perf_counter() - t
+    frames = [decode_jpeg(e.frame).astype(np.int16) for _, e in log.of(ev.VIDEO)]
+    assert len(frames) == 25 and 0.9 <= took <= 3.0
+    assert max(np.abs(f - frames[0]).mean() for f in frames[1:]) > 0.2  # it moves: not a frozen image
