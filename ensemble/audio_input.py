@@ -8,7 +8,6 @@ from export import contract as C
 
 SILENCE_PEAK = 1e-4  # peak amplitude below which the input is treated as silence
 MAX_PEAK = 2.0  # float PCM should be in [-1, 1]; resampler overshoot up to this is tolerated
-MAX_CHUNK_SECONDS = 1.0  # one streamed microphone chunk (clients send 20-40 ms)
 
 
 def _sample_rate(sample_rate) -> int:
@@ -21,13 +20,21 @@ def _sample_rate(sample_rate) -> int:
     return int(value)
 
 
-def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float, *, allow_silence: bool = False) -> np.ndarray:
+def check_sample_rate(sample_rate) -> int:
+    """The sample rate, which must be contract.INPUT_SAMPLE_RATE (no server-side resampling), or InputError."""
+    sr = _sample_rate(sample_rate)
+    if sr != C.INPUT_SAMPLE_RATE:
+        raise InputError(f"audio sample_rate is {sr} Hz; expected {C.INPUT_SAMPLE_RATE}")
+    return sr
+
+
+def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float) -> np.ndarray:
     """User audio -> contiguous float32 mono [n] at contract.INPUT_SAMPLE_RATE, or InputError.
 
     Accepts shape [n], and [1, n] / [n, 1] (a batch or channel axis of one). Does not resample:
     a different sample_rate is an error naming the expected one. Samples must be finite, with a
     peak of at most MAX_PEAK (values in (1, MAX_PEAK] are passed through unchanged) and at least
-    SILENCE_PEAK (unless allow_silence: a microphone chunk may well be silent).
+    SILENCE_PEAK.
     """
     if isinstance(audio, np.generic):  # a numpy scalar: report it as a 0-D array below
         audio = np.asarray(audio)
@@ -42,9 +49,7 @@ def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float, *, a
         raise InputError(f"audio has {min(a.shape)} channels; send mono")
     if a.ndim != 1:
         raise InputError(f"audio must be a 1-D array of mono samples, got shape {tuple(audio.shape)}")
-    sr = _sample_rate(sample_rate)
-    if sr != C.INPUT_SAMPLE_RATE:
-        raise InputError(f"audio sample_rate is {sr} Hz; expected {C.INPUT_SAMPLE_RATE}")
+    sr = check_sample_rate(sample_rate)
     n = a.shape[0]
     if n == 0:
         raise InputError("audio is empty")
@@ -58,11 +63,6 @@ def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float, *, a
     if peak > MAX_PEAK:
         raise InputError(f"audio peak amplitude is {peak:g}; float32 PCM must be in [-1, 1] "
                          "(int16 values sent as float?)")
-    if peak < SILENCE_PEAK and not allow_silence:
+    if peak < SILENCE_PEAK:
         raise InputError(f"audio is silent (peak amplitude {peak:.1e}; need at least {SILENCE_PEAK:.0e})")
     return np.ascontiguousarray(a)
-
-
-def validate_chunk(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """One streamed microphone chunk: like validate_audio, at most MAX_CHUNK_SECONDS, silence allowed."""
-    return validate_audio(audio, sample_rate, MAX_CHUNK_SECONDS, allow_silence=True)

@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 
 from ensemble import metrics
 from ensemble.answer_cache import DEFAULT_PHRASES, AnswerCache
-from ensemble.audio_input import validate_audio, validate_chunk
+from ensemble.audio_input import check_sample_rate, validate_audio
 from ensemble.avatar import AvatarStore
 from ensemble.errors import InputError, Overloaded
 from ensemble.events import CANCELLED, DONE, VAD, Event
@@ -38,6 +38,7 @@ from ensemble.governor import GovernorSettings, LoadGovernor
 from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
 from ensemble.sessions import Sessions
+from ensemble.vad import TurnDetector, VadSettings
 from ensemble.text import validate_text
 from export import contract
 from export.artifacts import manifest_preset, read_manifest
@@ -163,8 +164,9 @@ class Service:
         if "sample_rate" not in inputs:
             raise InputError(f"audio needs `sample_rate` ({contract.INPUT_SAMPLE_RATE})")
         rate = int(np.asarray(inputs["sample_rate"]).reshape(-1)[0])
-        if options.action == "mic":
-            return {"chunk": validate_chunk(inputs["audio"], rate)}
+        if options.action == "mic":  # the session's turn detector checks the chunk itself
+            check_sample_rate(rate)
+            return {"chunk": inputs["audio"]}
         return {"audio16k": validate_audio(inputs["audio"], rate, self.limits.max_audio_seconds)}
 
     # ------------------------------------------------------------ requests
@@ -283,8 +285,6 @@ class Service:
                    emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
         """One microphone chunk: speech starting interrupts the reply in flight; the end of the user's turn
         (after `min_silence_ms` of silence) starts the reply on this request's stream."""
-        from ensemble.vad import TurnDetector, VadSettings
-
         session = self.sessions.get(options.session)
         if session.mic is None or session.mic.settings.min_silence_ms != options.min_silence_ms:
             session.mic = TurnDetector(lambda model, x: infer(model, x, MIC_CALL_TIMEOUT_S),

@@ -325,3 +325,75 @@ def test_idle_streams_moving_frames_in_real_time(service, runners):
     frames = [decode_jpeg(e.frame).astype(np.int16) for _, e in log.of(ev.VIDEO)]
     assert len(frames) == 25 and 0.9 <= took <= 3.0
     assert max(np.abs(f - frames[0]).mean() for f in frames[1:]) > 0.2  # it moves: not a frozen image
+
+
+# ------------------------------------------------------------------ microphone streaming with turn detection
+
+@pytest.fixture(scope="module")
+def spoken(tmp_path_factory):
+    import shutil
+    import subprocess
+
+    import soundfile as sf
+
+    from ensemble.features import StreamingResampler
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng; make test does this)")
+    wav = tmp_path_factory.mktemp("speech") / "q.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "Please tell me a story about the sea."], check=True)
+    audio, rate = sf.read(wav, dtype="float32")
+    r = StreamingResampler(rate, contract.INPUT_SAMPLE_RATE)
+    return np.concatenate([r.push(audio), r.finish()]).astype(np.float32)
+
+
+def mic_chunks(audio, chunk=640):
+    return [audio[i:i + chunk] for i in range(0, audio.size, chunk)]
+
+
+def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service, runners, exported_repository,
+                                                                         spoken):
+    stages = Stages({**runners, spec.VAD.name: onnx_runner(spec.VAD, exported_repository / "vad" / "1" / "model.onnx")})
+    quiet = np.zeros(int(0.8 * contract.INPUT_SAMPLE_RATE), np.float32)
+    log = Log()
+
+    def mic(chunk):
+        inputs = request(service, session="mic1", action="mic", min_silence_ms=400, ignore_eos=True,
+                         max_reply_tokens=200)
+        inputs |= {"audio": chunk, "sample_rate": np.array([contract.INPUT_SAMPLE_RATE], np.int32)}
+        return service.handle(inputs, stages, log)
+
+    async def scenario():
+        pending = []
+        for c in mic_chunks(np.concatenate([quiet, spoken, quiet])):
+            pending.append(asyncio.ensure_future(mic(c)))
+            await asyncio.sleep(0.001)
+        await wait_for(lambda: log.of(ev.AUDIO))  # the reply to the first turn is playing...
+        for c in mic_chunks(np.concatenate([spoken, quiet])):  # ...and the user speaks again
+            pending.append(asyncio.ensure_future(mic(c)))
+            await asyncio.sleep(0.001)
+        return [t for t in await asyncio.gather(*pending) if t is not None]
+
+    turns = asyncio.run(scenario())
+    vad = [e.data for _, e in log.of(ev.VAD)]
+    assert [v["state"] for v in vad] == ["speech_start", "turn_end", "speech_start", "turn_end"]
+    assert vad[1]["silence_ms"] >= 400 and 1.0 < vad[1]["speech_s"] < 5.0
+    assert [t.interrupted for t in turns] == ["barge_in", None]  # the user's voice stopped the first reply
+    dones = [e.data for _, e in log.of(ev.DONE)]
+    assert [d["interrupted"] for d in dones] == ["barge_in", None]
+    assert all(t.transcript is not None for t in turns) and len(log.of(ev.TRANSCRIPT)) == 2
+    assert service.active == 0
+
+
+def test_microphone_chunks_are_checked(service, runners):
+    def mic(audio, rate=contract.INPUT_SAMPLE_RATE):
+        inputs = request(service, session="mic2", action="mic")
+        inputs |= {"audio": audio, "sample_rate": np.array([rate], np.int32)}
+        return service.handle(inputs, Stages(runners), Log())
+
+    with pytest.raises(InputError, match="expected 16000"):
+        asyncio.run(mic(np.zeros(320, np.float32), rate=48000))
+    with pytest.raises(InputError, match="NaN or Inf"):
+        asyncio.run(mic(np.full(320, np.nan, np.float32)))
+    with pytest.raises(InputError, match="stream shorter chunks"):
+        asyncio.run(mic(np.zeros(5 * contract.INPUT_SAMPLE_RATE, np.float32)))
