@@ -27,6 +27,8 @@ def make_model(factory: RunnerFactory):
             if name not in BY_NAME:
                 raise pb_utils.TritonModelException(f"no I/O spec named {name!r} in export/spec.py")
             self.spec = BY_NAME[name]
+            # the config's inputs: the spec's, plus those a variant adds (export/spec.py SessionState)
+            self.input_names = [i["name"] for i in config.get("input", [])] or [t.name for t in self.spec.inputs]
             try:
                 self.runner = factory(self.spec, config, args)
             except FileNotFoundError as e:
@@ -35,7 +37,7 @@ def make_model(factory: RunnerFactory):
         def execute(self, requests):
             feeds = []
             for r in requests:
-                tensors = {t.name: pb_utils.get_input_tensor_by_name(r, t.name) for t in self.spec.inputs}
+                tensors = {name: pb_utils.get_input_tensor_by_name(r, name) for name in self.input_names}
                 feeds.append({k: v.as_numpy() for k, v in tensors.items() if v is not None})
             responses = []
             for result in self.runner.run(feeds):

@@ -1,6 +1,14 @@
-"""Token-by-token decoding against a stage model with an explicit KV cache (ASR decoder, LLM)."""
+"""Token-by-token decoding against a stage model (ASR decoder, LLM), the cache shipped or kept server-side.
+
+`KVDecoder` sends the whole cache with every step and gets it back (every variant's graph can do
+this). `SessionDecoder` sends only token ids and a session id: the model keeps the cache (the gpu
+variant, export/spec.py `SessionState`), and the decoder frees it with `close()`. `start_decoder`
+picks the second where the served model takes session ids: the first prompt of a process tries it,
+and a model that refuses the session input is remembered to want its cache shipped.
+"""
 from __future__ import annotations
 
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
@@ -9,6 +17,11 @@ from export.presets import Preset
 from export.spec import ModelSpec
 
 Infer = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+# (model, inputs, timeout s) -> outputs: the raw stage call, used to release a session even after a cancel
+Release = Callable[[str, dict[str, np.ndarray], float], Awaitable[dict[str, np.ndarray]]]
+RELEASE_TIMEOUT_S = 5.0
+# model name -> whether it keeps the cache server-side; learnt once per process (the served variant is fixed)
+SERVER_CACHE: dict[str, bool] = {}
 
 
 class KVDecoder:
@@ -41,6 +54,85 @@ class KVDecoder:
             logits = out["logits"][0]
         return logits
 
+    async def close(self) -> None:
+        """Nothing to free: the cache lives here."""
+
+
+class SessionDecoder:
+    """Feeds tokens to a model that keeps the cache on its side, keyed by a session id drawn per decoder."""
+
+    def __init__(self, infer: Infer, spec: ModelSpec, release: Release | None = None,
+                 extra: dict[str, np.ndarray] | None = None):
+        if spec.session is None:
+            raise ValueError(f"{spec.name} keeps no session state (export/spec.py)")
+        self.infer = infer
+        self.spec = spec
+        self.release = release
+        self.extra = extra or {}
+        self.ids_name = spec.inputs[0].name
+        self.session_id = secrets.randbits(62) + 1  # non-zero
+        self.length = 0
+        self.max_tokens = spec.axis("tokens").max
+        self.max_length = spec.axis("past").max + self.max_tokens
+        self.open = False
+
+    def _session(self) -> np.ndarray:
+        return np.asarray([[self.session_id]], dtype=np.int64)
+
+    async def feed(self, ids: Sequence[int]) -> np.ndarray:
+        """Append `ids`; return the next-token logits [vocab]."""
+        logits = None
+        for start in range(0, len(ids), self.max_tokens):
+            chunk = list(ids[start:start + self.max_tokens])
+            if self.length + len(chunk) > self.max_length:
+                raise OverflowError(f"{self.spec.name}: the KV cache is full ({self.length} tokens)")
+            inputs = {self.ids_name: np.asarray([chunk], dtype=np.int64), self.spec.session.id_input: self._session()}
+            if self.length == 0:
+                inputs.update(self.extra)  # e.g. the ASR's audio features: the model keeps what it derives from them
+            self.open = True
+            out = await self.infer(self.spec.name, inputs)
+            self.length += len(chunk)
+            logits = out["logits"][0]
+        return logits
+
+    async def close(self) -> None:
+        """Free the server's cache of this session (best effort: the server also evicts idle sessions)."""
+        if not self.open or self.release is None:
+            return
+        self.open = False
+        s = self.spec.session
+        try:
+            await self.release(self.spec.name, {self.ids_name: np.zeros((1, 1), dtype=np.int64),
+                                                s.id_input: self._session(),
+                                                s.release_input: np.ones((1, 1), dtype=bool)}, RELEASE_TIMEOUT_S)
+        except Exception:  # the turn is over either way; an unreleased session is evicted when idle
+            pass
+
+
+def _refused_session(error: Exception, spec: ModelSpec) -> bool:
+    """Whether a stage answered a session request as a model without session inputs does (Triton, or BatchRunner)."""
+    text = str(error)
+    return spec.session.id_input in text or repr(spec.session.state_input) in text
+
+
+async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int],
+                        extra: dict[str, np.ndarray] | None = None, release: Release | None = None,
+                        modes: dict[str, bool] = SERVER_CACHE) -> tuple[KVDecoder | SessionDecoder, np.ndarray]:
+    """A decoder fed with `prompt`, and the logits after it: server-side cache where the model keeps one."""
+    if spec.session is not None and modes.get(spec.name) is not False:
+        decoder = SessionDecoder(infer, spec, release, extra)
+        try:
+            logits = await decoder.feed(prompt)
+            modes[spec.name] = True
+            return decoder, logits
+        except Exception as e:
+            if modes.get(spec.name) or not _refused_session(e, spec):
+                await decoder.close()
+                raise
+            modes[spec.name] = False
+    kv = KVDecoder(infer, spec, preset, extra)
+    return kv, await kv.feed(prompt)
+
 
 def greedy(logits: np.ndarray, banned: Sequence[int] = ()) -> int:
     if banned:
@@ -54,11 +146,11 @@ def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top
     """Top-k sampling at `temperature`; temperature 0 is greedy."""
     if temperature <= 0:
         return greedy(logits, banned)
-    logits = logits.astype(np.float64)
     if banned:
+        logits = logits.copy()
         logits[list(banned)] = -np.inf
     k = min(top_k, logits.size)
-    top = np.argpartition(-logits, k - 1)[:k]
-    z = logits[top] / temperature
+    top = np.argpartition(-logits, k - 1)[:k]  # on the logits' own dtype: float64 only for the k kept
+    z = logits[top].astype(np.float64) / temperature
     p = np.exp(z - z.max())
     return int(top[rng.choice(k, p=p / p.sum())])

@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import KVDecoder, greedy, sample
+from ensemble.decoding import KVDecoder, greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
@@ -246,29 +246,33 @@ class Turn:
         specials = [tok.token_to_id(t) for t in ("<|im_start|>", "<|startoftranscript|>") if tok.token_to_id(t) is not None]
         if self.options.ignore_eos:
             specials += sorted(stops)
-        decoder = KVDecoder(self.infer, spec.LLM, self.preset)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
-        logits = (await decoder.feed(ids))[:vocab]
+        # the GPU variant keeps the KV cache on its side (one session per turn): released on every way out
+        decoder, logits = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer)
+        logits = logits[:vocab]
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
         segmenter = Segmenter()
         rng = np.random.default_rng(self.options.seed)
         out: list[int] = []
         n_pieces = 0
-        while len(out) < limit:
-            token = sample(logits, rng, self.options.temperature, self.options.top_k, banned=specials)
-            if token in stops:
-                break
-            out.append(token)
-            text = tok.decode(out)
-            delta, self.reply = text[len(self.reply):], text
-            if delta:
-                self.emit(TEXT, {"delta": delta, "piece": n_pieces})
-                for piece in segmenter.push(delta):
-                    n_pieces = self._send_piece(piece, n_pieces, pieces)
-            if len(out) < limit:
-                logits = (await decoder.feed([token]))[:vocab]
-        for piece in segmenter.finish():
-            n_pieces = self._send_piece(piece, n_pieces, pieces)
+        try:
+            while len(out) < limit:
+                token = sample(logits, rng, self.options.temperature, self.options.top_k, banned=specials)
+                if token in stops:
+                    break
+                out.append(token)
+                text = tok.decode(out)
+                delta, self.reply = text[len(self.reply):], text
+                if delta:
+                    self.emit(TEXT, {"delta": delta, "piece": n_pieces})
+                    for piece in segmenter.push(delta):
+                        n_pieces = self._send_piece(piece, n_pieces, pieces)
+                if len(out) < limit:
+                    logits = (await decoder.feed([token]))[:vocab]
+            for piece in segmenter.finish():
+                n_pieces = self._send_piece(piece, n_pieces, pieces)
+        finally:
+            await decoder.close()
 
     def _send_piece(self, piece: str, index: int, pieces: asyncio.Queue) -> int:
         emotion = motion.classify(piece)

@@ -53,6 +53,38 @@ class Tensor:
 
 
 @dataclass(frozen=True)
+class SessionState:
+    """A model whose cache the GPU variant keeps on the GPU, keyed by session (export/llm_sessions.py).
+
+    In the variants named here the config gains `inputs` (optional), `state_input` becomes optional
+    and the model runs one instance (the cache lives in its process). A request that carries a session
+    id leaves `state_input` out: its tokens are appended to the session's cache, and `state_output`
+    comes back as an empty placeholder; a request with the release flag frees the session's cache
+    (its tokens are not fed). A request with `state_input` and no session id is served as everywhere
+    else. Sessions idle longer than `idle_timeout_s` (a turn that died without releasing) are evicted.
+    """
+
+    inputs: tuple[Tensor, ...]
+    state_input: str
+    state_output: str
+    variants: tuple[str, ...] = ("gpu",)
+    slots: int = 160  # sessions cached at once (4 orchestrator instances x 32 turns, plus spare)
+    idle_timeout_s: float = 60.0
+    max_batch_size: int = 64  # decode steps of this many sessions run as one batch
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    max_queue_delay_us: int = 200
+    placeholder_shape: tuple[int, ...] = (1, 1, 2, 1, 1, 1)  # `state_output` in session mode (a few bytes)
+
+    @property
+    def id_input(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def release_input(self) -> str:
+        return self.inputs[1].name
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     inputs: tuple[Tensor, ...]
@@ -67,6 +99,7 @@ class ModelSpec:
     max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
     queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
     parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
+    session: SessionState | None = None  # GPU variants that keep the cache server-side, keyed by session
     # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
     # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu
     torch_module: bool = True
@@ -146,9 +179,14 @@ LLM = ModelSpec(
     ),
     axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 1536)),  # past + tokens <= 2048
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
-    # Decode steps of sessions at different positions do not share a batch (KV lengths differ), and one
-    # step at batch 1 is launch-bound: several instances overlap them (BENCHMARKS.md).
+    # With the cache shipped per step (tensorrt, cpu, gpu_naive, scale-out), decode steps of sessions at
+    # different positions do not share a batch and several instances overlap them (BENCHMARKS.md). The
+    # gpu variant keeps every session's cache on the GPU instead (one instance, batched decode steps).
     preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
+    session=SessionState(
+        inputs=(Tensor("session_id", "INT64", (1,), optional=True),  # non-zero, chosen by the caller per turn
+                Tensor("session_end", "BOOL", (1,), optional=True)),  # true: free the session's cache
+        state_input="past_kv", state_output="present_kv"),
 )
 
 TTS = ModelSpec(
@@ -353,9 +391,10 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    cfg = mc.ModelConfig(name=spec.name, max_batch_size=spec.max_batch_size)
+    session = spec.session if spec.session is not None and gpus == 1 and variant in spec.session.variants else None
+    cfg = mc.ModelConfig(name=spec.name, max_batch_size=session.max_batch_size if session else spec.max_batch_size)
     preset = get_preset(PRODUCTION_PRESET) if variant == "tensorrt" else None
-    for t in spec.inputs:
+    for t in session_inputs(spec) if session else spec.inputs:
         _tensor_config(cfg.input, spec, t, preset, is_input=True)
     for t in spec.outputs:
         _tensor_config(cfg.output, spec, t, preset, is_input=False)
@@ -393,17 +432,26 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
     else:  # PyTorch on CUDA; gpu_naive = the benchmark's baseline: eager fp32, one request at a time
         naive = variant == "gpu_naive"
         cfg.backend = GPU_BACKEND
-        _gpu_instance_groups(cfg, spec, 1 if naive else spec.gpu_instances, placement)
+        # the session cache lives in one process: one instance serves every session
+        _gpu_instance_groups(cfg, spec, 1 if naive or session else spec.gpu_instances, placement)
         cfg.parameters["precision"].string_value = "fp32" if naive else spec.gpu_precision
         if naive:
             return _header(spec, variant) + text_format.MessageToString(cfg)
     db = cfg.dynamic_batching
-    db.preferred_batch_size.extend(spec.preferred_batch_sizes)
-    db.max_queue_delay_microseconds = spec.max_queue_delay_us
+    db.preferred_batch_size.extend(session.preferred_batch_sizes if session else spec.preferred_batch_sizes)
+    db.max_queue_delay_microseconds = session.max_queue_delay_us if session else spec.max_queue_delay_us
     db.default_queue_policy.max_queue_size = spec.max_queue_size
     db.default_queue_policy.default_timeout_microseconds = spec.queue_timeout_us
     db.default_queue_policy.timeout_action = mc.ModelQueuePolicy.REJECT
     return _header(spec, variant_name(variant, gpus)) + text_format.MessageToString(cfg)
+
+
+def session_inputs(spec: ModelSpec) -> tuple[Tensor, ...]:
+    """The inputs of `spec` in a variant with a session cache: the cache input optional, the session inputs added."""
+    from dataclasses import replace
+
+    s = spec.session
+    return tuple(replace(t, optional=True) if t.name == s.state_input else t for t in spec.inputs) + s.inputs
 
 
 def _gpu_instance_groups(cfg, spec: ModelSpec, count: int, placement) -> None:

@@ -53,6 +53,14 @@ def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(dtype=getattr(torch, dtype)).cpu().numpy()
 
 
-def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str) -> BatchRunner:
+def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
+                 sessions: bool = False):
+    """A BatchRunner for the stage; sessions=True (a config with the spec's session inputs): the session-keyed
+    GPU cache of export/llm_sessions.py, which serves stateless requests through the BatchRunner."""
     graph = load_graph(spec, preset, seed, device, precision)
-    return BatchRunner(spec, TorchStage(spec, graph, device, precision))
+    runner = BatchRunner(spec, TorchStage(spec, graph, device, precision))
+    if not sessions:
+        return runner
+    from export.llm_sessions import SessionLLM
+
+    return SessionLLM(spec, graph, device, runner)

@@ -11,8 +11,9 @@ from export.torch_runtime import torch_runner
 def gpu_runner(spec, config, args):
     manifest = read_manifest(version_dir(args).parent.parent / "talking_head" / "1")
     device = f"cuda:{args.get('model_instance_device_id', 0)}"
+    sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
-                        parameter(config, "precision", spec.gpu_precision))
+                        parameter(config, "precision", spec.gpu_precision), sessions=sessions)
 
 
 TritonPythonModel = make_model(gpu_runner)

@@ -1,0 +1,182 @@
+"""The session-keyed LLM cache of the gpu variant (export/llm_sessions.py), on the CPU: same logits as the
+stateless graph, batched decode steps of sessions at different positions, release and eviction, and the
+orchestrator's choice between shipping the cache and keeping it server-side (ensemble/decoding.py)."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.batching import BatchRunner
+from ensemble.decoding import KVDecoder, SessionDecoder, start_decoder
+from export import spec
+from export.kv_sessions import SessionError, SessionTable
+from export.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step
+from export.models import qwen2
+from export.presets import get_preset
+from export.torch_runtime import TorchStage
+
+TINY = get_preset("tiny")
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return qwen2.LlmGraph(qwen2.build(TINY.llm, seed=0))
+
+
+def _runner(graph, slots=4) -> SessionLLM:
+    stateless = BatchRunner(spec.LLM, TorchStage(spec.LLM, graph, "cpu", "fp32"))
+    return SessionLLM(spec.LLM, graph, "cpu", stateless, slots=slots)
+
+
+def _ids(n, seed):
+    return torch.randint(0, TINY.llm.vocab_size, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _req(sid, ids, end=False):
+    feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "session_id": np.asarray([[sid]], dtype=np.int64)}
+    if end:
+        feeds["session_end"] = np.ones((1, 1), dtype=bool)
+    return feeds
+
+
+@torch.no_grad()
+def _reference(model, ids):
+    """Next-token logits after each prefix of ids, through the stateless forward with an explicit past."""
+    logits, kv = model(torch.tensor([ids[:1]]), model.empty_cache(1))
+    out = [logits[0]]
+    for t in ids[1:]:
+        logits, kv = model(torch.tensor([[t]]), kv)
+        out.append(logits[0])
+    return out
+
+
+@torch.no_grad()
+def test_decode_step_matches_the_stateless_forward_for_sessions_at_different_positions(graph):
+    model = graph.model
+    cache = StaticKVCache(model, slots=3, max_length=32)
+    seqs = [_ids(9, 1), _ids(4, 2), _ids(6, 3)]
+    slot_of = [2, 0, 1]
+    for slot, seq in zip(slot_of, seqs):  # prefill all but the last token of each
+        _, present = model(torch.tensor([seq[:-1]]), model.empty_cache(1))
+        cache.write(slot, 0, present)
+    ids = torch.tensor([s[-1] for s in seqs])
+    pos = torch.tensor([len(s) - 1 for s in seqs])
+    got = decode_step(model, cache, ids, torch.tensor(slot_of), pos, span=16)
+    for row, seq in enumerate(seqs):
+        torch.testing.assert_close(got[row], _reference(model, seq)[-1], atol=ATOL, rtol=0)
+    # the new keys/values landed where the stateless forward puts them
+    _, full = model(torch.tensor([seqs[0]]), model.empty_cache(1))
+    torch.testing.assert_close(cache.past(slot_of[0], len(seqs[0])), full, atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_padded_prompt_prefill_then_decode_matches_the_stateless_forward(graph):
+    """The prompt graph runs a length bucket: padding after the prompt never reaches the logits."""
+    model = graph.model
+    cache = StaticKVCache(model, slots=2, max_length=32)
+    prompt, nxt = _ids(5, 11), _ids(2, 12)
+    padded = torch.tensor([prompt + [0] * 3])  # a bucket of 8
+    logits = prefill_step(model, cache, padded, torch.tensor([1]), torch.tensor([len(prompt)]))
+    torch.testing.assert_close(logits[0], _reference(model, prompt)[-1], atol=ATOL, rtol=0)
+    for k, t in enumerate(nxt):
+        got = decode_step(model, cache, torch.tensor([t]), torch.tensor([1]), torch.tensor([len(prompt) + k]), span=16)
+        torch.testing.assert_close(got[0], _reference(model, prompt + nxt[:k + 1])[-1], atol=ATOL, rtol=0)
+
+
+def test_session_runner_batches_decode_steps_and_matches_shipping_the_cache(graph):
+    r = _runner(graph)
+    prompts = {11: _ids(7, 4), 22: _ids(3, 5)}
+    for sid, p in prompts.items():  # prompts one by one, then steps of both sessions in one batch
+        (out,) = r.run([_req(sid, p)])
+        np.testing.assert_allclose(out["logits"][0], _reference(graph.model, p)[-1].numpy(), atol=ATOL)
+    steps = {11: _ids(3, 6), 22: _ids(3, 7)}
+    for k in range(3):
+        outs = r.run([_req(sid, [steps[sid][k]]) for sid in prompts])
+        for (sid, p), out in zip(prompts.items(), outs):
+            ref = _reference(graph.model, p + steps[sid][:k + 1])[-1].numpy()
+            np.testing.assert_allclose(out["logits"][0], ref, atol=ATOL)
+            assert out["present_kv"].size <= 2  # the cache stays on the server
+    assert r.table.sessions[11].length == 10 and r.table.sessions[22].length == 6
+    # the same session twice in one batch: the second step waits for the first
+    a, b = r.run([_req(22, [5]), _req(22, [6])])
+    np.testing.assert_allclose(b["logits"][0], _reference(graph.model, prompts[22] + steps[22] + [5, 6])[-1].numpy(),
+                               atol=ATOL)
+    # release frees the slot; stateless requests are still served
+    r.run([_req(11, [0], end=True), _req(22, [0], end=True)])
+    assert len(r.table) == 0
+    kv = graph.model.empty_cache(1).numpy()
+    (plain,) = r.run([{"input_ids": np.asarray([prompts[11]]), "past_kv": kv}])
+    np.testing.assert_allclose(plain["logits"][0], _reference(graph.model, prompts[11])[-1].numpy(), atol=ATOL)
+    assert plain["present_kv"].shape[4] == len(prompts[11])
+
+
+def test_session_runner_refuses_bad_requests_alone(graph):
+    r = _runner(graph, slots=1)
+    kv = graph.model.empty_cache(1).numpy()
+    bad, zero, ok, full = r.run([{**_req(5, [1, 2]), "past_kv": kv}, _req(0, [1]), _req(7, [1, 2]), _req(8, [3])])
+    assert "leave out 'past_kv'" in str(bad) and "reserved" in str(zero)
+    assert ok["logits"].shape == (1, TINY.llm.vocab_size)
+    assert isinstance(full, SessionError) and "slots are in use" in str(full)
+
+
+def test_table_reuses_slots_evicts_idle_sessions_and_bounds_length():
+    now = [0.0]
+    t = SessionTable(slots=2, max_length=8, idle_timeout_s=10, clock=lambda: now[0])
+    assert t.get(1, 4).slot == 0 and t.get(2, 1).slot == 1
+    t.advance(1, 4)
+    with pytest.raises(SessionError, match="exceed"):
+        t.get(1, 5)
+    with pytest.raises(SessionError, match="in use"):
+        t.get(3, 1)
+    now[0] = 5.0
+    t.get(2, 1)  # session 2 is used again; session 1 idles on
+    now[0] = 12.0
+    assert t.get(3, 1).slot == 0  # session 1 (idle 12 s) was evicted to make room
+    assert t.evicted == 1 and 1 not in t.sessions and t.release(2) and not t.release(2)
+
+
+def _infer_of(runner):
+    async def infer(model, inputs, timeout_s=None):
+        (result,) = runner.run([inputs])
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return infer
+
+
+def test_orchestrator_uses_the_server_cache_where_served_and_ships_it_elsewhere(graph):
+    sessions = _runner(graph)
+    stateless = BatchRunner(spec.LLM, TorchStage(spec.LLM, graph, "cpu", "fp32"))
+    prompt, steps = _ids(6, 8), _ids(4, 9)
+
+    async def decode(runner, modes):
+        infer = _infer_of(runner)
+        release = lambda m, i, t: infer(m, i)  # noqa: E731
+        decoder, logits = await start_decoder(infer, spec.LLM, TINY, prompt, release=release, modes=modes)
+        out = [logits]
+        for t in steps:
+            out.append(await decoder.feed([t]))
+        await decoder.close()
+        return decoder, out
+
+    modes: dict[str, bool] = {}
+    d1, server = asyncio.run(decode(sessions, modes))
+    assert isinstance(d1, SessionDecoder) and modes == {"llm": True} and len(sessions.table) == 0  # released
+    modes = {}
+    d2, shipped = asyncio.run(decode(stateless, modes))  # refuses the session input: falls back, remembers
+    assert isinstance(d2, KVDecoder) and modes == {"llm": False}
+    for a, b in zip(server, shipped):
+        np.testing.assert_allclose(a, b, atol=ATOL)
+
+
+def test_gpu_config_alone_keeps_the_cache_server_side():
+    for variant in ("tensorrt", "cpu", "gpu_naive", "gpu_x2"):
+        text = spec.render_config(spec.LLM, variant)
+        assert "session_id" not in text, variant
+    gpu = spec.render_config(spec.LLM, "gpu")
+    assert "session_id" in gpu and "session_end" in gpu and "count: 1\n" in gpu
+    assert f"max_batch_size: {spec.LLM.session.max_batch_size}" in gpu
