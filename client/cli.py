@@ -3,6 +3,8 @@
     python -m client register-avatar face.jpg
     python -m client ask --text "Hello there" --avatar ID
     python -m client ask --audio question.m4a --avatar ID --out out/ --name answer --json
+    python -m client talk --audio conversation.wav --avatar ID --session me   # a live microphone, simulated
+    python -m client cancel --session me                                      # stop the reply in flight
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad arguments or input files,
 3 Triton unreachable, 4 server error, 5 turn timed out, 130 interrupted.
@@ -86,16 +88,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from client.sdk import Turn
 
     options = _options(args.options)
-    audio = None
-    if args.audio is not None:
-        if not os.path.isfile(args.audio):
-            raise UsageError(f"cannot read audio file {args.audio}: no such file")
-        try:
-            audio = media.read_audio(args.audio, rate=contract.INPUT_SAMPLE_RATE)
-        except Exception as e:  # PyAV raises several kinds for undecodable files
-            raise UsageError(f"cannot decode audio file {args.audio}: {e}") from None
-        if audio.size == 0:
-            raise UsageError(f"audio file {args.audio} holds no samples")
+    audio = None if args.audio is None else _read_speech(args.audio)
     out_dir = Path(args.out)
     # Human-readable output goes to stderr when stdout carries the JSON summary.
     say: TextIO = sys.stderr if args.json else sys.stdout
@@ -133,7 +126,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     media.write_wav(wav_path, result.audio, result.sample_rate)
     written = [wav_path]
     if result.frames or result.audio.size:
-        media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=contract.VIDEO_FPS)
+        media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=contract.VIDEO_FPS,
+                        frame_indices=result.frame_indices)
         written.append(mp4_path)
     else:
         print(f"warning: the answer has neither audio nor video; {mp4_path} not written", file=sys.stderr)
@@ -145,6 +139,80 @@ def cmd_ask(args: argparse.Namespace) -> int:
         summary = result.summary()
         summary["files"] = [str(p) for p in written]
         print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- talk (microphone) and cancel
+
+def _read_speech(path: str) -> "np.ndarray":
+    from client import media
+
+    if not os.path.isfile(path):
+        raise UsageError(f"cannot read audio file {path}: no such file")
+    try:
+        audio = media.read_audio(path, rate=contract.INPUT_SAMPLE_RATE)
+    except Exception as e:  # PyAV raises several kinds for undecodable files
+        raise UsageError(f"cannot decode audio file {path}: {e}") from None
+    if audio.size == 0:
+        raise UsageError(f"audio file {path} holds no samples")
+    return audio
+
+
+def cmd_talk(args: argparse.Namespace) -> int:
+    from ensemble import events as ev
+    from export.spec import TALKING_HEAD
+    from client import media
+    from client.sdk import Turn
+
+    audio = _read_speech(args.audio)
+    options = {**(_options(args.options) or {}), "min_silence_ms": args.min_silence_ms}
+    say: TextIO = sys.stderr if args.json else sys.stdout
+    turns: dict[str, Turn] = {}
+    out_dir = Path(args.out)
+    with _client(args) as th:
+        th.check_connection(models=(TALKING_HEAD.name,))
+        pace = "in real time" if args.realtime else "as fast as possible"
+        print(f"streaming {audio.size / contract.INPUT_SAMPLE_RATE:.1f} s of audio in {args.chunk_ms:g} ms chunks "
+              f"{pace} (session {args.session})", file=say, flush=True)
+        for event in th.microphone(session=args.session, avatar_id=args.avatar, audio=audio, chunk_ms=args.chunk_ms,
+                                   realtime=args.realtime, options=options):
+            if event.type == ev.VAD:
+                extra = f", after {event.data['silence_ms']:.0f} ms of silence" if "silence_ms" in event.data else ""
+                print(f"[vad] {event.data['state']} at {event.data['t_s']:.2f} s{extra}", file=say, flush=True)
+                continue
+            turn_id = event.data.get("turn_id")
+            if turn_id not in turns:
+                turns[turn_id] = Turn(clock=th.clock)
+            turns[turn_id].add(event)
+            if event.type == ev.TRANSCRIPT:
+                print(f"[turn {len(turns)}] heard: {event.data.get('text', '')}", file=say, flush=True)
+            elif event.type == ev.DONE:
+                why = f" (interrupted: {event.data['interrupted']})" if event.data.get("interrupted") else ""
+                print(f"[turn {len(turns)}] reply: {event.data.get('reply', '')}{why}", file=say, flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for k, turn in enumerate(turns.values(), 1):
+        result = turn.result()
+        path = out_dir / f"{args.name}{k}.mp4"
+        if result.frames or result.audio.size:
+            media.write_mp4(path, result.frames, result.audio, result.sample_rate, fps=contract.VIDEO_FPS,
+                            frame_indices=result.frame_indices)
+        print(f"turn {k}: first audio {result.time_to_first_audio_s or 0:.3f} s after its turn's end was "
+              f"detected (the turn-end silence not counted) -> {path}", file=say)
+        summaries.append({**result.summary(), "file": str(path)})
+    if args.json:
+        print(json.dumps(summaries, indent=2))
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from export.spec import TALKING_HEAD
+
+    with _client(args) as th:
+        th.check_connection(models=(TALKING_HEAD.name,))
+        data = th.cancel(args.session)
+    stopped = data.get("interrupted_turn")
+    print(json.dumps(data) if args.json else (f"stopped turn {stopped}" if stopped else "no reply in flight"))
     return EXIT_OK
 
 
@@ -187,6 +255,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-turn options as a JSON object (keys: ensemble.options.TurnOptions), "
                         "e.g. '{\"video\": false, \"speed\": 1.1}'")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("talk", parents=[common], help="stream a recording as a live microphone; save each reply",
+                       description="Stream an audio file in small chunks as a microphone would (real time by "
+                                   "default). The server detects each turn (voice activity + silence), replies, and "
+                                   "stops a reply when the user speaks over it. Writes DIR/NAME<k>.mp4 per turn.")
+    p.add_argument("--audio", required=True, metavar="FILE", help="the user's side of the conversation (any format)")
+    p.add_argument("--avatar", required=True, metavar="ID", help="avatar id from register-avatar")
+    p.add_argument("--session", default="cli", help="conversation id (default: %(default)s)")
+    p.add_argument("--chunk-ms", type=float, default=32.0, help="microphone chunk length (default: %(default)s)")
+    p.add_argument("--min-silence-ms", type=int, default=500,
+                   help="silence that ends the user's turn (default: %(default)s)")
+    p.add_argument("--fast", dest="realtime", action="store_false", help="send as fast as possible, not in real time")
+    p.add_argument("--out", default="out", metavar="DIR", help="output directory (default: %(default)s/)")
+    p.add_argument("--name", default="turn", help="output file stem (default: %(default)s)")
+    p.add_argument("--options", metavar="JSON", default=None, help="per-turn options as a JSON object")
+    p.set_defaults(func=cmd_talk)
+
+    p = sub.add_parser("cancel", parents=[common], help="stop the reply in flight of a session",
+                       description="Barge-in without speaking: the session's reply stops, its stream ends with done.")
+    p.add_argument("--session", required=True, help="conversation id")
+    p.set_defaults(func=cmd_cancel)
     return parser
 
 

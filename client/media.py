@@ -96,10 +96,12 @@ def _fit(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.ndarray | None,
               audio_rate: int = contract.OUTPUT_SAMPLE_RATE, fps: int = contract.VIDEO_FPS, *,
-              crf: int = 20, preset: str = "veryfast") -> None:
+              frame_indices: Sequence[int] | None = None, crf: int = 20, preset: str = "veryfast") -> None:
     """Mux JPEG frames and mono PCM into an MP4: H.264 (libx264, yuv420p) + AAC.
 
-    Frame i is shown at pts i in time base 1/fps; audio frames carry pts in
+    Frame k is shown at pts frame_indices[k] (default k) in time base 1/fps, so frames the
+    server dropped to keep up with audio leave the previous frame on screen and the rest stay
+    in sync with the voice; audio frames carry pts in
     samples (time base 1/audio_rate). Frames are padded to even dimensions
     (yuv420p needs them); frames of a different size than the first are resized
     to it. With no frames the file holds only the AAC stream, with no (or empty)
@@ -141,7 +143,10 @@ def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.n
                 container.mux(astream.encode(af))
                 audio_pos += n
 
-        for i, jpeg in enumerate(frames_jpeg):
+        indices = range(len(frames_jpeg)) if frame_indices is None else list(frame_indices)
+        if len(indices) != len(frames_jpeg) or any(b <= a for a, b in zip(indices, indices[1:])):
+            raise ValueError("write_mp4: frame_indices must be increasing, one per frame")
+        for i, jpeg in zip(indices, frames_jpeg):
             encode_audio_until(int(Fraction(i * int(audio_rate), fps)))
             img = _fit(decode_jpeg(jpeg), width, height)
             vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")

@@ -408,6 +408,73 @@ class TalkingHeadClient:
         timeout = self.turn_timeout_s if timeout_s is None else float(timeout_s)
         return TurnStream(self._run_turn(inputs, rid, timeout), rid)
 
+    def idle(self, *, avatar_id: str | AvatarInfo, seconds: float, session: str | None = None,
+             options: Mapping[str, Any] | None = None) -> TurnStream:
+        """Idle-motion frames of the avatar for `seconds`, paced in real time (while the user speaks or thinks).
+
+        With a `session`, a new turn of that session stops the idle stream (as it stops a reply)."""
+        return self._action("idle", avatar_id, {**dict(options or {}), "idle_s": seconds,
+                                                **({"session": session} if session else {})},
+                            timeout_s=self.turn_timeout_s + seconds)
+
+    def prerender(self, *, avatar_id: str | AvatarInfo, text: str | None = None,
+                  options: Mapping[str, Any] | None = None) -> list[str]:
+        """Render the server's cached exchanges (or the one `text`) for this avatar and voice (`options`:
+        speed, pitch, ...) into its answer cache; returns the phrases rendered now."""
+        events = list(self._action("prerender", avatar_id, dict(options or {}), text=text,
+                                   timeout_s=self.turn_timeout_s * 4))
+        return list(events[-1].data.get("prerendered", []))
+
+    def _action(self, action: str, avatar_id: str | AvatarInfo, options: dict[str, Any], *, text: str | None = None,
+                timeout_s: float) -> TurnStream:
+        if isinstance(avatar_id, AvatarInfo):
+            avatar_id = avatar_id.id
+        inputs = [_infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
+                  _infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({**options, "action": action})])]
+        if text is not None:
+            inputs.append(_infer_input(TALKING_HEAD, TH_TEXT, [text]))
+        rid = uuid.uuid4().hex
+        return TurnStream(self._run_turn(inputs, rid, timeout_s), rid)
+
+    def cancel(self, session: str, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Stop the reply in flight of conversation `session` (barge-in without a new turn).
+
+        Returns the server's `cancelled` event data: `interrupted_turn` is the stopped turn's id, or
+        None when the session had no reply in flight. The stopped turn's own stream ends with a
+        `done` event whose `interrupted` is "cancel".
+        """
+        options = json.dumps({"action": "cancel", "session": session})
+        inputs = [_infer_input(TALKING_HEAD, TH_OPTIONS, [options])]
+        timeout = self.request_timeout_s if timeout_s is None else float(timeout_s)
+        for event in self._run_turn(inputs, uuid.uuid4().hex, timeout, expect_done=False):
+            if event.type == ev.CANCELLED:
+                return dict(event.data)
+        raise ProtocolError(f"{TALKING_HEAD.name} answered a cancel without a '{ev.CANCELLED}' event")
+
+    def microphone(self, *, session: str, avatar_id: str | AvatarInfo, audio: np.ndarray, chunk_ms: float = 32.0,
+                   realtime: bool = True, options: Mapping[str, Any] | None = None,
+                   timeout_s: float | None = None) -> Iterator[StreamEvent]:
+        """Stream speech as a live microphone would, on one gRPC stream, and yield every event back.
+
+        `audio` (mono float32 at contract.INPUT_SAMPLE_RATE) goes out in `chunk_ms` chunks, paced
+        at real time when `realtime` (else as fast as possible). The server's voice activity
+        detection sends `vad` events (speech_start, turn_end) and, at each turn's end, the reply's
+        events (transcript, text, audio, video, done) on the request that ended the turn; speech
+        during a reply interrupts it (its `done` says "barge_in"). Ends when all audio is sent and
+        every request has its final response; `timeout_s` bounds the whole stream.
+        """
+        if isinstance(avatar_id, AvatarInfo):
+            avatar_id = avatar_id.id
+        a = np.asarray(audio, dtype=np.float32).reshape(-1)
+        step = max(1, int(round(chunk_ms * contract.INPUT_SAMPLE_RATE / 1000)))
+        opts = json.dumps({**dict(options or {}), "action": "mic", "session": session})
+        fixed = [_infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]), _infer_input(TALKING_HEAD, TH_OPTIONS, [opts]),
+                 _infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [contract.INPUT_SAMPLE_RATE])]
+        requests = ([_infer_input(TALKING_HEAD, TH_AUDIO, a[i:i + step])] + fixed for i in range(0, a.size, step))
+        pace_s = step / contract.INPUT_SAMPLE_RATE if realtime else 0.0
+        total = self.turn_timeout_s + a.size / contract.INPUT_SAMPLE_RATE if timeout_s is None else float(timeout_s)
+        return self._run_stream(requests, uuid.uuid4().hex, total, pace_s)
+
     def turn(self, *, retry: RetryPolicy | None = None, **ask_kwargs: Any) -> TurnResult:
         """`ask(...)` and collect the whole turn into a `TurnResult`.
 
@@ -428,8 +495,71 @@ class TalkingHeadClient:
                 retry.backoff(attempt)
                 attempt += 1
 
+    def _run_stream(self, requests: Iterator[list[grpcclient.InferInput]], stream_id: str, timeout_s: float,
+                    pace_s: float) -> Iterator[StreamEvent]:
+        """Send many requests on one stream (a sender thread, one every `pace_s`), yield their events."""
+        clock = self.clock
+        responses: queue.SimpleQueue = queue.SimpleQueue()
+        grpc_client = self._acquire()
+        stop = threading.Event()
+        sent = {"n": 0, "done": False, "error": None}
+
+        def send() -> None:
+            t0 = time.monotonic()
+            try:
+                for k, inputs in enumerate(requests):
+                    if stop.is_set():
+                        break
+                    time.sleep(max(0.0, t0 + k * pace_s - time.monotonic()))
+                    grpc_client.async_stream_infer(TALKING_HEAD.name, inputs, request_id=f"{stream_id}-{k}",
+                                                   enable_empty_final_response=True)
+                    sent["n"] += 1
+            except Exception as e:  # the stream broke: the reason also comes through the callback
+                sent["error"] = e
+            finally:
+                sent["done"] = True
+                responses.put(None)  # wake the reader
+
+        clean = False
+        try:
+            try:
+                grpc_client.start_stream(callback=lambda result, error: responses.put((clock(), result, error)))
+            except InferenceServerException as e:
+                raise _translate(e, self.url) from None
+            sent_at = clock()
+            sender = threading.Thread(target=send, name=f"mic-{stream_id[:8]}", daemon=True)
+            sender.start()
+            deadline = time.monotonic() + timeout_s
+            finals = 0
+            while not (sent["done"] and finals >= sent["n"]):
+                try:
+                    item = responses.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    raise TurnTimeout(f"{TALKING_HEAD.name} stream {stream_id} did not finish within "
+                                      f"{timeout_s:g} s") from None
+                if item is None:
+                    if isinstance(sent["error"], InferenceServerException):
+                        raise _translate(sent["error"], self.url)
+                    continue
+                received_at, result, error = item
+                if error is not None:
+                    raise _translate(error, self.url)
+                finals += is_final_response(result)
+                rid = result.get_response().id
+                event = event_from_result(result, sent_at=sent_at, received_at=received_at, request_id=rid)
+                if event is not None:
+                    yield event
+            clean = True
+        finally:
+            stop.set()
+            try:
+                grpc_client.stop_stream(cancel_requests=not clean)
+            except Exception:
+                log.debug("stop_stream failed", exc_info=True)
+            self._release(grpc_client, reusable=False)
+
     def _run_turn(self, inputs: list[grpcclient.InferInput], request_id: str,
-                  timeout_s: float) -> Iterator[StreamEvent]:
+                  timeout_s: float, expect_done: bool = True) -> Iterator[StreamEvent]:
         clock = self.clock
         responses: queue.SimpleQueue = queue.SimpleQueue()
 
@@ -480,7 +610,7 @@ class TalkingHeadClient:
                     yield event  # a consumer that stops here gets GeneratorExit: finally cancels
                 if final:
                     break
-            if not saw_done:
+            if expect_done and not saw_done:
                 raise ProtocolError(f"{TALKING_HEAD.name} turn {request_id} ended without a '{ev.DONE}' event "
                                     f"({n_events} events, last: {last_type})")
         finally:
@@ -537,6 +667,7 @@ class TurnResult:
     audio: np.ndarray = field(repr=False)  # float32 PCM, all chunks placed at their start_sample
     sample_rate: int
     frames: list[bytes] = field(repr=False)  # JPEG, in frame order
+    frame_indices: list[int] = field(repr=False)  # each frame's slot on the 25 fps clock (gaps: dropped slots)
     events: list[Event] = field(repr=False)
     done: dict[str, Any] | None = field(repr=False)  # the done event's data (server timings_ms, ...)
     request_id: str = ""
@@ -707,7 +838,8 @@ class Turn:
         last_t = done_t if done_t is not None else (self._records[-1][0] if self._records else None)
         return TurnResult(
             transcript=transcript, reply=reply, audio=audio, sample_rate=rate,
-            frames=[e.frame for e in video], events=[e for _, e in self._records], done=done,
+            frames=[e.frame for e in video], frame_indices=[int(e.data.get("index", i)) for i, e in enumerate(video)],
+            events=[e for _, e in self._records], done=done,
             request_id=next((getattr(e, "request_id", "") for _, e in self._records), ""),
             time_to_transcript_s=first(ev.TRANSCRIPT), time_to_first_text_s=first(ev.TEXT),
             time_to_first_audio_s=first(ev.AUDIO), time_to_first_frame_s=first(ev.VIDEO),

@@ -57,10 +57,13 @@ def test_video_frames_match_audio_duration(spoken_turn):
     samples = sum(e.audio.size for e in audio)
     assert all(e.data["sample_rate"] == contract.OUTPUT_SAMPLE_RATE for e in audio)
     expected = samples / contract.OUTPUT_SAMPLE_RATE * contract.VIDEO_FPS
-    assert abs(len(frames) - expected) <= 1
-    assert [f.data["index"] for f in frames] == list(range(len(frames)))
-    assert frames[0].frame[:2] == b"\xff\xd8"  # JPEG
     done = spoken_turn[-1].data
+    # every slot of the 25 fps clock is either sent or counted as dropped (audio first, on a busy machine)
+    assert abs(len(frames) + done["frames_dropped"] - expected) <= 1
+    indices = [f.data["index"] for f in frames]
+    assert indices[0] == 0 and indices == sorted(set(indices))
+    assert all(f.data["pts"] == f.data["index"] / contract.VIDEO_FPS for f in frames)
+    assert frames[0].frame[:2] == b"\xff\xd8"  # JPEG
     assert done["video_frames"] == len(frames) and done["audio_samples"] == samples
 
 

@@ -1,0 +1,154 @@
+"""Conversation features through the real embedded tritonserver and the client SDK: barge-in, cancel,
+the client closing its stream, microphone streaming with turn detection, the answer cache, idle motion."""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from client import media
+from deploy.server import admin_headers
+from ensemble import events as ev
+from export import contract, spec
+
+pytestmark = pytest.mark.server
+
+LONG = {"ignore_eos": True, "max_reply_tokens": 200}
+
+
+def metric(server, name: str) -> float:
+    with urllib.request.urlopen(f"http://localhost:{server.options.metrics_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def stage_executions(server) -> dict[str, int]:
+    with grpcclient.InferenceServerClient(server.options.grpc_url) as c:
+        stats = c.get_inference_statistics(headers=admin_headers(server.options.admin_key), as_json=True)
+    return {m["name"]: int(m.get("execution_count", 0)) for m in stats["model_stats"] if m["name"] in spec.BY_NAME}
+
+
+class Background:
+    """A turn streamed on its own thread, keeping (arrival time, event)."""
+
+    def __init__(self, stream):
+        self.items, self.error = [], None
+        self.first_audio = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _run(self, stream):
+        try:
+            for e in stream:
+                self.items.append((time.perf_counter(), e))
+                if e.type == ev.AUDIO:
+                    self.first_audio.set()
+        except Exception as e:  # reported by the test
+            self.error = e
+        self.first_audio.set()
+
+    def done(self, timeout=60):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive() and self.error is None, self.error
+        return next(((t, e.data) for t, e in self.items if e.type == ev.DONE), (None, None))
+
+
+def test_barge_in_by_a_new_turn_on_another_stream(client, avatar):
+    a = Background(client.ask(avatar_id=avatar.id, text="Tell me a long story.", options={"session": "bi", **LONG}))
+    assert a.first_audio.wait(60)
+    t_new = time.perf_counter()
+    b = client.turn(avatar_id=avatar.id, text="Stop. What time is it?", options={"session": "bi"})
+    t_done, done = a.done()
+    assert done["interrupted"] == "barge_in" and a.items[-1][1].type == ev.DONE
+    print(f"\nbarge-in: new turn sent -> interrupted turn's done at the client in {(t_done - t_new) * 1000:.0f} ms")
+    assert b.done["interrupted"] is None and b.audio.size > 0
+
+
+def test_cancel_stops_the_sessions_reply(client, avatar):
+    a = Background(client.ask(avatar_id=avatar.id, text="Tell me a long story.", options={"session": "cx", **LONG}))
+    assert a.first_audio.wait(60)
+    t_cancel = time.perf_counter()
+    ack = client.cancel("cx")
+    t_done, done = a.done()
+    assert ack["interrupted_turn"] == done["turn_id"] and done["interrupted"] == "cancel"
+    print(f"\ncancel sent -> interrupted turn's done at the client in {(t_done - t_cancel) * 1000:.0f} ms")
+    assert client.cancel("cx")["interrupted_turn"] is None  # nothing left in flight
+
+
+def test_client_closing_its_stream_frees_everything(server, client, avatar):
+    with client.ask(avatar_id=avatar.id, text="Tell me a long story.", options=LONG) as stream:
+        for e in stream:
+            if e.type == ev.AUDIO:
+                break  # leaving the with block cancels the stream
+    deadline = time.time() + 10
+    while metric(server, "talking_head_active_sessions") > 0:
+        assert time.time() < deadline, "the cancelled turn is still active"
+        time.sleep(0.1)
+    time.sleep(0.5)  # stage calls already queued finish
+    before = stage_executions(server)
+    time.sleep(1.5)
+    assert stage_executions(server) == before, "stage models kept working for a cancelled turn"
+    assert client.turn(avatar_id=avatar.id, text="Hello again.").done is not None
+
+
+@pytest.fixture(scope="module")
+def two_questions(tmp_path_factory):
+    espeak = shutil.which("espeak-ng")
+    assert espeak, "espeak-ng is required (make test installs it)"
+    wav = tmp_path_factory.mktemp("mic") / "q.wav"
+    subprocess.run([espeak, "-w", str(wav), "Please tell me a story about the sea."], check=True)
+    q = media.read_audio(wav, rate=contract.INPUT_SAMPLE_RATE)
+    pause = np.zeros(contract.INPUT_SAMPLE_RATE, np.float32)
+    return np.concatenate([pause * 0.5, q, pause, q, pause])
+
+
+def test_microphone_stream_detects_turns_and_replies(client, avatar, two_questions):
+    events = list(client.microphone(session="mic", avatar_id=avatar.id, audio=two_questions, realtime=False,
+                                    options={"min_silence_ms": 400, "max_reply_tokens": 8}))
+    vad = [e.data["state"] for e in events if e.type == ev.VAD]
+    assert vad == ["speech_start", "turn_end", "speech_start", "turn_end"]
+    dones = [e.data for e in events if e.type == ev.DONE]
+    assert len(dones) == 2 and all(d["transcript"] is not None for d in dones)
+    assert sum(e.type == ev.AUDIO for e in events) > 2
+
+
+def test_microphone_chunk_at_the_wrong_rate_is_refused(client, avatar):
+    from client.sdk import ServerError
+
+    with pytest.raises(ServerError, match="expected 16000"):
+        list(client._run_stream(iter([[  # one raw chunk at 48 kHz
+            *[i for i in _mic_inputs(avatar.id, rate=48000)]]]), "bad", 30.0, 0.0))
+
+
+def _mic_inputs(avatar_id, rate):
+    from client.sdk import TH_AUDIO, TH_AVATAR_ID, TH_OPTIONS, TH_SAMPLE_RATE, _infer_input
+    from export.spec import TALKING_HEAD
+
+    return [_infer_input(TALKING_HEAD, TH_AUDIO, np.zeros(960, np.float32)),
+            _infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate]), _infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
+            _infer_input(TALKING_HEAD, TH_OPTIONS, ['{"action": "mic", "session": "bad"}'])]
+
+
+def test_cached_exchange_is_served_at_once(server, client, avatar):
+    hits = metric(server, "talking_head_cache_hits_total")
+    assert client.prerender(avatar_id=avatar.id, text="Good morning!") in (["Good morning!"], [])
+    first = client.turn(avatar_id=avatar.id, text="good morning")
+    again = client.turn(avatar_id=avatar.id, text="Good morning.")
+    assert metric(server, "talking_head_cache_hits_total") == hits + 2
+    assert again.reply == first.reply and np.array_equal(again.audio, first.audio) and again.frames == first.frames
+    print(f"\ncached exchange: first audio after {again.time_to_first_audio_s * 1000:.1f} ms")
+
+
+def test_idle_streams_moving_frames(client, avatar):
+    t = time.perf_counter()
+    events = list(client.idle(avatar_id=avatar.id, seconds=1.0))
+    frames = [media.decode_jpeg(e.frame).astype(np.int16) for e in events if e.type == ev.VIDEO]
+    assert len(frames) == 25 and time.perf_counter() - t >= 0.9
+    assert max(np.abs(f - frames[0]).mean() for f in frames[1:]) > 0.2
