@@ -26,6 +26,7 @@ APIs need the admin header); RELIABILITY.md says how to use both.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import secrets
@@ -291,6 +292,23 @@ class EmbeddedServer:
             self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
             client.unload_model(name, headers=headers)
             client.load_model(name, headers=headers, client_timeout=timeout_s)
+            if not client.is_model_ready(name):
+                raise RuntimeError(f"{name} is not ready after its reload; last log lines:\n{self.log_tail()}")
+        self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
+        return time.perf_counter() - t0
+
+    def set_parameters(self, name: str, parameters: dict[str, object], timeout_s: float = 120.0) -> float:
+        """Load `name` again with these config `parameters` changed (e.g. talking_head's max_sessions); the
+        seconds it took. Explicit model control: Triton loads the served config with the change as an
+        override (the repository's config.pbtxt stays as it is) and swaps the model when it is ready."""
+        if self.options.model_control != "explicit":
+            raise RuntimeError("set_parameters needs model_control='explicit'")
+        t0 = time.perf_counter()
+        headers = self._admin_headers()
+        with self.admin_client() as client:
+            config = client.get_model_config(name, headers=headers, as_json=True)["config"]
+            config.setdefault("parameters", {}).update({k: {"string_value": str(v)} for k, v in parameters.items()})
+            client.load_model(name, config=json.dumps(config), headers=headers, client_timeout=timeout_s)
             if not client.is_model_ready(name):
                 raise RuntimeError(f"{name} is not ready after its reload; last log lines:\n{self.log_tail()}")
         self.shm_regions |= {st.shm_region for st in stubs(self.process.pid)}
