@@ -15,9 +15,10 @@ process or shared-memory region outlives it.
 
 Models are under explicit control (`--model-control-mode=explicit --load-model=*`):
 a stage whose Python stub died is brought back with `EmbeddedServer.reload_model`
-(Triton 2.51 does not restart a dead stub). The repository API that allows this is
-always behind the admin key: `admin_key` when given, else a random per-run key
-(written to `<workdir>/admin-key`, mode 0600). `model_control="none"` turns both off.
+(Triton 2.51 does not restart a dead stub). The admin APIs (repository, config, statistics,
+trace, logging, shared memory) are always behind the admin key: `admin_key` when given,
+else a random per-run key (written to `<workdir>/admin-key`, mode 0600).
+`model_control="none"` gives Triton's default control mode (no reload, no readiness flip).
 
 Options for deployments: `tls` (gRPC over TLS, deploy/tls.py) and `admin_key`
 (model-repository, model-config, shared-memory, statistics, trace and logging
@@ -119,7 +120,7 @@ class ServerOptions:
     extra_args: list[str] = field(default_factory=list)  # passed to tritonserver as they are
     tls: TLSFiles | None = None  # gRPC over TLS (--grpc-use-ssl[-mutual], cert, key, root cert); HTTP stays plain
     admin_key: str | None = None  # restrict ADMIN_APIS on gRPC and HTTP to calls sending header ADMIN_HEADER: <key>
-    #                               (None with model_control="explicit": a random key is made for this run)
+    #                               (None: a random key is made for this run, see admin_key_file)
     admin_apis: tuple[str, ...] = ADMIN_APIS
     model_control: str = "explicit"  # "explicit": every model loaded at start, reload/unload through the (admin-
     #                                  restricted) repository API; "none": Triton loads all and nothing can change
@@ -128,9 +129,9 @@ class ServerOptions:
     def __post_init__(self) -> None:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise ValueError(f"model_control must be one of {MODEL_CONTROL_MODES}, got {self.model_control!r}")
-        if self.admin_key is None and self.model_control == "explicit":
-            # Loading models is code execution (a Python model's files can come with the load request):
-            # never leave the repository API open.
+        if self.admin_key is None:
+            # Never leave the admin APIs open: loading a model is code execution (a Python model's files can
+            # come with the load request), and the logging and trace APIs take a file path to write to.
             self.admin_key, self.admin_key_generated = secrets.token_urlsafe(32), True
         if self.admin_key is not None and not _ADMIN_KEY.fullmatch(self.admin_key):
             raise ValueError("admin_key must be 16-256 characters of A-Z a-z 0-9 . _ ~ + / -")

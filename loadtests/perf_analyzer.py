@@ -300,6 +300,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--http-port", type=int, default=18500, help="with --start-server (default 18500)")
     ap.add_argument("--metrics-port", type=int, default=18502, help="with --start-server (default 18502)")
     ap.add_argument("--preset", default="tiny", help="with --start-server: preset exported when missing (tiny)")
+    ap.add_argument("--admin-key-env", metavar="VAR", default="",
+                    help="the server's admin key is in $VAR (perf_analyzer reads the model config, an admin API);"
+                         " with --start-server the embedded server's key is used")
     ap.add_argument("extra", nargs="*", help="after --: more perf_analyzer arguments, passed as they are")
     return ap.parse_args(argv)
 
@@ -313,7 +316,14 @@ def _speech_inputs() -> list[Any]:
         return [media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=contract.INPUT_SAMPLE_RATE)]
 
 
-def measure(args: argparse.Namespace, host: str) -> int:
+def admin_header_args(key: str | None) -> list[str]:
+    """perf_analyzer's -H for the admin key: it fetches the model config, which deploy.server restricts."""
+    from deploy.server import admin_headers
+
+    return [f"-H{name}:{value}" for name, value in (admin_headers(key) or {}).items()]
+
+
+def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -> int:
     """Everything after the server is up: avatar, input data, perf_analyzer, the summary."""
     binary = find_perf_analyzer()
     out = args.out
@@ -344,12 +354,13 @@ def measure(args: argparse.Namespace, host: str) -> int:
                                     profile_file=profile_file, concurrency_range=level,
                                     measurement_interval_ms=args.measurement_interval,
                                     request_count=args.request_count, max_trials=args.max_trials,
-                                    stability_percentage=args.stability_percentage, extra=args.extra)
+                                    stability_percentage=args.stability_percentage,
+                                    extra=[*admin_header_args(admin_key), *args.extra])
         for attempt in range(1 + args.retries):
             for p in (csv_file, profile_file):
                 if p.exists():
                     p.unlink()
-            print("== " + " ".join(cmd), flush=True)
+            print("== " + " ".join(cmd).replace(admin_key or "\0", "***"), flush=True)
             commands.append(cmd)
             try:
                 code = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
@@ -402,11 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     try:
         if not args.start_server:
-            return measure(args, args.host)
+            key = os.environ.get(args.admin_key_env) if args.admin_key_env else None
+            return measure(args, args.host, admin_key=key)
         from loadtests.run import start_server
 
         with start_server(args) as server:
-            return measure(args, server.options.grpc_url)
+            return measure(args, server.options.grpc_url, admin_key=server.options.admin_key)
     except PerfAnalyzerUnavailable as e:
         print(f"perf_analyzer unavailable: {e}", file=sys.stderr)
         return 3

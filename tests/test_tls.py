@@ -67,8 +67,8 @@ def test_server_flags():
                         "--grpc-root-cert=ca.pem"]
     rule = f"{','.join(ADMIN_APIS)}:admin-key={'k' * 20}"
     assert args[4:] == [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
-    assert ServerOptions(model_control="none").security_args() == []
-    # explicit model control (the default) never leaves the repository API open: a random per-run key
+    # the admin APIs are never left open: without a key, a random per-run key
+    assert ServerOptions(model_control="none").admin_key_generated
     generated = ServerOptions()
     assert generated.admin_key_generated and len(generated.admin_key) >= 32
     assert generated.admin_key != ServerOptions().admin_key
