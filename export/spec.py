@@ -100,6 +100,9 @@ class ModelSpec:
     queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
     parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
     session: SessionState | None = None  # GPU variants that keep the cache server-side, keyed by session
+    # gpu variant: CUDA graphs captured per batch bucket (1, 2, 4, ... max_batch_size) for these sizes of the
+    # spec's one dynamic axis (None: a model without one); other shapes run eagerly. () = eager only.
+    gpu_graphs: tuple[int | None, ...] = ()
     # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
     # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu
     torch_module: bool = True
@@ -148,7 +151,7 @@ ASR_ENCODER = ModelSpec(
     inputs=(Tensor("mel", "FP32", (contract.ASR_MEL.n_mels, contract.ASR_N_FRAMES)),),
     outputs=(Tensor("audio_features", "FP32", (contract.ASR_AUDIO_CTX, "asr_state")),),
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000,
-    preset_dims=_asr_dims,
+    preset_dims=_asr_dims, gpu_graphs=(None,),  # a fixed 30 s window
 )
 
 ASR_DECODER = ModelSpec(
@@ -213,6 +216,9 @@ VOCODER = ModelSpec(
                     length_scale=contract.TTS_MEL.hop_length),),
     axes=(Axis("frames", 1, 64, 1024),),
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000, gpu_instances=2,
+    # the streamed chunks: the first (32 core + 16 right-context frames) and every middle one (16 + 32 + 16);
+    # ensemble.vocoder_stream's chunk_frames with ensemble.pipeline's VOCODER_CONTEXT_FRAMES (tests/test_stage_graphs.py)
+    gpu_graphs=(48, 64),
 )
 
 LIPSYNC = ModelSpec(
@@ -223,6 +229,7 @@ LIPSYNC = ModelSpec(
     ),
     outputs=(Tensor("frames", "FP32", (3, contract.FACE_SIZE, contract.FACE_SIZE)),),  # BGR 0..1
     max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    gpu_graphs=(None,),
 )
 
 STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC)
@@ -435,6 +442,8 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
         # the session cache lives in one process: one instance serves every session
         _gpu_instance_groups(cfg, spec, 1 if naive or session else spec.gpu_instances, placement)
         cfg.parameters["precision"].string_value = "fp32" if naive else spec.gpu_precision
+        if spec.gpu_graphs and not naive:
+            cfg.parameters["cuda_graphs"].string_value = "true"
         if naive:
             return _header(spec, variant) + text_format.MessageToString(cfg)
     db = cfg.dynamic_batching

@@ -2,7 +2,9 @@
 
 The same module definitions the ONNX graphs are exported from, cast to the
 spec's GPU precision, run under `torch.inference_mode`;
-requests are batched by `ensemble.batching` exactly as on the CPU variant.
+requests are batched by `ensemble.batching` exactly as on the CPU variant. Fixed shapes
+that recur (the spec's `gpu_graphs`) replay CUDA graphs; the LLM keeps its sessions'
+caches on the GPU (export/llm_sessions.py).
 """
 from __future__ import annotations
 
@@ -49,16 +51,88 @@ class TorchStage:
             return {t.name: _to_numpy(o, t.numpy_dtype) for t, o in zip(self.spec.outputs, out)}
 
 
+GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
+
+
+class GraphedStage:
+    """TorchStage with CUDA graphs for the spec's fixed shapes (`ModelSpec.gpu_graphs`): one graph per batch
+    bucket and size of the dynamic axis. A batch of that size is copied into the graph's static inputs (rows
+    past the batch keep earlier inputs: every row is computed independently, and only the batch's rows are
+    read back); any other shape runs eagerly."""
+
+    def __init__(self, stage: TorchStage):
+        self.stage = stage
+        spec = stage.spec
+        self.axis = next((a.name for a in spec.axes), None)
+        self.batches = [b for b in GRAPH_BATCHES if b <= spec.max_batch_size]
+        self.graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
+        self.inputs: dict[int | None, list[torch.Tensor]] = {}
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(stage.device)
+        stream.wait_stream(torch.cuda.current_stream(stage.device))
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for size in spec.gpu_graphs:
+                shapes = [self._dims(t, size) for t in spec.inputs]
+                self.inputs[size] = [torch.zeros((self.batches[-1], *d), device=stage.device,
+                                                 dtype=stage.dtype if t.dtype.startswith("FP") else torch.int64)
+                                     for t, d in zip(spec.inputs, shapes)]
+                for b in self.batches:
+                    args = [x[:b] for x in self.inputs[size]]
+                    self._run(args)  # warm-up outside the graph
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g, pool=pool, stream=stream):
+                        out = self._run(args)
+                    self.graphs[(b, size)] = (g, out)
+        torch.cuda.current_stream(stage.device).wait_stream(stream)
+        torch.cuda.synchronize(stage.device)
+
+    def _dims(self, t, size: int | None) -> list[int]:
+        spec = self.stage.spec
+        dims = []
+        for d in t.dims:
+            if isinstance(d, str) and d == self.axis:
+                dims.append(size)
+            elif isinstance(d, int):
+                dims.append(d)
+            else:
+                raise ValueError(f"{spec.name}: input {t.name!r} dim {d!r} is neither fixed nor the graphed axis")
+        return dims
+
+    def _run(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        out = self.stage.graph(*args)
+        return tuple(out) if isinstance(out, Sequence) else (out,)
+
+    def __call__(self, feeds: Feeds) -> Feeds:
+        spec = self.stage.spec
+        first = feeds[spec.inputs[0].name]
+        n = first.shape[0]
+        size = None
+        if self.axis is not None:
+            t0 = spec.inputs[0]
+            size = first.shape[1 + list(t0.dims).index(self.axis)] if self.axis in t0.dims else None
+        b = next((x for x in self.batches if x >= n), None)
+        if b is None or (b, size) not in self.graphs:
+            return self.stage(feeds)
+        with torch.inference_mode():
+            for t, x in zip(spec.inputs, self.inputs[size]):
+                x[:n].copy_(torch.from_numpy(np.ascontiguousarray(feeds[t.name])), non_blocking=False)
+            g, out = self.graphs[(b, size)]
+            g.replay()
+            return {t.name: _to_numpy(o[:n], t.numpy_dtype) for t, o in zip(spec.outputs, out)}
+
+
 def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
     return x.to(dtype=getattr(torch, dtype)).cpu().numpy()
 
 
 def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
-                 sessions: bool = False):
+                 sessions: bool = False, cuda_graphs: bool = False):
     """A BatchRunner for the stage; sessions=True (a config with the spec's session inputs): the session-keyed
-    GPU cache of export/llm_sessions.py, which serves stateless requests through the BatchRunner."""
+    GPU cache of export/llm_sessions.py, which serves stateless requests through the BatchRunner;
+    cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage)."""
     graph = load_graph(spec, preset, seed, device, precision)
-    runner = BatchRunner(spec, TorchStage(spec, graph, device, precision))
+    stage = TorchStage(spec, graph, device, precision)
+    runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage)
     if not sessions:
         return runner
     from export.llm_sessions import SessionLLM

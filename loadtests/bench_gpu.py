@@ -139,15 +139,18 @@ class GpuMemory:
     def __init__(self, interval_s: float = 0.5):
         self.peak_mib = 0  # the busiest GPU's
         self.peak_per_gpu_mib: list[int] = []
+        self.util: list[tuple[float, int]] = []  # (perf_counter, utilization.gpu % of the busiest GPU)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
 
     def _run(self, interval_s: float) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                     capture_output=True, text=True, timeout=5).stdout
-                used = [int(x) for x in out.split()]
+                out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
+                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
+                rows = [[int(v) for v in line.split(",")] for line in out.strip().splitlines()]
+                used = [r[0] for r in rows]
+                self.util.append((time.perf_counter(), max(r[1] for r in rows)))
                 self.peak_mib = max(self.peak_mib, max(used))
                 self.peak_per_gpu_mib = [max(a, b) for a, b in
                                          zip(used, self.peak_per_gpu_mib + [0] * (len(used) - len(self.peak_per_gpu_mib)))]
@@ -158,6 +161,11 @@ class GpuMemory:
     def __enter__(self):
         self._thread.start()
         return self
+
+    def mean_util(self, start: float, end: float) -> float | None:
+        """Mean GPU utilization (% of time a kernel ran, nvidia-smi) sampled between two perf_counter times."""
+        vals = [u for t, u in self.util if start <= t <= end]
+        return sum(vals) / len(vals) if vals else None
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -214,14 +222,33 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         for c in levels:
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), _cpu_times()
             s = summarize(run_level(url, avatar, c, turns, options))
             s["wall_s"] = time.perf_counter() - t
+            s["gpu_util_pct"] = mem.mean_util(t, time.perf_counter())
+            s["cpu_util_pct"] = _cpu_busy_pct(cpu, _cpu_times())
             result["levels"][c] = s
             print(f"[{config_name}] text c={c}: {s}", flush=True)
     result["peak_gpu_memory_mib"] = mem.peak_mib
     result["peak_gpu_memory_mib_per_gpu"] = mem.peak_per_gpu_mib
     return result
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs from /proc/stat (None where there is none)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields) - idle, sum(fields)
+
+
+def _cpu_busy_pct(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float | None:
+    """Share of the host's CPU time that was busy between two _cpu_times() readings, in %."""
+    if a is None or b is None or b[1] == a[1]:
+        return None
+    return 100.0 * (b[0] - a[0]) / (b[1] - a[1])
 
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,

@@ -63,6 +63,11 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
             sets = _inputs(g, 4, batch, dtype, device, frames=frames_1s)
             s = timed(lambda i: g(*sets[i % 4]), device, repeats)
             out[f"vocoder_xrt_b{batch}"] = batch * (frames_1s * contract.TTS_MEL.hop_length / contract.TTS_MEL.sample_rate) / s
+
+        # as the gpu variant serves a streamed chunk: numpy in and out, CUDA graphs in the optimized runtime
+        frames = max(f for f in spec.VOCODER.gpu_graphs)
+        s = _served(g, spec.VOCODER, precision, device, repeats, 1, frames=frames)
+        out["vocoder_xrt_b1_chunk"] = frames * contract.TTS_MEL.hop_length / contract.TTS_MEL.sample_rate / s
         del g
 
         g, dtype = load(spec.LIPSYNC)
@@ -70,6 +75,8 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
             sets = _inputs(g, 4, batch, dtype, device)
             s = timed(lambda i: g(*sets[i % 4]), device, repeats)
             out[f"lipsync_fps_b{batch}"] = batch / s
+        for batch in (1, 8):
+            out[f"lipsync_fps_b{batch}_served"] = batch / _served(g, spec.LIPSYNC, precision, device, repeats, batch)
         del g
 
         g, dtype = load(spec.LLM)
@@ -92,6 +99,20 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
     return out
+
+
+def _served(graph, stage_spec, precision: str | None, device: str, repeats: int, batch: int, **sizes) -> float:
+    """Seconds of one call of the stage's runtime as the gpu variant serves it (numpy feeds in, numpy out):
+    TorchStage (eager) for the naive precision, GraphedStage (CUDA graphs) for the optimized one on CUDA."""
+    from export.torch_runtime import GraphedStage, TorchStage
+
+    prec = precision or stage_spec.gpu_precision
+    stage = TorchStage(stage_spec, graph, device, prec)
+    if precision is None and device.startswith("cuda") and stage_spec.gpu_graphs:
+        stage = GraphedStage(stage)
+    sets = [{t.name: x.float().numpy() if x.is_floating_point() else x.numpy()
+             for t, x in zip(stage_spec.inputs, graph.example_inputs(batch=batch, seed=k, **sizes))} for k in range(4)]
+    return timed(lambda i: stage(sets[i % 4]), device, repeats)
 
 
 def _session_step(graph, dtype, device: str, batch: int, repeats: int, past: int = 128) -> float:

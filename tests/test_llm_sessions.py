@@ -180,3 +180,22 @@ def test_gpu_config_alone_keeps_the_cache_server_side():
     gpu = spec.render_config(spec.LLM, "gpu")
     assert "session_id" in gpu and "session_end" in gpu and "count: 1\n" in gpu
     assert f"max_batch_size: {spec.LLM.session.max_batch_size}" in gpu
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
+    """StepGraphs: prompt buckets and (batch, span) buckets replayed over fresh inputs, fp32 on CUDA."""
+    cuda = qwen2.LlmGraph(qwen2.build(TINY.llm, seed=0)).to("cuda")
+    stateless = BatchRunner(spec.LLM, TorchStage(spec.LLM, cuda, "cuda", "fp32"))
+    r = SessionLLM(spec.LLM, cuda, "cuda", stateless, slots=8)
+    assert r.graphs is not None
+    seqs = {sid: _ids(n, 20 + sid) for sid, n in ((1, 3), (2, 17), (3, 40))}
+    for sid, seq in seqs.items():
+        (out,) = r.run([_req(sid, seq)])
+        np.testing.assert_allclose(out["logits"][0], _reference(graph.model, seq)[-1].numpy(), atol=ATOL)
+    for k in range(3):
+        toks = {sid: _ids(1, 100 * k + sid) for sid in seqs}
+        outs = r.run([_req(sid, toks[sid]) for sid in seqs])
+        for (sid, seq), out in zip(seqs.items(), outs):
+            seq += toks[sid]
+            np.testing.assert_allclose(out["logits"][0], _reference(graph.model, seq)[-1].numpy(), atol=ATOL)

@@ -13,7 +13,8 @@ def gpu_runner(spec, config, args):
     device = f"cuda:{args.get('model_instance_device_id', 0)}"
     sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
-                        parameter(config, "precision", spec.gpu_precision), sessions=sessions)
+                        parameter(config, "precision", spec.gpu_precision), sessions=sessions,
+                        cuda_graphs=parameter(config, "cuda_graphs", "false") == "true")
 
 
 TritonPythonModel = make_model(gpu_runner)

@@ -1,0 +1,43 @@
+"""CUDA graphs of the gpu variant's fixed-shape stages (export/torch_runtime.GraphedStage, ModelSpec.gpu_graphs)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ensemble.pipeline import VOCODER_CONTEXT_FRAMES
+from ensemble.vocoder_stream import VocoderStreamOptions
+from export import spec
+from export.presets import get_preset
+from export.torch_runtime import GraphedStage, TorchStage, load_graph
+
+
+def test_vocoder_graphs_are_the_streamed_chunk_sizes():
+    core = VocoderStreamOptions().chunk_frames
+    first, middle = core + VOCODER_CONTEXT_FRAMES, core + 2 * VOCODER_CONTEXT_FRAMES
+    assert set(spec.VOCODER.gpu_graphs) == {first, middle}
+
+
+def test_only_the_optimized_gpu_variant_asks_for_graphs():
+    for s in (spec.VOCODER, spec.LIPSYNC, spec.ASR_ENCODER):
+        assert 'key: "cuda_graphs"' in spec.render_config(s, "gpu")
+        for variant in ("cpu", "gpu_naive", "tensorrt"):
+            assert "cuda_graphs" not in spec.render_config(s, variant), (s.name, variant)
+    assert "cuda_graphs" not in spec.render_config(spec.TTS, "gpu")  # output length depends on the input
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.LIPSYNC])
+def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec):
+    preset = get_preset("tiny")
+    graph = load_graph(stage_spec, preset, 0, "cuda", "fp32")
+    eager = TorchStage(stage_spec, graph, "cuda", "fp32")
+    graphed = GraphedStage(TorchStage(stage_spec, graph, "cuda", "fp32"))
+    sizes = {"frames": max(stage_spec.gpu_graphs)} if stage_spec.axes else {}
+    for seed, batch in ((1, 3), (2, 1), (3, 5)):  # padded batch buckets, replays over earlier inputs
+        feeds = {t.name: x.numpy() for t, x in
+                 zip(stage_spec.inputs, graph.example_inputs(batch=batch, seed=seed, **sizes))}
+        want, got = eager(feeds), graphed(feeds)
+        for name in want:
+            assert got[name].shape == want[name].shape
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
