@@ -5,11 +5,19 @@ when it reads 0 (or when --timeout passes; exit code 1 then). Kubernetes sends
 SIGTERM after the preStop hook, and Triton's --exit-timeout-secs covers what is
 left, so terminationGracePeriodSeconds must exceed both together.
 
+With --unload (explicit model control) it first asks Triton to unload `talking_head`
+(admin key from $--admin-key-env): Triton marks it UNLOADING at once, so
+`/v2/health/ready` answers 503 and new turns are refused ("has no available
+versions") while the turns in flight run to their end; the unload completes after
+the last one. (deploy.server's own stop does the same.)
+
     python -m deploy.drain --url localhost:8002 --timeout 120
+    python -m deploy.drain --url localhost:8002 --timeout 120 --unload --admin-key-env TRITON_ADMIN_KEY
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import urllib.request
@@ -28,14 +36,37 @@ def active_sessions(metrics_url: str) -> float:
     return total
 
 
+def unload_orchestrator(grpc_url: str, admin_key: str | None, root_certificates: str | None = None) -> None:
+    """Ask Triton to unload talking_head (returns at once; Triton lets the turns in flight finish first)."""
+    import tritonclient.grpc as grpcclient
+
+    from deploy.server import ORCHESTRATOR, admin_headers
+
+    with grpcclient.InferenceServerClient(grpc_url, ssl=root_certificates is not None,
+                                          root_certificates=root_certificates) as client:
+        client.unload_model(ORCHESTRATOR, headers=admin_headers(admin_key), client_timeout=10)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default="localhost:8002", help="Triton metrics endpoint host:port")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    ap.add_argument("--unload", action="store_true",
+                    help="first unload talking_head: readiness off at once, new turns refused, turns in flight finish")
+    ap.add_argument("--grpc-url", default="localhost:8001", help="with --unload: Triton's gRPC endpoint")
+    ap.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", metavar="VAR",
+                    help="with --unload: the environment variable holding the admin key (default TRITON_ADMIN_KEY)")
+    ap.add_argument("--root-certificates", default=None, help="with --unload: CA certificate (PEM) when gRPC uses TLS")
     args = ap.parse_args(argv)
     url = args.url if args.url.startswith("http") else f"http://{args.url}/metrics"
     deadline = time.monotonic() + args.timeout
+    if args.unload:
+        try:
+            unload_orchestrator(args.grpc_url, os.environ.get(args.admin_key_env) or None, args.root_certificates)
+            print("drain: talking_head unloading (not ready; new turns refused)", flush=True)
+        except Exception as e:  # keep draining: the turns in flight still deserve their end
+            print(f"drain: could not unload talking_head ({e}); waiting anyway", file=sys.stderr, flush=True)
     while True:
         try:
             n = active_sessions(url)

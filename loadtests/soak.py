@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes < 1:
         ap.error("--minutes must be at least 1 (the first and last minute are reported)")
 
+    # SIGTERM or SIGINT (also when started in the background, where SIGINT is ignored) stop the server cleanly
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     ensure_exported(args.preset)
     ports = (args.grpc_port - 1, args.grpc_port, args.grpc_port + 1)
     check_ports_free(*ports)

@@ -669,6 +669,8 @@ def test_deployment_drain_and_grace_period():
     pre_stop = triton["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[:3] == ["python", "-m", "deploy.drain"]
     assert pre_stop[pre_stop.index("--url") + 1] == "localhost:8002"
+    assert "--unload" in pre_stop and pre_stop[pre_stop.index("--admin-key-env") + 1] == "TRITON_ADMIN_KEY"
+    assert "TRITON_ADMIN_KEY" in {e["name"] for e in triton["env"]}  # the key the unload sends
     drain = int(pre_stop[pre_stop.index("--timeout") + 1])
     exit_timeout = int(flags(triton["args"])["--exit-timeout-secs"][0])
     assert spec["terminationGracePeriodSeconds"] > drain + exit_timeout
@@ -915,7 +917,7 @@ def test_orchestrator_defines_the_metrics_the_deployment_uses():
 
 @pytest.mark.parametrize("module,options", [
     ("deploy.canary", ["--url"]),                                         # the liveness probe
-    ("deploy.drain", ["--url", "--timeout"]),                             # the preStop hook
+    ("deploy.drain", ["--url", "--timeout", "--unload", "--grpc-url", "--admin-key-env"]),  # the preStop hook
     ("loadtests.run", ["--host", "--users", "--spawn-rate", "--duration"]),  # deploy/README.md's load test
 ])
 def test_scripts_accept_the_options_the_deployment_passes(module, options):

@@ -240,3 +240,44 @@ def test_sigterm_straight_to_tritonserver_cuts_the_turn_in_flight(exported_repos
     assert code == 0
     assert [p for p in stubs if os.path.exists(f"/proc/{p}")] == []
     assert {r for r in regions if os.path.exists(f"/dev/shm/{r}")} == set()
+
+
+def test_drain_unload_for_kubernetes_prestop(exported_repository, tmp_path, monkeypatch):
+    """`python -m deploy.drain --unload` (the Kubernetes preStop): readiness off at once, the turn in flight
+    finishes, and once the unload completes strict readiness says 200 again (an unloaded model does not
+    count): which is why the kubelet's SIGTERM, or deploy.server's, must follow the drain at once."""
+    from deploy import drain
+
+    server = EmbeddedServer(ServerOptions(repository=exported_repository, workdir=tmp_path, **PORTS))
+    server.start()
+    try:
+        monkeypatch.setenv("TEST_ADMIN_KEY", server.options.admin_key)
+        client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
+        avatar = client.register_avatar(demo_avatar_png())
+        t0 = time.perf_counter()
+        turn = Watch(client, avatar.id, t0)
+        turn.wait_for(ev.AUDIO)
+        readiness = Readiness(t0)
+        time.sleep(0.05)
+        t_drain = time.perf_counter() - t0
+        code = drain.main(["--url", f"localhost:{PORTS['metrics_port']}", "--timeout", "60", "--interval", "0.05",
+                           "--unload", "--grpc-url", GRPC_URL, "--admin-key-env", "TEST_ADMIN_KEY"])
+        drained_s = time.perf_counter() - t0
+        turn.thread.join(30)
+        deadline = time.monotonic() + 15
+        while not _ready() and time.monotonic() < deadline:  # the unload completes ~1 s after the last turn
+            time.sleep(0.02)
+        ready_again_s = time.perf_counter() - t0
+        readiness.stop.set()
+        readiness.thread.join(5)
+        client.close()
+    finally:
+        server.stop()
+    unready_s = readiness.first_unready_after(t_drain) - t_drain
+    print(f"\ndeploy.drain --unload at {t_drain:.2f} s into the turn: unready {unready_s * 1000:.0f} ms later; the turn "
+          f"finished at {turn.events[-1][0]:.2f} s; drain returned {code} at {drained_s:.2f} s; /v2/health/ready 200 "
+          f"again at {ready_again_s:.2f} s (talking_head unloaded)")
+    assert code == 0
+    assert unready_s < 0.5
+    assert turn.error is None and turn.events[-1][1] == ev.DONE
+    assert ready_again_s - drained_s < 15, "strict readiness stayed 503 after talking_head was unloaded"
