@@ -129,6 +129,20 @@ class Readiness:
         return next((s for s, ready in self.changes if s >= t and not ready), None)
 
 
+def _long_turn_under_watch():
+    """A long turn streaming (after its first audio chunk) with readiness polled beside it (and ready so far):
+    (client, avatar, t0, turn, readiness)."""
+    client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
+    avatar = client.register_avatar(demo_avatar_png())
+    t0 = time.perf_counter()
+    turn = Watch(client, avatar.id, t0)
+    turn.wait_for(ev.AUDIO)
+    readiness = Readiness(t0)
+    time.sleep(0.05)
+    assert readiness.changes == [(readiness.changes[0][0], True)]
+    return client, avatar, t0, turn, readiness
+
+
 def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--repository", str(exported_repository),
                              "--workdir", str(tmp_path), "--exit-timeout", str(EXIT_TIMEOUT_S),
@@ -147,14 +161,7 @@ def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tm
         assert any(r.startswith(PYTHON_SHM) for r in regions) and any("ort_cpu" in r for r in regions), regions
         assert oct((tmp_path / "admin-key").stat().st_mode & 0o777) == "0o600"  # the per-run admin key
 
-        client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
-        avatar = client.register_avatar(demo_avatar_png())
-        t0 = time.perf_counter()
-        turn = Watch(client, avatar.id, t0)
-        turn.wait_for(ev.AUDIO)
-        readiness = Readiness(t0)
-        time.sleep(0.05)
-        assert readiness.changes == [(readiness.changes[0][0], True)]
+        client, avatar, t0, turn, readiness = _long_turn_under_watch()
         t_term = time.perf_counter() - t0
         proc.send_signal(signal.SIGTERM)
 
@@ -252,13 +259,7 @@ def test_drain_unload_for_kubernetes_prestop(exported_repository, tmp_path, monk
     server.start()
     try:
         monkeypatch.setenv("TEST_ADMIN_KEY", server.options.admin_key)
-        client = TalkingHeadClient(GRPC_URL, turn_timeout_s=120)
-        avatar = client.register_avatar(demo_avatar_png())
-        t0 = time.perf_counter()
-        turn = Watch(client, avatar.id, t0)
-        turn.wait_for(ev.AUDIO)
-        readiness = Readiness(t0)
-        time.sleep(0.05)
+        client, _, t0, turn, readiness = _long_turn_under_watch()
         t_drain = time.perf_counter() - t0
         code = drain.main(["--url", f"localhost:{PORTS['metrics_port']}", "--timeout", "60", "--interval", "0.05",
                            "--unload", "--grpc-url", GRPC_URL, "--admin-key-env", "TEST_ADMIN_KEY"])
