@@ -178,7 +178,8 @@ class Turn:
         self.emit(DONE, {
             "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
             "sample_rate": contract.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
-            "frames_dropped": self.frames_dropped, "interrupted": self.interrupted,
+            "frames_dropped": self.frames_dropped, "frames_dropped_late": self.frames_late_dropped,
+            "frame_stride": self.options.frame_stride, "interrupted": self.interrupted,
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
             "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
         })
