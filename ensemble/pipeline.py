@@ -372,10 +372,13 @@ class Turn:
         slots = [(i, w) for i, w in slots if self._keep(i)]
         if not slots:
             return
-        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS))
-                  for i, _ in slots]
+        images, faces = [], []
+        for i, _ in slots:  # audio first: the speech task may run between frames
+            images.append(motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS)))
+            faces.append(avatars.wav2lip_faces(self.avatar, images[-1]))
+            await asyncio.sleep(0)
         mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
-        faces = np.stack([avatars.wav2lip_faces(self.avatar, image) for image in images])
+        faces = np.stack(faces)
         t = time.perf_counter()
         generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": faces}))["frames"]
         took = time.perf_counter() - t
