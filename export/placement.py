@@ -13,7 +13,7 @@ therefore only adds parallel capacity for it.
 The rule (one decision per comment in `place`), N GPUs:
 - N = 1 reproduces today's single-GPU counts exactly: every stage gets its spec's
   `gpu_instances` (llm 4, asr_decoder 2, vocoder 2, lipsync 2, asr_encoder 1, tts 1)
-  and the orchestrator `ORCHESTRATOR_GPU_INSTANCES` (4) CPU instances.
+  and the orchestrator `ORCHESTRATOR_GPU_INSTANCES` (8) CPU instances.
 - Every GPU is a full replica of that single-GPU set (LLM, vocoder, lipsync, and the light
   ASR/TTS stages), the orchestrator gets 4 x N CPU instances.
 - With a per-GPU memory limit, a GPU that cannot hold its set sheds instances in
@@ -66,7 +66,7 @@ WORKING_GIB = {
 }
 LLM_ACTIVATION_GIB = 0.5  # prefill of 512 tokens at batch 16: one layer's scores 16 x 14 x 512 x 2048 x 2 B = 0.44 GiB
 
-# The orchestrator's CPU instances per GPU of the host (4 on one GPU = ORCHESTRATOR_GPU_INSTANCES): each stub process
+# The orchestrator's CPU instances per GPU of the host (8 on one GPU = ORCHESTRATOR_GPU_INSTANCES): each stub process
 # serves up to max_sessions turns and composites/JPEG-encodes their frames on the CPU, work that grows with the
 # sessions the GPUs carry. The multi-GPU hosts have 16 CPU cores per GPU, as the single-GPU one.
 ORCHESTRATOR_PER_GPU = specs.ORCHESTRATOR_GPU_INSTANCES

@@ -479,7 +479,9 @@ def _header(spec: ModelSpec, variant: str) -> str:
             f"# Regenerate with: python -m export.render_configs\n")
 
 
-ORCHESTRATOR_GPU_INSTANCES = 4  # stub processes of the orchestrator on a GPU host: frames are composited on CPUs
+# stub processes of the orchestrator on a GPU host: frames are composited and JPEG-encoded on CPUs, each process on
+# one core (the GIL); at 32 text sessions 4 processes ran ~0.9 core each and delayed every BLS answer (BENCHMARKS.md)
+ORCHESTRATOR_GPU_INSTANCES = 8
 
 
 def config_paths(spec: ModelSpec) -> dict[str, str]:

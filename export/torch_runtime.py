@@ -21,6 +21,27 @@ from export.spec import ModelSpec
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def prefer_blocking_sync(device_index: int) -> bool:
+    """Make this process's CUDA context block on a synchronize instead of spinning a core.
+
+    By default the CUDA runtime spins while it waits for the GPU when a host has more cores than CUDA
+    contexts: with a dozen stage processes each waiting on the GPU, that burns the cores the
+    orchestrators need (BENCHMARKS.md, host load). Must run before the process first touches the device;
+    False where the driver refused.
+    """
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    dev = ctypes.c_int()
+    set_flags = getattr(cuda, "cuDevicePrimaryCtxSetFlags_v2", None) or cuda.cuDevicePrimaryCtxSetFlags
+    blocking_sync = 0x04  # CU_CTX_SCHED_BLOCKING_SYNC
+    return (cuda.cuInit(0) == 0 and cuda.cuDeviceGet(ctypes.byref(dev), device_index) == 0
+            and set_flags(dev, blocking_sync) == 0)
+
+
 def load_graph(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str) -> torch.nn.Module:
     if precision not in DTYPES:
         raise ValueError(f"{spec.name}: unknown precision {precision!r}; choose one of {sorted(DTYPES)}")

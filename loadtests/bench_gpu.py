@@ -204,11 +204,35 @@ def visible_gpus(n: int | None):
             os.environ["CUDA_VISIBLE_DEVICES"] = old
 
 
+@contextmanager
+def thread_pools(n: int | None):
+    """The server started inside gets THREAD_VARS = n where the environment does not set them (None: as it is);
+    the BLAS/OpenMP libraries of every stub read them when they load."""
+    old = {v: os.environ.get(v) for v in THREAD_VARS}
+    if n:
+        for v in THREAD_VARS:
+            os.environ.setdefault(v, str(n))
+    try:
+        yield
+    finally:
+        for v, value in old.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+
+
+# Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub process,
+# and its idle threads spin: 8 orchestrator processes then kept all 16 cores busy at one session (BENCHMARKS.md).
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
                       port: int, speech: np.ndarray, gpus: int | None = None) -> dict:
     """gpus: the server sees only the first `gpus` GPUs (None: every GPU it would see anyway)."""
     server_options = ServerOptions(config_name=config_name, workdir=workdir / config_name, grpc_port=port,
                                    http_port=port - 1, metrics_port=port + 1, ready_timeout_s=400)
+
     result: dict = {"config": config_name, "options": options, "levels": {}, "turns": turns}
     if gpus is not None:
         result["gpus"] = gpus
@@ -222,16 +246,38 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         for c in levels:
-            t, cpu = time.perf_counter(), _cpu_times()
+            t, cpu, procs = time.perf_counter(), _cpu_times(), process_cpu_s(server.process.pid)
             s = summarize(run_level(url, avatar, c, turns, options))
             s["wall_s"] = time.perf_counter() - t
             s["gpu_util_pct"] = mem.mean_util(t, time.perf_counter())
             s["cpu_util_pct"] = _cpu_busy_pct(cpu, _cpu_times())
+            used = process_cpu_s(server.process.pid)
+            s["cores_by_process"] = {k: round((v - procs.get(k, 0.0)) / s["wall_s"], 2)
+                                     for k, v in sorted(used.items(), key=lambda kv: procs.get(kv[0], 0.0) - kv[1])}
             result["levels"][c] = s
             print(f"[{config_name}] text c={c}: {s}", flush=True)
     result["peak_gpu_memory_mib"] = mem.peak_mib
     result["peak_gpu_memory_mib_per_gpu"] = mem.peak_per_gpu_mib
     return result
+
+
+def process_cpu_s(server_pid: int) -> dict[str, float]:
+    """CPU seconds used so far by tritonserver, its stubs (summed per model) and this process (the clients)."""
+    from deploy.server import stubs
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    out = {"tritonserver": cpu(server_pid), "clients (bench)": cpu(os.getpid())}
+    for st in stubs(server_pid):
+        out[st.model] = out.get(st.model, 0.0) + cpu(st.pid)
+    return out
 
 
 def _cpu_times() -> tuple[int, int] | None:
@@ -252,16 +298,21 @@ def _cpu_busy_pct(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float
 
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
-                      speech: np.ndarray, gpus: int | None, resume: bool) -> dict:
-    """serve_and_measure, saved to <workdir>/runs/<config>.json; with resume, a saved run of the same settings."""
+                      speech: np.ndarray, gpus: int | None, resume: bool, stub_threads: int | None = 1) -> dict:
+    """serve_and_measure (the server's THREAD_VARS = stub_threads), saved to <workdir>/runs/<config>.json; with
+    resume, a saved run of the same settings."""
     path = workdir / "runs" / f"{config_name}.json"
     if resume and path.exists():
         saved = json.loads(path.read_text())
         if (saved.get("options") == options and saved.get("turns") == turns and saved.get("gpus") == gpus
+                and saved.get("stub_threads") == (stub_threads or None)
                 and sorted(int(c) for c in saved.get("levels", {})) == sorted(levels)):
             print(f"[{config_name}] reusing {path}", flush=True)
             return saved
-    result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus)
+    with thread_pools(stub_threads):
+        result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus)
+    if stub_threads:
+        result["stub_threads"] = stub_threads
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     return result
@@ -316,6 +367,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="concurrency levels of the runs on more than one GPU (default: --concurrency)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive baseline run")
     ap.add_argument("--resume", action="store_true", help="reuse end-to-end runs saved under <out>/runs/")
+    ap.add_argument("--stub-threads", type=int, default=1,
+                    help=f"{'/'.join(THREAD_VARS)} of the server's processes unless set (0: leave them)")
     args = ap.parse_args(argv)
     if args.gpus is not None:
         bad = [n for n in args.gpus if n != 1 and n not in SCALE_OUT_GPUS]
@@ -354,17 +407,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_naive:
         report["naive"] = measure_or_resume(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
                                             args.naive_concurrency, args.turns, args.out, args.port, speech,
-                                            one_gpu, args.resume)
+                                            one_gpu, args.resume, args.stub_threads)
     optimized_opts = {**base_opts, "lipsync_batch": 8}
     report["optimized"] = measure_or_resume(args.optimized_config, optimized_opts, args.concurrency,
-                                            args.turns, args.out, args.port, speech, one_gpu, args.resume)
+                                            args.turns, args.out, args.port, speech, one_gpu, args.resume,
+                                            args.stub_threads)
     report["capacity"] = {name: capacity(report[name]["levels"]) for name in ("naive", "optimized") if name in report}
     if args.gpus:
         runs = {1: report["optimized"]}
         for n, config in scale_out_configs(args).items():
             if n > 1:
                 runs[n] = measure_or_resume(config, optimized_opts, args.scale_concurrency or args.concurrency,
-                                            args.turns, args.out, args.port, speech, n, args.resume)
+                                            args.turns, args.out, args.port, speech, n, args.resume,
+                                            args.stub_threads)
         report["scale_out"] = {"gpus": args.gpus, "runs": {str(n): r for n, r in runs.items() if n > 1},
                                "summary": scale_out_summary(runs)}
     (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=2, default=str))

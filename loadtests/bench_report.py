@@ -63,7 +63,9 @@ def _end_to_end(name: str, r: dict) -> list[str]:
     """The end-to-end section of one server run: per-level latency and real-time table, then stage times."""
     lines = [f"## End to end, {name} (`--model-config-name={r['config']}`, options {json.dumps(r['options'])})", "",
              (f"Server start to ready: {_f(r['server_start_s'], 1)} s; peak GPU memory (nvidia-smi): "
-              f"{r['peak_gpu_memory_mib']} MiB."), "",
+              f"{r['peak_gpu_memory_mib']} MiB."
+              + (f" Server environment: OPENBLAS/OMP/MKL_NUM_THREADS={r['stub_threads']}." if r.get("stub_threads")
+                 else "")), "",
              ("| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"
               " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames | underruns |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -82,9 +84,12 @@ def _end_to_end(name: str, r: dict) -> list[str]:
     busy = [(c, s) for _, c, s in rows[1:] if s.get("gpu_util_pct") is not None or s.get("cpu_util_pct") is not None]
     if busy:
         lines += ["Host load while each text level ran (GPU: nvidia-smi utilization, share of time a kernel ran; "
-                  "CPU: busy share of all cores, /proc/stat):", "",
-                  "| concurrency | GPU busy % | CPU busy % |", "| ---: | ---: | ---: |"]
-        lines += [f"| {c} | {_f(s.get('gpu_util_pct'), 0)} | {_f(s.get('cpu_util_pct'), 0)} |" for c, s in busy]
+                  "CPU: busy share of all cores, /proc/stat; cores: CPU seconds per wall second of the busiest "
+                  "processes, stubs summed per model):", "",
+                  "| concurrency | GPU busy % | CPU busy % | cores used by |", "| ---: | ---: | ---: | --- |"]
+        lines += [f"| {c} | {_f(s.get('gpu_util_pct'), 0)} | {_f(s.get('cpu_util_pct'), 0)} | "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in list((s.get("cores_by_process") or {}).items())[:6]) + " |"
+                  for c, s in busy]
         lines.append("")
     return lines
 

@@ -3,14 +3,19 @@
 The preset and seed come from the export manifest beside the orchestrator, so
 every stage and the orchestrator agree on model sizes and tokenizers.
 """
+import torch
+
 from deploy.stage_backend import make_model, parameter, version_dir
 from export.artifacts import manifest_preset, read_manifest
-from export.torch_runtime import torch_runner
+from export.torch_runtime import prefer_blocking_sync, torch_runner
 
 
 def gpu_runner(spec, config, args):
     manifest = read_manifest(version_dir(args).parent.parent / "talking_head" / "1")
-    device = f"cuda:{args.get('model_instance_device_id', 0)}"
+    device_id = int(args.get("model_instance_device_id", 0))
+    device = f"cuda:{device_id}"
+    prefer_blocking_sync(device_id)  # a waiting stub sleeps instead of spinning a core (BENCHMARKS.md, host load)
+    torch.set_num_threads(2)  # the GPU does the work; no CPU thread pool spinning beside it
     sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
                         parameter(config, "precision", spec.gpu_precision), sessions=sessions,
