@@ -241,8 +241,12 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         url = server_options.grpc_url
         with TalkingHeadClient(url) as c:
             avatar = c.register_avatar(demo_avatar_png()).id
-        run_level(url, avatar, 1, 2, options)  # warm-up: first calls load kernels and allocate
-        run_level(url, avatar, 1, 1, options, audio=speech)
+        # warm-up: first calls load kernels and allocate, in every orchestrator process (Triton spreads concurrent
+        # turns over its instances); a process's first turn also builds its avatar and feature caches
+        n = 2 * orchestrator_instances(config_name)
+        run_level(url, avatar, 1, 2, options)
+        run_level(url, avatar, n, 1, options)
+        run_level(url, avatar, n, 1, options, audio=speech)
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         for c in levels:
@@ -295,6 +299,17 @@ def _cpu_busy_pct(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float
     if a is None or b is None or b[1] == a[1]:
         return None
     return 100.0 * (b[0] - a[0]) / (b[1] - a[1])
+
+
+def orchestrator_instances(config_name: str) -> int:
+    """Instances of the orchestrator in the variant `config_name` (its rendered config, else config.pbtxt)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    folder = DEFAULT_REPOSITORY / "talking_head"
+    path = folder / "configs" / f"{config_name}.pbtxt"
+    cfg = text_format.Parse((path if path.exists() else folder / "config.pbtxt").read_text(), mc.ModelConfig())
+    return sum(g.count * max(len(g.gpus), 1) for g in cfg.instance_group) or 1
 
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
