@@ -39,6 +39,7 @@ from deploy.server import EmbeddedServer, ServerOptions
 from ensemble import events as ev
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png
+from loadtests import stats
 from loadtests.bench_cpu import TEXTS, hardware, pct
 from loadtests.run import check_ports_free, ensure_exported
 
@@ -125,7 +126,7 @@ def wait_idle(metrics_url: str, timeout_s: float = 60.0) -> None:
         time.sleep(0.05)
 
 
-def stats(values: list[float]) -> dict:
+def spread(values: list[float]) -> dict:
     if not values:
         return {"n": 0, "p50": None, "p95": None, "max": None}
     return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95), "max": max(values)}
@@ -140,23 +141,32 @@ def summarize(phases: dict[str, list[Attempt]], cap: int, factor: int, server_re
     lost = [a for p in phases.values() for a in p if a.outcome == "failed"]
     return {
         "cap": cap, "factor": factor, "users_offered": cap * factor,
-        "baseline_ttfa_s": stats([a.ttfa_s for a in of("baseline", "done") if a.ttfa_s is not None]),
-        "capacity_ttfa_s": stats([a.ttfa_s for a in of("capacity", "done") if a.ttfa_s is not None]),
+        "baseline_ttfa_s": spread([a.ttfa_s for a in of("baseline", "done") if a.ttfa_s is not None]),
+        "capacity_ttfa_s": spread([a.ttfa_s for a in of("capacity", "done") if a.ttfa_s is not None]),
         "overload_attempts": len(over),
         "overload_completed": len(of("overload", "done")),
         "overload_refused": len(refused),
-        "refusal_latency_s": stats([a.latency_s for a in refused]),
+        "refusal_latency_s": spread([a.latency_s for a in refused]),
         "refusals_within_target": sum(a.latency_s <= REFUSAL_TARGET_S for a in refused),
         "refusal_messages": sorted({a.message.split(":")[0] for a in refused if a.message}),
         "refusal_example": refused[0].message if refused else None,
-        "admitted_ttfa_s": stats([a.ttfa_s for a in of("overload", "done") if a.ttfa_s is not None]),
+        "admitted_ttfa_s": spread([a.ttfa_s for a in of("overload", "done") if a.ttfa_s is not None]),
         "server_refusals_counted": server_refusals,
         "lost": len(lost),
         "lost_examples": [a.message for a in lost[:5]],
         "recovery_completed": len(of("recovery", "done")),
         "recovery_offered": len(phases["recovery"]),
-        "recovery_ttfa_s": stats([a.ttfa_s for a in of("recovery", "done") if a.ttfa_s is not None]),
+        "recovery_ttfa_s": spread([a.ttfa_s for a in of("recovery", "done") if a.ttfa_s is not None]),
     }
+
+
+def raw_figures(phases: dict[str, list[Attempt]]) -> dict:
+    """What the percentiles came from: per phase, the TTFA of completed turns and the latency of
+    refusals (seconds, in order); every lost turn in full."""
+    return {phase: {"ttfa_s": [a.ttfa_s for a in attempts if a.outcome == "done"],
+                    "refusal_latency_s": [a.latency_s for a in attempts if a.outcome == "refused"],
+                    "lost": [asdict(a) for a in attempts if a.outcome == "failed"]}
+            for phase, attempts in phases.items()}
 
 
 def report(r: dict) -> str:
@@ -225,11 +235,11 @@ def main(argv: list[str] | None = None) -> int:
               "hardware": hardware(), "preset": args.preset,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "turn_options": TURN_OPTIONS, **summarize(phases, args.cap, args.factor, server_refusals),
-              "attempts": [asdict(a) for p in phases.values() for a in p]}
+              "raw": raw_figures(phases)}
     print(report(result))
     path = args.json or RESULTS / f"overload_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    path.write_text(json.dumps(stats.rounded(result), indent=1))
     print(f"  figures: {path}")
     return 1 if result["lost"] or result["recovery_completed"] < result["recovery_offered"] else 0
 

@@ -39,6 +39,7 @@ from deploy.demo import QUESTION, speak
 from deploy.server import EmbeddedServer, ServerOptions, stubs
 from ensemble.avatar import demo_avatar_png
 from export import contract
+from loadtests import stats
 from loadtests.bench_cpu import TEXTS, hardware, pct
 from loadtests.run import check_ports_free, ensure_exported
 
@@ -188,7 +189,8 @@ def summarize(soak: Soak, args: argparse.Namespace, start_s: float) -> dict:
         "rss_growth": round(growth, 4),
         "shm_bytes": {"cold": cold.shm_bytes, "start": begin.shm_bytes, "end": end.shm_bytes},
         "samples": [asdict(s) for s in soak.samples],
-        "turns": [asdict(t) for t in soak.turns],
+        "turn_columns": list(TurnRecord.__dataclass_fields__),  # each turn a row: fewer bytes than objects
+        "turns": [list(asdict(t).values()) for t in soak.turns],
     }
 
 
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(result))
     path = args.json or RESULTS / f"soak_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1))
+    path.write_text(json.dumps(stats.rounded(result), indent=1))
     print(f"  figures: {path}")
     return 1 if result["failures"] or result["rss_growth"] > args.max_growth else 0
 

@@ -119,6 +119,18 @@ TURN_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TurnSample))
 _FIELD_TYPES = {f.name: f.type for f in fields(TurnSample)}
 
 
+def rounded(obj: Any, digits: int = 4) -> Any:
+    """obj (dicts, lists, numbers) with every float rounded: for result files, where digits below
+    0.1 ms are noise."""
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 def parse_think(value: str) -> tuple[float, float]:
     """Think time "MIN,MAX" seconds: "1,3" -> (1.0, 3.0); "2" -> (2.0, 2.0)."""
     try:
