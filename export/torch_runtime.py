@@ -91,6 +91,8 @@ class GraphedStage:
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(stage.device)
         stream.wait_stream(torch.cuda.current_stream(stage.device))
+        # the captured shapes are fixed: cuDNN may time its convolution algorithms once, in the warm-up run
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
         with torch.inference_mode(), torch.cuda.stream(stream):
             for size in spec.gpu_graphs:
                 shapes = [self._dims(t, size) for t in spec.inputs]
@@ -104,6 +106,7 @@ class GraphedStage:
                     with torch.cuda.graph(g, pool=pool, stream=stream):
                         out = self._run(args)
                     self.graphs[(b, size)] = (g, out)
+        torch.backends.cudnn.benchmark = benchmark
         torch.cuda.current_stream(stage.device).wait_stream(stream)
         torch.cuda.synchronize(stage.device)
 
