@@ -58,14 +58,15 @@ def test_locust_conversations_complete_without_failures(server, tmp_path, capsys
     assert "first audio chunk (TTFA)" in printed and "0 failed" in printed
 
 
-def test_perf_analyzer_time_to_first_response(server, avatar, tmp_path):
+def test_perf_analyzer_time_to_first_response(server, avatar, tmp_path, monkeypatch):
     try:
         pa.perf_analyzer_env(pa.find_perf_analyzer(), tmp_path / "libs")
     except pa.PerfAnalyzerUnavailable as e:
         pytest.skip(f"perf_analyzer cannot run here: {e}")
     out = tmp_path / "perf"
+    monkeypatch.setenv("PA_ADMIN_KEY", server.options.admin_key)  # perf_analyzer reads the model config
     code = pa.main(["--host", server.options.grpc_url, "--avatar", avatar.id, "--concurrency-range", "1",
-                    "--request-count", "3", "--out", str(out), "--timeout", "120"])
+                    "--request-count", "3", "--out", str(out), "--timeout", "120", "--admin-key-env", "PA_ADMIN_KEY"])
     assert code == 0
     summary = json.loads((tmp_path / "perf_pa_summary.json").read_text())
     (row,) = summary["experiments"]
