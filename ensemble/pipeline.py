@@ -24,7 +24,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import KVDecoder, greedy, sample, start_decoder
+from ensemble.decoding import greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
@@ -224,20 +224,26 @@ class Turn:
         tok = self.tok.asr
         prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
         eot = tok.token_to_id("<|endoftext|>")
-        decoder = KVDecoder(self.infer, spec.ASR_DECODER, self.preset, extra={"audio_features": features})
         vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
-        logits = (await decoder.feed(prompt))[:vocab]
+        # the GPU variant keeps the utterance's cross-attention keys/values and the cache on its side (one session
+        # per utterance, the features sent once): released on every way out
+        decoder, logits = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
+                                              extra={"audio_features": features}, release=self._infer)
+        logits = logits[:vocab]
         out: list[int] = []
         seconds = audio16k.size / contract.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
                     int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
         specials = list(prompt)
-        while len(out) < limit:
-            token = greedy(logits, banned=specials)
-            if token == eot:
-                break
-            out.append(token)
-            logits = (await decoder.feed([token]))[:vocab]
+        try:
+            while len(out) < limit:
+                token = greedy(logits, banned=specials)
+                if token == eot:
+                    break
+                out.append(token)
+                logits = (await decoder.feed([token]))[:vocab]
+        finally:
+            await decoder.close()
         return tok.decode(out).strip()
 
     async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:

@@ -3,7 +3,7 @@
 The `llm` model of the gpu variant (export/spec.py, `LLM.session`). A request names its session
 and carries only token ids; the answer is the next-token logits. The cache is one static,
 preallocated tensor per layer (keys and values, [slots + 1, KVH, max_length, Dh], the spec's GPU
-precision); `export.kv_sessions.SessionTable` says which slot each session holds.
+precision); `export.session_runner.SessionRunner` handles the requests and which slot each session holds.
 
 - A request of several tokens (the prompt) is a prefill: the model's own eager forward over the
   session's cached past, its new keys/values written into the slot.
@@ -17,15 +17,13 @@ precision); `export.kv_sessions.SessionTable` says which slot each session holds
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ensemble.batching import BatchRunner, Feeds
-from export.kv_sessions import SessionError, SessionTable
 from export.models.qwen2 import LlmGraph, Qwen2ForCausalLM, rotate_half
+from export.session_runner import DecodeGraphs, SessionRunner, capture
 from export.spec import ModelSpec
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -122,66 +120,37 @@ def prefill_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tenso
 
 
 class StepGraphs:
-    """decode_step as one CUDA graph per (batch bucket, span bucket), prefill_step per prompt-length bucket.
-
-    A replay copies the rows into static buffers (one host-to-device copy) and the float32 logits out
-    through a pinned buffer (one device-to-host copy)."""
+    """decode_step as one CUDA graph per (batch bucket, span bucket) (session_runner.DecodeGraphs), prefill_step
+    per prompt-length bucket."""
 
     def __init__(self, model: Qwen2ForCausalLM, cache: StaticKVCache, max_batch: int, max_prompt: int):
-        self.model, self.cache = model, cache
+        self.cache = cache
         dev = cache.k.device
         self.fused = FusedLayers(model)
-        self.batches = [b for b in BATCH_BUCKETS if b <= max_batch] or [1]
-        self.spans = [s for s in SPAN_BUCKETS if s < cache.max_length] + [cache.max_length]
+        batches = [b for b in BATCH_BUCKETS if b <= max_batch] or [1]
+        spans = [s for s in SPAN_BUCKETS if s < cache.max_length] + [cache.max_length]
         self.prompts = [t for t in PROMPT_BUCKETS if t < max_prompt] + [max_prompt]
-        n, vocab = self.batches[-1], model.config.vocab_size
-        self.rows = torch.zeros((3, n), dtype=torch.int64, device=dev)  # ids, slots, positions
-        self.rows_host = torch.zeros((3, n), dtype=torch.int64).pin_memory()
         self.prompt = torch.zeros((1, self.prompts[-1] + 2), dtype=torch.int64, device=dev)  # ids..., slot, n
         self.prompt_host = torch.zeros_like(self.prompt, device="cpu").pin_memory()
-        self.logits_host = torch.zeros((n, vocab), dtype=torch.float32).pin_memory()
-        self.decode: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.prefill: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(stream):
-            for span in self.spans:
-                for b in self.batches:
-                    ids, slots, pos = self.rows[:, :b]
-                    self.rows[1].fill_(cache.scratch)
-                    self.decode[(b, span)] = self._capture(
-                        pool, stream, lambda: decode_step(model, cache, ids, slots, pos, span, self.fused).float())
+            self.decode = DecodeGraphs(lambda ids, slots, pos, span: decode_step(model, cache, ids, slots, pos, span,
+                                                                                  self.fused),
+                                       cache.scratch, batches, spans, model.config.vocab_size, dev, pool, stream)
+            self.prompt[0, -2] = cache.scratch
+            self.prompt[0, -1] = 1
             for t in self.prompts:
                 ids, slot, n = self.prompt[:, :t], self.prompt[0, -2:-1], self.prompt[0, -1:]
-                self.prompt[0, -2] = cache.scratch
-                self.prompt[0, -1] = 1
-                self.prefill[t] = self._capture(pool, stream, lambda: prefill_step(model, cache, ids, slot, n).float())
+                self.prefill[t] = capture(pool, stream, lambda: prefill_step(model, cache, ids, slot, n).float())
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
 
-    @staticmethod
-    def _capture(pool, stream, fn):
-        fn()  # warm-up outside the graph (kernel selection, workspaces)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=pool, stream=stream):
-            out = fn()
-        return g, out
-
     def step(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
         """Logits [n, V] (float32, host) of one decode step of n sessions."""
-        n = len(ids)
-        b = next(x for x in self.batches if x >= n)
-        span = next(s for s in self.spans if s >= max(pos) + 1)
-        host = self.rows_host.numpy()
-        host[0, :n], host[1, :n], host[2, :n] = ids, slots, pos
-        host[0, n:b], host[1, n:b], host[2, n:b] = 0, self.cache.scratch, 0  # padding rows: the scratch slot
-        self.rows[:, :b].copy_(self.rows_host[:, :b], non_blocking=True)
-        g, out = self.decode[(b, span)]
-        g.replay()
-        self.logits_host[:n].copy_(out[:n], non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return self.logits_host[:n].numpy().copy()
+        return self.decode.step(ids, slots, pos)
 
     def first(self, ids: list[int], slot: int) -> np.ndarray:
         """Logits [1, V] after a new session's prompt (at most the largest prompt bucket)."""
@@ -193,139 +162,46 @@ class StepGraphs:
         self.prompt.copy_(self.prompt_host, non_blocking=True)
         g, out = self.prefill[t]
         g.replay()
-        self.logits_host[:1].copy_(out, non_blocking=True)
+        logits_host = self.decode.logits_host
+        logits_host[:1].copy_(out, non_blocking=True)
         torch.cuda.current_stream().synchronize()
-        return self.logits_host[:1].numpy().copy()
+        return logits_host[:1].numpy().copy()
 
 
-class SessionLLM:
-    """A BatchRunner-like `run(requests)` for the llm stage: session requests on the GPU cache, others stateless."""
+class LlmEngine:
+    """The LLM's compute for export.session_runner.SessionRunner: a static cache, prompts and batched steps."""
 
-    def __init__(self, spec: ModelSpec, graph: LlmGraph, device: str, stateless: BatchRunner,
-                 slots: int | None = None, graphs: bool | None = None):
-        s = spec.session
-        assert s is not None, f"{spec.name} has no session state in export/spec.py"
-        self.spec, self.session = spec, s
+    def __init__(self, spec: ModelSpec, graph: LlmGraph, device: str, slots: int, graphs: bool | None = None):
         self.model = graph.model
         self.device = torch.device(device)
-        self.stateless = stateless
-        max_length = spec.axis("past").max + spec.axis("tokens").max
-        self.table = SessionTable(slots or s.slots, max_length, s.idle_timeout_s)
-        self.cache = StaticKVCache(self.model, self.table.slots, max_length)
-        self.max_batch = s.max_batch_size
+        self.vocab = self.model.config.vocab_size
+        self.max_length = spec.axis("past").max + spec.axis("tokens").max
+        self.cache = StaticKVCache(self.model, slots, self.max_length)
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
-        self.graphs = StepGraphs(self.model, self.cache, self.max_batch, spec.axis("tokens").max) if use_graphs else None
+        self.graphs = (StepGraphs(self.model, self.cache, spec.session.max_batch_size, spec.axis("tokens").max)
+                       if use_graphs else None)
         self.fused = self.graphs.fused if self.graphs is not None else FusedLayers(self.model)
-        self.placeholder = np.zeros(s.placeholder_shape, dtype=spec.output(s.state_output).numpy_dtype)
 
-    # ------------------------------------------------------------ requests
-    def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
-        s = self.session
-        results: list[Feeds | Exception | None] = [None] * len(requests)
-        plain, steps, prefills = [], [], []
-        self.table.evict_idle()
-        for i, feeds in enumerate(requests):
-            if s.id_input not in feeds:
-                plain.append(i)
-                continue
-            try:
-                sid, ids = self._parse(feeds)
-            except ValueError as e:
-                results[i] = e
-                continue
-            if s.release_input in feeds and bool(np.asarray(feeds[s.release_input]).reshape(-1)[0]):
-                self.table.release(sid)
-                results[i] = self._answer(np.zeros((1, self.model.config.vocab_size), np.float32))
-            elif len(ids) == 1:
-                steps.append((i, sid, ids))
-            else:
-                prefills.append((i, sid, ids))
-        if plain:
-            for i, r in zip(plain, self.stateless.run([requests[i] for i in plain])):
-                results[i] = r
-        with torch.inference_mode():
-            for i, sid, ids in prefills:
-                results[i] = self._guard(lambda: self._prefill(sid, ids))
-            # one session may appear once per step batch: a repeat waits for the next wave
-            while steps:
-                seen, wave, later = set(), [], []
-                for item in steps:
-                    (later if item[1] in seen or len(wave) == self.max_batch else wave).append(item)
-                    seen.add(item[1])
-                for i, r in zip((w[0] for w in wave), self._decode([(sid, ids) for _, sid, ids in wave])):
-                    results[i] = r
-                steps = later
-        return results  # type: ignore[return-value]
+    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> np.ndarray:
+        """Logits [1, V] after appending ids to the slot's `length` cached tokens."""
+        if self.graphs is not None and length == 0:
+            return self.graphs.first(ids, slot)
+        # eager: a prompt appended to a session that already holds tokens, or no graphs (CPU)
+        x = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        out, present = self.model(x, self.cache.past(slot, length))
+        self.cache.write(slot, length, present)
+        return out.float().cpu().numpy()
 
-    def _parse(self, feeds: Feeds) -> tuple[int, list[int]]:
-        s = self.session
-        sid_arr = np.asarray(feeds[s.id_input]).reshape(-1)
-        ids_arr = np.asarray(feeds[self.spec.inputs[0].name])
-        if sid_arr.size != 1 or ids_arr.ndim != 2 or ids_arr.shape[0] != 1:
-            raise ValueError(f"{self.spec.name}: a session request carries one session id and input_ids [1, T]")
-        if s.state_input in feeds:
-            raise ValueError(f"{self.spec.name}: a session request keeps its cache on the server; leave out "
-                             f"{s.state_input!r}")
-        sid = int(sid_arr[0])
-        if sid == 0:
-            raise ValueError(f"{self.spec.name}: session id 0 is reserved")
-        ax = self.spec.axis("tokens")
-        if not ax.min <= ids_arr.shape[1] <= ax.max:
-            raise ValueError(f"{self.spec.name}: {ids_arr.shape[1]} tokens, allowed {ax.min}..{ax.max}")
-        return sid, [int(t) for t in ids_arr[0]]
+    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
+        """Logits [n, V] of one step of n sessions."""
+        if self.graphs is not None:
+            return self.graphs.step(ids, slots, pos)
+        t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
+        return decode_step(self.model, self.cache, t(ids), t(slots), t(pos), max(pos) + 1, self.fused).float().cpu().numpy()
 
-    def _answer(self, logits: np.ndarray) -> Feeds:
-        return {"logits": logits, self.session.state_output: self.placeholder}
 
-    def _guard(self, fn) -> Feeds | Exception:
-        try:
-            return fn()
-        except SessionError as e:
-            return e
-        except Exception as e:  # the graph failed: this request hears why, the others carry on
-            return RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
-
-    # ------------------------------------------------------------ compute
-    def _prefill(self, sid: int, ids: list[int]) -> Feeds:
-        sess = self.table.get(sid, len(ids))
-        if self.graphs is not None and sess.length == 0:
-            logits = self.graphs.first(ids, sess.slot)
-        else:  # eager: a prompt appended to a session that already holds tokens, or no graphs (CPU)
-            x = torch.tensor([ids], dtype=torch.int64, device=self.device)
-            out, present = self.model(x, self.cache.past(sess.slot, sess.length))
-            self.cache.write(sess.slot, sess.length, present)
-            logits = out.float().cpu().numpy()
-        self.table.advance(sid, len(ids))
-        return self._answer(logits)
-
-    def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
-        out: list[Feeds | Exception | None] = [None] * len(rows)
-        good, slots, pos, ids = [], [], [], []
-        for j, (sid, tok) in enumerate(rows):
-            try:
-                sess = self.table.get(sid, 1)
-            except SessionError as e:
-                out[j] = e
-                continue
-            good.append(j)
-            slots.append(sess.slot)
-            pos.append(sess.length)
-            ids.append(tok[0])
-        if good:
-            try:
-                if self.graphs is not None:
-                    rows_np = self.graphs.step(ids, slots, pos)
-                else:
-                    t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
-                    logits = decode_step(self.model, self.cache, t(ids), t(slots), t(pos), max(pos) + 1, self.fused)
-                    rows_np = logits.float().cpu().numpy()
-            except Exception as e:  # every row of this step hears why
-                err = RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
-                for j in good:
-                    out[j] = err
-                return out  # type: ignore[return-value]
-            for k, j in enumerate(good):
-                self.table.advance(rows[j][0], 1)
-                out[j] = self._answer(rows_np[k:k + 1])
-        return out  # type: ignore[return-value]
-
+def SessionLLM(spec: ModelSpec, graph: LlmGraph, device: str, stateless: BatchRunner, slots: int | None = None,
+               graphs: bool | None = None) -> SessionRunner:
+    """The gpu variant's llm: session requests on the GPU cache (LlmEngine), others through `stateless`."""
+    n = slots or spec.session.slots
+    return SessionRunner(spec, LlmEngine(spec, graph, device, n, graphs), stateless, n)

@@ -67,6 +67,7 @@ class SessionState:
     inputs: tuple[Tensor, ...]
     state_input: str
     state_output: str
+    prefill_inputs: tuple[str, ...] = ()  # inputs only a session's first request carries (the model keeps them)
     variants: tuple[str, ...] = ("gpu",)
     slots: int = 160  # sessions cached at once (4 orchestrator instances x 32 turns, plus spare)
     idle_timeout_s: float = 60.0
@@ -168,6 +169,12 @@ ASR_DECODER = ModelSpec(
     axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 440)),  # past + tokens <= n_text_ctx (448)
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
     preset_dims=_asr_dims, gpu_instances=2,
+    # gpu variant: the utterance's cross-attention keys/values (from audio_features, sent once) and the
+    # self-attention cache stay on the GPU per session (export/asr_sessions.py)
+    session=SessionState(
+        inputs=(Tensor("session_id", "INT64", (1,), optional=True), Tensor("session_end", "BOOL", (1,), optional=True)),
+        state_input="past_kv", state_output="present_kv", prefill_inputs=("audio_features",),
+        slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200),
 )
 
 LLM = ModelSpec(
@@ -460,7 +467,8 @@ def session_inputs(spec: ModelSpec) -> tuple[Tensor, ...]:
     from dataclasses import replace
 
     s = spec.session
-    return tuple(replace(t, optional=True) if t.name == s.state_input else t for t in spec.inputs) + s.inputs
+    later = {s.state_input, *s.prefill_inputs}
+    return tuple(replace(t, optional=True) if t.name in later else t for t in spec.inputs) + s.inputs
 
 
 def _gpu_instance_groups(cfg, spec: ModelSpec, count: int, placement) -> None:

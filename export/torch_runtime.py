@@ -152,13 +152,18 @@ def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
                  sessions: bool = False, cuda_graphs: bool = False):
     """A BatchRunner for the stage; sessions=True (a config with the spec's session inputs): the session-keyed
-    GPU cache of export/llm_sessions.py, which serves stateless requests through the BatchRunner;
+    GPU caches of export/llm_sessions.py (llm) or export/asr_sessions.py (asr_decoder), which serve stateless
+    requests through the BatchRunner;
     cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage)."""
     graph = load_graph(spec, preset, seed, device, precision)
     stage = TorchStage(spec, graph, device, precision)
     runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage)
     if not sessions:
         return runner
+    if spec.name == "asr_decoder":
+        from export.asr_sessions import session_asr
+
+        return session_asr(spec, graph, device, runner)
     from export.llm_sessions import SessionLLM
 
     return SessionLLM(spec, graph, device, runner)

@@ -188,7 +188,7 @@ def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
     cuda = qwen2.LlmGraph(qwen2.build(TINY.llm, seed=0)).to("cuda")
     stateless = BatchRunner(spec.LLM, TorchStage(spec.LLM, cuda, "cuda", "fp32"))
     r = SessionLLM(spec.LLM, cuda, "cuda", stateless, slots=8)
-    assert r.graphs is not None
+    assert r.engine.graphs is not None
     seqs = {sid: _ids(n, 20 + sid) for sid, n in ((1, 3), (2, 17), (3, 40))}
     for sid, seq in seqs.items():
         (out,) = r.run([_req(sid, seq)])
