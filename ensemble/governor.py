@@ -6,8 +6,9 @@ Two signals, read when a turn starts and when one ends:
     them before their display time (queueing in the stage models shows up here first), an
     exponential average over turns, against `enter_lag` / `exit_lag`.
 Level 1 (degraded) starts when either signal passes its enter threshold, and ends only
-when both are below their exit thresholds and the level has held for `min_hold_s`, so it
-does not flap. Degraded turns stream video at a lower frame rate (`frame_stride`), cap the
+when both are below their exit thresholds — the session count smoothed over recent turn
+starts and ends, so a moment between two turns does not count as quiet — and the level
+has held for `min_hold_s`, so it does not flap. Degraded turns stream video at a lower frame rate (`frame_stride`), cap the
 reply length and lower the JPEG quality; turns in flight keep their settings. Every switch
 is logged (the `log` callable) and counted (metrics.DEGRADE_SWITCHES, metrics.DEGRADED).
 """
@@ -29,6 +30,7 @@ class GovernorSettings:
     enter_lag: float = 0.25  # degrade when recent turns dropped this share of frame slots as late ...
     exit_lag: float = 0.05  # ... and recover at or below this share
     lag_weight: float = 0.3  # weight of the newest turn in the lag average
+    load_weight: float = 0.2  # weight of the newest reading in the smoothed session count (recovery only)
     min_hold_s: float = 5.0  # a level holds at least this long before switching back
     frame_stride: int = 2  # degraded: 12.5 fps
     max_reply_tokens: int = 24  # degraded: shorter replies
@@ -50,6 +52,7 @@ class LoadGovernor:
         self.clock = clock
         self.level = 0
         self.lag = 0.0
+        self.load: float | None = None  # smoothed turns in flight
         self.switched_at = -float("inf")
         recorder.set(metrics.DEGRADED, 0)
 
@@ -64,12 +67,14 @@ class LoadGovernor:
         if not s.enabled:
             return 0
         now = self.clock()
+        self.load = active if self.load is None else (1 - s.load_weight) * self.load + s.load_weight * active
         if self.level == 0 and (active >= s.enter_sessions or self.lag >= s.enter_lag):
             self._switch(1, f"{active} turns in flight (enter at {s.enter_sessions}), video lag {self.lag:.2f}"
                             f" (enter at {s.enter_lag})", now)
-        elif (self.level == 1 and active <= s.exit_sessions and self.lag <= s.exit_lag
+        elif (self.level == 1 and max(active, self.load) <= s.exit_sessions and self.lag <= s.exit_lag
               and now - self.switched_at >= s.min_hold_s):
-            self._switch(0, f"{active} turns in flight (exit at {s.exit_sessions}), video lag {self.lag:.2f}"
+            self._switch(0, f"{self.load:.1f} turns in flight on average (exit at {s.exit_sessions}), video lag"
+                            f" {self.lag:.2f}"
                             f" (exit at {s.exit_lag})", now)
         return self.level
 

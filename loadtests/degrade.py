@@ -9,8 +9,9 @@ seconds (replies of a fixed length: `ignore_eos`). A turn is real time when, at 
 audio played from its first chunk never stalls and at most 5 % of its video frame slots
 were lost to lateness (dropped by the server as late, or arriving more than 40 ms after
 their display time); frames skipped on purpose at a lowered frame rate are not lateness.
-A session stays real time when all its turns after its first were (the first turn of every
-session starts before the load exists, when the governor has nothing to react to yet). Prints, per run: turns completed,
+A session counts as real time when at least 90 % of its turns after its first were (the first
+turn of every session starts before the load exists, when the governor has nothing to react
+to yet). Prints, per run: turns completed,
 real-time turns and sessions, TTFA p50/p95, the governor's switches.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from loadtests.bench_cpu import hardware, pct
 
 LATE_S = 0.040
 MAX_LATE_SHARE = 0.05
+SESSION_SHARE = 0.9  # a session is real time when this share of its turns (after its first) were
 TEXTS = ["Tell me about the sea.", "What is your favourite book?", "How does a bicycle work?"]
 
 
@@ -106,8 +108,10 @@ def run_once(degrade: bool, args: argparse.Namespace, port: int) -> dict:
                                                  metrics_text, re.M))
     results = [(r, late) for rs in turns.values() for r, late in rs]
     real = [not r.underrun and late <= MAX_LATE_SHARE for r, late in results]
-    sessions_rt = sum(1 for rs in turns.values() if len(rs) > 1 and all(not r.underrun and late <= MAX_LATE_SHARE
-                                                                         for r, late in rs[1:]))
+    def real_time_share(rs):
+        return sum(not r.underrun and late <= MAX_LATE_SHARE for r, late in rs) / max(1, len(rs))
+
+    sessions_rt = sum(1 for rs in turns.values() if len(rs) > 1 and real_time_share(rs[1:]) >= SESSION_SHARE)
     ttfa = [r.time_to_first_audio_s * 1000 for r, _ in results if r.time_to_first_audio_s is not None]
     return {"degrade": degrade, "turns": len(results), "failed": len(errors), "errors": errors[:5],
             "real_time_turns": sum(real), "real_time_sessions": sessions_rt, "sessions": args.sessions,
