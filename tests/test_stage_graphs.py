@@ -28,7 +28,10 @@ def test_only_the_optimized_gpu_variant_asks_for_graphs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.LIPSYNC])
-def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec):
+def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, monkeypatch):
+    # fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     preset = get_preset("tiny")
     graph = load_graph(stage_spec, preset, 0, "cuda", "fp32")
     eager = TorchStage(stage_spec, graph, "cuda", "fp32")
@@ -40,4 +43,4 @@ def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec):
         want, got = eager(feeds), graphed(feeds)
         for name in want:
             assert got[name].shape == want[name].shape
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4 * float(np.abs(want[name]).max()))
