@@ -248,7 +248,7 @@ def test_report_without_gpus_is_unchanged():
                         .read_text())
     md = markdown(report)
     assert "Scale-out" not in md
-    assert "- largest measured concurrency with every session real time: naive 4, optimized 16" in md
+    assert "- largest measured concurrency with every session real time: naive 4, optimized 1" in md
 
 
 def test_bench_gpu_main_runs_each_gpu_count_once_and_resumes(tmp_path, monkeypatch):
