@@ -86,9 +86,11 @@ class SessionDecoder:
             chunk = list(ids[start:start + self.max_tokens])
             if self.length + len(chunk) > self.max_length:
                 raise OverflowError(f"{self.spec.name}: the KV cache is full ({self.length} tokens)")
-            inputs = {self.ids_name: np.asarray([chunk], dtype=np.int64), self.spec.session.id_input: self._session()}
-            if self.length == 0:
-                inputs.update(self.extra)  # e.g. the ASR's audio features: the model keeps what it derives from them
+            s = self.spec.session
+            inputs = {self.ids_name: np.asarray([chunk], dtype=np.int64), s.id_input: self._session()}
+            if self.length == 0:  # opens the session, with e.g. the ASR's audio features (the model keeps what it
+                inputs.update(self.extra)  # derives from them)
+                inputs[s.start_input] = np.ones((1, 1), dtype=bool)
             self.open = True
             out = await self.infer(self.spec.name, inputs)
             self.length += len(chunk)
@@ -112,7 +114,7 @@ class SessionDecoder:
 def _refused_session(error: Exception, spec: ModelSpec) -> bool:
     """Whether a stage answered a session request as a model without session inputs does (Triton, or BatchRunner)."""
     text = str(error)
-    return spec.session.id_input in text or repr(spec.session.state_input) in text
+    return any(t.name in text for t in spec.session.inputs) or repr(spec.session.state_input) in text
 
 
 async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int],

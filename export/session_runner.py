@@ -1,8 +1,8 @@
 """Requests of a model that keeps each session's cache on the GPU (export/spec.py `SessionState`).
 
 A BatchRunner-like `run(requests)` for the gpu variant's LLM and ASR decoder: requests without a session id
-go to the stateless runner; a session's first request (several tokens, or the first with its extra inputs)
-is a prefill; single-token requests of different sessions in one Triton batch run as one decode step; a
+go to the stateless runner; a session's first request (start flag, with its extra inputs) and requests of
+several tokens are prefills; single-token requests of different sessions in one Triton batch run as one decode step; a
 request with the release flag frees the slot. The model-specific compute is an engine:
 
     engine.vocab, engine.max_length
@@ -45,12 +45,18 @@ class SessionRunner:
             except ValueError as e:
                 results[i] = e
                 continue
-            if s.release_input in feeds and bool(np.asarray(feeds[s.release_input]).reshape(-1)[0]):
+            if _flag(feeds, s.release_input):
                 self.table.release(sid)
                 results[i] = self._answer(np.zeros((1, 1), np.float32))
-            elif len(ids) == 1 and sid in self.table.sessions:
+            elif _flag(feeds, s.start_input):  # a session's first request (with the extra inputs)
+                self.table.release(sid)  # a repeated start begins again
+                prefills.append((i, sid, ids, feeds))
+            elif sid not in self.table.sessions:
+                results[i] = SessionError(f"{self.spec.name}: session {sid} is not open (never started, evicted after "
+                                          f"{s.idle_timeout_s:g} s idle, or the model restarted)")
+            elif len(ids) == 1:
                 steps.append((i, sid, ids))
-            else:  # a session's first request (it may carry the extra inputs), or several tokens
+            else:
                 prefills.append((i, sid, ids, feeds))
         if plain:
             for i, r in zip(plain, self.stateless.run([requests[i] for i in plain])):
@@ -129,6 +135,10 @@ class SessionRunner:
                 self.table.advance(rows[j][0], 1)
                 out[j] = self._answer(logits[k:k + 1])
         return out  # type: ignore[return-value]
+
+
+def _flag(feeds: Feeds, name: str) -> bool:
+    return name in feeds and bool(np.asarray(feeds[name]).reshape(-1)[0])
 
 
 def capture(pool, stream, fn):

@@ -56,11 +56,11 @@ class Tensor:
 class SessionState:
     """A model whose cache the GPU variant keeps on the GPU, keyed by session (export/llm_sessions.py).
 
-    In the variants named here the config gains `inputs` (optional), `state_input` becomes optional
-    and the model runs one instance (the cache lives in its process). A request that carries a session
-    id leaves `state_input` out: its tokens are appended to the session's cache, and `state_output`
-    comes back as an empty placeholder; a request with the release flag frees the session's cache
-    (its tokens are not fed). A request with `state_input` and no session id is served as everywhere
+    In the variants named here the config gains `inputs` (optional, SESSION_INPUTS), `state_input` and
+    `prefill_inputs` become optional and the model runs one instance (the cache lives in its process). A
+    request that carries a session id leaves `state_input` out: its tokens are appended to the session's
+    cache (the first request, with the start flag, opens it), and `state_output` comes back as a small
+    placeholder; a request with the release flag frees the session's cache (its tokens are not fed). A request with `state_input` and no session id is served as everywhere
     else. Sessions idle longer than `idle_timeout_s` (a turn that died without releasing) are evicted.
     """
 
@@ -81,8 +81,20 @@ class SessionState:
         return self.inputs[0].name
 
     @property
-    def release_input(self) -> str:
+    def start_input(self) -> str:
         return self.inputs[1].name
+
+    @property
+    def release_input(self) -> str:
+        return self.inputs[2].name
+
+
+# The inputs of a session-keyed model (SessionState.inputs): the caller's id for the session; true on the session's
+# first request (a request without it for a session the model does not hold is an error: evicted, or the model
+# restarted); true to free the session's cache.
+SESSION_INPUTS = (Tensor("session_id", "INT64", (1,), optional=True),  # non-zero, chosen by the caller
+                  Tensor("session_start", "BOOL", (1,), optional=True),
+                  Tensor("session_end", "BOOL", (1,), optional=True))
 
 
 @dataclass(frozen=True)
@@ -172,8 +184,7 @@ ASR_DECODER = ModelSpec(
     # gpu variant: the utterance's cross-attention keys/values (from audio_features, sent once) and the
     # self-attention cache stay on the GPU per session (export/asr_sessions.py)
     session=SessionState(
-        inputs=(Tensor("session_id", "INT64", (1,), optional=True), Tensor("session_end", "BOOL", (1,), optional=True)),
-        state_input="past_kv", state_output="present_kv", prefill_inputs=("audio_features",),
+        inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv", prefill_inputs=("audio_features",),
         slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200),
 )
 
@@ -193,10 +204,7 @@ LLM = ModelSpec(
     # different positions do not share a batch and several instances overlap them (BENCHMARKS.md). The
     # gpu variant keeps every session's cache on the GPU instead (one instance, batched decode steps).
     preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
-    session=SessionState(
-        inputs=(Tensor("session_id", "INT64", (1,), optional=True),  # non-zero, chosen by the caller per turn
-                Tensor("session_end", "BOOL", (1,), optional=True)),  # true: free the session's cache
-        state_input="past_kv", state_output="present_kv"),
+    session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv"),
 )
 
 TTS = ModelSpec(

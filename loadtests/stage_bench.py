@@ -133,12 +133,12 @@ def _session_step(graph, dtype, device: str, batch: int, repeats: int, past: int
     rng = np.random.default_rng(0)
     vocab = graph.model.config.vocab_size
 
-    def req(sid, n):
+    def req(sid, n, start=False):
         return {"input_ids": rng.integers(0, vocab, (1, n), dtype=np.int64),
-                "session_id": np.asarray([[sid]], dtype=np.int64)}
+                "session_id": np.asarray([[sid]], dtype=np.int64), "session_start": np.asarray([[start]])}
 
     for sid in range(1, batch + 1):
-        runner.run([req(sid, past)])
+        runner.run([req(sid, past, start=True)])
     return timed(lambda i: runner.run([req(sid, 1) for sid in range(1, batch + 1)]), device, repeats)
 
 
@@ -160,7 +160,8 @@ def _asr_session_rtf(enc, dec, device: str, repeats: int, steps: int = 20) -> fl
     def asr(i):
         feats = encoder(mels[i % 2])["audio_features"]
         sid = np.asarray([[i + 1]], dtype=np.int64)
-        runner.run([{"tokens": np.ones((1, 4), np.int64), "audio_features": feats, "session_id": sid}])
+        runner.run([{"tokens": np.ones((1, 4), np.int64), "audio_features": feats, "session_id": sid,
+                     "session_start": np.ones((1, 1), bool)}])
         for _ in range(steps):
             runner.run([{"tokens": np.ones((1, 1), np.int64), "session_id": sid}])
         runner.run([{"tokens": np.ones((1, 1), np.int64), "session_id": sid, "session_end": np.ones((1, 1), bool)}])

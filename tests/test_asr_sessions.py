@@ -41,10 +41,12 @@ def _reference(graph, xa, ids):
     return logits[0].numpy()
 
 
-def _req(sid, ids, xa=None, end=False):
+def _req(sid, ids, xa=None, end=False, start=None):
     feeds = {"tokens": np.asarray([ids], dtype=np.int64), "session_id": np.asarray([[sid]], dtype=np.int64)}
     if xa is not None:
         feeds["audio_features"] = xa.numpy()
+    if start or (start is None and xa is not None):  # a session opens with its audio
+        feeds["session_start"] = np.ones((1, 1), dtype=bool)
     if end:
         feeds["session_end"] = np.ones((1, 1), dtype=bool)
     return feeds
@@ -69,7 +71,7 @@ def test_utterances_decode_together_with_their_own_audio(graph):
                                        atol=ATOL)
     r.run([_req(1, [0], end=True)])
     assert set(r.table.sessions) == {2}
-    (missing,) = r.run([_req(3, _ids(4, 7))])  # a first request without its audio
+    (missing,) = r.run([_req(3, _ids(4, 7), start=True)])  # a first request without its audio
     assert "audio_features" in str(missing)
 
 

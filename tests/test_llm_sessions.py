@@ -36,8 +36,10 @@ def _ids(n, seed):
     return torch.randint(0, TINY.llm.vocab_size, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def _req(sid, ids, end=False):
+def _req(sid, ids, end=False, start=False):
     feeds = {"input_ids": np.asarray([ids], dtype=np.int64), "session_id": np.asarray([[sid]], dtype=np.int64)}
+    if start:
+        feeds["session_start"] = np.ones((1, 1), dtype=bool)
     if end:
         feeds["session_end"] = np.ones((1, 1), dtype=bool)
     return feeds
@@ -91,7 +93,7 @@ def test_session_runner_batches_decode_steps_and_matches_shipping_the_cache(grap
     r = _runner(graph)
     prompts = {11: _ids(7, 4), 22: _ids(3, 5)}
     for sid, p in prompts.items():  # prompts one by one, then steps of both sessions in one batch
-        (out,) = r.run([_req(sid, p)])
+        (out,) = r.run([_req(sid, p, start=True)])
         np.testing.assert_allclose(out["logits"][0], _reference(graph.model, p)[-1].numpy(), atol=ATOL)
     steps = {11: _ids(3, 6), 22: _ids(3, 7)}
     for k in range(3):
@@ -117,10 +119,13 @@ def test_session_runner_batches_decode_steps_and_matches_shipping_the_cache(grap
 def test_session_runner_refuses_bad_requests_alone(graph):
     r = _runner(graph, slots=1)
     kv = graph.model.empty_cache(1).numpy()
-    bad, zero, ok, full = r.run([{**_req(5, [1, 2]), "past_kv": kv}, _req(0, [1]), _req(7, [1, 2]), _req(8, [3])])
+    bad, zero, ok, full, lost = r.run([{**_req(5, [1, 2], start=True), "past_kv": kv}, _req(0, [1], start=True),
+                                       _req(7, [1, 2], start=True), _req(8, [3], start=True), _req(9, [4])])
     assert "leave out 'past_kv'" in str(bad) and "reserved" in str(zero)
     assert ok["logits"].shape == (1, TINY.llm.vocab_size)
     assert isinstance(full, SessionError) and "slots are in use" in str(full)
+    # a step for a session the model does not hold (evicted, or the model restarted) is refused, not restarted
+    assert isinstance(lost, SessionError) and "not open" in str(lost)
 
 
 def test_table_reuses_slots_evicts_idle_sessions_and_bounds_length():
@@ -191,7 +196,7 @@ def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
     assert r.engine.graphs is not None
     seqs = {sid: _ids(n, 20 + sid) for sid, n in ((1, 3), (2, 17), (3, 40))}
     for sid, seq in seqs.items():
-        (out,) = r.run([_req(sid, seq)])
+        (out,) = r.run([_req(sid, seq, start=True)])
         np.testing.assert_allclose(out["logits"][0], _reference(graph.model, seq)[-1].numpy(), atol=ATOL)
     for k in range(3):
         toks = {sid: _ids(1, 100 * k + sid) for sid in seqs}
