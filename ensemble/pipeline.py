@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,7 +83,7 @@ class Turn:
 
     def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
-                 recorder: metrics.Recorder | None = None):
+                 recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None):
         self._infer = infer
         self.preset = preset
         self.tok = tokenizers
@@ -92,6 +93,7 @@ class Turn:
         self.turn_id = turn_id
         self.is_cancelled = is_cancelled
         self.recorder = recorder or metrics.MemoryRecorder()
+        self.frame_workers = frame_workers  # threads for pixel work (OpenCV and numpy release the GIL)
         self.stats = TurnStats()
         self.deadline = self.stats.t0 + options.deadline_s
         self.transcript = ""
@@ -378,25 +380,38 @@ class Turn:
         slots = [(i, w) for i, w in slots if self._keep(i)]
         if not slots:
             return
-        images, faces = [], []
-        for i, _ in slots:  # audio first: the speech task may run between frames
-            images.append(motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS)))
-            faces.append(avatars.wav2lip_faces(self.avatar, images[-1]))
-            await asyncio.sleep(0)
+        indices = [i for i, _ in slots]
+        images, faces = await self._off_loop(self._prepare_frames, indices)
         mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
-        faces = np.stack(faces)
         t = time.perf_counter()
         generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": faces}))["frames"]
         took = time.perf_counter() - t
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
-        for (i, _), image, face in zip(slots, images, generated):
-            self._send_frame(i, avatars.composite(self.avatar, face, image))
-            await asyncio.sleep(0)  # audio first: let the speech task send its chunks between frames
+        jpegs = await self._off_loop(self._finish_frames, images, generated)
+        for i, image, jpeg in zip(indices, images, jpegs):
+            self._send_frame(i, image.shape, jpeg)
 
-    def _send_frame(self, index: int, image: np.ndarray) -> None:
-        jpeg = avatars.encode_jpeg(image, quality=self.options.jpeg_quality)
+    async def _off_loop(self, fn, *args):
+        """Pixel work (motion, crops, compositing, JPEG) on the frame workers, so the event loop stays free
+        for audio, new requests and cancels; inline when the turn has no workers (tests)."""
+        if self.frame_workers is None:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.frame_workers, fn, *args)
+
+    def _prepare_frames(self, indices: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        """The moved avatar image of each frame slot and Wav2Lip's face input [n, 6, 96, 96]."""
+        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS))
+                  for i in indices]
+        return images, np.stack([avatars.wav2lip_faces(self.avatar, image) for image in images])
+
+    def _finish_frames(self, images: list[np.ndarray], generated: np.ndarray) -> list[bytes]:
+        """Each generated face composited into its frame, JPEG-encoded."""
+        return [avatars.encode_jpeg(avatars.composite(self.avatar, face, image), quality=self.options.jpeg_quality)
+                for image, face in zip(images, generated)]
+
+    def _send_frame(self, index: int, shape: tuple[int, ...], jpeg: bytes) -> None:
         pts = index / contract.VIDEO_FPS
-        self.emit(VIDEO, {"index": index, "pts": pts, "width": image.shape[1], "height": image.shape[0],
+        self.emit(VIDEO, {"index": index, "pts": pts, "width": shape[1], "height": shape[0],
                           "encoding": "jpeg", "emotion": self.timeline.at(pts)[0]}, frame=jpeg)
         if (self.options.streaming and self.first_audio_at is not None
                 and time.perf_counter() - self.first_audio_at > pts + metrics.LATE_FRAME_S):
@@ -410,5 +425,5 @@ class Turn:
         for index in range(0, max(1, round(seconds * contract.VIDEO_FPS)), self.options.frame_stride):
             due = self.first_audio_at + index / contract.VIDEO_FPS
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            self._send_frame(index, motion.render(self.avatar.image, self.avatar.box,
-                                                  motion.idle_pose(index / contract.VIDEO_FPS)))
+            image = motion.render(self.avatar.image, self.avatar.box, motion.idle_pose(index / contract.VIDEO_FPS))
+            self._send_frame(index, image.shape, avatars.encode_jpeg(image, quality=self.options.jpeg_quality))

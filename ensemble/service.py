@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -111,6 +112,7 @@ class Service:
         self.sessions = Sessions(self.limits.max_open_sessions, self.limits.session_idle_s)
         self.cache = AnswerCache(self.config.cache_phrases, self.config.cache_bytes)
         self.governor = LoadGovernor(self.config.governor, self.recorder, self.log)
+        self.frame_workers: Executor | None = None  # set by the server (model.py): pixel work off the event loop
 
     @classmethod
     def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None,
@@ -240,7 +242,8 @@ class Service:
         recording: list[Event] = []
         send = emit if key is None else lambda e: (recording.append(e), emit(e))
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
-                    turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec)
+                    turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
+                    frame_workers=self.frame_workers)
         if session is not None:
             session.turn = turn
         self.active += 1

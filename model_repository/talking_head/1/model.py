@@ -1,6 +1,7 @@
 """Triton glue for the orchestrator (decoupled, async BLS). The logic is ensemble/service.py."""
 import asyncio
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from ensemble.service import Service, ServiceConfig
 from export.spec import BY_NAME, TALKING_HEAD
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+FRAME_WORKERS = 2
 
 
 class StageError(RuntimeError):
@@ -43,6 +45,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(str(e)) from None
         self.service = Service.load(Path(args["model_repository"]) / args["model_version"], config=settings,
                                     recorder=TritonMetrics(), log=pb_utils.Logger.log_info)
+        # compositing and JPEG encoding off the event loop that serves requests, audio and cancels
+        self.service.frame_workers = ThreadPoolExecutor(max_workers=FRAME_WORKERS, thread_name_prefix="frames")
         self.inflight = 0
 
     async def execute(self, requests):
@@ -84,6 +88,7 @@ class TritonPythonModel:
                 sender.send(flags=FINAL)
 
     def finalize(self):
+        self.service.frame_workers.shutdown(wait=False, cancel_futures=True)
         if self.inflight:
             pb_utils.Logger.log_warn(f"talking_head unloading with {self.inflight} turn(s) in flight")
 
