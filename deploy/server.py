@@ -104,6 +104,12 @@ def assemble_backends(dest: Path, install: TritonInstall) -> Path:
     return dest
 
 
+# Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub
+# process and its idle threads spin: on the H100 host, 8 orchestrator processes kept all 16 cores busy at one
+# session (BENCHMARKS.md). PyTorch's CPU ops follow OMP_NUM_THREADS too; ONNX Runtime's own pool does not.
+STUB_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 @dataclass
 class ServerOptions:
     repository: Path = DEFAULT_REPOSITORY  # the model repository to serve
@@ -199,6 +205,8 @@ class EmbeddedServer:
         # The Python stub uses the site-packages of the first python on PATH: make it ours.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env[DRAIN_FILE_ENV] = str(self.options.drain_file)
+        for var in STUB_THREAD_VARS:  # unless the caller chose: one BLAS/OpenMP thread per stub (see below)
+            env.setdefault(var, "1")
         return env
 
     def start(self) -> "EmbeddedServer":

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from client.sdk import ClientError, TalkingHeadClient, Turn
-from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
+from deploy.server import DEFAULT_REPOSITORY, STUB_THREAD_VARS, EmbeddedServer, ServerOptions
 from ensemble import events as ev
 from ensemble.avatar import demo_avatar_png
 from export import contract
@@ -206,11 +206,11 @@ def visible_gpus(n: int | None):
 
 @contextmanager
 def thread_pools(n: int | None):
-    """The server started inside gets THREAD_VARS = n where the environment does not set them (None: as it is);
+    """The server started inside gets STUB_THREAD_VARS = n where the environment does not set them (None: as it is);
     the BLAS/OpenMP libraries of every stub read them when they load."""
-    old = {v: os.environ.get(v) for v in THREAD_VARS}
+    old = {v: os.environ.get(v) for v in STUB_THREAD_VARS}
     if n:
-        for v in THREAD_VARS:
+        for v in STUB_THREAD_VARS:
             os.environ.setdefault(v, str(n))
     try:
         yield
@@ -220,11 +220,6 @@ def thread_pools(n: int | None):
                 os.environ.pop(v, None)
             else:
                 os.environ[v] = value
-
-
-# Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub process,
-# and its idle threads spin: 8 orchestrator processes then kept all 16 cores busy at one session (BENCHMARKS.md).
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
@@ -314,7 +309,7 @@ def orchestrator_instances(config_name: str) -> int:
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
                       speech: np.ndarray, gpus: int | None, resume: bool, stub_threads: int | None = 1) -> dict:
-    """serve_and_measure (the server's THREAD_VARS = stub_threads), saved to <workdir>/runs/<config>.json; with
+    """serve_and_measure (the server's STUB_THREAD_VARS = stub_threads), saved to <workdir>/runs/<config>.json; with
     resume, a saved run of the same settings."""
     path = workdir / "runs" / f"{config_name}.json"
     if resume and path.exists():
@@ -383,7 +378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-naive", action="store_true", help="no naive baseline run")
     ap.add_argument("--resume", action="store_true", help="reuse end-to-end runs saved under <out>/runs/")
     ap.add_argument("--stub-threads", type=int, default=1,
-                    help=f"{'/'.join(THREAD_VARS)} of the server's processes unless set (0: leave them)")
+                    help=f"{'/'.join(STUB_THREAD_VARS)} of the server's processes unless set (0: the launcher's default, 1)")
     args = ap.parse_args(argv)
     if args.gpus is not None:
         bad = [n for n in args.gpus if n != 1 and n not in SCALE_OUT_GPUS]
