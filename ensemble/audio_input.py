@@ -20,6 +20,18 @@ def _sample_rate(sample_rate) -> int:
     return int(value)
 
 
+def check_samples(a: np.ndarray, what: str) -> float:
+    """Finite samples with a peak of at most MAX_PEAK (a non-empty 1-D float array); returns the peak."""
+    finite = np.isfinite(a)
+    if not finite.all():
+        raise InputError(f"{what} contains NaN or Inf (first at sample {int(np.argmin(finite))})")
+    peak = float(np.abs(a).max())
+    if peak > MAX_PEAK:
+        raise InputError(f"{what} peak amplitude is {peak:g}; float32 PCM must be in [-1, 1] "
+                         "(int16 values sent as float?)")
+    return peak
+
+
 def check_sample_rate(sample_rate) -> int:
     """The sample rate, which must be contract.INPUT_SAMPLE_RATE (no server-side resampling), or InputError."""
     sr = _sample_rate(sample_rate)
@@ -56,13 +68,7 @@ def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float) -> n
     max_samples = int(max_seconds * sr)
     if n > max_samples:
         raise InputError(f"audio is {n / sr:.2f} s long; the limit is {max_seconds:g} s")
-    finite = np.isfinite(a)
-    if not finite.all():
-        raise InputError(f"audio contains NaN or Inf (first at sample {int(np.argmin(finite))})")
-    peak = float(np.abs(a).max())
-    if peak > MAX_PEAK:
-        raise InputError(f"audio peak amplitude is {peak:g}; float32 PCM must be in [-1, 1] "
-                         "(int16 values sent as float?)")
+    peak = check_samples(a, "audio")
     if peak < SILENCE_PEAK:
         raise InputError(f"audio is silent (peak amplitude {peak:.1e}; need at least {SILENCE_PEAK:.0e})")
     return np.ascontiguousarray(a)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble.audio_input import MAX_PEAK
+from ensemble.audio_input import check_samples
 from ensemble.errors import InputError
 from export import contract as C
 from export.spec import VAD
@@ -107,13 +107,7 @@ def validate_chunk(chunk, max_samples: int) -> np.ndarray:
         raise InputError(f"audio chunk has {a.shape[0]} samples ({a.shape[0] / SR * 1000:.0f} ms); the limit is"
                          f" {max_samples} ({max_samples / SR * 1000:.0f} ms): stream shorter chunks")
     if a.size:
-        finite = np.isfinite(a)
-        if not finite.all():
-            raise InputError(f"audio chunk contains NaN or Inf (first at sample {int(np.argmin(finite))})")
-        peak = float(np.abs(a).max())
-        if peak > MAX_PEAK:
-            raise InputError(f"audio chunk peak amplitude is {peak:g}; float32 PCM must be in [-1, 1] "
-                             "(int16 values sent as float?)")
+        check_samples(a, "audio chunk")
     return np.ascontiguousarray(a)
 
 
