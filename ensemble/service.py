@@ -48,6 +48,7 @@ from export.presets import Preset
 from export.vocab import chat_prompt
 
 DRAIN_FILE_ENV = "TALKING_HEAD_DRAIN_FILE"
+MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
 
 
 def default_avatar_dir() -> Path:
@@ -200,12 +201,16 @@ class Service:
         """Interrupt the session's reply in flight (if any) and say which turn that was."""
         session = self.sessions.peek(session_id)
         turn = session.turn if session else None
-        if turn is not None:
-            turn.interrupt("cancel")
-            self.recorder.inc(metrics.INTERRUPTIONS, reason="cancel")
+        self._interrupt(turn, "cancel")
         emit(Event(CANCELLED, {"turn_id": None, "t_ms": 0.0, "session": session_id,
                                "interrupted_turn": turn.turn_id if turn else None}))
         return None
+
+    def _interrupt(self, turn: Turn | None, reason: str) -> None:
+        """Stop a session's reply in flight (none: nothing to do), counted by reason."""
+        if turn is not None:
+            turn.interrupt(reason)
+            self.recorder.inc(metrics.INTERRUPTIONS, reason=reason)
 
     def _refuse_if_draining(self) -> None:
         if draining():
@@ -221,13 +226,12 @@ class Service:
             raise Overloaded(f"server busy: {busy} turns in flight (limit {self.limits.max_sessions}); retry later")
 
     async def _turn(self, turn_input: dict, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
-                    emit: Emit, is_cancelled: Callable[[], bool], *, silence_ms: float | None = None) -> Turn | None:
+                    emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
         rec = self.recorder
         session = self.sessions.get(options.session) if options.session else None
         self._admit(session.turn if session else None)
-        if session is not None and session.turn is not None:  # barge-in: the new turn replaces the reply in flight
-            session.turn.interrupt("barge_in")
-            rec.inc(metrics.INTERRUPTIONS, reason="barge_in")
+        if session is not None:  # barge-in: the new turn replaces the reply in flight
+            self._interrupt(session.turn, "barge_in")
         self.governor.update(self.active + 1)  # counting this turn
         options = self.governor.apply(options)
         key = self.cache.key(turn_input["text"], avatar_id, options, self.models_version) if "text" in turn_input else None
@@ -299,9 +303,7 @@ class Service:
             data = {"turn_id": None, "t_ms": 0.0, "state": event.kind, "t_s": round(event.t_s, 3)}
             if event.kind == "speech_start":
                 emit(Event(VAD, data))
-                if session.turn is not None:  # the user speaks over the reply: barge-in
-                    session.turn.interrupt("barge_in")
-                    self.recorder.inc(metrics.INTERRUPTIONS, reason="barge_in")
+                self._interrupt(session.turn, "barge_in")  # the user speaks over the reply
             elif event.kind == "turn_end":
                 emit(Event(VAD, {**data, "silence_ms": event.silence_ms,
                                  "speech_s": round(event.audio.size / contract.INPUT_SAMPLE_RATE, 3)}))
@@ -310,8 +312,6 @@ class Service:
                                         is_cancelled)
         return None
 
-
-MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
 
 
 async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) -> None:
