@@ -39,7 +39,7 @@ export: $(VENV)/.installed
 serve: export  ## the embedded server until Ctrl-C
 	$(PY) -m deploy.server
 
-configs: $(VENV)/.installed  ## re-render every config.pbtxt from export/spec.py
+configs: $(VENV)/.installed  ## re-render every config.pbtxt from export/contract/spec.py
 	$(PY) -m export.render_configs
 
 clean:

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from export import contract
+from export.contract import media as C
+from export.contract.layout import GRPC_URL
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -28,7 +29,7 @@ EXIT_SERVER = 4
 EXIT_TIMEOUT = 5
 EXIT_INTERRUPTED = 130
 
-DEFAULT_URL = "localhost:8001"
+DEFAULT_URL = GRPC_URL
 
 
 class UsageError(Exception):
@@ -63,7 +64,7 @@ def _client(args: argparse.Namespace):
 # ---------------------------------------------------------------- register-avatar
 
 def cmd_register_avatar(args: argparse.Namespace) -> int:
-    from export.spec import AVATAR_REGISTRY
+    from export.contract.spec import AVATAR_REGISTRY
 
     image = _read_bytes(args.image, "image")
     with _client(args) as th:
@@ -82,10 +83,10 @@ def cmd_register_avatar(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- ask
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from ensemble import events as ev
-    from export.spec import TALKING_HEAD
     from client import media
-    from client.sdk import Turn
+    from client.turns import TurnCollector
+    from export.contract import events as ev
+    from export.contract.spec import TALKING_HEAD
 
     options = _options(args.options)
     audio = None if args.audio is None else _read_speech(args.audio)
@@ -95,7 +96,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
-        turn = Turn(clock=th.clock)
+        turn = TurnCollector(clock=th.clock)
         said_transcript = args.text is not None  # text input: the text is the transcript
         if said_transcript:
             print(f"transcript: {args.text}", file=say, flush=True)
@@ -126,7 +127,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     media.write_wav(wav_path, result.audio, result.sample_rate)
     written = [wav_path]
     if result.frames or result.audio.size:
-        media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=contract.VIDEO_FPS,
+        media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=C.VIDEO_FPS,
                         frame_indices=result.frame_indices)
         written.append(mp4_path)
     else:
@@ -150,7 +151,7 @@ def _read_speech(path: str) -> "np.ndarray":
     if not os.path.isfile(path):
         raise UsageError(f"cannot read audio file {path}: no such file")
     try:
-        audio = media.read_audio(path, rate=contract.INPUT_SAMPLE_RATE)
+        audio = media.read_audio(path, rate=C.INPUT_SAMPLE_RATE)
     except Exception as e:  # PyAV raises several kinds for undecodable files
         raise UsageError(f"cannot decode audio file {path}: {e}") from None
     if audio.size == 0:
@@ -159,20 +160,20 @@ def _read_speech(path: str) -> "np.ndarray":
 
 
 def cmd_talk(args: argparse.Namespace) -> int:
-    from ensemble import events as ev
-    from export.spec import TALKING_HEAD
     from client import media
-    from client.sdk import Turn
+    from client.turns import TurnCollector
+    from export.contract import events as ev
+    from export.contract.spec import TALKING_HEAD
 
     audio = _read_speech(args.audio)
     options = {**(_options(args.options) or {}), "min_silence_ms": args.min_silence_ms}
     say: TextIO = sys.stderr if args.json else sys.stdout
-    turns: dict[str, Turn] = {}
+    turns: dict[str, TurnCollector] = {}
     out_dir = Path(args.out)
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
         pace = "in real time" if args.realtime else "as fast as possible"
-        print(f"streaming {audio.size / contract.INPUT_SAMPLE_RATE:.1f} s of audio in {args.chunk_ms:g} ms chunks "
+        print(f"streaming {audio.size / C.INPUT_SAMPLE_RATE:.1f} s of audio in {args.chunk_ms:g} ms chunks "
               f"{pace} (session {args.session})", file=say, flush=True)
         for event in th.microphone(session=args.session, avatar_id=args.avatar, audio=audio, chunk_ms=args.chunk_ms,
                                    realtime=args.realtime, options=options):
@@ -182,7 +183,7 @@ def cmd_talk(args: argparse.Namespace) -> int:
                 continue
             turn_id = event.data.get("turn_id")
             if turn_id not in turns:
-                turns[turn_id] = Turn(clock=th.clock)
+                turns[turn_id] = TurnCollector(clock=th.clock)
             turns[turn_id].add(event)
             if event.type == ev.TRANSCRIPT:
                 print(f"[turn {len(turns)}] heard: {event.data.get('text', '')}", file=say, flush=True)
@@ -195,7 +196,7 @@ def cmd_talk(args: argparse.Namespace) -> int:
         result = turn.result()
         path = out_dir / f"{args.name}{k}.mp4"
         if result.frames or result.audio.size:
-            media.write_mp4(path, result.frames, result.audio, result.sample_rate, fps=contract.VIDEO_FPS,
+            media.write_mp4(path, result.frames, result.audio, result.sample_rate, fps=C.VIDEO_FPS,
                             frame_indices=result.frame_indices)
         print(f"turn {k}: first audio {result.time_to_first_audio_s or 0:.3f} s after its turn's end was "
               f"detected (the turn-end silence not counted) -> {path}", file=say)
@@ -206,7 +207,7 @@ def cmd_talk(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from export.spec import TALKING_HEAD
+    from export.contract.spec import TALKING_HEAD
 
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", metavar="FILE",
                      help=f"spoken question: any audio file FFmpeg decodes, resampled to "
-                          f"{contract.INPUT_SAMPLE_RATE} Hz mono")
+                          f"{C.INPUT_SAMPLE_RATE} Hz mono")
     src.add_argument("--text", metavar="TEXT", help="the question as text instead of speech")
     p.add_argument("--avatar", required=True, metavar="ID", help="avatar id from register-avatar")
     p.add_argument("--out", default="out", metavar="DIR", help="output directory (default: %(default)s/)")

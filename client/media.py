@@ -2,7 +2,7 @@
 
 - `read_audio`: decode any audio (or video-with-audio) file with PyAV and
   resample it to mono float32 at the rate the server wants
-  (`contract.INPUT_SAMPLE_RATE`, 16 kHz by default).
+  (`media.INPUT_SAMPLE_RATE`, 16 kHz by default).
 - `write_wav`: float32 PCM to a WAV file with soundfile.
 - `write_mp4`: the streamed JPEG frames and PCM audio of one answer to an
   MP4 with one H.264 (libx264, yuv420p) video stream and one AAC audio stream.
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import soundfile as sf
 
-from export import contract
+from export.contract import media
 
 AAC_FRAME_SIZE = 1024  # samples per AAC frame; PyAV's encoder re-chunks to this
 _AUDIO_CHUNK = 4 * AAC_FRAME_SIZE  # how many samples we hand the encoder at a time
@@ -26,7 +26,7 @@ _AUDIO_CHUNK = 4 * AAC_FRAME_SIZE  # how many samples we hand the encoder at a t
 
 # ---------------------------------------------------------------- audio in
 
-def read_audio(path: str | os.PathLike, rate: int = contract.INPUT_SAMPLE_RATE) -> np.ndarray:
+def read_audio(path: str | os.PathLike, rate: int = media.INPUT_SAMPLE_RATE) -> np.ndarray:
     """Decode the first audio stream of any file FFmpeg reads, as mono float32 at `rate` Hz.
 
     Multi-channel audio is downmixed by libswresample; the resampler is flushed,
@@ -60,7 +60,7 @@ def _mono_float32(audio: np.ndarray | Sequence[float]) -> np.ndarray:
     return a
 
 
-def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = contract.OUTPUT_SAMPLE_RATE,
+def write_wav(path: str | os.PathLike, audio: np.ndarray, rate: int = media.OUTPUT_SAMPLE_RATE,
               subtype: str = "PCM_16") -> None:
     """Write mono float32 PCM (-1..1) to a WAV file; 16-bit PCM by default ("FLOAT" keeps float32)."""
     a = _mono_float32(audio)
@@ -95,7 +95,7 @@ def _fit(img: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.ndarray | None,
-              audio_rate: int = contract.OUTPUT_SAMPLE_RATE, fps: int = contract.VIDEO_FPS, *,
+              audio_rate: int = media.OUTPUT_SAMPLE_RATE, fps: int = media.VIDEO_FPS, *,
               frame_indices: Sequence[int] | None = None, crf: int = 20, preset: str = "veryfast") -> None:
     """Mux JPEG frames and mono PCM into an MP4: H.264 (libx264, yuv420p) + AAC.
 

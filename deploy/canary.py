@@ -22,7 +22,8 @@ import numpy as np
 
 from client.sdk import ClientError, TalkingHeadClient
 from ensemble.avatar import demo_avatar_png
-from export import contract
+from export.contract import media
+from export.contract.layout import GRPC_URL
 
 # What the canary turns ask for: as little work as still touches every stage.
 SPOKEN = {"max_reply_tokens": 1, "video": False}
@@ -46,7 +47,7 @@ def failed_model(message: str) -> str | None:
 
 def probe_audio(seconds: float = 0.5) -> np.ndarray:
     """A quiet 220 Hz tone: speech-like enough to pass input validation."""
-    t = np.arange(int(seconds * contract.INPUT_SAMPLE_RATE)) / contract.INPUT_SAMPLE_RATE
+    t = np.arange(int(seconds * media.INPUT_SAMPLE_RATE)) / media.INPUT_SAMPLE_RATE
     return (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
 
 
@@ -71,7 +72,7 @@ def run(url: str, timeout_s: float, root_certificates: str | None = None) -> flo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", default="localhost:8001", help="Triton gRPC endpoint")
+    ap.add_argument("--url", default=GRPC_URL, help="Triton gRPC endpoint")
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds the whole canary may take")
     ap.add_argument("--root-certificates", default=None, help="CA certificate (PEM) when gRPC uses TLS")
     args = ap.parse_args(argv)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from client import cli
 from client.sdk import TalkingHeadClient
-from deploy.server import REPO, EmbeddedServer, ServerOptions
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.__main__ import main as export_main
+from export.contract.layout import GRPC_PORT, ROOT
 
 QUESTION = "What can you do for me today?"
 
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", help="model preset to export and serve (default: tiny)")
     ap.add_argument("--question", default=QUESTION, help="what the user says")
-    ap.add_argument("--out", type=Path, default=REPO / "out", help="where answer.wav and answer.mp4 go")
-    ap.add_argument("--grpc-port", type=int, default=8001)
+    ap.add_argument("--out", type=Path, default=ROOT / "out", help="where answer.wav and answer.mp4 go")
+    ap.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
 

@@ -20,41 +20,19 @@ import argparse
 import os
 import sys
 import time
-import urllib.request
 
-from ensemble.metrics import ACTIVE_SESSIONS
-
-
-def active_sessions(metrics_url: str) -> float:
-    """Sum of talking_head_active_sessions over every orchestrator instance (0 when absent)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(ACTIVE_SESSIONS.name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def unload_orchestrator(grpc_url: str, admin_key: str | None, root_certificates: str | None = None) -> None:
-    """Ask Triton to unload talking_head (returns at once; Triton lets the turns in flight finish first)."""
-    import tritonclient.grpc as grpcclient
-
-    from deploy.server import ORCHESTRATOR, admin_headers
-
-    with grpcclient.InferenceServerClient(grpc_url, ssl=root_certificates is not None,
-                                          root_certificates=root_certificates) as client:
-        client.unload_model(ORCHESTRATOR, headers=admin_headers(admin_key), client_timeout=10)
+from deploy.admin import active_sessions, unload_orchestrator
+from export.contract.layout import GRPC_URL, METRICS_URL
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", default="localhost:8002", help="Triton metrics endpoint host:port")
+    ap.add_argument("--url", default=METRICS_URL, help="Triton metrics endpoint host:port")
     ap.add_argument("--timeout", type=float, default=120.0, help="give up after this many seconds")
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     ap.add_argument("--unload", action="store_true",
                     help="first unload talking_head: readiness off at once, new turns refused, turns in flight finish")
-    ap.add_argument("--grpc-url", default="localhost:8001", help="with --unload: Triton's gRPC endpoint")
+    ap.add_argument("--grpc-url", default=GRPC_URL, help="with --unload: Triton's gRPC endpoint")
     ap.add_argument("--admin-key-env", default="TRITON_ADMIN_KEY", metavar="VAR",
                     help="with --unload: the environment variable holding the admin key (default TRITON_ADMIN_KEY)")
     ap.add_argument("--root-certificates", default=None, help="with --unload: CA certificate (PEM) when gRPC uses TLS")

@@ -31,9 +31,7 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,65 +41,18 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
+from deploy.admin import ADMIN_HEADER, ORCHESTRATOR, active_sessions, admin_headers
+from deploy.processes import busy_ports, stubs
 from deploy.tls import TLSFiles
+from deploy.triton_install import TritonInstall, assemble_backends
+from ensemble.draining import DRAIN_FILE_ENV
+from export.contract.layout import BUILD, GRPC_PORT, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_REPOSITORY = REPO / "model_repository"
-PROJECT_BACKENDS = Path(__file__).resolve().parent / "backends"  # Python-based backends: <name>/model.py
-SHM_MARK = "_shm_region"  # Python(-based) backends name theirs triton_<backend>_backend_shm_region_*
-DRAIN_FILE_ENV = "TALKING_HEAD_DRAIN_FILE"  # = ensemble.service.DRAIN_FILE_ENV (not imported: keeps this module light)
 # Endpoints that change or expose the server rather than serve turns: with ServerOptions.admin_key set,
 # gRPC and HTTP calls to these need the admin header. Inference, health and metadata stay open.
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
-ADMIN_HEADER = "admin-key"  # the HTTP header; on gRPC Triton expects it as `triton-grpc-protocol-<header>`
-ADMIN_GRPC_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 _ADMIN_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")  # no ',', ':', '=' or spaces: they would break the flag
-ORCHESTRATOR = "talking_head"  # = export.spec.TALKING_HEAD.name (not imported: keeps this module light)
 MODEL_CONTROL_MODES = ("explicit", "none")
-
-
-@dataclass(frozen=True)
-class TritonInstall:
-    """Where a tritonserver, its Python backend (with a stub for this Python) and its libraries are."""
-
-    binary: Path
-    python_backend: Path  # holds libtriton_python.so and triton_python_backend_utils.py
-    stub: Path  # triton_python_backend_stub for this interpreter's Python version
-    lib_dir: Path | None  # goes on LD_LIBRARY_PATH
-
-    @classmethod
-    def find(cls) -> "TritonInstall":
-        """$TRITON_HOME (an unpacked bin/ backends/ lib/ tree, as on the GPU machine), else the pytriton wheel."""
-        home = os.environ.get("TRITON_HOME")
-        if home:
-            root = Path(home)
-            return cls(root / "bin" / "tritonserver", root / "backends" / "python",
-                       root / "backends" / "python" / "triton_python_backend_stub", root / "lib")
-        import pytriton
-
-        ts = Path(pytriton.__file__).resolve().parent / "tritonserver"
-        version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        install = cls(ts / "bin" / "tritonserver", ts / "backends" / "python",
-                      ts / "python_backend_stubs" / version / "triton_python_backend_stub",
-                      ts.parent.parent / "nvidia_pytriton.libs")
-        if not install.binary.exists():
-            raise RuntimeError(f"nvidia-pytriton at {ts} has no bundled tritonserver")
-        if not install.stub.exists():
-            raise RuntimeError(f"the bundled Triton has no Python backend stub for Python {version}")
-        return install
-
-
-def assemble_backends(dest: Path, install: TritonInstall) -> Path:
-    """A backend directory: Triton's `python` backend (+ the stub for this Python) and ours."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    python_dir = dest / "python"
-    shutil.copytree(install.python_backend, python_dir, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(install.stub, python_dir / "triton_python_backend_stub")
-    for backend in sorted(PROJECT_BACKENDS.iterdir()):
-        if (backend / "model.py").exists():
-            shutil.copytree(backend, dest / backend.name, ignore=shutil.ignore_patterns("__pycache__"))
-    return dest
 
 
 # Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub
@@ -112,12 +63,12 @@ STUB_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 @dataclass
 class ServerOptions:
-    repository: Path = DEFAULT_REPOSITORY  # the model repository to serve
+    repository: Path = MODEL_REPOSITORY  # the model repository to serve
     config_name: str = "cpu"  # --model-config-name: configs/<name>.pbtxt over config.pbtxt
-    http_port: int = 8000
-    grpc_port: int = 8001
-    metrics_port: int = 8002
-    workdir: Path = REPO / "build" / "triton"  # assembled backends and the server log
+    http_port: int = HTTP_PORT
+    grpc_port: int = GRPC_PORT
+    metrics_port: int = METRICS_PORT
+    workdir: Path = BUILD / "triton"  # assembled backends and the server log
     exit_timeout_s: int = 30  # --exit-timeout-secs: how long Triton drains in-flight work on SIGTERM
     drain_timeout_s: float | None = None  # stop(): how long to wait for turns in flight before SIGTERM
     #                                       (None: exit_timeout_s); see EmbeddedServer.drain
@@ -342,8 +293,6 @@ class EmbeddedServer:
         once and counts no decoupled BLS turn as in flight, so a turn still running would fail at its
         next stage call ("Server not ready"); see RELIABILITY.md.
         """
-        from deploy.drain import active_sessions  # light: ensemble.metrics only
-
         o = self.options
         timeout_s = (o.exit_timeout_s if o.drain_timeout_s is None else o.drain_timeout_s) if timeout_s is None \
             else timeout_s
@@ -418,78 +367,15 @@ class EmbeddedServer:
                 f"metrics http://localhost:{o.metrics_port}/metrics")
 
 
-def admin_headers(key: str | None, grpc: bool = True) -> dict[str, str] | None:
-    """The headers an admin call sends when ServerOptions.admin_key is set (None when it is not).
-
-    Triton 2.51 checks `admin-key` on HTTP but `triton-grpc-protocol-admin-key` on gRPC.
-    """
-    if key is None:
-        return None
-    return {ADMIN_GRPC_HEADER if grpc else ADMIN_HEADER: key}
-
-
-@dataclass(frozen=True)
-class Stub:
-    """One Python backend stub process of a tritonserver (one per model instance)."""
-
-    pid: int
-    instance: str  # Triton's instance name: <model>_<group>_<index>, e.g. vocoder_0_0
-    shm_region: str  # its shared-memory region in /dev/shm
-
-    @property
-    def model(self) -> str:
-        return self.instance.rsplit("_", 2)[0]
-
-
-def stubs(server_pid: int) -> list[Stub]:
-    """The live stub processes of the tritonserver `server_pid`, read from /proc.
-
-    A stub's command line is: stub binary, model path, shm region, shm sizes, parent pid, backend
-    folder, ..., instance name (the 9th), runtime folder (python_be.cc's StubLauncher).
-    """
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid != server_pid or len(args) < 9 or not args[0].endswith("triton_python_backend_stub"):
-            continue  # not ours, gone, or a zombie (empty command line)
-        found.append(Stub(int(proc.name), args[8], next((a for a in args if SHM_MARK in a), "")))
-    return sorted(found, key=lambda st: st.instance)
-
-
-def leaked_shm() -> list[str]:
-    """Shared-memory regions of Python and Python-based backends (python, ort_cpu, torch_gpu) in /dev/shm."""
-    shm = Path("/dev/shm")
-    if not shm.exists():
-        return []
-    return sorted(p.name for p in shm.iterdir() if p.name.startswith("triton_") and SHM_MARK in p.name)
-
-
-def busy_ports(ports: list[int]) -> list[int]:
-    """Ports on which something already listens (the server would answer for another server)."""
-    busy = []
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("0.0.0.0", port))
-            except OSError:
-                busy.append(port)
-    return busy
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the embedded Triton server on this repository until Ctrl-C.")
-    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to serve")
+    ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="model repository to serve")
     ap.add_argument("--config-name", default="cpu", help="runtime variant: configs/<name>.pbtxt (default: cpu)")
-    ap.add_argument("--http-port", type=int, default=8000)
-    ap.add_argument("--grpc-port", type=int, default=8001)
-    ap.add_argument("--metrics-port", type=int, default=8002)
+    ap.add_argument("--http-port", type=int, default=HTTP_PORT)
+    ap.add_argument("--grpc-port", type=int, default=GRPC_PORT)
+    ap.add_argument("--metrics-port", type=int, default=METRICS_PORT)
     ap.add_argument("--log-verbose", type=int, default=0, help="Triton log verbosity (0 = quiet)")
     ap.add_argument("--workdir", type=Path, default=ServerOptions.workdir, help="assembled backends and the log")
     ap.add_argument("--exit-timeout", type=int, default=ServerOptions.exit_timeout_s,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-from ensemble.batching import BatchRunner
-from export.spec import BY_NAME, ModelSpec
+from export.contract.spec import BY_NAME, ModelSpec
+from export.runtime.batching import BatchRunner
 
 RunnerFactory = Callable[[ModelSpec, dict, dict], BatchRunner]
 
@@ -25,9 +25,9 @@ def make_model(factory: RunnerFactory):
             config = json.loads(args["model_config"])
             name = config["name"]
             if name not in BY_NAME:
-                raise pb_utils.TritonModelException(f"no I/O spec named {name!r} in export/spec.py")
+                raise pb_utils.TritonModelException(f"no I/O spec named {name!r} in export/contract/spec.py")
             self.spec = BY_NAME[name]
-            # the config's inputs: the spec's, plus those a variant adds (export/spec.py SessionState)
+            # the config's inputs: the spec's, plus those a variant adds (export/contract/spec.py SessionState)
             self.input_names = [i["name"] for i in config.get("input", [])] or [t.name for t in self.spec.inputs]
             try:
                 self.runner = factory(self.spec, config, args)

@@ -17,8 +17,8 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ensemble.events import Event
 from ensemble.options import TurnOptions
+from export.contract.events import Event
 
 DEFAULT_PHRASES = ("hello", "hi", "hey", "good morning", "good afternoon", "good evening", "how are you",
                    "thank you", "thanks", "goodbye", "bye", "see you")

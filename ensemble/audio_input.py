@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ensemble.errors import InputError
-from export import contract as C
+from export.contract import media as C
 
 SILENCE_PEAK = 1e-4  # peak amplitude below which the input is treated as silence
 MAX_PEAK = 2.0  # float PCM should be in [-1, 1]; resampler overshoot up to this is tolerated
@@ -33,7 +33,7 @@ def check_samples(a: np.ndarray, what: str) -> float:
 
 
 def check_sample_rate(sample_rate) -> int:
-    """The sample rate, which must be contract.INPUT_SAMPLE_RATE (no server-side resampling), or InputError."""
+    """The sample rate, which must be media.INPUT_SAMPLE_RATE (no server-side resampling), or InputError."""
     sr = _sample_rate(sample_rate)
     if sr != C.INPUT_SAMPLE_RATE:
         raise InputError(f"audio sample_rate is {sr} Hz; expected {C.INPUT_SAMPLE_RATE}")
@@ -41,7 +41,7 @@ def check_sample_rate(sample_rate) -> int:
 
 
 def validate_audio(audio: np.ndarray, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """User audio -> contiguous float32 mono [n] at contract.INPUT_SAMPLE_RATE, or InputError.
+    """User audio -> contiguous float32 mono [n] at media.INPUT_SAMPLE_RATE, or InputError.
 
     Accepts shape [n], and [1, n] / [n, 1] (a batch or channel axis of one). Does not resample:
     a different sample_rate is an error naming the expected one. Samples must be finite, with a

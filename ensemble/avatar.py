@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from ensemble.errors import InputError
-from export import contract as C
+from export.contract import media as C
 
 UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
 _ID = re.compile(r"[0-9a-f]{16}")

@@ -2,9 +2,9 @@
 
 `KVDecoder` sends the whole cache with every step and gets it back (every variant's graph can do
 this). `SessionDecoder` sends only token ids and a session id: the model keeps the cache (the gpu
-variant, export/spec.py `SessionState`), and the decoder frees it with `close()`. `start_decoder`
-picks the second where the served model takes session ids: the first prompt of a process tries it,
-and a model that refuses the session input is remembered to want its cache shipped.
+variant, export/contract/spec.py `SessionState`), and the decoder frees it with `close()`. `start_decoder`
+picks the second where the served model keeps the cache: the orchestrator reads which stages do from its
+config's `session_stages` parameter, rendered per variant (export/toolchain/configs.py).
 """
 from __future__ import annotations
 
@@ -13,15 +13,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import numpy as np
 
-from export.presets import Preset
-from export.spec import ModelSpec
+from export.contract.presets import Preset
+from export.contract.spec import ModelSpec
 
 Infer = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 # (model, inputs, timeout s) -> outputs: the raw stage call, used to release a session even after a cancel
 Release = Callable[[str, dict[str, np.ndarray], float], Awaitable[dict[str, np.ndarray]]]
 RELEASE_TIMEOUT_S = 5.0
-# model name -> whether it keeps the cache server-side; learnt once per process (the served variant is fixed)
-SERVER_CACHE: dict[str, bool] = {}
 
 
 class KVDecoder:
@@ -49,7 +47,8 @@ class KVDecoder:
             chunk = np.asarray([ids[start:start + self.max_tokens]], dtype=np.int64)
             if self.length > self.max_past:
                 raise OverflowError(f"{self.spec.name}: the KV cache is full ({self.length} tokens)")
-            out = await self.infer(self.spec.name, {self.ids_name: chunk, **self.extra, "past_kv": self.past})
+            out = self.spec.response(await self.infer(
+                self.spec.name, self.spec.request(**{self.ids_name: chunk, **self.extra, "past_kv": self.past})))
             self.past = out["present_kv"]
             logits = out["logits"][0]
         return logits
@@ -64,7 +63,7 @@ class SessionDecoder:
     def __init__(self, infer: Infer, spec: ModelSpec, release: Release | None = None,
                  extra: dict[str, np.ndarray] | None = None):
         if spec.session is None:
-            raise ValueError(f"{spec.name} keeps no session state (export/spec.py)")
+            raise ValueError(f"{spec.name} keeps no session state (export/contract/spec.py)")
         self.infer = infer
         self.spec = spec
         self.release = release
@@ -92,7 +91,7 @@ class SessionDecoder:
                 inputs.update(self.extra)  # derives from them)
                 inputs[s.start_input] = np.ones((1, 1), dtype=bool)
             self.open = True
-            out = await self.infer(self.spec.name, inputs)
+            out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
             self.length += len(chunk)
             logits = out["logits"][0]
         return logits
@@ -111,29 +110,16 @@ class SessionDecoder:
             pass
 
 
-def _refused_session(error: Exception, spec: ModelSpec) -> bool:
-    """Whether a stage answered a session request as a model without session inputs does (Triton, or BatchRunner)."""
-    text = str(error)
-    return any(t.name in text for t in spec.session.inputs) or repr(spec.session.state_input) in text
-
-
-async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int],
-                        extra: dict[str, np.ndarray] | None = None, release: Release | None = None,
-                        modes: dict[str, bool] = SERVER_CACHE) -> tuple[KVDecoder | SessionDecoder, np.ndarray]:
-    """A decoder fed with `prompt`, and the logits after it: server-side cache where the model keeps one."""
-    if spec.session is not None and modes.get(spec.name) is not False:
-        decoder = SessionDecoder(infer, spec, release, extra)
-        try:
-            logits = await decoder.feed(prompt)
-            modes[spec.name] = True
-            return decoder, logits
-        except Exception as e:
-            if modes.get(spec.name) or not _refused_session(e, spec):
-                await decoder.close()
-                raise
-            modes[spec.name] = False
-    kv = KVDecoder(infer, spec, preset, extra)
-    return kv, await kv.feed(prompt)
+async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int], *, server_cache: bool,
+                        extra: dict[str, np.ndarray] | None = None, release: Release | None = None
+                        ) -> tuple[KVDecoder | SessionDecoder, np.ndarray]:
+    """A decoder fed with `prompt`, and the logits after it; `server_cache`: the served model keeps the cache."""
+    decoder = SessionDecoder(infer, spec, release, extra) if server_cache else KVDecoder(infer, spec, preset, extra)
+    try:
+        return decoder, await decoder.feed(prompt)
+    except BaseException:
+        await decoder.close()
+        raise
 
 
 def greedy(logits: np.ndarray, banned: Sequence[int] = ()) -> int:

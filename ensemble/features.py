@@ -1,17 +1,18 @@
 """Audio front ends in numpy: Whisper's log-mel, Wav2Lip's mel (whole and streaming), resampling.
 
-All settings come from export/contract.py. Filter banks and windows are cached
+All settings come from export/contract/media.py. Filter banks and windows are cached
 per settings by `functools.lru_cache` and handed out read-only: constants, not state.
 """
 from __future__ import annotations
 
 from functools import lru_cache
+
 import librosa
 import numpy as np
 import scipy.signal
 import soxr
 
-from export import contract as C
+from export.contract import media as C
 
 # --------------------------------------------------------------------------- helpers
 

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 from ensemble.errors import InputError
+from export.contract.spec import TALKING_HEAD
 
 
 @dataclass(frozen=True)
@@ -15,13 +16,12 @@ class Limits:
     max_audio_seconds: float = 30.0  # one Whisper window
     max_text_chars: int = 2000  # typed input
     max_options_bytes: int = 4096  # the options JSON
-    max_prompt_tokens: int = 448  # prompt tokens the LLM sees (older ones are cut)
     max_avatar_bytes: int = 10 * 1024 * 1024  # encoded avatar image
     max_avatar_pixels: int = 4096 * 4096  # decoded avatar image
     min_avatar_side: int = 64  # avatar image width and height at least this (the face detector searches >= 30 px)
     max_avatars: int = 1000  # avatars kept on disk per server (its avatar store); the least recently used is evicted
     max_avatar_store_bytes: int = 4 * 1024**3  # ... and at most this many bytes of them (same eviction)
-    max_sessions: int = 32  # turns served at once; more are refused at once (UNAVAILABLE)
+    max_sessions: int = int(TALKING_HEAD.parameter("max_sessions"))  # turns at once; more are refused (UNAVAILABLE)
     max_open_sessions: int = 1024  # conversations (`session` ids) remembered; the least recently used is forgotten
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
 

@@ -27,14 +27,14 @@ from ensemble import avatar as avatars
 from ensemble import metrics, motion
 from ensemble.decoding import greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
-from ensemble.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
 from ensemble.text import Segmenter, strip_chat_markup
 from ensemble.vocoder_stream import VocoderStream
-from export import contract, spec
-from export.presets import Preset
-from export.text_frontend import text_to_ids
+from export.contract import media, spec
+from export.contract.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
+from export.contract.presets import Preset
+from export.contract.text_frontend import text_to_ids
 
 Emit = Callable[[Event], None]
 # One stage call: (model, inputs, timeout in seconds) -> outputs. Triton: a BLS request with that timeout.
@@ -83,8 +83,10 @@ class Turn:
 
     def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
-                 recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None):
+                 recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
+                 session_stages: frozenset[str] = frozenset()):
         self._infer = infer
+        self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -138,6 +140,10 @@ class Turn:
         s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
         return out
 
+    async def call(self, stage: spec.ModelSpec, **inputs: np.ndarray) -> spec.Outputs:
+        """One stage call with inputs and outputs named by the stage's spec (a wrong name fails at once)."""
+        return stage.response(await self.infer(stage.name, stage.request(**inputs)))
+
     def emit(self, kind: str, data: dict, audio: np.ndarray | None = None, frame: bytes | None = None) -> None:
         t_ms = round(self.stats.ms(), 1)
         if kind not in self.stats.first:
@@ -179,7 +185,7 @@ class Turn:
         s = self.stats
         self.emit(DONE, {
             "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
-            "sample_rate": contract.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
+            "sample_rate": media.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
             "frames_dropped": self.frames_dropped, "frames_dropped_late": self.frames_late_dropped,
             "frame_stride": self.options.frame_stride, "interrupted": self.interrupted,
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
@@ -222,7 +228,7 @@ class Turn:
 
     async def _transcribe(self, audio16k: np.ndarray) -> str:
         mel = whisper_log_mel(audio16k)[None]
-        features = (await self.infer(spec.ASR_ENCODER.name, {"mel": mel}))["audio_features"]
+        features = (await self.call(spec.ASR_ENCODER, mel=mel))["audio_features"]
         tok = self.tok.asr
         prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
         eot = tok.token_to_id("<|endoftext|>")
@@ -230,10 +236,12 @@ class Turn:
         # the GPU variant keeps the utterance's cross-attention keys/values and the cache on its side (one session
         # per utterance, the features sent once): released on every way out
         decoder, logits = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
-                                              extra={"audio_features": features}, release=self._infer)
+                                              server_cache=spec.ASR_DECODER.name in self.session_stages,
+                                              extra=spec.ASR_DECODER.request(audio_features=features),
+                                              release=self._infer)
         logits = logits[:vocab]
         out: list[int] = []
-        seconds = audio16k.size / contract.INPUT_SAMPLE_RATE
+        seconds = audio16k.size / media.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
                     int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
         specials = list(prompt)
@@ -257,7 +265,8 @@ class Turn:
             specials += sorted(stops)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
         # the GPU variant keeps the KV cache on its side (one session per turn): released on every way out
-        decoder, logits = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer)
+        decoder, logits = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer,
+                                              server_cache=spec.LLM.name in self.session_stages)
         logits = logits[:vocab]
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
         segmenter = Segmenter()
@@ -302,12 +311,10 @@ class Turn:
                 ids = self.tok.tts_ids(piece)[:max_symbols]
                 if not ids:
                     continue
-                out = await self.infer(spec.TTS.name, {
-                    "phonemes": np.asarray([ids], dtype=np.int64),
-                    "phoneme_lengths": np.asarray([[len(ids)]], dtype=np.int64),
-                    "controls": controls})
+                out = await self.call(spec.TTS, phonemes=np.asarray([ids], dtype=np.int64),
+                                      phoneme_lengths=np.asarray([[len(ids)]], dtype=np.int64), controls=controls)
                 mel = out["mel"][0][:, : int(out["mel_lengths"][0, 0])]
-                self.timeline.add(self.audio_samples / contract.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
+                self.timeline.add(self.audio_samples / media.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
                 await self._vocode(mel, audio_q)
         finally:
             audio_q.put_nowait(_END)
@@ -319,7 +326,7 @@ class Turn:
         stream.push(mel)
         stream.finish()
         for chunk_id, mel_chunk in stream.chunks_ready():
-            audio = (await self.infer(spec.VOCODER.name, {"mel": mel_chunk[None]}))["audio"][0]
+            audio = (await self.call(spec.VOCODER, mel=mel_chunk[None]))["audio"][0]
             for ready in stream.accept(chunk_id, audio):
                 self._emit_audio(ready, audio_q)
 
@@ -327,14 +334,14 @@ class Turn:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if self.first_audio_at is None:
             self.first_audio_at = time.perf_counter()
-        self.emit(AUDIO, {"index": self.audio_chunks, "sample_rate": contract.OUTPUT_SAMPLE_RATE,
+        self.emit(AUDIO, {"index": self.audio_chunks, "sample_rate": media.OUTPUT_SAMPLE_RATE,
                           "start_sample": self.audio_samples, "samples": int(audio.size)}, audio=audio)
         self.audio_chunks += 1
         self.audio_samples += int(audio.size)
         audio_q.put_nowait(audio)
 
     async def _video(self, audio_q: asyncio.Queue) -> None:
-        resampler = StreamingResampler(contract.OUTPUT_SAMPLE_RATE, contract.LIPSYNC_MEL.sample_rate)
+        resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)
         mels = LipsyncMelStream()
         slots: list[tuple[int, np.ndarray]] = []  # (frame index on the 25 fps clock, its mel window)
         n_slots = 0
@@ -342,7 +349,7 @@ class Turn:
             audio = await audio_q.get()
             if audio is _END:
                 mels.push(resampler.finish())
-                windows = mels.finish(contract.video_frames_for_samples(self.audio_samples))
+                windows = mels.finish(media.video_frames_for_samples(self.audio_samples))
             else:
                 windows = mels.push(resampler.push(audio))
             slots += [(n_slots + i, w) for i, w in enumerate(windows)]
@@ -367,7 +374,7 @@ class Turn:
             reason = "stride"
         elif self.options.streaming and self.video_frames and self.first_audio_at is not None:
             ready_at = time.perf_counter() + self._lipsync_s
-            if ready_at > self.first_audio_at + index / contract.VIDEO_FPS + metrics.LATE_FRAME_S:
+            if ready_at > self.first_audio_at + index / media.VIDEO_FPS + metrics.LATE_FRAME_S:
                 reason = "late"
         if reason is None:
             return True
@@ -384,7 +391,7 @@ class Turn:
         images, faces = await self._off_loop(self._prepare_frames, indices)
         mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
         t = time.perf_counter()
-        generated = (await self.infer(spec.LIPSYNC.name, {"mel": mel, "faces": faces}))["frames"]
+        generated = (await self.call(spec.LIPSYNC, mel=mel, faces=faces))["frames"]
         took = time.perf_counter() - t
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
         jpegs = await self._off_loop(self._finish_frames, images, generated)
@@ -400,7 +407,7 @@ class Turn:
 
     def _prepare_frames(self, indices: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
         """The moved avatar image of each frame slot and Wav2Lip's face input [n, 6, 96, 96]."""
-        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / contract.VIDEO_FPS))
+        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / media.VIDEO_FPS))
                   for i in indices]
         return images, np.stack([avatars.wav2lip_faces(self.avatar, image) for image in images])
 
@@ -410,7 +417,7 @@ class Turn:
                 for image, face in zip(images, generated)]
 
     def _send_frame(self, index: int, shape: tuple[int, ...], jpeg: bytes) -> None:
-        pts = index / contract.VIDEO_FPS
+        pts = index / media.VIDEO_FPS
         self.emit(VIDEO, {"index": index, "pts": pts, "width": shape[1], "height": shape[0],
                           "encoding": "jpeg", "emotion": self.timeline.at(pts)[0]}, frame=jpeg)
         if (self.options.streaming and self.first_audio_at is not None
@@ -422,8 +429,8 @@ class Turn:
         """Idle motion without speech, paced in real time: the avatar breathes and sways, never freezes."""
         if self.first_audio_at is None:
             self.first_audio_at = time.perf_counter()  # the idle clock's 0
-        for index in range(0, max(1, round(seconds * contract.VIDEO_FPS)), self.options.frame_stride):
-            due = self.first_audio_at + index / contract.VIDEO_FPS
+        for index in range(0, max(1, round(seconds * media.VIDEO_FPS)), self.options.frame_stride):
+            due = self.first_audio_at + index / media.VIDEO_FPS
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            image = motion.render(self.avatar.image, self.avatar.box, motion.idle_pose(index / contract.VIDEO_FPS))
+            image = motion.render(self.avatar.image, self.avatar.box, motion.idle_pose(index / media.VIDEO_FPS))
             self._send_frame(index, image.shape, avatars.encode_jpeg(image, quality=self.options.jpeg_quality))

@@ -33,21 +33,23 @@ from ensemble import metrics
 from ensemble.answer_cache import DEFAULT_PHRASES, AnswerCache
 from ensemble.audio_input import check_sample_rate, validate_audio
 from ensemble.avatar import AvatarStore
+from ensemble.draining import draining
 from ensemble.errors import InputError, Overloaded
-from ensemble.events import CANCELLED, DONE, VAD, Event
 from ensemble.governor import GovernorSettings, LoadGovernor
 from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
 from ensemble.sessions import Sessions
-from ensemble.vad import TurnDetector, VadSettings
 from ensemble.text import validate_text
-from export import contract
-from export.artifacts import manifest_preset, read_manifest
-from export.text_frontend import text_to_ids
-from export.presets import Preset
-from export.vocab import chat_prompt
+from ensemble.vad import TurnDetector, VadSettings
+from export.contract import media
+from export.contract.artifacts import manifest_preset, read_manifest
+from export.contract.chat import render_chat
+from export.contract.events import CANCELLED, DONE, VAD, Event
+from export.contract.presets import Preset
+from export.contract.spec import STAGES, TALKING_HEAD
+from export.contract.text_frontend import text_to_ids
+from export.contract.vocab import chatml_prompt
 
-DRAIN_FILE_ENV = "TALKING_HEAD_DRAIN_FILE"
 MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
 
 
@@ -56,30 +58,25 @@ def default_avatar_dir() -> Path:
     return Path(os.environ.get("TALKING_HEAD_AVATAR_DIR") or Path(tempfile.gettempdir()) / "talking-head-avatars")
 
 
-def draining(path: str | None = None) -> bool:
-    """Whether the server is shutting down: the file named by $TALKING_HEAD_DRAIN_FILE exists.
-
-    deploy.server creates it when it starts a graceful stop (before Triton gets SIGTERM): from then on
-    new turns and registrations are refused with UNAVAILABLE while turns in flight run to their end.
-    Triton's own SIGTERM handling cannot do this for a BLS pipeline (see RELIABILITY.md).
-    """
-    path = os.environ.get(DRAIN_FILE_ENV) if path is None else path
-    return bool(path) and os.path.exists(path)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """The orchestrator's settings, from its config.pbtxt `parameters` (see export/spec.py TALKING_HEAD)."""
+    """The orchestrator's settings, from its config.pbtxt `parameters` (see export/contract/spec.py TALKING_HEAD)."""
 
     limits: Limits = Limits()
     governor: GovernorSettings = GovernorSettings()
     cache_phrases: tuple[str, ...] = DEFAULT_PHRASES
-    cache_bytes: int = 256 * 1024**2
+    cache_bytes: int = int(TALKING_HEAD.parameter("answer_cache_mb")) * 1024**2
+    session_stages: frozenset[str] = frozenset()  # stages that keep the decoding cache server-side (gpu variant)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
-        def number(key: str, default: int) -> int:
-            raw = params.get(key, str(default))
+        """Settings from the config's parameters; a parameter left out takes its default from the spec."""
+        params = {**dict(TALKING_HEAD.parameters), **params}
+
+        def number(key: str) -> int:
+            raw = params[key]
             try:
                 value = int(raw)
             except ValueError:
@@ -88,13 +85,18 @@ class ServiceConfig:
                 raise ValueError(f"talking_head parameter {key}={value} must be >= 0")
             return value
 
-        limits = Limits(max_sessions=max(1, number("max_sessions", Limits.max_sessions)))
-        degrade = params.get("degrade", "on").lower()
+        limits = Limits(max_sessions=max(1, number("max_sessions")))
+        degrade = params["degrade"].lower()
         if degrade not in ("on", "off"):
             raise ValueError(f"talking_head parameter degrade={degrade!r} must be on or off")
         phrases = tuple(p for p in params.get("answer_cache_phrases", "").split("|") if p.strip()) or DEFAULT_PHRASES
+        sessions = frozenset(n.strip() for n in params["session_stages"].split(",") if n.strip())
+        keyed = {s.name for s in STAGES if s.session is not None}
+        if not sessions <= keyed:
+            raise ValueError(f"talking_head parameter session_stages names {sorted(sessions - keyed)}: only "
+                             f"{sorted(keyed)} can keep a session cache")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
-                   cache_phrases=phrases, cache_bytes=number("answer_cache_mb", 256) * 1024**2)
+                   cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions)
 
 
 @dataclass
@@ -132,12 +134,6 @@ class Service:
                    models_version=hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16], log=log)
 
     # ------------------------------------------------------------ parsing
-    def parse(self, inputs: dict[str, np.ndarray]) -> tuple[dict, TurnOptions, str]:
-        """Validated turn input (text or 16 kHz audio), options and avatar id; InputError names any problem."""
-        options = self.parse_options(inputs)
-        avatar_id = self.parse_avatar_id(inputs)
-        return self.parse_turn_input(inputs, options), options, avatar_id
-
     def parse_options(self, inputs: dict[str, np.ndarray]) -> TurnOptions:
         return TurnOptions.parse(_scalar_bytes(inputs, "options"), self.limits)
 
@@ -165,7 +161,7 @@ class Service:
         if not has_audio:
             return {}
         if "sample_rate" not in inputs:
-            raise InputError(f"audio needs `sample_rate` ({contract.INPUT_SAMPLE_RATE})")
+            raise InputError(f"audio needs `sample_rate` ({media.INPUT_SAMPLE_RATE})")
         rate = int(np.asarray(inputs["sample_rate"]).reshape(-1)[0])
         if options.action == "mic":  # the session's turn detector checks the chunk itself
             check_sample_rate(rate)
@@ -247,7 +243,7 @@ class Service:
         send = emit if key is None else lambda e: (recording.append(e), emit(e))
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
-                    frame_workers=self.frame_workers)
+                    frame_workers=self.frame_workers, session_stages=self.config.session_stages)
         if session is not None:
             session.turn = turn
         self.active += 1
@@ -306,7 +302,7 @@ class Service:
                 self._interrupt(session.turn, "barge_in")  # the user speaks over the reply
             elif event.kind == "turn_end":
                 emit(Event(VAD, {**data, "silence_ms": event.silence_ms,
-                                 "speech_s": round(event.audio.size / contract.INPUT_SAMPLE_RATE, 3)}))
+                                 "speech_s": round(event.audio.size / media.INPUT_SAMPLE_RATE, 3)}))
                 turn_options = replace(options, action="turn")
                 return await self._turn({"audio16k": event.audio}, turn_options, avatar_id, avatar, infer, emit,
                                         is_cancelled)
@@ -335,19 +331,17 @@ async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) ->
 def _chat_prompt(artifacts: Path, info: dict) -> Callable[[str], str]:
     """The checkpoint's chat template when the LLM weights are real, else the tiny tokenizer's ChatML."""
     if "llm_chat_template" not in info:
-        return chat_prompt
-    from export.checkpoints.qwen2 import chat_prompt as render
-
+        return chatml_prompt
     template = (artifacts / info["llm_chat_template"]).read_text(encoding="utf-8")
     tokens = info.get("llm_special_tokens") or {}
-    return lambda text: render(template, [{"role": "user", "content": text}], **tokens)
+    return lambda text: render_chat(template, [{"role": "user", "content": text}], **tokens)
 
 
 def _tts_front_end(artifacts: Path, info: dict) -> Callable[[str], list[int]]:
     """ARPAbet through g2p (lexicon, else CMUdict) for real FastSpeech2 weights, else characters."""
     if info.get("tts_frontend") != "arpabet":
         return text_to_ids
-    from export.g2p import make_g2p
+    from export.contract.g2p import make_g2p
 
     lexicon = artifacts / info["tts_lexicon"] if "tts_lexicon" in info else None
     return make_g2p(lexicon).text_to_ids

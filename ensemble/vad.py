@@ -17,7 +17,7 @@ the probabilities into events, with silero's own rules (utils_vad.py `get_speech
 
 The windows of one push are chained through silero's LSTM state (each window's `state` is the previous
 window's `next_state`), so they are sequential calls; windows of different sessions are independent rows,
-which Triton's dynamic batcher stacks into one batch (export/spec.py `VAD`).
+which Triton's dynamic batcher stacks into one batch (export/contract/spec.py `VAD`).
 
 Memory per session is bounded: the LSTM state, 64 samples of context, less than one window of
 remainder, and at most `max_turn_s` of audio (plus a pad and a window) for the turn being collected.
@@ -33,8 +33,8 @@ import numpy as np
 
 from ensemble.audio_input import check_samples
 from ensemble.errors import InputError
-from export import contract as C
-from export.spec import VAD
+from export.contract import media as C
+from export.contract.spec import VAD
 
 # One VAD stage call: (model name, inputs) -> outputs. In Triton: a BLS request to the `vad` model.
 VadCall = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
@@ -208,7 +208,7 @@ class TurnDetector:
     # ------------------------------------------------------------ internals
     async def _probability(self, window: np.ndarray) -> float:
         x = np.concatenate([self._context, window])[None]
-        out = await self._infer(self.model, {"audio": x, "state": self._state})
+        out = VAD.response(await self._infer(self.model, VAD.request(audio=x, state=self._state)))
         p, state = np.asarray(out["probability"]), np.asarray(out["next_state"])
         if p.shape != (1, 1) or state.shape != self._state.shape:
             raise RuntimeError(f"{self.model} answered probability {p.shape} and next_state {state.shape};"

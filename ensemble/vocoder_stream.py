@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from export import contract as C
+from export.contract import media as C
 
 
 @dataclass(frozen=True)

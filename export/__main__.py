@@ -9,10 +9,10 @@ same preset, seed and model code. Every graph is checked with onnx.checker and
 compared with PyTorch through ONNX Runtime on fresh inputs (max relative error
 printed; fp32 limit 1e-4). Weights are seeded random unless real checkpoints
 are given with --weights FAMILY=PATH_OR_HUB_ID (asr, llm, tts, vocoder, lipsync;
-repeatable; see export/weights.py): such a family's dimensions then come from
+repeatable; see export/toolchain/weights.py): such a family's dimensions then come from
 its checkpoint, and its source (files, sizes, mtimes) is part of the up-to-date key.
 
-The VAD stage is no PyTorch graph: its own step (export/vad.py) wraps silero VAD's ONNX graph from
+The VAD stage is no PyTorch graph: its own step (export/toolchain/vad.py) wraps silero VAD's ONNX graph from
 the silero-vad wheel and compares the wrapper with the original through ONNX Runtime.
 """
 from __future__ import annotations
@@ -27,19 +27,20 @@ from pathlib import Path
 
 import torch
 
-from export import onnx_export, spec, vad, weights
-from export.artifacts import write_orchestrator_artifacts
-from export.checkpoints.common import CheckpointError
-from export.graphs import build_graphs, parameter_count
-from export.presets import PRESETS, get_preset
+from export.contract import spec
+from export.contract.artifacts import write_orchestrator_artifacts
+from export.contract.layout import MODEL_REPOSITORY
+from export.contract.presets import PRESETS, get_preset
+from export.toolchain import onnx_export, vad, weights
+from export.toolchain.checkpoints.common import CheckpointError
+from export.toolchain.graphs import build_graphs, parameter_count
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_REPOSITORY = REPO / "model_repository"
-STAGES = [s.name for s in spec.STAGES]
-MODELS = STAGES + [s.name for s in spec.INPUT_STAGES]  # what --models accepts: the PyTorch stages and the VAD
+STAGE_NAMES = [s.name for s in spec.STAGES]
+MODELS = STAGE_NAMES + [s.name for s in spec.INPUT_STAGES]  # what --models accepts: the PyTorch stages and the VAD
 
 
-GRAPH_SOURCES = ("models/*.py", "contract.py", "presets.py", "spec.py", "graphs.py", "onnx_export.py")
+GRAPH_SOURCES = ("toolchain/models/*.py", "contract/media.py", "contract/presets.py", "contract/spec.py", "toolchain/graphs.py",
+                 "toolchain/onnx_export.py")
 
 
 def code_digest() -> str:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model sizes (default: tiny)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
-    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write into")
+    ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="model repository to write into")
     ap.add_argument("--models", nargs="+", choices=MODELS, default=MODELS, help="export only these stages")
     ap.add_argument("--force", action="store_true", help="export even when the manifest says up to date")
     ap.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime vs PyTorch comparison")
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     if loaded:
-        preset = weights.preset_with(preset, loaded)
+        preset = weights.preset_from_checkpoints(preset, loaded)
         print(f"  weights: {weights.summary(loaded)}", flush=True)
     key_base = {"preset": preset.name, "seed": args.seed, "code": code_digest(), "opset": onnx_export.OPSET}
 
@@ -112,9 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         except AssertionError as e:
             print(f"{e}", flush=True)
             failed.append(spec.VAD.name)
-    todo = [n for n in args.models if n in STAGES
+    todo = [n for n in args.models if n in STAGE_NAMES
             and (args.force or not up_to_date(args.repository / n / "1" / "export.json", stage_key(n)))]
-    skipped = [n for n in args.models if n in STAGES and n not in todo]
+    skipped = [n for n in args.models if n in STAGE_NAMES and n not in todo]
     if skipped:
         print(f"  up to date, skipped: {', '.join(skipped)}")
     if todo:

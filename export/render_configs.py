@@ -1,4 +1,4 @@
-"""Write every Triton config.pbtxt from export/spec.py (`python -m export.render_configs`).
+"""Write every Triton config.pbtxt from export/contract/spec.py (`python -m export.render_configs`).
 
 `--check` renders without writing and exits 1 when a checked-in file differs.
 """
@@ -8,14 +8,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.spec import rendered_configs
-
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+from export.contract.layout import MODEL_REPOSITORY
+from export.toolchain.configs import rendered_configs
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository to write into")
+    ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="model repository to write into")
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
     args = ap.parse_args(argv)
     stale = []
@@ -29,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(text)
             print(f"wrote {path}")
     if args.check and stale:
-        print("configs differ from export/spec.py: " + ", ".join(stale), file=sys.stderr)
+        print("configs differ from export/contract/spec.py: " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 

@@ -23,13 +23,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
-
 from client.sdk import TalkingHeadClient
-from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
-from ensemble import events as ev
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.__main__ import main as export_main
+from export.contract import events as ev
+from export.contract.layout import MODEL_REPOSITORY
 from loadtests.bench_cpu import hardware, pct
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}
@@ -95,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if export_main(["--preset", args.preset]) != 0:
         return 1
     with tempfile.TemporaryDirectory() as work:
-        options = ServerOptions(repository=DEFAULT_REPOSITORY, workdir=Path(work), http_port=args.grpc_port - 1,
+        options = ServerOptions(repository=MODEL_REPOSITORY, workdir=Path(work), http_port=args.grpc_port - 1,
                                 grpc_port=args.grpc_port, metrics_port=args.grpc_port + 1)
         with EmbeddedServer(options) as server, TalkingHeadClient(server.options.grpc_url) as client:
             metrics_url = f"http://localhost:{options.metrics_port}/metrics"

@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 
 from client import media
-from client.sdk import TalkingHeadClient, TurnResult
+from client.sdk import TalkingHeadClient
+from client.turns import TurnResult
 from deploy.demo import QUESTION, speak
-from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from export import contract
 from export.__main__ import main as export_main
+from export.contract import media as C
+from export.contract.layout import MODEL_REPOSITORY
 
 TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
          "Can you help me with my work?", "Thank you, goodbye."]
@@ -40,7 +42,7 @@ def copy_configs(dest: Path) -> Path:
     def ignore(folder: str, names: list[str]) -> list[str]:
         return [n for n in names if n.endswith((".onnx", ".data", ".plan", ".json")) or n == "__pycache__"]
 
-    shutil.copytree(DEFAULT_REPOSITORY, dest, ignore=ignore)
+    shutil.copytree(MODEL_REPOSITORY, dest, ignore=ignore)
     return dest
 
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if export_main(["--preset", args.preset, "--repository", str(repo), "--force", "--no-parity"]) != 0:
             return 1
         export_s = time.perf_counter() - t
-        question = media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=contract.INPUT_SAMPLE_RATE)
+        question = media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=C.INPUT_SAMPLE_RATE)
         options = ServerOptions(repository=repo, workdir=Path(tmp) / "triton", grpc_port=args.grpc_port,
                                 http_port=args.grpc_port - 1, metrics_port=args.grpc_port + 1)
         results: list[tuple[str, TurnResult]] = []

@@ -16,7 +16,7 @@
    time at 25 fps), the largest real-time concurrency, and peak GPU memory;
 3. with `--gpus 1 2 4` (scale-out, on a host with that many GPUs): the optimized pipeline
    once per GPU count with `--model-config-name=gpu` / `gpu_x2` / `gpu_x4` (instances
-   placed by export/placement.py), the server seeing only the first N GPUs
+   placed by export/toolchain/placement.py), the server seeing only the first N GPUs
    (CUDA_VISIBLE_DEVICES; the 1-GPU runs above too); real-time capacity per GPU count,
    its ratio to 1 GPU and TTFA p95 at the capacity point. No tensor crosses GPUs (no NCCL).
 
@@ -44,13 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
-from client.sdk import ClientError, TalkingHeadClient, Turn
-from deploy.server import DEFAULT_REPOSITORY, STUB_THREAD_VARS, EmbeddedServer, ServerOptions
-from ensemble import events as ev
+from client.sdk import ClientError, TalkingHeadClient
+from client.turns import TurnCollector
+from deploy.server import STUB_THREAD_VARS, EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from export import contract
-from export.artifacts import write_orchestrator_artifacts
-from export.spec import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
+from export.contract import events as ev
+from export.contract import media
+from export.contract.artifacts import write_orchestrator_artifacts
+from export.contract.layout import MODEL_REPOSITORY
+from export.toolchain.configs import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
 
 FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
 TEXT = "Please tell me about the weather today and what I should wear."
@@ -76,15 +78,15 @@ class TurnRecord:
 
 def speech_utterance(seconds: float = 5.0) -> np.ndarray:
     """A speech-like 16 kHz signal (voiced harmonics with a syllable envelope); content does not change the cost."""
-    t = np.arange(int(seconds * contract.INPUT_SAMPLE_RATE)) / contract.INPUT_SAMPLE_RATE
+    t = np.arange(int(seconds * media.INPUT_SAMPLE_RATE)) / media.INPUT_SAMPLE_RATE
     f0 = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)
-    voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / contract.INPUT_SAMPLE_RATE) / k for k in range(1, 8))
+    voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / media.INPUT_SAMPLE_RATE) / k for k in range(1, 8))
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) * 0.2
     return (voice * envelope).astype(np.float32)
 
 
 def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np.ndarray | None) -> TurnRecord:
-    turn = Turn(clock=client.clock)
+    turn = TurnCollector(clock=client.clock)
     frame_arrivals: list[float] = []
     try:
         kwargs = {"audio": audio} if audio is not None else {"text": TEXT}
@@ -98,7 +100,7 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
     late = 0
     if frame_arrivals:
         first = frame_arrivals[0]
-        late = sum(1 for i, t in enumerate(frame_arrivals) if t - first > i / contract.VIDEO_FPS + FRAME_SLACK_S)
+        late = sum(1 for i, t in enumerate(frame_arrivals) if t - first > i / media.VIDEO_FPS + FRAME_SLACK_S)
     return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
                       total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
                       late_frames=late, stage_ms=(r.done or {}).get("stage_ms"))
@@ -262,7 +264,7 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
 
 def process_cpu_s(server_pid: int) -> dict[str, float]:
     """CPU seconds used so far by tritonserver, its stubs (summed per model) and this process (the clients)."""
-    from deploy.server import stubs
+    from deploy.processes import stubs
 
     tick = os.sysconf("SC_CLK_TCK")
 
@@ -301,7 +303,7 @@ def orchestrator_instances(config_name: str) -> int:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    folder = DEFAULT_REPOSITORY / "talking_head"
+    folder = MODEL_REPOSITORY / "talking_head"
     path = folder / "configs" / f"{config_name}.pbtxt"
     cfg = text_format.Parse((path if path.exists() else folder / "config.pbtxt").read_text(), mc.ModelConfig())
     return sum(g.count * max(len(g.gpus), 1) for g in cfg.instance_group) or 1
@@ -402,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus and max(args.gpus) > (have := available_gpus()):
         raise SystemExit(f"--gpus {' '.join(map(str, args.gpus))}: this host has {have} GPU(s) to use")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_orchestrator_artifacts(DEFAULT_REPOSITORY / "talking_head" / "1", args.preset, 0)
+    write_orchestrator_artifacts(MODEL_REPOSITORY / "talking_head" / "1", args.preset, 0)
 
     report: dict = {"date": datetime.date.today().isoformat(), "preset": args.preset, "hardware": hardware(),
                     "command": "python -m loadtests.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv)}

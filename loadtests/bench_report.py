@@ -5,12 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+from export.contract import spec
+
 
 def _f(x, digits=3, scale=1.0) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
 
 
-STAGES = ("asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync")
+STAGES = tuple(s.name for s in spec.STAGES)  # the stage models of a turn, in pipeline order
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
     ("vocoder_xrt_b16", "vocoder × real time, batch 16", 0),
@@ -100,7 +102,7 @@ def scale_out_markdown(report: dict) -> list[str]:
     so = report["scale_out"]
     lines = [f"## Scale-out across GPUs (`--gpus {' '.join(str(n) for n in so['gpus'])}`)", "",
              ("The optimized pipeline once per GPU count, the server seeing only the first N GPUs; instances "
-              "placed by export/placement.py (every GPU a replica of the single-GPU set). Capacity: the largest "
+              "placed by export/toolchain/placement.py (every GPU a replica of the single-GPU set). Capacity: the largest "
               "measured concurrency with every session real time; the ratio is to the 1-GPU capacity."), "",
              ("| GPUs | config | real-time capacity (sessions) | per GPU | vs 1 GPU | TTFA p95 at capacity (ms) |"
               " highest level: TTFA p95 (ms) | peak GPU memory, busiest GPU (MiB) | server start (s) |"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble.decoding import sample
-from export.presets import get_preset
+from export.contract.presets import get_preset
 
 
 def median_ms(fn, repeats: int = 60) -> float:

@@ -26,13 +26,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from client.sdk import TalkingHeadClient, TurnResult
-from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
-from ensemble import events as ev
+from client.sdk import TalkingHeadClient
+from client.turns import TurnResult
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from export import contract
 from export.__main__ import main as export_main
-from export.spec import TALKING_HEAD
+from export.contract import events as ev
+from export.contract import media
+from export.contract.layout import MODEL_REPOSITORY
+from export.contract.spec import TALKING_HEAD
 from loadtests.bench_cpu import hardware, pct
 
 LATE_S = 0.040
@@ -44,10 +46,10 @@ TEXTS = ["Tell me about the sea.", "What is your favourite book?", "How does a b
 def repository_with(dest: Path, parameters: dict[str, str]) -> Path:
     """The model repository with talking_head's config parameters replaced (stages linked, not copied)."""
     dest.mkdir(parents=True)
-    for model in DEFAULT_REPOSITORY.iterdir():
+    for model in MODEL_REPOSITORY.iterdir():
         if model.is_dir() and model.name != TALKING_HEAD.name:
             (dest / model.name).symlink_to(model.resolve(), target_is_directory=True)
-    shutil.copytree(DEFAULT_REPOSITORY / TALKING_HEAD.name, dest / TALKING_HEAD.name,
+    shutil.copytree(MODEL_REPOSITORY / TALKING_HEAD.name, dest / TALKING_HEAD.name,
                     ignore=shutil.ignore_patterns("__pycache__"))
     config = dest / TALKING_HEAD.name / "config.pbtxt"
     text = config.read_text()
@@ -64,7 +66,7 @@ def late_share(result: TurnResult) -> float:
     audio = [e for e in result.events if e.type == ev.AUDIO]
     video = [e for e in result.events if e.type == ev.VIDEO]
     done = result.done or {}
-    slots = contract.video_frames_for_samples(int(done.get("audio_samples", 0)))
+    slots = media.video_frames_for_samples(int(done.get("audio_samples", 0)))
     if not audio or not slots:
         return 0.0
     t0 = audio[0].received_at

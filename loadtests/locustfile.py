@@ -29,10 +29,11 @@ the stream on that error, and the conversation's next turn opens a new one
 """
 from __future__ import annotations
 
+import grpc.experimental.gevent as grpc_gevent
+
 # gevent before gRPC: importing locust monkey-patches the standard library, then gRPC is
 # switched to gevent's event loop before any gRPC object (channel, stream) exists.
 import locust  # noqa: F401  (monkey-patches: gevent.monkey.patch_all())
-import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 
@@ -58,11 +59,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 import tritonclient.grpc as grpcclient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
-from client.sdk import (ProtocolError, ServerError, TalkingHeadClient, Turn, TurnResult,  # noqa: E402
-                        TurnTimeout, event_from_result, is_final_response)
-from ensemble import events as ev  # noqa: E402
-from export import contract  # noqa: E402
-from export.spec import TALKING_HEAD  # noqa: E402
+from client.sdk import ProtocolError, ServerError, TalkingHeadClient, TurnTimeout, event_from_result, is_final_response  # noqa: E402
+from client.turns import TurnCollector, TurnResult  # noqa: E402
+from export.contract import events as ev  # noqa: E402
+from export.contract import media as C  # noqa: E402
+from export.contract.spec import TALKING_HEAD  # noqa: E402
 from loadtests import stats  # noqa: E402
 
 log = logging.getLogger("loadtests.locustfile")
@@ -112,11 +113,11 @@ def _load_speech(opts) -> list[np.ndarray]:
     from client import media
 
     if opts.wav:
-        return [media.read_audio(opts.wav, rate=contract.INPUT_SAMPLE_RATE)]
+        return [media.read_audio(opts.wav, rate=C.INPUT_SAMPLE_RATE)]
     from deploy.demo import speak  # espeak-ng
 
     with tempfile.TemporaryDirectory(prefix="locust-speech-") as tmp:
-        return [media.read_audio(speak(q, Path(tmp) / f"q{i}.wav"), rate=contract.INPUT_SAMPLE_RATE)
+        return [media.read_audio(speak(q, Path(tmp) / f"q{i}.wav"), rate=C.INPUT_SAMPLE_RATE)
                 for i, q in enumerate(QUESTIONS)]
 
 
@@ -145,7 +146,7 @@ def _on_init(environment, **_kw) -> None:
         return  # the workers send turns; the master only collects their samples
     if opts.speech_ratio > 0:
         Inputs.speech = _load_speech(opts)
-        log.info("speech inputs: %s s", ", ".join(f"{a.size / contract.INPUT_SAMPLE_RATE:.2f}" for a in Inputs.speech))
+        log.info("speech inputs: %s s", ", ".join(f"{a.size / C.INPUT_SAMPLE_RATE:.2f}" for a in Inputs.speech))
     if not opts.avatar:
         if opts.avatar_image:
             Inputs.avatar_png = Path(opts.avatar_image).read_bytes()
@@ -211,7 +212,7 @@ def turn_inputs(avatar_id: str, *, text: str | None = None, audio: np.ndarray | 
     inputs = []
     if audio is not None:
         inputs += [_input("audio", np.asarray(audio, np.float32)),
-                   _input("sample_rate", np.array([contract.INPUT_SAMPLE_RATE]))]
+                   _input("sample_rate", np.array([C.INPUT_SAMPLE_RATE]))]
     else:
         inputs.append(_input("text", np.array([text.encode()], dtype=object)))
     inputs.append(_input("avatar_id", np.array([avatar_id.encode()], dtype=object)))
@@ -268,7 +269,7 @@ class ConversationStream:
         except Exception:
             log.debug("closing the gRPC client failed", exc_info=True)
 
-    def turn(self, inputs: list[grpcclient.InferInput], *, timeout_s: float, collector: Turn,
+    def turn(self, inputs: list[grpcclient.InferInput], *, timeout_s: float, collector: TurnCollector,
              request_id: str | None = None) -> TurnResult:
         """Send one turn and collect its events into `collector` (partial results stay there on failure)."""
         rid = request_id or uuid.uuid4().hex
@@ -392,7 +393,7 @@ class TalkingHeadUser(User):
         where = dict(user=self.number, session=self.session, turn=self.turn_in_session, kind=kind)
         self.turn_in_session += 1
         rid = uuid.uuid4().hex
-        collector = Turn()
+        collector = TurnCollector()
         started_at = time.time()
         t0 = time.perf_counter()
         try:

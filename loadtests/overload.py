@@ -36,9 +36,9 @@ from client.retry import is_retryable_refusal
 from client.sdk import ClientError, TalkingHeadClient
 from deploy.drain import active_sessions
 from deploy.server import EmbeddedServer, ServerOptions
-from ensemble import events as ev
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png
+from export.contract import events as ev
 from loadtests import stats
 from loadtests.bench_cpu import TEXTS, hardware, pct
 from loadtests.run import check_ports_free, ensure_exported

@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from export.contract.layout import GRPC_URL, ROOT
 from loadtests import stats
 
-REPO = Path(__file__).resolve().parent.parent
 MODEL = "talking_head"
 TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
          "Can you help me with my work?", "What should I cook tonight?", "Thank you, goodbye."]
@@ -276,7 +276,7 @@ def perf_analyzer_command(binary: Path, *, host: str, input_file: Path, csv_file
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="localhost:8001", help="Triton gRPC endpoint HOST:PORT (default localhost:8001)")
+    ap.add_argument("--host", default=GRPC_URL, help=f"Triton gRPC endpoint HOST:PORT (default {GRPC_URL})")
     ap.add_argument("--avatar", default="", help="a registered avatar id (default: register the demo avatar)")
     ap.add_argument("--concurrency-range", default="1:2", help="START:END[:STEP] concurrent streams (default 1:2)")
     ap.add_argument("--measurement-interval", type=int, default=8000,
@@ -289,7 +289,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="allowed spread between windows (perf_analyzer -s; default 50: a shared CPU is noisy)")
     ap.add_argument("--speech", action="store_true", help="also send spoken turns (espeak-ng questions, 16 kHz)")
     ap.add_argument("--turn-options", default="", help="options JSON added to every turn, e.g. '{\"video\": false}'")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "perf",
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "perf",
                     help="prefix: <out>_pa.csv, <out>_pa_input.json, <out>_pa_summary.json (default out/perf)")
     ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~25 MB per turn)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds perf_analyzer may run (default 600)")
@@ -310,15 +310,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _speech_inputs() -> list[Any]:
     from client import media
     from deploy.demo import QUESTION, speak
-    from export import contract
+    from export.contract import media as C
 
     with tempfile.TemporaryDirectory(prefix="pa-speech-") as tmp:
-        return [media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=contract.INPUT_SAMPLE_RATE)]
+        return [media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=C.INPUT_SAMPLE_RATE)]
 
 
 def admin_header_args(key: str | None) -> list[str]:
     """perf_analyzer's -H for the admin key: it fetches the model config, which deploy.server restricts."""
-    from deploy.server import admin_headers
+    from deploy.admin import admin_headers
 
     return [f"-H{name}:{value}" for name, value in (admin_headers(key) or {}).items()]
 

@@ -34,9 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from export.contract.layout import GRPC_URL, MODEL_REPOSITORY, ROOT
 from loadtests import stats
 
-REPO = Path(__file__).resolve().parent.parent
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 
 
@@ -60,14 +60,14 @@ def locust_command(args: argparse.Namespace, host: str) -> list[str]:
 
 def ensure_exported(preset: str) -> None:
     """Export the preset's graphs when model_repository lacks them (idempotent otherwise)."""
-    from deploy.server import DEFAULT_REPOSITORY
 
-    if all((DEFAULT_REPOSITORY / m / "1" / "model.onnx").exists()
+
+    if all((MODEL_REPOSITORY / m / "1" / "model.onnx").exists()
            for m in ("asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync")):
         return
     from export.__main__ import main as export_main
 
-    print(f"== exporting the {preset} models into {DEFAULT_REPOSITORY}", flush=True)
+    print(f"== exporting the {preset} models into {MODEL_REPOSITORY}", flush=True)
     if export_main(["--preset", preset]) != 0:
         raise SystemExit("export failed")
 
@@ -110,7 +110,7 @@ def start_server(args: argparse.Namespace) -> Iterator[Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="localhost:8001", help="Triton gRPC endpoint HOST:PORT (default localhost:8001)")
+    ap.add_argument("--host", default=GRPC_URL, help=f"Triton gRPC endpoint HOST:PORT (default {GRPC_URL})")
     ap.add_argument("--users", "-u", type=int, default=4, help="simulated users (default 4)")
     ap.add_argument("--spawn-rate", "-r", type=float, default=2.0, help="users started per second (default 2)")
     ap.add_argument("--duration", "-t", default="30s", help="run time, locust syntax: 30s, 2m, 1h30m (default 30s)")
@@ -122,7 +122,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--avatar", default="", help="a registered avatar id (default: each user registers the demo avatar)")
     ap.add_argument("--avatar-image", default="", help="face image each user registers instead of the demo avatar")
     ap.add_argument("--wav", default="", help="speech input file (default: espeak-ng questions)")
-    ap.add_argument("--out", type=Path, default=REPO / "out" / "load",
+    ap.add_argument("--out", type=Path, default=ROOT / "out" / "load",
                     help="report prefix: <out>.html, <out>_stats.csv, <out>_turns.csv, <out>_summary.json")
     ap.add_argument("--stop-timeout", type=int, default=60,
                     help="seconds users get to finish the turn in progress when the run time is up (default 60)")
@@ -157,8 +157,8 @@ def run_locust(args: argparse.Namespace, host: str) -> int:
     cmd = locust_command(args, host)
     print("== " + " ".join(cmd), flush=True)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(cmd, cwd=REPO, env=env).returncode
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,9 +36,10 @@ import numpy as np
 from client import media
 from client.sdk import ClientError, TalkingHeadClient
 from deploy.demo import QUESTION, speak
-from deploy.server import EmbeddedServer, ServerOptions, stubs
+from deploy.processes import stubs
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from export import contract
+from export.contract import media as C
 from loadtests import stats
 from loadtests.bench_cpu import TEXTS, hardware, pct
 from loadtests.run import check_ports_free, ensure_exported
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = (args.grpc_port - 1, args.grpc_port, args.grpc_port + 1)
     check_ports_free(*ports)
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
-    question = media.read_audio(speak(QUESTION, workdir / "q.wav"), rate=contract.INPUT_SAMPLE_RATE)
+    question = media.read_audio(speak(QUESTION, workdir / "q.wav"), rate=C.INPUT_SAMPLE_RATE)
     options = ServerOptions(workdir=workdir / "triton", http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2])
     print(f"== soak: starting the embedded tritonserver (gRPC {options.grpc_url})", flush=True)
     with EmbeddedServer(options) as server, TalkingHeadClient(options.grpc_url) as client:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from export import contract, spec
-from export.presets import get_preset
-from export.torch_runtime import DTYPES, load_graph
+from export.contract import media, spec
+from export.contract.presets import get_preset
+from export.runtime.torch_runtime import DTYPES, load_graph
 
 
 def timed(fn: Callable[[int], object], device: str, repeats: int, warmup: int = 3) -> float:
@@ -58,16 +58,16 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
 
     with torch.inference_mode():
         g, dtype = load(spec.VOCODER)
-        frames_1s = round(contract.TTS_MEL.frames_per_second)  # 86 mel frames = 1 s of audio
+        frames_1s = round(media.TTS_MEL.frames_per_second)  # 86 mel frames = 1 s of audio
         for batch in (1, 16):
             sets = _inputs(g, 4, batch, dtype, device, frames=frames_1s)
             s = timed(lambda i: g(*sets[i % 4]), device, repeats)
-            out[f"vocoder_xrt_b{batch}"] = batch * (frames_1s * contract.TTS_MEL.hop_length / contract.TTS_MEL.sample_rate) / s
+            out[f"vocoder_xrt_b{batch}"] = batch * (frames_1s * media.TTS_MEL.hop_length / media.TTS_MEL.sample_rate) / s
 
         # as the gpu variant serves a streamed chunk: numpy in and out, CUDA graphs in the optimized runtime
         frames = max(f for f in spec.VOCODER.gpu_graphs)
         s = _served(g, spec.VOCODER, precision, device, repeats, 1, frames=frames)
-        out["vocoder_xrt_b1_chunk"] = frames * contract.TTS_MEL.hop_length / contract.TTS_MEL.sample_rate / s
+        out["vocoder_xrt_b1_chunk"] = frames * media.TTS_MEL.hop_length / media.TTS_MEL.sample_rate / s
         del g
 
         g, dtype = load(spec.LIPSYNC)
@@ -107,7 +107,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
 def _served(graph, stage_spec, precision: str | None, device: str, repeats: int, batch: int, **sizes) -> float:
     """Seconds of one call of the stage's runtime as the gpu variant serves it (numpy feeds in, numpy out):
     TorchStage (eager) for the naive precision, GraphedStage (CUDA graphs) for the optimized one on CUDA."""
-    from export.torch_runtime import GraphedStage, TorchStage
+    from export.runtime.torch_runtime import GraphedStage, TorchStage
 
     prec = precision or stage_spec.gpu_precision
     stage = TorchStage(stage_spec, graph, device, prec)
@@ -123,9 +123,9 @@ def _session_step(graph, dtype, device: str, batch: int, repeats: int, past: int
     model serves it (export/llm_sessions.SessionLLM.run: one token id per session in, logits to the host out)."""
     import numpy as np
 
-    from ensemble.batching import BatchRunner
-    from export.llm_sessions import SessionLLM
-    from export.torch_runtime import TorchStage
+    from export.runtime.batching import BatchRunner
+    from export.runtime.llm_sessions import SessionLLM
+    from export.runtime.torch_runtime import TorchStage
 
     prec = next(k for k, v in DTYPES.items() if v == dtype)
     runner = SessionLLM(spec.LLM, graph, device, BatchRunner(spec.LLM, TorchStage(spec.LLM, graph, device, prec)),
@@ -147,9 +147,9 @@ def _asr_session_rtf(enc, dec, device: str, repeats: int, steps: int = 20) -> fl
     then a session on export/asr_sessions (features sent once, prompt of 4, `steps` single-token steps)."""
     import numpy as np
 
-    from ensemble.batching import BatchRunner
-    from export.asr_sessions import session_asr
-    from export.torch_runtime import GraphedStage, TorchStage
+    from export.runtime.asr_sessions import session_asr
+    from export.runtime.batching import BatchRunner
+    from export.runtime.torch_runtime import GraphedStage, TorchStage
 
     encoder = GraphedStage(TorchStage(spec.ASR_ENCODER, enc, device, spec.ASR_ENCODER.gpu_precision))
     prec = spec.ASR_DECODER.gpu_precision

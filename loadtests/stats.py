@@ -20,7 +20,7 @@ figures stay in the CSV. Failure classes (FAILURE_CLASSES):
     internal       "internal error: ..." (INTERNAL)
     transport      the connection failed or broke (refused, reset, socket closed)
     timeout        the turn did not finish in time (client timeout, DEADLINE_EXCEEDED)
-    protocol       a response that breaks the event protocol (ensemble.events)
+    protocol       a response that breaks the event protocol (export.contract.events)
     other          anything else (the message is kept in the CSV)
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ class TurnSample:
     @classmethod
     def from_result(cls, result: Any, *, started_at: float, user: int, session: int, turn: int,
                     kind: str) -> "TurnSample":
-        """A completed turn from a `client.sdk.TurnResult`."""
+        """A completed turn from a `client.turns.TurnResult`."""
         return cls(started_at=started_at, user=user, session=session, turn=turn, kind=kind, ok=True,
                    request_id=result.request_id, time_to_first_text_s=result.time_to_first_text_s,
                    time_to_first_audio_s=result.time_to_first_audio_s,

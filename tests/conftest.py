@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.server import DEFAULT_REPOSITORY, EmbeddedServer, ServerOptions
+from deploy.server import EmbeddedServer, ServerOptions
+from export.contract.layout import MODEL_REPOSITORY
 
 PORTS = dict(http_port=18000, grpc_port=18001, metrics_port=18002)
 
@@ -14,7 +15,7 @@ def exported_repository():
     from export.__main__ import main as export_main
 
     assert export_main(["--preset", "tiny"]) == 0
-    return DEFAULT_REPOSITORY
+    return MODEL_REPOSITORY
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,8 @@ import queue
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from ensemble import events as ev
-from export import spec
+from export.contract import events as ev
+from export.contract import spec
 
 
 def infer_input(name: str, value: np.ndarray, dtype: str) -> grpcclient.InferInput:

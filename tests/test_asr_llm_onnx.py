@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from export import spec
-from export.models import qwen2, whisper
-from export.presets import get_preset
+from export.contract import spec
+from export.contract.presets import get_preset
+from export.toolchain.models import qwen2, whisper
 
 TINY = get_preset("tiny")
 MAX_REL_ERR = 1e-4

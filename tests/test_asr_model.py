@@ -1,12 +1,12 @@
-"""Whisper port (export/models/whisper.py): KV-cache decoding, batching, spec shapes, checkpoint names, sizes."""
+"""Whisper port (export/toolchain/models/whisper.py): KV-cache decoding, batching, spec shapes, checkpoint names, sizes."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from export import spec
-from export.models import whisper
-from export.presets import WhisperDims, get_preset
+from export.contract import spec
+from export.contract.presets import WhisperDims, get_preset
+from export.toolchain.models import whisper
 
 TINY = get_preset("tiny")
 ATOL = 1e-5

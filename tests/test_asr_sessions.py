@@ -1,4 +1,4 @@
-"""The gpu variant's asr_decoder with per-utterance caches on the device (export/asr_sessions.py), on the CPU:
+"""The gpu variant's asr_decoder with per-utterance caches on the device (export/runtime/asr_sessions.py), on the CPU:
 the same logits as the stateless decoder graph, batched steps of utterances at different positions, and the
 orchestrator's choice of protocol (ensemble/decoding.start_decoder)."""
 from __future__ import annotations
@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.batching import BatchRunner
 from ensemble.decoding import KVDecoder, SessionDecoder, start_decoder
-from export import contract, spec
-from export.asr_sessions import session_asr
-from export.models import whisper
-from export.presets import get_preset
-from export.torch_runtime import TorchStage
+from export.contract import media, spec
+from export.contract.presets import get_preset
+from export.runtime.asr_sessions import session_asr
+from export.runtime.batching import BatchRunner
+from export.runtime.torch_runtime import TorchStage
+from export.toolchain import configs
+from export.toolchain.models import whisper
 
 TINY = get_preset("tiny")
 ATOL = 1e-4
@@ -28,7 +29,7 @@ def graph():
 
 def _features(seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, contract.ASR_AUDIO_CTX, TINY.asr.n_audio_state, generator=g)
+    return torch.randn(1, media.ASR_AUDIO_CTX, TINY.asr.n_audio_state, generator=g)
 
 
 def _ids(n, seed):
@@ -79,33 +80,32 @@ def test_transcription_protocol_is_chosen_like_the_llm(graph):
     sessions, xa, prompt = _runner(graph), _features(9), _ids(4, 10)
     stateless = BatchRunner(spec.ASR_DECODER, TorchStage(spec.ASR_DECODER, graph, "cpu", "fp32"))
 
-    async def decode(runner, modes):
+    async def decode(runner, server_cache):
         async def infer(model, inputs, timeout_s=None):
             (res,) = runner.run([inputs])
             if isinstance(res, Exception):
                 raise res
             return res
         decoder, logits = await start_decoder(infer, spec.ASR_DECODER, TINY, prompt,
-                                              extra={"audio_features": xa.numpy()}, release=infer, modes=modes)
+                                              extra={"audio_features": xa.numpy()}, release=infer,
+                                              server_cache=server_cache)
         out = [logits, await decoder.feed([5])]
         await decoder.close()
         return decoder, out
 
-    modes = {}
-    d1, a = asyncio.run(decode(sessions, modes))
-    assert isinstance(d1, SessionDecoder) and modes == {"asr_decoder": True} and not sessions.table.sessions
-    modes = {}
-    d2, b = asyncio.run(decode(stateless, modes))
-    assert isinstance(d2, KVDecoder) and modes == {"asr_decoder": False}
+    d1, a = asyncio.run(decode(sessions, True))
+    assert isinstance(d1, SessionDecoder) and not sessions.table.sessions
+    d2, b = asyncio.run(decode(stateless, False))
+    assert isinstance(d2, KVDecoder)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=ATOL)
 
 
 def test_gpu_config_takes_the_audio_once():
-    gpu = spec.render_config(spec.ASR_DECODER, "gpu")
+    gpu = configs.render_config(spec.ASR_DECODER, "gpu")
     assert "session_id" in gpu and "count: 1\n" in gpu
     for variant in ("cpu", "tensorrt", "gpu_naive", "gpu_x2"):
-        assert "session_id" not in spec.render_config(spec.ASR_DECODER, variant), variant
+        assert "session_id" not in configs.render_config(spec.ASR_DECODER, variant), variant
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

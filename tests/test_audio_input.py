@@ -5,7 +5,7 @@ import pytest
 
 from ensemble.audio_input import validate_audio
 from ensemble.errors import InputError
-from export import contract as C
+from export.contract import media as C
 
 SR = C.INPUT_SAMPLE_RATE
 

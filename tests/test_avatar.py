@@ -8,10 +8,20 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble.avatar import (Avatar, AvatarOptions, AvatarStore, FaceDetector, composite, demo_avatar_png,
-                             encode_jpeg, image_size, register, wav2lip_faces)
+from ensemble.avatar import (
+    Avatar,
+    AvatarOptions,
+    AvatarStore,
+    FaceDetector,
+    composite,
+    demo_avatar_png,
+    encode_jpeg,
+    image_size,
+    register,
+    wav2lip_faces,
+)
 from ensemble.errors import InputError
-from export import contract as C
+from export.contract import media as C
 
 BIG = 50_000_000
 

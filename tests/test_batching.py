@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ensemble.batching import check_request, onnx_runner
-from export import contract, spec
+from export.contract import media, spec
+from export.runtime.batching import check_request, onnx_runner
 
 
 @pytest.fixture(scope="module")
@@ -17,9 +17,9 @@ def test_ragged_vocoder_batch_matches_single_runs(runners):
     batched = runners["vocoder"].run(requests)
     for req, out in zip(requests, batched):
         single = runners["vocoder"].run([req])[0]
-        assert out["audio"].shape == (1, req["mel"].shape[2] * contract.TTS_MEL.hop_length)
+        assert out["audio"].shape == (1, req["mel"].shape[2] * media.TTS_MEL.hop_length)
         # right-padding only disturbs samples within the receptive field of the padded end
-        n = out["audio"].shape[1] - 20 * contract.TTS_MEL.hop_length
+        n = out["audio"].shape[1] - 20 * media.TTS_MEL.hop_length
         if n > 0:
             np.testing.assert_allclose(out["audio"][:, :n], single["audio"][:, :n], atol=1e-5)
 

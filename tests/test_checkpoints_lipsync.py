@@ -1,4 +1,4 @@
-"""Rudrabha/Wav2Lip checkpoint loading (export/checkpoints/wav2lip.py) and the lip-sync contract.
+"""Rudrabha/Wav2Lip checkpoint loading (export/toolchain/checkpoints/wav2lip.py) and the lip-sync contract.
 
 Checkpoints are written into tmp_path in the released layout (`wav2lip.pth` / `wav2lip_gan.pth`:
 `{"state_dict": ..., "optimizer": ..., "global_step": ..., "global_epoch": ...}`, keys with or without
@@ -12,12 +12,12 @@ import dataclasses
 import pytest
 import torch
 
-from export import contract
-from export.checkpoints import CheckpointError
-from export.checkpoints.contract_check import ContractError, check_lipsync_constants, check_lipsync_model
-from export.checkpoints.wav2lip import load_wav2lip
-from export.models import wav2lip
-from export.presets import Wav2LipConfig
+from export.contract import media
+from export.contract.presets import Wav2LipConfig
+from export.toolchain.checkpoints import CheckpointError
+from export.toolchain.checkpoints.contract_check import ContractError, check_lipsync_constants, check_lipsync_model
+from export.toolchain.checkpoints.wav2lip import load_wav2lip
+from export.toolchain.models import wav2lip
 
 WIDTH = 0.125
 
@@ -170,12 +170,12 @@ def test_syncnet_and_discriminator_are_refused(tmp_path):
 
 def test_wav2lip_hparams_are_the_contract(monkeypatch):
     check_lipsync_constants()
-    assert contract.LIPSYNC_MEL == contract.MelSpec(16000, 800, 800, 200, 80, 55.0, 7600.0)
-    monkeypatch.setattr(contract, "LIPSYNC_MEL", dataclasses.replace(contract.LIPSYNC_MEL, fmin=0.0, hop_length=160))
+    assert media.LIPSYNC_MEL == media.MelSpec(16000, 800, 800, 200, 80, 55.0, 7600.0)
+    monkeypatch.setattr(media, "LIPSYNC_MEL", dataclasses.replace(media.LIPSYNC_MEL, fmin=0.0, hop_length=160))
     with pytest.raises(ContractError) as err:
         check_lipsync_constants()
     msg = str(err.value)
-    assert "fmin: Wav2Lip hparams.py 55 != 0 (export/contract.py LIPSYNC_MEL.fmin)" in msg
+    assert "fmin: Wav2Lip hparams.py 55 != 0 (export/contract/media.py LIPSYNC_MEL.fmin)" in msg
     assert "hop_length: Wav2Lip hparams.py 200 != 160" in msg
 
 

@@ -1,4 +1,4 @@
-"""Qwen2 / LLaMA checkpoint loading (export/checkpoints/qwen2.py): HF safetensors (single, sharded),
+"""Qwen2 / LLaMA checkpoint loading (export/toolchain/checkpoints/qwen2.py): HF safetensors (single, sharded),
 tied and untied heads, config mapping and refusals, strict-loading errors, tokenizer and chat
 template, and logit parity (full sequence and KV-cache decoding) with transformers.
 
@@ -12,10 +12,12 @@ import json
 import pytest
 import torch
 
-from export import vocab
-from export.checkpoints import CheckpointError, chat_prompt, config_from_hf, load_llm, save_safetensors
-from export.checkpoints.qwen2 import ChatTemplate, load_chat_template
-from export.presets import Qwen2Config
+from export.contract import vocab
+from export.contract.chat import ChatTemplate, ChatTemplateError
+from export.contract.chat import render_chat as chat_prompt
+from export.contract.presets import Qwen2Config
+from export.toolchain.checkpoints import CheckpointError, config_from_hf, load_llm, save_safetensors
+from export.toolchain.checkpoints.qwen2 import load_chat_template
 
 HIDDEN, INTER, LAYERS, HEADS, KV_HEADS, VOCAB = 64, 96, 2, 4, 2, 128
 HEAD_DIM = HIDDEN // HEADS
@@ -278,7 +280,7 @@ def test_chat_template_from_tokenizer_config(tmp_path):
     _, tok, template = load_llm(folder)
     assert isinstance(template, ChatTemplate) and template == QWEN2_TEMPLATE
     prompt = chat_prompt(template, [{"role": "user", "content": "hello there"}])
-    assert prompt == vocab.chat_prompt("hello there")  # the tiny preset's hand-written ChatML
+    assert prompt == vocab.chatml_prompt("hello there")  # the tiny preset's hand-written ChatML
     ids = tok.encode(prompt, add_special_tokens=False).ids
     assert ids[0] == tok.token_to_id(vocab.IM_START) and ids.count(tok.token_to_id(vocab.IM_END)) == 2
     assert ids[-2:] == [tok.token_to_id(vocab.IM_START), tok.token_to_id("assistant")]
@@ -302,9 +304,9 @@ def test_chat_template_sources(tmp_path):
 
 
 def test_chat_template_errors():
-    with pytest.raises(CheckpointError, match="no chat template"):
+    with pytest.raises(ChatTemplateError, match="no chat template"):
         chat_prompt(None, [{"role": "user", "content": "hi"}])
-    with pytest.raises(CheckpointError, match="Jinja2"):
+    with pytest.raises(ChatTemplateError, match="Jinja2"):
         chat_prompt("{% for m in messages %}", [])
     import jinja2
     with pytest.raises(jinja2.TemplateError, match="only user"):
@@ -387,7 +389,7 @@ def test_parity_with_transformers(tmp_path, case):
 
 def test_builtin_safetensors_reader_and_writer_match_the_library(tmp_path):
     st = pytest.importorskip("safetensors.torch")
-    from export.checkpoints import common
+    from export.toolchain.checkpoints import common
     tensors = {"a": torch.randn(3, 4), "b": torch.randn(5).half(), "c": torch.randn(2, 2).bfloat16(),
                "d": torch.arange(7), "e": torch.zeros(0, 3), "f": torch.tensor(True)}
     common._write_safetensors_builtin(tensors, tmp_path / "ours.safetensors", {"format": "pt"})
@@ -401,7 +403,7 @@ def test_builtin_safetensors_reader_and_writer_match_the_library(tmp_path):
 
 
 def test_load_state_dict_strict_rename_ignore_duplicates():
-    from export.checkpoints import load_state_dict_strict
+    from export.toolchain.checkpoints import load_state_dict_strict
     net = torch.nn.Sequential(torch.nn.Linear(3, 2))
     sd = {"lin.weight": torch.ones(2, 3), "lin.bias": torch.zeros(2), "junk.step": torch.tensor(1)}
     load_state_dict_strict(net, sd, source="t", rename=lambda k: k.replace("lin.", "0."), ignore=("junk.*",))

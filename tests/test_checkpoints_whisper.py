@@ -1,4 +1,4 @@
-"""Whisper checkpoint loading (export/checkpoints/whisper.py): HF safetensors (single, sharded),
+"""Whisper checkpoint loading (export/toolchain/checkpoints/whisper.py): HF safetensors (single, sharded),
 OpenAI .pt, the tokenizer, strict-loading errors, and logit parity with transformers.
 
 Checkpoints are written into tmp_path in each official layout (key names and shapes spelled out
@@ -12,11 +12,11 @@ import json
 import pytest
 import torch
 
-from export import vocab
-from export.checkpoints import CheckpointError, load_whisper, resolve, save_safetensors
-from export.checkpoints.whisper import OPENAI_TOKENIZER_NOTE, state_dict_to_hf
-from export.models import whisper
-from export.presets import WhisperDims
+from export.contract import vocab
+from export.contract.presets import WhisperDims
+from export.toolchain.checkpoints import CheckpointError, load_whisper, resolve, save_safetensors
+from export.toolchain.checkpoints.whisper import OPENAI_TOKENIZER_NOTE, state_dict_to_hf
+from export.toolchain.models import whisper
 
 D, LAYERS, HEADS, VOCAB, MELS, A_CTX, T_CTX = 64, 2, 2, 100, 80, 20, 32
 DIMS = WhisperDims(n_mels=MELS, n_audio_ctx=A_CTX, n_audio_state=D, n_audio_head=HEADS, n_audio_layer=LAYERS,

@@ -14,15 +14,23 @@ import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
-from client import sdk
-from client.sdk import (AvatarInfo, ConnectionFailed, ProtocolError, ServerError, StreamEvent, TalkingHeadClient,
-                        Turn, TurnTimeout, collect, playback_stats)
-from ensemble import events as ev
-from ensemble.events import Event
-from export import contract
-from export.spec import AVATAR_REGISTRY, TALKING_HEAD
+from client import sdk, turns, wire
+from client.sdk import (
+    AvatarInfo,
+    ConnectionFailed,
+    ProtocolError,
+    ServerError,
+    StreamEvent,
+    TalkingHeadClient,
+    TurnTimeout,
+)
+from client.turns import TurnCollector, collect, playback_stats
+from export.contract import events as ev
+from export.contract import media
+from export.contract.events import Event
+from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
 
-RATE = contract.OUTPUT_SAMPLE_RATE
+RATE = media.OUTPUT_SAMPLE_RATE
 
 
 class FakeClock:
@@ -70,7 +78,7 @@ def scripted_turn() -> list[tuple[float, Event]]:
     ]
 
 
-def check_scripted(r: sdk.TurnResult) -> None:
+def check_scripted(r: turns.TurnResult) -> None:
     assert r.transcript == "what time is it"
     assert r.reply == "It is noon."
     assert r.time_to_transcript_s == pytest.approx(0.2)
@@ -116,7 +124,7 @@ def test_collect_uses_the_events_own_timestamps():
 
 def test_turn_incremental_with_explicit_t0():
     clock = FakeClock()
-    turn = Turn(clock=clock, t0=10.0)
+    turn = TurnCollector(clock=clock, t0=10.0)
     for t, e in scripted_turn():
         clock.t = 10.0 + t
         turn.add(e)
@@ -160,7 +168,7 @@ def test_chunk_arriving_exactly_when_the_buffer_runs_dry_is_not_an_underrun():
 def test_audio_placed_by_start_sample_and_frames_by_index():
     seq = [audio_event(1, 100, 50), audio_event(0, 0, 100), video_event(1), video_event(0),
            Event(ev.TEXT, {"delta": "a"}), Event(ev.TEXT, {"delta": "b"})]
-    r = Turn(clock=FakeClock(), t0=0.0).collect(seq)
+    r = TurnCollector(clock=FakeClock(), t0=0.0).collect(seq)
     assert r.audio.size == 150
     np.testing.assert_allclose(r.audio[:100], 0.01)
     np.testing.assert_allclose(r.audio[100:], 0.02)
@@ -171,7 +179,7 @@ def test_audio_placed_by_start_sample_and_frames_by_index():
 
 
 def test_text_turn_transcript_comes_from_done():
-    r = Turn(clock=FakeClock(), t0=0.0).collect([Event(ev.DONE, {"reply": "hi", "transcript": "hello"})])
+    r = TurnCollector(clock=FakeClock(), t0=0.0).collect([Event(ev.DONE, {"reply": "hi", "transcript": "hello"})])
     assert (r.transcript, r.reply) == ("hello", "hi")
     assert r.audio.size == 0 and r.real_time_factor is None and r.max_audio_gap_s is None and not r.underrun
 
@@ -208,18 +216,18 @@ def _array_output(resp, name: str, datatype: str, arr: np.ndarray) -> None:
 
 def _event_response(request_id: str, event: Event, final: bool = False):
     resp = service_pb2.ModelInferResponse(model_name=TALKING_HEAD.name, id=request_id)
-    _bytes_output(resp, sdk.TH_EVENT.name, [event.to_json()])
+    _bytes_output(resp, wire.TH_EVENT.name, [event.to_json()])
     if event.audio is not None:
-        _array_output(resp, sdk.TH_AUDIO_CHUNK.name, "FP32", event.audio.astype(np.float32))
+        _array_output(resp, wire.TH_AUDIO_CHUNK.name, "FP32", event.audio.astype(np.float32))
     if event.frame is not None:
-        _array_output(resp, sdk.TH_FRAME.name, "UINT8", np.frombuffer(event.frame, np.uint8))
-    resp.parameters[sdk.FINAL_RESPONSE_PARAM].bool_param = final
+        _array_output(resp, wire.TH_FRAME.name, "UINT8", np.frombuffer(event.frame, np.uint8))
+    resp.parameters[wire.FINAL_RESPONSE_PARAM].bool_param = final
     return service_pb2.ModelStreamInferResponse(infer_response=resp)
 
 
 def _empty_final(request_id: str):
     resp = service_pb2.ModelInferResponse(model_name=TALKING_HEAD.name, id=request_id)
-    resp.parameters[sdk.FINAL_RESPONSE_PARAM].bool_param = True
+    resp.parameters[wire.FINAL_RESPONSE_PARAM].bool_param = True
     return service_pb2.ModelStreamInferResponse(infer_response=resp)
 
 
@@ -362,7 +370,7 @@ def test_ask_audio_sends_audio_and_rate_and_collects(fake_triton):
     sent = servicer.requests[-1]
     np.testing.assert_array_equal(sent[sdk.TH_AUDIO.name], speech)
     assert sent[sdk.TH_AUDIO.name + ":dtype"] == sdk.TH_AUDIO.dtype
-    assert sent[sdk.TH_SAMPLE_RATE.name].tolist() == [contract.INPUT_SAMPLE_RATE]
+    assert sent[sdk.TH_SAMPLE_RATE.name].tolist() == [media.INPUT_SAMPLE_RATE]
     assert sent[sdk.TH_SAMPLE_RATE.name + ":dtype"] == sdk.TH_SAMPLE_RATE.dtype
     assert sdk.TH_OPTIONS.name not in sent
     assert r.reply == "Hi there." and r.transcript == "hello"

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from client import media
-from export import contract
+from export.contract import media as C
 
 
 def tone(seconds: float, rate: int, hz: float = 440.0, amp: float = 0.3, extra: int = 0) -> np.ndarray:
@@ -87,7 +87,7 @@ def test_read_audio_downmixes_stereo_and_decodes_other_formats(tmp_path):
     sf.write(str(flac), np.stack([left, right], axis=1), rate, format="FLAC")
     b = media.read_audio(flac)  # default: the server's input rate
     assert abs(b.size - rate * 16000 / rate) <= 1
-    assert abs(dominant_hz(b, contract.INPUT_SAMPLE_RATE) - 440) < 2
+    assert abs(dominant_hz(b, C.INPUT_SAMPLE_RATE) - 440) < 2
     assert np.abs(b).max() > 0.2  # a mean of two equal channels keeps the level (not silence)
 
     ogg = tmp_path / "mono.ogg"
@@ -133,9 +133,9 @@ def probe(path):
 
 
 def test_mp4_has_one_h264_and_one_aac_stream_with_right_counts(tmp_path):
-    rate, fps = contract.OUTPUT_SAMPLE_RATE, contract.VIDEO_FPS
+    rate, fps = C.OUTPUT_SAMPLE_RATE, C.VIDEO_FPS
     a = tone(2.3, rate, extra=17)
-    n_frames = contract.video_frames_for_samples(a.size)  # 58, what the server sends for this audio
+    n_frames = C.video_frames_for_samples(a.size)  # 58, what the server sends for this audio
     frames, levels = jpeg_frames(n_frames, 96, 96)
     path = tmp_path / "answer.mp4"
     media.write_mp4(path, frames, a, rate)
@@ -158,7 +158,7 @@ def test_mp4_has_one_h264_and_one_aac_stream_with_right_counts(tmp_path):
 
 
 def test_mp4_audio_content_survives(tmp_path):
-    rate = contract.OUTPUT_SAMPLE_RATE
+    rate = C.OUTPUT_SAMPLE_RATE
     a = tone(1.0, rate, hz=300)
     frames, _ = jpeg_frames(25, 64, 48)
     path = tmp_path / "a.mp4"

@@ -5,7 +5,7 @@ import pytest
 
 from client.retry import RetryPolicy, is_retryable_refusal
 from client.sdk import ServerError, TalkingHeadClient
-from ensemble.events import TEXT, Event
+from export.contract.events import TEXT, Event
 
 
 class Sleeps(list):

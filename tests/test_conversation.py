@@ -7,15 +7,16 @@ import time
 import numpy as np
 import pytest
 
-from ensemble import events as ev
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png, register
-from ensemble.batching import onnx_runner
 from ensemble.errors import InputError
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service, ServiceConfig
-from export import contract, spec
+from export.contract import events as ev
+from export.contract import media as C
+from export.contract import spec
+from export.runtime.batching import onnx_runner
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that runs long enough to be interrupted
 
@@ -189,7 +190,7 @@ def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, runners)
     late_before = service.recorder.totals[late_key]
     asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(runners, {"lipsync": 0.5}), slow))
     done = slow.of(ev.DONE)[-1][1].data
-    slots = contract.video_frames_for_samples(done["audio_samples"])
+    slots = C.video_frames_for_samples(done["audio_samples"])
     assert done["frames_dropped"] > 0 and done["video_frames"] + done["frames_dropped"] == slots
     assert done["frames_dropped_late"] == done["frames_dropped"]
     assert service.recorder.totals[late_key] - late_before == done["frames_dropped"]
@@ -197,9 +198,9 @@ def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, runners)
     frames = slow.of(ev.VIDEO)
     lateness = [t - (t_audio0 + e.data["pts"]) for t, e in frames]
     indices = [e.data["index"] for _, e in frames]
-    assert indices == sorted(indices) and all(e.data["pts"] == e.data["index"] / contract.VIDEO_FPS for _, e in frames)
-    audio_s = done["audio_samples"] / contract.OUTPUT_SAMPLE_RATE
-    end_drift = abs(slots / contract.VIDEO_FPS - audio_s)
+    assert indices == sorted(indices) and all(e.data["pts"] == e.data["index"] / C.VIDEO_FPS for _, e in frames)
+    audio_s = done["audio_samples"] / C.OUTPUT_SAMPLE_RATE
+    end_drift = abs(slots / C.VIDEO_FPS - audio_s)
     print(f"\naudio {audio_s:.1f} s, {len(frames)} frames sent, {done['frames_dropped']} dropped; "
           f"worst frame lateness {max(lateness) * 1000:.0f} ms; A/V end drift {end_drift * 1000:.0f} ms")
     assert end_drift <= 0.040
@@ -351,7 +352,7 @@ def spoken(tmp_path_factory):
     wav = tmp_path_factory.mktemp("speech") / "q.wav"
     subprocess.run(["espeak-ng", "-w", str(wav), "Please tell me a story about the sea."], check=True)
     audio, rate = sf.read(wav, dtype="float32")
-    r = StreamingResampler(rate, contract.INPUT_SAMPLE_RATE)
+    r = StreamingResampler(rate, C.INPUT_SAMPLE_RATE)
     return np.concatenate([r.push(audio), r.finish()]).astype(np.float32)
 
 
@@ -362,13 +363,13 @@ def mic_chunks(audio, chunk=640):
 def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service, runners, exported_repository,
                                                                          spoken):
     stages = Stages({**runners, spec.VAD.name: onnx_runner(spec.VAD, exported_repository / "vad" / "1" / "model.onnx")})
-    quiet = np.zeros(int(0.8 * contract.INPUT_SAMPLE_RATE), np.float32)
+    quiet = np.zeros(int(0.8 * C.INPUT_SAMPLE_RATE), np.float32)
     log = Log()
 
     def mic(chunk):
         inputs = request(service, session="mic1", action="mic", min_silence_ms=400, ignore_eos=True,
                          max_reply_tokens=200)
-        inputs |= {"audio": chunk, "sample_rate": np.array([contract.INPUT_SAMPLE_RATE], np.int32)}
+        inputs |= {"audio": chunk, "sample_rate": np.array([C.INPUT_SAMPLE_RATE], np.int32)}
         return service.handle(inputs, stages, log)
 
     async def scenario():
@@ -394,7 +395,7 @@ def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service,
 
 
 def test_microphone_chunks_are_checked(service, runners):
-    def mic(audio, rate=contract.INPUT_SAMPLE_RATE):
+    def mic(audio, rate=C.INPUT_SAMPLE_RATE):
         inputs = request(service, session="mic2", action="mic")
         inputs |= {"audio": audio, "sample_rate": np.array([rate], np.int32)}
         return service.handle(inputs, Stages(runners), Log())
@@ -404,4 +405,4 @@ def test_microphone_chunks_are_checked(service, runners):
     with pytest.raises(InputError, match="NaN or Inf"):
         asyncio.run(mic(np.full(320, np.nan, np.float32)))
     with pytest.raises(InputError, match="stream shorter chunks"):
-        asyncio.run(mic(np.zeros(5 * contract.INPUT_SAMPLE_RATE, np.float32)))
+        asyncio.run(mic(np.zeros(5 * C.INPUT_SAMPLE_RATE, np.float32)))

@@ -30,9 +30,12 @@ import numpy as np
 import pytest
 
 from client.sdk import ServerError, TalkingHeadClient
-from deploy.server import REPO, EmbeddedServer, ServerOptions, admin_headers, stubs
-from ensemble import events as ev
+from deploy.admin import admin_headers
+from deploy.processes import stubs
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
+from export.contract import events as ev
+from export.contract.layout import ROOT
 
 pytestmark = pytest.mark.server
 
@@ -100,7 +103,7 @@ def _ready(server) -> bool:
 def _canary(server) -> tuple[int, str, float]:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "deploy.canary", "--url", server.options.grpc_url,
-                           "--timeout", str(CANARY_TIMEOUT_S)], cwd=REPO, capture_output=True, text=True,
+                           "--timeout", str(CANARY_TIMEOUT_S)], cwd=ROOT, capture_output=True, text=True,
                           timeout=CANARY_TIMEOUT_S + 30)
     return proc.returncode, (proc.stdout + proc.stderr).strip(), time.perf_counter() - t0
 

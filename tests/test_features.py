@@ -6,7 +6,7 @@ import pytest
 import scipy.signal
 
 from ensemble import features as F
-from export import contract as C
+from export.contract import media as C
 
 
 def _speechlike(n: int, sr: int = 16000, seed: int = 0) -> np.ndarray:

@@ -1,11 +1,11 @@
-"""Wav2Lip (export/models/wav2lip.py): shapes, width scaling, names, size."""
+"""Wav2Lip (export/toolchain/models/wav2lip.py): shapes, width scaling, names, size."""
 from __future__ import annotations
 
 import torch
 
-from export.models.wav2lip import LipsyncGraph, Wav2Lip, build
-from export.presets import Wav2LipConfig, get_preset
-from export.spec import LIPSYNC
+from export.contract.presets import Wav2LipConfig, get_preset
+from export.contract.spec import LIPSYNC
+from export.toolchain.models.wav2lip import LipsyncGraph, Wav2Lip, build
 
 TINY = get_preset("tiny").lipsync
 

@@ -1,13 +1,13 @@
-"""Qwen2 port (export/models/qwen2.py): KV-cache decoding, batching, spec shapes, HF names, sizes."""
+"""Qwen2 port (export/toolchain/models/qwen2.py): KV-cache decoding, batching, spec shapes, HF names, sizes."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from export import spec
-from export.models import qwen2
-from export.presets import Qwen2Config, get_preset
+from export.contract import spec
+from export.contract.presets import Qwen2Config, get_preset
+from export.toolchain.models import qwen2
 
 TINY = get_preset("tiny")
 ATOL = 1e-5

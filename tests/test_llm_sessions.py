@@ -1,4 +1,4 @@
-"""The session-keyed LLM cache of the gpu variant (export/llm_sessions.py), on the CPU: same logits as the
+"""The session-keyed LLM cache of the gpu variant (export/runtime/llm_sessions.py), on the CPU: same logits as the
 stateless graph, batched decode steps of sessions at different positions, release and eviction, and the
 orchestrator's choice between shipping the cache and keeping it server-side (ensemble/decoding.py)."""
 from __future__ import annotations
@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.batching import BatchRunner
 from ensemble.decoding import KVDecoder, SessionDecoder, start_decoder
-from export import spec
-from export.kv_sessions import SessionError, SessionTable
-from export.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step
-from export.models import qwen2
-from export.presets import get_preset
-from export.torch_runtime import TorchStage
+from export.contract import spec
+from export.contract.presets import get_preset
+from export.runtime.batching import BatchRunner
+from export.runtime.kv_sessions import SessionError, SessionTable
+from export.runtime.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step
+from export.runtime.torch_runtime import TorchStage
+from export.toolchain import configs
+from export.toolchain.models import qwen2
 
 TINY = get_preset("tiny")
 ATOL = 1e-4
@@ -158,31 +159,31 @@ def test_orchestrator_uses_the_server_cache_where_served_and_ships_it_elsewhere(
     stateless = BatchRunner(spec.LLM, TorchStage(spec.LLM, graph, "cpu", "fp32"))
     prompt, steps = _ids(6, 8), _ids(4, 9)
 
-    async def decode(runner, modes):
+    async def decode(runner, server_cache):
         infer = _infer_of(runner)
         release = lambda m, i, t: infer(m, i)  # noqa: E731
-        decoder, logits = await start_decoder(infer, spec.LLM, TINY, prompt, release=release, modes=modes)
+        decoder, logits = await start_decoder(infer, spec.LLM, TINY, prompt, release=release, server_cache=server_cache)
         out = [logits]
         for t in steps:
             out.append(await decoder.feed([t]))
         await decoder.close()
         return decoder, out
 
-    modes: dict[str, bool] = {}
-    d1, server = asyncio.run(decode(sessions, modes))
-    assert isinstance(d1, SessionDecoder) and modes == {"llm": True} and len(sessions.table) == 0  # released
-    modes = {}
-    d2, shipped = asyncio.run(decode(stateless, modes))  # refuses the session input: falls back, remembers
-    assert isinstance(d2, KVDecoder) and modes == {"llm": False}
+    d1, server = asyncio.run(decode(sessions, True))
+    assert isinstance(d1, SessionDecoder) and len(sessions.table) == 0  # released
+    d2, shipped = asyncio.run(decode(stateless, False))  # the cache shipped with every step
+    assert isinstance(d2, KVDecoder)
+    with pytest.raises(Exception, match="missing input 'past_kv'"):  # a model without a session cache refuses
+        asyncio.run(decode(stateless, True))
     for a, b in zip(server, shipped):
         np.testing.assert_allclose(a, b, atol=ATOL)
 
 
 def test_gpu_config_alone_keeps_the_cache_server_side():
     for variant in ("tensorrt", "cpu", "gpu_naive", "gpu_x2"):
-        text = spec.render_config(spec.LLM, variant)
+        text = configs.render_config(spec.LLM, variant)
         assert "session_id" not in text, variant
-    gpu = spec.render_config(spec.LLM, "gpu")
+    gpu = configs.render_config(spec.LLM, "gpu")
     assert "session_id" in gpu and "session_end" in gpu and "count: 1\n" in gpu
     assert f"max_batch_size: {spec.LLM.session.max_batch_size}" in gpu
 

@@ -6,12 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
 
 from client.sdk import ConnectionFailed, ProtocolError, ServerError, TurnTimeout
 from loadtests import perf_analyzer as pa
 from loadtests import stats
-from tritonclient.utils import InferenceServerException
-
 
 # ---------------------------------------------------------------- percentiles
 

@@ -1,4 +1,4 @@
-"""Scale-out across GPUs: the placement rule (export/placement.py), the rendered gpu_xN / tensorrt_xN configs,
+"""Scale-out across GPUs: the placement rule (export/toolchain/placement.py), the rendered gpu_xN / tensorrt_xN configs,
 and bench_gpu's --gpus handling. Pure: no GPU, no server."""
 import json
 import os
@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from export import placement as pl
-from export import spec
-from export.presets import get_preset
-from export.render_configs import DEFAULT_REPOSITORY
+from export.contract import spec
+from export.contract.layout import MODEL_REPOSITORY
+from export.contract.presets import get_preset
+from export.toolchain import configs
+from export.toolchain import placement as pl
 
 SPREAD = ("llm", "vocoder", "lipsync")  # the stages that must be on every GPU
 
@@ -18,7 +19,7 @@ def _config(rel: str):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as mc
 
-    return text_format.Parse((DEFAULT_REPOSITORY / rel).read_text(), mc.ModelConfig())
+    return text_format.Parse((MODEL_REPOSITORY / rel).read_text(), mc.ModelConfig())
 
 
 # ---------------------------------------------------------------- the rule
@@ -30,7 +31,7 @@ def test_one_gpu_reproduces_todays_counts_from_the_specs():
         assert m.kind == pl.KIND_GPU
         assert m.groups == (pl.InstanceGroup((0,), s.gpu_instances),), s.name
         assert m.total == s.gpu_instances
-    assert p["talking_head"].kind == pl.KIND_CPU and p["talking_head"].total == spec.ORCHESTRATOR_GPU_INSTANCES
+    assert p["talking_head"].kind == pl.KIND_CPU and p["talking_head"].total == pl.ORCHESTRATOR_GPU_INSTANCES
     # today's numbers (BENCHMARKS.md), so a change to the specs shows up here as well
     assert {s.name: p[s.name].total for s in spec.STAGES} == {
         "asr_encoder": 1, "asr_decoder": 2, "llm": 4, "tts": 1, "vocoder": 2, "lipsync": 2}
@@ -49,7 +50,7 @@ def test_llm_vocoder_and_lipsync_spread_over_every_gpu(n):
     assert p["llm"].total == 4 * n  # the bottleneck scales with the GPUs
     for s in spec.STAGES:  # unconstrained: every GPU a full replica, one instance group listing all GPUs
         assert p[s.name].groups == (pl.InstanceGroup(tuple(range(n)), s.gpu_instances),)
-    assert p["talking_head"].groups == (pl.InstanceGroup((), spec.ORCHESTRATOR_GPU_INSTANCES * n),)
+    assert p["talking_head"].groups == (pl.InstanceGroup((), pl.ORCHESTRATOR_GPU_INSTANCES * n),)
     assert pl.place(n, gpu_memory_gib=80).models == p.models  # an H100 holds the full set
 
 
@@ -87,8 +88,8 @@ def test_too_little_memory_is_an_error():
 
 
 def test_memory_estimates_come_from_parameter_counts():
-    from export.graphs import parameter_count
-    from export.models import qwen2
+    from export.toolchain.graphs import parameter_count
+    from export.toolchain.models import qwen2
 
     assert pl.llm_parameters(get_preset("base").llm) == 494_032_768  # Qwen2.5-0.5B
     tiny = get_preset("tiny").llm
@@ -108,17 +109,17 @@ def test_memory_estimates_come_from_parameter_counts():
 # ---------------------------------------------------------------- rendered configs
 
 @pytest.mark.parametrize("variant", ["gpu", "tensorrt"])
-@pytest.mark.parametrize("n", spec.SCALE_OUT_GPUS)
+@pytest.mark.parametrize("n", configs.SCALE_OUT_GPUS)
 def test_rendered_scale_out_configs_list_the_gpus_and_counts(variant, n):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    name = spec.variant_name(variant, n)
+    name = configs.variant_name(variant, n)
     assert name == f"{variant}_x{n}"
     p = pl.place(n)
-    files = spec.rendered_configs()
+    files = configs.rendered_configs()
     for s in spec.STAGES:
         rel = f"{s.name}/configs/{name}.pbtxt"
-        assert rel in files and spec.config_paths(s)[name] == rel
+        assert rel in files and configs.config_paths(s)[name] == rel
         cfg = _config(rel)
         groups = [(tuple(g.gpus), g.count, g.kind) for g in cfg.instance_group]
         assert groups == [(tuple(range(n)), s.gpu_instances, mc.ModelInstanceGroup.KIND_GPU)], rel
@@ -128,34 +129,34 @@ def test_rendered_scale_out_configs_list_the_gpus_and_counts(variant, n):
         if s.session is not None and variant in s.session.variants:
             assert "session_id" not in files[rel], rel
             continue
-        one = _config(spec.config_paths(s)[variant])
+        one = _config(configs.config_paths(s)[variant])
         del one.instance_group[:], cfg.instance_group[:]
         assert cfg == one, rel
     cfg = _config(f"talking_head/configs/{name}.pbtxt")
     assert [(list(g.gpus), g.count, g.kind) for g in cfg.instance_group] == \
-        [([], spec.ORCHESTRATOR_GPU_INSTANCES * n, mc.ModelInstanceGroup.KIND_CPU)]
+        [([], pl.ORCHESTRATOR_GPU_INSTANCES * n, mc.ModelInstanceGroup.KIND_CPU)]
     assert cfg.model_transaction_policy.decoupled
     assert "avatar_registry/configs/" + name + ".pbtxt" not in files  # Triton falls back to its config.pbtxt
 
 
 def test_render_config_gpus_argument_and_variant_names_agree():
     for s in spec.STAGES + (spec.TALKING_HEAD,):
-        for v in spec.SCALABLE_VARIANTS:
-            assert spec.render_config(s, v, gpus=2) == spec.render_config(s, f"{v}_x2")
-            assert spec.render_config(s, v, gpus=1) == spec.render_config(s, v)
+        for v in configs.SCALABLE_VARIANTS:
+            assert configs.render_config(s, v, gpus=2) == configs.render_config(s, f"{v}_x2")
+            assert configs.render_config(s, v, gpus=1) == configs.render_config(s, v)
     # one GPU is unchanged: no gpus list, the spec's count
-    text = spec.render_config(spec.VOCODER, "gpu")
+    text = configs.render_config(spec.VOCODER, "gpu")
     assert "gpus:" not in text and f"count: {spec.VOCODER.gpu_instances}" in text
-    assert "count: 1\n" in spec.render_config(spec.LLM, "gpu")  # one instance holds the session cache
-    assert spec.parse_variant("gpu_x4") == ("gpu", 4) and spec.parse_variant("gpu_naive") == ("gpu_naive", 1)
+    assert "count: 1\n" in configs.render_config(spec.LLM, "gpu")  # one instance holds the session cache
+    assert configs.parse_variant("gpu_x4") == ("gpu", 4) and configs.parse_variant("gpu_naive") == ("gpu_naive", 1)
     with pytest.raises(ValueError):
-        spec.render_config(spec.LLM, "cpu", gpus=2)
+        configs.render_config(spec.LLM, "cpu", gpus=2)
     with pytest.raises(ValueError):
-        spec.render_config(spec.LLM, "gpu_naive_x2")
+        configs.render_config(spec.LLM, "gpu_naive_x2")
     with pytest.raises(ValueError):
-        spec.render_config(spec.LLM, "gpu_x2", gpus=4)
+        configs.render_config(spec.LLM, "gpu_x2", gpus=4)
     with pytest.raises(ValueError):
-        spec.render_config(spec.LLM, "fpga")
+        configs.render_config(spec.LLM, "fpga")
 
 
 # ---------------------------------------------------------------- bench_gpu --gpus (argparse only)
@@ -168,7 +169,7 @@ def test_bench_gpu_parses_gpus_and_maps_them_to_configs():
     assert bench_gpu.scale_out_configs(args) == {1: "gpu", 2: "gpu_x2", 4: "gpu_x4"}
     for config in bench_gpu.scale_out_configs(args).values():
         for model in [s.name for s in spec.STAGES] + ["talking_head"]:
-            path = DEFAULT_REPOSITORY / model / "configs" / f"{config}.pbtxt"
+            path = MODEL_REPOSITORY / model / "configs" / f"{config}.pbtxt"
             assert path.exists(), path
     assert bench_gpu.parse_args(["--gpus", "4", "2"]).gpus == [1, 2, 4]  # the 1-GPU run is the reference
     trt = bench_gpu.parse_args(["--gpus", "2", "--optimized-config", "tensorrt"])

@@ -14,9 +14,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client import media
-from deploy.server import admin_headers
-from ensemble import events as ev
-from export import contract, spec
+from deploy.admin import admin_headers
+from export.contract import events as ev
+from export.contract import media as C
+from export.contract import spec
 
 pytestmark = pytest.mark.server
 
@@ -104,8 +105,8 @@ def two_questions(tmp_path_factory):
     assert espeak, "espeak-ng is required (make test installs it)"
     wav = tmp_path_factory.mktemp("mic") / "q.wav"
     subprocess.run([espeak, "-w", str(wav), "Please tell me a story about the sea."], check=True)
-    q = media.read_audio(wav, rate=contract.INPUT_SAMPLE_RATE)
-    pause = np.zeros(contract.INPUT_SAMPLE_RATE, np.float32)
+    q = media.read_audio(wav, rate=C.INPUT_SAMPLE_RATE)
+    pause = np.zeros(C.INPUT_SAMPLE_RATE, np.float32)
     return np.concatenate([pause * 0.5, q, pause, q, pause])
 
 
@@ -128,12 +129,12 @@ def test_microphone_chunk_at_the_wrong_rate_is_refused(client, avatar):
 
 
 def _mic_inputs(avatar_id, rate):
-    from client.sdk import TH_AUDIO, TH_AVATAR_ID, TH_OPTIONS, TH_SAMPLE_RATE, _infer_input
-    from export.spec import TALKING_HEAD
+    from client.wire import TH_AUDIO, TH_AVATAR_ID, TH_OPTIONS, TH_SAMPLE_RATE, infer_input
+    from export.contract.spec import TALKING_HEAD
 
-    return [_infer_input(TALKING_HEAD, TH_AUDIO, np.zeros(960, np.float32)),
-            _infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate]), _infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
-            _infer_input(TALKING_HEAD, TH_OPTIONS, ['{"action": "mic", "session": "bad"}'])]
+    return [infer_input(TALKING_HEAD, TH_AUDIO, np.zeros(960, np.float32)),
+            infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate]), infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
+            infer_input(TALKING_HEAD, TH_OPTIONS, ['{"action": "mic", "session": "bad"}'])]
 
 
 def test_cached_exchange_is_served_at_once(server, client, avatar):

@@ -6,7 +6,9 @@ import sys
 import av
 import pytest
 
-from deploy.server import REPO, EmbeddedServer, ServerOptions, leaked_shm
+from deploy.processes import leaked_shm
+from deploy.server import EmbeddedServer, ServerOptions
+from export.contract.layout import ROOT
 
 pytestmark = pytest.mark.server
 
@@ -33,7 +35,7 @@ def test_stop_leaves_no_stub_process_and_no_shared_memory(exported_repository, t
 def test_demo_writes_answer_wav_and_mp4(exported_repository, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "deploy.demo", "--out", str(out), "--grpc-port", "18301"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for line in ("first audio chunk (TTFA)", "first video frame (TTFF)", "real-time factor", "SEEDED RANDOM"):
         assert line in proc.stdout

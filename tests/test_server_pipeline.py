@@ -12,9 +12,10 @@ import tritonclient.grpc as grpcclient
 from rawgrpc import bytes_array, infer_input, raw_turn
 
 from client import media
-from deploy.server import admin_headers
-from ensemble import events as ev
-from export import contract, spec
+from deploy.admin import admin_headers
+from export.contract import events as ev
+from export.contract import media as C
+from export.contract import spec
 
 pytestmark = pytest.mark.server
 
@@ -25,7 +26,7 @@ def question16k(tmp_path_factory):
     assert espeak, "espeak-ng is required (make test installs it)"
     wav = tmp_path_factory.mktemp("q") / "question.wav"
     subprocess.run([espeak, "-w", str(wav), "What can you do for me today?"], check=True)
-    return media.read_audio(wav, rate=contract.INPUT_SAMPLE_RATE)
+    return media.read_audio(wav, rate=C.INPUT_SAMPLE_RATE)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +56,14 @@ def test_video_frames_match_audio_duration(spoken_turn):
     audio = [e for e in spoken_turn if e.type == ev.AUDIO]
     frames = [e for e in spoken_turn if e.type == ev.VIDEO]
     samples = sum(e.audio.size for e in audio)
-    assert all(e.data["sample_rate"] == contract.OUTPUT_SAMPLE_RATE for e in audio)
-    expected = samples / contract.OUTPUT_SAMPLE_RATE * contract.VIDEO_FPS
+    assert all(e.data["sample_rate"] == C.OUTPUT_SAMPLE_RATE for e in audio)
+    expected = samples / C.OUTPUT_SAMPLE_RATE * C.VIDEO_FPS
     done = spoken_turn[-1].data
     # every slot of the 25 fps clock is either sent or counted as dropped (audio first, on a busy machine)
     assert abs(len(frames) + done["frames_dropped"] - expected) <= 1
     indices = [f.data["index"] for f in frames]
     assert indices[0] == 0 and indices == sorted(set(indices))
-    assert all(f.data["pts"] == f.data["index"] / contract.VIDEO_FPS for f in frames)
+    assert all(f.data["pts"] == f.data["index"] / C.VIDEO_FPS for f in frames)
     assert frames[0].frame[:2] == b"\xff\xd8"  # JPEG
     assert done["video_frames"] == len(frames) and done["audio_samples"] == samples
 
@@ -76,7 +77,7 @@ def test_answer_mp4_has_one_h264_and_one_aac_stream(client, avatar, tmp_path):
         audio = [s for s in container.streams if s.type == "audio"]
         assert [s.codec_context.name for s in video] == ["h264"]
         assert [s.codec_context.name for s in audio] == ["aac"]
-        assert video[0].average_rate == contract.VIDEO_FPS
+        assert video[0].average_rate == C.VIDEO_FPS
         n = sum(1 for _ in container.decode(video=0))
     assert n == len(result.frames)
 

@@ -4,15 +4,15 @@ import asyncio
 import numpy as np
 import pytest
 
-from ensemble import events as ev
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png, register
-from ensemble.batching import onnx_runner
 from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service
-from export import spec
+from export.contract import events as ev
+from export.contract import spec
+from export.runtime.batching import onnx_runner
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +93,8 @@ def test_bad_requests_name_the_problem(service, runners, inputs, message):
 
 
 def test_real_checkpoint_front_ends_are_used(tmp_path):
-    from export.artifacts import write_orchestrator_artifacts
-    from export.text_frontend import arpabet_to_ids
+    from export.contract.artifacts import write_orchestrator_artifacts
+    from export.contract.text_frontend import arpabet_to_ids
 
     template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

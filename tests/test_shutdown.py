@@ -25,15 +25,10 @@ import pytest
 
 from client.retry import is_retryable_refusal
 from client.sdk import ClientError, ServerError, TalkingHeadClient
-from deploy.server import (
-    DRAIN_FILE_ENV,
-    REPO,
-    EmbeddedServer,
-    ServerOptions,
-)
-from ensemble import events as ev
+from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from ensemble.service import DRAIN_FILE_ENV as SERVICE_DRAIN_FILE_ENV
+from export.contract import events as ev
+from export.contract.layout import ROOT
 
 pytestmark = pytest.mark.server
 
@@ -104,10 +99,6 @@ def _unready_after(t0: float, limit_s: float) -> float | None:
     return None
 
 
-def test_drain_file_names_agree():
-    assert DRAIN_FILE_ENV == SERVICE_DRAIN_FILE_ENV
-
-
 class Readiness:
     """/v2/health/ready polled every 10 ms in a thread: (seconds since t0, ready) at every change."""
 
@@ -147,7 +138,7 @@ def test_sigterm_to_the_server_drains_the_turn_in_flight(exported_repository, tm
     proc = subprocess.Popen([sys.executable, "-m", "deploy.server", "--repository", str(exported_repository),
                              "--workdir", str(tmp_path), "--exit-timeout", str(EXIT_TIMEOUT_S),
                              *(f"--{k.replace('_', '-')}={v}" for k, v in PORTS.items())],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
     try:

@@ -1,17 +1,19 @@
-"""The checked-in Triton configs are exactly what export/spec.py renders."""
+"""The checked-in Triton configs are exactly what export/contract/spec.py renders."""
 
 import pytest
 
-from export import spec
-from export.presets import get_preset
-from export.render_configs import DEFAULT_REPOSITORY, main as render_main
+from export.contract import spec
+from export.contract.layout import MODEL_REPOSITORY
+from export.contract.presets import get_preset
+from export.render_configs import main as render_main
+from export.toolchain import configs
 
 
-@pytest.mark.parametrize("rel", sorted(spec.rendered_configs()))
+@pytest.mark.parametrize("rel", sorted(configs.rendered_configs()))
 def test_checked_in_config_matches_spec(rel):
-    path = DEFAULT_REPOSITORY / rel
+    path = MODEL_REPOSITORY / rel
     assert path.exists(), f"{rel} is missing: run `python -m export.render_configs`"
-    assert path.read_text() == spec.rendered_configs()[rel], f"{rel} differs from export/spec.py"
+    assert path.read_text() == configs.rendered_configs()[rel], f"{rel} differs from export/contract/spec.py"
 
 
 def test_check_mode_fails_on_a_drifted_config(tmp_path):
@@ -23,10 +25,10 @@ def test_check_mode_fails_on_a_drifted_config(tmp_path):
 
 def test_production_configs_are_tensorrt_on_gpu_and_cpu_variants_use_onnxruntime():
     for s in spec.STAGES:
-        trt = spec.render_config(s, "tensorrt")
-        cpu = spec.render_config(s, "cpu")
+        trt = configs.render_config(s, "tensorrt")
+        cpu = configs.render_config(s, "cpu")
         assert 'platform: "tensorrt_plan"' in trt and "KIND_GPU" in trt and "dynamic_batching" in trt
-        assert f'backend: "{spec.CPU_BACKEND}"' in cpu and "KIND_CPU" in cpu and "dynamic_batching" in cpu
+        assert f'backend: "{configs.CPU_BACKEND}"' in cpu and "KIND_CPU" in cpu and "dynamic_batching" in cpu
 
 
 def test_profiles_cover_the_opt_shapes_and_resolve_preset_dims():
@@ -44,3 +46,21 @@ def test_client_tensor_names_come_from_the_spec():
     names = {t.name for t in spec.TALKING_HEAD.inputs + spec.TALKING_HEAD.outputs}
     used = {v.name for k, v in vars(sdk).items() if k.startswith("TH_")}
     assert used and used <= names
+
+
+def test_orchestrator_config_names_the_session_keyed_stages():
+    """The orchestrator reads which stages keep a turn's cache server-side from its rendered config."""
+    from ensemble.service import ServiceConfig
+
+    def stages(variant: str) -> frozenset[str]:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2 as mc
+
+        cfg = text_format.Parse(configs.render_config(spec.TALKING_HEAD, variant), mc.ModelConfig())
+        params = {k: v.string_value for k, v in cfg.parameters.items()}
+        return ServiceConfig.from_parameters(params).session_stages
+
+    assert stages("gpu") == {"asr_decoder", "llm"}
+    assert stages("cpu") == stages("gpu_x2") == stages("tensorrt") == frozenset()
+    with pytest.raises(ValueError, match="session_stages"):
+        ServiceConfig.from_parameters({"session_stages": "tts"})

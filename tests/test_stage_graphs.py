@@ -7,9 +7,10 @@ import torch
 
 from ensemble.pipeline import VOCODER_CONTEXT_FRAMES
 from ensemble.vocoder_stream import VocoderStreamOptions
-from export import spec
-from export.presets import get_preset
-from export.torch_runtime import GraphedStage, TorchStage, load_graph
+from export.contract import spec
+from export.contract.presets import get_preset
+from export.runtime.torch_runtime import GraphedStage, TorchStage, load_graph
+from export.toolchain import configs
 
 
 def test_vocoder_graphs_are_the_streamed_chunk_sizes():
@@ -20,10 +21,10 @@ def test_vocoder_graphs_are_the_streamed_chunk_sizes():
 
 def test_only_the_optimized_gpu_variant_asks_for_graphs():
     for s in (spec.VOCODER, spec.LIPSYNC, spec.ASR_ENCODER):
-        assert 'key: "cuda_graphs"' in spec.render_config(s, "gpu")
+        assert 'key: "cuda_graphs"' in configs.render_config(s, "gpu")
         for variant in ("cpu", "gpu_naive", "tensorrt"):
-            assert "cuda_graphs" not in spec.render_config(s, variant), (s.name, variant)
-    assert "cuda_graphs" not in spec.render_config(spec.TTS, "gpu")  # output length depends on the input
+            assert "cuda_graphs" not in configs.render_config(s, variant), (s.name, variant)
+    assert "cuda_graphs" not in configs.render_config(spec.TTS, "gpu")  # output length depends on the input
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

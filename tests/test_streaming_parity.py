@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from ensemble.batching import onnx_runner
 from ensemble.pipeline import VOCODER_CONTEXT_FRAMES
 from ensemble.vocoder_stream import VocoderStream
-from export import spec
+from export.contract import spec
+from export.runtime.batching import onnx_runner
 
 TOLERANCE = 1e-4  # max |streamed - whole| relative to the whole utterance's peak
 

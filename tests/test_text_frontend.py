@@ -1,10 +1,10 @@
-"""Symbol table and text -> ids (export/text_frontend.py)."""
+"""Symbol table and text -> ids (export/contract/text_frontend.py)."""
 from __future__ import annotations
 
 import pytest
 
-from export import text_frontend as tf
-from export.presets import FastSpeech2Config, get_preset
+from export.contract import text_frontend as tf
+from export.contract.presets import FastSpeech2Config, get_preset
 
 
 def test_table_size_matches_the_model():

@@ -15,13 +15,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.sdk import ConnectionFailed, TalkingHeadClient
-from deploy.server import (
-    ADMIN_APIS,
-    ADMIN_GRPC_HEADER,
-    EmbeddedServer,
-    ServerOptions,
-    admin_headers,
-)
+from deploy.admin import ADMIN_GRPC_HEADER, admin_headers
+from deploy.server import ADMIN_APIS, EmbeddedServer, ServerOptions
 from deploy.tls import make_self_signed
 from ensemble.avatar import demo_avatar_png
 

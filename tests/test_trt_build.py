@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import spec as specs
-from export import trt as trt_build
-from export import trt_calibration as cal
-from export.presets import get_preset
+from export import trt as trt_cli
+from export.contract import spec as specs
+from export.contract.presets import get_preset
+from export.toolchain import trt_build, trt_parity
+from export.toolchain import trt_calibration as cal
 
 HAS_RTX = importlib.util.find_spec("tensorrt_rtx_libs") is not None and (
     importlib.util.find_spec("tensorrt_rtx_bindings") is not None or importlib.util.find_spec("tensorrt_rtx") is not None)
@@ -38,7 +39,7 @@ def test_rtx_installed_where_required():
     if os.environ.get("TRT_BUILD_REQUIRED") == "1":
         assert HAS_RTX, "TRT_BUILD_REQUIRED=1 but the TensorRT-RTX wheels are not installed (requirements-trt.txt)"
 TINY = get_preset("tiny")
-STAGES = [s.name for s in specs.STAGES + specs.INPUT_STAGES]  # the VAD (silero's graph) too
+STAGE_NAMES = [s.name for s in specs.STAGES + specs.INPUT_STAGES]  # the VAD (silero's graph) too
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def tiny_repo(tmp_path_factory) -> Path:
 
     repo = tmp_path_factory.mktemp("repo")
     assert export_main(["--preset", "tiny", "--repository", str(repo), "--no-parity"]) == 0
-    for name in STAGES:
+    for name in STAGE_NAMES:
         assert (repo / name / "1" / "model.onnx").exists(), name
     return repo
 
@@ -76,7 +77,7 @@ def _age(path: Path, seconds: int = 10) -> None:
 
 
 @needs_rtx
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", STAGE_NAMES)
 def test_tiny_graph_builds_and_skips(tiny_repo, rtx, tmp_path, name):
     spec = specs.BY_NAME[name]
     onnx_path = tiny_repo / name / "1" / "model.onnx"
@@ -157,10 +158,10 @@ def test_int8_refused_by_rtx(tiny_repo, rtx, tmp_path):
 
 @needs_rtx
 def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(trt_build, "DEFAULT_RTX_OUT_DIR", tmp_path / "rtx_plans")
+    monkeypatch.setattr(trt_cli, "DEFAULT_RTX_OUT_DIR", tmp_path / "rtx_plans")
     argv = ["--preset", "tiny", "--repository", str(tiny_repo), "--builder", "tensorrt-rtx",
             "--models", "vocoder", "lipsync", "--timing-cache", str(tmp_path / "timing.cache")]
-    assert trt_build.main(argv) == 0
+    assert trt_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "tensorrt-rtx" in out and out.count("built in") == 2
     # RTX plans go to the separate folder, never into the model repository.
@@ -171,13 +172,13 @@ def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
 
     if not torch.cuda.is_available():
         assert out.count("parity skipped: no CUDA GPU") == 2
-    assert trt_build.main(argv) == 0
+    assert trt_cli.main(argv) == 0
     assert capsys.readouterr().out.count("up to date, skipped") == 2
     # --out-name and --out-dir
-    assert trt_build.main(argv + ["--out-dir", str(tmp_path / "o"), "--out-name", "x.plan", "--no-parity"]) == 0
+    assert trt_cli.main(argv + ["--out-dir", str(tmp_path / "o"), "--out-name", "x.plan", "--no-parity"]) == 0
     assert (tmp_path / "o" / "lipsync" / "1" / "x.plan").exists()
     # A missing graph fails that model only, with a hint.
-    assert trt_build.main(["--preset", "tiny", "--repository", str(tmp_path / "none"), "--builder",
+    assert trt_cli.main(["--preset", "tiny", "--repository", str(tmp_path / "none"), "--builder",
                            "tensorrt-rtx", "--models", "llm"]) == 1
     assert "python -m export --preset tiny" in capsys.readouterr().out
 
@@ -187,7 +188,7 @@ def test_no_builder_exits_with_message(monkeypatch, capsys):
         raise ImportError(f"No module named {kind!r}")
 
     monkeypatch.setattr(trt_build, "_import", no_module)
-    assert trt_build.main(["--preset", "tiny", "--builder", "auto"]) == 2
+    assert trt_cli.main(["--preset", "tiny", "--builder", "auto"]) == 2
     err = capsys.readouterr().err
     assert "no TensorRT builder importable" in err and "requirements-trt.txt" in err
 
@@ -197,11 +198,11 @@ def test_parity_skips_without_gpu(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: check_plan runs for real")
-    r = trt_build.check_plan(tmp_path / "model.plan", tmp_path / "model.onnx", specs.LLM, TINY)
+    r = trt_parity.check_plan(tmp_path / "model.plan", tmp_path / "model.onnx", specs.LLM, TINY)
     assert r.skipped and r.ok and "no CUDA GPU" in r.reason and "skipped" in r.line()
 
 
-@pytest.mark.parametrize("name", STAGES)
+@pytest.mark.parametrize("name", STAGE_NAMES)
 def test_generated_calibration_batches(name):
     spec = specs.BY_NAME[name]
     shapes, batches = cal.calibration_batches(spec, TINY, n=2, batch=4)
@@ -247,9 +248,9 @@ def test_base_preset_builds(tmp_path):
 
     repo = Path(os.environ.get("TRT_BASE_REPOSITORY", tmp_path / "repo"))
     assert export_main(["--preset", "base", "--repository", str(repo), "--no-parity"]) == 0
-    assert trt_build.main(["--preset", "base", "--repository", str(repo), "--builder", "tensorrt-rtx",
+    assert trt_cli.main(["--preset", "base", "--repository", str(repo), "--builder", "tensorrt-rtx",
                            "--out-dir", str(tmp_path / "plans"), "--no-parity"]) == 0
-    for name in STAGES:
+    for name in STAGE_NAMES:
         assert (tmp_path / "plans" / name / "1" / "model.plan").stat().st_size > 0
 
 

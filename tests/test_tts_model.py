@@ -1,13 +1,19 @@
-"""FastSpeech2 (export/models/fastspeech2.py): shapes, masking, length regulation, names, size."""
+"""FastSpeech2 (export/toolchain/models/fastspeech2.py): shapes, masking, length regulation, names, size."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from export.models.fastspeech2 import (FastSpeech2, LengthRegulator, SinusoidPositions, TtsGraph, build,
-                                       get_sinusoid_encoding_table)
-from export.presets import get_preset
-from export.spec import TTS
+from export.contract.presets import get_preset
+from export.contract.spec import TTS
+from export.toolchain.models.fastspeech2 import (
+    FastSpeech2,
+    LengthRegulator,
+    SinusoidPositions,
+    TtsGraph,
+    build,
+    get_sinusoid_encoding_table,
+)
 
 TINY = get_preset("tiny").tts
 

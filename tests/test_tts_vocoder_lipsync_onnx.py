@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.models import fastspeech2, hifigan, wav2lip
-from export.presets import get_preset
-from export.spec import LIPSYNC, TTS, VOCODER, ModelSpec, onnx_dynamic_axes
+from export.contract.presets import get_preset
+from export.contract.spec import LIPSYNC, TTS, VOCODER, ModelSpec, onnx_dynamic_axes
+from export.toolchain.models import fastspeech2, hifigan, wav2lip
 
 PRESET = get_preset("tiny")
 RTOL = 1e-4

@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from ensemble.batching import onnx_runner
 from ensemble.errors import InputError
 from ensemble.vad import SPEECH_START, TURN_END, TurnDetector, VadSettings
-from export import contract as C
-from export import spec
-from export import vad as vad_export
+from export.contract import media as C
+from export.contract import spec
+from export.runtime.batching import onnx_runner
+from export.toolchain import vad as vad_export
 
 SR = C.VAD_SAMPLE_RATE
 TOLERANCE_S = 0.1

@@ -1,10 +1,10 @@
-"""The tiny word-level tokenizer (export/vocab.py)."""
+"""The tiny word-level tokenizer (export/contract/vocab.py)."""
 from __future__ import annotations
 
 from tokenizers import Tokenizer
 
-from export import vocab
-from export.presets import TINY_VOCAB
+from export.contract import vocab
+from export.contract.presets import TINY_VOCAB
 
 
 def test_exactly_tiny_vocab_entries():
@@ -38,7 +38,7 @@ def test_round_trip_known_words():
 
 def test_chat_prompt_keeps_specials():
     tok = vocab.build_tokenizer()
-    prompt = vocab.chat_prompt("hello there")
+    prompt = vocab.chatml_prompt("hello there")
     assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                       "<|im_start|>user\nhello there<|im_end|>\n<|im_start|>assistant\n")
     enc = tok.encode(prompt)
@@ -54,6 +54,6 @@ def test_deterministic_and_saves(tmp_path):
     path = tmp_path / "tokenizer.json"
     vocab.save(str(path))
     loaded = Tokenizer.from_file(str(path))
-    text = vocab.chat_prompt("what time is it?")
+    text = vocab.chatml_prompt("what time is it?")
     assert loaded.encode(text).ids == a.encode(text).ids
     assert loaded.decode(a.encode("it's fine.").ids) == "it's fine."

@@ -1,4 +1,4 @@
-"""HiFi-GAN generator (export/models/hifigan.py): lengths, weight norm, names, size."""
+"""HiFi-GAN generator (export/toolchain/models/hifigan.py): lengths, weight norm, names, size."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,13 +6,13 @@ import dataclasses
 import pytest
 import torch
 
-from export import contract
-from export.models.hifigan import Generator, VocoderGraph, build
-from export.presets import HiFiGANConfig, get_preset
-from export.spec import VOCODER
+from export.contract import media
+from export.contract.presets import HiFiGANConfig, get_preset
+from export.contract.spec import VOCODER
+from export.toolchain.models.hifigan import Generator, VocoderGraph, build
 
 TINY = get_preset("tiny").vocoder
-HOP = contract.TTS_MEL.hop_length
+HOP = media.TTS_MEL.hop_length
 
 
 def test_output_is_frames_times_hop():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
-from export import contract as C
+from export.contract import media as C
 
 HOP = C.TTS_MEL.hop_length
 GUARANTEED_MAX_ABS = 1e-5  # the documented bound when context covers the receptive field

@@ -1,4 +1,4 @@
-"""`python -m export --weights FAMILY=PATH` (export/weights.py, export/__main__.py, export/artifacts.py).
+"""`python -m export --weights FAMILY=PATH` (export/toolchain/weights.py, export/__main__.py, export/contract/artifacts.py).
 
 Small checkpoints in each family's official layout are written into tmp_path, exported into a
 temporary model repository, and the ONNX graphs are compared with the modules the checkpoints were
@@ -19,14 +19,14 @@ import pytest
 import torch
 import yaml
 
-from export import text_frontend, vocab
 from export.__main__ import main as export_main
-from export.checkpoints import save_safetensors
-from export.checkpoints.contract_check import ContractError, check_asr_dims
-from export.checkpoints.whisper import state_dict_to_hf
-from export.models import fastspeech2, hifigan, qwen2, whisper
-from export.presets import FastSpeech2Config, HiFiGANConfig, Qwen2Config, WhisperDims
-from export.weights import SEEDED_RANDOM, parse_weights_args
+from export.contract import text_frontend, vocab
+from export.contract.presets import FastSpeech2Config, HiFiGANConfig, Qwen2Config, WhisperDims
+from export.toolchain.checkpoints import save_safetensors
+from export.toolchain.checkpoints.contract_check import ContractError, check_asr_dims
+from export.toolchain.checkpoints.whisper import state_dict_to_hf
+from export.toolchain.models import fastspeech2, hifigan, qwen2, whisper
+from export.toolchain.weights import SEEDED_RANDOM, parse_weights_args
 
 REPO = Path(__file__).resolve().parent.parent
 VOCODER = HiFiGANConfig(upsample_rates=(8, 8, 4), upsample_kernel_sizes=(16, 16, 8), upsample_initial_channel=24,
@@ -316,7 +316,7 @@ def test_asr_weights(tmp_path):
 
 def test_asr_contract():
     check_asr_dims(ASR, "ok")
-    with pytest.raises(ContractError, match=r"n_mels: checkpoint 128 != 80 \(export/contract.py ASR_MEL.n_mels\)"):
+    with pytest.raises(ContractError, match=r"n_mels: checkpoint 128 != 80 \(export/contract/media.py ASR_MEL.n_mels\)"):
         check_asr_dims(WhisperDims(n_mels=128), "large-v3")
     with pytest.raises(ContractError, match="n_audio_ctx: checkpoint 750"):
         check_asr_dims(WhisperDims(n_audio_ctx=750), "short")

@@ -6,7 +6,6 @@ blue channel zeroed) makes this stage fail, request by request, the way a stage 
 error would: the other requests of the same batch are answered normally. Served by Triton's stock
 `python` backend from a copy of the repository that only the test builds; production never loads it.
 """
-import numpy as np
 
 from deploy.backends.ort_cpu.model import ort_runner
 from deploy.stage_backend import make_model

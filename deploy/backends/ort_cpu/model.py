@@ -2,7 +2,7 @@
 import os
 
 from deploy.stage_backend import make_model, parameter, version_dir
-from ensemble.batching import onnx_runner
+from export.runtime.batching import onnx_runner
 
 
 def ort_runner(spec, config, args):

@@ -6,8 +6,8 @@ every stage and the orchestrator agree on model sizes and tokenizers.
 import torch
 
 from deploy.stage_backend import make_model, parameter, version_dir
-from export.artifacts import manifest_preset, read_manifest
-from export.torch_runtime import prefer_blocking_sync, torch_runner
+from export.contract.artifacts import manifest_preset, read_manifest
+from export.runtime.torch_runtime import prefer_blocking_sync, torch_runner
 
 
 def gpu_runner(spec, config, args):

@@ -3,9 +3,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ensemble.avatar import AvatarStore, FaceDetector, register
+from ensemble.draining import draining
 from ensemble.errors import InputError
 from ensemble.options import Limits
-from ensemble.service import default_avatar_dir, draining
+from ensemble.service import default_avatar_dir
 
 
 class TritonPythonModel:

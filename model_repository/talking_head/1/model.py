@@ -5,14 +5,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-
 import triton_python_backend_utils as pb_utils
 
 from ensemble import metrics
 from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service, ServiceConfig
-from export.spec import BY_NAME, TALKING_HEAD
+from export.contract.spec import BY_NAME, TALKING_HEAD
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 FRAME_WORKERS = 2

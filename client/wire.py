@@ -1,0 +1,169 @@
+"""What travels on the wire: request tensors built from the specs, the SDK's error classes (with Triton's
+message kept verbatim), and response events stamped with client-side times."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from export.contract.events import Event
+from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD, ModelSpec, Tensor
+
+log = logging.getLogger(__name__)
+FINAL_RESPONSE_PARAM = "triton_final_response"  # set by Triton with enable_empty_final_response
+
+
+# ---------------------------------------------------------------- tensors, from the specs only
+
+def spec_tensor(spec: ModelSpec, tensors: tuple[Tensor, ...], key: str) -> Tensor:
+    for t in tensors:
+        if t.name == key:
+            return t
+    raise ImportError(f"export.contract.spec.{spec.name.upper()} has no tensor {key!r}: update client/sdk.py to the spec")
+
+
+TH_AUDIO = spec_tensor(TALKING_HEAD, TALKING_HEAD.inputs, "audio")
+TH_SAMPLE_RATE = spec_tensor(TALKING_HEAD, TALKING_HEAD.inputs, "sample_rate")
+TH_TEXT = spec_tensor(TALKING_HEAD, TALKING_HEAD.inputs, "text")
+TH_AVATAR_ID = spec_tensor(TALKING_HEAD, TALKING_HEAD.inputs, "avatar_id")
+TH_OPTIONS = spec_tensor(TALKING_HEAD, TALKING_HEAD.inputs, "options")
+TH_EVENT = spec_tensor(TALKING_HEAD, TALKING_HEAD.outputs, "event")
+TH_AUDIO_CHUNK = spec_tensor(TALKING_HEAD, TALKING_HEAD.outputs, "audio_chunk")
+TH_FRAME = spec_tensor(TALKING_HEAD, TALKING_HEAD.outputs, "frame")
+AR_IMAGE = spec_tensor(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs, "image")
+AR_AVATAR_ID = spec_tensor(AVATAR_REGISTRY, AVATAR_REGISTRY.outputs, "avatar_id")
+AR_FACE_BOX = spec_tensor(AVATAR_REGISTRY, AVATAR_REGISTRY.outputs, "face_box")
+AR_MESSAGE = spec_tensor(AVATAR_REGISTRY, AVATAR_REGISTRY.outputs, "message")
+
+
+def infer_input(spec: ModelSpec, tensor: Tensor, value: Any) -> grpcclient.InferInput:
+    """An InferInput named and typed by the spec (a batch axis of 1 added if the model batches)."""
+    if tensor.dtype == "BYTES":
+        arr = np.array([v.encode() if isinstance(v, str) else bytes(v) for v in np.ravel(value)], dtype=object)
+    else:
+        arr = np.ascontiguousarray(value, dtype=tensor.numpy_dtype).reshape(-1)
+    if spec.batched:
+        arr = arr[None]
+    inp = grpcclient.InferInput(tensor.name, list(arr.shape), tensor.dtype)
+    inp.set_data_from_numpy(arr)
+    return inp
+
+
+def as_bytes(x: Any) -> bytes:
+    if isinstance(x, bytes):
+        return x
+    if isinstance(x, str):
+        return x.encode()
+    if isinstance(x, np.ndarray):
+        return x.tobytes()
+    return bytes(x)
+
+
+def first_value(arr: np.ndarray | None) -> Any:
+    return None if arr is None or arr.size == 0 else arr.reshape(-1)[0]
+
+
+# ---------------------------------------------------------------- errors
+
+class ClientError(Exception):
+    """Base class of everything this SDK raises on purpose."""
+
+
+class ServerError(ClientError):
+    """The server answered with an error; `message` is the server's text, verbatim."""
+
+    def __init__(self, message: str, *, status: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status  # gRPC status name ("StatusCode.INVALID_ARGUMENT") for call-level errors
+
+
+class ProtocolError(ServerError):
+    """A response that does not follow the event protocol (export.contract.events)."""
+
+
+class ConnectionFailed(ClientError, ConnectionError):
+    """Triton could not be reached."""
+
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"cannot reach Triton at {url}: {detail}")
+        self.url = url
+        self.detail = detail
+
+
+class TurnTimeout(ClientError, TimeoutError):
+    """A turn did not end (final response) within its timeout."""
+
+
+_CONNECT_HINTS = ("failed to connect", "connection refused", "dns resolution failed", "name resolution",
+                  "errors resolving", "lookup error", "domain name not found",
+                  "connections to all backends failing", "socket closed", "connection reset",
+                  "no route to host", "network is unreachable", "handshake failed", "ssl")
+
+
+def is_connection_error(exc: InferenceServerException) -> bool:
+    status = str(exc.status() or "")
+    msg = str(exc.message() or "").lower()
+    return status.endswith("UNAVAILABLE") and any(h in msg for h in _CONNECT_HINTS)
+
+
+def translate_error(exc: InferenceServerException, url: str) -> ClientError:
+    if is_connection_error(exc):
+        return ConnectionFailed(url, str(exc.message()))
+    return ServerError(str(exc.message()), status=exc.status())
+
+
+# ---------------------------------------------------------------- events with client timestamps
+
+@dataclass
+class StreamEvent(Event):
+    """An `export.contract.events.Event` as `ask` yields it, stamped with the client's clock."""
+
+    sent_at: float | None = None  # clock() just before this turn's request was sent
+    received_at: float | None = None  # clock() when this response arrived (on the gRPC thread)
+    request_id: str = ""
+
+    @property
+    def latency_s(self) -> float | None:
+        """Seconds from sending the request to receiving this event."""
+        if self.sent_at is None or self.received_at is None:
+            return None
+        return self.received_at - self.sent_at
+
+
+def is_final_response(result: grpcclient.InferResult) -> bool:
+    """Whether Triton flagged this stream response as the last of its request."""
+    params = result.get_response().parameters
+    return FINAL_RESPONSE_PARAM in params and params[FINAL_RESPONSE_PARAM].bool_param
+
+
+def event_from_result(result: grpcclient.InferResult, *, sent_at: float | None = None,
+                      received_at: float | None = None, request_id: str = "") -> StreamEvent | None:
+    """The event of one `talking_head` response, with its audio chunk / JPEG frame attached.
+
+    None for a response without an `event` output (the empty final response) or
+    with an event type this client does not know (logged and skipped).
+    """
+    raw = first_value(result.as_numpy(TH_EVENT.name))
+    if raw is None:
+        return None
+    audio = result.as_numpy(TH_AUDIO_CHUNK.name)
+    if audio is not None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    frame = result.as_numpy(TH_FRAME.name)
+    if frame is not None:
+        frame = as_bytes(frame) if frame.dtype != object else as_bytes(first_value(frame))
+    try:
+        base = Event.from_json(as_bytes(raw), audio=audio, frame=frame)
+    except json.JSONDecodeError as e:
+        raise ProtocolError(f"malformed event JSON from {TALKING_HEAD.name}: {e}: {as_bytes(raw)[:200]!r}") from None
+    except (KeyError, ValueError, TypeError) as e:
+        log.warning("skipping an event this client does not understand (%s): %.200r", e, as_bytes(raw))
+        return None
+    return StreamEvent(base.type, base.data, audio=base.audio, frame=base.frame,
+                       sent_at=sent_at, received_at=received_at, request_id=request_id)

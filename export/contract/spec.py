@@ -1,0 +1,391 @@
+"""The one I/O spec per model: the single source of truth for tensor names, dtypes and shapes.
+
+ONNX dynamic axes (`onnx_dynamic_axes`), TensorRT optimization profiles
+(`profile_shapes`), every Triton `config.pbtxt` (`render_config`) and the
+client's tensor names are all derived from the `ModelSpec`s below.
+
+Dims exclude the batch axis. A dim is an int (fixed by the audio/video
+contract), the name of a dynamic axis (declared with its min/opt/max in
+`ModelSpec.axes`), or the name of a preset parameter (resolved from
+`export.contract.presets` by `ModelSpec.preset_dims`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from export.contract import media
+from export.contract.presets import Preset
+
+# Triton data type names -> numpy dtype names (BYTES travels as numpy object arrays).
+NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "UINT8": "uint8",
+                "BOOL": "bool", "BYTES": "object"}
+
+BATCH_AXIS = "batch"
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A dynamic axis and the sizes TensorRT profiles and input validation use."""
+
+    name: str
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    dtype: str  # Triton type name: FP32, INT64, UINT8, BYTES, ...
+    dims: tuple[int | str, ...]  # without the batch axis
+    optional: bool = False  # an input a request may leave out
+    ragged: bool = False  # requests of different lengths share a batch; the runtime pads
+    pad_value: float = 0.0  # what the runtime pads a ragged input with
+    # For batched outputs with a dynamic axis: how long each request's slice is.
+    # "output:<name>" = the value of that output; "input:<name>" = that ragged input's length.
+    length_from: str | None = None
+    length_scale: int = 1  # multiplies the length read from length_from
+
+    @property
+    def numpy_dtype(self) -> str:
+        return NUMPY_DTYPES[self.dtype]
+
+
+@dataclass(frozen=True)
+class SessionState:
+    """A model whose cache the GPU variant keeps on the GPU, keyed by session (export/runtime/llm_sessions.py).
+
+    In the variants named here the config gains `inputs` (optional, SESSION_INPUTS), `state_input` and
+    `prefill_inputs` become optional and the model runs one instance (the cache lives in its process). A
+    request that carries a session id leaves `state_input` out: its tokens are appended to the session's
+    cache (the first request, with the start flag, opens it), and `state_output` comes back as a small
+    placeholder; a request with the release flag frees the session's cache (its tokens are not fed). A request with `state_input` and no session id is served as everywhere
+    else. Sessions idle longer than `idle_timeout_s` (a turn that died without releasing) are evicted.
+    """
+
+    inputs: tuple[Tensor, ...]
+    state_input: str
+    state_output: str
+    prefill_inputs: tuple[str, ...] = ()  # inputs only a session's first request carries (the model keeps them)
+    variants: tuple[str, ...] = ("gpu",)
+    slots: int = 160  # sessions cached at once (4 orchestrator instances x 32 turns, plus spare)
+    idle_timeout_s: float = 60.0
+    max_batch_size: int = 64  # decode steps of this many sessions run as one batch
+    preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
+    max_queue_delay_us: int = 200
+    placeholder_shape: tuple[int, ...] = (1, 1, 2, 1, 1, 1)  # `state_output` in session mode (a few bytes)
+
+    @property
+    def id_input(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def start_input(self) -> str:
+        return self.inputs[1].name
+
+    @property
+    def release_input(self) -> str:
+        return self.inputs[2].name
+
+
+# The inputs of a session-keyed model (SessionState.inputs): the caller's id for the session; true on the session's
+# first request (a request without it for a session the model does not hold is an error: evicted, or the model
+# restarted); true to free the session's cache.
+SESSION_INPUTS = (Tensor("session_id", "INT64", (1,), optional=True),  # non-zero, chosen by the caller
+                  Tensor("session_start", "BOOL", (1,), optional=True),
+                  Tensor("session_end", "BOOL", (1,), optional=True))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    axes: tuple[Axis, ...] = ()
+    max_batch_size: int = 0  # 0: the model takes no batch axis
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = 0
+    preset_dims: Callable[[Preset], dict[str, int]] = field(default=lambda p: {}, compare=False)
+    gpu_instances: int = 1  # instances of the TensorRT plan / PyTorch model per GPU
+    gpu_precision: str = "fp16"  # dtype of the PyTorch-on-CUDA variant (gpu): fp16, bf16 or fp32
+    max_queue_size: int = 256  # requests waiting beyond this are refused (UNAVAILABLE)
+    queue_timeout_us: int = 5_000_000  # a request waiting longer is refused
+    parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
+    session: SessionState | None = None  # GPU variants that keep the cache server-side, keyed by session
+    # gpu variant: CUDA graphs captured per batch bucket (1, 2, 4, ... max_batch_size) for these sizes of the
+    # spec's one dynamic axis (None: a model without one); other shapes run eagerly. () = eager only.
+    gpu_graphs: tuple[int | None, ...] = ()
+    # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
+    # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu
+    torch_module: bool = True
+
+    def axis(self, name: str) -> Axis:
+        for a in self.axes:
+            if a.name == name:
+                return a
+        raise KeyError(f"{self.name}: no dynamic axis {name!r}")
+
+    def parameter(self, key: str) -> str:
+        """The default of one config `parameters` entry the model reads at load time."""
+        try:
+            return dict(self.parameters)[key]
+        except KeyError:
+            raise KeyError(f"{self.name}: no parameter {key!r}") from None
+
+    def request(self, **arrays):
+        """One call's inputs by this spec's names: a name the spec does not declare is an error here, not a
+        Triton error later."""
+        names = [t.name for t in self.inputs + (self.session.inputs if self.session else ())]
+        unknown = sorted(set(arrays) - set(names))
+        if unknown:
+            raise KeyError(f"{self.name} has no input {unknown}; its inputs: {names}")
+        return arrays
+
+    def response(self, outputs) -> "Outputs":
+        """One call's outputs, read by this spec's names (see Outputs)."""
+        return Outputs(self, outputs)
+
+    def input(self, name: str) -> Tensor:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> Tensor:
+        return next(t for t in self.outputs if t.name == name)
+
+    @property
+    def batched(self) -> bool:
+        return self.max_batch_size > 0
+
+    def shape(self, tensor: Tensor, preset: Preset | None) -> list[int | str]:
+        """Dims of `tensor` (batch excluded) with preset parameters resolved.
+
+        Dynamic axes stay names; with preset=None, preset parameters stay names too.
+        """
+        params = self.preset_dims(preset) if preset is not None else {}
+        return [params.get(d, d) if isinstance(d, str) else d for d in tensor.dims]
+
+
+class Outputs(dict):
+    """A stage's outputs: reading a name the spec does not declare, or one the stage did not return, says so."""
+
+    def __init__(self, spec: ModelSpec, outputs):
+        super().__init__(outputs)
+        self.spec = spec
+
+    def __missing__(self, name: str):
+        declared = [t.name for t in self.spec.outputs]
+        if name in declared:
+            raise KeyError(f"{self.spec.name} returned no {name!r} (it returned {sorted(self)})")
+        raise KeyError(f"{self.spec.name} has no output {name!r}; its outputs: {declared}")
+
+
+# ---------------------------------------------------------------- the models
+
+def _asr_dims(p: Preset) -> dict[str, int]:
+    a = p.asr
+    return {"asr_state": a.n_audio_state, "asr_layers": a.n_text_layer, "asr_heads": a.n_text_head,
+            "asr_head_dim": media.exact_div(a.n_text_state, a.n_text_head), "asr_vocab": a.n_vocab}
+
+
+def _llm_dims(p: Preset) -> dict[str, int]:
+    c = p.llm
+    return {"llm_layers": c.num_hidden_layers, "llm_kv_heads": c.num_key_value_heads,
+            "llm_head_dim": c.head_dim, "llm_vocab": c.vocab_size}
+
+
+ASR_ENCODER = ModelSpec(
+    name="asr_encoder",
+    inputs=(Tensor("mel", "FP32", (media.ASR_MEL.n_mels, media.ASR_N_FRAMES)),),
+    outputs=(Tensor("audio_features", "FP32", (media.ASR_AUDIO_CTX, "asr_state")),),
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=2000,
+    preset_dims=_asr_dims, gpu_graphs=(None,),  # a fixed 30 s window
+)
+
+ASR_DECODER = ModelSpec(
+    name="asr_decoder",
+    inputs=(
+        Tensor("tokens", "INT64", ("tokens",)),
+        Tensor("audio_features", "FP32", (media.ASR_AUDIO_CTX, "asr_state")),
+        Tensor("past_kv", "FP32", ("asr_layers", 2, "asr_heads", "past", "asr_head_dim")),
+    ),
+    outputs=(
+        Tensor("logits", "FP32", ("asr_vocab",)),  # next-token logits at the last position
+        Tensor("present_kv", "FP32", ("asr_layers", 2, "asr_heads", "total", "asr_head_dim")),
+    ),
+    axes=(Axis("tokens", 1, 1, 8), Axis("past", 0, 32, 440)),  # past + tokens <= n_text_ctx (448)
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=500,
+    preset_dims=_asr_dims, gpu_instances=2,
+    # gpu variant: the utterance's cross-attention keys/values (from audio_features, sent once) and the
+    # self-attention cache stay on the GPU per session (export/runtime/asr_sessions.py)
+    session=SessionState(
+        inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv", prefill_inputs=("audio_features",),
+        slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200),
+)
+
+LLM = ModelSpec(
+    name="llm",
+    inputs=(
+        Tensor("input_ids", "INT64", ("tokens",)),
+        Tensor("past_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "past", "llm_head_dim")),
+    ),
+    outputs=(
+        Tensor("logits", "FP32", ("llm_vocab",)),  # next-token logits at the last position
+        Tensor("present_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "total", "llm_head_dim")),
+    ),
+    axes=(Axis("tokens", 1, 1, 512), Axis("past", 0, 256, 1536)),  # past + tokens <= 2048
+    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=500,
+    # With the cache shipped per step (tensorrt, cpu, gpu_naive, scale-out), decode steps of sessions at
+    # different positions do not share a batch and several instances overlap them (BENCHMARKS.md). The
+    # gpu variant keeps every session's cache on the GPU instead (one instance, batched decode steps).
+    preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
+    session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv"),
+)
+
+TTS = ModelSpec(
+    name="tts",
+    inputs=(
+        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),
+        Tensor("phoneme_lengths", "INT64", (1,)),
+        Tensor("controls", "FP32", (3,)),  # pitch, energy and duration scales (1.0 = neutral)
+    ),
+    outputs=(
+        Tensor("mel", "FP32", (media.TTS_MEL.n_mels, "frames"), length_from="output:mel_lengths"),
+        Tensor("mel_lengths", "INT64", (1,)),
+    ),
+    axes=(Axis("phonemes", 1, 64, 400),),
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+    gpu_precision="fp32",  # one call per sentence; its sinusoid tables and length regulator stay fp32
+)
+
+VOCODER = ModelSpec(
+    name="vocoder",
+    inputs=(Tensor("mel", "FP32", (media.TTS_MEL.n_mels, "frames"), ragged=True,
+                   pad_value=media.LOG_MEL_FLOOR),),
+    outputs=(Tensor("audio", "FP32", ("samples",), length_from="input:mel",
+                    length_scale=media.TTS_MEL.hop_length),),
+    axes=(Axis("frames", 1, 64, 1024),),
+    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000, gpu_instances=2,
+    # the streamed chunks: the first (32 core + 16 right-context frames) and every middle one (16 + 32 + 16);
+    # ensemble.vocoder_stream's chunk_frames with ensemble.pipeline's VOCODER_CONTEXT_FRAMES (tests/test_stage_graphs.py)
+    gpu_graphs=(48, 64),
+)
+
+LIPSYNC = ModelSpec(
+    name="lipsync",
+    inputs=(
+        Tensor("mel", "FP32", (1, media.LIPSYNC_MEL.n_mels, media.LIPSYNC_MEL_STEP)),
+        Tensor("faces", "FP32", (6, media.FACE_SIZE, media.FACE_SIZE)),  # masked target + reference, BGR 0..1
+    ),
+    outputs=(Tensor("frames", "FP32", (3, media.FACE_SIZE, media.FACE_SIZE)),),  # BGR 0..1
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    gpu_graphs=(None,),
+)
+
+STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC)
+
+# Voice activity detection on streamed microphone input, before a turn (ensemble/vad.py): silero VAD's own
+# ONNX graph (silero-vad wheel) in a batch-first wrapper with sr fixed at 16 kHz (export/toolchain/vad.py), not a
+# PyTorch graph. One call per 32 ms window and session; each row carries its stream's LSTM state, so the
+# windows of many sessions batch together. A 1.3 MB LSTM at batch 64 takes well under a millisecond on one
+# CPU core, less than a GPU launch round trip: the gpu variants (hosts without TensorRT) run it on ONNX Runtime
+# on CPU instances (`torch_module=False`); production (tensorrt) builds a plan from the same ONNX, gpu_instances
+# on every GPU of the host (export/toolchain/placement.py does not place it).
+VAD = ModelSpec(
+    name="vad",
+    inputs=(
+        Tensor("audio", "FP32", (media.VAD_INPUT,)),  # the last 64 samples before the window + the 512-sample window
+        Tensor("state", "FP32", media.VAD_STATE),  # the stream's LSTM state from its previous call (zeros first)
+    ),
+    outputs=(
+        Tensor("probability", "FP32", (1,)),  # speech probability of the window
+        Tensor("next_state", "FP32", media.VAD_STATE),  # the state to send with the stream's next window
+    ),
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=500,
+    gpu_instances=2, gpu_precision="fp32", torch_module=False,
+)
+
+# Stages outside a turn's pipeline: they see the streamed input before ASR.
+INPUT_STAGES: tuple[ModelSpec, ...] = (VAD,)
+
+# The orchestrator: one decoupled stream per user turn.
+TALKING_HEAD = ModelSpec(
+    name="talking_head",
+    inputs=(
+        Tensor("audio", "FP32", (-1,), optional=True),  # mono speech, INPUT_SAMPLE_RATE
+        Tensor("sample_rate", "INT32", (1,), optional=True),  # must be INPUT_SAMPLE_RATE
+        Tensor("text", "BYTES", (1,), optional=True),  # UTF-8 text instead of speech
+        Tensor("avatar_id", "BYTES", (1,), optional=True),  # from avatar_registry (a `cancel` needs none)
+        Tensor("options", "BYTES", (1,), optional=True),  # JSON object, see ensemble.options
+    ),
+    outputs=(
+        Tensor("event", "BYTES", (1,)),  # JSON, see export.contract.events
+        Tensor("audio_chunk", "FP32", (-1,)),  # PCM at OUTPUT_SAMPLE_RATE, in audio events
+        Tensor("frame", "UINT8", (-1,)),  # JPEG bytes, in video events
+    ),
+    # max_sessions: turns served at once, more are refused (UNAVAILABLE); degrade: the load governor
+    # (ensemble/governor.py) on/off; answer_cache_mb: the answer cache's bound (0: off), its phrases
+    # default to ensemble.answer_cache.DEFAULT_PHRASES (an `answer_cache_phrases` parameter, "|"-separated,
+    # replaces them); session_stages: the stages that keep a turn's decoding cache server-side (keyed by session),
+    # rendered per variant by export/toolchain/configs.py. See ensemble.service.ServiceConfig.
+    parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", "")),
+)
+
+AVATAR_REGISTRY = ModelSpec(
+    name="avatar_registry",
+    inputs=(Tensor("image", "BYTES", (1,)),),  # encoded image file bytes (PNG, JPEG, ...)
+    outputs=(
+        Tensor("avatar_id", "BYTES", (1,)),
+        Tensor("face_box", "INT32", (4,)),  # x0, y0, x1, y1 in the image
+        Tensor("message", "BYTES", (1,)),  # what the detector decided, e.g. which of several faces
+    ),
+)
+
+ORCHESTRATION: tuple[ModelSpec, ...] = (TALKING_HEAD, AVATAR_REGISTRY)
+ALL: tuple[ModelSpec, ...] = STAGES + INPUT_STAGES + ORCHESTRATION
+BY_NAME: dict[str, ModelSpec] = {s.name: s for s in ALL}
+
+
+# ---------------------------------------------------------------- derivations
+
+def onnx_dynamic_axes(spec: ModelSpec) -> dict[str, dict[int, str]]:
+    """`torch.onnx.export(dynamic_axes=...)`: the batch axis plus every named dynamic axis."""
+    dynamic = {a.name for a in spec.axes} | {"total", "samples", "frames"}
+    out: dict[str, dict[int, str]] = {}
+    for t in spec.inputs + spec.outputs:
+        axes = {0: BATCH_AXIS} if spec.batched else {}
+        for i, d in enumerate(t.dims):
+            if isinstance(d, str) and d in dynamic:
+                axes[i + int(spec.batched)] = d
+        out[t.name] = axes
+    return out
+
+
+def profile_shapes(spec: ModelSpec, preset: Preset, batch: tuple[int, int, int] | None = None
+                   ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """TensorRT optimization profile: (min, opt, max) shape of every input, batch axis first."""
+    if batch is None:
+        opt = max(spec.preferred_batch_sizes, default=1)
+        batch = (1, opt, spec.max_batch_size)
+    shapes = {}
+    for t in spec.inputs:
+        dims = spec.shape(t, preset)
+        per_level = []
+        for level in range(3):
+            shape = [batch[level]] if spec.batched else []
+            for d in dims:
+                if isinstance(d, str):
+                    a = spec.axis(d)
+                    d = (a.min, a.opt, a.max)[level]
+                shape.append(d)
+            per_level.append(tuple(shape))
+        shapes[t.name] = tuple(per_level)
+    return shapes
+
+
+def sample_shape(spec: ModelSpec, preset: Preset, batch: int = 1, **sizes: int) -> dict[str, tuple[int, ...]]:
+    """Concrete input shapes for tests and export: dynamic axes at `sizes` (default: opt)."""
+    shapes = {}
+    for t in spec.inputs:
+        dims = [sizes.get(d, spec.axis(d).opt) if isinstance(d, str) else d for d in spec.shape(t, preset)]
+        shapes[t.name] = tuple(([batch] if spec.batched else []) + dims)
+    return shapes

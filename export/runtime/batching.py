@@ -1,0 +1,146 @@
+"""Dynamic batching for stage models on ONNX Runtime: pad, run once, split back.
+
+Triton's dynamic batcher hands a Python-based backend several requests at
+once. `BatchRunner` concatenates them along the batch axis (padding ragged
+inputs to the longest request with the spec's pad value), runs the graph once,
+and cuts each request's rows back out of every output, trimming outputs whose
+length depends on the request (`Tensor.length_from`) along their last axis.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from export.contract.spec import ModelSpec, Tensor
+
+Feeds = dict[str, np.ndarray]
+
+
+def _pad_to(a: np.ndarray, shape: Sequence[int], value: float) -> np.ndarray:
+    if tuple(a.shape) == tuple(shape):
+        return a
+    widths = [(0, target - have) for have, target in zip(a.shape, shape)]
+    return np.pad(a, widths, mode="constant", constant_values=value)
+
+
+def _ragged_length(t: Tensor, a: np.ndarray) -> int:
+    """Length of a ragged input along its (last) dynamic axis."""
+    return int(a.shape[-1])
+
+
+def check_request(spec: ModelSpec, feeds: Feeds) -> None:
+    """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges)."""
+    for t in spec.inputs:
+        if t.name not in feeds:
+            if t.optional:
+                continue
+            raise ValueError(f"{spec.name}: missing input {t.name!r}")
+        a = feeds[t.name]
+        if a.dtype != np.dtype(t.numpy_dtype):
+            raise ValueError(f"{spec.name}: input {t.name!r} is {a.dtype}, expected {t.numpy_dtype}")
+        rank = len(t.dims) + int(spec.batched)
+        if a.ndim != rank:
+            raise ValueError(f"{spec.name}: input {t.name!r} has rank {a.ndim}, expected {rank}")
+        for i, d in enumerate(t.dims):
+            size = a.shape[i + int(spec.batched)]
+            if isinstance(d, str) and any(ax.name == d for ax in spec.axes):
+                ax = spec.axis(d)
+                if not ax.min <= size <= ax.max:
+                    raise ValueError(f"{spec.name}: input {t.name!r} axis {d!r} is {size}, allowed {ax.min}..{ax.max}")
+            elif isinstance(d, int) and d >= 0 and size != d:
+                raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {d}")
+
+
+def stack_requests(spec: ModelSpec, requests: Sequence[Feeds]) -> tuple[Feeds, list[int], dict[str, list[int]]]:
+    """One batch from several requests: rows per request, and each row's ragged lengths."""
+    rows = [len(next(iter(r.values()))) for r in requests]
+    batch: Feeds = {}
+    lengths: dict[str, list[int]] = {}
+    for t in spec.inputs:
+        arrays = [r[t.name] for r in requests]
+        if t.ragged:
+            lengths[t.name] = [_ragged_length(t, a) for a in arrays for _ in range(len(a))]
+            target = np.max([a.shape for a in arrays], axis=0)
+            arrays = [_pad_to(a, (len(a), *target[1:]), t.pad_value) for a in arrays]
+        batch[t.name] = np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
+    return batch, rows, lengths
+
+
+def split_outputs(spec: ModelSpec, outputs: Feeds, rows: Sequence[int], lengths: dict[str, list[int]]) -> list[Feeds]:
+    """Each request's rows of every output, trimmed to the request's own length."""
+    results: list[Feeds] = []
+    start = 0
+    for n in rows:
+        mine: Feeds = {}
+        for t in spec.outputs:
+            a = outputs[t.name][start:start + n]
+            if t.length_from is not None:
+                kind, name = t.length_from.split(":", 1)
+                if kind == "input":
+                    row_len = lengths[name][start:start + n]
+                else:
+                    row_len = [int(v) for v in outputs[name][start:start + n].reshape(n, -1)[:, 0]]
+                a = a[..., : max(row_len) * t.length_scale]
+            mine[t.name] = np.ascontiguousarray(a)
+        results.append(mine)
+        start += n
+    return results
+
+
+class BatchRunner:
+    """Runs a stage's graph over a batch of requests; `run_graph` maps batched feeds to outputs."""
+
+    def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds]):
+        if not spec.batched:
+            raise ValueError(f"{spec.name} takes no batch axis")
+        self.spec = spec
+        self.run_graph = run_graph
+
+    def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
+        """Outputs per request; a request that does not fit the spec gets its own error."""
+        results: list[Feeds | Exception] = [None] * len(requests)  # type: ignore[list-item]
+        good = []
+        for i, feeds in enumerate(requests):
+            try:
+                check_request(self.spec, feeds)
+                good.append(i)
+            except ValueError as e:
+                results[i] = e
+        if not good:
+            return results
+        for start in range(0, len(good), self.spec.max_batch_size):
+            chunk = good[start:start + self.spec.max_batch_size]
+            batch, rows, lengths = stack_requests(self.spec, [requests[i] for i in chunk])
+            try:
+                outputs = self.run_graph(batch)
+                for i, out in zip(chunk, split_outputs(self.spec, outputs, rows, lengths)):
+                    results[i] = out
+            except Exception as e:  # the graph failed: every request of this batch hears why
+                for i in chunk:
+                    results[i] = RuntimeError(f"{self.spec.name}: {e}")
+        return results
+
+
+def onnx_session(path: Path, threads: int):
+    """An ONNX Runtime CPU session that does not spin idle threads (several models share few cores)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_runner(spec: ModelSpec, path: Path, threads: int = 1) -> BatchRunner:
+    session = onnx_session(path, threads)
+    names = [t.name for t in spec.outputs]
+
+    def run_graph(feeds: Feeds) -> Feeds:
+        return dict(zip(names, session.run(names, feeds)))
+
+    return BatchRunner(spec, run_graph)

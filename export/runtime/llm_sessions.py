@@ -1,0 +1,207 @@
+"""The LLM with every session's KV cache kept on the GPU: batched decode steps replayed as CUDA graphs.
+
+The `llm` model of the gpu variant (export/contract/spec.py, `LLM.session`). A request names its session
+and carries only token ids; the answer is the next-token logits. The cache is one static,
+preallocated tensor per layer (keys and values, [slots + 1, KVH, max_length, Dh], the spec's GPU
+precision); `export.runtime.session_runner.SessionRunner` handles the requests and which slot each session holds.
+
+- A request of several tokens (the prompt) is a prefill: the model's own eager forward over the
+  session's cached past, its new keys/values written into the slot.
+- Requests of one token each (decode steps of different sessions, in one Triton batch) run
+  together: `decode_step` writes each new key/value at its session's position and attends over
+  the first `span` cached positions of each slot, masked per row to the session's own length.
+  On CUDA it runs as a graph replay, one graph per (batch bucket, span bucket) captured at load;
+  padding rows use a scratch slot. On the CPU (tests) the same function runs eagerly.
+- A request with `session_end` frees the slot; idle sessions are evicted (SessionTable).
+- A request with `past_kv` and no session id is served statelessly, as by every other variant.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from export.contract.spec import ModelSpec
+from export.runtime.batching import BatchRunner, Feeds
+from export.runtime.session_runner import DecodeGraphs, SessionRunner, capture
+from export.toolchain.models.qwen2 import LlmGraph, Qwen2ForCausalLM, rotate_half
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+SPAN_BUCKETS = (128, 256, 512, 1024, 2048)
+PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+class StaticKVCache:
+    """Keys and values of every slot: k[l], v[l] are [slots + 1, KVH, max_length, Dh]; slot `slots` is scratch."""
+
+    def __init__(self, model: Qwen2ForCausalLM, slots: int, max_length: int):
+        c = model.config
+        w = model.lm_head.weight
+        shape = (c.num_hidden_layers, slots + 1, c.num_key_value_heads, max_length, c.head_dim)
+        self.k = w.new_zeros(shape)
+        self.v = w.new_zeros(shape)
+        self.scratch = slots
+        self.max_length = max_length
+
+    def past(self, slot: int, length: int) -> torch.Tensor:
+        """The slot's first `length` positions as the model's past_kv [1, L, 2, KVH, length, Dh]."""
+        return torch.stack([self.k[:, slot, :, :length], self.v[:, slot, :, :length]], dim=1)[None]
+
+    def write(self, slot: int, start: int, present: torch.Tensor) -> None:
+        """present_kv [1, L, 2, KVH, S, Dh] -> positions start..S-1 of the slot."""
+        end = present.shape[4]
+        self.k[:, slot, :, start:end] = present[0, :, 0, :, start:end]
+        self.v[:, slot, :, start:end] = present[0, :, 1, :, start:end]
+
+
+class FusedLayers:
+    """Per layer, the q/k/v projections as one matrix and gate/up as one: fewer, larger kernels per step."""
+
+    def __init__(self, model: Qwen2ForCausalLM):
+        self.qkv, self.gate_up = [], []
+        for layer in model.model.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            w = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
+            b = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]) if a.q_proj.bias is not None else None
+            self.qkv.append((w, b))
+            self.gate_up.append(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]))
+
+
+def _rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """Qwen2RMSNorm: normalized in float32, cast back, then scaled (one fused kernel for the first part)."""
+    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+
+def decode_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tensor, slots: torch.Tensor,
+                pos: torch.Tensor, span: int, fused: FusedLayers | None = None) -> torch.Tensor:
+    """One new token per row: ids, slots, pos [B] (pos = the token's position = tokens cached before it).
+
+    Writes each row's key/value at (slot, pos) and returns next-token logits [B, V]. Every row must have
+    pos < span. The same arithmetic as Qwen2ForCausalLM.forward with past_kv (tests/test_llm_sessions.py).
+    """
+    fused = fused or FusedLayers(model)
+    m = model.model
+    b = ids.shape[0]
+    dtype = m.embed_tokens.weight.dtype
+    cos, sin = (t.to(dtype)[:, None] for t in m.rotary_emb(pos))  # [B, 1, Dh]
+    # keys a row may see: its own cached positions and the new one; [B, 1, 1, span] over (KVH, R, span)
+    visible = (torch.arange(span, device=ids.device)[None, :] <= pos[:, None])[:, None, None]
+    x = m.embed_tokens(ids)  # [B, D]
+    for i, layer in enumerate(m.layers):
+        a = layer.self_attn
+        nq, nkv, dh = a.n_head, a.n_kv, a.head_dim
+        qkv = F.linear(_rms_norm(layer.input_layernorm, x), *fused.qkv[i]).view(b, nq + 2 * nkv, dh)
+        qk, v = qkv[:, :nq + nkv], qkv[:, nq + nkv:]  # [B, H + KVH, Dh], [B, KVH, Dh]
+        qk = qk * cos + rotate_half(qk) * sin  # rotary on queries and keys at once
+        q, k = qk[:, :nq], qk[:, nq:]
+        kc, vc = cache.k[i], cache.v[i]  # [S, KVH, M, Dh]
+        kc[slots, :, pos] = k
+        vc[slots, :, pos] = v
+        keys = kc[:, :, :span].index_select(0, slots)  # [B, KVH, span, Dh]
+        values = vc[:, :, :span].index_select(0, slots)
+        # grouped-query attention as R query rows per kv head (query head h = kv * R + r, as transformers)
+        out = F.scaled_dot_product_attention(q.view(b, nkv, a.n_rep, dh), keys, values, attn_mask=visible)
+        x = x + a.o_proj(out.reshape(b, nq * dh))
+        gate, up = F.linear(_rms_norm(layer.post_attention_layernorm, x), fused.gate_up[i]).chunk(2, dim=-1)
+        x = x + layer.mlp.down_proj(F.silu(gate) * up)
+    return model.lm_head(m.norm(x))  # [B, V]
+
+
+def prefill_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tensor, slot: torch.Tensor,
+                 n: torch.Tensor) -> torch.Tensor:
+    """A new session's prompt: ids [1, T] (the first n real, the rest padding), slot and n [1] ->
+    next-token logits [1, V] after the n-th token; keys/values of positions 0..T-1 go to the slot
+    (those past n are overwritten by the decode steps before any row can see them)."""
+    h, present = model.model(ids, model.empty_cache(1))  # [1, T, D], [1, L, 2, KVH, T, Dh]
+    t = ids.shape[1]
+    cache.k[:, slot, :, :t] = present[:, :, 0].transpose(0, 1)  # [L, 1, KVH, T, Dh]
+    cache.v[:, slot, :, :t] = present[:, :, 1].transpose(0, 1)
+    return model.lm_head(h[0].index_select(0, n - 1))
+
+
+class StepGraphs:
+    """decode_step as one CUDA graph per (batch bucket, span bucket) (session_runner.DecodeGraphs), prefill_step
+    per prompt-length bucket."""
+
+    def __init__(self, model: Qwen2ForCausalLM, cache: StaticKVCache, max_batch: int, max_prompt: int):
+        self.cache = cache
+        dev = cache.k.device
+        self.fused = FusedLayers(model)
+        batches = [b for b in BATCH_BUCKETS if b <= max_batch] or [1]
+        spans = [s for s in SPAN_BUCKETS if s < cache.max_length] + [cache.max_length]
+        self.prompts = [t for t in PROMPT_BUCKETS if t < max_prompt] + [max_prompt]
+        self.prompt = torch.zeros((1, self.prompts[-1] + 2), dtype=torch.int64, device=dev)  # ids..., slot, n
+        self.prompt_host = torch.zeros_like(self.prompt, device="cpu").pin_memory()
+        self.prefill: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            self.decode = DecodeGraphs(lambda ids, slots, pos, span: decode_step(model, cache, ids, slots, pos, span,
+                                                                                  self.fused),
+                                       cache.scratch, batches, spans, model.config.vocab_size, dev, pool, stream)
+            self.prompt[0, -2] = cache.scratch
+            self.prompt[0, -1] = 1
+            for t in self.prompts:
+                ids, slot, n = self.prompt[:, :t], self.prompt[0, -2:-1], self.prompt[0, -1:]
+                self.prefill[t] = capture(pool, stream, lambda: prefill_step(model, cache, ids, slot, n).float())
+        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.synchronize()
+
+    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
+        """Logits [n, V] (float32, host) of one decode step of n sessions."""
+        return self.decode.step(ids, slots, pos)
+
+    def first(self, ids: list[int], slot: int) -> np.ndarray:
+        """Logits [1, V] after a new session's prompt (at most the largest prompt bucket)."""
+        t = next(x for x in self.prompts if x >= len(ids))
+        host = self.prompt_host.numpy()
+        host[0, :len(ids)] = ids
+        host[0, len(ids):t] = 0
+        host[0, -2], host[0, -1] = slot, len(ids)
+        self.prompt.copy_(self.prompt_host, non_blocking=True)
+        g, out = self.prefill[t]
+        g.replay()
+        logits_host = self.decode.logits_host
+        logits_host[:1].copy_(out, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return logits_host[:1].numpy().copy()
+
+
+class LlmEngine:
+    """The LLM's compute for export.runtime.session_runner.SessionRunner: a static cache, prompts and batched steps."""
+
+    def __init__(self, spec: ModelSpec, graph: LlmGraph, device: str, slots: int, graphs: bool | None = None):
+        self.model = graph.model
+        self.device = torch.device(device)
+        self.vocab = self.model.config.vocab_size
+        self.max_length = spec.axis("past").max + spec.axis("tokens").max
+        self.cache = StaticKVCache(self.model, slots, self.max_length)
+        use_graphs = self.device.type == "cuda" if graphs is None else graphs
+        self.graphs = (StepGraphs(self.model, self.cache, spec.session.max_batch_size, spec.axis("tokens").max)
+                       if use_graphs else None)
+        self.fused = self.graphs.fused if self.graphs is not None else FusedLayers(self.model)
+
+    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> np.ndarray:
+        """Logits [1, V] after appending ids to the slot's `length` cached tokens."""
+        if self.graphs is not None and length == 0:
+            return self.graphs.first(ids, slot)
+        # eager: a prompt appended to a session that already holds tokens, or no graphs (CPU)
+        x = torch.tensor([ids], dtype=torch.int64, device=self.device)
+        out, present = self.model(x, self.cache.past(slot, length))
+        self.cache.write(slot, length, present)
+        return out.float().cpu().numpy()
+
+    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
+        """Logits [n, V] of one step of n sessions."""
+        if self.graphs is not None:
+            return self.graphs.step(ids, slots, pos)
+        t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
+        return decode_step(self.model, self.cache, t(ids), t(slots), t(pos), max(pos) + 1, self.fused).float().cpu().numpy()
+
+
+def SessionLLM(spec: ModelSpec, graph: LlmGraph, device: str, stateless: BatchRunner, slots: int | None = None,
+               graphs: bool | None = None) -> SessionRunner:
+    """The gpu variant's llm: session requests on the GPU cache (LlmEngine), others through `stateless`."""
+    n = slots or spec.session.slots
+    return SessionRunner(spec, LlmEngine(spec, graph, device, n, graphs), stateless, n)

@@ -1,0 +1,185 @@
+"""Requests of a model that keeps each session's cache on the GPU (export/contract/spec.py `SessionState`).
+
+A BatchRunner-like `run(requests)` for the gpu variant's LLM and ASR decoder: requests without a session id
+go to the stateless runner; a session's first request (start flag, with its extra inputs) and requests of
+several tokens are prefills; single-token requests of different sessions in one Triton batch run as one decode step; a
+request with the release flag frees the slot. The model-specific compute is an engine:
+
+    engine.vocab, engine.max_length
+    engine.prefill(slot, length, ids, feeds) -> logits [1, V]   (length = tokens the slot holds already)
+    engine.decode(ids, slots, positions) -> logits [n, V]       (one new token per session)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from export.contract.spec import ModelSpec
+from export.runtime.batching import BatchRunner, Feeds
+from export.runtime.kv_sessions import SessionError, SessionTable
+
+
+class SessionRunner:
+    def __init__(self, spec: ModelSpec, engine, stateless: BatchRunner, slots: int):
+        s = spec.session
+        assert s is not None, f"{spec.name} has no session state in export/contract/spec.py"
+        self.spec, self.session, self.engine, self.stateless = spec, s, engine, stateless
+        self.table = SessionTable(slots, engine.max_length, s.idle_timeout_s)
+        self.max_batch = s.max_batch_size
+        self.ids_name = spec.inputs[0].name
+        self.placeholder = np.zeros(s.placeholder_shape, dtype=spec.output(s.state_output).numpy_dtype)
+
+    def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
+        s = self.session
+        results: list[Feeds | Exception | None] = [None] * len(requests)
+        plain, steps, prefills = [], [], []
+        self.table.evict_idle()
+        for i, feeds in enumerate(requests):
+            if s.id_input not in feeds:
+                plain.append(i)
+                continue
+            try:
+                sid, ids = self._parse(feeds)
+            except ValueError as e:
+                results[i] = e
+                continue
+            if _flag(feeds, s.release_input):
+                self.table.release(sid)
+                results[i] = self._answer(np.zeros((1, 1), np.float32))
+            elif _flag(feeds, s.start_input):  # a session's first request (with the extra inputs)
+                self.table.release(sid)  # a repeated start begins again
+                prefills.append((i, sid, ids, feeds))
+            elif sid not in self.table.sessions:
+                results[i] = SessionError(f"{self.spec.name}: session {sid} is not open (never started, evicted after "
+                                          f"{s.idle_timeout_s:g} s idle, or the model restarted)")
+            elif len(ids) == 1:
+                steps.append((i, sid, ids))
+            else:
+                prefills.append((i, sid, ids, feeds))
+        if plain:
+            for i, r in zip(plain, self.stateless.run([requests[i] for i in plain])):
+                results[i] = r
+        with torch.inference_mode():
+            for i, sid, ids, feeds in prefills:
+                results[i] = self._guard(lambda: self._prefill(sid, ids, feeds))
+            # one session may appear once per step batch: a repeat waits for the next wave
+            while steps:
+                seen, wave, later = set(), [], []
+                for item in steps:
+                    (later if item[1] in seen or len(wave) == self.max_batch else wave).append(item)
+                    seen.add(item[1])
+                for i, r in zip((w[0] for w in wave), self._decode([(sid, ids) for _, sid, ids in wave])):
+                    results[i] = r
+                steps = later
+        return results  # type: ignore[return-value]
+
+    def _parse(self, feeds: Feeds) -> tuple[int, list[int]]:
+        s = self.session
+        sid_arr = np.asarray(feeds[s.id_input]).reshape(-1)
+        ids_arr = np.asarray(feeds[self.ids_name])
+        if sid_arr.size != 1 or ids_arr.ndim != 2 or ids_arr.shape[0] != 1:
+            raise ValueError(f"{self.spec.name}: a session request carries one session id and "
+                             f"{self.ids_name} [1, T]")
+        if s.state_input in feeds:
+            raise ValueError(f"{self.spec.name}: a session request keeps its cache on the server; leave out "
+                             f"{s.state_input!r}")
+        sid = int(sid_arr[0])
+        if sid == 0:
+            raise ValueError(f"{self.spec.name}: session id 0 is reserved")
+        ax = self.spec.axis("tokens")
+        if not ax.min <= ids_arr.shape[1] <= ax.max:
+            raise ValueError(f"{self.spec.name}: {ids_arr.shape[1]} tokens, allowed {ax.min}..{ax.max}")
+        return sid, [int(t) for t in ids_arr[0]]
+
+    def _answer(self, logits: np.ndarray) -> Feeds:
+        return {"logits": logits, self.session.state_output: self.placeholder}
+
+    def _guard(self, fn) -> Feeds | Exception:
+        try:
+            return fn()
+        except (SessionError, ValueError) as e:
+            return e
+        except Exception as e:  # the graph failed: this request hears why, the others carry on
+            return RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
+
+    def _prefill(self, sid: int, ids: list[int], feeds: Feeds) -> Feeds:
+        sess = self.table.get(sid, len(ids))
+        logits = self.engine.prefill(sess.slot, sess.length, ids, feeds)
+        self.table.advance(sid, len(ids))
+        return self._answer(logits)
+
+    def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
+        out: list[Feeds | Exception | None] = [None] * len(rows)
+        good, slots, pos, ids = [], [], [], []
+        for j, (sid, tok) in enumerate(rows):
+            try:
+                sess = self.table.get(sid, 1)
+            except SessionError as e:
+                out[j] = e
+                continue
+            good.append(j)
+            slots.append(sess.slot)
+            pos.append(sess.length)
+            ids.append(tok[0])
+        if good:
+            try:
+                logits = self.engine.decode(ids, slots, pos)
+            except Exception as e:  # every row of this step hears why
+                err = RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
+                for j in good:
+                    out[j] = err
+                return out  # type: ignore[return-value]
+            for k, j in enumerate(good):
+                self.table.advance(rows[j][0], 1)
+                out[j] = self._answer(logits[k:k + 1])
+        return out  # type: ignore[return-value]
+
+
+def _flag(feeds: Feeds, name: str) -> bool:
+    return name in feeds and bool(np.asarray(feeds[name]).reshape(-1)[0])
+
+
+def capture(pool, stream, fn):
+    """fn() run once (kernel selection, workspaces), then captured as a CUDA graph: (graph, its outputs)."""
+    fn()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, pool=pool, stream=stream):
+        out = fn()
+    return g, out
+
+
+class DecodeGraphs:
+    """A batched decode step `step_fn(ids, slots, positions, span) -> logits [B, V]` captured as one CUDA graph
+    per (batch bucket, span bucket). A replay copies the rows in with one host-to-device copy (padding rows use
+    the scratch slot) and the float32 logits out through a pinned buffer."""
+
+    def __init__(self, step_fn, scratch: int, batches: Sequence[int], spans: Sequence[int], vocab: int,
+                 device: torch.device, pool, stream):
+        self.batches, self.spans, self.scratch = list(batches), list(spans), scratch
+        n = self.batches[-1]
+        self.rows = torch.zeros((3, n), dtype=torch.int64, device=device)  # ids, slots, positions
+        self.rows_host = torch.zeros((3, n), dtype=torch.int64).pin_memory()
+        self.logits_host = torch.zeros((n, vocab), dtype=torch.float32).pin_memory()
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.rows[1].fill_(scratch)
+        for span in self.spans:
+            for b in self.batches:
+                ids, slots, pos = self.rows[:, :b]
+                self.graphs[(b, span)] = capture(pool, stream, lambda: step_fn(ids, slots, pos, span).float())
+
+    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
+        """Logits [n, V] (float32, host) of one decode step of n sessions."""
+        n = len(ids)
+        b = next(x for x in self.batches if x >= n)
+        span = next(s for s in self.spans if s >= max(pos) + 1)
+        host = self.rows_host.numpy()
+        host[0, :n], host[1, :n], host[2, :n] = ids, slots, pos
+        host[0, n:b], host[1, n:b], host[2, n:b] = 0, self.scratch, 0
+        self.rows[:, :b].copy_(self.rows_host[:, :b], non_blocking=True)
+        g, out = self.graphs[(b, span)]
+        g.replay()
+        self.logits_host[:n].copy_(out[:n], non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return self.logits_host[:n].numpy().copy()

@@ -1,0 +1,93 @@
+"""PyTorch → ONNX for one stage graph, with the checker and an ONNX Runtime parity check.
+
+Names and dynamic axes come from the model's spec (export/contract/spec.py). The parity
+check draws fresh inputs of other sizes than the export example, so a shape
+that was baked into the graph by mistake fails it.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.contract.spec import ModelSpec, onnx_dynamic_axes
+
+OPSET = 17
+PARITY_RTOL = 1e-4  # max |onnx - torch| / max |torch| per output, fp32
+
+
+@dataclass
+class ParityReport:
+    model: str
+    max_rel_error: dict[str, float]  # per output: max |onnx - torch| / max |torch|
+
+    @property
+    def ok(self) -> bool:
+        return all(e <= PARITY_RTOL for e in self.max_rel_error.values())
+
+    def line(self) -> str:
+        errs = ", ".join(f"{k} {v:.1e}" for k, v in self.max_rel_error.items())
+        return f"{self.model}: max relative error {errs} ({'ok' if self.ok else 'FAIL'}, limit {PARITY_RTOL:.0e})"
+
+
+def export_onnx(graph: torch.nn.Module, spec: ModelSpec, path: Path) -> float:
+    """Export `graph` to `path`; returns seconds taken. Large graphs get external data."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = graph.example_inputs(batch=2 if spec.batched else 1, seed=0)
+    t0 = time.perf_counter()
+    # The exporter spills a >2 GB graph's weights as one file per tensor beside it: write into a scratch
+    # folder, then save graph + one weights file into place.
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+        tmp = Path(scratch) / "model.onnx"
+        with torch.inference_mode():
+            torch.onnx.export(
+                graph, example, str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+                dynamic_axes=onnx_dynamic_axes(spec), do_constant_folding=True)
+        _save_onnx(tmp, path)
+    return time.perf_counter() - t0
+
+
+def _save_onnx(src: Path, path: Path) -> None:
+    """Save the graph at `path`, its weights in `path.data` when they are too large for one protobuf."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    for f in path.parent.glob(path.name + "*"):
+        f.unlink()
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    large = weights > 1_500_000_000
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data" if large else None)
+
+
+def check_onnx(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path), full_check=False)
+
+
+def parity(graph: torch.nn.Module, spec: ModelSpec, path: Path, seed: int = 1, **sizes: int) -> ParityReport:
+    """Fresh random inputs (batch 3, other sizes) through PyTorch and ONNX Runtime."""
+    import onnxruntime as ort
+
+    batch = 3 if spec.batched else 1
+    inputs = graph.example_inputs(batch=batch, seed=seed, **sizes)
+    with torch.inference_mode():
+        ref = graph(*inputs)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {t.name: x.numpy() for t, x in zip(spec.inputs, inputs)}
+    got = session.run([t.name for t in spec.outputs], feeds)
+    errors = {}
+    for t, r, g in zip(spec.outputs, ref, got):
+        r = r.numpy()
+        if r.shape != g.shape:
+            raise AssertionError(f"{spec.name}.{t.name}: ONNX shape {g.shape} != PyTorch {r.shape}")
+        scale = float(np.max(np.abs(r))) or 1.0
+        errors[t.name] = float(np.max(np.abs(g.astype(np.float64) - r))) / scale if r.size else 0.0
+    return ParityReport(spec.name, errors)
