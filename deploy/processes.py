@@ -61,3 +61,24 @@ def busy_ports(ports: list[int]) -> list[int]:
             except OSError:
                 busy.append(port)
     return busy
+
+
+def free_ports(count: int = 3) -> list[int]:
+    """`count` distinct TCP ports nothing listens on now (the kernel's picks), for servers started in tests and
+    benchmarks beside other servers on the machine."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def server_ports() -> dict[str, int]:
+    """ServerOptions' three ports, free now: `ServerOptions(**server_ports(), ...)`."""
+    http, grpc, metrics = free_ports(3)
+    return {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from export.contract.presets import Preset
 from export.contract.spec import ModelSpec
+from export.contract.vocab import SpecialTokens
 
 Infer = Callable[[str, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
 # (model, inputs, timeout s) -> outputs: the raw stage call, used to release a session even after a cancel
@@ -120,6 +122,33 @@ async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: S
     except BaseException:
         await decoder.close()
         raise
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """The special tokens of the manifest (export.contract.vocab.SpecialTokens) as ids of the served tokenizers,
+    resolved once when the orchestrator loads: a token the tokenizer lacks is an error then, not mid-turn."""
+
+    asr_prompt: tuple[int, ...]
+    asr_end: int
+    asr_banned: tuple[int, ...]  # every added token but the end: no language switch, no new prompt mid-transcript
+    llm_stop: frozenset[int]
+    llm_banned: tuple[int, ...]
+
+    @classmethod
+    def resolve(cls, special: SpecialTokens, asr, llm) -> "TokenIds":
+        def ids(tok, names, what: str) -> tuple[int, ...]:
+            found = tuple(tok.token_to_id(n) for n in names)
+            missing = [n for n, i in zip(names, found) if i is None]
+            if missing:
+                raise ValueError(f"the {what} tokenizer has no {missing} (export manifest special_tokens)")
+            return found
+
+        (asr_end,) = ids(asr, [special.asr_end], "ASR")
+        added = sorted(i for i in asr.get_added_tokens_decoder() if i != asr_end)
+        return cls(asr_prompt=ids(asr, special.asr_prompt, "ASR"), asr_end=asr_end, asr_banned=tuple(added),
+                   llm_stop=frozenset(ids(llm, special.llm_stop, "LLM")),
+                   llm_banned=ids(llm, special.llm_banned, "LLM"))
 
 
 def greedy(logits: np.ndarray, banned: Sequence[int] = ()) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import greedy, sample, start_decoder
+from ensemble.decoding import TokenIds, greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
@@ -64,6 +64,7 @@ class Tokenizers:
     asr: object
     llm: object
     chat_prompt: Callable[[str], str]  # applies the LLM's chat template to the user's words
+    ids: TokenIds  # the special tokens both are driven with
     tts_ids: Callable[[str], list[int]] = text_to_ids  # text -> FastSpeech2 symbol ids (characters or ARPAbet)
 
 
@@ -229,9 +230,8 @@ class Turn:
     async def _transcribe(self, audio16k: np.ndarray) -> str:
         mel = whisper_log_mel(audio16k)[None]
         features = (await self.call(spec.ASR_ENCODER, mel=mel))["audio_features"]
-        tok = self.tok.asr
-        prompt = [tok.token_to_id(t) for t in ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")]
-        eot = tok.token_to_id("<|endoftext|>")
+        tok, special = self.tok.asr, self.tok.ids
+        prompt, eot = list(special.asr_prompt), special.asr_end
         vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
         # the GPU variant keeps the utterance's cross-attention keys/values and the cache on its side (one session
         # per utterance, the features sent once): released on every way out
@@ -244,10 +244,9 @@ class Turn:
         seconds = audio16k.size / media.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
                     int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
-        specials = list(prompt)
         try:
             while len(out) < limit:
-                token = greedy(logits, banned=specials)
+                token = greedy(logits, banned=special.asr_banned)
                 if token == eot:
                     break
                 out.append(token)
@@ -259,8 +258,8 @@ class Turn:
     async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:
         tok = self.tok.llm
         ids = tok.encode(self.tok.chat_prompt(user_text)).ids[-self._max_prompt():]
-        stops = {tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")} - {None}
-        specials = [tok.token_to_id(t) for t in ("<|im_start|>", "<|startoftranscript|>") if tok.token_to_id(t) is not None]
+        stops = self.tok.ids.llm_stop
+        specials = list(self.tok.ids.llm_banned)
         if self.options.ignore_eos:
             specials += sorted(stops)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding

@@ -33,6 +33,7 @@ from ensemble import metrics
 from ensemble.answer_cache import DEFAULT_PHRASES, AnswerCache
 from ensemble.audio_input import check_sample_rate, validate_audio
 from ensemble.avatar import AvatarStore
+from ensemble.decoding import TokenIds
 from ensemble.draining import draining
 from ensemble.errors import InputError, Overloaded
 from ensemble.governor import GovernorSettings, LoadGovernor
@@ -48,7 +49,7 @@ from export.contract.events import CANCELLED, DONE, VAD, Event
 from export.contract.presets import Preset
 from export.contract.spec import STAGES, TALKING_HEAD
 from export.contract.text_frontend import text_to_ids
-from export.contract.vocab import chatml_prompt
+from export.contract.vocab import SpecialTokens, chatml_prompt
 
 MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
 
@@ -124,9 +125,14 @@ class Service:
         info = read_manifest(artifacts)
         config = config or ServiceConfig(limits=limits or Limits())
         limits = config.limits
-        tokenizers = Tokenizers(asr=Tokenizer.from_file(str(artifacts / info["asr_tokenizer"])),
-                                llm=Tokenizer.from_file(str(artifacts / info["llm_tokenizer"])),
-                                chat_prompt=_chat_prompt(artifacts, info), tts_ids=_tts_front_end(artifacts, info))
+        asr = Tokenizer.from_file(str(artifacts / info["asr_tokenizer"]))
+        llm = Tokenizer.from_file(str(artifacts / info["llm_tokenizer"]))
+        if "special_tokens" not in info:
+            raise ValueError(f"{artifacts}/export.json names no special_tokens: written by an older export; run "
+                             f"`python -m export` again")
+        special = SpecialTokens.from_json(info["special_tokens"])
+        tokenizers = Tokenizers(asr=asr, llm=llm, chat_prompt=_chat_prompt(artifacts, info),
+                                ids=TokenIds.resolve(special, asr, llm), tts_ids=_tts_front_end(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
                    avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=limits.max_avatars,
                                        max_bytes=limits.max_avatar_store_bytes),

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from export.contract.layout import MODEL_REPOSITORY
 
-PORTS = dict(http_port=18000, grpc_port=18001, metrics_port=18002)
+PORTS = server_ports()  # free ports: other servers may hold the usual ones
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Faults inside the server (ports 19000-19002): a stage's stub killed mid-session, a stage that raises.
+"""Faults inside the server (a server of its own, on free ports): a stage's stub killed mid-session, a stage that raises.
 
 What Triton 2.51 does when a stage's Python stub dies (measured here, see RELIABILITY.md): it does
 NOT restart the stub; the model stays READY and `/v2/health/ready` stays 200; every request to the
@@ -31,7 +31,7 @@ import pytest
 
 from client.sdk import ServerError, TalkingHeadClient
 from deploy.admin import admin_headers
-from deploy.processes import stubs
+from deploy.processes import server_ports, stubs
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract import events as ev
@@ -39,7 +39,7 @@ from export.contract.layout import ROOT
 
 pytestmark = pytest.mark.server
 
-PORTS = dict(http_port=19000, grpc_port=19001, metrics_port=19002)
+PORTS = server_ports()
 FAULTY = Path(__file__).resolve().parent / "faulty_stage" / "model.py"
 LONG_TURN = dict(text="Please tell me a long story about the sea.", options={"max_reply_tokens": 120, "ignore_eos": True})
 SHORT_TURN = dict(text="Hello there.", options={"max_reply_tokens": 8})

@@ -1,6 +1,6 @@
 """Load tests against the session's real tritonserver: a short headless locust run and a perf_analyzer run.
 
-Both reuse tests/conftest.py's `server` (gRPC on 18001); the whole file takes about
+Both reuse tests/conftest.py's `server` (on free ports); the whole file takes about
 40-60 s on 2 cores (locust 20 s plus start-up and the last turns; perf_analyzer ~5 s).
 """
 from __future__ import annotations

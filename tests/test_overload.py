@@ -1,4 +1,4 @@
-"""Overload behaviour against the real server (ports 19110-19112): 4x the session cap.
+"""Overload behaviour against the real server (a server of its own, on free ports): 4x the session cap.
 
 The timings (refusal latency, admitted TTFA) are what `python -m loadtests.overload` measures and
 prints; this test checks the behaviour only: excess turns are refused before any event with the
@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from client.retry import is_retryable_refusal
+from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble import metrics
 from ensemble.avatar import demo_avatar_png
@@ -17,7 +18,7 @@ from loadtests.overload import counter, run_users, wait_idle
 
 pytestmark = pytest.mark.server
 
-PORTS = dict(http_port=19110, grpc_port=19111, metrics_port=19112)
+PORTS = server_ports()
 CAP = 1
 FACTOR = 4
 

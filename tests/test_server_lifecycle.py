@@ -6,7 +6,7 @@ import sys
 import av
 import pytest
 
-from deploy.processes import leaked_shm
+from deploy.processes import leaked_shm, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from export.contract.layout import ROOT
 
@@ -21,7 +21,7 @@ def _children(pid: int) -> list[int]:
 def test_stop_leaves_no_stub_process_and_no_shared_memory(exported_repository, tmp_path):
     before = set(leaked_shm())
     server = EmbeddedServer(ServerOptions(repository=exported_repository, workdir=tmp_path,
-                                          http_port=18200, grpc_port=18201, metrics_port=18202))
+                                          **server_ports()))
     server.start()
     pid = server.process.pid
     stubs = _children(pid)

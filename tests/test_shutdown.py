@@ -25,6 +25,7 @@ import pytest
 
 from client.retry import is_retryable_refusal
 from client.sdk import ClientError, ServerError, TalkingHeadClient
+from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract import events as ev
@@ -33,7 +34,7 @@ from export.contract.layout import ROOT
 pytestmark = pytest.mark.server
 
 PYTHON_SHM = "triton_python_backend_shm_region"  # the stock Python backend's regions
-PORTS = dict(http_port=18900, grpc_port=18901, metrics_port=18902)
+PORTS = server_ports()
 GRPC_URL = f"localhost:{PORTS['grpc_port']}"
 READY_URL = f"http://localhost:{PORTS['http_port']}/v2/health/ready"
 LONG_TURN = dict(text="Please tell me a long story about the sea.", options={"max_reply_tokens": 120, "ignore_eos": True})

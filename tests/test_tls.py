@@ -16,13 +16,14 @@ from tritonclient.utils import InferenceServerException
 
 from client.sdk import ConnectionFailed, TalkingHeadClient
 from deploy.admin import ADMIN_GRPC_HEADER, admin_headers
+from deploy.processes import server_ports
 from deploy.server import ADMIN_APIS, EmbeddedServer, ServerOptions
 from deploy.tls import make_self_signed
 from ensemble.avatar import demo_avatar_png
 
 pytestmark = pytest.mark.server
 
-PORTS = dict(http_port=18700, grpc_port=18701, metrics_port=18702)
+PORTS = server_ports()
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,14 @@ def _copy(src: Path, dst: Path) -> None:
 def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: str | dict = "seeded random", *,
                                  asr_tokenizer: Path | None = None, llm_tokenizer: Path | None = None,
                                  chat_template: str | None = None, tts_lexicon: Path | None = None,
-                                 tts_frontend: str | None = None, dims: dict | None = None) -> None:
+                                 tts_frontend: str | None = None, dims: dict | None = None,
+                                 special_tokens: vocab.SpecialTokens = vocab.TINY_SPECIAL_TOKENS) -> None:
     """Write the tokenizers (the checkpoints' when given, else the tiny word tokenizer) and the manifest.
 
     weights: "seeded random" for all, or family -> "seeded random" / {"source", "path", "files"}.
     chat_template: the LLM's Jinja2 chat template (a ChatTemplate's .tokens are recorded too).
     dims: family -> the model dimensions exported (when they differ from the named preset's).
+    special_tokens: the ASR prompt and end, the LLM's stops and banned tokens (the checkpoints' when real).
     """
     folder.mkdir(parents=True, exist_ok=True)
     for src, name in ((llm_tokenizer, "llm_tokenizer.json"), (asr_tokenizer, "asr_tokenizer.json")):
@@ -43,6 +45,7 @@ def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: 
     manifest = {
         "preset": preset, "seed": seed, "weights": weights,
         "llm_tokenizer": "llm_tokenizer.json", "asr_tokenizer": "asr_tokenizer.json",
+        "special_tokens": special_tokens.to_json(),
     }
     if chat_template is not None:
         (folder / CHAT_TEMPLATE).write_text(str(chat_template), encoding="utf-8")

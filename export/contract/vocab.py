@@ -10,6 +10,7 @@ contractions ("don't", "it's") are single words; anything else maps to `<unk>`.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
@@ -92,6 +93,30 @@ def build_tokenizer() -> Tokenizer:
     # the specials are matched before normalization and pre-tokenization, as single ids
     tok.add_special_tokens(list(SPECIALS))
     return tok
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """The special tokens the orchestrator drives the ASR decoder and the LLM with, as token strings; the export
+    writes them into the manifest from the checkpoint's tokenizer (export/contract/artifacts.py)."""
+
+    asr_prompt: tuple[str, ...]  # what a transcription starts with (.en Whisper models: no language/task tokens)
+    asr_end: str  # ends a transcript
+    llm_stop: tuple[str, ...]  # any of these ends a reply
+    llm_banned: tuple[str, ...] = ()  # never sampled (they would open a new chat turn)
+
+    def to_json(self) -> dict:
+        return {"asr_prompt": list(self.asr_prompt), "asr_end": self.asr_end, "llm_stop": list(self.llm_stop),
+                "llm_banned": list(self.llm_banned)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SpecialTokens":
+        return cls(tuple(d["asr_prompt"]), d["asr_end"], tuple(d["llm_stop"]), tuple(d.get("llm_banned", ())))
+
+
+# the tiny vocabulary's: multilingual Whisper's prompt, ChatML's stops
+TINY_SPECIAL_TOKENS = SpecialTokens(asr_prompt=(STARTOFTRANSCRIPT, EN, TRANSCRIBE, NOTIMESTAMPS), asr_end=ENDOFTEXT,
+                                    llm_stop=(IM_END, ENDOFTEXT), llm_banned=(IM_START, STARTOFTRANSCRIPT))
 
 
 def save(path: str) -> None:
