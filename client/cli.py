@@ -3,7 +3,8 @@
     python -m client register-avatar face.jpg
     python -m client ask --text "Hello there" --avatar ID
     python -m client ask --audio question.m4a --avatar ID --out out/ --name answer --json
-    python -m client talk --audio conversation.wav --avatar ID --session me   # a live microphone, simulated
+    python -m client talk --mic --avatar ID --session me                      # converse by voice
+    python -m client talk --audio conversation.wav --avatar ID                # a recording, paced as a microphone
     python -m client cancel --session me                                      # stop the reply in flight
 
 Exit codes: 0 ok, 1 unexpected failure, 2 bad arguments or input files,
@@ -83,7 +84,6 @@ def cmd_register_avatar(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- ask
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from client import media
     from client.turns import TurnCollector
     from export.contract import events as ev
     from export.contract.spec import TALKING_HEAD
@@ -97,18 +97,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
         turn = TurnCollector(clock=th.clock)
-        said_transcript = args.text is not None  # text input: the text is the transcript
-        if said_transcript:
-            print(f"transcript: {args.text}", file=say, flush=True)
-        in_reply = False
+        said_transcript = in_reply = False
         with th.ask(avatar_id=args.avatar, text=args.text, audio=audio, options=options) as stream:
             try:
-                for event in stream:
+                for event in stream:  # the first event means the server accepted the turn
                     turn.add(event)
-                    if event.type == ev.TRANSCRIPT and not said_transcript:
-                        print(f"transcript: {event.data.get('text', '')}", file=say, flush=True)
+                    if not said_transcript and (event.type == ev.TRANSCRIPT or args.text is not None):
+                        heard = event.data.get("text", "") if event.type == ev.TRANSCRIPT else args.text
+                        print(f"transcript: {heard}", file=say, flush=True)
                         said_transcript = True
-                    elif event.type == ev.TEXT:
+                    if event.type == ev.TEXT:
                         if not in_reply:
                             print("reply: ", end="", file=say)
                             in_reply = True
@@ -120,32 +118,41 @@ def cmd_ask(args: argparse.Namespace) -> int:
                 if in_reply:
                     print(file=say, flush=True)
     result = turn.result()
+    if result.interrupted:
+        print(f"interrupted ({result.interrupted}): the reply above stops where its audio stopped, "
+              f"{result.audio_s:.1f} s in", file=say)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    wav_path = out_dir / f"{args.name}.wav"
-    mp4_path = out_dir / f"{args.name}.mp4"
-    media.write_wav(wav_path, result.audio, result.sample_rate)
-    written = [wav_path]
-    if result.frames or result.audio.size:
-        media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=C.VIDEO_FPS,
-                        frame_indices=result.frame_indices)
-        written.append(mp4_path)
-    else:
-        print(f"warning: the answer has neither audio nor video; {mp4_path} not written", file=sys.stderr)
-
+    written = _write_media(result, out_dir, args.name, say)
     print("", file=say)
     print(result.format_table(), file=say)
     print("wrote " + ", ".join(str(p) for p in written), file=say, flush=True)
     if args.json:
         summary = result.summary()
+        if args.text is not None:  # the server never echoes typed text back as a transcript
+            summary["transcript"] = args.text
         summary["files"] = [str(p) for p in written]
         print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
+def _write_media(result, out_dir: Path, name: str, say: TextIO) -> list[Path]:
+    """NAME.wav, and NAME.mp4 at a constant 25 fps (a dropped frame slot repeats the frame before it)."""
+    from client import media
+
+    wav_path, mp4_path = out_dir / f"{name}.wav", out_dir / f"{name}.mp4"
+    media.write_wav(wav_path, result.audio, result.sample_rate)
+    if not (result.frames or result.audio.size):
+        print(f"warning: the answer has neither audio nor video; {mp4_path} not written", file=sys.stderr)
+        return [wav_path]
+    media.write_mp4(mp4_path, result.frames, result.audio, result.sample_rate, fps=C.VIDEO_FPS,
+                    frame_indices=result.frame_indices)
+    return [wav_path, mp4_path]
+
+
 # ---------------------------------------------------------------- talk (microphone) and cancel
 
-def _read_speech(path: str) -> "np.ndarray":
+def _read_speech(path: str):
     from client import media
 
     if not os.path.isfile(path):
@@ -160,30 +167,51 @@ def _read_speech(path: str) -> "np.ndarray":
 
 
 def cmd_talk(args: argparse.Namespace) -> int:
-    from client import media
+    import uuid
+
     from client.turns import TurnCollector
     from export.contract import events as ev
     from export.contract.spec import TALKING_HEAD
 
-    audio = _read_speech(args.audio)
+    if args.mic:
+        from client.mic import MicrophoneUnavailable, live_chunks
+
+        try:
+            source = live_chunks(args.seconds, args.chunk_ms)
+        except MicrophoneUnavailable as e:
+            raise UsageError(str(e)) from None
+        what = f"the microphone for up to {args.seconds:g} s (Ctrl-C ends)"
+    else:
+        source = _read_speech(args.audio)
+        pace = "in real time" if args.realtime else "as fast as possible"
+        what = f"{source.size / C.INPUT_SAMPLE_RATE:.1f} s of {args.audio} {pace}"
+    session = args.session or f"cli-{uuid.uuid4().hex[:12]}"  # a fresh conversation unless one is named
     options = {**(_options(args.options) or {}), "min_silence_ms": args.min_silence_ms}
     say: TextIO = sys.stderr if args.json else sys.stdout
     turns: dict[str, TurnCollector] = {}
+    ended_at: dict[str, float] = {}  # turn -> when its turn_end event arrived (the client's clock)
+    last_end: float | None = None
     out_dir = Path(args.out)
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
-        pace = "in real time" if args.realtime else "as fast as possible"
-        print(f"streaming {audio.size / C.INPUT_SAMPLE_RATE:.1f} s of audio in {args.chunk_ms:g} ms chunks "
-              f"{pace} (session {args.session})", file=say, flush=True)
-        for event in th.microphone(session=args.session, avatar_id=args.avatar, audio=audio, chunk_ms=args.chunk_ms,
-                                   realtime=args.realtime, options=options):
+        print(f"streaming {what} in {args.chunk_ms:g} ms chunks (session {session})", file=say, flush=True)
+        events = th.microphone(session=session, avatar_id=args.avatar, audio=source, chunk_ms=args.chunk_ms,
+                               realtime=args.realtime, options=options)
+        for event in events:
             if event.type == ev.VAD:
-                extra = f", after {event.data['silence_ms']:.0f} ms of silence" if "silence_ms" in event.data else ""
-                print(f"[vad] {event.data['state']} at {event.data['t_s']:.2f} s{extra}", file=say, flush=True)
+                d = event.data
+                extra = f", after {d['silence_ms']:.0f} ms of silence" if "silence_ms" in d else ""
+                if d.get("end_of_input"):
+                    extra = ": the input ended before the silence that ends a turn; the turn ends here"
+                    last_end = event.received_at
+                elif d["state"] == "turn_end":
+                    last_end = event.received_at
+                print(f"[vad] {d['state']} at {d['t_s']:.2f} s{extra}", file=say, flush=True)
                 continue
             turn_id = event.data.get("turn_id")
             if turn_id not in turns:
-                turns[turn_id] = TurnCollector(clock=th.clock)
+                turns[turn_id] = TurnCollector(clock=th.clock, t0=last_end)
+                ended_at[turn_id] = last_end
             turns[turn_id].add(event)
             if event.type == ev.TRANSCRIPT:
                 print(f"[turn {len(turns)}] heard: {event.data.get('text', '')}", file=say, flush=True)
@@ -192,15 +220,18 @@ def cmd_talk(args: argparse.Namespace) -> int:
                 print(f"[turn {len(turns)}] reply: {event.data.get('reply', '')}{why}", file=say, flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     summaries = []
-    for k, turn in enumerate(turns.values(), 1):
+    for k, (turn_id, turn) in enumerate(turns.items(), 1):
         result = turn.result()
-        path = out_dir / f"{args.name}{k}.mp4"
-        if result.frames or result.audio.size:
-            media.write_mp4(path, result.frames, result.audio, result.sample_rate, fps=C.VIDEO_FPS,
-                            frame_indices=result.frame_indices)
-        print(f"turn {k}: first audio {result.time_to_first_audio_s or 0:.3f} s after its turn's end was "
-              f"detected (the turn-end silence not counted) -> {path}", file=say)
-        summaries.append({**result.summary(), "file": str(path)})
+        written = _write_media(result, out_dir, f"{args.name}{k}", say)
+        server = result.server_timings_ms.get("first_audio")
+        client_s = result.time_to_first_audio_s
+        print(f"turn {k}: first audio {'-' if server is None else f'{server:.0f} ms'} after the server detected the "
+              f"turn's end (server clock; the turn-end silence not counted), "
+              f"{'-' if client_s is None else f'{client_s * 1000:.0f} ms'} after its turn_end event reached this "
+              f"client -> {written[-1]}", file=say)
+        summaries.append({**result.summary(), "files": [str(p) for p in written]})
+    if not turns:
+        print("no turn was detected in the input (no speech?)", file=say)
     if args.json:
         print(json.dumps(summaries, indent=2))
     return EXIT_OK
@@ -257,13 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. '{\"video\": false, \"speed\": 1.1}'")
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("talk", parents=[common], help="stream a recording as a live microphone; save each reply",
-                       description="Stream an audio file in small chunks as a microphone would (real time by "
-                                   "default). The server detects each turn (voice activity + silence), replies, and "
-                                   "stops a reply when the user speaks over it. Writes DIR/NAME<k>.mp4 per turn.")
-    p.add_argument("--audio", required=True, metavar="FILE", help="the user's side of the conversation (any format)")
+    p = sub.add_parser("talk", parents=[common], help="converse by voice: the microphone or a recording",
+                       description="Stream the microphone (--mic) or an audio file (--audio, paced in real time by "
+                                   "default) in small chunks. The server detects each turn (voice activity + "
+                                   "silence), replies, and stops a reply when the user speaks over it; at the end of "
+                                   "the input a turn still open ends without waiting for silence. Prints what it "
+                                   "heard and replied, each turn's first-audio latency (from the server's turn-end "
+                                   "detection), and writes DIR/NAME<k>.wav and DIR/NAME<k>.mp4 per turn.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--audio", metavar="FILE", help="the user's side of the conversation (any format)")
+    src.add_argument("--mic", action="store_true", help="the default input device (needs sounddevice + PortAudio)")
+    p.add_argument("--seconds", type=float, default=60.0, help="with --mic: record at most this long (default: "
+                                                               "%(default)s)")
     p.add_argument("--avatar", required=True, metavar="ID", help="avatar id from register-avatar")
-    p.add_argument("--session", default="cli", help="conversation id (default: %(default)s)")
+    p.add_argument("--session", default=None,
+                   help="conversation id (default: a new one per run, so runs never share turn-detector state)")
     p.add_argument("--chunk-ms", type=float, default=32.0, help="microphone chunk length (default: %(default)s)")
     p.add_argument("--min-silence-ms", type=int, default=500,
                    help="silence that ends the user's turn (default: %(default)s)")

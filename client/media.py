@@ -99,9 +99,10 @@ def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.n
               frame_indices: Sequence[int] | None = None, crf: int = 20, preset: str = "veryfast") -> None:
     """Mux JPEG frames and mono PCM into an MP4: H.264 (libx264, yuv420p) + AAC.
 
-    Frame k is shown at pts frame_indices[k] (default k) in time base 1/fps, so frames the
-    server dropped to keep up with audio leave the previous frame on screen and the rest stay
-    in sync with the voice; audio frames carry pts in
+    Frame k is shown at slot frame_indices[k] (default k) of the 1/fps clock and the video has a constant
+    frame rate: a slot the server dropped to keep up with audio repeats the frame before it (the first frame
+    fills slots before it), and slots continue to the end of the audio, so frame count = audio x fps
+    (rounded up) and the rest stay in sync with the voice; audio frames carry pts in
     samples (time base 1/audio_rate). Frames are padded to even dimensions
     (yuv420p needs them); frames of a different size than the first are resized
     to it. With no frames the file holds only the AAC stream, with no (or empty)
@@ -143,13 +144,21 @@ def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.n
                 container.mux(astream.encode(af))
                 audio_pos += n
 
-        indices = range(len(frames_jpeg)) if frame_indices is None else list(frame_indices)
+        indices = list(range(len(frames_jpeg))) if frame_indices is None else list(frame_indices)
         if len(indices) != len(frames_jpeg) or any(b <= a for a, b in zip(indices, indices[1:])):
             raise ValueError("write_mp4: frame_indices must be increasing, one per frame")
-        for i, jpeg in zip(indices, frames_jpeg):
+        # a constant frame rate: every slot of the clock gets a frame (a dropped slot repeats the frame before
+        # it), through the end of the audio
+        slots = indices[-1] + 1 if indices else 0
+        if a is not None and indices:
+            slots = max(slots, media.video_frames_for_samples(a.size, int(audio_rate)))
+        by_slot = dict(zip(indices, frames_jpeg))
+        vf = None
+        for i in range(slots):
             encode_audio_until(int(Fraction(i * int(audio_rate), fps)))
-            img = _fit(decode_jpeg(jpeg), width, height)
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
+            if i in by_slot or vf is None:
+                img = _fit(decode_jpeg(by_slot.get(i, frames_jpeg[0])), width, height)
+                vf = av.VideoFrame.from_ndarray(img, format="bgr24").reformat(format="yuv420p")
             vf.pts = i
             vf.time_base = Fraction(1, fps)
             container.mux(vstream.encode(vf))

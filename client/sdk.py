@@ -323,29 +323,45 @@ class TalkingHeadClient:
                 return dict(event.data)
         raise ProtocolError(f"{TALKING_HEAD.name} answered a cancel without a '{ev.CANCELLED}' event")
 
-    def microphone(self, *, session: str, avatar_id: str | AvatarInfo, audio: np.ndarray, chunk_ms: float = 32.0,
-                   realtime: bool = True, options: Mapping[str, Any] | None = None,
+    def microphone(self, *, session: str, avatar_id: str | AvatarInfo, audio: np.ndarray | Iterable[np.ndarray],
+                   chunk_ms: float = 32.0, realtime: bool = True, options: Mapping[str, Any] | None = None,
                    timeout_s: float | None = None) -> Iterator[StreamEvent]:
         """Stream speech as a live microphone would, on one gRPC stream, and yield every event back.
 
-        `audio` (mono float32 at media.INPUT_SAMPLE_RATE) goes out in `chunk_ms` chunks, paced
-        at real time when `realtime` (else as fast as possible). The server's voice activity
-        detection sends `vad` events (speech_start, turn_end) and, at each turn's end, the reply's
-        events (transcript, text, audio, video, done) on the request that ended the turn; speech
-        during a reply interrupts it (its `done` says "barge_in"). Ends when all audio is sent and
-        every request has its final response; `timeout_s` bounds the whole stream.
+        `audio`: a recording (mono float32 at media.INPUT_SAMPLE_RATE), sent in `chunk_ms` chunks paced at
+        real time when `realtime` (else as fast as possible); or an iterable of such chunks (a live
+        microphone, client.mic: its own pace). The server's voice activity detection sends `vad` events
+        (speech_start, turn_end) and, at each turn's end, the reply's events (transcript, text, audio, video,
+        done) on the request that ended the turn; speech during a reply interrupts it (its `done` says
+        "barge_in"). The last chunk says `end_of_input`: a turn still open then ends without waiting for
+        silence (its turn_end event has "end_of_input": true). Ends when all audio is sent and every request
+        has its final response; `timeout_s` bounds the whole stream (default: turn_timeout_s plus the audio).
         """
         if isinstance(avatar_id, AvatarInfo):
             avatar_id = avatar_id.id
-        a = np.asarray(audio, dtype=np.float32).reshape(-1)
         step = max(1, int(round(chunk_ms * media.INPUT_SAMPLE_RATE / 1000)))
-        opts = json.dumps({**dict(options or {}), "action": "mic", "session": session})
-        fixed = [infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]), infer_input(TALKING_HEAD, TH_OPTIONS, [opts]),
+        if isinstance(audio, np.ndarray):
+            a = np.asarray(audio, dtype=np.float32).reshape(-1)
+            chunks: Iterable[np.ndarray] = (a[i:i + step] for i in range(0, a.size, step))
+            pace_s = step / media.INPUT_SAMPLE_RATE if realtime else 0.0
+            seconds = a.size / media.INPUT_SAMPLE_RATE
+        else:
+            chunks, pace_s, seconds = audio, 0.0, 3600.0
+        base = {**dict(options or {}), "action": "mic", "session": session}
+        fixed = [infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
                  infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [media.INPUT_SAMPLE_RATE])]
-        requests = ([infer_input(TALKING_HEAD, TH_AUDIO, a[i:i + step])] + fixed for i in range(0, a.size, step))
-        pace_s = step / media.INPUT_SAMPLE_RATE if realtime else 0.0
-        total = self.turn_timeout_s + a.size / media.INPUT_SAMPLE_RATE if timeout_s is None else float(timeout_s)
-        return self._run_stream(requests, uuid.uuid4().hex, total, pace_s)
+
+        def requests() -> Iterator[list[grpcclient.InferInput]]:
+            pending = None
+            for chunk in chunks:
+                if pending is not None:
+                    yield _mic_request(pending, base, fixed, last=False)
+                pending = np.asarray(chunk, dtype=np.float32).reshape(-1)
+            if pending is not None:
+                yield _mic_request(pending, base, fixed, last=True)
+
+        total = self.turn_timeout_s + seconds if timeout_s is None else float(timeout_s)
+        return self._run_stream(requests(), uuid.uuid4().hex, total, pace_s)
 
     def turn(self, *, retry: RetryPolicy | None = None, **ask_kwargs: Any) -> TurnResult:
         """`ask(...)` and collect the whole turn into a `TurnResult`.
@@ -492,3 +508,9 @@ class TalkingHeadClient:
                 reusable = False
                 log.debug("stop_stream failed", exc_info=True)
             self._release(grpc_client, reusable)
+
+
+def _mic_request(chunk: np.ndarray, options: dict, fixed: list, last: bool) -> list[grpcclient.InferInput]:
+    opts = {**options, "end_of_input": True} if last else options
+    return [infer_input(TALKING_HEAD, TH_AUDIO, chunk), infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(opts)]),
+            *fixed]

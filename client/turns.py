@@ -94,6 +94,16 @@ class TurnResult:
         return len(self.frames) / media.VIDEO_FPS
 
     @property
+    def interrupted(self) -> str | None:
+        """Why the reply stopped early ("barge_in", "cancel"), or None when it ran to its end."""
+        return (self.done or {}).get("interrupted")
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frame slots the server left out (late, or the frame stride); the MP4 repeats a frame in each."""
+        return int((self.done or {}).get("frames_dropped") or 0)
+
+    @property
     def server_timings_ms(self) -> dict[str, Any]:
         return dict((self.done or {}).get("timings_ms") or {})
 
@@ -117,6 +127,8 @@ class TurnResult:
             "stall_s": self.stall_s,
             "min_prebuffer_s": self.min_prebuffer_s,
             "server_timings_ms": self.server_timings_ms,
+            "interrupted": self.interrupted,
+            "frames_dropped": self.frames_dropped,
         }
 
     def format_table(self) -> str:
@@ -131,7 +143,9 @@ class TurnResult:
             ("total", s(self.total_s)),
             ("audio", s(self.audio_s)),
             ("real-time factor", "-" if rtf is None else f"{rtf:8.3f}"),
-            ("frames", f"{len(self.frames):8d}"),
+            ("frames", f"{len(self.frames):8d}" + (f"  ({self.frames_dropped} slot(s) dropped by the server, "
+                                                   f"each filled with the frame before it)" if self.frames_dropped
+                                                   else "")),
             ("largest audio gap", s(self.max_audio_gap_s)),
             ("playback underrun", (f"yes: {self.underrun_count} stall(s), {self.stall_s:.3f} s; "
                                    f"prebuffer {self.min_prebuffer_s:.3f} s avoids it")

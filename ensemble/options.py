@@ -52,6 +52,7 @@ class TurnOptions:
     action: str = "turn"  # turn | cancel (stop the session's reply) | mic (one microphone chunk) |
     #                       prerender (fill the answer cache for this avatar) | idle (stream idle-motion frames)
     min_silence_ms: int = 500  # mic: silence that ends the user's turn
+    end_of_input: bool = False  # mic: the last chunk of the stream; a turn in progress ends with it (no silence needed)
     idle_s: float = 2.0  # idle: seconds of idle-motion frames to stream
 
     @classmethod
@@ -82,7 +83,7 @@ class TurnOptions:
 
         if self.max_reply_tokens is not None:
             bounded("max_reply_tokens", 1, 512)
-        for flag in ("video", "streaming", "ignore_eos"):
+        for flag in ("video", "streaming", "ignore_eos", "end_of_input"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
         bounded("deadline_s", 0.05, 600.0)

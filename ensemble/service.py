@@ -301,8 +301,12 @@ class Service:
             session.mic_lock = asyncio.Lock()
         async with session.mic_lock:
             found = await session.mic.push(chunk)
+            if options.end_of_input:  # the stream ends: a turn still open ends here, the detector starts afresh
+                found += session.mic.flush()
         for event in found:
             data = {"turn_id": None, "t_ms": 0.0, "state": event.kind, "t_s": round(event.t_s, 3)}
+            if options.end_of_input and event.kind == "turn_end":
+                data["end_of_input"] = True
             if event.kind == "speech_start":
                 emit(Event(VAD, data))
                 self._interrupt(session.turn, "barge_in")  # the user speaks over the reply

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from export.contract import spec
-from export.contract.artifacts import write_orchestrator_artifacts
+from export.contract.artifacts import STAGE_WEIGHTS, write_orchestrator_artifacts
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS, get_preset
 from export.toolchain import onnx_export, vad, weights
@@ -57,6 +57,18 @@ def up_to_date(manifest: Path, key: dict) -> bool:
         return json.loads(manifest.read_text()).get("key") == key and (manifest.parent / "model.onnx").exists()
     except (OSError, json.JSONDecodeError):
         return False
+
+
+def save_weights(graph: torch.nn.Module, folder: Path, real: bool) -> None:
+    """A real-weights graph's state beside its ONNX graph, for the PyTorch-on-CUDA variant (seeded random graphs
+    are rebuilt there from the preset and seed); a tied matrix is stored once."""
+    path = folder / STAGE_WEIGHTS
+    if real:
+        from safetensors.torch import save_model
+
+        save_model(graph, str(path))
+    else:
+        path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(name)
             print(line, flush=True)
             if name not in failed:
+                save_weights(graph, folder, real=weights.STAGE_FAMILY[name] in loaded)
                 (folder / "export.json").write_text(json.dumps({"key": stage_key(name)}, indent=2))
     tokenizer = {fam: loaded[fam].tokenizer_file if fam in loaded else None for fam in ("asr", "llm")}
     write_orchestrator_artifacts(

@@ -157,6 +157,23 @@ def test_mp4_has_one_h264_and_one_aac_stream_with_right_counts(tmp_path):
     assert abs(dec["audio_samples"] / rate - input_s) < 0.05
 
 
+def test_mp4_dropped_slots_repeat_the_frame_before_at_a_constant_rate(tmp_path):
+    """Slots the server dropped (late frames) and slots after the last frame still get a frame: the video has
+    audio x 25 frames (rounded up) at a constant 25 fps, each slot showing the latest frame made for it."""
+    rate, fps = C.OUTPUT_SAMPLE_RATE, C.VIDEO_FPS
+    a = tone(0.8, rate)  # 20 slots
+    frames, levels = jpeg_frames(4, 64, 64)
+    slots = [0, 1, 5, 9]  # 2-4 and 6-8 dropped, 10-19 never made
+    path = tmp_path / "gaps.mp4"
+    media.write_mp4(path, frames, a, rate, frame_indices=slots)
+    info, dec = probe(path)
+    expected = C.video_frames_for_samples(a.size)
+    assert info["fps"] == fps and len(dec["frames"]) == expected == 20
+    np.testing.assert_allclose(dec["pts_s"], np.arange(expected) / fps, atol=1e-3)
+    shown = [levels[max(k for k, slot in enumerate(slots) if slot <= i)] for i in range(expected)]
+    np.testing.assert_allclose(dec["means"], shown, atol=4)
+
+
 def test_mp4_audio_content_survives(tmp_path):
     rate = C.OUTPUT_SAMPLE_RATE
     a = tone(1.0, rate, hz=300)

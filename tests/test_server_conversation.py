@@ -120,6 +120,21 @@ def test_microphone_stream_detects_turns_and_replies(client, avatar, two_questio
     assert sum(e.type == ev.AUDIO for e in events) > 2
 
 
+def test_input_ending_mid_turn_still_gets_its_reply(client, avatar, two_questions):
+    """A stream that ends before the silence that would end the turn: the last chunk says end_of_input, the turn
+    ends there (its turn_end says so) and is answered; the session's detector starts afresh afterwards."""
+    sr = C.INPUT_SAMPLE_RATE
+    q = (two_questions.size - 5 * sr // 2) // 2  # the fixture: 0.5 s pause, q, 1 s, q, 1 s
+    tail_cut = two_questions[: sr // 2 + q - sr // 10]  # the first question without its last 0.1 s: ends on speech
+    for _ in range(2):  # the second run of the same session starts with a clean detector
+        events = list(client.microphone(session="flush", avatar_id=avatar.id, audio=tail_cut, realtime=False,
+                                        options={"min_silence_ms": 400, "max_reply_tokens": 8}))
+        ends = [e.data for e in events if e.type == ev.VAD and e.data["state"] == "turn_end"]
+        assert len(ends) == 1 and ends[0].get("end_of_input") is True
+        assert ends[0]["t_s"] <= tail_cut.size / C.INPUT_SAMPLE_RATE + 0.05  # no audio of an earlier run in it
+        assert [e.data["interrupted"] for e in events if e.type == ev.DONE] == [None]
+
+
 def test_microphone_chunk_at_the_wrong_rate_is_refused(client, avatar):
     from client.sdk import ServerError
 

@@ -17,6 +17,9 @@ from export.contract import vocab
 MANIFEST = "export.json"  # in the orchestrator's version folder (model_repository/talking_head/1/)
 CHAT_TEMPLATE = "llm_chat_template.jinja"
 TTS_LEXICON = "tts_lexicon.txt"
+# in a stage's version folder beside model.onnx: the module state of a stage exported from real weights, which
+# the PyTorch-on-CUDA variant loads (seeded random stages are rebuilt there from the preset and seed)
+STAGE_WEIGHTS = "weights.safetensors"
 
 
 def _copy(src: Path, dst: Path) -> None:

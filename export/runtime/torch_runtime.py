@@ -9,6 +9,7 @@ caches on the GPU (export/runtime/llm_sessions.py).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,10 +43,16 @@ def prefer_blocking_sync(device_index: int) -> bool:
             and set_flags(dev, blocking_sync) == 0)
 
 
-def load_graph(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str) -> torch.nn.Module:
+def load_graph(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
+               weights: Path | None = None) -> torch.nn.Module:
+    """The stage's module: the preset's seeded random weights, or the real ones the export saved in `weights`."""
     if precision not in DTYPES:
         raise ValueError(f"{spec.name}: unknown precision {precision!r}; choose one of {sorted(DTYPES)}")
     graph = build_graphs(preset, seed, [spec.name])[spec.name]
+    if weights is not None:
+        from safetensors.torch import load_model
+
+        load_model(graph, str(weights), strict=True)  # a key missing or left over is an error
     return graph.to(device=device, dtype=DTYPES[precision]).eval()
 
 
@@ -150,12 +157,12 @@ def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
-                 sessions: bool = False, cuda_graphs: bool = False):
+                 sessions: bool = False, cuda_graphs: bool = False, weights: Path | None = None):
     """A BatchRunner for the stage; sessions=True (a config with the spec's session inputs): the session-keyed
     GPU caches of export/runtime/llm_sessions.py (llm) or export/runtime/asr_sessions.py (asr_decoder), which serve stateless
     requests through the BatchRunner;
-    cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage)."""
-    graph = load_graph(spec, preset, seed, device, precision)
+    cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage); weights: see load_graph."""
+    graph = load_graph(spec, preset, seed, device, precision, weights)
     stage = TorchStage(spec, graph, device, precision)
     runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage)
     if not sessions:

@@ -1,12 +1,13 @@
 """Python-based Triton backend `torch_gpu`: a stage's PyTorch module on its instance's GPU (glue only).
 
 The preset and seed come from the export manifest beside the orchestrator, so
-every stage and the orchestrator agree on model sizes and tokenizers.
+every stage and the orchestrator agree on model sizes and tokenizers; a stage exported from real
+weights has them in `1/weights.safetensors`.
 """
 import torch
 
 from deploy.stage_backend import make_model, parameter, version_dir
-from export.contract.artifacts import manifest_preset, read_manifest
+from export.contract.artifacts import STAGE_WEIGHTS, manifest_preset, read_manifest
 from export.runtime.torch_runtime import prefer_blocking_sync, torch_runner
 
 
@@ -17,9 +18,11 @@ def gpu_runner(spec, config, args):
     prefer_blocking_sync(device_id)  # a waiting stub sleeps instead of spinning a core (BENCHMARKS.md, host load)
     torch.set_num_threads(2)  # the GPU does the work; no CPU thread pool spinning beside it
     sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
+    weights = version_dir(args) / STAGE_WEIGHTS  # real weights, when the export saved them
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
                         parameter(config, "precision", spec.gpu_precision), sessions=sessions,
-                        cuda_graphs=parameter(config, "cuda_graphs", "false") == "true")
+                        cuda_graphs=parameter(config, "cuda_graphs", "false") == "true",
+                        weights=weights if weights.exists() else None)
 
 
 TritonPythonModel = make_model(gpu_runner)
