@@ -144,7 +144,8 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
-            *(["--model-control-mode=explicit", "--load-model=*"] if o.model_control == "explicit" else []),
+            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.repository))]
+              if o.model_control == "explicit" else []),
             *o.security_args(),
             *o.extra_args,
         ]
@@ -367,6 +368,19 @@ class EmbeddedServer:
                 f"metrics http://localhost:{o.metrics_port}/metrics")
 
 
+
+
+def served_models(repository: Path) -> list[str]:
+    """What the server loads: the stage models the export wrote (its manifest's `models`: the speech and lip-sync
+    families it chose, the VAD and the face detector) and the orchestration models. Another family's folders may
+    stand in the repository with configs and no graph; they stay unloaded."""
+    from export.contract.artifacts import read_manifest
+    from export.contract.spec import ORCHESTRATION, TALKING_HEAD
+
+    info = read_manifest(repository / TALKING_HEAD.name / "1")
+    if not info.get("models"):
+        raise RuntimeError(f"{repository}: the export manifest names no models (an older export); run `python -m export`")
+    return list(info["models"]) + [s.name for s in ORCHESTRATION]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,8 @@
 """Avatar registration (decode, find the face, crop like Wav2Lip), Wav2Lip I/O, and storage.
 
+The face comes from the `face_detector` stage (MediaPipe BlazeFace) through ensemble/face.py: `register` takes
+its `detect` callable (a BLS call in the avatar registry, ONNX Runtime in tests).
+
 Decompression bombs: the byte size is checked first, then width and height are read from the
 PNG (IHDR) or JPEG (SOFn) header and the pixel count checked BEFORE OpenCV decodes anything.
 Only PNG and JPEG are accepted, so there is no other format whose header we would have to trust
@@ -23,6 +26,8 @@ import cv2
 import numpy as np
 
 from ensemble.errors import InputError
+from ensemble.face import Detect, FaceOptions, choose_face
+from export.contract import face as F
 from export.contract import media as C
 
 UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
@@ -33,12 +38,10 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 @dataclass(frozen=True)
 class AvatarOptions:
-    pads: tuple[int, int, int, int] = (0, 10, 0, 0)  # Wav2Lip --pads: pixels added top, bottom, left, right
-    scale_factor: float = 1.1  # Haar detectMultiScale pyramid step
-    min_neighbors: int = 5  # Haar detectMultiScale: overlapping detections needed to keep a face
-    min_face_fraction: float = 0.05  # smallest face side searched, as a fraction of the shorter image side
-    min_face_pixels: int = 30  # ... and never below this many pixels
-    cascade: str = "haarcascade_frontalface_default.xml"  # file under cv2.data.haarcascades
+    # Wav2Lip's --pads (top, bottom, left, right), as fractions of the face box's height (top, bottom) and width
+    # (left, right), so that a photo and its 8x upscale crop the same: 0.1 of a 100-pixel box is Wav2Lip's 10
+    pads: tuple[float, float, float, float] = (0.0, 0.1, 0.0, 0.0)
+    face: FaceOptions = FaceOptions()  # the face search (ensemble/face.py)
 
 
 @dataclass(frozen=True)
@@ -49,27 +52,14 @@ class Avatar:
     face: np.ndarray  # the crop resized to FACE_SIZE x FACE_SIZE x 3 uint8 BGR (read-only)
     faces_found: int  # faces the detector found; the largest is used
     message: str  # human-readable registration note (e.g. several faces found)
+    # [6, 2] float32 (x, y) image pixels of the face used, export.contract.face.KEYPOINTS order (eyes, nose tip,
+    # mouth centre, ear tragions; read-only): where the mouth is, for the lip-sync warp
+    keypoints: np.ndarray
 
-
-class FaceDetector:
-    """OpenCV's Haar frontal-face cascade; load once per model instance and reuse."""
-
-    def __init__(self, options: AvatarOptions = AvatarOptions()) -> None:
-        self.options = options
-        path = os.path.join(cv2.data.haarcascades, options.cascade)
-        self._cascade = cv2.CascadeClassifier(path)
-        if self._cascade.empty():
-            raise RuntimeError(f"could not load the face cascade {path}")
-
-    def detect(self, image_bgr: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Faces as (x, y, w, h), largest first."""
-        o = self.options
-        gray = cv2.equalizeHist(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
-        side = max(o.min_face_pixels, int(o.min_face_fraction * min(gray.shape)))
-        found = self._cascade.detectMultiScale(gray, scaleFactor=o.scale_factor, minNeighbors=o.min_neighbors,
-                                               minSize=(side, side))
-        faces = [tuple(int(v) for v in f) for f in np.asarray(found).reshape(-1, 4)]
-        return sorted(faces, key=lambda f: (-f[2] * f[3], f[1], f[0]))
+    def point(self, name: str) -> tuple[float, float]:
+        """One keypoint by name, e.g. "mouth_center"."""
+        x, y = self.keypoints[F.KEYPOINTS.index(name)]
+        return float(x), float(y)
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -103,13 +93,13 @@ def image_size(data: bytes) -> tuple[int, int]:
     raise InputError(UNDECODABLE[:-1] + "; PNG and JPEG are accepted)")
 
 
-def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, min_side: int = 64,
-             options: AvatarOptions = AvatarOptions(), detector: FaceDetector | None = None) -> Avatar:
+def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Detect, min_side: int = 64,
+             options: AvatarOptions = AvatarOptions()) -> Avatar:
     """Validate, decode and analyse an avatar image; InputError names any problem.
 
     Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), and the
-    header's width x height against max_pixels and min_side. Several faces: the largest is used
-    and the message says so.
+    header's width x height against max_pixels and min_side. detect: the face_detector stage (ensemble/face.py).
+    Several faces: the largest is used and the message says so. No face, or one too small: InputError.
     """
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
         raise InputError(f"avatar image must be bytes, got {type(image_bytes).__name__}")
@@ -130,21 +120,18 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, min_side: i
         raise InputError(UNDECODABLE)
     if image.shape[0] * image.shape[1] > max_pixels:  # belt and braces: the header said otherwise
         raise InputError(f"avatar image is {image.shape[1]}x{image.shape[0]} pixels; the limit is {max_pixels}")
-    detector = detector or FaceDetector(options)
-    faces = detector.detect(image)
-    if not faces:
-        raise InputError("no face found in the avatar image")
-    x, y, w, h = faces[0]
-    top, bottom, left, right = detector.options.pads
+    found, search, message = choose_face(image, detect, options.face, bgr=True)
+    x0, y0, x1, y1 = found.box
+    top, bottom, left, right = options.pads
     ih, iw = image.shape[:2]
-    y1, y2 = max(0, y - top), min(ih, y + h + bottom)
-    x1, x2 = max(0, x - left), min(iw, x + w + right)
-    face = face_crop(image, (y1, y2, x1, x2))
-    if len(faces) == 1:
-        message = f"found 1 face at x={x} y={y} size {w}x{h}"
-    else:
-        message = f"found {len(faces)} faces; using the largest, at x={x} y={y} size {w}x{h}"
-    return Avatar(sha256(data).hexdigest()[:16], _frozen(image), (y1, y2, x1, x2), _frozen(face), len(faces), message)
+    box = (max(0, round(y0 - top * found.height)), min(ih, round(y1 + bottom * found.height)),
+           max(0, round(x0 - left * found.width)), min(iw, round(x1 + right * found.width)))
+    if box[1] - box[0] < 2 or box[3] - box[2] < 2:  # a face box almost wholly outside the image
+        raise InputError("the face found lies outside the avatar image; use a photo with the whole face in it")
+    face = face_crop(image, box)
+    keypoints = np.asarray(found.keypoints, np.float32)
+    return Avatar(sha256(data).hexdigest()[:16], _frozen(image), box, _frozen(face), len(search.faces), message,
+                  _frozen(keypoints))
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -254,7 +241,8 @@ class AvatarStore:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, image=avatar.image, box=np.asarray(avatar.box, np.int64), face=avatar.face,
-                         faces_found=np.int64(avatar.faces_found), message=np.str_(avatar.message))
+                         faces_found=np.int64(avatar.faces_found), message=np.str_(avatar.message),
+                         keypoints=avatar.keypoints)
             os.replace(tmp, self._path(avatar_id))
             _touch(self._path(avatar_id))
         except BaseException:
@@ -322,9 +310,11 @@ class AvatarStore:
             raise unknown
         try:
             with np.load(path, allow_pickle=False) as z:
+                if "keypoints" not in z.files:  # stored before face keypoints: its face box came from Haar
+                    raise InputError(f"avatar {avatar_id!r} was registered by an older version; register it again")
                 y1, y2, x1, x2 = (int(v) for v in z["box"])
                 avatar = Avatar(avatar_id, _frozen(z["image"]), (y1, y2, x1, x2), _frozen(z["face"]),
-                                int(z["faces_found"]), str(z["message"]))
+                                int(z["faces_found"]), str(z["message"]), _frozen(z["keypoints"]))
         except FileNotFoundError:  # evicted between the check and the read
             raise unknown from None
         _touch(path, missing_ok=True)

@@ -29,20 +29,20 @@ from ensemble.decoding import TokenIds, greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
 from ensemble.options import TurnOptions
+from ensemble.speech import Voice
 from ensemble.text import Segmenter, strip_chat_markup
-from ensemble.vocoder_stream import VocoderStream
+from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
 from export.contract import media, spec
 from export.contract.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from export.contract.presets import Preset
-from export.contract.text_frontend import text_to_ids
 
 Emit = Callable[[Event], None]
 # One stage call: (model, inputs, timeout in seconds) -> outputs. Triton: a BLS request with that timeout.
 StageCall = Callable[[str, dict[str, np.ndarray], float], Awaitable[dict[str, np.ndarray]]]
 _END = object()
-# Mel frames of context on each side of a vocoder chunk: HiFi-GAN V1's receptive field is about 14
-# frames per side, so 16 makes streamed audio match whole-utterance vocoding (tests/test_streaming_parity.py).
-VOCODER_CONTEXT_FRAMES = 16
+# Feature frames per streamed vocoder call (each family's context frames come on both sides; export/contract/spec.py
+# SPEECH_FAMILIES); 32 frames = 372 ms of audio.
+VOCODER_CHUNK_FRAMES = 32
 # Transcript tokens allowed per second of speech (plus a few): far above real speech (~3-4 Whisper tokens/s),
 # it stops the repetition loops Whisper can fall into (and random weights always do) early.
 ASR_TOKENS_PER_SECOND = 6
@@ -65,7 +65,7 @@ class Tokenizers:
     llm: object
     chat_prompt: Callable[[str], str]  # applies the LLM's chat template to the user's words
     ids: TokenIds  # the special tokens both are driven with
-    tts_ids: Callable[[str], list[int]] = text_to_ids  # text -> FastSpeech2 symbol ids (characters or ARPAbet)
+    voice: Voice  # text -> the speech family's symbol ids and stage inputs (ensemble/speech.py)
 
 
 @dataclass
@@ -111,6 +111,8 @@ class Turn:
         self.interrupted: str | None = None  # why the turn stopped early: "barge_in", "cancel", "client"
         self._tasks: list[asyncio.Future] = []
         self._lipsync_s = 0.0  # recent seconds per Wav2Lip call (EWMA): when a frame would be ready
+        self._utterances = 0  # acoustic-model calls so far (each gets its own noise seed)
+        self.phones: list[tuple[str, float, float]] = []  # (symbol, start s, length s) of the speech, audio clock
 
     def interrupt(self, reason: str) -> None:
         """Stop the turn now: its tasks are cancelled, queued stage work is dropped, `run` ends the turn."""
@@ -301,31 +303,42 @@ class Turn:
         return spec.LLM.axis("tokens").max
 
     async def _speech(self, pieces: asyncio.Queue, audio_q: asyncio.Queue) -> None:
-        o = self.options
-        controls = np.asarray([[o.pitch, o.energy, 1.0 / o.speed]], dtype=np.float32)
-        max_symbols = spec.TTS.axis("phonemes").max
+        voice = self.tok.voice
+        family = voice.stages
+        max_ids = family.acoustic.axis("phonemes").max
         try:
             while (item := await pieces.get()) is not _END:
                 piece, emotion = item
-                ids = self.tok.tts_ids(piece)[:max_symbols]
-                if not ids:
-                    continue
-                out = await self.call(spec.TTS, phonemes=np.asarray([ids], dtype=np.int64),
-                                      phoneme_lengths=np.asarray([[len(ids)]], dtype=np.int64), controls=controls)
-                mel = out["mel"][0][:, : int(out["mel_lengths"][0, 0])]
                 self.timeline.add(self.audio_samples / media.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
-                await self._vocode(mel, audio_q)
+                for u in voice.utterances(piece, max_ids):
+                    seed = self.options.seed * 100_003 + self._utterances  # the voice's noise: per utterance
+                    self._utterances += 1
+                    out = await self.call(family.acoustic, **voice.request(u, self.options, seed))
+                    features = out[family.features][0][:, : int(out[family.feature_lengths][0, 0])]
+                    self._add_phones(u, out["durations"][0][: len(u.ids)])
+                    await self._vocode(features, audio_q)
         finally:
             audio_q.put_nowait(_END)
 
-    async def _vocode(self, mel: np.ndarray, audio_q: asyncio.Queue) -> None:
-        whole = spec.VOCODER.axis("frames").max - 2 * VOCODER_CONTEXT_FRAMES  # naive: one call per piece
-        stream = VocoderStream(context_frames=VOCODER_CONTEXT_FRAMES,
-                               **({} if self.options.streaming else {"chunk_frames": whole}))
-        stream.push(mel)
+    def _add_phones(self, u, durations: np.ndarray) -> None:
+        """Each symbol's (start s, length s) on the audio clock, from the acoustic model's frames per symbol."""
+        frame_s = media.TTS_MEL.hop_length / media.OUTPUT_SAMPLE_RATE
+        t = self.audio_samples / media.OUTPUT_SAMPLE_RATE
+        for symbol, frames in zip(u.symbols, durations.tolist()):
+            self.phones.append((symbol, t, frames * frame_s))
+            t += frames * frame_s
+
+    async def _vocode(self, features: np.ndarray, audio_q: asyncio.Queue) -> None:
+        family = self.tok.voice.stages
+        context = family.context_frames
+        whole = family.vocoder.axis("frames").max - 2 * context  # naive: one call per utterance
+        stream = VocoderStream(options=VocoderStreamOptions(
+            chunk_frames=VOCODER_CHUNK_FRAMES if self.options.streaming else whole, context_frames=context,
+            n_mels=features.shape[0]))
+        stream.push(features)
         stream.finish()
-        for chunk_id, mel_chunk in stream.chunks_ready():
-            audio = (await self.call(spec.VOCODER, mel=mel_chunk[None]))["audio"][0]
+        for chunk_id, chunk in stream.chunks_ready():
+            audio = (await self.call(family.vocoder, **{family.features: chunk[None]}))["audio"][0]
             for ready in stream.accept(chunk_id, audio):
                 self._emit_audio(ready, audio_q)
 
@@ -346,9 +359,8 @@ class Turn:
         n_slots = 0
         while True:
             audio = await audio_q.get()
-            if audio is _END:
-                mels.push(resampler.finish())
-                windows = mels.finish(media.video_frames_for_samples(self.audio_samples))
+            if audio is _END:  # the resampler's tail may complete windows too
+                windows = mels.push(resampler.finish()) + mels.finish(media.video_frames_for_samples(self.audio_samples))
             else:
                 windows = mels.push(resampler.push(audio))
             slots += [(n_slots + i, w) for i, w in enumerate(windows)]
@@ -390,7 +402,7 @@ class Turn:
         images, faces = await self._off_loop(self._prepare_frames, indices)
         mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
         t = time.perf_counter()
-        generated = (await self.call(spec.LIPSYNC, mel=mel, faces=faces))["frames"]
+        generated = (await self.call(spec.WAV2LIP, mel=mel, faces=faces))["frames"]
         took = time.perf_counter() - t
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
         jpegs = await self._off_loop(self._finish_frames, images, generated)

@@ -40,6 +40,7 @@ from ensemble.governor import GovernorSettings, LoadGovernor
 from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
 from ensemble.sessions import Sessions
+from ensemble.speech import load_voice
 from ensemble.text import validate_text
 from ensemble.vad import TurnDetector, VadSettings
 from export.contract import media
@@ -48,7 +49,6 @@ from export.contract.chat import render_chat
 from export.contract.events import CANCELLED, DONE, VAD, Event
 from export.contract.presets import Preset
 from export.contract.spec import STAGES, TALKING_HEAD
-from export.contract.text_frontend import text_to_ids
 from export.contract.vocab import SpecialTokens, chatml_prompt
 
 MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
@@ -132,7 +132,7 @@ class Service:
                              f"`python -m export` again")
         special = SpecialTokens.from_json(info["special_tokens"])
         tokenizers = Tokenizers(asr=asr, llm=llm, chat_prompt=_chat_prompt(artifacts, info),
-                                ids=TokenIds.resolve(special, asr, llm), tts_ids=_tts_front_end(artifacts, info))
+                                ids=TokenIds.resolve(special, asr, llm), voice=load_voice(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
                    avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=limits.max_avatars,
                                        max_bytes=limits.max_avatar_store_bytes),
@@ -345,16 +345,6 @@ def _chat_prompt(artifacts: Path, info: dict) -> Callable[[str], str]:
     template = (artifacts / info["llm_chat_template"]).read_text(encoding="utf-8")
     tokens = info.get("llm_special_tokens") or {}
     return lambda text: render_chat(template, [{"role": "user", "content": text}], **tokens)
-
-
-def _tts_front_end(artifacts: Path, info: dict) -> Callable[[str], list[int]]:
-    """ARPAbet through g2p (lexicon, else CMUdict) for real FastSpeech2 weights, else characters."""
-    if info.get("tts_frontend") != "arpabet":
-        return text_to_ids
-    from export.contract.g2p import make_g2p
-
-    lexicon = artifacts / info["tts_lexicon"] if "tts_lexicon" in info else None
-    return make_g2p(lexicon).text_to_ids
 
 
 def _scalar_bytes(inputs: dict[str, np.ndarray], name: str) -> bytes | None:

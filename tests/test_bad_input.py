@@ -179,7 +179,7 @@ def test_client_cancelling_mid_stream(server, client, avatar):
 
 def _fake_avatar(i: int) -> Avatar:
     img = np.full((8, 8, 3), i % 256, np.uint8)
-    return Avatar(f"{i:016x}", img, (0, 8, 0, 8), np.zeros((96, 96, 3), np.uint8), 1, "test")
+    return Avatar(f"{i:016x}", img, (0, 8, 0, 8), np.zeros((96, 96, 3), np.uint8), 1, "test", np.zeros((6, 2), np.float32))
 
 
 def test_avatar_store_keeps_at_most_max_avatars_evicting_the_least_recently_used(tmp_path):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from ensemble import metrics
-from ensemble.avatar import demo_avatar_png, register
 from ensemble.errors import InputError
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
@@ -16,35 +15,31 @@ from ensemble.service import Service, ServiceConfig
 from export.contract import events as ev
 from export.contract import media as C
 from export.contract import spec
+from export.contract.presets import get_preset
 from export.runtime.batching import onnx_runner
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that runs long enough to be interrupted
+LIPSYNC = spec.LIPSYNC_FAMILIES[get_preset("tiny").lipsync].name  # the lip-sync stage the tiny export serves
 
 
-@pytest.fixture(scope="module")
-def runners(exported_repository):
-    return {s.name: onnx_runner(s, exported_repository / s.name / "1" / "model.onnx") for s in spec.STAGES}
-
-
-def make_service(repo, tmp_path, **config):
+def make_service(repo, tmp_path, avatar, **config):
     svc = Service.load(repo / "talking_head" / "1", avatar_dir=tmp_path,
                        config=ServiceConfig(**{"limits": Limits(max_sessions=4), **config}))
-    avatar = register(demo_avatar_png(), max_bytes=10**7, max_pixels=10**8)
     svc.avatars.save(avatar)
     svc.avatar_id = avatar.id
     return svc
 
 
 @pytest.fixture
-def service(exported_repository, tmp_path):
-    return make_service(exported_repository, tmp_path)
+def service(exported_repository, tmp_path, demo_avatar):
+    return make_service(exported_repository, tmp_path, demo_avatar)
 
 
 class Stages:
     """The stage models in process, counting calls (and optionally slowing one stage down)."""
 
-    def __init__(self, runners, slow: dict[str, float] | None = None):
-        self.runners = runners
+    def __init__(self, stage_runners, slow: dict[str, float] | None = None):
+        self.runners = stage_runners
         self.slow = slow or {}
         self.calls = 0
 
@@ -90,8 +85,8 @@ async def wait_for(pred, timeout=60.0):
 
 # ------------------------------------------------------------------ barge-in and cancel
 
-def test_new_turn_in_the_session_interrupts_the_reply_in_flight(service, runners):
-    stages = Stages(runners)
+def test_new_turn_in_the_session_interrupts_the_reply_in_flight(service, stage_runners):
+    stages = Stages(stage_runners)
     first, second = Log(), Log()
 
     async def scenario():
@@ -117,8 +112,8 @@ def test_new_turn_in_the_session_interrupts_the_reply_in_flight(service, runners
     assert service.active == 0
 
 
-def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, runners):
-    stages = Stages(runners)
+def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, stage_runners):
+    stages = Stages(stage_runners)
     turn_log, cancel_log = Log(), Log()
 
     async def scenario():
@@ -143,10 +138,10 @@ def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, runne
     assert service.active == 0 and len(done.data["reply"].split()) < 200
 
 
-def test_cancel_of_a_session_without_a_reply_says_so(service, runners):
+def test_cancel_of_a_session_without_a_reply_says_so(service, stage_runners):
     log = Log()
     asyncio.run(service.handle({"options": np.array([b'{"action": "cancel", "session": "idle"}'], dtype=object)},
-                               Stages(runners), log))
+                               Stages(stage_runners), log))
     assert [e.data["interrupted_turn"] for _, e in log.items] == [None]
 
 
@@ -156,13 +151,13 @@ def test_cancel_of_a_session_without_a_reply_says_so(service, runners):
     ({"session": "../../etc"}, "must be 1-64 characters"),
     ({"frame_stride": 9}, "frame_stride"),
 ])
-def test_bad_conversation_options_name_the_problem(service, runners, options, message):
+def test_bad_conversation_options_name_the_problem(service, stage_runners, options, message):
     with pytest.raises(InputError, match=message):
-        asyncio.run(service.handle(request(service, "hi", **options), Stages(runners), Log()))
+        asyncio.run(service.handle(request(service, "hi", **options), Stages(stage_runners), Log()))
 
 
-def test_client_cancelling_its_stream_stops_the_turn_within_a_poll(service, runners):
-    stages = Stages(runners)
+def test_client_cancelling_its_stream_stops_the_turn_within_a_poll(service, stage_runners):
+    stages = Stages(stage_runners)
     log = Log()
     state = {"cancelled_at": None}
 
@@ -181,14 +176,14 @@ def test_client_cancelling_its_stream_stops_the_turn_within_a_poll(service, runn
 
 # ------------------------------------------------------------------ audio first
 
-def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, runners):
+def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, stage_runners):
     """Wav2Lip at 0.5 s per call of 8 frames cannot keep 25 fps: frames that would be late are dropped, counted, and the
     ones sent keep their true timestamps and arrive in time; audio runs ahead unhindered."""
     fast, slow = Log(), Log()
     late_key = (metrics.FRAMES_DROPPED.name, (("reason", "late"),))
-    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(runners), fast))
+    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(stage_runners), fast))
     late_before = service.recorder.totals[late_key]
-    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(runners, {"lipsync": 0.5}), slow))
+    asyncio.run(service.handle(request(service, "Say something.", **LONG), Stages(stage_runners, {LIPSYNC: 0.5}), slow))
     done = slow.of(ev.DONE)[-1][1].data
     slots = C.video_frames_for_samples(done["audio_samples"])
     assert done["frames_dropped"] > 0 and done["video_frames"] + done["frames_dropped"] == slots
@@ -212,9 +207,9 @@ def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, runners)
     assert last_audio(slow) < 1.5 * last_audio(fast) + 1.0
 
 
-def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, runners):
+def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, stage_runners):
     log = Log()
-    asyncio.run(service.handle(request(service, "Hello there.", frame_stride=2), Stages(runners), log))
+    asyncio.run(service.handle(request(service, "Hello there.", frame_stride=2), Stages(stage_runners), log))
     indices = [e.data["index"] for _, e in log.of(ev.VIDEO)]
     assert indices and all(i % 2 == 0 for i in indices)
     assert service.recorder.totals[(metrics.FRAMES_DROPPED.name, (("reason", "stride"),))] == \
@@ -223,12 +218,12 @@ def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, runner
 
 # ------------------------------------------------------------------ answer cache
 
-def test_listed_exchange_is_replayed_from_the_cache_identically_and_sooner(service, runners):
+def test_listed_exchange_is_replayed_from_the_cache_identically_and_sooner(service, stage_runners):
     first, second, other = Log(), Log(), Log()
     t = time.perf_counter()
-    asyncio.run(service.handle(request(service, "Hello!"), Stages(runners), first))
+    asyncio.run(service.handle(request(service, "Hello!"), Stages(stage_runners), first))
     t_miss = time.perf_counter() - t
-    stages = Stages(runners)
+    stages = Stages(stage_runners)
     t = time.perf_counter()
     asyncio.run(service.handle(request(service, "  hello "), stages, second))
     t_hit = time.perf_counter() - t
@@ -242,24 +237,26 @@ def test_listed_exchange_is_replayed_from_the_cache_identically_and_sooner(servi
     assert t_hit < t_miss
     rec = service.recorder.totals
     assert rec[(metrics.CACHE_HITS.name, ())] == 1 and rec[(metrics.CACHE_LOOKUPS.name, ())] == 2
-    asyncio.run(service.handle(request(service, "hello", speed=1.2), Stages(runners), other))  # another voice
+    asyncio.run(service.handle(request(service, "hello", speed=1.2), Stages(stage_runners), other))  # another voice
     assert rec[(metrics.CACHE_HITS.name, ())] == 1
-    asyncio.run(service.handle(request(service, "Tell me about the moon"), Stages(runners), Log()))  # not listed
+    asyncio.run(service.handle(request(service, "Tell me about the moon"), Stages(stage_runners), Log()))  # not listed
     assert rec[(metrics.CACHE_LOOKUPS.name, ())] == 3
 
 
-def test_prerender_fills_the_cache_and_the_cache_stays_bounded(exported_repository, tmp_path, runners):
-    svc = make_service(exported_repository, tmp_path, cache_phrases=("hello", "goodbye"), cache_bytes=3 * 1024**2)
+def test_prerender_fills_the_cache_and_the_cache_stays_bounded(exported_repository, tmp_path, stage_runners,
+                                                               demo_avatar):
+    svc = make_service(exported_repository, tmp_path, demo_avatar, cache_phrases=("hello", "goodbye"),
+                       cache_bytes=3 * 1024**2)
     log = Log()
-    asyncio.run(svc.handle(request(svc, action="prerender", video=False), Stages(runners), log))
+    asyncio.run(svc.handle(request(svc, action="prerender", video=False), Stages(stage_runners), log))
     assert sorted(log.of(ev.DONE)[-1][1].data["prerendered"]) == ["goodbye", "hello"]
-    stages = Stages(runners)
+    stages = Stages(stage_runners)
     asyncio.run(svc.handle(request(svc, "Goodbye.", video=False), stages, Log()))
     assert stages.calls == 0
     with pytest.raises(InputError, match="not a cached exchange"):
-        asyncio.run(svc.handle(request(svc, "What is love?", action="prerender"), Stages(runners), Log()))
-    asyncio.run(svc.handle(request(svc, "hello"), Stages(runners), Log()))  # with video: large answers
-    asyncio.run(svc.handle(request(svc, "goodbye"), Stages(runners), Log()))
+        asyncio.run(svc.handle(request(svc, "What is love?", action="prerender"), Stages(stage_runners), Log()))
+    asyncio.run(svc.handle(request(svc, "hello"), Stages(stage_runners), Log()))  # with video: large answers
+    asyncio.run(svc.handle(request(svc, "goodbye"), Stages(stage_runners), Log()))
     assert svc.cache.bytes <= svc.cache.max_bytes
 
 
@@ -293,12 +290,13 @@ def test_governor_degrades_new_turns_under_load_with_hysteresis():
     assert len(lines) == 3 and "degrading new turns" in lines[0]
 
 
-def test_service_applies_degraded_settings_to_new_turns(exported_repository, tmp_path, runners):
+def test_service_applies_degraded_settings_to_new_turns(exported_repository, tmp_path, stage_runners, demo_avatar):
     from ensemble.governor import GovernorSettings
 
-    svc = make_service(exported_repository, tmp_path, governor=GovernorSettings(enter_sessions=1, exit_sessions=0))
+    svc = make_service(exported_repository, tmp_path, demo_avatar,
+                       governor=GovernorSettings(enter_sessions=1, exit_sessions=0))
     log = Log()
-    asyncio.run(svc.handle(request(svc, "Tell me a long story.", ignore_eos=True), Stages(runners), log))
+    asyncio.run(svc.handle(request(svc, "Tell me a long story.", ignore_eos=True), Stages(stage_runners), log))
     indices = [e.data["index"] for _, e in log.of(ev.VIDEO)]
     assert all(i % 2 == 0 for i in indices)
     assert len(log.of(ev.TEXT)) <= 24
@@ -314,9 +312,9 @@ def test_degradation_can_be_switched_off():
 
 # ------------------------------------------------------------------ motion
 
-def test_each_piece_gets_an_emotion_and_frames_carry_it(service, runners):
+def test_each_piece_gets_an_emotion_and_frames_carry_it(service, stage_runners):
     log = Log()
-    asyncio.run(service.handle(request(service, "Hello, great to see you!"), Stages(runners), log))
+    asyncio.run(service.handle(request(service, "Hello, great to see you!"), Stages(stage_runners), log))
     from ensemble.motion import EMOTIONS
 
     pieces = [e.data for _, e in log.of(ev.PIECE)]
@@ -324,12 +322,12 @@ def test_each_piece_gets_an_emotion_and_frames_carry_it(service, runners):
     assert all(e.data["emotion"] in EMOTIONS for _, e in log.of(ev.VIDEO))
 
 
-def test_idle_streams_moving_frames_in_real_time(service, runners):
+def test_idle_streams_moving_frames_in_real_time(service, stage_runners):
     from client.media import decode_jpeg
 
     log = Log()
     t = time.perf_counter()
-    asyncio.run(service.handle(request(service, action="idle", idle_s=1.0), Stages(runners), log))
+    asyncio.run(service.handle(request(service, action="idle", idle_s=1.0), Stages(stage_runners), log))
     took = time.perf_counter() - t
     frames = [decode_jpeg(e.frame).astype(np.int16) for _, e in log.of(ev.VIDEO)]
     assert len(frames) == 25 and 0.9 <= took <= 3.0
@@ -360,9 +358,9 @@ def mic_chunks(audio, chunk=640):
     return [audio[i:i + chunk] for i in range(0, audio.size, chunk)]
 
 
-def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service, runners, exported_repository,
+def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service, stage_runners, exported_repository,
                                                                          spoken):
-    stages = Stages({**runners, spec.VAD.name: onnx_runner(spec.VAD, exported_repository / "vad" / "1" / "model.onnx")})
+    stages = Stages({**stage_runners, spec.VAD.name: onnx_runner(spec.VAD, exported_repository / "vad" / "1" / "model.onnx")})
     quiet = np.zeros(int(0.8 * C.INPUT_SAMPLE_RATE), np.float32)
     log = Log()
 
@@ -394,11 +392,11 @@ def test_microphone_stream_finds_the_turn_replies_and_barge_in_by_voice(service,
     assert service.active == 0
 
 
-def test_microphone_chunks_are_checked(service, runners):
+def test_microphone_chunks_are_checked(service, stage_runners):
     def mic(audio, rate=C.INPUT_SAMPLE_RATE):
         inputs = request(service, session="mic2", action="mic")
         inputs |= {"audio": audio, "sample_rate": np.array([rate], np.int32)}
-        return service.handle(inputs, Stages(runners), Log())
+        return service.handle(inputs, Stages(stage_runners), Log())
 
     with pytest.raises(InputError, match="expected 16000"):
         asyncio.run(mic(np.zeros(320, np.float32), rate=48000))

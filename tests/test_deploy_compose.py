@@ -38,6 +38,7 @@ from manifests import (
     GRAFANA,
     IMAGE_WORKDIR,
     K8S,
+    MODELS,
     ORCHESTRATOR_HISTOGRAMS,
     ORCHESTRATOR_METRICS,
     PORTS,
@@ -113,7 +114,7 @@ def test_compose_triton_command():
     f = flags(argv)
     assert f["--model-repository"] == ["/models"]
     assert f["--model-control-mode"] == ["explicit"]
-    assert f["--load-model"] == ["*"]
+    assert f["--load-model"] == list(MODELS)  # exactly what the export writes and serves
     assert f["--backend-directory"] == ["/opt/tritonserver/backends"]
     check_restricted(argv, "${TRITON_ADMIN_KEY:?")
     exit_timeout = int(f["--exit-timeout-secs"][0])

@@ -35,7 +35,9 @@ from deploy.processes import server_ports, stubs
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract import events as ev
+from export.contract import spec
 from export.contract.layout import ROOT
+from export.contract.presets import get_preset
 
 pytestmark = pytest.mark.server
 
@@ -46,23 +48,26 @@ SHORT_TURN = dict(text="Hello there.", options={"max_reply_tokens": 8})
 CANARY_TIMEOUT_S = 10
 
 
+LIPSYNC = spec.LIPSYNC_FAMILIES[get_preset("tiny").lipsync].name  # the lip-sync stage the tiny export serves
+
+
 def repository_with_faulty_lipsync(src: Path, dest: Path) -> Path:
     """The exported repository (symlinked), except `lipsync`: the same graph and config served by the
     stock `python` backend from tests/faulty_stage/model.py."""
     dest.mkdir()
     for model in sorted(p for p in src.iterdir() if (p / "config.pbtxt").exists()):
-        if model.name != "lipsync":
+        if model.name != LIPSYNC:
             (dest / model.name).symlink_to(model, target_is_directory=True)
-    lipsync = dest / "lipsync"
+    lipsync = dest / LIPSYNC
     (lipsync / "1").mkdir(parents=True)
     (lipsync / "configs").mkdir()
-    config = (src / "lipsync" / "configs" / "cpu.pbtxt").read_text()
+    config = (src / LIPSYNC / "configs" / "cpu.pbtxt").read_text()
     assert 'backend: "ort_cpu"' in config, "the CPU lipsync config no longer names the ort_cpu backend"
     # the stock python backend runs 1/model.py (it refuses another file name); model.py opens model.onnx
     config = "\n".join(line for line in config.splitlines() if not line.startswith("default_model_filename:"))
     (lipsync / "configs" / "cpu.pbtxt").write_text(config.replace('backend: "ort_cpu"', 'backend: "python"'))
-    shutil.copy2(src / "lipsync" / "config.pbtxt", lipsync / "config.pbtxt")
-    for f in (src / "lipsync" / "1").iterdir():
+    shutil.copy2(src / LIPSYNC / "config.pbtxt", lipsync / "config.pbtxt")
+    for f in (src / LIPSYNC / "1").iterdir():
         if f.is_file():
             (lipsync / "1" / f.name).symlink_to(f)
     shutil.copy2(FAULTY, lipsync / "1" / "model.py")
@@ -199,8 +204,8 @@ def test_a_stage_raising_fails_only_its_session(fault_server, th, avatar):
             th.turn(avatar_id=marked.id, **SHORT_TURN)
         failed_s = time.perf_counter() - t0
         results = [f.result(timeout=120) for f in healthy]
-    assert "lipsync: faulty_stage: refusing a face" in failed.value.message, failed.value.message
-    assert failed.value.message.startswith("internal error: StageError: lipsync:"), failed.value.message
+    assert f"{LIPSYNC}: faulty_stage: refusing a face" in failed.value.message, failed.value.message
+    assert failed.value.message.startswith(f"internal error: StageError: {LIPSYNC}:"), failed.value.message
     for r in results:  # the sessions beside it, served by the same lipsync instance, complete
         assert r.done is not None and r.audio.size > 0 and r.frames
     after = th.turn(avatar_id=avatar.id, **SHORT_TURN)  # and the stage keeps serving: no reload needed

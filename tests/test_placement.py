@@ -12,7 +12,8 @@ from export.contract.presets import get_preset
 from export.toolchain import configs
 from export.toolchain import placement as pl
 
-SPREAD = ("llm", "vocoder", "lipsync")  # the stages that must be on every GPU
+SPREAD = ("llm", "vocoder", "wav2lip")  # the stages that must be on every GPU
+PIPELINE = spec.pipeline_stages(get_preset("base"))  # what a turn uses: placement is about these
 
 
 def _config(rel: str):
@@ -26,15 +27,15 @@ def _config(rel: str):
 
 def test_one_gpu_reproduces_todays_counts_from_the_specs():
     p = pl.place(1)
-    for s in spec.STAGES:
+    for s in PIPELINE:
         m = p[s.name]
         assert m.kind == pl.KIND_GPU
         assert m.groups == (pl.InstanceGroup((0,), s.gpu_instances),), s.name
         assert m.total == s.gpu_instances
     assert p["talking_head"].kind == pl.KIND_CPU and p["talking_head"].total == pl.ORCHESTRATOR_GPU_INSTANCES
     # today's numbers (BENCHMARKS.md), so a change to the specs shows up here as well
-    assert {s.name: p[s.name].total for s in spec.STAGES} == {
-        "asr_encoder": 1, "asr_decoder": 2, "llm": 4, "tts": 1, "vocoder": 2, "lipsync": 2}
+    assert {s.name: p[s.name].total for s in PIPELINE} == {
+        "asr_encoder": 1, "asr_decoder": 2, "llm": 4, "tts": 1, "vocoder": 2, "wav2lip": 2}
     # a memory limit the single-GPU set fits in changes nothing
     assert pl.place(1, gpu_memory_gib=80).models == p.models
 
@@ -48,7 +49,7 @@ def test_llm_vocoder_and_lipsync_spread_over_every_gpu(n):
         assert all(m.on_gpu(g) == spec.BY_NAME[name].gpu_instances for g in range(n)), name
         assert m.total == n * spec.BY_NAME[name].gpu_instances
     assert p["llm"].total == 4 * n  # the bottleneck scales with the GPUs
-    for s in spec.STAGES:  # unconstrained: every GPU a full replica, one instance group listing all GPUs
+    for s in PIPELINE:  # unconstrained: every GPU a full replica, one instance group listing all GPUs
         assert p[s.name].groups == (pl.InstanceGroup(tuple(range(n)), s.gpu_instances),)
     assert p["talking_head"].groups == (pl.InstanceGroup((), pl.ORCHESTRATOR_GPU_INSTANCES * n),)
     assert pl.place(n, gpu_memory_gib=80).models == p.models  # an H100 holds the full set
@@ -63,7 +64,7 @@ def test_memory_limit_is_respected_and_the_pipeline_stays_whole(n, memory):
         assert p.memory_gib(g) <= budget + 1e-9, (g, p.per_gpu(g))
         for name in SPREAD:
             assert p[name].on_gpu(g) >= 1, (name, g)  # LLM, vocoder and lipsync stay on every GPU
-    for s in spec.STAGES:
+    for s in PIPELINE:
         assert p[s.name].on_gpu(0) >= 1  # GPU 0 always holds a whole pipeline
         assert p[s.name].on_gpu(0) <= s.gpu_instances
     # the LLM gets as many instances as fit: one more on any GPU would pass the per-GPU cap or break the budget
@@ -77,7 +78,7 @@ def test_tight_memory_moves_the_light_stages_to_a_subset_first():
     for name in ("asr_encoder", "asr_decoder", "tts"):
         assert p[name].gpus == (0,), name
     assert p["llm"].on_gpu(0) == p["llm"].on_gpu(1) == 2
-    assert p["lipsync"].on_gpu(1) == 2
+    assert p["wav2lip"].on_gpu(1) == 2
 
 
 def test_too_little_memory_is_an_error():
@@ -100,8 +101,12 @@ def test_memory_estimates_come_from_parameter_counts():
     assert weights_gib == pytest.approx(0.92, abs=0.01)
     assert pl.instance_memory_gib("llm") == pytest.approx(pl.CUDA_CONTEXT_GIB + weights_gib + 1.5
                                                           + pl.LLM_ACTIVATION_GIB)
-    for name in ("asr_encoder", "asr_decoder", "tts", "vocoder", "lipsync"):
+    for name in ("asr_encoder", "asr_decoder", "tts", "vocoder", "fastspeech2", "hifigan", "wav2lip"):
         assert pl.instance_memory_gib(name) < pl.instance_memory_gib("llm") / 2, name
+    from export.toolchain.graphs import build_graphs
+
+    voice = build_graphs(base, 0, ["tts", "vocoder"])  # the recorded counts are the models'
+    assert {n: parameter_count(g) for n, g in voice.items()} == {n: pl.BASE_PARAMETERS[n] for n in voice}
     one = pl.place(1).memory_gib(0)
     assert 15 < one < 30  # the H100 run measured 19.0 GiB peak for this set (BENCHMARKS.md)
 
@@ -117,7 +122,7 @@ def test_rendered_scale_out_configs_list_the_gpus_and_counts(variant, n):
     assert name == f"{variant}_x{n}"
     p = pl.place(n)
     files = configs.rendered_configs()
-    for s in spec.STAGES:
+    for s in PIPELINE:
         rel = f"{s.name}/configs/{name}.pbtxt"
         assert rel in files and configs.config_paths(s)[name] == rel
         cfg = _config(rel)

@@ -16,6 +16,7 @@ from deploy.admin import admin_headers
 from export.contract import events as ev
 from export.contract import media as C
 from export.contract import spec
+from export.contract.presets import get_preset
 
 pytestmark = pytest.mark.server
 
@@ -79,14 +80,15 @@ def test_answer_mp4_has_one_h264_and_one_aac_stream(client, avatar, tmp_path):
         assert [s.codec_context.name for s in audio] == ["aac"]
         assert video[0].average_rate == C.VIDEO_FPS
         n = sum(1 for _ in container.decode(video=0))
-    assert n == len(result.frames)
+    # a constant 25 fps to the end of the audio: a slot the server dropped repeats the frame before it
+    assert n == C.video_frames_for_samples(result.audio.size) and n >= len(result.frames)
 
 
 def test_every_stage_model_executed(server, spoken_turn):
     with grpcclient.InferenceServerClient(server.options.grpc_url) as c:
         stats = c.get_inference_statistics(headers=admin_headers(server.options.admin_key), as_json=True)["model_stats"]
     executed = {m["name"]: int(m.get("execution_count", 0)) for m in stats}
-    for stage in spec.STAGES:
+    for stage in spec.pipeline_stages(get_preset("tiny")):
         assert executed.get(stage.name, 0) > 0, f"{stage.name} never executed"
 
 

@@ -5,34 +5,26 @@ import numpy as np
 import pytest
 
 from ensemble import metrics
-from ensemble.avatar import demo_avatar_png, register
 from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service
 from export.contract import events as ev
-from export.contract import spec
-from export.runtime.batching import onnx_runner
-
-
-@pytest.fixture(scope="module")
-def runners(exported_repository):
-    return {s.name: onnx_runner(s, exported_repository / s.name / "1" / "model.onnx") for s in spec.STAGES}
 
 
 @pytest.fixture
-def service(exported_repository, tmp_path):
+def service(exported_repository, tmp_path, demo_avatar):
     svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
-    avatar = register(demo_avatar_png(), max_bytes=10**7, max_pixels=10**8)
+    avatar = demo_avatar
     svc.avatars.save(avatar)
     svc.avatar_id = avatar.id
     return svc
 
 
-def make_infer(runners):
+def make_infer(stage_runners):
     async def infer(model, inputs, timeout_s=None):
         await asyncio.sleep(0)  # let the other tasks of the turn run, as BLS awaits do
-        result = runners[model].run([inputs])[0]
+        result = stage_runners[model].run([inputs])[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -43,9 +35,9 @@ def text_inputs(service, text="Hello there, how are you?"):
     return {"text": np.array([text.encode()], dtype=object), "avatar_id": np.array([service.avatar_id.encode()], dtype=object)}
 
 
-def test_text_turn_in_process_streams_and_records_metrics(service, runners):
+def test_text_turn_in_process_streams_and_records_metrics(service, stage_runners):
     events = []
-    turn = asyncio.run(service.handle(text_inputs(service), make_infer(runners), events.append))
+    turn = asyncio.run(service.handle(text_inputs(service), make_infer(stage_runners), events.append))
     kinds = [e.type for e in events]
     assert kinds[-1] == ev.DONE and ev.AUDIO in kinds and ev.VIDEO in kinds
     rec = service.recorder
@@ -56,18 +48,18 @@ def test_text_turn_in_process_streams_and_records_metrics(service, runners):
     assert turn.video_frames == events[-1].data["video_frames"]
 
 
-def test_session_cap_refuses_at_once(service, runners):
+def test_session_cap_refuses_at_once(service, stage_runners):
     async def two_turns():
-        first = asyncio.ensure_future(service.handle(text_inputs(service), make_infer(runners), lambda e: None))
+        first = asyncio.ensure_future(service.handle(text_inputs(service), make_infer(stage_runners), lambda e: None))
         await asyncio.sleep(0.01)
         with pytest.raises(Overloaded, match="server busy"):
-            await service.handle(text_inputs(service), make_infer(runners), lambda e: None)
+            await service.handle(text_inputs(service), make_infer(stage_runners), lambda e: None)
         await first
     asyncio.run(two_turns())
     assert service.recorder.totals[(metrics.REJECTED.name, (("reason", "overloaded"),))] == 1
 
 
-def test_cancel_stops_the_turn(service, runners):
+def test_cancel_stops_the_turn(service, stage_runners):
     calls = {"n": 0}
 
     def cancelled():
@@ -76,7 +68,7 @@ def test_cancel_stops_the_turn(service, runners):
 
     events = []
     with pytest.raises(Cancelled):
-        asyncio.run(service.handle(text_inputs(service), make_infer(runners), events.append, is_cancelled=cancelled))
+        asyncio.run(service.handle(text_inputs(service), make_infer(stage_runners), events.append, is_cancelled=cancelled))
     assert ev.DONE not in [e.type for e in events]
     assert service.active == 0
     assert service.recorder.totals[(metrics.TURNS.name, (("outcome", "cancelled"),))] == 1
@@ -87,9 +79,9 @@ def test_cancel_stops_the_turn(service, runners):
     ({"avatar_id": np.array([b"0123456789abcdef"], dtype=object), "text": np.array([b"hi"], dtype=object)}, "unknown avatar"),
     ({"avatar_id": np.array([b"x"], dtype=object)}, "exactly one of"),
 ])
-def test_bad_requests_name_the_problem(service, runners, inputs, message):
+def test_bad_requests_name_the_problem(service, stage_runners, inputs, message):
     with pytest.raises(InputError, match=message):
-        asyncio.run(service.handle(inputs, make_infer(runners), lambda e: None))
+        asyncio.run(service.handle(inputs, make_infer(stage_runners), lambda e: None))
 
 
 def test_real_checkpoint_front_ends_are_used(tmp_path):
@@ -101,15 +93,31 @@ def test_real_checkpoint_front_ends_are_used(tmp_path):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("HELLO\tHH AH0 L OW1\n")
     folder = tmp_path / "artifacts"
-    write_orchestrator_artifacts(folder, "tiny", 0, chat_template=template, tts_lexicon=lexicon, tts_frontend="arpabet")
+    write_orchestrator_artifacts(folder, "tiny", 0, chat_template=template, tts_lexicon=lexicon, tts_frontend="arpabet",
+                                 speech="fastspeech2")
     svc = Service.load(folder, avatar_dir=tmp_path / "avatars")
     assert svc.tokenizers.chat_prompt("hi there") == "<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
-    ids = svc.tokenizers.tts_ids("hello")
-    assert set(arpabet_to_ids(["HH", "AH0", "L", "OW1"])) <= set(ids)
+    (u,) = svc.tokenizers.voice.utterances("hello", max_ids=400)
+    assert set(arpabet_to_ids(["HH", "AH0", "L", "OW1"])) <= set(u.ids)
+    assert {"HH", "AH0", "L", "OW1"} <= set(u.symbols)  # what each id says, for the lip-sync
 
 
-def test_deadline_bounds_every_stage_call_and_fails_the_turn_clearly(service, runners):
-    infer = make_infer(runners)
+def test_piper_voice_front_end_gives_ids_and_phonemes(tmp_path):
+    from export.contract.artifacts import write_orchestrator_artifacts
+
+    folder = tmp_path / "artifacts"
+    write_orchestrator_artifacts(folder, "tiny", 0)  # speech family vits, the default phoneme table
+    voice = Service.load(folder, avatar_dir=tmp_path / "avatars").tokenizers.voice
+    utterances = voice.utterances("Hello there. Maybe!", max_ids=512)
+    assert len(utterances) == 2  # one per sentence, as Piper synthesizes
+    u = utterances[0]
+    assert len(u.ids) == len(u.symbols) and u.ids[0] == 1 and u.ids[-1] == 2  # Piper's ^ ... $
+    assert [p for p in u.symbols if p][:3] == ["h", "ə", "l"] and "" in u.symbols  # pads say nothing
+    assert [len(x.ids) for x in voice.utterances("Hello there. Maybe!", max_ids=8)][0] == 8
+
+
+def test_deadline_bounds_every_stage_call_and_fails_the_turn_clearly(service, stage_runners):
+    infer = make_infer(stage_runners)
     timeouts = []
 
     async def slow(model, inputs, timeout_s):

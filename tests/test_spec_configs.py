@@ -37,7 +37,9 @@ def test_profiles_cover_the_opt_shapes_and_resolve_preset_dims():
     lo, opt, hi = shapes["past_kv"]
     assert lo == (1, 24, 2, 2, 0, 64) and hi == (16, 24, 2, 2, 1536, 64)
     assert all(a <= b <= c for a, b, c in zip(lo, opt, hi))
-    assert spec.onnx_dynamic_axes(spec.VOCODER) == {"mel": {0: "batch", 2: "frames"}, "audio": {0: "batch", 1: "samples"}}
+    assert spec.onnx_dynamic_axes(spec.HIFIGAN) == {"mel": {0: "batch", 2: "frames"}, "audio": {0: "batch", 1: "samples"}}
+    assert spec.onnx_dynamic_axes(spec.VOCODER) == {"latents": {0: "batch", 2: "frames"},
+                                                    "audio": {0: "batch", 1: "samples"}}
 
 
 def test_client_tensor_names_come_from_the_spec():

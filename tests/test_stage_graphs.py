@@ -5,30 +5,32 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.pipeline import VOCODER_CONTEXT_FRAMES
-from ensemble.vocoder_stream import VocoderStreamOptions
+from ensemble.pipeline import VOCODER_CHUNK_FRAMES
 from export.contract import spec
 from export.contract.presets import get_preset
 from export.runtime.torch_runtime import GraphedStage, TorchStage, load_graph
 from export.toolchain import configs
 
 
-def test_vocoder_graphs_are_the_streamed_chunk_sizes():
-    core = VocoderStreamOptions().chunk_frames
-    first, middle = core + VOCODER_CONTEXT_FRAMES, core + 2 * VOCODER_CONTEXT_FRAMES
-    assert set(spec.VOCODER.gpu_graphs) == {first, middle}
+@pytest.mark.parametrize("family", sorted(spec.SPEECH_FAMILIES))
+def test_vocoder_graphs_are_the_streamed_chunk_sizes(family):
+    stages = spec.SPEECH_FAMILIES[family]
+    first = VOCODER_CHUNK_FRAMES + stages.context_frames
+    middle = VOCODER_CHUNK_FRAMES + 2 * stages.context_frames
+    assert set(stages.vocoder.gpu_graphs) == {first, middle}
 
 
 def test_only_the_optimized_gpu_variant_asks_for_graphs():
-    for s in (spec.VOCODER, spec.LIPSYNC, spec.ASR_ENCODER):
+    for s in (spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP, spec.ASR_ENCODER):
         assert 'key: "cuda_graphs"' in configs.render_config(s, "gpu")
         for variant in ("cpu", "gpu_naive", "tensorrt"):
             assert "cuda_graphs" not in configs.render_config(s, variant), (s.name, variant)
-    assert "cuda_graphs" not in configs.render_config(spec.TTS, "gpu")  # output length depends on the input
+    for s in (spec.TTS, spec.FASTSPEECH2):  # output length depends on the input
+        assert "cuda_graphs" not in configs.render_config(s, "gpu")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.LIPSYNC])
+@pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP])
 def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, monkeypatch):
     # fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

@@ -9,7 +9,7 @@ from export.contract.presets import FastSpeech2Config, get_preset
 
 def test_table_size_matches_the_model():
     assert len(tf.symbols) + 1 == tf.N_SYMBOLS == FastSpeech2Config().n_symbols == 361
-    assert get_preset("tiny").tts.n_symbols == tf.N_SYMBOLS
+    assert get_preset("tiny").fastspeech2.n_symbols == tf.N_SYMBOLS
     assert len(set(tf.symbols)) == len(tf.symbols)
 
 

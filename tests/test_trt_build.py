@@ -48,7 +48,7 @@ def tiny_repo(tmp_path_factory) -> Path:
     from export.__main__ import main as export_main
 
     repo = tmp_path_factory.mktemp("repo")
-    assert export_main(["--preset", "tiny", "--repository", str(repo), "--no-parity"]) == 0
+    assert export_main(["--preset", "tiny", "--repository", str(repo), "--no-parity", "--models", *STAGE_NAMES]) == 0
     for name in STAGE_NAMES:
         assert (repo / name / "1" / "model.onnx").exists(), name
     return repo
@@ -153,19 +153,19 @@ def test_zero_length_past_profile_builds(tiny_repo, rtx, tmp_path):
 @needs_rtx
 def test_int8_refused_by_rtx(tiny_repo, rtx, tmp_path):
     with pytest.raises(trt_build.BuildError, match="INT8"):
-        _build(rtx, tiny_repo, tmp_path, "lipsync", precision="int8", force=True)
+        _build(rtx, tiny_repo, tmp_path, "wav2lip", precision="int8", force=True)
 
 
 @needs_rtx
 def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trt_cli, "DEFAULT_RTX_OUT_DIR", tmp_path / "rtx_plans")
     argv = ["--preset", "tiny", "--repository", str(tiny_repo), "--builder", "tensorrt-rtx",
-            "--models", "vocoder", "lipsync", "--timing-cache", str(tmp_path / "timing.cache")]
+            "--models", "vocoder", "wav2lip", "--timing-cache", str(tmp_path / "timing.cache")]
     assert trt_cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "tensorrt-rtx" in out and out.count("built in") == 2
     # RTX plans go to the separate folder, never into the model repository.
-    for name in ("vocoder", "lipsync"):
+    for name in ("vocoder", "wav2lip"):
         assert (tmp_path / "rtx_plans" / name / "1" / "model.plan").stat().st_size > 0
         assert not (tiny_repo / name / "1" / "model.plan").exists()
     import torch
@@ -176,7 +176,7 @@ def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.count("up to date, skipped") == 2
     # --out-name and --out-dir
     assert trt_cli.main(argv + ["--out-dir", str(tmp_path / "o"), "--out-name", "x.plan", "--no-parity"]) == 0
-    assert (tmp_path / "o" / "lipsync" / "1" / "x.plan").exists()
+    assert (tmp_path / "o" / "wav2lip" / "1" / "x.plan").exists()
     # A missing graph fails that model only, with a hint.
     assert trt_cli.main(["--preset", "tiny", "--repository", str(tmp_path / "none"), "--builder",
                            "tensorrt-rtx", "--models", "llm"]) == 1
@@ -220,7 +220,7 @@ def test_generated_calibration_batches(name):
 
 
 def test_npz_calibration_batches(tmp_path):
-    spec = specs.VOCODER
+    spec = specs.HIFIGAN
     good = np.zeros((2, 80, 10), np.float32)
     np.savez(tmp_path / "a.npz", mel=good)
     np.savez(tmp_path / "b.npz", mel=np.ones((80, 10), np.float64).reshape(1, 80, 10))

@@ -20,7 +20,7 @@ import torch
 import yaml
 
 from export.__main__ import main as export_main
-from export.contract import text_frontend, vocab
+from export.contract import spec, text_frontend, vocab
 from export.contract.presets import FastSpeech2Config, HiFiGANConfig, Qwen2Config, WhisperDims
 from export.toolchain.checkpoints import save_safetensors
 from export.toolchain.checkpoints.contract_check import ContractError, check_asr_dims
@@ -174,7 +174,7 @@ def test_cli_vocoder_weights_export_the_checkpoint(tmp_path):
     repo = tmp_path / "repo"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "export", "--preset", "tiny", "--repository", str(repo),
-                           "--weights", f"vocoder={tmp_path / 'ckpt'}", "--models", "vocoder"],
+                           "--weights", f"vocoder={tmp_path / 'ckpt'}", "--models", "hifigan"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"REAL vocoder ({tmp_path / 'ckpt'})" in proc.stdout
@@ -183,7 +183,7 @@ def test_cli_vocoder_weights_export_the_checkpoint(tmp_path):
     assert "parity" in proc.stdout and "FAIL" not in proc.stdout
 
     mel = (np.random.default_rng(0).random((2, 80, 17), dtype=np.float32) * 13 - 11).astype(np.float32)
-    (audio,) = run_onnx(repo / "vocoder" / "1" / "model.onnx", mel=mel)
+    (audio,) = run_onnx(repo / "hifigan" / "1" / "model.onnx", mel=mel)
     with torch.no_grad():
         want = ref(torch.from_numpy(mel)).squeeze(1).numpy()
     assert audio.shape == (2, 17 * 256)
@@ -194,36 +194,44 @@ def test_cli_vocoder_weights_export_the_checkpoint(tmp_path):
     assert set(info["weights"]["vocoder"]["files"]) == {str((tmp_path / "ckpt" / n).resolve())
                                                          for n in ("generator_v1", "config.json")}
     assert all(info["weights"][f] == SEEDED_RANDOM for f in ("asr", "llm", "tts", "lipsync"))
-    assert info["dims"]["vocoder"]["upsample_initial_channel"] == 24  # from config.json, not the preset's 32
+    assert info["dims"]["hifigan"]["upsample_initial_channel"] == 24  # from config.json, not the preset's 32
     assert info["tts_frontend"] == "characters"
-    key = stage_key(repo, "vocoder")
+    key = stage_key(repo, "hifigan")
     files = {Path(f["path"]).name: f for f in key["weights"]["files"]}
     assert files["generator_v1"]["size"] == ckpt.stat().st_size
     assert files["generator_v1"]["mtime_ns"] == ckpt.stat().st_mtime_ns
     assert set(files) == {"generator_v1", "config.json"} and key["weights"]["loader"]
+    # the gpu variant (PyTorch on CUDA) serves the same real weights: saved beside the graph, loaded by load_graph
+    from export.contract.artifacts import manifest_preset
+    from export.runtime.torch_runtime import load_graph
+
+    assert (repo / "hifigan" / "1" / "weights.safetensors").is_file()
+    served = load_graph(spec.HIFIGAN, manifest_preset(info), 0, "cpu", "fp32", repo / "hifigan" / "1" / "weights.safetensors")
+    with torch.no_grad():
+        np.testing.assert_allclose(served(torch.from_numpy(mel)).numpy(), want, rtol=0, atol=1e-5)
 
 
 def test_changing_weights_re_exports(tmp_path, capsys):
     ckpt, _ = write_vocoder(tmp_path / "ckpt", seed=1)
     repo = tmp_path / "repo"
-    args = ["--weights", f"vocoder={ckpt}", "--models", "vocoder", "--no-parity"]
+    args = ["--weights", f"vocoder={ckpt}", "--models", "hifigan", "--no-parity"]
     assert export(repo, *args) == 0
     assert export(repo, *args) == 0
-    assert "up to date, skipped: vocoder" in capsys.readouterr().out
+    assert "up to date, skipped: hifigan" in capsys.readouterr().out
     _, ref = write_vocoder(tmp_path / "ckpt", seed=2)  # new weights in the same file
     st = ckpt.stat()
     os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     assert export(repo, *args) == 0
     assert "skipped" not in capsys.readouterr().out
     mel = np.full((1, 80, 5), -5.0, dtype=np.float32)
-    (audio,) = run_onnx(repo / "vocoder" / "1" / "model.onnx", mel=mel)
+    (audio,) = run_onnx(repo / "hifigan" / "1" / "model.onnx", mel=mel)
     with torch.no_grad():
         np.testing.assert_allclose(audio, ref(torch.from_numpy(mel)).squeeze(1).numpy(), rtol=0, atol=1e-5)
     # back to seeded random: the key differs again, so it re-exports
-    assert export(repo, "--models", "vocoder", "--no-parity") == 0
+    assert export(repo, "--models", "hifigan", "--no-parity") == 0
     out = capsys.readouterr().out
     assert "skipped" not in out and "SEEDED RANDOM" in out
-    assert "weights" not in stage_key(repo, "vocoder")
+    assert "weights" not in stage_key(repo, "hifigan")
     assert manifest(repo)["weights"]["vocoder"] == SEEDED_RANDOM
 
 
@@ -233,12 +241,12 @@ def test_contract_mismatch_between_tts_and_vocoder_stops_the_export(tmp_path, ca
     write_tts(tmp_path / "tts", sampling_rate=22050)
     write_vocoder(tmp_path / "voc", sampling_rate=16000)
     rc = export(tmp_path / "repo", "--weights", f"tts={tmp_path / 'tts'}", "--weights", f"vocoder={tmp_path / 'voc'}",
-                "--models", "tts", "vocoder")
+                "--models", "fastspeech2", "hifigan")
     err = capsys.readouterr().err
     assert rc == 2 and "ContractError" in err
     assert f"sample_rate: TTS 22050 ({tmp_path / 'tts' / 'preprocess.yaml'}: preprocessing.audio.sampling_rate), " \
            f"vocoder 16000 ({tmp_path / 'voc' / 'config.json'}: sampling_rate)" in err
-    assert not (tmp_path / "repo" / "tts").exists()
+    assert not (tmp_path / "repo" / "fastspeech2").exists()
 
 
 def test_tts_and_vocoder_weights_together(tmp_path, capsys):
@@ -246,24 +254,24 @@ def test_tts_and_vocoder_weights_together(tmp_path, capsys):
     _, voc_ref = write_vocoder(tmp_path / "voc", seed=4)
     repo = tmp_path / "repo"
     assert export(repo, "--weights", f"tts={tmp_path / 'tts'}", "--weights", f"vocoder={tmp_path / 'voc'}",
-                  "--models", "tts", "vocoder") == 0
+                  "--models", "fastspeech2", "hifigan") == 0
     out = capsys.readouterr().out
     assert "audio contract: TTS (preprocess.yaml) and vocoder (config.json, upsample 8x8x4) agree" in out
     assert "REAL tts" in out and "vocoder" in out and "SEEDED RANDOM asr, llm, lipsync" in out
     ids = text_frontend.arpabet_to_ids("HH AH0 L OW1 W ER1 L D")
     phonemes = np.array([ids], dtype=np.int64)
-    mel, mel_len = run_onnx(repo / "tts" / "1" / "model.onnx", phonemes=phonemes,
+    mel, mel_len, _ = run_onnx(repo / "fastspeech2" / "1" / "model.onnx", phonemes=phonemes,
                             phoneme_lengths=np.array([[len(ids)]], dtype=np.int64),
                             controls=np.ones((1, 3), dtype=np.float32))
     with torch.no_grad():
-        want_mel, want_len = fastspeech2.TtsGraph(tts_ref)(torch.from_numpy(phonemes), torch.tensor([[len(ids)]]),
+        want_mel, want_len, _ = fastspeech2.TtsGraph(tts_ref)(torch.from_numpy(phonemes), torch.tensor([[len(ids)]]),
                                                           torch.ones(1, 3))
     assert mel_len.tolist() == want_len.tolist()
     np.testing.assert_allclose(mel, want_mel.numpy(), rtol=0, atol=1e-4)
     info = manifest(repo)
     assert info["tts_frontend"] == "arpabet" and info["tts_lexicon"] == "tts_lexicon.txt"
     assert (repo / "talking_head" / "1" / "tts_lexicon.txt").read_text().startswith("HELLO")
-    assert info["dims"]["tts"]["encoder_hidden"] == 32
+    assert info["dims"]["fastspeech2"]["encoder_hidden"] == 32
     assert info["weights"]["tts"]["source"] == str(tmp_path / "tts")
 
 
@@ -323,7 +331,7 @@ def test_asr_contract():
 
 
 def test_missing_local_path_is_a_clear_error(tmp_path, capsys):
-    assert export(tmp_path / "repo", "--weights", f"vocoder={tmp_path / 'nowhere'}", "--models", "vocoder") == 2
+    assert export(tmp_path / "repo", "--weights", f"vocoder={tmp_path / 'nowhere'}", "--models", "hifigan") == 2
     assert "no such file or folder" in capsys.readouterr().err
-    assert export(tmp_path / "repo", "--weights", "lipsync=someone/wav2lip", "--models", "lipsync") == 2
+    assert export(tmp_path / "repo", "--weights", "lipsync=someone/wav2lip", "--models", "wav2lip") == 2
     assert "downloading from the Hugging Face Hub is turned off" in capsys.readouterr().err

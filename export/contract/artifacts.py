@@ -13,10 +13,12 @@ import shutil
 from pathlib import Path
 
 from export.contract import vocab
+from export.contract.piper_voice import default_voice_json
 
 MANIFEST = "export.json"  # in the orchestrator's version folder (model_repository/talking_head/1/)
 CHAT_TEMPLATE = "llm_chat_template.jinja"
 TTS_LEXICON = "tts_lexicon.txt"
+TTS_VOICE = "tts_voice.json"  # the Piper voice config (speech family "vits")
 # in a stage's version folder beside model.onnx: the module state of a stage exported from real weights, which
 # the PyTorch-on-CUDA variant loads (seeded random stages are rebuilt there from the preset and seed)
 STAGE_WEIGHTS = "weights.safetensors"
@@ -31,13 +33,19 @@ def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: 
                                  asr_tokenizer: Path | None = None, llm_tokenizer: Path | None = None,
                                  chat_template: str | None = None, tts_lexicon: Path | None = None,
                                  tts_frontend: str | None = None, dims: dict | None = None,
-                                 special_tokens: vocab.SpecialTokens = vocab.TINY_SPECIAL_TOKENS) -> None:
+                                 special_tokens: vocab.SpecialTokens = vocab.TINY_SPECIAL_TOKENS,
+                                 speech: str = "vits", lipsync: str = "wav2lip", tts_voice: Path | None = None,
+                                 models: list[str] | None = None) -> None:
     """Write the tokenizers (the checkpoints' when given, else the tiny word tokenizer) and the manifest.
 
     weights: "seeded random" for all, or family -> "seeded random" / {"source", "path", "files"}.
     chat_template: the LLM's Jinja2 chat template (a ChatTemplate's .tokens are recorded too).
     dims: family -> the model dimensions exported (when they differ from the named preset's).
     special_tokens: the ASR prompt and end, the LLM's stops and banned tokens (the checkpoints' when real).
+    speech, lipsync: the families the orchestrator drives (export/contract/spec.py SPEECH_FAMILIES, LIPSYNC_FAMILIES).
+    tts_voice: with speech "vits", the Piper voice's .onnx.json (its phoneme ids and inference scales); None: the
+    default espeak phoneme table and Piper's scales (seeded random voices).
+    models: the stage models the export wrote, which the server loads (default: none named).
     """
     folder.mkdir(parents=True, exist_ok=True)
     for src, name in ((llm_tokenizer, "llm_tokenizer.json"), (asr_tokenizer, "asr_tokenizer.json")):
@@ -48,8 +56,17 @@ def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: 
     manifest = {
         "preset": preset, "seed": seed, "weights": weights,
         "llm_tokenizer": "llm_tokenizer.json", "asr_tokenizer": "asr_tokenizer.json",
-        "special_tokens": special_tokens.to_json(),
+        "special_tokens": special_tokens.to_json(), "speech": speech, "lipsync": lipsync,
+        "models": list(models or []),
     }
+    if speech == "vits":
+        if tts_voice is not None:
+            _copy(Path(tts_voice), folder / TTS_VOICE)
+        else:
+            (folder / TTS_VOICE).write_text(json.dumps(default_voice_json(), indent=1), encoding="utf-8")
+        manifest["tts_voice"] = TTS_VOICE
+    elif (folder / TTS_VOICE).exists():
+        (folder / TTS_VOICE).unlink()
     if chat_template is not None:
         (folder / CHAT_TEMPLATE).write_text(str(chat_template), encoding="utf-8")
         manifest["llm_chat_template"] = CHAT_TEMPLATE
@@ -89,4 +106,5 @@ def manifest_preset(info: dict):
         values = {k: tuple(map(tuple, v)) if isinstance(v, list) and v and isinstance(v[0], list)
                   else tuple(v) if isinstance(v, list) else v for k, v in dims.items() if k in fields}
         preset = dataclasses.replace(preset, **{family: cls(**values)})
-    return preset
+    return dataclasses.replace(preset, speech=info.get("speech", preset.speech),
+                               lipsync=info.get("lipsync", preset.lipsync))

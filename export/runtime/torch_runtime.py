@@ -164,7 +164,7 @@ def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precis
     cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage); weights: see load_graph."""
     graph = load_graph(spec, preset, seed, device, precision, weights)
     stage = TorchStage(spec, graph, device, precision)
-    runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage)
+    runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage, spec.preset_dims(preset))
     if not sessions:
         return runner
     if spec.name == "asr_decoder":

@@ -1,41 +1,50 @@
-"""The six stage graphs of a preset, built from the model zoo with seeded random weights
+"""The stage graphs of a preset, built from the model zoo with seeded random weights
 (or around real checkpoints already loaded, see export/toolchain/weights.py)."""
 from __future__ import annotations
 
 import torch
 
+from export.contract import spec
 from export.contract.presets import Preset
-from export.toolchain.models import fastspeech2, hifigan, qwen2, wav2lip, whisper
+from export.toolchain.models import fastspeech2, hifigan, qwen2, vits, wav2lip, whisper
 
 
 def build_graphs(preset: Preset, seed: int = 0, names: list[str] | None = None,
                  modules: dict[str, torch.nn.Module] | None = None) -> dict[str, torch.nn.Module]:
-    """name -> graph module (eval mode, inference weights), for the stage names asked for.
+    """name -> graph module (eval mode, inference weights), for the stage names asked for (default: the stages a
+    turn uses with the preset's families).
 
-    modules: family ("asr", "llm", "tts", "vocoder", "lipsync") -> an already loaded model
+    modules: a Preset field ("asr", "llm", "vits", "fastspeech2", "hifigan", "wav2lip") -> an already loaded model
     (export/toolchain/weights.py) used instead of a seeded random one built from the preset.
     """
-    wanted = set(names) if names else {"asr_encoder", "asr_decoder", "llm", "tts", "vocoder", "lipsync"}
+    wanted = set(names) if names else {s.name for s in spec.pipeline_stages(preset)}
     modules = modules or {}
+
+    def model(field: str, build):
+        given = modules.get(field)
+        return build(getattr(preset, field), seed) if given is None else given
+
     graphs: dict[str, torch.nn.Module] = {}
     if wanted & {"asr_encoder", "asr_decoder"}:
-        asr = _given(modules, "asr", lambda: whisper.build(preset.asr, seed))
+        asr = model("asr", whisper.build)
         graphs["asr_encoder"] = whisper.EncoderGraph(asr)
         graphs["asr_decoder"] = whisper.DecoderGraph(asr)
     if "llm" in wanted:
-        graphs["llm"] = qwen2.LlmGraph(_given(modules, "llm", lambda: qwen2.build(preset.llm, seed)))
-    if "tts" in wanted:
-        graphs["tts"] = fastspeech2.TtsGraph(_given(modules, "tts", lambda: fastspeech2.build(preset.tts, seed)))
-    if "vocoder" in wanted:
-        graphs["vocoder"] = hifigan.VocoderGraph(_given(modules, "vocoder", lambda: hifigan.build(preset.vocoder, seed)))
-    if "lipsync" in wanted:
-        graphs["lipsync"] = wav2lip.LipsyncGraph(_given(modules, "lipsync", lambda: wav2lip.build(preset.lipsync, seed)))
+        graphs["llm"] = qwen2.LlmGraph(model("llm", qwen2.build))
+    if wanted & {"tts", "vocoder"}:  # one voice feeds both stages
+        voice = model("vits", vits.build)
+        graphs["tts"] = vits.TtsGraph(voice)
+        graphs["vocoder"] = vits.VocoderGraph(voice)
+    if "fastspeech2" in wanted:
+        graphs["fastspeech2"] = fastspeech2.TtsGraph(model("fastspeech2", fastspeech2.build))
+    if "hifigan" in wanted:
+        graphs["hifigan"] = hifigan.VocoderGraph(model("hifigan", hifigan.build))
+    if "wav2lip" in wanted:
+        graphs["wav2lip"] = wav2lip.LipsyncGraph(model("wav2lip", wav2lip.build))
+    unknown = wanted - set(graphs)
+    if unknown:
+        raise ValueError(f"no PyTorch graph for {sorted(unknown)}; stages: {[s.name for s in spec.STAGES]}")
     return {k: v.eval() for k, v in graphs.items() if k in wanted}
-
-
-def _given(modules: dict[str, torch.nn.Module], family: str, build) -> torch.nn.Module:
-    module = modules.get(family)
-    return build() if module is None else module
 
 
 def parameter_count(module: torch.nn.Module) -> int:

@@ -49,9 +49,11 @@ MEMORY_HEADROOM = 0.10
 BASE_PARAMETERS = {
     "asr_encoder": 71_825_920,  # whisper-base
     "asr_decoder": 71_825_920,
-    "tts": 34_646_339,  # FastSpeech2 LJSpeech
-    "vocoder": 13_926_017,  # HiFi-GAN V1
-    "lipsync": 36_298_035,  # Wav2Lip 96
+    "tts": 15_650_459,  # Piper VITS medium (the stage holds the whole voice module)
+    "vocoder": 1_662_976,  # its decoder
+    "fastspeech2": 34_646_339,  # FastSpeech2 LJSpeech
+    "hifigan": 13_926_017,  # HiFi-GAN V1
+    "wav2lip": 36_298_035,  # Wav2Lip 96
 }
 
 # Working memory per instance at the spec's largest batch (activations, inputs and outputs on the GPU), GiB.
@@ -59,10 +61,12 @@ BASE_PARAMETERS = {
 WORKING_GIB = {
     "asr_encoder": 0.5,  # batch 8: one layer's attention scores 8 x 8 heads x 1500^2 x 2 B = 0.27 GiB
     "asr_decoder": 0.25,  # batch 8: past_kv in + present_kv out (fp32, 448 positions) 0.09 GiB + audio features
-    "tts": 0.25,  # batch 8 of <= 400 phonemes, <= 1000 mel frames, fp32
-    "vocoder": 1.0,  # batch 16 x 1024 frames -> 4.2 M samples; the last upsampling stage alone holds
+    "tts": 0.25,  # batch 8 of <= 512 phoneme ids, fp32: the flow over <= 8 x 192 x a few thousand latent frames
+    "vocoder": 0.75,  # batch 16 x 1024 frames -> 4.2 M samples through 256 -> 64 -> 32 channels (upsampling 8, 8, 4)
+    "fastspeech2": 0.25,  # batch 8 of <= 400 phonemes, <= 1000 mel frames, fp32
+    "hifigan": 1.0,  # batch 16 x 1024 frames -> 4.2 M samples; the last upsampling stage alone holds
     #                  16 x 32 channels x 262144 samples x 2 B = 0.25 GiB per tensor, the resblocks keep several alive
-    "lipsync": 0.5,  # batch 64 faces (6 x 96 x 96) through the U-Net
+    "wav2lip": 0.5,  # batch 64 faces (6 x 96 x 96) through the U-Net
 }
 LLM_ACTIVATION_GIB = 0.5  # prefill of 512 tokens at batch 16: one layer's scores 16 x 14 x 512 x 2048 x 2 B = 0.44 GiB
 
@@ -84,7 +88,7 @@ REDUCTION_ORDER: tuple[tuple[str, int, int], ...] = (
     #    two instances still overlap launches;
     ("llm", 2, 2),
     # 3. vocoder and lipsync batch well (batch 16 / 64): one instance per GPU;
-    ("vocoder", 1, 1), ("lipsync", 1, 1), ("asr_decoder", 1, 0),
+    ("vocoder", 1, 1), ("wav2lip", 1, 1), ("asr_decoder", 1, 0),
     # 4. last, a single LLM instance per GPU. Below that the GPU cannot hold the pipeline: ValueError.
     ("llm", 1, 1),
 )
@@ -166,8 +170,8 @@ def instance_memory_gib(model: str, preset: Preset | str = PRODUCTION_PRESET) ->
     """Upper estimate of one GPU instance's memory: CUDA context + weights + working budget.
 
     base preset: llm 3.42 (0.5 + 0.92 weights bf16 + 1.5 KV + 0.5), asr_encoder 1.13, asr_decoder 0.88,
-    tts 0.88 (fp32 weights), vocoder 1.53, lipsync 1.07 GiB; the single-GPU set is ~22.6 GiB (the H100 run
-    measured 19.0 GiB peak, BENCHMARKS.md).
+    tts 0.81 (fp32 weights), vocoder 1.26, wav2lip 1.07 GiB (fastspeech2 0.88, hifigan 1.53); the single-GPU
+    set is ~21 GiB.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     spec = specs.BY_NAME[model]
@@ -182,9 +186,10 @@ def instance_memory_gib(model: str, preset: Preset | str = PRODUCTION_PRESET) ->
 
 # ---------------------------------------------------------------- the rule
 
-def single_gpu_counts() -> dict[str, int]:
-    """Today's instances on one GPU, from the specs: what N = 1 reproduces."""
-    return {s.name: s.gpu_instances for s in specs.STAGES}
+def single_gpu_counts(preset: Preset) -> dict[str, int]:
+    """Today's instances on one GPU of the stages a turn uses with the preset's families, from the specs: what N = 1
+    reproduces. (A stage of another family is rendered with its own single-GPU count on every GPU.)"""
+    return {s.name: s.gpu_instances for s in specs.pipeline_stages(preset)}
 
 
 def place(n_gpus: int, gpu_memory_gib: float | None = None, preset: str = PRODUCTION_PRESET) -> Placement:
@@ -201,16 +206,16 @@ def place(n_gpus: int, gpu_memory_gib: float | None = None, preset: str = PRODUC
     # 4 LLM instances on one GPU would only share its SMs: the bound is per GPU, so the gain comes from more GPUs.
     # Decision 2: the light stages (ASR encoder/decoder, TTS) also go on every GPU when memory allows: they cost
     # ~3.8 GiB per GPU, and a copy per GPU keeps them from becoming the next bottleneck at N x the sessions.
-    counts = [single_gpu_counts() for _ in range(n_gpus)]
+    p = get_preset(preset)
+    counts = [single_gpu_counts(p) for _ in range(n_gpus)]
     if gpu_memory_gib is not None:
         budget = gpu_memory_gib * (1 - MEMORY_HEADROOM)
-        p = get_preset(preset)
         for gpu, plan in enumerate(counts):
             # Decision 3: a GPU over budget sheds instances in REDUCTION_ORDER (light stages to a subset first,
             # the LLM keeps as many instances as its weights + KV cache fit).
             _fit(plan, gpu, budget, p)
     groups = {}
-    for s in specs.STAGES:
+    for s in specs.pipeline_stages(p):
         groups[s.name] = ModelPlacement(s.name, KIND_GPU, _groups([plan[s.name] for plan in counts]))
     # Decision 4: the orchestrator's CPU instances scale with N (4 per GPU), as the sessions it composites do.
     orchestrator = ModelPlacement(specs.TALKING_HEAD.name, KIND_CPU,

@@ -42,10 +42,12 @@ def example_feeds(spec: ModelSpec, preset: Preset, batch: int = 1, seed: int = 0
 
     Dynamic axes default to their opt size (`export.contract.spec.sample_shape`).
     """
-    if not spec.torch_module:  # no PyTorch graph to draw from: the VAD's own example inputs
-        from export.contract.spec import VAD
-        from export.toolchain import vad
+    if not spec.torch_module:  # no PyTorch graph to draw from: the packaged graph's own example inputs
+        from export.contract.spec import FACE_DETECTOR, VAD
+        from export.toolchain import face, vad
 
+        if spec.name == FACE_DETECTOR.name:
+            return {spec.inputs[0].name: face.example_images(batch=batch, seed=seed)}
         assert spec.name == VAD.name, spec.name
         return vad.example_feeds(batch=batch if spec.batched else 1, seed=seed)
     import torch

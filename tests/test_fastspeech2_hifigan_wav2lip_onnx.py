@@ -1,5 +1,5 @@
 """ONNX export (legacy exporter, opset 17, spec names and dynamic axes) and ONNX Runtime parity on
-fresh inputs of other sizes than the export example, for the TTS, vocoder and lipsync graphs."""
+fresh inputs of other sizes than the export example, for the FASTSPEECH2, vocoder and lipsync graphs."""
 from __future__ import annotations
 
 import warnings
@@ -10,7 +10,7 @@ import onnxruntime as ort
 import torch
 
 from export.contract.presets import get_preset
-from export.contract.spec import LIPSYNC, TTS, VOCODER, ModelSpec, onnx_dynamic_axes
+from export.contract.spec import FASTSPEECH2, HIFIGAN, WAV2LIP, ModelSpec, onnx_dynamic_axes
 from export.toolchain.models import fastspeech2, hifigan, wav2lip
 
 PRESET = get_preset("tiny")
@@ -46,14 +46,14 @@ def rel_error(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def test_tts_onnx_parity_with_data_dependent_length(tmp_path):
-    graph = fastspeech2.TtsGraph(fastspeech2.build(PRESET.tts, seed=0))
-    session = export(graph, TTS, tmp_path / "tts.onnx")
+    graph = fastspeech2.TtsGraph(fastspeech2.build(PRESET.fastspeech2, seed=0))
+    session = export(graph, FASTSPEECH2, tmp_path / "tts.onnx")
     cases = [(3, 23, None), (1, 7, None), (4, 41, [1.2, 0.9, 1.7]), (2, 5, [1.0, 1.0, 0.0]), (1, 1, None)]
     for i, (batch, n, control) in enumerate(cases):
         inputs = graph.example_inputs(batch=batch, seed=10 + i, phonemes=n)  # padded: lengths vary per item
         if control is not None:
             inputs[2][-1] = torch.tensor(control)
-        out = run_both(graph, TTS, session, inputs)
+        out = run_both(graph, FASTSPEECH2, session, inputs)
         ref_len, got_len = out["mel_lengths"]
         assert got_len.dtype == np.int64 and np.array_equal(ref_len, got_len), (ref_len.T, got_len.T)
         mel_ref, mel_got = out["mel"]
@@ -66,11 +66,11 @@ def test_tts_onnx_parity_with_data_dependent_length(tmp_path):
 
 
 def test_vocoder_onnx_parity(tmp_path):
-    graph = hifigan.VocoderGraph(hifigan.build(PRESET.vocoder, seed=0))
-    session = export(graph, VOCODER, tmp_path / "vocoder.onnx")
+    graph = hifigan.VocoderGraph(hifigan.build(PRESET.hifigan, seed=0))
+    session = export(graph, HIFIGAN, tmp_path / "vocoder.onnx")
     for i, (batch, frames) in enumerate([(3, 37), (1, 5), (5, 1)]):
         inputs = graph.example_inputs(batch=batch, seed=20 + i, frames=frames)
-        ref, got = run_both(graph, VOCODER, session, inputs)["audio"]
+        ref, got = run_both(graph, HIFIGAN, session, inputs)["audio"]
         assert got.shape == (batch, frames * 256)
         err = rel_error(ref, got)
         print(f"vocoder batch {batch} frames {frames}: max rel error {err:.2e}")
@@ -78,11 +78,11 @@ def test_vocoder_onnx_parity(tmp_path):
 
 
 def test_lipsync_onnx_parity(tmp_path):
-    graph = wav2lip.LipsyncGraph(wav2lip.build(PRESET.lipsync, seed=0))
-    session = export(graph, LIPSYNC, tmp_path / "lipsync.onnx")
+    graph = wav2lip.LipsyncGraph(wav2lip.build(PRESET.wav2lip, seed=0))
+    session = export(graph, WAV2LIP, tmp_path / "lipsync.onnx")
     for i, batch in enumerate([3, 1, 7]):
         inputs = graph.example_inputs(batch=batch, seed=30 + i)
-        ref, got = run_both(graph, LIPSYNC, session, inputs)["frames"]
+        ref, got = run_both(graph, WAV2LIP, session, inputs)["frames"]
         err = rel_error(ref, got)
         print(f"lipsync batch {batch}: max rel error {err:.2e}")
         assert err <= RTOL

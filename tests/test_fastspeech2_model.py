@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from export.contract.presets import get_preset
-from export.contract.spec import TTS
+from export.contract.spec import FASTSPEECH2
 from export.toolchain.models.fastspeech2 import (
     FastSpeech2,
     LengthRegulator,
@@ -15,7 +15,7 @@ from export.toolchain.models.fastspeech2 import (
     get_sinusoid_encoding_table,
 )
 
-TINY = get_preset("tiny").tts
+TINY = get_preset("tiny").fastspeech2
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +33,14 @@ def test_shapes_and_dtypes_follow_the_spec(graph):
         assert bool((row[:n] >= 1).all()) and bool((row[:n] < TINY.n_symbols).all())
         assert bool((row[n:] == 0).all())
     with torch.no_grad():
-        mel, mel_lengths = graph(phonemes, lengths, controls)
-    n_mels = TTS.output("mel").dims[0]
+        mel, mel_lengths, durations = graph(phonemes, lengths, controls)
+    n_mels = FASTSPEECH2.output("mel").dims[0]
     assert mel.dtype == torch.float32 and mel.ndim == 3 and mel.shape[:2] == (3, n_mels)
     assert mel_lengths.dtype == torch.int64 and mel_lengths.shape == (3, 1)
     assert mel.shape[2] == int(mel_lengths.max())
+    # frames per symbol: what the lip-sync times its visemes with; they add up to each row's mel length
+    assert durations.dtype == torch.int64 and durations.shape == phonemes.shape
+    assert torch.equal(durations.sum(1, keepdim=True), mel_lengths) and bool((durations[phonemes == 0] == 0).all())
     assert bool(torch.isfinite(mel).all())
 
 
@@ -46,10 +49,10 @@ def test_padded_batch_equals_single_runs(graph):
     controls[1] = torch.tensor([1.3, 0.7, 1.6])
     controls[2] = torch.tensor([0.8, 1.2, 0.6])
     with torch.no_grad():
-        mel, mel_lengths = graph(phonemes, lengths, controls)
+        mel, mel_lengths, _ = graph(phonemes, lengths, controls)
         for i in range(4):
             n = int(lengths[i])
-            one, one_len = graph(phonemes[i:i + 1, :n], lengths[i:i + 1], controls[i:i + 1])
+            one, one_len, _ = graph(phonemes[i:i + 1, :n], lengths[i:i + 1], controls[i:i + 1])
             f = int(one_len)
             assert f == int(mel_lengths[i]) and one.shape[2] == f
             err = (mel[i, :, :f] - one[0]).abs().max().item()
@@ -76,18 +79,18 @@ def test_at_least_one_frame_per_item(graph):
     phonemes, lengths, controls = graph.example_inputs(batch=2, seed=4, phonemes=9)
     controls[:, 2] = 0.0  # every duration rounds to 0
     with torch.no_grad():
-        mel, mel_lengths = graph(phonemes, lengths, controls)
+        mel, mel_lengths, _ = graph(phonemes, lengths, controls)
     assert mel_lengths[:, 0].tolist() == [1, 1] and mel.shape[2] == 1
 
 
 def test_pitch_and_energy_controls_change_the_mel_not_the_length(graph):
     phonemes, lengths, controls = graph.example_inputs(batch=1, seed=5, phonemes=12)
     with torch.no_grad():
-        ref, ref_len = graph(phonemes, lengths, controls)
+        ref, ref_len, _ = graph(phonemes, lengths, controls)
         for k in (0, 1):
             c = controls.clone()
             c[0, k] = 3.0
-            mel, mel_len = graph(phonemes, lengths, c)
+            mel, mel_len, _ = graph(phonemes, lengths, c)
             assert torch.equal(mel_len, ref_len)
             assert (mel - ref).abs().max() > 1e-4
 
@@ -148,7 +151,7 @@ EXPECTED_KEYS = [
 
 
 def test_state_dict_names_match_ming024():
-    base = get_preset("base").tts
+    base = get_preset("base").fastspeech2
     with torch.device("meta"):
         model = FastSpeech2(base)
     sd = model.state_dict()
@@ -171,7 +174,7 @@ def test_state_dict_names_match_ming024():
 
 def test_base_parameter_count_is_fastspeech2_ljspeech():
     with torch.device("meta"):
-        model = FastSpeech2(get_preset("base").tts)
+        model = FastSpeech2(get_preset("base").fastspeech2)
     n_params = sum(p.numel() for p in model.parameters())
     n_state = n_params + sum(b.numel() for b in model.buffers())  # ming024 keeps position_enc/bins as Parameters
     print(f"FastSpeech2 base: {n_params / 1e6:.2f}M parameters, {n_state / 1e6:.2f}M incl. position tables")

@@ -8,10 +8,10 @@ import torch
 
 from export.contract import media
 from export.contract.presets import HiFiGANConfig, get_preset
-from export.contract.spec import VOCODER
+from export.contract.spec import HIFIGAN
 from export.toolchain.models.hifigan import Generator, VocoderGraph, build
 
-TINY = get_preset("tiny").vocoder
+TINY = get_preset("tiny").hifigan
 HOP = media.TTS_MEL.hop_length
 
 
@@ -19,7 +19,7 @@ def test_output_is_frames_times_hop():
     graph = VocoderGraph(build(TINY, seed=0))
     for batch, frames in [(1, 1), (2, 7), (3, 33)]:
         (mel,) = graph.example_inputs(batch=batch, seed=batch, frames=frames)
-        assert mel.shape == (batch, VOCODER.input("mel").dims[0], frames)
+        assert mel.shape == (batch, HIFIGAN.input("mel").dims[0], frames)
         assert float(mel.min()) >= -11.0 and float(mel.max()) <= 2.0
         with torch.no_grad():
             audio = graph(mel)

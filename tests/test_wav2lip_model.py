@@ -4,21 +4,21 @@ from __future__ import annotations
 import torch
 
 from export.contract.presets import Wav2LipConfig, get_preset
-from export.contract.spec import LIPSYNC
+from export.contract.spec import WAV2LIP
 from export.toolchain.models.wav2lip import LipsyncGraph, Wav2Lip, build
 
-TINY = get_preset("tiny").lipsync
+TINY = get_preset("tiny").wav2lip
 
 
 def test_shapes_and_range():
     graph = LipsyncGraph(build(TINY, seed=0))
     mel, faces = graph.example_inputs(batch=3, seed=1)
-    assert mel.shape == (3, *LIPSYNC.input("mel").dims) and faces.shape == (3, *LIPSYNC.input("faces").dims)
+    assert mel.shape == (3, *WAV2LIP.input("mel").dims) and faces.shape == (3, *WAV2LIP.input("faces").dims)
     assert float(mel.min()) >= -4.0 and float(mel.max()) <= 4.0
     assert float(faces.min()) >= 0.0 and float(faces.max()) <= 1.0
     with torch.no_grad():
         frames = graph(mel, faces)
-    assert frames.shape == (3, *LIPSYNC.output("frames").dims) and frames.dtype == torch.float32
+    assert frames.shape == (3, *WAV2LIP.output("frames").dims) and frames.dtype == torch.float32
     assert float(frames.min()) >= 0.0 and float(frames.max()) <= 1.0
     with torch.no_grad():
         for i in range(3):
