@@ -26,7 +26,7 @@ class Limits:
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
 
 
-ACTIONS = ("turn", "cancel", "mic", "prerender", "idle")
+ACTIONS = ("turn", "say", "cancel", "mic", "prerender", "idle")
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 
@@ -49,7 +49,7 @@ class TurnOptions:
     lipsync_batch: int = 8  # video frames per Wav2Lip call, 1..64
     frame_stride: int = 1  # send every n-th video frame (1: 25 fps, 2: 12.5 fps); the load governor raises it
     session: str | None = None  # conversation id: a new turn (or `cancel`) interrupts the session's reply in flight
-    action: str = "turn"  # turn | cancel (stop the session's reply) | mic (one microphone chunk) |
+    action: str = "turn"  # turn | say (speak `text` as it is: no LLM) | cancel (stop the session's reply) | mic (one microphone chunk) |
     #                       prerender (fill the answer cache for this avatar) | idle (stream idle-motion frames)
     min_silence_ms: int = 500  # mic: silence that ends the user's turn
     end_of_input: bool = False  # mic: the last chunk of the stream; a turn in progress ends with it (no silence needed)

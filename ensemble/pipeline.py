@@ -157,18 +157,21 @@ class Turn:
 
     # ------------------------------------------------------------ the turn
     async def run(self, *, text: str | None = None, audio16k: np.ndarray | None = None,
-                  idle_s: float | None = None) -> None:
-        """The turn: a reply to `text` or to speech (`audio16k`), or `idle_s` seconds of idle motion."""
+                  idle_s: float | None = None, say: str | None = None) -> None:
+        """The turn: a reply to `text` or to speech (`audio16k`), `say` spoken as it is, or `idle_s` seconds of
+        idle motion."""
         pieces: asyncio.Queue = asyncio.Queue()
         audio_q: asyncio.Queue = asyncio.Queue()
         if idle_s is not None:
             jobs = [self._idle(idle_s)]
-        elif not self.options.streaming:
-            jobs = [self._naive(text, audio16k, pieces, audio_q)]
         else:
-            jobs = [self._reply(text, audio16k, pieces), self._speech(pieces, audio_q)]
-            if self.options.video:
-                jobs.append(self._video(audio_q))
+            reply = self._reply(text, audio16k, pieces) if say is None else self._say(say, pieces)
+            if not self.options.streaming:
+                jobs = [self._naive(reply, pieces, audio_q)]
+            else:
+                jobs = [reply, self._speech(pieces, audio_q)]
+                if self.options.video:
+                    jobs.append(self._video(audio_q))
         self._tasks = [asyncio.ensure_future(j) for j in jobs]
         watcher = asyncio.ensure_future(self._watch_client())
         try:
@@ -203,13 +206,12 @@ class Turn:
                 self.interrupt("client")
                 return
 
-    async def _naive(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue,
-                     audio_q: asyncio.Queue) -> None:
+    async def _naive(self, reply: Awaitable[None], pieces: asyncio.Queue, audio_q: asyncio.Queue) -> None:
         """The benchmark's baseline: every stage finishes before the next starts; nothing is sent until the end."""
         held: list[Event] = []
         send, self._emit = self._emit, held.append
         try:
-            await self._reply(text, audio16k, pieces)
+            await reply
             await self._speech(pieces, audio_q)
             if self.options.video:
                 await self._video(audio_q)
@@ -226,6 +228,17 @@ class Turn:
                 # spoken words are user text too: no chat markup reaches the prompt
                 text = strip_chat_markup(self.transcript) or "..."
             await self._generate(text, pieces)
+        finally:
+            pieces.put_nowait(_END)
+
+    async def _say(self, text: str, pieces: asyncio.Queue) -> None:
+        """The reply is `text` itself: streamed as one text event, cut into pieces as an LLM reply would be."""
+        try:
+            self.reply = text
+            self.emit(TEXT, {"delta": text, "piece": 0})
+            segmenter, n_pieces = Segmenter(), 0
+            for piece in segmenter.push(text) + segmenter.finish():
+                n_pieces = self._send_piece(piece, n_pieces, pieces)
         finally:
             pieces.put_nowait(_END)
 

@@ -5,6 +5,7 @@
 loads the avatar and runs what the request's `action` asks for:
   turn       a reply to text or speech (`Turn`); with a `session` id, it interrupts the
              session's reply in flight (barge-in); listed exchanges come from the answer cache
+  say        the avatar speaks `text` as it is (no LLM): scripted lines, and the voice's quality gates
   cancel     interrupts the session's reply in flight
   mic        one microphone chunk of a session: voice activity detection finds the user's turn,
              speech starting interrupts the reply in flight, the turn's end starts the reply
@@ -156,6 +157,8 @@ class Service:
         has_text, has_audio = "text" in inputs, "audio" in inputs
         if options.action == "turn" and has_text == has_audio:
             raise InputError("send exactly one of `text` or `audio`")
+        if options.action == "say" and not (has_text and not has_audio):
+            raise InputError("action 'say' needs `text` (what the avatar says) and no `audio`")
         if options.action in ("cancel", "idle") and (has_text or has_audio):
             raise InputError(f"action {options.action!r} takes no `text` or `audio`")
         if options.action == "mic" and not has_audio:
@@ -197,6 +200,8 @@ class Service:
             return await self._prerender(turn_input.get("text"), options, avatar_id, avatar, infer, emit)
         if options.action == "idle":
             turn_input = {"idle_s": options.idle_s}
+        if options.action == "say":
+            turn_input = {"say": turn_input["text"]}
         return await self._turn(turn_input, options, avatar_id, avatar, infer, emit, is_cancelled)
 
     def cancel(self, session_id: str, emit: Emit) -> None:

@@ -1,5 +1,6 @@
 """The orchestrator's logic in process, on the real exported graphs (ONNX Runtime), without Triton."""
 import asyncio
+import json
 
 import numpy as np
 import pytest
@@ -46,6 +47,28 @@ def test_text_turn_in_process_streams_and_records_metrics(service, stage_runners
     assert rec.totals[(metrics.TURNS.name, (("outcome", "ok"),))] == 1
     assert rec.totals[(metrics.ACTIVE_SESSIONS.name, ())] == 0
     assert turn.video_frames == events[-1].data["video_frames"]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_say_speaks_the_text_as_it_is(service, stage_runners, streaming):
+    events, models = [], []
+    infer = make_infer(stage_runners)
+
+    async def counted(model, inputs, timeout_s=None):
+        models.append(model)
+        return await infer(model, inputs, timeout_s)
+
+    text = "Good morning. I am here to help you!"
+    inputs = {**text_inputs(service, text),
+              "options": np.array([json.dumps({"action": "say", "streaming": streaming}).encode()], dtype=object)}
+    asyncio.run(service.handle(inputs, counted, events.append))
+    done = events[-1].data
+    assert done["reply"] == text and done["audio_samples"] > 0 and done["video_frames"] > 0
+    assert [e.data["text"] for e in events if e.type == ev.PIECE] == ["Good morning.", "I am here to help you!"]
+    assert "llm" not in models and "tts" in models  # spoken, never generated
+    with pytest.raises(InputError, match="action 'say' needs `text`"):
+        asyncio.run(service.handle({"avatar_id": inputs["avatar_id"], "options": inputs["options"]}, counted,
+                                   events.append))
 
 
 def test_session_cap_refuses_at_once(service, stage_runners):
