@@ -68,6 +68,25 @@ def whisper_log_mel(audio16k: np.ndarray) -> np.ndarray:
     return out
 
 
+# --------------------------------------------------------------------------- HiFi-GAN
+
+
+def hifigan_log_mel(audio22k: np.ndarray) -> np.ndarray:
+    """jik876/hifi-gan `mel_spectrogram` (meldataset.py) of 22.05 kHz audio: [80, n / 256] float32.
+
+    Reflect-pads (n_fft - hop) / 2 on both sides, STFT without centring (periodic Hann), magnitude,
+    mel (librosa slaney filters, fmin 0, fmax 8000), natural log of max(mel, 1e-5): the contract's TTS_MEL,
+    what a FastSpeech2 checkpoint predicts and HiFi-GAN vocodes.
+    """
+    spec = C.TTS_MEL
+    a = _as_mono_float(audio22k)
+    pad = (spec.n_fft - spec.hop_length) // 2
+    stft = librosa.stft(np.pad(a, (pad, pad), mode="reflect"), n_fft=spec.n_fft, hop_length=spec.hop_length,
+                        win_length=spec.win_length, window="hann", center=False)
+    mel = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, spec.fmin, spec.fmax) @ np.abs(stft)
+    return np.log(np.maximum(mel, np.exp(C.LOG_MEL_FLOOR))).astype(np.float32)
+
+
 # --------------------------------------------------------------------------- Wav2Lip
 
 

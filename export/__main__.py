@@ -37,7 +37,7 @@ from export.contract import spec
 from export.contract.artifacts import STAGE_WEIGHTS, write_orchestrator_artifacts
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS, get_preset
-from export.toolchain import face, onnx_export, registry, vad, weights
+from export.toolchain import configs, face, onnx_export, registry, vad, weights
 from export.toolchain.checkpoints.common import CheckpointError
 from export.toolchain.graphs import build_graphs, parameter_count
 
@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  weights: {weights.summary(loaded)}", flush=True)
     models = args.models or sorted({s.name for s in spec.pipeline_stages(preset) + spec.INPUT_STAGES}
                                    | weights.stages_of(loaded), key=MODELS.index)
+    if configs.ensure_repository(args.repository):
+        print(f"  {args.repository}: a new model repository (the checked-in configs copied)", flush=True)
     failed = []
     if spec.VAD.name in models:
         try:

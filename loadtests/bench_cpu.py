@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,19 +30,10 @@ from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.__main__ import main as export_main
 from export.contract import media as C
-from export.contract.layout import MODEL_REPOSITORY
+from export.toolchain.configs import ensure_repository
 
 TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
          "Can you help me with my work?", "Thank you, goodbye."]
-
-
-def copy_configs(dest: Path) -> Path:
-    """The model repository's configs and model.py files, without exported artifacts."""
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        return [n for n in names if n.endswith((".onnx", ".data", ".plan", ".json")) or n == "__pycache__"]
-
-    shutil.copytree(MODEL_REPOSITORY, dest, ignore=ignore)
-    return dest
 
 
 def pct(values: list[float], q: float) -> float:
@@ -64,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as tmp:
-        repo = copy_configs(Path(tmp) / "model_repository")
+        repo = Path(tmp) / "model_repository"
+        ensure_repository(repo)
         t = time.perf_counter()
         if export_main(["--preset", args.preset, "--repository", str(repo), "--force", "--no-parity"]) != 0:
             return 1

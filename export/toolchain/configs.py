@@ -8,6 +8,10 @@ baseline), and `<variant>_x<N>` for N GPUs (instances placed by export/toolchain
 """
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
+from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRODUCTION_PRESET, get_preset
 from export.contract.spec import ALL, ORCHESTRATION, STAGES, TALKING_HEAD, ModelSpec, Preset, SessionState, Tensor
 from export.toolchain.placement import ORCHESTRATOR_GPU_INSTANCES
@@ -180,3 +184,19 @@ def rendered_configs() -> dict[str, str]:
         for variant, path in config_paths(spec).items():
             files[path] = render_config(spec, "cpu" if variant == "python" else variant)
     return files
+
+
+def ensure_repository(dest: Path, source: Path = MODEL_REPOSITORY) -> bool:
+    """Make `dest` a model repository with the checked-in configs and model.py files (none of the exported graphs,
+    weights or manifests) unless it is one already; True when it copied. `python -m export --repository DIR` uses it,
+    so a second repository (real weights beside the tiny test graphs, a benchmark's) needs no other step."""
+    dest = Path(dest)
+    if (dest / TALKING_HEAD.name / "config.pbtxt").exists() or dest.resolve() == Path(source).resolve():
+        return False
+
+    def ignore(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if n.endswith((".onnx", ".data", ".plan", ".json", ".safetensors", ".jinja", ".txt"))
+                or n == "__pycache__"]
+
+    shutil.copytree(source, dest, ignore=ignore, dirs_exist_ok=True)
+    return True
