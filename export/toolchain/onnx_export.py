@@ -57,12 +57,59 @@ def _save_onnx(src: Path, path: Path) -> None:
     import onnx
 
     model = onnx.load(str(src), load_external_data=True)
+    share_transposed_weights(model)
     for f in path.parent.glob(path.name + "*"):
         f.unlink()
     weights = sum(t.ByteSize() for t in model.graph.initializer)
     large = weights > 1_500_000_000
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=path.name + ".data" if large else None)
+
+
+def share_transposed_weights(model) -> int:
+    """Store a tied matrix once: the exporter's constant folding turns `x @ E.T` (a tied output projection over the
+    embedding E) into MatMul with a second, transposed copy of E. Each such MatMul on a 2-D input becomes
+    Gemm(x, E, transB=1), on any other input MatMul(x, Transpose(E)), and the copy is dropped. Returns how many
+    were replaced."""
+    from onnx import helper, numpy_helper, shape_inference
+
+    g = model.graph
+    try:  # ranks of the MatMul inputs (a graph over 2 GB cannot be inferred in memory: Transpose is used then)
+        inferred = shape_inference.infer_shapes(model).graph
+    except ValueError:
+        inferred = g
+    inits = {t.name: t for t in g.initializer}
+    by_shape: dict[tuple[int, ...], list] = {}
+    for t in g.initializer:
+        by_shape.setdefault(tuple(t.dims), []).append(t)
+    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(g.input)}
+    replaced, dropped = 0, set()
+    for i, node in enumerate(list(g.node)):
+        if node.op_type != "MatMul" or node.input[1] not in inits or len(inits[node.input[1]].dims) != 2:
+            continue
+        copy = inits[node.input[1]]
+        candidates = [t for t in by_shape.get(tuple(reversed(copy.dims)), []) if t.name != copy.name]
+        if not candidates:
+            continue
+        values = numpy_helper.to_array(copy)
+        original = next((t for t in candidates if np.array_equal(numpy_helper.to_array(t).T, values)), None)
+        if original is None:
+            continue
+        g.node.remove(node)
+        if ranks.get(node.input[0]) == 2:
+            g.node.insert(i, helper.make_node("Gemm", [node.input[0], original.name], list(node.output),
+                                              name=node.name + "_tied", transB=1))
+        else:
+            transposed = node.name + "_tied_T"
+            g.node.insert(i, helper.make_node("Transpose", [original.name], [transposed], name=transposed))
+            g.node.insert(i + 1, helper.make_node("MatMul", [node.input[0], transposed], list(node.output),
+                                                  name=node.name + "_tied"))
+        dropped.add(copy.name)
+        replaced += 1
+    still_used = {x for n in g.node for x in n.input}
+    for name in dropped - still_used:
+        g.initializer.remove(inits[name])
+    return replaced
 
 
 def check_onnx(path: Path) -> None:

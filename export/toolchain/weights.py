@@ -32,6 +32,7 @@ from pathlib import Path
 
 from torch import nn
 
+from export.contract.layout import BUILD
 from export.contract.presets import Preset
 from export.contract.vocab import TINY_SPECIAL_TOKENS, SpecialTokens
 from export.toolchain.checkpoints.common import TOKENIZER_JSON, CheckpointError, _env_true, resolve
@@ -158,19 +159,35 @@ class Loaded:
 
 
 def _load_asr(spec: str, path: Path) -> Loaded:
-    from export.toolchain.checkpoints.whisper import load_whisper
-    model, tok = load_whisper(path, allow_download=False, require_tokenizer=True)
+    from export.toolchain.checkpoints.ctranslate2 import MODEL_BIN, is_ctranslate2, load_whisper_ct2
+    if is_ctranslate2(path):  # e.g. faster-whisper's, or the registry's whisper-tiny.en
+        model, tokenizer = load_whisper_ct2(path)
+        folder = path if path.is_dir() else path.parent
+        files = [folder / MODEL_BIN, folder / "config.json", tokenizer]
+    else:
+        from export.toolchain.checkpoints.whisper import load_whisper
+        model, _ = load_whisper(path, allow_download=False, require_tokenizer=True)
+        folder = path if path.is_dir() else path.parent
+        files, tokenizer = _hf_files(path), folder / TOKENIZER_JSON
     check_asr_dims(model.dims, str(path))
-    folder = path if path.is_dir() else path.parent
-    return Loaded("asr", "asr", ("asr_encoder", "asr_decoder"), spec, path, model, model.dims, _hf_files(path),
-                  tokenizer_file=folder / TOKENIZER_JSON)
+    return Loaded("asr", "asr", ("asr_encoder", "asr_decoder"), spec, path, model, model.dims, files,
+                  tokenizer_file=tokenizer)
 
 
-def _load_llm(spec: str, path: Path) -> Loaded:
+def _load_llm(spec: str, path: Path, cache: Path) -> Loaded:
     from export.contract import spec as specs
-    from export.toolchain.checkpoints.qwen2 import load_llm
-    model, tok, template = load_llm(path, allow_download=False, require_tokenizer=True)
-    folder = path if path.is_dir() else path.parent
+    if path.suffix == ".gguf":  # llama.cpp's format: the tokenizer and chat template are inside
+        from export.toolchain.checkpoints.gguf import load_gguf
+        model, tok, template = load_gguf(path)
+        tokenizer_file = cache / f"{path.stem}.tokenizer.json"
+        tokenizer_file.parent.mkdir(parents=True, exist_ok=True)
+        tok.save(str(tokenizer_file))
+        files = [path]
+    else:
+        from export.toolchain.checkpoints.qwen2 import load_llm
+        model, tok, template = load_llm(path, allow_download=False, require_tokenizer=True)
+        folder = path if path.is_dir() else path.parent
+        tokenizer_file, files = folder / TOKENIZER_JSON, _hf_files(path)
     notes = []
     longest = specs.LLM.axis("past").max + specs.LLM.axis("tokens").max
     if model.config.max_position_embeddings < longest:
@@ -178,8 +195,8 @@ def _load_llm(spec: str, path: Path) -> Loaded:
                      f"context export/contract/spec.py allows; positions beyond it are extrapolated")
     if template is None:
         notes.append("llm: no chat template (a base model?); the orchestrator keeps its own prompt format")
-    return Loaded("llm", "llm", ("llm",), spec, path, model, model.config, _hf_files(path),
-                  tokenizer_file=folder / TOKENIZER_JSON, chat_template=template, notes=notes)
+    return Loaded("llm", "llm", ("llm",), spec, path, model, model.config, files, tokenizer_file=tokenizer_file,
+                  chat_template=template, notes=notes)
 
 
 def is_piper_voice(path: Path) -> bool:
@@ -258,7 +275,7 @@ def load_weights(specs: dict[str, str], allow_download: bool = True,
         if fam == "asr":
             loaded[fam] = _load_asr(spec, path)
         elif fam == "llm":
-            loaded[fam] = _load_llm(spec, path)
+            loaded[fam] = _load_llm(spec, path, BUILD / "converted")
         elif fam == "tts":
             loaded[fam] = _load_tts(spec, path)
         elif fam == "vocoder":
