@@ -124,16 +124,33 @@ def render(image: np.ndarray, box: tuple[int, int, int, int], pose: Pose, margin
     ry1, ry2, rx1, rx2 = _region(image.shape, box, margin)
     region = image[ry1:ry2, rx1:rx2]
     h, w = region.shape[:2]
-    cx, cy = (x1 + x2) / 2 - rx1, (y1 + y2) / 2 - ry1
-    m = cv2.getRotationMatrix2D((cx, cy), pose.angle_deg, 1.0)
-    m[0, 2] += pose.dx * fw
-    m[1, 2] += pose.dy * fh
+    m = _head_matrix(box, (ry1, rx1), pose)
     moved = cv2.warpAffine(region, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     if pose.brow:
         moved = _brow_warp(moved, (y1 - ry1, y2 - ry1, x1 - rx1, x2 - rx1), pose.brow * fh)
     mask = _feather(h, w, max(2, int(min(fh, fw) * margin * 0.5)))
     out[ry1:ry2, rx1:rx2] = (moved * mask + region * (1.0 - mask)).astype(np.uint8)
     return out
+
+
+def _head_matrix(box: tuple[int, int, int, int], origin: tuple[int, int], pose: Pose) -> np.ndarray:
+    """The head region's affine map (2 x 3, region coordinates with its top-left at `origin` (y, x))."""
+    y1, y2, x1, x2 = box
+    oy, ox = origin
+    m = cv2.getRotationMatrix2D(((x1 + x2) / 2 - ox, (y1 + y2) / 2 - oy), pose.angle_deg, 1.0)
+    m[0, 2] += pose.dx * (x2 - x1)
+    m[1, 2] += pose.dy * (y2 - y1)
+    return m
+
+
+def moved_point(shape: tuple[int, ...], box: tuple[int, int, int, int], pose: Pose, point: tuple[float, float],
+                margin: float = 0.3) -> tuple[float, float]:
+    """Where `point` (x, y) of the image is after `render(image, box, pose)`: e.g. the mouth the lip-sync follows."""
+    if pose == Pose():
+        return point
+    ry1, _, rx1, _ = _region(shape, box, margin)
+    x, y = _head_matrix(box, (ry1, rx1), pose) @ np.array([point[0] - rx1, point[1] - ry1, 1.0])
+    return float(x + rx1), float(y + ry1)
 
 
 def _brow_warp(img: np.ndarray, box: tuple[int, int, int, int], lift_px: float) -> np.ndarray:

@@ -54,6 +54,7 @@ class TurnOptions:
     min_silence_ms: int = 500  # mic: silence that ends the user's turn
     end_of_input: bool = False  # mic: the last chunk of the stream; a turn in progress ends with it (no silence needed)
     idle_s: float = 2.0  # idle: seconds of idle-motion frames to stream
+    canary: bool = False  # a probe's turn (deploy/canary.py): served as any turn, not counted in the user TTFA/TTFF
 
     @classmethod
     def parse(cls, raw: bytes | None, limits: Limits) -> "TurnOptions":
@@ -83,7 +84,7 @@ class TurnOptions:
 
         if self.max_reply_tokens is not None:
             bounded("max_reply_tokens", 1, 512)
-        for flag in ("video", "streaming", "ignore_eos", "end_of_input"):
+        for flag in ("video", "streaming", "ignore_eos", "end_of_input", "canary"):
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
         bounded("deadline_s", 0.05, 600.0)

@@ -1,14 +1,14 @@
-"""One user turn through the whole pipeline, streamed: ASR → LLM → TTS → vocoder → Wav2Lip.
+"""One user turn through the whole pipeline, streamed: ASR → LLM → TTS → vocoder → lip-sync.
 
 Plain asyncio over an `infer(model, inputs) -> outputs` coroutine, so it runs
 the same inside Triton (BLS calls) and in tests (ONNX Runtime in process).
 Three tasks overlap:
   reply   ASR (speech input), then LLM tokens → text events → Segmenter pieces
   speech  each piece → TTS → streaming vocoder → audio events
-  video   audio → 16 kHz → Wav2Lip mel windows → Wav2Lip batches → composited JPEG frames
+  video   audio progress + phoneme timings → lip-sync batches (ensemble/lipsync.py) → JPEG frames
 
 Audio comes first: the video task drops a frame whose display time (first audio chunk = time 0)
-would pass before Wav2Lip could return it, so video never falls behind the voice (frame indices and
+would pass before the lip-sync stage could return it, so video never falls behind the voice (frame indices and
 timestamps stay those of the 25 fps clock; dropped slots are counted). A turn can be interrupted
 (`Turn.interrupt`: barge-in, an explicit cancel, the client cancelling its stream): its tasks are
 cancelled at their next await, no further stage call is made, and a `done` event says why.
@@ -27,10 +27,12 @@ from ensemble import avatar as avatars
 from ensemble import metrics, motion
 from ensemble.decoding import TokenIds, greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
-from ensemble.features import LipsyncMelStream, StreamingResampler, whisper_log_mel
+from ensemble.features import whisper_log_mel
+from ensemble.lipsync import FrameSource, frame_source
 from ensemble.options import TurnOptions
 from ensemble.speech import Voice
 from ensemble.text import Segmenter, strip_chat_markup
+from ensemble.visemes import VisemeTrack
 from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
 from export.contract import media, spec
 from export.contract.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
@@ -106,13 +108,13 @@ class Turn:
         self.first_audio_at: float | None = None  # perf_counter of the first audio chunk: the playback clock's 0
         self.video_frames = 0  # frames sent
         self.frames_dropped = 0  # frame slots skipped (late, or the frame stride)
-        self.frames_late_dropped = 0  # ... of which late: Wav2Lip could not make them before their display time
+        self.frames_late_dropped = 0  # ... of which late: the lip-sync stage could not make them in time
         self.timeline = motion.Timeline()  # the reply pieces' emotions on the audio clock
         self.interrupted: str | None = None  # why the turn stopped early: "barge_in", "cancel", "client"
         self._tasks: list[asyncio.Future] = []
-        self._lipsync_s = 0.0  # recent seconds per Wav2Lip call (EWMA): when a frame would be ready
+        self._lipsync_s = 0.0  # recent seconds per lip-sync call (EWMA): when a frame would be ready
         self._utterances = 0  # acoustic-model calls so far (each gets its own noise seed)
-        self.phones: list[tuple[str, float, float]] = []  # (symbol, start s, length s) of the speech, audio clock
+        self.visemes = VisemeTrack()  # the speech's mouth shapes on the audio clock (from its phoneme timings)
 
     def interrupt(self, reason: str) -> None:
         """Stop the turn now: its tasks are cancelled, queued stage work is dropped, `run` ends the turn."""
@@ -338,7 +340,7 @@ class Turn:
         frame_s = media.TTS_MEL.hop_length / media.OUTPUT_SAMPLE_RATE
         t = self.audio_samples / media.OUTPUT_SAMPLE_RATE
         for symbol, frames in zip(u.symbols, durations.tolist()):
-            self.phones.append((symbol, t, frames * frame_s))
+            self.visemes.add(symbol, t, frames * frame_s)
             t += frames * frame_s
 
     async def _vocode(self, features: np.ndarray, audio_q: asyncio.Queue) -> None:
@@ -366,29 +368,23 @@ class Turn:
         audio_q.put_nowait(audio)
 
     async def _video(self, audio_q: asyncio.Queue) -> None:
-        resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)
-        mels = LipsyncMelStream()
-        slots: list[tuple[int, np.ndarray]] = []  # (frame index on the 25 fps clock, its mel window)
-        n_slots = 0
+        source = frame_source(self.preset.lipsync, self.visemes)
+        slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet made
         while True:
             audio = await audio_q.get()
-            if audio is _END:  # the resampler's tail may complete windows too
-                windows = mels.push(resampler.finish()) + mels.finish(media.video_frames_for_samples(self.audio_samples))
-            else:
-                windows = mels.push(resampler.push(audio))
-            slots += [(n_slots + i, w) for i, w in enumerate(windows)]
-            n_slots += len(windows)
             if audio is _END:
+                slots += source.finish(self.audio_samples)
                 break
+            slots += source.push(audio)
             # the first frame goes alone (time to first frame); later ones in batches
             size = 1 if self.video_frames == 0 else self.options.lipsync_batch
             while len(slots) >= size:
                 batch, slots = slots[:size], slots[size:]
-                await self._lipsync(batch)
+                await self._lipsync(source, batch)
                 size = self.options.lipsync_batch
         while slots:
             batch, slots = slots[: self.options.lipsync_batch], slots[self.options.lipsync_batch:]
-            await self._lipsync(batch)
+            await self._lipsync(source, batch)
 
     def _keep(self, index: int) -> bool:
         """Whether frame slot `index` is made: every frame_stride-th, and (streaming) only if it can still
@@ -407,18 +403,17 @@ class Turn:
         self.recorder.inc(metrics.FRAMES_DROPPED, reason=reason)
         return False
 
-    async def _lipsync(self, slots: list[tuple[int, np.ndarray]]) -> None:
-        slots = [(i, w) for i, w in slots if self._keep(i)]
+    async def _lipsync(self, source: FrameSource, slots: list) -> None:
+        slots = [(i, d) for i, d in slots if self._keep(i)]
         if not slots:
             return
         indices = [i for i, _ in slots]
-        images, faces = await self._off_loop(self._prepare_frames, indices)
-        mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
+        images, inputs, state = await self._off_loop(self._prepare_frames, source, slots)
         t = time.perf_counter()
-        generated = (await self.call(spec.WAV2LIP, mel=mel, faces=faces))["frames"]
+        generated = (await self.call(source.stage, **inputs))["frames"]
         took = time.perf_counter() - t
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
-        jpegs = await self._off_loop(self._finish_frames, images, generated)
+        jpegs = await self._off_loop(self._finish_frames, source, images, state, generated)
         for i, image, jpeg in zip(indices, images, jpegs):
             self._send_frame(i, image.shape, jpeg)
 
@@ -429,16 +424,18 @@ class Turn:
             return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.frame_workers, fn, *args)
 
-    def _prepare_frames(self, indices: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
-        """The moved avatar image of each frame slot and Wav2Lip's face input [n, 6, 96, 96]."""
-        images = [motion.render(self.avatar.image, self.avatar.box, self.timeline.pose(i / media.VIDEO_FPS))
-                  for i in indices]
-        return images, np.stack([avatars.wav2lip_faces(self.avatar, image) for image in images])
+    def _prepare_frames(self, source: FrameSource, slots: list) -> tuple[list[np.ndarray], dict, object]:
+        """The moved avatar image of each frame slot and the lip-sync stage's inputs for them."""
+        poses = [self.timeline.pose(i / media.VIDEO_FPS) for i, _ in slots]
+        images = [motion.render(self.avatar.image, self.avatar.box, pose) for pose in poses]
+        inputs, state = source.inputs(self.avatar, images, poses, slots)
+        return images, inputs, state
 
-    def _finish_frames(self, images: list[np.ndarray], generated: np.ndarray) -> list[bytes]:
-        """Each generated face composited into its frame, JPEG-encoded."""
-        return [avatars.encode_jpeg(avatars.composite(self.avatar, face, image), quality=self.options.jpeg_quality)
-                for image, face in zip(images, generated)]
+    def _finish_frames(self, source: FrameSource, images: list[np.ndarray], state, generated: np.ndarray
+                       ) -> list[bytes]:
+        """The stage's output made into frames, JPEG-encoded."""
+        return [avatars.encode_jpeg(frame, quality=self.options.jpeg_quality)
+                for frame in source.frames(self.avatar, images, state, generated)]
 
     def _send_frame(self, index: int, shape: tuple[int, ...], jpeg: bytes) -> None:
         pts = index / media.VIDEO_FPS

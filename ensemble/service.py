@@ -344,7 +344,8 @@ async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) ->
 
 
 def _chat_prompt(artifacts: Path, info: dict) -> Callable[[str], str]:
-    """The checkpoint's chat template when the LLM weights are real, else the tiny tokenizer's ChatML."""
+    """The checkpoint's chat template when the LLM weights are real (with the system message it defaults to: the one
+    the model was tuned with; small models follow a persona of ours worse), else the tiny tokenizer's ChatML."""
     if "llm_chat_template" not in info:
         return chatml_prompt
     template = (artifacts / info["llm_chat_template"]).read_text(encoding="utf-8")

@@ -20,13 +20,13 @@ import numpy as np
 
 from ensemble.options import TurnOptions
 from export.contract import text_frontend
-from export.contract.piper_voice import PAD, PiperVoiceConfig, read_voice_config
+from export.contract.piper_voice import PiperVoiceConfig, read_voice_config
 from export.contract.spec import SPEECH_FAMILIES, SpeechStages
 
 
 @dataclass(frozen=True)
 class Utterance:
-    """One acoustic-model call's input: its ids, and what each says (a phoneme, "" for markers and pads)."""
+    """One acoustic-model call's input: its ids, and what each says (a phoneme, a pad or marker symbol, "" unknown)."""
 
     ids: tuple[int, ...]
     symbols: tuple[str, ...]  # same length as ids
@@ -65,8 +65,7 @@ class PiperVoice:
             ids = self.config.phoneme_ids(phonemes)
             for start in range(0, len(ids), max_ids):  # a run-on sentence longer than the stage takes
                 part = ids[start:start + max_ids]
-                out.append(Utterance(tuple(part), tuple("" if names.get(i) in (PAD, "^", "$") else names.get(i, "")
-                                                        for i in part)))
+                out.append(Utterance(tuple(part), tuple(names.get(i, "") for i in part)))
         return out
 
     def request(self, u: Utterance, options: TurnOptions, seed: int) -> dict[str, np.ndarray]:

@@ -45,6 +45,7 @@ STAGE_NAMES = [s.name for s in spec.STAGES]
 MODELS = STAGE_NAMES + [s.name for s in spec.INPUT_STAGES]  # what --models accepts: the PyTorch stages, VAD, faces
 FACE_MODEL = "blazeface-front"  # the face detector's source graph (export/toolchain/registry.py)
 WEIGHT_SETS = ("random", "real")
+REAL_REPLY_TOKENS = 96  # reply cap with a real LLM (the seeded random presets keep theirs)
 
 
 GRAPH_SOURCES = ("toolchain/models/*.py", "contract/media.py", "contract/presets.py", "contract/spec.py", "toolchain/graphs.py",
@@ -126,10 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if loaded:
         preset = weights.preset_from_checkpoints(preset, loaded)
         print(f"  weights: {weights.summary(loaded)}", flush=True)
+    if "llm" in loaded:  # a real LLM writes whole sentences: room for a few of them
+        preset = dataclasses.replace(preset, max_reply_tokens=max(preset.max_reply_tokens, REAL_REPLY_TOKENS))
     models = args.models or sorted({s.name for s in spec.pipeline_stages(preset) + spec.INPUT_STAGES}
                                    | weights.stages_of(loaded), key=MODELS.index)
-    if configs.ensure_repository(args.repository):
-        print(f"  {args.repository}: a new model repository (the checked-in configs copied)", flush=True)
+    copied = configs.ensure_repository(args.repository)
+    if copied:
+        print(f"  {args.repository}: {copied} config / model.py file(s) copied from the checked-in repository", flush=True)
     failed = []
     if spec.VAD.name in models:
         try:
@@ -209,7 +213,7 @@ def write_artifacts(folder: Path, preset, loaded: dict, seed: int, models: list[
         tts_lexicon=tts.lexicon if tts is not None else None,
         tts_frontend="arpabet" if tts is not None and tts.field == "fastspeech2" else "characters",
         speech=preset.speech, lipsync=preset.lipsync, tts_voice=tts.voice_config if tts is not None else None,
-        models=models,
+        models=models, max_reply_tokens=preset.max_reply_tokens,
         dims={f.name: dataclasses.asdict(getattr(preset, f.name)) for f in dataclasses.fields(preset)
               if dataclasses.is_dataclass(getattr(preset, f.name))} if loaded else None)
 

@@ -15,11 +15,14 @@ prints the summary.) Each simulated user:
 - thinks `--think MIN,MAX` seconds (uniform) after each turn.
 
 Per turn it fires a locust request event (request_type "turn", name "speech"/"text",
-response_time = whole turn in ms, exception on failure) and records a
+response_time = whole turn in ms, exception on failure), and for a turn that got them one
+"TTFA" and one "TTFF" event of the same name (response_time = time to its first audio
+chunk / first video frame), so that locust's web UI, --csv and --html show time to first
+audio and first frame as rows of their own; and it records a
 `loadtests.stats.TurnSample` (time to first text, TTFA, TTFF, largest audio gap,
 playback underrun, total, failure class). On exit `<prefix>_turns.csv` and
 `<prefix>_summary.json` are written, prefix = `--samples-prefix`, else locust's
-`--csv` prefix, else `loadtest`. With `--master/--worker` the workers ship their
+`--csv` prefix, else $LOADTEST_OUT (the loadgen image: /opt/loadgen/results/load), else `loadtest`. With `--master/--worker` the workers ship their
 samples to the master, which writes the reports.
 
 The stream is opened with the `triton_grpc_error: true` header so that an error keeps
@@ -40,10 +43,10 @@ grpc_gevent.init_gevent()
 import itertools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import queue  # noqa: E402  (gevent's, after patching)
 import random  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -64,15 +67,15 @@ from client.turns import TurnCollector, TurnResult  # noqa: E402
 from export.contract import events as ev  # noqa: E402
 from export.contract import media as C  # noqa: E402
 from export.contract.spec import TALKING_HEAD  # noqa: E402
-from loadtests import stats  # noqa: E402
+from loadtests import inputs, stats  # noqa: E402
 
 log = logging.getLogger("loadtests.locustfile")
 
-QUESTIONS = ["What can you do for me today?", "Tell me something about the weather.",
-             "Can you help me plan my week?"]
+QUESTIONS = inputs.QUESTIONS
 TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
          "Can you help me with my work?", "What should I cook tonight?", "Thank you, goodbye."]
 GRPC_ERROR_HEADER = {"triton_grpc_error": "true"}
+OUT_ENV = "LOADTEST_OUT"  # default report prefix (the loadgen image sets it to its writable results folder)
 
 
 # ---------------------------------------------------------------- command line
@@ -114,11 +117,7 @@ def _load_speech(opts) -> list[np.ndarray]:
 
     if opts.wav:
         return [media.read_audio(opts.wav, rate=C.INPUT_SAMPLE_RATE)]
-    from deploy.demo import speak  # espeak-ng
-
-    with tempfile.TemporaryDirectory(prefix="locust-speech-") as tmp:
-        return [media.read_audio(speak(q, Path(tmp) / f"q{i}.wav"), rate=C.INPUT_SAMPLE_RATE)
-                for i, q in enumerate(QUESTIONS)]
+    return inputs.spoken_questions(C.INPUT_SAMPLE_RATE, QUESTIONS)  # espeak-ng
 
 
 @events.init.add_listener
@@ -141,7 +140,8 @@ def _on_init(environment, **_kw) -> None:
         except ValueError as e:
             raise SystemExit(f"--turn-options must be a JSON object: {e}") from None
         Inputs.options = opts.turn_options
-    Inputs.prefix = opts.samples_prefix or getattr(opts, "csv_prefix", None) or "loadtest"
+    Inputs.prefix = (opts.samples_prefix or getattr(opts, "csv_prefix", None) or os.environ.get(OUT_ENV)
+                     or "loadtest")
     if isinstance(environment.runner, MasterRunner):
         return  # the workers send turns; the master only collects their samples
     if opts.speech_ratio > 0:
@@ -413,3 +413,13 @@ class TalkingHeadUser(User):
         length = result.audio.nbytes + sum(len(f) for f in result.frames)
         events.request.fire(request_type="turn", name=kind, response_time=(result.total_s or 0.0) * 1000,
                             response_length=length, exception=None, context=where)
+        fire_first_chunks(result, kind, where)
+
+
+def fire_first_chunks(result: TurnResult, kind: str, where: dict) -> None:
+    """TTFA and TTFF as their own rows of locust's statistics (web UI, --csv, --html): request_type "TTFA" / "TTFF",
+    name = the turn's kind, response_time = time from sending the turn to its first audio chunk / video frame."""
+    for request_type, seconds in (("TTFA", result.time_to_first_audio_s), ("TTFF", result.time_to_first_frame_s)):
+        if seconds is not None:
+            events.request.fire(request_type=request_type, name=kind, response_time=seconds * 1000,
+                                response_length=0, exception=None, context=where)

@@ -28,6 +28,13 @@ hence the profile export.
 The profile export holds every response's outputs, JPEG frames as JSON number lists
 (about 30 MB per turn with video on), so it is scanned with a regular expression over
 a memory map rather than parsed whole, and deleted after each level unless `--keep-profile`.
+Bounded: `--max-profile-mb` (default 200) caps the profile exports of the whole run; a level's
+request count is cut to what fits (per request: 32 MB with video, 2 MB without, then as measured),
+and the run stops when a level no longer fits. `--request-count 0` needs `--max-profile-mb 0`.
+
+perf_analyzer reads the model config, an admin API the servers restrict: the key comes from
+`--admin-key-file`, else $TRITON_ADMIN_KEY (`--admin-key-env`), else the local server's
+build/triton/admin-key; without a working key the run stops before perf_analyzer starts, saying so.
 """
 from __future__ import annotations
 
@@ -39,7 +46,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -291,7 +297,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--turn-options", default="", help="options JSON added to every turn, e.g. '{\"video\": false}'")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "perf",
                     help="prefix: <out>_pa.csv, <out>_pa_input.json, <out>_pa_summary.json (default out/perf)")
-    ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~25 MB per turn)")
+    ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~30 MB per turn)")
+    ap.add_argument("--max-profile-mb", type=float, default=200.0,
+                    help="cap on the profile exports of the whole run (default 200); request counts are cut to fit;"
+                         " 0: no cap (needed with --request-count 0)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds perf_analyzer may run (default 600)")
     ap.add_argument("--retries", type=int, default=1,
                     help="runs again when perf_analyzer leaves a profile export without requests (default 1)")
@@ -300,20 +309,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--http-port", type=int, default=18500, help="with --start-server (default 18500)")
     ap.add_argument("--metrics-port", type=int, default=18502, help="with --start-server (default 18502)")
     ap.add_argument("--preset", default="tiny", help="with --start-server: preset exported when missing (tiny)")
-    ap.add_argument("--admin-key-env", metavar="VAR", default="",
-                    help="the server's admin key is in $VAR (perf_analyzer reads the model config, an admin API);"
-                         " with --start-server the embedded server's key is used")
+    ap.add_argument("--admin-key-env", metavar="VAR", default="TRITON_ADMIN_KEY",
+                    help="the server's admin key is in $VAR (perf_analyzer reads the model config, an admin API;"
+                         " default TRITON_ADMIN_KEY); with --start-server the embedded server's key is used")
+    ap.add_argument("--admin-key-file", type=Path, default=None,
+                    help="read the admin key from this file (default when $VAR is unset: the local server's "
+                         "build/triton/admin-key, if present)")
     ap.add_argument("extra", nargs="*", help="after --: more perf_analyzer arguments, passed as they are")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.request_count == 0 and args.max_profile_mb:
+        ap.error("--request-count 0 sends requests for as long as perf_analyzer measures: its profile export has no "
+                 "bound; give --max-profile-mb 0 to accept that")
+    return args
+
+
+LOCAL_ADMIN_KEY = ROOT / "build" / "triton" / "admin-key"  # deploy.server's per-run key (its default workdir)
+
+
+def resolve_admin_key(args: argparse.Namespace) -> str | None:
+    """The admin key: --admin-key-file, else $--admin-key-env, else the local server's key file (None: none)."""
+    if args.admin_key_file is not None:
+        return args.admin_key_file.read_text().strip()
+    if args.admin_key_env and os.environ.get(args.admin_key_env):
+        return os.environ[args.admin_key_env].strip()
+    if LOCAL_ADMIN_KEY.is_file():
+        return LOCAL_ADMIN_KEY.read_text().strip()
+    return None
+
+
+def check_admin_access(host: str, admin_key: str | None) -> None:
+    """Fail early, with the remedy, when the model config (an admin API) cannot be read with this key."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from deploy.admin import admin_headers
+
+    with grpcclient.InferenceServerClient(host) as c:
+        try:
+            c.get_model_config(MODEL, headers=admin_headers(admin_key))
+        except InferenceServerException as e:
+            if "restricted" in str(e.message()).lower() or "admin" in str(e.message()).lower():
+                raise SystemExit(
+                    f"perf_analyzer needs the server's admin key to read {MODEL}'s config "
+                    f"({'the key given was refused' if admin_key else 'no key found'}): set TRITON_ADMIN_KEY, or "
+                    f"--admin-key-env VAR / --admin-key-file PATH. Triton said: {e.message()}") from None
+            raise
+
+
+def requests_that_fit(request_count: int, concurrency: int, budget_mb: float, used_mb: float,
+                      mb_per_request: float) -> int:
+    """How many of a level's requests fit the profile budget (0: none, stop); budget 0 means no cap."""
+    if not budget_mb:
+        return request_count
+    fit = int((budget_mb - used_mb) // max(mb_per_request, 1e-6))
+    n = min(request_count, fit)
+    return n if n >= concurrency else 0
 
 
 def _speech_inputs() -> list[Any]:
-    from client import media
-    from deploy.demo import QUESTION, speak
     from export.contract import media as C
+    from loadtests.inputs import QUESTIONS, spoken_questions
 
-    with tempfile.TemporaryDirectory(prefix="pa-speech-") as tmp:
-        return [media.read_audio(speak(QUESTION, Path(tmp) / "q.wav"), rate=C.INPUT_SAMPLE_RATE)]
+    return spoken_questions(C.INPUT_SAMPLE_RATE, QUESTIONS[:1])
 
 
 def admin_header_args(key: str | None) -> list[str]:
@@ -346,14 +403,25 @@ def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -
     else:
         levels = [args.concurrency_range]
     rows, commands, codes, final_codes, size_mb = [], [], [], [], 0.0
+    mb_per_request = 32.0 if json.loads(args.turn_options or "{}").get("video", True) else 2.0  # then measured
     t0 = time.perf_counter()
     for level in levels:
         tag = "" if len(levels) == 1 else f"_c{level.split(':')[0]}"
         csv_file, profile_file = Path(f"{out}_pa{tag}.csv"), Path(f"{out}_profile{tag}.json")
+        count = requests_that_fit(args.request_count, int(level.split(":")[0]), args.max_profile_mb, size_mb,
+                                  mb_per_request)
+        if args.request_count and count == 0:
+            print(f"stopping before concurrency {level}: its profile export would pass --max-profile-mb "
+                  f"{args.max_profile_mb:g} ({size_mb:.0f} MB used, ~{mb_per_request:.1f} MB per request)",
+                  file=sys.stderr)
+            break
+        if count < args.request_count:
+            print(f"concurrency {level}: {count} requests instead of {args.request_count} (--max-profile-mb)",
+                  file=sys.stderr)
         cmd = perf_analyzer_command(binary, host=host, input_file=input_file, csv_file=csv_file,
                                     profile_file=profile_file, concurrency_range=level,
                                     measurement_interval_ms=args.measurement_interval,
-                                    request_count=args.request_count, max_trials=args.max_trials,
+                                    request_count=count, max_trials=args.max_trials,
                                     stability_percentage=args.stability_percentage,
                                     extra=[*admin_header_args(admin_key), *args.extra])
         for attempt in range(1 + args.retries):
@@ -387,7 +455,9 @@ def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -
         final_codes.append(code)
         if not any(e.requests for e in experiments):
             continue
-        size_mb += profile_file.stat().st_size / 1e6
+        level_mb = profile_file.stat().st_size / 1e6
+        size_mb += level_mb
+        mb_per_request = max(level_mb / max(1, sum(len(e.requests) for e in experiments)), 0.01)
         rows += summarize_profile(experiments)
         if not args.keep_profile:
             profile_file.unlink()
@@ -413,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out.resolve()
     try:
         if not args.start_server:
-            key = os.environ.get(args.admin_key_env) if args.admin_key_env else None
+            key = resolve_admin_key(args)
+            check_admin_access(args.host, key)
             return measure(args, args.host, admin_key=key)
         from loadtests.run import start_server
 

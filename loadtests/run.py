@@ -122,8 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--avatar", default="", help="a registered avatar id (default: each user registers the demo avatar)")
     ap.add_argument("--avatar-image", default="", help="face image each user registers instead of the demo avatar")
     ap.add_argument("--wav", default="", help="speech input file (default: espeak-ng questions)")
-    ap.add_argument("--out", type=Path, default=ROOT / "out" / "load",
-                    help="report prefix: <out>.html, <out>_stats.csv, <out>_turns.csv, <out>_summary.json")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("LOADTEST_OUT") or ROOT / "out" / "load"),
+                    help="report prefix: <out>.html, <out>_stats.csv (with TTFA and TTFF rows), <out>_turns.csv, "
+                         "<out>_summary.json (default: $LOADTEST_OUT, else out/load; the loadgen image sets "
+                         "LOADTEST_OUT=/opt/loadgen/results/load)")
     ap.add_argument("--stop-timeout", type=int, default=60,
                     help="seconds users get to finish the turn in progress when the run time is up (default 60)")
     ap.add_argument("--fail-on-error", action="store_true",

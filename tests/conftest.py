@@ -10,6 +10,20 @@ from export.contract.layout import MODEL_REPOSITORY
 PORTS = server_ports()  # free ports: other servers may hold the usual ones
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, on machines without it (CI, this machine); selected
+    alone with `-m gpu` on a GPU host. tests/test_markers.py checks that every test that uses CUDA carries the mark."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (marker `gpu`)")
+        for item in gpu:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def exported_repository():
     """The repository with the tiny preset exported (idempotent: skipped when up to date)."""

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sys
 from pathlib import Path
 
+import jsonschema
 import kubernetes_validate
+import pytest
 import yaml
 
+from ensemble import metrics as orchestrator_metrics
 from export.contract import spec
 from export.contract.presets import PRODUCTION_PRESET, get_preset
 
@@ -19,6 +24,9 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE_SCHEMA = DEPLOY / "schemas" / "compose-spec.json"
 COMPOSE_SCHEMA_SHA256 = "d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64"
+MONITORING_SCHEMA = DEPLOY / "schemas" / "monitoring-coreos-v1.json"  # ServiceMonitor + PrometheusRule (CRDs)
+COMPOSE_LINT_CONFIG = DEPLOY / "compose-lint.yml"
+TOOLS = ROOT / "build" / "tools"  # `make validators` puts promtool and checkov's venv here
 PROMETHEUS_CONFIG = DEPLOY / "compose" / "prometheus.yml"
 GRAFANA = DEPLOY / "compose" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "talking-head.json"
@@ -35,7 +43,7 @@ TRITON_METRICS = {
     "nv_inference_request_success", "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us",
     "nv_inference_exec_count", "nv_gpu_utilization", "nv_gpu_memory_used_bytes",
 }
-ORCHESTRATOR_HISTOGRAMS = {"talking_head_ttfa_ms", "talking_head_ttff_ms", "talking_head_stage_latency_ms"}
+ORCHESTRATOR_HISTOGRAMS = {m.name for m in orchestrator_metrics.ALL if m.kind == "histogram"}  # *_seconds
 ORCHESTRATOR_METRICS = ORCHESTRATOR_HISTOGRAMS | {
     "talking_head_active_sessions", "talking_head_frames_dropped_total", "talking_head_rejected_total",
 }
@@ -192,3 +200,28 @@ def metric_names(expr: str) -> set[str]:
 
 def compose() -> dict:
     return load_yaml(COMPOSE_FILE)
+
+
+def tool(name: str, *local: Path) -> str:
+    """A validator's executable: `local` candidates (build/tools), the venv's bin/, then PATH. Missing is a failure, not
+    a skip: `make test` installs every one of them (deploy/requirements-validate.txt, `make validators`)."""
+    for candidate in local:
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make validators` (promtool, checkov) or "
+                    f"`pip install -r deploy/requirements-validate.txt`", pytrace=False)
+    return found
+
+
+def validate_monitoring(doc: dict) -> None:
+    """A monitoring.coreos.com/v1 object (ServiceMonitor, PrometheusRule) against deploy/schemas/monitoring-coreos-v1.json."""
+    schema = json.loads(MONITORING_SCHEMA.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    kind_schema = {"$defs": schema["$defs"], **schema["$defs"][doc.get("kind", "")]} \
+        if doc.get("kind") in schema["$defs"] else schema
+    errors = sorted(jsonschema.validators.validator_for(schema)(kind_schema).iter_errors(doc),
+                    key=lambda e: list(e.path))
+    assert validator.is_valid(doc) and not errors, f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}: " + \
+        "; ".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)

@@ -108,7 +108,7 @@ def test_gpu_config_takes_the_audio_once():
         assert "session_id" not in configs.render_config(spec.ASR_DECODER, variant), variant
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 def test_graph_replays_on_the_gpu_match_the_stateless_decoder(graph):
     cuda = whisper.DecoderGraph(whisper.build(TINY.asr, seed=0)).to("cuda")
     stateless = BatchRunner(spec.ASR_DECODER, TorchStage(spec.ASR_DECODER, cuda, "cuda", "fp32"))

@@ -418,10 +418,8 @@ def test_stopping_early_cancels_the_stream(fake_triton):
 def test_turn_timeout_cancels_the_stream(fake_triton):
     servicer, url = fake_triton
     with TalkingHeadClient(url, turn_timeout_s=0.3) as th:
-        t = time.monotonic()
         with pytest.raises(TurnTimeout, match="did not finish within 0.3 s"):
             list(th.ask(avatar_id="a", text="hang"))
-        assert time.monotonic() - t < 3.0
         assert servicer.cancelled.wait(5.0)
 
 

@@ -107,7 +107,10 @@ def test_new_turn_in_the_session_interrupts_the_reply_in_flight(service, stage_r
     assert first.items[-1][1].type == ev.DONE  # the final event closes the interrupted turn
     assert second.of(ev.DONE)[-1][1].data["interrupted"] is None and second.of(ev.AUDIO)
     print(f"\nbarge-in: new turn -> interrupted turn's done in {(a_done - t_barge) * 1000:.1f} ms")
-    assert a_done - t_barge < 1.0
+    # behaviour, not wall time (timings: `python -m loadtests.barge_in`, BENCHMARKS.md): the interrupted reply ends
+    # before the new reply's first audio chunk, so the user never hears two replies at once, and it stopped early
+    assert a_done < second.first(ev.AUDIO)
+    assert len(done["reply"].split()) < LONG["max_reply_tokens"]
     assert service.recorder.totals[(metrics.INTERRUPTIONS.name, (("reason", "barge_in"),))] == 1
     assert service.active == 0
 
@@ -212,8 +215,13 @@ def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, stage_
     asyncio.run(service.handle(request(service, "Hello there.", frame_stride=2), Stages(stage_runners), log))
     indices = [e.data["index"] for _, e in log.of(ev.VIDEO)]
     assert indices and all(i % 2 == 0 for i in indices)
-    assert service.recorder.totals[(metrics.FRAMES_DROPPED.name, (("reason", "stride"),))] == \
-        log.of(ev.DONE)[-1][1].data["frames_dropped"]
+    done = log.of(ev.DONE)[-1][1].data
+    # like with like: done.frames_dropped counts late drops too, the `stride` counter only the stride's slots
+    stride_dropped = done["frames_dropped"] - done["frames_dropped_late"]
+    totals = service.recorder.totals
+    assert totals[(metrics.FRAMES_DROPPED.name, (("reason", "stride"),))] == stride_dropped
+    assert totals[(metrics.FRAMES_DROPPED.name, (("reason", "late"),))] == done["frames_dropped_late"]
+    assert stride_dropped == C.video_frames_for_samples(done["audio_samples"]) // 2  # every odd slot
 
 
 # ------------------------------------------------------------------ answer cache
@@ -330,7 +338,10 @@ def test_idle_streams_moving_frames_in_real_time(service, stage_runners):
     asyncio.run(service.handle(request(service, action="idle", idle_s=1.0), Stages(stage_runners), log))
     took = time.perf_counter() - t
     frames = [decode_jpeg(e.frame).astype(np.int16) for _, e in log.of(ev.VIDEO)]
-    assert len(frames) == 25 and 0.9 <= took <= 3.0
+    # paced in real time: never faster than the clock (an upper bound would only measure the machine's load)
+    assert len(frames) == 25 and took >= 0.9
+    pts = [e.data["pts"] for _, e in log.of(ev.VIDEO)]
+    assert pts == pytest.approx([i / C.VIDEO_FPS for i in range(25)])
     assert max(np.abs(f - frames[0]).mean() for f in frames[1:]) > 0.2  # it moves: not a frozen image
 
 

@@ -188,7 +188,7 @@ def test_gpu_config_alone_keeps_the_cache_server_side():
     assert f"max_batch_size: {spec.LLM.session.max_batch_size}" in gpu
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
     """StepGraphs: prompt buckets and (batch, span) buckets replayed over fresh inputs, fp32 on CUDA."""
     cuda = qwen2.LlmGraph(qwen2.build(TINY.llm, seed=0)).to("cuda")

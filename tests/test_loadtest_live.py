@@ -54,8 +54,22 @@ def test_locust_conversations_complete_without_failures(server, tmp_path, capsys
         locust_rows = {(r["Type"], r["Name"]): r for r in csv.DictReader(f)}
     turns = sum(int(r["Request Count"]) for (t, _), r in locust_rows.items() if t == "turn")
     assert turns == summary["turns"]
+    # time to first audio / first frame are rows of their own (web UI, CSV, HTML), one per completed turn
+    for kind, metric in (("TTFA", "time_to_first_audio_s"), ("TTFF", "time_to_first_frame_s")):
+        rows_of = {n: r for (t, n), r in locust_rows.items() if t == kind}
+        assert set(rows_of) and set(rows_of) <= set(stats.TURN_KINDS), locust_rows.keys()
+        assert sum(int(r["Request Count"]) for r in rows_of.values()) == summary["metrics"][metric]["count"]
+        assert all(0 < float(r["Median Response Time"]) <= float(r["Max Response Time"]) for r in rows_of.values())
     assert all(int(r["Failure Count"]) == 0 for r in locust_rows.values())
     assert "first audio chunk (TTFA)" in printed and "0 failed" in printed
+
+
+def test_perf_analyzer_refuses_to_start_without_the_admin_key(server):
+    with pytest.raises(SystemExit, match="needs the server's admin key"):
+        pa.check_admin_access(server.options.grpc_url, None)
+    with pytest.raises(SystemExit, match="the key given was refused"):
+        pa.check_admin_access(server.options.grpc_url, "not-the-key-0123456789")
+    pa.check_admin_access(server.options.grpc_url, server.options.admin_key)
 
 
 def test_perf_analyzer_time_to_first_response(server, avatar, tmp_path, monkeypatch):

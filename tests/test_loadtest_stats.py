@@ -251,3 +251,27 @@ def test_locust_command_is_an_argument_list(tmp_path):
     assert pairs["--turns"] == "2" and pairs["--think"] == "0.5,1" and pairs["--avatar"] == "00112233aabbccdd"
     with pytest.raises(SystemExit):
         run.parse_args(["--think", "3,1"])
+
+
+def test_perf_analyzer_output_is_bounded():
+    # 200 MB cap, 32 MB a turn: 10 requests become 6, then nothing fits
+    assert pa.requests_that_fit(10, 1, 200.0, 0.0, 32.0) == 6
+    assert pa.requests_that_fit(10, 2, 200.0, 180.0, 32.0) == 0
+    assert pa.requests_that_fit(10, 1, 200.0, 0.0, 2.0) == 10
+    assert pa.requests_that_fit(10, 4, 0, 1e9, 32.0) == 10  # 0: no cap
+    with pytest.raises(SystemExit):  # time windows send an unbounded number of requests
+        pa.parse_args(["--request-count", "0"])
+    assert pa.parse_args(["--request-count", "0", "--max-profile-mb", "0"]).max_profile_mb == 0
+
+
+def test_perf_analyzer_finds_the_admin_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(pa, "LOCAL_ADMIN_KEY", tmp_path / "none")
+    monkeypatch.delenv("TRITON_ADMIN_KEY", raising=False)
+    assert pa.resolve_admin_key(pa.parse_args([])) is None
+    monkeypatch.setenv("TRITON_ADMIN_KEY", "from-the-env-0123456789")  # the deployments' variable is the default
+    assert pa.resolve_admin_key(pa.parse_args([])) == "from-the-env-0123456789"
+    (tmp_path / "key").write_text("from-a-file-0123456789\n")
+    assert pa.resolve_admin_key(pa.parse_args(["--admin-key-file", str(tmp_path / "key")])) == "from-a-file-0123456789"
+    monkeypatch.delenv("TRITON_ADMIN_KEY")
+    monkeypatch.setattr(pa, "LOCAL_ADMIN_KEY", tmp_path / "key")  # the local server's build/triton/admin-key
+    assert pa.resolve_admin_key(pa.parse_args([])) == "from-a-file-0123456789"

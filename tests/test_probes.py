@@ -20,10 +20,10 @@ def test_canary_passes_on_a_healthy_server(server):
     assert canary.main(["--url", server.options.grpc_url, "--timeout", "60"]) == 0
 
 
-def test_canary_fails_fast_when_nothing_listens():
-    t = time.perf_counter()
+def test_canary_fails_fast_when_nothing_listens(capsys):
     assert canary.main(["--url", "localhost:1", "--timeout", "5"]) == 1
-    assert time.perf_counter() - t < 10
+    # fails on the refused connection, not by waiting out its --timeout (timings belong in benchmarks)
+    assert "cannot reach Triton at localhost:1" in capsys.readouterr().err
 
 
 def test_metrics_endpoint_exports_the_orchestrator_metrics(server, client, avatar):
@@ -31,9 +31,25 @@ def test_metrics_endpoint_exports_the_orchestrator_metrics(server, client, avata
     text = _metrics(server)
     for m in (metrics.TTFA, metrics.TTFF, metrics.STAGE_LATENCY):
         assert f"{m.name}_bucket" in text and f"{m.name}_count" in text
-    assert 'talking_head_stage_latency_ms_count{stage="vocoder"}' in text
+    assert 'talking_head_stage_latency_seconds_count{stage="vocoder"}' in text
     assert f"{metrics.ACTIVE_SESSIONS.name} " in text or f"{metrics.ACTIVE_SESSIONS.name}{{" in text
     assert 'talking_head_turns_total{outcome="ok"}' in text
+    # latencies in seconds: a tiny-preset turn's first audio chunk comes within a minute, not after 60000 "s"
+    ttfa_sum = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_sum")).split()[-1])
+    ttfa_count = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_count")).split()[-1])
+    assert 0 < ttfa_sum / ttfa_count < 60
+
+
+def test_counters_exist_from_the_start(server):
+    """Every counter and gauge series of known labels is exported (at 0 until first used): rejections by reason,
+    cache hits and lookups, interruptions, turns by outcome, dropped frames, governor switches."""
+    text = _metrics(server)
+    for m in metrics.ALL:
+        for labels in metrics.initial_series(m):
+            series = m.name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+            assert any(line.startswith(series + " ") for line in text.splitlines()), f"{series} is not exported"
+    # one the test session never causes: still there, at 0
+    assert 'talking_head_rejected_total{reason="draining"} 0' in text
 
 
 def test_drain_waits_for_active_sessions(server, client, avatar):

@@ -29,7 +29,7 @@ def test_only_the_optimized_gpu_variant_asks_for_graphs():
         assert "cuda_graphs" not in configs.render_config(s, "gpu")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
 @pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP])
 def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, monkeypatch):
     # fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's

@@ -34,8 +34,8 @@ def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: 
                                  chat_template: str | None = None, tts_lexicon: Path | None = None,
                                  tts_frontend: str | None = None, dims: dict | None = None,
                                  special_tokens: vocab.SpecialTokens = vocab.TINY_SPECIAL_TOKENS,
-                                 speech: str = "vits", lipsync: str = "wav2lip", tts_voice: Path | None = None,
-                                 models: list[str] | None = None) -> None:
+                                 speech: str = "vits", lipsync: str = "warp", tts_voice: Path | None = None,
+                                 models: list[str] | None = None, max_reply_tokens: int | None = None) -> None:
     """Write the tokenizers (the checkpoints' when given, else the tiny word tokenizer) and the manifest.
 
     weights: "seeded random" for all, or family -> "seeded random" / {"source", "path", "files"}.
@@ -59,6 +59,8 @@ def write_orchestrator_artifacts(folder: Path, preset: str, seed: int, weights: 
         "special_tokens": special_tokens.to_json(), "speech": speech, "lipsync": lipsync,
         "models": list(models or []),
     }
+    if max_reply_tokens is not None:
+        manifest["max_reply_tokens"] = max_reply_tokens
     if speech == "vits":
         if tts_voice is not None:
             _copy(Path(tts_voice), folder / TTS_VOICE)
@@ -107,4 +109,5 @@ def manifest_preset(info: dict):
                   else tuple(v) if isinstance(v, list) else v for k, v in dims.items() if k in fields}
         preset = dataclasses.replace(preset, **{family: cls(**values)})
     return dataclasses.replace(preset, speech=info.get("speech", preset.speech),
-                               lipsync=info.get("lipsync", preset.lipsync))
+                               lipsync=info.get("lipsync", preset.lipsync),
+                               max_reply_tokens=info.get("max_reply_tokens", preset.max_reply_tokens))

@@ -145,7 +145,7 @@ class Preset:
     hifigan: HiFiGANConfig  # the `hifigan` stage: the fastspeech2 family's vocoder
     wav2lip: Wav2LipConfig  # the `wav2lip` stage (lip-sync family "wav2lip")
     speech: str = "vits"  # the speech family the orchestrator drives: "vits" or "fastspeech2" (SPEECH_FAMILY_NAMES; their stages: spec.SPEECH_FAMILIES)
-    lipsync: str = "wav2lip"  # the lip-sync family: "wav2lip" (LIPSYNC_FAMILY_NAMES)
+    lipsync: str = "warp"  # the lip-sync family: "warp" (no weights) or "wav2lip" (LIPSYNC_FAMILY_NAMES)
     # decoding limits the orchestrator applies with this preset
     max_reply_tokens: int = 64
     notes: str = field(default="", compare=False)
@@ -158,7 +158,7 @@ class Preset:
 
 
 SPEECH_FAMILY_NAMES = ("vits", "fastspeech2")
-LIPSYNC_FAMILY_NAMES = ("wav2lip",)
+LIPSYNC_FAMILY_NAMES = ("warp", "wav2lip")
 # Tiny vocabularies (export/contract/vocab.py builds the word-level tokenizer of this size).
 TINY_VOCAB = 512
 

@@ -310,6 +310,19 @@ HIFIGAN = ModelSpec(
     gpu_graphs=(48, 64),
 )
 
+# ---- lip-sync, family "warp" (no learned weights: export/toolchain/models/mouth_warp.py), the default
+
+LIPSYNC = ModelSpec(
+    name="lipsync",
+    inputs=(
+        Tensor("faces", "FP32", (3, media.MOUTH_CROP, media.MOUTH_CROP)),  # mouth crops, BGR 0..1
+        Tensor("visemes", "FP32", (len(media.VISEMES),)),  # media.VISEMES: open, width, teeth
+    ),
+    outputs=(Tensor("frames", "FP32", (3, media.MOUTH_CROP, media.MOUTH_CROP)),),  # the crops with the mouth moved
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    gpu_graphs=(None,),
+)
+
 # ---- lip-sync, family "wav2lip" (Rudrabha/Wav2Lip 96, official checkpoints)
 
 WAV2LIP = ModelSpec(
@@ -341,7 +354,7 @@ SPEECH_FAMILIES: dict[str, SpeechStages] = {
     # HiFi-GAN V1's receptive field is ~14 mel frames per side -> 16 (tests/test_streaming_parity.py)
     "fastspeech2": SpeechStages(FASTSPEECH2, HIFIGAN, "mel", "mel_lengths", context_frames=16),
 }
-LIPSYNC_FAMILIES: dict[str, ModelSpec] = {"wav2lip": WAV2LIP}
+LIPSYNC_FAMILIES: dict[str, ModelSpec] = {"warp": LIPSYNC, "wav2lip": WAV2LIP}
 assert tuple(SPEECH_FAMILIES) == SPEECH_FAMILY_NAMES and tuple(LIPSYNC_FAMILIES) == LIPSYNC_FAMILY_NAMES
 
 
@@ -352,7 +365,7 @@ def pipeline_stages(preset: Preset) -> tuple[ModelSpec, ...]:
 
 
 # every stage model of every family (configs are rendered and checked in for all of them)
-STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, FASTSPEECH2, HIFIGAN, WAV2LIP)
+STAGES: tuple[ModelSpec, ...] = (ASR_ENCODER, ASR_DECODER, LLM, TTS, VOCODER, LIPSYNC, FASTSPEECH2, HIFIGAN, WAV2LIP)
 
 # Voice activity detection on streamed microphone input, before a turn (ensemble/vad.py): silero VAD's own
 # ONNX graph (silero-vad wheel) in a batch-first wrapper with sr fixed at 16 kHz (export/toolchain/vad.py), not a

@@ -63,7 +63,7 @@ WORDS = tuple("""
     black white light
 """.split())
 
-DEFAULT_SYSTEM = "You are a helpful assistant."
+DEFAULT_SYSTEM = "You are a helpful assistant."  # the tiny ChatML prompt's system message
 
 # A word (letters/digits, contractions kept whole) or any single other non-space character.
 _PIECE = r"\w+(?:'\w+)*|[^\w\s]"

@@ -186,17 +186,22 @@ def rendered_configs() -> dict[str, str]:
     return files
 
 
-def ensure_repository(dest: Path, source: Path = MODEL_REPOSITORY) -> bool:
-    """Make `dest` a model repository with the checked-in configs and model.py files (none of the exported graphs,
-    weights or manifests) unless it is one already; True when it copied. `python -m export --repository DIR` uses it,
-    so a second repository (real weights beside the tiny test graphs, a benchmark's) needs no other step."""
-    dest = Path(dest)
-    if (dest / TALKING_HEAD.name / "config.pbtxt").exists() or dest.resolve() == Path(source).resolve():
-        return False
-
-    def ignore(folder: str, names: list[str]) -> list[str]:
-        return [n for n in names if n.endswith((".onnx", ".data", ".plan", ".json", ".safetensors", ".jinja", ".txt"))
-                or n == "__pycache__"]
-
-    shutil.copytree(source, dest, ignore=ignore, dirs_exist_ok=True)
-    return True
+def ensure_repository(dest: Path, source: Path = MODEL_REPOSITORY) -> int:
+    """Give `dest` the checked-in configs and model.py files of `source` (none of its exported graphs, weights or
+    manifests): files that are missing or differ are copied. Returns how many. `python -m export --repository DIR`
+    calls it, so a second repository (real weights beside the tiny test graphs, a benchmark's) stays in step with
+    the configs rendered from the specs."""
+    dest, source = Path(dest), Path(source)
+    if dest.resolve() == source.resolve():
+        return 0
+    copied = 0
+    for f in sorted(source.rglob("*")):
+        rel = f.relative_to(source)
+        if not f.is_file() or "__pycache__" in rel.parts or not (f.suffix in (".pbtxt", ".py") or f.name == ".gitkeep"):
+            continue
+        target = dest / rel
+        if not target.exists() or target.read_bytes() != f.read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+            copied += 1
+    return copied

@@ -6,7 +6,7 @@ import torch
 
 from export.contract import spec
 from export.contract.presets import Preset
-from export.toolchain.models import fastspeech2, hifigan, qwen2, vits, wav2lip, whisper
+from export.toolchain.models import fastspeech2, hifigan, mouth_warp, qwen2, vits, wav2lip, whisper
 
 
 def build_graphs(preset: Preset, seed: int = 0, names: list[str] | None = None,
@@ -39,6 +39,8 @@ def build_graphs(preset: Preset, seed: int = 0, names: list[str] | None = None,
         graphs["fastspeech2"] = fastspeech2.TtsGraph(model("fastspeech2", fastspeech2.build))
     if "hifigan" in wanted:
         graphs["hifigan"] = hifigan.VocoderGraph(model("hifigan", hifigan.build))
+    if "lipsync" in wanted:  # the warp: no weights
+        graphs["lipsync"] = mouth_warp.LipsyncGraph(mouth_warp.build())
     if "wav2lip" in wanted:
         graphs["wav2lip"] = wav2lip.LipsyncGraph(model("wav2lip", wav2lip.build))
     unknown = wanted - set(graphs)

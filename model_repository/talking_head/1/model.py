@@ -102,6 +102,7 @@ class TritonMetrics:
                                                        kind=getattr(pb_utils.MetricFamily, self.KINDS[m.kind]))
                          for m in metrics.ALL}
         self.children = {}
+        metrics.create_children(self)  # counters and gauges of known labels exported at 0 before first use
 
     def _child(self, metric, labels):
         key = (metric.name, tuple(sorted(labels.items())))

@@ -1,0 +1,112 @@
+"""The lip-sync families on the orchestrator's side: which video frame slots the audio has made due, what the
+stage gets for them, and how its output becomes frames (export/contract/spec.py LIPSYNC_FAMILIES has the stages).
+
+  warp     the `lipsync` stage: mouth crops + visemes from the speech's phoneme timings (ensemble/visemes.py);
+           a slot is due once the audio reaches its time; the warp's change is pasted back (ensemble/mouth.py)
+  wav2lip  Wav2Lip: a 16-frame mel window per slot from the audio itself (ensemble/features.py), the avatar's
+           96 x 96 face crop, the generated face composited back
+
+Slots are (frame index on the 25 fps clock, what drives it). `inputs` and `frames` do pixel work: the pipeline
+runs them on its frame workers, off the event loop.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from ensemble import avatar as avatars
+from ensemble import mouth
+from ensemble.features import LipsyncMelStream, StreamingResampler
+from ensemble.motion import Pose
+from ensemble.visemes import VisemeTrack
+from export.contract import media
+from export.contract.spec import LIPSYNC, WAV2LIP, ModelSpec
+
+Slot = tuple[int, object]
+
+
+class FrameSource(Protocol):
+    stage: ModelSpec
+
+    def push(self, audio: np.ndarray) -> list[Slot]: ...
+
+    def finish(self, total_samples: int) -> list[Slot]: ...
+
+    def inputs(self, avatar: avatars.Avatar, images: list[np.ndarray], poses: list[Pose],
+               slots: list[Slot]) -> tuple[dict[str, np.ndarray], object]: ...
+
+    def frames(self, avatar: avatars.Avatar, images: list[np.ndarray], state: object,
+               generated: np.ndarray) -> list[np.ndarray]: ...
+
+
+class WarpFrames:
+    """The warp family: a slot per 1/25 s of audio; its visemes are read from the track when it is made."""
+
+    stage = LIPSYNC
+
+    def __init__(self, track: VisemeTrack):
+        self.track = track
+        self.samples = 0
+        self.slots = 0
+
+    def _due(self, total: int) -> list[Slot]:
+        n = media.video_frames_for_samples(total)
+        due = [(i, None) for i in range(self.slots, n)]
+        self.slots = max(self.slots, n)
+        return due
+
+    def push(self, audio: np.ndarray) -> list[Slot]:
+        self.samples += int(audio.size)
+        return self._due(self.samples - media.AUDIO_SAMPLES_PER_VIDEO_FRAME + 1)  # slots whose audio has begun
+
+    def finish(self, total_samples: int) -> list[Slot]:
+        return self._due(total_samples)
+
+    def inputs(self, avatar, images, poses, slots):
+        maps = [mouth.crop_matrix(avatar, pose) for pose in poses]
+        crops = np.stack([mouth.cut(image, m) for image, m in zip(images, maps)])
+        visemes = self.track.frames([i for i, _ in slots], media.VIDEO_FPS)
+        return {"faces": crops, "visemes": visemes}, (crops, maps)
+
+    def frames(self, avatar, images, state, generated):
+        crops, maps = state
+        return [mouth.paste(image, crop, warped, m) for image, crop, warped, m in zip(images, crops, generated, maps)]
+
+
+class Wav2LipFrames:
+    """The wav2lip family: mel windows of the 16 kHz audio, one per slot, as Wav2Lip was trained."""
+
+    stage = WAV2LIP
+
+    def __init__(self):
+        self.resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)
+        self.mels = LipsyncMelStream()
+        self.slots = 0
+
+    def _number(self, windows: list[np.ndarray]) -> list[Slot]:
+        out = [(self.slots + i, w) for i, w in enumerate(windows)]
+        self.slots += len(windows)
+        return out
+
+    def push(self, audio: np.ndarray) -> list[Slot]:
+        return self._number(self.mels.push(self.resampler.push(audio)))
+
+    def finish(self, total_samples: int) -> list[Slot]:  # the resampler's tail may complete windows too
+        return self._number(self.mels.push(self.resampler.finish())
+                            + self.mels.finish(media.video_frames_for_samples(total_samples)))
+
+    def inputs(self, avatar, images, poses, slots):
+        mel = np.stack([w for _, w in slots])[:, None].astype(np.float32)  # [n, 1, 80, 16]
+        return {"mel": mel, "faces": np.stack([avatars.wav2lip_faces(avatar, image) for image in images])}, None
+
+    def frames(self, avatar, images, state, generated):
+        return [avatars.composite(avatar, face, image) for image, face in zip(images, generated)]
+
+
+def frame_source(family: str, track: VisemeTrack) -> FrameSource:
+    if family == "warp":
+        return WarpFrames(track)
+    if family == "wav2lip":
+        return Wav2LipFrames()
+    raise ValueError(f"lip-sync family {family!r} is not one of warp, wav2lip")

@@ -1,0 +1,179 @@
+"""The WebRTC gateway in a real browser: headless Chromium (Debian's chromium + chromium-driver, driven by selenium)
+opens the gateway's page against the real embedded tritonserver. Its fake microphone plays a spoken question
+(espeak-ng) followed by 4 s of silence, in a loop, so the conversation is: a question, the reply, the question
+again, which barges in on the reply (asked to be long), and so on.
+
+Checked: the page connects over WebRTC; the spoken question gives a transcript event (the tiny random-weight models
+hear no real words, but there is one); the reply's audio arrives (its level, measured in the page with WebAudio,
+rises above -60 dBFS where the gateway otherwise sends exact silence); video frames are decoded and the face on
+screen is the avatar (a screenshot's video region against the avatar image: correlation of downscaled grey
+images); the page measured the latencies; speaking again stops the reply (the server's done event says
+`barge_in`, and the voice stops in the page); leaving the page ends the gateway's session.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+
+import cv2
+import numpy as np
+import pytest
+
+from deploy.processes import free_ports
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = [pytest.mark.server, pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="Debian's chromium and chromium-driver are not installed (make system-deps installs them)")]
+
+LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that is still streaming when the question comes again
+LEVEL = 0.001  # the page's AUDIO_LEVEL: RMS over ~10 ms
+
+
+@pytest.fixture(scope="module")
+def question_wav(tmp_path_factory):
+    import soundfile as sf
+
+    espeak = shutil.which("espeak-ng")
+    assert espeak, "espeak-ng is required (make system-deps installs it)"
+    folder = tmp_path_factory.mktemp("browser")
+    spoken = folder / "spoken.wav"
+    subprocess.run([espeak, "-w", str(spoken), "What can you do for me today?"], check=True)
+    speech, rate = sf.read(spoken, dtype="float32")
+    wav = folder / "question.wav"  # Chromium loops it: question, 4 s of silence (the VAD ends the turn), again
+    sf.write(wav, np.concatenate([np.zeros(rate * 3 // 10, np.float32), speech, np.zeros(rate * 4, np.float32)]),
+             rate, subtype="PCM_16")
+    return wav
+
+
+@pytest.fixture(scope="module")
+def gateway(server):
+    (port,) = free_ports(1)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", server.options.grpc_url,
+                             "--port", str(port), "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("talking-head gateway:"):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        assert ready.wait(60), "the gateway did not start:\n" + "".join(lines[-30:])
+        yield f"http://localhost:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        print("\n--- gateway log (tail) ---\n" + "".join(lines[-15:]))
+
+
+@pytest.fixture
+def browser(question_wav, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -r requirements-dev.txt (selenium)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={question_wav}", "--autoplay-policy=no-user-gesture-required",
+                 "--allow-loopback-in-peer-connection",  # ICE on 127.0.0.1 only, like the gateway (--ice-host)
+                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(script)
+        if value:
+            return value
+        time.sleep(0.1)
+    state = driver.execute_script("return {error: th.error, connected: th.connected, frames: th.frames, "
+                                  "peak: th.peak, events: th.events.slice(-12)}")
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; page state: {json.dumps(state)[:3000]}")
+
+
+def events(driver, kind: str) -> list[dict]:
+    return driver.execute_script("return th.events.filter(e => e.type === arguments[0])", kind)
+
+
+def video_region(driver) -> np.ndarray:
+    """The video's picture on a screenshot (the element's box less object-fit: contain's bars), grey."""
+    box = driver.execute_script("""
+        const v = document.getElementById('face'); v.scrollIntoView({block: 'start'});
+        const r = v.getBoundingClientRect(), s = Math.min(r.width / v.videoWidth, r.height / v.videoHeight);
+        const w = v.videoWidth * s, h = v.videoHeight * s;
+        return [r.left + (r.width - w) / 2, r.top + (r.height - h) / 2, w, h, window.devicePixelRatio];""")
+    shot = cv2.imdecode(np.frombuffer(driver.get_screenshot_as_png(), np.uint8), cv2.IMREAD_GRAYSCALE)
+    x, y, w, h, dpr = (float(v) for v in box)
+    return shot[round(y * dpr):round((y + h) * dpr), round(x * dpr):round((x + w) * dpr)]
+
+
+def likeness(a: np.ndarray, b: np.ndarray, side: int = 32) -> float:
+    """Correlation of two grey images scaled to side x side."""
+    a, b = (cv2.resize(i, (side, side), interpolation=cv2.INTER_AREA).astype(np.float64).ravel() for i in (a, b))
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_talk_to_the_avatar_in_chromium(gateway, browser):
+    from ensemble.avatar import demo_avatar_png
+
+    t0 = time.monotonic()
+    browser.get(f"{gateway}/?autostart=1&handsfree=1&raw=1&options=" + urllib.parse.quote(json.dumps(LONG)))
+    wait_for(browser, "return th.connected", 20, "the WebRTC connection")
+
+    # a spoken question -> turn detection -> a transcript
+    wait_for(browser, "return th.events.some(e => e.type === 'transcript')", 40, "the transcript of the question")
+    assert [e["state"] for e in events(browser, "vad")][:2] == ["speech_start", "turn_end"]
+    assert isinstance(events(browser, "transcript")[0]["text"], str)
+
+    # the reply: audible in the page, and video frames on screen from its first one (matched by RTP timestamp)
+    wait_for(browser, f"return th.peak > {LEVEL}", 20, "reply audio above -60 dBFS in WebAudio")
+    first = wait_for(browser, "return th.current && th.current.firstAudio != null && th.current.firstFrame != null"
+                              " && th.current", 20, "the page's first-audio and first-frame measurements")
+    frames = browser.execute_script("return th.frames")
+    assert frames >= 25, f"only {frames} video frames presented"
+    face = cv2.cvtColor(cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
+    region = video_region(browser)
+    score = likeness(region, face)
+    assert region.std() > 10 and score > 0.8, f"the video does not show the avatar (correlation {score:.2f})"
+    assert likeness(region, face[::-1]) < score - 0.3  # the measure tells the face from another picture
+
+    # speaking again (the looped question) stops the long reply: on the server and in the page
+    wait_for(browser, "return th.events.some(e => e.type === 'done' && e.interrupted === 'barge_in')", 30,
+             "a done event interrupted by barge_in")
+    wait_for(browser, "return th.flushedAt != null && performance.now() - th.flushedAt > 1200", 5, "1.2 s after it")
+    flushed_at, last_loud = browser.execute_script("return [th.flushedAt, th.lastLoud]")
+    stop_ms = max(0.0, last_loud - flushed_at)
+    assert stop_ms < 500, f"the voice went on {stop_ms:.0f} ms after the barge-in"
+
+    # leaving the page ends the session at the gateway
+    browser.get("about:blank")
+    deadline = time.monotonic() + 10
+    while json.load(urllib.request.urlopen(f"{gateway}/stats", timeout=5))["active_sessions"]:
+        assert time.monotonic() < deadline, "the gateway kept the session of a page that left"
+        time.sleep(0.2)
+    print(f"\nbrowser: first audio {first['firstAudio']:.0f} ms, first frame {first['firstFrame']:.0f} ms after the "
+          f"turn_end event; {frames} frames; avatar likeness {score:.2f}; voice stopped {stop_ms:.0f} ms after the "
+          f"barge-in; test body {time.monotonic() - t0:.1f} s")
