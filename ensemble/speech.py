@@ -1,8 +1,8 @@
 """The speech families on the orchestrator's side: text -> symbol ids (with what each id says, for the lip-sync),
 and the acoustic stage's inputs for one utterance (export/contract/spec.py SPEECH_FAMILIES has the stages).
 
-  vits         a Piper voice: espeak-ng phonemes through piper_phonemize, ids from the voice's phoneme_id_map,
-               one utterance per sentence (as Piper synthesizes); scales = noise_scale, length_scale / speed,
+  vits         a Piper voice: text normalized for speech, espeak-ng phonemes, the voice's ids, one utterance per
+               sentence (as Piper synthesizes; export/contract/phonemes.py); scales = noise_scale, length_scale / speed,
                noise_w from the voice's json, and a seed per utterance
   fastspeech2  ARPAbet (lexicon or CMUdict) or characters (export/contract/g2p.py); controls = pitch, energy,
                1 / speed
@@ -12,7 +12,7 @@ acoustic stage's request (names checked against the spec by the caller).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -20,7 +20,8 @@ import numpy as np
 
 from ensemble.options import TurnOptions
 from export.contract import text_frontend
-from export.contract.piper_voice import PiperVoiceConfig, read_voice_config
+from export.contract.phonemes import PhonemizerOptions, PiperPhonemizer
+from export.contract.piper_voice import PiperVoiceConfig
 from export.contract.spec import SPEECH_FAMILIES, SpeechStages
 
 
@@ -49,30 +50,30 @@ def _row(values, dtype) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PiperVoice:
-    """The vits family's front end: a Piper voice config (the export copies it beside the orchestrator)."""
+    """The vits family's front end: a Piper voice's phonemizer (the export copies the voice json beside the
+    orchestrator). Its max_ids is fixed at load (the stage's `phonemes` axis); `max_ids` here can only lower it."""
 
-    config: PiperVoiceConfig
+    phonemizer: PiperPhonemizer
     family: str = "vits"
+
+    @property
+    def config(self) -> PiperVoiceConfig:
+        return self.phonemizer.voice
 
     @property
     def stages(self) -> SpeechStages:
         return SPEECH_FAMILIES[self.family]
 
     def utterances(self, text: str, max_ids: int) -> list[Utterance]:
-        names = {i: p for p, ids in self.config.phoneme_id_map.items() for i in ids}
-        out = []
-        for phonemes in self.config.phonemize(text):
-            ids = self.config.phoneme_ids(phonemes)
-            for start in range(0, len(ids), max_ids):  # a run-on sentence longer than the stage takes
-                part = ids[start:start + max_ids]
-                out.append(Utterance(tuple(part), tuple(names.get(i, "") for i in part)))
-        return out
+        ph = self.phonemizer
+        if max_ids < ph.options.max_ids:
+            ph = PiperPhonemizer(ph.voice, replace(ph.options, max_ids=max_ids))
+        return [Utterance(u.ids, u.symbols) for u in ph.utterances(text)]
 
     def request(self, u: Utterance, options: TurnOptions, seed: int) -> dict[str, np.ndarray]:
         c = self.config
         return {"phonemes": _row(u.ids, np.int64), "phoneme_lengths": _row([len(u.ids)], np.int64),
-                "scales": _row([c.noise_scale, c.length_scale / options.speed, c.noise_w], np.float32),
-                "seed": _row([seed], np.int64)}
+                "scales": _row(c.scales(options.speed), np.float32), "seed": _row([seed], np.int64)}
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def load_voice(artifacts: Path, info: dict) -> Voice:
     """The front end the export's manifest names (`speech`, and `tts_voice` / `tts_frontend` / `tts_lexicon`)."""
     family = info.get("speech")
     if family == "vits":
-        return PiperVoice(read_voice_config(artifacts / info["tts_voice"]))
+        max_ids = SPEECH_FAMILIES[family].acoustic.axis("phonemes").max
+        return PiperVoice(PiperPhonemizer.from_json(artifacts / info["tts_voice"], PhonemizerOptions(max_ids=max_ids)))
     if family == "fastspeech2":
         if info.get("tts_frontend") != "arpabet":
             return FastSpeech2Voice(text_frontend.text_to_ids)

@@ -6,6 +6,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from ensemble.errors import InputError
+from export.contract.text_normalize import is_abbreviation
 
 _SENTENCE_END = ".!?…"
 _CLAUSE_MARK = ",;:"
@@ -89,11 +90,13 @@ class Segmenter:
             if n < o.min_words:
                 continue
             bare = token.rstrip(_CLOSERS)
-            if bare and bare[-1] in _SENTENCE_END or "\n" in m.group(1):
+            # "Dr." / "e.g." end no sentence, and a piece ending on one loses what it abbreviates ("Dr." Smith)
+            abbreviation = bare.endswith(".") and is_abbreviation(token)
+            if bare and bare[-1] in _SENTENCE_END and not abbreviation or "\n" in m.group(1):
                 return m.end()
             if bare and bare[-1] in _CLAUSE_MARK and n >= clause_words:
                 return m.end()
-            if n >= limit:
+            if n >= limit and not abbreviation:
                 return m.end()
         return None
 

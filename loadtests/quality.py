@@ -6,7 +6,7 @@
 
   ASR      word error rate of the served ASR on espeak-ng speech (24 sentences, 4 voice/speed settings)
   voice    word error rate of the served ASR on the served voice saying 24 sentences (action "say")
-  vocoder  HiFi-GAN: the log-mel of espeak-ng speech through the `hifigan` stage, then the served ASR
+  vocoder  HiFi-GAN: the log-mel of the voice's speech through the `hifigan` stage, then the served ASR
   LLM      a factual answer, token streaming, the end of the turn, a long reply's first sentence spoken early
   A/V      per-frame mouth opening measured from the frames against the audio's loudness (Pearson r), and the
            mouth closed in silent frames
@@ -99,8 +99,9 @@ def voice_wer(client, avatar_id, sentences=SENTENCES) -> tuple[float, list[tuple
     return wer([r for r, _ in pairs], [h for _, h in pairs]), pairs
 
 
-def vocoder_wer(client, avatar_id, url: str, sentences=SENTENCES[:12]) -> tuple[float, list[tuple[str, str]]]:
-    """espeak-ng speech -> its HiFi-GAN log-mel -> the served `hifigan` stage -> the served ASR."""
+def vocoder_wer(client, avatar_id, url: str, sentences=SENTENCES) -> tuple[float, list[tuple[str, str]]]:
+    """Natural-sounding speech (the served voice saying each sentence; espeak-ng's is too robotic to stand for real
+    speech) -> its HiFi-GAN log-mel -> the served `hifigan` stage -> the served ASR."""
     import tritonclient.grpc as grpcclient
 
     from export.contract.spec import HIFIGAN
@@ -108,7 +109,7 @@ def vocoder_wer(client, avatar_id, url: str, sentences=SENTENCES[:12]) -> tuple[
     pairs = []
     with grpcclient.InferenceServerClient(url) as triton:
         for text in sentences:
-            mel = hifigan_log_mel(espeak(text, rate=media.OUTPUT_SAMPLE_RATE))[None]
+            mel = hifigan_log_mel(say(client, avatar_id, text, video=False).audio)[None]
             x = grpcclient.InferInput(HIFIGAN.inputs[0].name, list(mel.shape), "FP32")
             x.set_data_from_numpy(mel)
             audio = triton.infer(HIFIGAN.name, [x]).as_numpy(HIFIGAN.outputs[0].name)[0]

@@ -115,6 +115,34 @@ def voice_path():
 
 
 @pytest.fixture(scope="session")
+def voice_json(voice_path):
+    return voice_path.with_name(voice_path.name + ".json")
+
+
+@pytest.fixture(scope="session")
+def pp():
+    """The piper_phonemize module (piper-phonemize-cross, a product dependency: requirements.txt)."""
+    import piper_phonemize
+
+    return piper_phonemize
+
+
+@pytest.fixture(scope="session")
+def phonemizer(voice_json):
+    from export.contract.phonemes import PiperPhonemizer
+
+    return PiperPhonemizer.from_json(voice_json)
+
+
+@pytest.fixture(scope="session")
+def raw_phonemizer(voice_json):
+    """No normalization: espeak reads the text as given, exactly as Piper does."""
+    from export.contract.phonemes import PhonemizerOptions, PiperPhonemizer
+
+    return PiperPhonemizer.from_json(voice_json, PhonemizerOptions(normalize=None))
+
+
+@pytest.fixture(scope="session")
 def model(voice_path):
     from export.toolchain.checkpoints.piper import load_piper_voice
 

@@ -1,4 +1,4 @@
-"""The voice json and Piper's phoneme -> id layout (export/contract/piper_voice.py)."""
+"""The voice json (export/contract/piper_voice.py) and Piper's phoneme -> id layout (export/contract/phonemes.py)."""
 import json
 from collections import Counter
 
@@ -13,17 +13,16 @@ def voice(voice_path):
     return read_voice_config(voice_path.with_name(voice_path.name + ".json"))
 
 
-def test_ids_layout(voice):
+def test_ids_layout(voice, raw_phonemizer):
     missing = Counter()
-    ids = voice.phoneme_ids(["h", "ə", "l", "ˈ", "o", "ʊ", "!", "☃"], missing)
+    ids = raw_phonemizer.phoneme_ids(["h", "ə", "l", "ˈ", "o", "ʊ", "!", "☃"], missing)
     assert ids == SENTENCES[0]  # ^ _ h _ ə _ l _ ˈ _ o _ ʊ _ ! _ $ (the snowman is skipped)
     assert missing == Counter({"☃": 1})
     assert voice.scales() == [0.667, 1.0, 0.8] and voice.scales(speed=2.0)[1] == 0.5
 
 
-def test_text_matches_piper_phonemize(voice):
-    pp = pytest.importorskip("piper_phonemize")
-    assert voice.text_to_ids(TEXT) == SENTENCES
+def test_text_matches_piper_phonemize(pp, raw_phonemizer):
+    assert [list(u.ids) for u in raw_phonemizer.utterances(TEXT)] == SENTENCES
     assert [pp.phoneme_ids_espeak(s) for s in pp.phonemize_espeak(TEXT, "en-us")] == SENTENCES
 
 

@@ -149,3 +149,11 @@ def test_validate_text_wrong_type():
     with pytest.raises(InputError, match="text must be"):
         validate_text(123, 10)  # type: ignore[arg-type]
     assert issubclass(InputError, ValueError)
+
+
+def test_abbreviations_end_no_piece():
+    text = "Yes, I met Dr. Smith and Mrs. Jones in the U.S. last year, e.g. in May. It was fun."
+    pieces, _ = _run(text)
+    assert " ".join(pieces) == text
+    assert not any(p.endswith(("Dr.", "Mrs.", "U.S.", "e.g.")) for p in pieces)
+    assert pieces[-1] == "It was fun."

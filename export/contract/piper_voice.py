@@ -1,20 +1,14 @@
-"""A Piper voice's `.onnx.json` (torch-free): audio rate, espeak voice, inference defaults, phoneme -> id table,
-and Piper's text -> phoneme ids front end (what the orchestrator needs to drive the VITS `tts` stage).
+"""A Piper voice's `.onnx.json` (torch-free): audio rate, espeak voice, inference defaults, phoneme -> id table.
 
     voice = read_voice_config("en_US-joe-medium.onnx.json")
-    for ids in voice.text_to_ids("Hello! I am a digital human."):   # one id list per sentence
-        ...  # tts request: phonemes=[ids], phoneme_lengths=[[len(ids)]], scales=[voice.scales()], seed=[[s]]
+    voice.scales(speed=1.2)     # the tts stage's `scales` row
 
-Ids follow piper-phonemize's phoneme_ids (phonemize.cpp): BOS "^", pad "_", then every phoneme's ids each
-followed by a pad, then EOS "$"; a phoneme missing from the table is skipped (and counted). Text -> phonemes is
-espeak-ng through `piper_phonemize.phonemize_espeak` (the wheel piper-phonemize-cross bundles Piper's espeak-ng
-fork and its data; imported only when text is phonemized), one phoneme list per sentence, as Piper synthesizes.
+Text -> the voice's phoneme ids (espeak-ng, Piper's id layout) is export/contract/phonemes.py PiperPhonemizer.
 """
 from __future__ import annotations
 
 import json
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,33 +38,6 @@ class PiperVoiceConfig:
     def scales(self, speed: float = 1.0) -> list[float]:
         """The tts stage's `scales` row: noise_scale, length_scale / speed, noise_w."""
         return [self.noise_scale, self.length_scale / speed, self.noise_w]
-
-    def phoneme_ids(self, phonemes: list[str], missing: Counter | None = None) -> list[int]:
-        """Piper's ids for one sentence's phonemes: ^ _ p1 _ p2 _ ... pn _ $."""
-        pad = list(self.phoneme_id_map[PAD])
-        ids = list(self.phoneme_id_map[BOS]) + pad
-        for p in phonemes:
-            for q in self.phoneme_map.get(p, (p,)):
-                if q not in self.phoneme_id_map:
-                    if missing is not None:
-                        missing[q] += 1
-                    continue
-                ids += list(self.phoneme_id_map[q]) + pad
-        return ids + list(self.phoneme_id_map[EOS])
-
-    def phonemize(self, text: str) -> list[list[str]]:
-        """espeak-ng phonemes per sentence (piper_phonemize.phonemize_espeak with this voice)."""
-        if self.phoneme_type != "espeak":
-            raise VoiceConfigError(f"{self.path}: phoneme_type {self.phoneme_type!r}: only espeak voices are supported")
-        try:
-            from piper_phonemize import phonemize_espeak
-        except ImportError:
-            raise VoiceConfigError("text -> phonemes needs piper_phonemize "
-                                   "(pip install --no-deps piper-phonemize-cross==1.2.1)") from None
-        return [s for s in phonemize_espeak(text, self.espeak_voice) if s]
-
-    def text_to_ids(self, text: str, missing: Counter | None = None) -> list[list[int]]:
-        return [self.phoneme_ids(s, missing) for s in self.phonemize(text)]
 
 
 def _get(cfg: dict, path: str, source: str, required: bool = True, default=None):
