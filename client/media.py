@@ -169,3 +169,23 @@ def write_mp4(path: str | os.PathLike, frames_jpeg: Sequence[bytes], audio: np.n
             container.mux(vstream.encode(None))
         if astream is not None:
             container.mux(astream.encode(None))
+
+
+def read_mp4_frames(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every video frame of a media file, BGR uint8."""
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="bgr24") for f in container.decode(video=0)]
+
+
+def contact_sheet(frames: Sequence[np.ndarray], box: tuple[int, int, int, int], count: int = 10,
+                  start: int = 0, step: int = 3, height: int = 160) -> np.ndarray:
+    """`count` frames (BGR) from `start`, every `step`-th, cut to the box (x0, y0, x1, y1: e.g. the lower face)
+    and laid side by side at `height` pixels (BGR uint8): the mouth's shapes without playing the video."""
+    x0, y0, x1, y1 = box
+    picked = list(frames)[start::step][:count]
+    if not picked:
+        raise ValueError(f"no frames from {start} on (there are {len(frames)})")
+    width = max(1, round((x1 - x0) * height / max(1, y1 - y0)))
+    tiles = [cv2.resize(f[y0:y1, x0:x1], (width, height), interpolation=cv2.INTER_CUBIC) for f in picked]
+    gap = np.full((height, 4, 3), 255, np.uint8)
+    return np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)

@@ -1,12 +1,12 @@
 """Quality of the served models, measured through a running server: does it hear, think, speak and move its lips?
 
-    python -m loadtests.quality                        # exports the real weight set (build/real_repository), serves
-                                                       # it, prints every figure
+    python -m loadtests.quality                        # exports the real weight set (model_repository, as the
+                                                       # demo does), serves it, prints every figure
     python -m loadtests.quality --url HOST:PORT        # against a server that is already running
 
   ASR      word error rate of the served ASR on espeak-ng speech (24 sentences, 4 voice/speed settings)
   voice    word error rate of the served ASR on the served voice saying 24 sentences (action "say")
-  vocoder  HiFi-GAN: the log-mel of the voice's speech through the `hifigan` stage, then the served ASR
+  vocoder  HiFi-GAN: the log-mel of the voice's speech through the `hifigan` graph, then the served ASR
   LLM      a factual answer, token streaming, the end of the turn, a long reply's first sentence spoken early
   A/V      per-frame mouth opening measured from the frames against the audio's loudness (Pearson r), and the
            mouth closed in silent frames
@@ -99,22 +99,34 @@ def voice_wer(client, avatar_id, sentences=SENTENCES) -> tuple[float, list[tuple
     return wer([r for r, _ in pairs], [h for _, h in pairs]), pairs
 
 
-def vocoder_wer(client, avatar_id, url: str, sentences=SENTENCES) -> tuple[float, list[tuple[str, str]]]:
+def hifigan_graph() -> Path:
+    """The registry's HiFi-GAN (universal) as the `hifigan` stage's ONNX graph, in build/hifigan_check (idempotent).
+    The demo's speech family is the Piper voice, whose vocoder is its own; HiFi-GAN is checked on its own."""
+    from export.__main__ import main as export_main
+    from export.contract.layout import BUILD
+    from export.contract.spec import HIFIGAN
+
+    repo = BUILD / "hifigan_check"
+    if export_main(["--repository", str(repo), "--models", HIFIGAN.name,
+                    "--weights", "vocoder=registry:hifigan-universal"]) != 0:
+        raise SystemExit("export failed")
+    return repo / HIFIGAN.name / "1" / "model.onnx"
+
+
+def vocoder_wer(client, avatar_id, graph: Path, sentences=SENTENCES) -> tuple[float, list[tuple[str, str]]]:
     """Natural-sounding speech (the served voice saying each sentence; espeak-ng's is too robotic to stand for real
-    speech) -> its HiFi-GAN log-mel -> the served `hifigan` stage -> the served ASR."""
-    import tritonclient.grpc as grpcclient
+    speech) -> its HiFi-GAN log-mel -> the HiFi-GAN graph (ONNX Runtime) -> the served ASR."""
+    import onnxruntime as ort
 
     from export.contract.spec import HIFIGAN
 
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     pairs = []
-    with grpcclient.InferenceServerClient(url) as triton:
-        for text in sentences:
-            mel = hifigan_log_mel(say(client, avatar_id, text, video=False).audio)[None]
-            x = grpcclient.InferInput(HIFIGAN.inputs[0].name, list(mel.shape), "FP32")
-            x.set_data_from_numpy(mel)
-            audio = triton.infer(HIFIGAN.name, [x]).as_numpy(HIFIGAN.outputs[0].name)[0]
-            pairs.append((text, transcribe(client, avatar_id, resample(audio, media.OUTPUT_SAMPLE_RATE,
-                                                                        media.INPUT_SAMPLE_RATE))))
+    for text in sentences:
+        mel = hifigan_log_mel(say(client, avatar_id, text, video=False).audio)[None]
+        (audio,) = session.run([HIFIGAN.outputs[0].name], {HIFIGAN.inputs[0].name: mel})
+        pairs.append((text, transcribe(client, avatar_id, resample(audio[0], media.OUTPUT_SAMPLE_RATE,
+                                                                    media.INPUT_SAMPLE_RATE))))
     return wer([r for r, _ in pairs], [h for _, h in pairs]), pairs
 
 
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", default=None, help="a running server's gRPC endpoint (default: start one)")
     ap.add_argument("--repository", type=Path, default=None,
-                    help="model repository to serve (default: export the real weight set to build/real_repository)")
+                    help="model repository to serve (default: export the real weight set to model_repository)")
     args = ap.parse_args(argv)
     from ensemble.avatar import demo_avatar_png
 
@@ -191,13 +203,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def export_real_repository(repo: Path | None = None) -> Path:
-    """The real weight set (and the real HiFi-GAN for the vocoder check) in its own repository (idempotent)."""
+    """The demo's repository: the real weight set, as `make demo` exports it (idempotent)."""
     from export.__main__ import main as export_main
-    from export.contract.layout import BUILD
+    from export.contract.layout import MODEL_REPOSITORY
 
-    repo = repo or BUILD / "real_repository"
-    if export_main(["--weight-set", "real", "--weights", "vocoder=registry:hifigan-universal",
-                    "--repository", str(repo)]) != 0:
+    repo = repo or MODEL_REPOSITORY
+    if export_main(["--weight-set", "real", "--repository", str(repo)]) != 0:
         raise SystemExit("export failed")
     return repo
 
@@ -208,7 +219,7 @@ def _report(url: str, avatar_png: bytes) -> int:
         rows = []
         for name, fn in (("ASR (espeak-ng speech)", lambda: asr_wer(client, avatar.id)),
                          ("voice (say -> ASR)", lambda: voice_wer(client, avatar.id)),
-                         ("vocoder (HiFi-GAN -> ASR)", lambda: vocoder_wer(client, avatar.id, url))):
+                         ("vocoder (HiFi-GAN -> ASR)", lambda: vocoder_wer(client, avatar.id, hifigan_graph()))):
             value, pairs = fn()
             rows.append(f"| {name} | WER {value:.1%} | {len(pairs)} sentences |")
             for ref, hyp in pairs:

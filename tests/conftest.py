@@ -5,7 +5,7 @@ import pytest
 
 from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
-from export.contract.layout import MODEL_REPOSITORY
+from export.contract.layout import BUILD
 
 PORTS = server_ports()  # free ports: other servers may hold the usual ones
 
@@ -26,11 +26,13 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def exported_repository():
-    """The repository with the tiny preset exported (idempotent: skipped when up to date)."""
+    """A repository with the tiny preset's seeded random models (build/tiny_repository; model_repository holds the
+    demo's real ones). Idempotent: skipped when up to date."""
     from export.__main__ import main as export_main
 
-    assert export_main(["--preset", "tiny"]) == 0
-    return MODEL_REPOSITORY
+    repo = BUILD / "tiny_repository"
+    assert export_main(["--preset", "tiny", "--repository", str(repo)]) == 0
+    return repo
 
 
 @pytest.fixture(scope="session")

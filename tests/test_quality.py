@@ -23,7 +23,8 @@ CLOSED_IN_SILENCE_MIN = 0.9
 
 @pytest.fixture(scope="module")
 def real(tmp_path_factory):
-    """A server on the real weight set (build/real_repository, exported once), the demo avatar, one warm-up turn."""
+    """A server on the real weight set (model_repository, exported as the demo does), the demo avatar, one warm-up
+    turn."""
     repo = quality.export_real_repository()
     options = ServerOptions(repository=repo, workdir=tmp_path_factory.mktemp("real"), **server_ports())
     with EmbeddedServer(options) as server, TalkingHeadClient(options.grpc_url, turn_timeout_s=300) as client:
@@ -48,7 +49,7 @@ def test_the_voice_is_understood(real):
 
 def test_hifigan_vocoder_resynthesis_is_understood(real):
     server, client, avatar = real
-    wer, pairs = quality.vocoder_wer(client, avatar.id, server.options.grpc_url, quality.SENTENCES)
+    wer, pairs = quality.vocoder_wer(client, avatar.id, quality.hifigan_graph())
     print(f"\nHiFi-GAN WER {wer:.1%} on {len(pairs)} sentences")
     assert wer <= VOCODER_WER_MAX, pairs
 

@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import av
+import cv2
+import numpy as np
 import pytest
 
 from deploy.processes import leaked_shm, server_ports
@@ -32,13 +34,23 @@ def test_stop_leaves_no_stub_process_and_no_shared_memory(exported_repository, t
     assert set(leaked_shm()) - before == set(), "shared memory leaked"
 
 
-def test_demo_writes_answer_wav_and_mp4(exported_repository, tmp_path):
+def test_demo_answers_with_a_voice_and_a_moving_mouth(tmp_path):
+    """The README's demo command, end to end on the real weight set: it hears the question, answers it, the answer's
+    audio is intelligible to the served ASR, and the mouth is not the same in every frame of the answer."""
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "deploy.demo", "--out", str(out), "--grpc-port", "18301"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "deploy.demo", "--out", str(out), "--grpc-port", "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for line in ("first audio chunk (TTFA)", "first video frame (TTFF)", "real-time factor", "SEEDED RANDOM"):
-        assert line in proc.stdout
+    log = proc.stdout
+    for line in ("first audio chunk (TTFA)", "first video frame (TTFF)", "real-time factor", "cold turn:"):
+        assert line in log
+    assert "transcript: What is the capital of France?" in log
+    assert "paris" in log.split("reply:", 1)[1].split("\n", 1)[0].lower()
+    heard = int(log.split("the ASR hears in it:", 1)[1].split("(", 1)[1].split("%", 1)[0])
+    assert heard >= 80, log[-2000:]
     with av.open(str(out / "answer.mp4")) as c:
         assert sorted(s.codec_context.name for s in c.streams) == ["aac", "h264"]
     assert (out / "answer.wav").stat().st_size > 1000
+    sheet = cv2.imread(str(out / "answer_mouth.png"), cv2.IMREAD_GRAYSCALE)
+    tiles = np.array_split(sheet[:, : sheet.shape[1] // 10 * 10], 10, axis=1)
+    assert max(float(np.abs(t.astype(int) - tiles[0].astype(int)).mean()) for t in tiles) > 2.0  # the lips move
