@@ -14,13 +14,15 @@ so that turns are spread as real users' would be. After every page has had its f
   - at the gateway (/stats): from the turn_end event to the orchestrator's first audio / frame event there, and the
     gateway's added latency, from that event to the frame carrying it being handed to aiortc's encoder (RTP send
     follows after the encode);
-  - the gateway process's CPU time over the window (psutil), per session, in % of one core.
+  - the gateway process's CPU time over the window (psutil), per session, in % of one core; the machine's CPU
+    use and the share of the browsers (Chromium process trees) and of the server (tritonserver and its stubs).
 Everything runs on this machine: Triton, the gateway and the N browsers share its cores.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -53,7 +55,8 @@ def question_wav(folder: Path, text: str = "What can you do for me today?") -> t
     spoken = folder / "spoken.wav"
     subprocess.run(["espeak-ng", "-w", str(spoken), text], check=True)
     speech, rate = sf.read(spoken, dtype="float32")
-    audio = np.concatenate([np.zeros(rate * 3 // 10, np.float32), speech, np.zeros(int(rate * LOOP_SILENCE_S), np.float32)])
+    silence = np.zeros(int(rate * LOOP_SILENCE_S), np.float32)
+    audio = np.concatenate([np.zeros(rate * 3 // 10, np.float32), speech, silence])
     sf.write(folder / "question.wav", audio, rate, subtype="PCM_16")
     return folder / "question.wav", audio.size / rate
 
@@ -112,7 +115,21 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def run_level(n: int, triton: str, wav: Path, loop_s: float, seconds: float, tmp: Path) -> dict:
+def tree_cpu_s(procs: list[psutil.Process]) -> float:
+    """CPU seconds of these processes and their descendants (those alive now)."""
+    total = 0.0
+    for p in procs:
+        for q in [p, *p.children(recursive=True)]:
+            try:
+                t = q.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
+
+
+def run_level(n: int, triton: str, wav: Path, loop_s: float, seconds: float, tmp: Path,
+              server_pid: int | None = None) -> dict:
     gateway = Gateway(triton)
     url = f"{gateway.url}/?autostart=1&handsfree=1&raw=1&options=" + urllib.parse.quote(json.dumps(OPTIONS))
     with ExitStack() as stack:
@@ -130,9 +147,13 @@ def run_level(n: int, triton: str, wav: Path, loop_s: float, seconds: float, tmp
                                  + json.dumps([p.execute_script("return th.error") for p in pages]))
             time.sleep(0.5)
         skip = [p.execute_script("return th.turns.length") for p in pages]
-        cpu0, t0 = gateway.cpu_s(), time.monotonic()
+        others = {"browsers": [psutil.Process(p.service.process.pid) for p in pages],
+                  "server": [psutil.Process(server_pid)] if server_pid else []}
+        psutil.cpu_percent()
+        cpu0, t0, busy0 = gateway.cpu_s(), time.monotonic(), {k: tree_cpu_s(v) for k, v in others.items()}
         time.sleep(seconds)
-        cpu1, t1 = gateway.cpu_s(), time.monotonic()
+        cpu1, t1, busy1 = gateway.cpu_s(), time.monotonic(), {k: tree_cpu_s(v) for k, v in others.items()}
+        machine, load = psutil.cpu_percent(), os.getloadavg()[0]
         turns = [t for p, k in zip(pages, skip) for t in p.execute_script("return th.turns")[k:]]
         stats = gateway.stats()
     gateway.stop()
@@ -148,6 +169,13 @@ def run_level(n: int, triton: str, wav: Path, loop_s: float, seconds: float, tmp
         "browser_first_frame_ms": {"p50": pct(frame, 50), "p95": pct(frame, 95), "n": len(frame)},
         **{k: {"p50": pct(v, 50), "p95": pct(v, 95), "n": len(v)} for k, v in figures.items()},
         "gateway_cpu_pct_per_session": round(100.0 * (cpu1 - cpu0) / (t1 - t0) / n, 1),
+        "machine_cpu_pct": machine,  # of all cores (100 = every core busy)
+        "load_average_1min": round(load, 1),  # other work on the machine shows here
+        **{f"{k}_cpu_pct_of_a_core": round(100.0 * (busy1[k] - busy0[k]) / (t1 - t0), 1) for k in busy0},
+        "reply_video_frames_mean": round(float(np.mean([t["video_frames"] for t in turns])), 1) if turns else None,
+        "reply_frames_dropped_mean": round(float(np.mean([t["frames_dropped"] for t in turns])), 1) if turns else None,
+        "gateway_frames_sent": stats["video_frames_sent"],  # whole level, warm-up included
+        "gateway_frames_skipped_late": stats["video_frames_skipped_late"],
         "window_s": round(t1 - t0, 1),
     }
 
@@ -157,14 +185,17 @@ def report(levels: list[dict]) -> str:
         return "–" if d["p50"] is None else f"{d['p50']:.0f} / {d['p95']:.0f}"
 
     lines = ["| browsers | turns | first audio (browser) | first frame (browser) | server: first audio at gateway "
-             "| gateway added: audio / video (p50) | gateway CPU per session |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| gateway added: audio / video (p50) | gateway CPU per session | machine CPU (browsers, server) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in levels:
         lines.append(f"| {r['sessions']} | {r['turns']} | {pair(r['browser_first_audio_ms'])} ms | "
                      f"{pair(r['browser_first_frame_ms'])} ms | {pair(r['server_audio_ms'])} ms | "
                      f"{r['gateway_audio_ms']['p50']} / {r['gateway_video_ms']['p50']} ms (p95 "
                      f"{r['gateway_audio_ms']['p95']} / {r['gateway_video_ms']['p95']}) | "
-                     f"{r['gateway_cpu_pct_per_session']} % of a core |")
+                     f"{r['gateway_cpu_pct_per_session']} % of a core | {r['machine_cpu_pct']:.0f} % "
+                     f"({r['browsers_cpu_pct_of_a_core']:.0f} %, "
+                     f"{r.get('server_cpu_pct_of_a_core', 0):.0f} % of a core;"
+                     f" load {r['load_average_1min']}) |")
     return "\n".join(lines)
 
 
@@ -182,13 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     args.http_port, args.grpc_port, args.metrics_port = free_ports(3)
     levels = []
     with tempfile.TemporaryDirectory(prefix="webrtc-bench-") as tmp, ExitStack() as stack:
+        server_pid = None
         if args.start_server:
             server = stack.enter_context(start_server(args))
-            args.triton = server.options.grpc_url
+            args.triton, server_pid = server.options.grpc_url, server.process.pid
         wav, loop_s = question_wav(Path(tmp))
         for n in (int(x) for x in args.sessions.split(",")):
             print(f"== {n} browser(s), {args.seconds:g} s", flush=True)
-            levels.append(run_level(n, args.triton, wav, loop_s, args.seconds, Path(tmp)))
+            levels.append(run_level(n, args.triton, wav, loop_s, args.seconds, Path(tmp), server_pid))
             print(json.dumps(levels[-1]), flush=True)
     out = {"hardware": hardware(), "command": "python -m loadtests.webrtc " + " ".join(argv or sys.argv[1:]),
            "options": OPTIONS, "levels": levels}

@@ -8,16 +8,19 @@ hear no real words, but there is one); the reply's audio arrives (its level, mea
 rises above -60 dBFS where the gateway otherwise sends exact silence); video frames are decoded and the face on
 screen is the avatar (a screenshot's video region against the avatar image: correlation of downscaled grey
 images); the page measured the latencies; speaking again stops the reply (the server's done event says
-`barge_in`, and the voice stops in the page); leaving the page ends the gateway's session.
+`barge_in`, and the voice stops in the page); leaving the page ends the gateway's session. Without a browser: the
+page over HTTPS (--tls-cert/--tls-key) and avatar uploads.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -29,9 +32,10 @@ from deploy.processes import free_ports
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = [pytest.mark.server, pytest.mark.skipif(
+pytestmark = pytest.mark.server
+needs_chromium = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
-    reason="Debian's chromium and chromium-driver are not installed (make system-deps installs them)")]
+    reason="Debian's chromium and chromium-driver are not installed (make system-deps installs them)")
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that is still streaming when the question comes again
 LEVEL = 0.001  # the page's AUDIO_LEVEL: RMS over ~10 ms
@@ -53,25 +57,28 @@ def question_wav(tmp_path_factory):
     return wav
 
 
-@pytest.fixture(scope="module")
-def gateway(server):
+@contextlib.contextmanager
+def running_gateway(server, *extra: str):
+    """`python -m deploy.gateway` on a free port against the test server (ICE on 127.0.0.1 only): its base URL."""
     (port,) = free_ports(1)
     proc = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", server.options.grpc_url,
-                             "--port", str(port), "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
+    url: list[str] = []
     ready = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:
             lines.append(line)
             if line.startswith("talking-head gateway:"):
+                url.append(line.split()[2].rstrip("/"))
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(60), "the gateway did not start:\n" + "".join(lines[-30:])
-        yield f"http://localhost:{port}"
+        yield url[0]
     finally:
         proc.terminate()
         try:
@@ -79,6 +86,12 @@ def gateway(server):
         except subprocess.TimeoutExpired:
             proc.kill()
         print("\n--- gateway log (tail) ---\n" + "".join(lines[-15:]))
+
+
+@pytest.fixture(scope="module")
+def gateway(server):
+    with running_gateway(server) as url:
+        yield url
 
 
 @pytest.fixture
@@ -136,6 +149,7 @@ def likeness(a: np.ndarray, b: np.ndarray, side: int = 32) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+@needs_chromium
 def test_talk_to_the_avatar_in_chromium(gateway, browser):
     from ensemble.avatar import demo_avatar_png
 
@@ -153,7 +167,7 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
     first = wait_for(browser, "return th.current && th.current.firstAudio != null && th.current.firstFrame != null"
                               " && th.current", 20, "the page's first-audio and first-frame measurements")
     frames = browser.execute_script("return th.frames")
-    assert frames >= 25, f"only {frames} video frames presented"
+    assert frames >= 15, f"only {frames} video frames presented"
     face = cv2.cvtColor(cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2GRAY)
     region = video_region(browser)
     score = likeness(region, face)
@@ -177,3 +191,29 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
     print(f"\nbrowser: first audio {first['firstAudio']:.0f} ms, first frame {first['firstFrame']:.0f} ms after the "
           f"turn_end event; {frames} frames; avatar likeness {score:.2f}; voice stopped {stop_ms:.0f} ms after the "
           f"barge-in; test body {time.monotonic() - t0:.1f} s")
+
+
+def test_https_page_and_avatar_upload(server, tmp_path):
+    """--tls-cert/--tls-key serve the page over HTTPS (a secure context off localhost); POST /avatar registers an
+    uploaded face through avatar_registry (the demo portrait: the default avatar's id), a broken image is refused."""
+    import ssl
+
+    from deploy.tls import make_self_signed
+    from ensemble.avatar import demo_avatar_png
+
+    tls = make_self_signed(tmp_path / "tls")
+    with running_gateway(server, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)) as url:
+        assert url.startswith("https://localhost:")
+        context = ssl.create_default_context(cafile=str(tls.root_cert))
+        with urllib.request.urlopen(f"{url}/", context=context, timeout=10) as r:
+            assert b"Talk to the avatar" in r.read()
+        with urllib.request.urlopen(f"{url}/config", context=context, timeout=10) as r:
+            config = json.load(r)
+        upload = urllib.request.Request(f"{url}/avatar", data=demo_avatar_png(), method="POST")
+        with urllib.request.urlopen(upload, context=context, timeout=30) as r:
+            info = json.load(r)
+        assert info["id"] == config["default_avatar"] and len(info["face_box"]) == 4
+        bad = urllib.request.Request(f"{url}/avatar", data=b"not an image", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, context=context, timeout=30)
+        assert refused.value.code == 400 and refused.value.read()

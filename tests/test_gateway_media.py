@@ -114,11 +114,11 @@ def test_video_schedule_shows_the_newest_due_frame():
     changes = []
     s.on_change = lambda: changes.append(1)
     for i in (2, 0, 1, 3):
-        s.push(1.0 + i * 0.04, b"f%d" % i, "turn", first=i == 0)
+        s.push(1.0 + i * 0.04, b"f%d" % i, "turn")
     assert s.earliest() == 1.0 and len(changes) == 4
     assert s.pop_due(0.99) is None
-    item = s.pop_due(1.085)  # frames 0, 1 and 2 are due: 2 is shown, 0 and 1 skipped; 2 inherits "first"
-    assert item.jpeg == b"f2" and item.first and s.skipped == 2
+    item = s.pop_due(1.085)  # frames 0, 1 and 2 are due: 2 is shown, 0 and 1 skipped
+    assert item.jpeg == b"f2" and s.skipped == 2 and s.sent == 1
     assert s.pop_due(1.12).jpeg == b"f3" and len(s) == 0
     s.push(2.0, b"late", "turn")
     assert s.pop_due(2.6) is None and s.skipped == 3  # more than max_late_s behind: not shown at all

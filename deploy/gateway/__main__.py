@@ -1,0 +1,127 @@
+"""`python -m deploy.gateway`: serve the page and the WebRTC gateway; prints the URL to open.
+
+    python -m deploy.gateway                              # Triton at localhost:8001, page at http://localhost:8080/
+    python -m deploy.gateway --start-server               # also start the embedded Triton (tiny models)
+    python -m deploy.gateway --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem     # other machines: HTTPS
+
+Browsers give the microphone only to a secure context: http://localhost is one, any other address needs HTTPS
+(--tls-cert/--tls-key; deploy/gateway/README.md shows a self-signed certificate for trials).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+from deploy.gateway.app import Gateway, make_app
+from deploy.gateway.ice import IceSettings, restrict_host_addresses
+from export.contract.layout import BUILD, GRPC_URL
+
+DEFAULT_PORT = 8080
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m deploy.gateway", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--triton", default=GRPC_URL, help="Triton's gRPC endpoint (host:port)")
+    ap.add_argument("--triton-root-cert", type=Path, help="gRPC over TLS to Triton: the CA certificate (PEM)")
+    ap.add_argument("--start-server", action="store_true",
+                    help="start the embedded tritonserver (exports the tiny models first if needed)")
+    ap.add_argument("--tls-cert", type=Path, help="serve the page over HTTPS: certificate chain (PEM)")
+    ap.add_argument("--tls-key", type=Path, help="serve the page over HTTPS: private key (PEM)")
+    ap.add_argument("--avatar", type=Path, help="the default avatar's image (default: the demo portrait)")
+    ap.add_argument("--max-sessions", type=int, default=32, help="browsers served at once (more get 503)")
+    ap.add_argument("--ice-host", action="append", default=[], metavar="ADDR",
+                    help="offer host candidates on these addresses only (repeatable; default: every interface)")
+    ap.add_argument("--remote-network", action="append", default=[], metavar="CIDR",
+                    help="use browser candidates in these networks only (repeatable; default: any)")
+    ap.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                    help="STUN/TURN server for the gateway and the page, e.g. turn:turn.example.com:3478 (repeatable)")
+    ap.add_argument("--page-ice-server", action="append", default=[], metavar="URL",
+                    help="what the page uses instead of --ice-server (the same TURN server by its public name)")
+    ap.add_argument("--turn-username", help="TURN username (static credentials)")
+    ap.add_argument("--turn-password-env", metavar="VAR", help="environment variable holding the TURN password")
+    ap.add_argument("--turn-secret-env", metavar="VAR",
+                    help="environment variable holding coturn's static-auth-secret (short-lived credentials per page)")
+    ap.add_argument("--turn-secret-file", type=Path, metavar="PATH",
+                    help="file holding coturn's static-auth-secret (a compose or Kubernetes secret)")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
+    for var in (args.turn_password_env, args.turn_secret_env):
+        if var and not os.environ.get(var):
+            ap.error(f"${var} is not set")
+    return args
+
+
+def page_url(args: argparse.Namespace) -> str:
+    host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::", "") else args.host
+    return f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}/"
+
+
+async def serve(args: argparse.Namespace) -> None:
+    secret = os.environ.get(args.turn_secret_env) if args.turn_secret_env else None
+    if args.turn_secret_file:
+        secret = args.turn_secret_file.read_text().strip()
+    ice = IceSettings(args.ice_server, args.turn_username,
+                      os.environ.get(args.turn_password_env) if args.turn_password_env else None, secret,
+                      args.remote_network, args.page_ice_server)
+    if args.ice_host:
+        restrict_host_addresses(args.ice_host)
+    gateway = Gateway(args.triton, ice, max_sessions=args.max_sessions,
+                      root_cert=str(args.triton_root_cert) if args.triton_root_cert else None,
+                      default_avatar=args.avatar.read_bytes() if args.avatar else None)
+    context = None
+    if args.tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    # aiortc encodes every outgoing frame, and the video tracks decode JPEGs, on the loop's default executor:
+    # size it for the sessions (asyncio's default, cores + 4 threads, would queue them behind each other)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(64, 4 + 2 * args.max_sessions)))
+    runner = web.AppRunner(make_app(gateway), access_log=None)
+    await runner.setup()  # waits for Triton and registers the default avatar
+    await web.TCPSite(runner, args.host, args.port, ssl_context=context).start()
+    print(f"talking-head gateway: {page_url(args)}  (Triton {args.triton}, default avatar "
+          f"{gateway.default_avatar})", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("gateway stopping: closing sessions", flush=True)
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("aiortc", "aioice", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not args.start_server:
+        asyncio.run(serve(args))
+        return 0
+    from deploy.processes import server_ports
+    from deploy.server import EmbeddedServer, ServerOptions
+    from export.__main__ import main as export_main
+
+    if export_main(["--preset", "tiny"]) != 0:
+        return 1
+    with EmbeddedServer(ServerOptions(**server_ports(), workdir=BUILD / "gateway-triton")) as server:
+        args.triton = server.options.grpc_url
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

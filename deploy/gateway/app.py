@@ -1,0 +1,188 @@
+"""The gateway's HTTP side (aiohttp): the page, WebRTC signalling and avatar uploads. Every request is handled
+here, in `Gateway`'s handlers behind `make_app`'s middlewares, so a front door (API keys, quotas) is one more
+middleware in that list.
+
+    GET  /              the page (static/index.html; static/app.js, static/style.css under /static/)
+    GET  /config        {"default_avatar", "ice_servers", "options"}: what the page needs
+    POST /avatar        an image (its bytes as the body, <= 10 MB) -> avatar_registry -> {"id", "face_box", "message"}
+    POST /offer         {"sdp", "type": "offer", "avatar_id"?, "options"?} -> {"sdp", "type": "answer", "session"}
+    GET  /stats         sessions, replies' latencies at the gateway (p50/p95), process CPU time (?recent=N replies)
+    GET  /healthz       200 when Triton's orchestrator is ready, else 503
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+
+from aiohttp import web
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from tritonclient.utils import InferenceServerException
+
+from deploy.gateway import triton
+from deploy.gateway.ice import IceSettings, filter_candidates
+from deploy.gateway.session import AVATAR_ID, Session
+from deploy.gateway.stats import GatewayStats
+from deploy.gateway.tracks import read_microphone
+from export.contract.spec import TALKING_HEAD
+
+log = logging.getLogger(__name__)
+STATIC = Path(__file__).with_name("static")
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # the registry's own limit (README, input limits)
+# Per-turn options a page may set for its session's turns (ensemble/options.py checks their values).
+PAGE_OPTIONS = frozenset({"max_reply_tokens", "temperature", "top_k", "seed", "ignore_eos", "speed", "pitch",
+                          "energy", "jpeg_quality", "frame_stride", "lipsync_batch", "min_silence_ms", "deadline_s"})
+
+
+def page_options(raw: object) -> dict:
+    """The session options a page sent: a JSON object of PAGE_OPTIONS with scalar values (ValueError otherwise)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ValueError("options must be a JSON object")
+    unknown = sorted(set(raw) - PAGE_OPTIONS)
+    if unknown:
+        raise ValueError(f"options the page may not set: {', '.join(unknown)} "
+                         f"(allowed: {', '.join(sorted(PAGE_OPTIONS))})")
+    if not all(isinstance(v, (bool, int, float)) for v in raw.values()):
+        raise ValueError("option values are numbers or booleans")
+    return dict(raw)
+
+
+class Gateway:
+    def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
+                 root_cert: str | None = None, default_avatar: bytes | None = None):
+        self.triton_url, self.root_cert = triton_url, root_cert
+        self.ice = ice or IceSettings()
+        self.max_sessions = max_sessions
+        self.default_image = default_avatar
+        self.default_avatar: str | None = None
+        self.client = None
+        self.sessions: dict[str, tuple[Session, RTCPeerConnection]] = {}
+        self.stats = GatewayStats()
+
+    # ------------------------------------------------------------------ lifetime
+    async def startup(self, app: web.Application) -> None:
+        self.client = triton.connect(self.triton_url, self.root_cert)
+        await triton.wait_ready(self.client)
+        if self.default_image is None:
+            from ensemble.avatar import demo_avatar_png  # scikit-image: only when no avatar file is given
+
+            self.default_image = demo_avatar_png()
+        self.default_avatar = (await triton.register_avatar(self.client, self.default_image))["id"]
+
+    async def shutdown(self, app: web.Application) -> None:
+        await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+
+    async def end(self, sid: str) -> None:
+        entry = self.sessions.pop(sid, None)
+        if entry is None:
+            return
+        session, pc = entry
+        await session.close()
+        await pc.close()
+        self.stats.active = len(self.sessions)
+        self.stats.sessions_ended += 1
+        log.info("session %s ended (%d active)", sid, len(self.sessions))
+
+    # ------------------------------------------------------------------ handlers
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html")
+
+    async def config(self, request: web.Request) -> web.Response:
+        return web.json_response({"default_avatar": self.default_avatar, "options": sorted(PAGE_OPTIONS),
+                                  "ice_servers": self.ice.servers(uuid.uuid4().hex[:8], page=True)})
+
+    async def avatar(self, request: web.Request) -> web.Response:
+        image = await request.read()
+        if not image:
+            raise web.HTTPBadRequest(text="send the image file as the request body")
+        try:
+            info = await triton.register_avatar(self.client, image)
+        except InferenceServerException as e:  # the registry's message says what is wrong with the image
+            raise web.HTTPBadRequest(text=str(e.message())) from None
+        return web.json_response(info)
+
+    async def offer(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+                raise ValueError("expected {\"sdp\": ..., \"type\": \"offer\"}")
+            options = page_options(body.get("options"))
+            avatar_id = str(body.get("avatar_id") or self.default_avatar)
+            if not AVATAR_ID.fullmatch(avatar_id):
+                raise ValueError("bad avatar_id")
+        except ValueError as e:  # json.JSONDecodeError too
+            raise web.HTTPBadRequest(text=str(e)) from None
+        if len(self.sessions) >= self.max_sessions:
+            raise web.HTTPServiceUnavailable(text=f"gateway full ({self.max_sessions} sessions); try again later")
+        sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
+        sid = f"web-{uuid.uuid4().hex[:16]}"
+        session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats)
+        pc = RTCPeerConnection(configuration=self.ice.configuration())
+        self.sessions[sid] = (session, pc)
+        self.stats.active = len(self.sessions)
+        self.stats.sessions_started += 1
+        pc.on("datachannel", session.attach)
+
+        @pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "audio":
+                session.add_task(read_microphone(track, session.mic_chunk))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.end(sid)
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            pc.addTrack(session.audio)
+            pc.addTrack(session.video)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as e:
+            await self.end(sid)
+            raise web.HTTPBadRequest(text=f"cannot answer this offer: {e}") from None
+        session.start()
+        log.info("session %s started (%d active; %d remote candidates filtered)", sid, len(self.sessions), removed)
+        return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": sid})
+
+    async def stats_handler(self, request: web.Request) -> web.Response:
+        try:
+            recent = min(self.stats.keep, max(0, int(request.query.get("recent", "20"))))
+        except ValueError:
+            raise web.HTTPBadRequest(text="recent: a number of replies") from None
+        return web.json_response(self.stats.summary(recent))
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        try:
+            ready = self.client is not None and await self.client.is_model_ready(TALKING_HEAD.name)
+        except Exception:
+            ready = False
+        return web.Response(status=200 if ready else 503, text="ok" if ready else "orchestrator not ready")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler) -> web.StreamResponse:
+    response = await handler(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
+    """The aiohttp application; `middlewares` run before every handler (the place for a front door)."""
+    app = web.Application(middlewares=[*middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
+    app.on_startup.append(gateway.startup)
+    app.on_shutdown.append(gateway.shutdown)
+    app.router.add_get("/", gateway.index)
+    app.router.add_get("/config", gateway.config)
+    app.router.add_post("/avatar", gateway.avatar)
+    app.router.add_post("/offer", gateway.offer)
+    app.router.add_get("/stats", gateway.stats_handler)
+    app.router.add_get("/healthz", gateway.healthz)
+    app.router.add_static("/static/", STATIC, show_index=False)
+    return app

@@ -1,0 +1,95 @@
+"""ICE settings of the gateway: which addresses it offers, which browser candidates it tries, STUN/TURN servers.
+
+- `--ice-host ADDR` (repeatable): the host candidates the gateway gathers. aioice offers every address of every
+  interface except 127.0.0.1; a gateway behind a load balancer or in a container usually wants exactly one (the
+  address browsers can reach), and the tests and benchmarks want only 127.0.0.1. aioice has no setting for it, so
+  `restrict_host_addresses` replaces its address lookup (one function, `aioice.ice.get_host_addresses`).
+- `--remote-network CIDR` (repeatable): browser candidates outside these networks are removed from the offer
+  before aiortc sees them, so the gateway never sends a connectivity check anywhere else (tests: 127.0.0.0/8).
+- `--ice-server URL` with `--turn-username/--turn-password`, or `--turn-secret` (coturn's `use-auth-secret`: a
+  short-lived username `expiry:session` and password base64(HMAC-SHA1(secret, username)) per page load), used by
+  the gateway itself and handed to the page (`/config`), unless `--page-ice-server` names what the page uses (the
+  same TURN server by its public name, when the gateway reaches it by an internal one, e.g. `turn:coturn:3478` in
+  docker-compose). Without `--ice-server` there is none at all: aiortc's default (a public STUN server) is never
+  used.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import time
+from collections.abc import Sequence
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+
+
+def restrict_host_addresses(addresses: Sequence[str]) -> None:
+    """Gather host candidates on these addresses only (process-wide: aioice reads it at each gathering)."""
+    chosen = [str(ipaddress.ip_address(a)) for a in addresses]
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [
+        a for a in chosen if (use_ipv4 if ipaddress.ip_address(a).version == 4 else use_ipv6)]
+
+
+def filter_candidates(sdp: str, networks: Sequence[str]) -> tuple[str, int]:
+    """The SDP without `a=candidate` lines whose address is outside `networks` (hostnames, e.g. mDNS `.local`
+    names, are outside every network); the number removed. No networks: the SDP as it is."""
+    if not networks:
+        return sdp, 0
+    nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+    kept, removed = [], 0
+    for line in sdp.splitlines(keepends=True):
+        if line.startswith("a=candidate:"):
+            parts = line.split()
+            try:
+                address = ipaddress.ip_address(parts[4])
+                ok = any(address.version == n.version and address in n for n in nets)
+            except (IndexError, ValueError):
+                ok = False
+            if not ok:
+                removed += 1
+                continue
+        kept.append(line)
+    return "".join(kept), removed
+
+
+def turn_credentials(secret: str, session: str, ttl_s: int = 3600, now: float | None = None) -> tuple[str, str]:
+    """coturn's REST-API credentials (`use-auth-secret` + `static-auth-secret=secret`): valid for ttl_s."""
+    username = f"{int((time.time() if now is None else now) + ttl_s)}:{session}"
+    password = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
+    return username, password
+
+
+class IceSettings:
+    """The STUN/TURN servers of the gateway and of its pages."""
+
+    def __init__(self, urls: Sequence[str] = (), username: str | None = None, password: str | None = None,
+                 secret: str | None = None, remote_networks: Sequence[str] = (), page_urls: Sequence[str] = ()):
+        for u in [*urls, *page_urls]:
+            if not u.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ICE server {u!r}: expected stun:, turn: or turns:")
+        self.urls, self.page_urls = list(urls), list(page_urls or urls)
+        self.username, self.password, self.secret = username, password, secret
+        self.remote_networks = [str(ipaddress.ip_network(n, strict=False)) for n in remote_networks]
+
+    def servers(self, session: str = "gateway", page: bool = False) -> list[dict]:
+        """The iceServers list (RTCConfiguration's JSON shape) of the gateway, or of a page: TURN URLs carry
+        credentials."""
+        urls = self.page_urls if page else self.urls
+        if not urls:
+            return []
+        user, password = self.username, self.password
+        if self.secret:
+            user, password = turn_credentials(self.secret, session)
+        stun = [u for u in urls if u.startswith("stun:")]
+        out = [{"urls": stun}] if stun else []
+        turn = [u for u in urls if not u.startswith("stun:")]
+        if turn:
+            out.append({"urls": turn, "username": user or "", "credential": password or ""})
+        return out
+
+    def configuration(self) -> RTCConfiguration:
+        """aiortc's configuration: these servers, or an explicitly empty list (never aiortc's public default)."""
+        return RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.servers()])
