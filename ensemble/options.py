@@ -54,6 +54,7 @@ class TurnOptions:
     min_silence_ms: int = 500  # mic: silence that ends the user's turn
     end_of_input: bool = False  # mic: the last chunk of the stream; a turn in progress ends with it (no silence needed)
     idle_s: float = 2.0  # idle: seconds of idle-motion frames to stream
+    idle_from_s: float = 0.0  # idle: where on the idle motion's clock they start (the next request continues a sway)
     canary: bool = False  # a probe's turn (deploy/canary.py): served as any turn, not counted in the user TTFA/TTFF
 
     @classmethod
@@ -99,6 +100,7 @@ class TurnOptions:
         bounded("frame_stride", 1, 4)
         bounded("min_silence_ms", 100, 5000)
         bounded("idle_s", 0.04, 60.0)
+        bounded("idle_from_s", 0.0, 1e7)
         if self.action not in ACTIONS:
             raise InputError(f"option action={self.action!r} is not one of {', '.join(ACTIONS)}")
         if self.session is not None and not (isinstance(self.session, str) and SESSION_ID.fullmatch(self.session)):

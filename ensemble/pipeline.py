@@ -453,5 +453,5 @@ class Turn:
         for index in range(0, max(1, round(seconds * media.VIDEO_FPS)), self.options.frame_stride):
             due = self.first_audio_at + index / media.VIDEO_FPS
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
-            image = motion.render(self.avatar.image, self.avatar.box, motion.idle_pose(index / media.VIDEO_FPS))
+            image = motion.render(self.avatar.image, self.avatar.box, motion.idle_pose(self.options.idle_from_s + index / media.VIDEO_FPS))
             self._send_frame(index, image.shape, avatars.encode_jpeg(image, quality=self.options.jpeg_quality))

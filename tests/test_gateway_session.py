@@ -24,6 +24,7 @@ class FakeStream:
 
     def __init__(self):
         self.calls: list[tuple] = []
+        self.idle_from: list[float] = []
         self.n = 0
 
     def _rid(self, kind: str) -> str:
@@ -38,8 +39,9 @@ class FakeStream:
         self.calls.append(("text", text))
         return self._rid("text")
 
-    def idle(self, seconds):
+    def idle(self, seconds, from_s=0.0):
         self.calls.append(("idle", seconds))
+        self.idle_from.append(from_s)
         return self._rid("idle")
 
     def cancel(self):
@@ -125,6 +127,7 @@ def test_a_reply_is_played_and_idle_motion_waits(session):
     assert s.reply.finished
     loop.run_until_complete(asyncio.sleep(0.3))  # the reply's ~0.1 s play out: back to idle motion
     assert s.reply is None and sum(c[0] == "idle" for c in s.stream.calls) == 2
+    assert s.stream.idle_from == [0.0, 2.0]  # the second idle request's sway goes on where the first one's ended
     assert {"vad", "transcript", "done"} <= set(kinds(s.channel))
 
 

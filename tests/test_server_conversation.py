@@ -168,3 +168,7 @@ def test_idle_streams_moving_frames(client, avatar):
     frames = [media.decode_jpeg(e.frame).astype(np.int16) for e in events if e.type == ev.VIDEO]
     assert len(frames) == 25 and time.perf_counter() - t >= 0.9
     assert max(np.abs(f - frames[0]).mean() for f in frames[1:]) > 0.2
+    # the next request continues the sway: it starts where the last frame left off, not at the pose of t = 0
+    (later,) = [media.decode_jpeg(e.frame).astype(np.int16) for e in client.idle(
+        avatar_id=avatar.id, seconds=0.04, options={"idle_from_s": 0.96}) if e.type == ev.VIDEO]
+    assert np.abs(later - frames[24]).mean() < np.abs(later - frames[0]).mean()

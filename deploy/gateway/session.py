@@ -61,6 +61,7 @@ class Session:
         self.dropped: set[str] = set()  # turns stopped here whose events may still come
         self.idle_rid: str | None = None  # the idle-motion request in flight, when it was sent, its frames' offset
         self.idle_sent, self.idle_offset = 0.0, None
+        self.idle_clock_s = 0.0  # idle motion sent so far (seconds): where the next idle request starts its sway
         self.question_end: float | None = None
         self.end_next_chunk, self.closed, self.channel = False, False, None
         self._pending: list[dict] = []  # to the page, until its channel opens
@@ -258,7 +259,9 @@ class Session:
     # ------------------------------------------------------------------ idle motion
     def _maybe_idle(self) -> None:
         if not self.closed and self.idle_rid is None and self.reply is None:
-            self.idle_rid, self.idle_sent, self.idle_offset = self.stream.idle(IDLE_CHUNK_S), time.monotonic(), None
+            self.idle_rid = self.stream.idle(IDLE_CHUNK_S, from_s=self.idle_clock_s)
+            self.idle_sent, self.idle_offset = time.monotonic(), None
+            self.idle_clock_s += IDLE_CHUNK_S  # the next request's sway goes on from where this one ends
 
     def _idle_event(self, e) -> None:
         if e.request_id != self.idle_rid:

@@ -119,14 +119,15 @@ class OrchestratorStream:
         return self._send("text", [infer_input(TALKING_HEAD, TH_TEXT, [text]), self._options(session=self.session),
                                    self._avatar])
 
-    def idle(self, seconds: float, frame_stride: int = 2) -> str:
+    def idle(self, seconds: float, from_s: float = 0.0, frame_stride: int = 2) -> str:
         """Idle-motion frames for `seconds`, paced by the server, every `frame_stride`-th slot of the 25 fps clock
         (12.5 fps: a slow sway looks the same, and it halves the server's and the encoder's work between replies).
         Not tied to the session on purpose: speech starting (which interrupts the session's turn) must not stop
-        the face moving while the user talks."""
+        the face moving while the user talks. `from_s`: where on the idle motion's clock to start (the seconds of
+        idle motion already sent, so that one request's sway continues the last one's)."""
         opts = {k: v for k, v in self.options.items() if k == "jpeg_quality"}
         return self._send("idle", [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(
-            {**opts, "action": "idle", "idle_s": seconds, "frame_stride": frame_stride})]), self._avatar])
+            {**opts, "action": "idle", "idle_s": seconds, "idle_from_s": from_s, "frame_stride": frame_stride})]), self._avatar])
 
     def cancel(self) -> str:
         return self._send("cancel", [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(
