@@ -41,7 +41,8 @@ class FrameSource(Protocol):
 
 
 class WarpFrames:
-    """The warp family: a slot per 1/25 s of audio; its visemes are read from the track when it is made."""
+    """The warp family: a slot per 1/25 s of audio; its visemes are read from the track when it is made, the
+    avatar's lips at rest (ensemble/mouth.py avatar_geometry, once per turn) go with every frame."""
 
     stage = LIPSYNC
 
@@ -49,6 +50,12 @@ class WarpFrames:
         self.track = track
         self.samples = 0
         self.slots = 0
+        self._geometry: tuple[str, mouth.MouthGeometry] | None = None  # (avatar id, its geometry)
+
+    def geometry(self, avatar) -> mouth.MouthGeometry:
+        if self._geometry is None or self._geometry[0] != avatar.id:
+            self._geometry = (avatar.id, mouth.avatar_geometry(avatar.image, avatar.keypoints))
+        return self._geometry[1]
 
     def _due(self, total: int) -> list[Slot]:
         n = media.video_frames_for_samples(total)
@@ -64,10 +71,12 @@ class WarpFrames:
         return self._due(total_samples)
 
     def inputs(self, avatar, images, poses, slots):
-        maps = [mouth.crop_matrix(avatar, pose) for pose in poses]
+        g = self.geometry(avatar)
+        maps = [mouth.crop_matrix(g, avatar.image.shape, avatar.box, pose) for pose in poses]
         crops = np.stack([mouth.cut(image, m) for image, m in zip(images, maps)])
         visemes = self.track.frames([i for i, _ in slots], media.VIDEO_FPS)
-        return {"faces": crops, "visemes": visemes}, (crops, maps)
+        rows = np.repeat(g.row()[None], len(slots), axis=0)
+        return {"faces": crops, "visemes": visemes, "mouth": rows}, (crops, maps)
 
     def frames(self, avatar, images, state, generated):
         crops, maps = state

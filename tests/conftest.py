@@ -1,6 +1,7 @@
 """Shared fixtures: the exported tiny graphs and one real embedded Triton server per test session."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from deploy.processes import server_ports
@@ -185,3 +186,26 @@ def piper_noise_in(voice_path):
     from piper_ref import piper_session
 
     return piper_session(str(voice_path), noise_inputs=True)
+
+
+# ---------------------------------------------------------------- the lip-sync warp (tests of the warp family)
+
+@pytest.fixture(scope="session", params=["hello", "pangram"])
+def reply(request):
+    """A reply of the real voice: audio and phoneme timings (tests/lipsync_ref.py)."""
+    from lipsync_ref import Reply
+
+    return Reply(request.param)
+
+
+@pytest.fixture(scope="session")
+def astronaut_bgr(astronaut):
+    """The demo avatar, 512 x 512 BGR uint8."""
+    return np.ascontiguousarray(astronaut[..., ::-1])
+
+
+@pytest.fixture(scope="session")
+def warp():
+    from export.toolchain.models.mouth_warp import build
+
+    return build()

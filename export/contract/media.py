@@ -58,13 +58,6 @@ LIPSYNC_MAX_ABS_VALUE = 4.0  # symmetric mels in [-4, 4]
 LIPSYNC_MEL_STEP = 16  # mel frames in the window that drives one video frame (mel_step_size)
 FACE_SIZE = 96  # Wav2Lip's square face crop, pixels
 
-# The warp lip-sync (the `lipsync` stage; export/toolchain/models/mouth_warp.py): a square crop of the lower face,
-# centred on the mouth keypoint, MOUTH_CROP_FACE face-box widths a side, resampled to MOUTH_CROP pixels; per frame
-# the VISEMES parameters drive it (ensemble/visemes.py makes them from the speech's phoneme timings).
-MOUTH_CROP = 128  # pixels a side of the crop the stage sees
-MOUTH_CROP_FACE = 1.0  # the crop's side in face-box widths: from under the nose to past the chin
-VISEMES = ("open", "width", "teeth")  # jaw/lips open 0..1; lips spread (+1) or rounded (-1); lower lip to teeth 0..1
-
 # Video clock.
 VIDEO_FPS = 25
 MEL_FRAMES_PER_VIDEO_FRAME = LIPSYNC_MEL.frames_per_second / VIDEO_FPS  # 80/25 = 16/5 (Wav2Lip's 80./fps)

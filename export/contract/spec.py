@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from export.contract import face, media
+from export.contract import face, media, mouth
 from export.contract.presets import LIPSYNC_FAMILY_NAMES, SPEECH_FAMILY_NAMES, Preset
 
 # Triton data type names -> numpy dtype names (BYTES travels as numpy object arrays).
@@ -312,14 +312,17 @@ HIFIGAN = ModelSpec(
 
 # ---- lip-sync, family "warp" (no learned weights: export/toolchain/models/mouth_warp.py), the default
 
+# Per frame: the mouth crop, its viseme row and the avatar's lips at rest in the crop (export/contract/mouth.py).
 LIPSYNC = ModelSpec(
     name="lipsync",
     inputs=(
-        Tensor("faces", "FP32", (3, media.MOUTH_CROP, media.MOUTH_CROP)),  # mouth crops, BGR 0..1
-        Tensor("visemes", "FP32", (len(media.VISEMES),)),  # media.VISEMES: open, width, teeth
+        Tensor("faces", "FP32", (3, mouth.CROP_SIZE, mouth.CROP_SIZE)),  # mouth crops, BGR 0..1 (ensemble/mouth.py)
+        Tensor("visemes", "FP32", (mouth.VISEMES,)),  # mouth.VISEME_PARAMS: open, spread, press, dental, teeth
+        Tensor("mouth", "FP32", (mouth.MOUTH_DIMS,)),  # mouth.MOUTH_PARAMS: the lips at rest, crop units
     ),
-    outputs=(Tensor("frames", "FP32", (3, media.MOUTH_CROP, media.MOUTH_CROP)),),  # the crops with the mouth moved
+    outputs=(Tensor("frames", "FP32", (3, mouth.CROP_SIZE, mouth.CROP_SIZE)),),  # the crops with the mouth moved
     max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    gpu_precision="fp32",  # coordinates: fp16 would put edges 0.1 px off; the cost is negligible anyway
     gpu_graphs=(None,),
 )
 

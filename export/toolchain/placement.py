@@ -54,6 +54,7 @@ BASE_PARAMETERS = {
     "fastspeech2": 34_646_339,  # FastSpeech2 LJSpeech
     "hifigan": 13_926_017,  # HiFi-GAN V1
     "wav2lip": 36_298_035,  # Wav2Lip 96
+    "lipsync": 0,  # the mouth warp: constant buffers only (a few coordinate maps), no learned weights
 }
 
 # Working memory per instance at the spec's largest batch (activations, inputs and outputs on the GPU), GiB.
@@ -67,6 +68,7 @@ WORKING_GIB = {
     "hifigan": 1.0,  # batch 16 x 1024 frames -> 4.2 M samples; the last upsampling stage alone holds
     #                  16 x 32 channels x 262144 samples x 2 B = 0.25 GiB per tensor, the resblocks keep several alive
     "wav2lip": 0.5,  # batch 64 faces (6 x 96 x 96) through the U-Net
+    "lipsync": 0.25,  # batch 64 mouth crops (3 x 128 x 128 fp32, 196 kB) and ~20 crop-sized intermediates
 }
 LLM_ACTIVATION_GIB = 0.5  # prefill of 512 tokens at batch 16: one layer's scores 16 x 14 x 512 x 2048 x 2 B = 0.44 GiB
 
@@ -88,7 +90,7 @@ REDUCTION_ORDER: tuple[tuple[str, int, int], ...] = (
     #    two instances still overlap launches;
     ("llm", 2, 2),
     # 3. vocoder and lipsync batch well (batch 16 / 64): one instance per GPU;
-    ("vocoder", 1, 1), ("wav2lip", 1, 1), ("asr_decoder", 1, 0),
+    ("vocoder", 1, 1), ("lipsync", 1, 1), ("wav2lip", 1, 1), ("asr_decoder", 1, 0),
     # 4. last, a single LLM instance per GPU. Below that the GPU cannot hold the pipeline: ValueError.
     ("llm", 1, 1),
 )
@@ -231,7 +233,7 @@ def _fit(plan: dict[str, int], gpu: int, budget: float, preset: Preset) -> None:
     step = next(steps)
     while used() > budget:
         model, floor0, floor = step
-        if plan[model] > (floor0 if gpu == 0 else floor):
+        if plan.get(model, 0) > (floor0 if gpu == 0 else floor):  # a stage of another family is not in the plan
             plan[model] -= 1
             continue
         step = next(steps, None)
