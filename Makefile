@@ -6,9 +6,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PRESET ?= tiny
 
-.PHONY: demo test test-fast bench export serve configs system-deps clean
+.PHONY: demo test test-fast bench export serve gateway configs system-deps validators clean
 
-$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-trt.txt requirements-load.txt deploy/requirements-validate.txt pyproject.toml
+TOOLS    := build/tools
+PROMTOOL := $(TOOLS)/promtool
+CHECKOV  := $(TOOLS)/checkov/bin/checkov
+
+$(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-trt.txt requirements-load.txt requirements-gateway.txt deploy/requirements-validate.txt pyproject.toml
 	@echo "== creating $(VENV) and installing requirements (first run: about a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -17,17 +21,38 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.tx
 	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
 	@touch $@
 
-system-deps:  ## espeak-ng speaks the demo question (Debian package)
+system-deps:  ## espeak-ng speaks the demo question; chromium + chromedriver run the gateway's browser test (Debian)
 	@command -v espeak-ng >/dev/null || { echo "== installing espeak-ng"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { echo "== installing chromium, chromium-driver"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Validators of the deployment files that do not live in the project venv (tests/test_deploy_*.py run them):
+# promtool from Debian's prometheus package (only the binary is extracted: no Prometheus service is installed),
+# checkov in a venv of its own (its ~90 dependencies stay out of .venv).
+validators: $(PROMTOOL) $(CHECKOV)
+
+$(PROMTOOL):
+	@echo "== promtool (Debian package prometheus, extracted into $(TOOLS))"
+	@rm -rf $(TOOLS)/deb && mkdir -p $(TOOLS)/deb
+	cd $(TOOLS)/deb && { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus; }; } \
+	  && dpkg-deb -x prometheus_*.deb root && cp root/usr/bin/promtool ../promtool
+	@rm -rf $(TOOLS)/deb
+	@$(PROMTOOL) --version | head -1
+
+$(CHECKOV): deploy/requirements-checkov.txt
+	@echo "== checkov (its own venv in $(TOOLS)/checkov)"
+	$(PYTHON) -m venv $(TOOLS)/checkov
+	$(TOOLS)/checkov/bin/pip install -q -r deploy/requirements-checkov.txt
+	@touch $@
 
 demo: $(VENV)/.installed system-deps  ## export tiny models, serve, ask one spoken question, write out/answer.{wav,mp4}
 	$(PY) -m deploy.demo --preset $(PRESET)
 
-test: $(VENV)/.installed system-deps  ## the whole test suite (starts real tritonserver instances)
+test: $(VENV)/.installed system-deps validators  ## the whole test suite (starts real tritonserver instances)
 	$(PY) -m pytest -q -ra
 
-test-fast: $(VENV)/.installed  ## unit tests only (no server)
+test-fast: $(VENV)/.installed validators  ## unit tests only (no server)
 	$(PY) -m pytest -q -m "not server"
 
 bench: $(VENV)/.installed system-deps  ## CPU demo benchmark: export, start-up, TTFA, TTFF, total, RTF
@@ -38,6 +63,9 @@ export: $(VENV)/.installed
 
 serve: export  ## the embedded server until Ctrl-C
 	$(PY) -m deploy.server
+
+gateway: export  ## the WebRTC gateway and its page (and the embedded server) until Ctrl-C: open the URL it prints
+	$(PY) -m deploy.gateway --start-server
 
 configs: $(VENV)/.installed  ## re-render every config.pbtxt from export/contract/spec.py
 	$(PY) -m export.render_configs

@@ -27,7 +27,6 @@ All derive from `ClientError`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -44,29 +43,33 @@ from tritonclient.utils import InferenceServerException
 
 from client.retry import RetryPolicy, is_retryable_refusal
 from client.turns import Clock, TurnCollector, TurnResult
+from client.events import TurnEvent
 from client.wire import (
     AR_AVATAR_ID,
     AR_FACE_BOX,
     AR_IMAGE,
     AR_MESSAGE,
-    TH_AUDIO,
+    GRPC_ERROR_HEADERS,
     TH_AVATAR_ID,
-    TH_OPTIONS,
     TH_SAMPLE_RATE,
-    TH_TEXT,
     ClientError,
     ConnectionFailed,
     ProtocolError,
     ServerError,
     StreamEvent,
     TurnTimeout,
+    action_inputs,
     as_bytes,
+    cancel_inputs,
     event_from_result,
     first_value,
     infer_input,
     is_final_response,
+    mic_inputs,
     translate_error,
+    turn_inputs,
 )
+from client.wire import TH_AUDIO, TH_OPTIONS, TH_TEXT  # noqa: F401  (re-exported: sdk.TH_* stay importable)
 from export.contract import events as ev
 from export.contract import media
 from export.contract.layout import GRPC_URL
@@ -109,6 +112,11 @@ class TurnStream(Iterator[StreamEvent]):
 
     def close(self) -> None:
         self._gen.close()  # GeneratorExit at the pending yield: the turn's finally cancels the stream
+
+    def typed(self) -> Iterator[TurnEvent]:
+        """The same events as dataclasses (client.events: TextEvent, AudioEvent, VideoEvent, DoneEvent, ...)."""
+        for event in self:
+            yield event.typed()
 
     def __enter__(self) -> TurnStream:
         return self
@@ -254,28 +262,8 @@ class TalkingHeadClient:
         the client's turn_timeout_s). Arguments are checked now; the request goes
         out on the first `next()`.
         """
-        if (text is None) == (audio is None):
-            raise ValueError("give exactly one of text= or audio=")
-        if isinstance(avatar_id, AvatarInfo):
-            avatar_id = avatar_id.id
-        inputs = []
-        if audio is not None:
-            a = np.asarray(audio, dtype=np.float32)
-            if a.ndim != 1:
-                if a.ndim == 0 or sorted(a.shape)[-2] != 1:
-                    raise ValueError(f"audio must be mono (1-D), got shape {a.shape}")
-                a = a.reshape(-1)
-            rate = media.INPUT_SAMPLE_RATE if sample_rate is None else int(sample_rate)
-            inputs += [infer_input(TALKING_HEAD, TH_AUDIO, a), infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate])]
-        else:
-            if sample_rate is not None:
-                raise ValueError("sample_rate= goes with audio=, not text=")
-            inputs.append(infer_input(TALKING_HEAD, TH_TEXT, [text]))
-        inputs.append(infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]))
-        if options is not None:
-            if isinstance(options, Mapping):
-                options = json.dumps(dict(options), separators=(",", ":"))
-            inputs.append(infer_input(TALKING_HEAD, TH_OPTIONS, [options]))
+        inputs = turn_inputs(avatar_id=_avatar(avatar_id), text=text, audio=audio, sample_rate=sample_rate,
+                             options=options)
         rid = request_id or uuid.uuid4().hex
         timeout = self.turn_timeout_s if timeout_s is None else float(timeout_s)
         return TurnStream(self._run_turn(inputs, rid, timeout), rid)
@@ -299,12 +287,7 @@ class TalkingHeadClient:
 
     def _action(self, action: str, avatar_id: str | AvatarInfo, options: dict[str, Any], *, text: str | None = None,
                 timeout_s: float) -> TurnStream:
-        if isinstance(avatar_id, AvatarInfo):
-            avatar_id = avatar_id.id
-        inputs = [infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
-                  infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({**options, "action": action})])]
-        if text is not None:
-            inputs.append(infer_input(TALKING_HEAD, TH_TEXT, [text]))
+        inputs = action_inputs(action, _avatar(avatar_id), options, text=text)
         rid = uuid.uuid4().hex
         return TurnStream(self._run_turn(inputs, rid, timeout_s), rid)
 
@@ -315,8 +298,7 @@ class TalkingHeadClient:
         None when the session had no reply in flight. The stopped turn's own stream ends with a
         `done` event whose `interrupted` is "cancel".
         """
-        options = json.dumps({"action": "cancel", "session": session})
-        inputs = [infer_input(TALKING_HEAD, TH_OPTIONS, [options])]
+        inputs = cancel_inputs(session)
         timeout = self.request_timeout_s if timeout_s is None else float(timeout_s)
         for event in self._run_turn(inputs, uuid.uuid4().hex, timeout, expect_done=False):
             if event.type == ev.CANCELLED:
@@ -337,8 +319,7 @@ class TalkingHeadClient:
         silence (its turn_end event has "end_of_input": true). Ends when all audio is sent and every request
         has its final response; `timeout_s` bounds the whole stream (default: turn_timeout_s plus the audio).
         """
-        if isinstance(avatar_id, AvatarInfo):
-            avatar_id = avatar_id.id
+        avatar_id = _avatar(avatar_id)
         step = max(1, int(round(chunk_ms * media.INPUT_SAMPLE_RATE / 1000)))
         if isinstance(audio, np.ndarray):
             a = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -355,10 +336,10 @@ class TalkingHeadClient:
             pending = None
             for chunk in chunks:
                 if pending is not None:
-                    yield _mic_request(pending, base, fixed, last=False)
+                    yield mic_inputs(pending, base, fixed, last=False)
                 pending = np.asarray(chunk, dtype=np.float32).reshape(-1)
             if pending is not None:
-                yield _mic_request(pending, base, fixed, last=True)
+                yield mic_inputs(pending, base, fixed, last=True)
 
         total = self.turn_timeout_s + seconds if timeout_s is None else float(timeout_s)
         return self._run_stream(requests(), uuid.uuid4().hex, total, pace_s)
@@ -411,7 +392,8 @@ class TalkingHeadClient:
         clean = False
         try:
             try:
-                grpc_client.start_stream(callback=lambda result, error: responses.put((clock(), result, error)))
+                grpc_client.start_stream(callback=lambda result, error: responses.put((clock(), result, error)),
+                                         headers=GRPC_ERROR_HEADERS)
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
             sent_at = clock()
@@ -460,7 +442,7 @@ class TalkingHeadClient:
         n_events, last_type = 0, None
         try:
             try:
-                grpc_client.start_stream(callback=on_response)
+                grpc_client.start_stream(callback=on_response, headers=GRPC_ERROR_HEADERS)
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
             sent_at = clock()
@@ -510,7 +492,6 @@ class TalkingHeadClient:
             self._release(grpc_client, reusable)
 
 
-def _mic_request(chunk: np.ndarray, options: dict, fixed: list, last: bool) -> list[grpcclient.InferInput]:
-    opts = {**options, "end_of_input": True} if last else options
-    return [infer_input(TALKING_HEAD, TH_AUDIO, chunk), infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(opts)]),
-            *fixed]
+
+def _avatar(avatar_id: str | AvatarInfo) -> str:
+    return avatar_id.id if isinstance(avatar_id, AvatarInfo) else avatar_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,19 +69,108 @@ def first_value(arr: np.ndarray | None) -> Any:
     return None if arr is None or arr.size == 0 else arr.reshape(-1)[0]
 
 
+# ---------------------------------------------------------------- requests (shared by client.sdk and client.aio)
+
+def turn_inputs(*, avatar_id: str, text: str | None = None, audio: np.ndarray | None = None,
+                sample_rate: int | None = None, options: Mapping[str, Any] | str | bytes | None = None
+                ) -> list[grpcclient.InferInput]:
+    """One user turn's request: speech (`audio`, mono float32) or `text`, the avatar, the options (checked here)."""
+    from export.contract import media
+
+    if (text is None) == (audio is None):
+        raise ValueError("give exactly one of text= or audio=")
+    inputs = []
+    if audio is not None:
+        a = np.asarray(audio, dtype=np.float32)
+        if a.ndim != 1:
+            if a.ndim == 0 or sorted(a.shape)[-2] != 1:
+                raise ValueError(f"audio must be mono (1-D), got shape {a.shape}")
+            a = a.reshape(-1)
+        rate = media.INPUT_SAMPLE_RATE if sample_rate is None else int(sample_rate)
+        inputs += [infer_input(TALKING_HEAD, TH_AUDIO, a), infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate])]
+    else:
+        if sample_rate is not None:
+            raise ValueError("sample_rate= goes with audio=, not text=")
+        inputs.append(infer_input(TALKING_HEAD, TH_TEXT, [text]))
+    inputs.append(infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]))
+    if options is not None:
+        if isinstance(options, Mapping):
+            options = json.dumps(dict(options), separators=(",", ":"))
+        inputs.append(infer_input(TALKING_HEAD, TH_OPTIONS, [options]))
+    return inputs
+
+
+def action_inputs(action: str, avatar_id: str, options: Mapping[str, Any], *, text: str | None = None
+                  ) -> list[grpcclient.InferInput]:
+    inputs = [infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
+              infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({**options, "action": action})])]
+    if text is not None:
+        inputs.append(infer_input(TALKING_HEAD, TH_TEXT, [text]))
+    return inputs
+
+
+def cancel_inputs(session: str) -> list[grpcclient.InferInput]:
+    return [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({"action": "cancel", "session": session})])]
+
+
+def mic_inputs(chunk: np.ndarray, options: dict, fixed: list, last: bool) -> list[grpcclient.InferInput]:
+    """One microphone chunk of a `mic` stream; the last one says end_of_input."""
+    opts = {**options, "end_of_input": True} if last else options
+    return [infer_input(TALKING_HEAD, TH_AUDIO, chunk), infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(opts)]),
+            *fixed]
+
+
 # ---------------------------------------------------------------- errors
 
 class ClientError(Exception):
     """Base class of everything this SDK raises on purpose."""
 
 
-class ServerError(ClientError):
-    """The server answered with an error; `message` is the server's text, verbatim."""
+# The gRPC status codes a turn ends with, and what each means for the caller.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"  # the request was refused: `message` names the problem ("invalid input: ...")
+UNAVAILABLE = "UNAVAILABLE"  # server busy or shutting down: retry later or elsewhere (client.retry)
+CANCELLED = "CANCELLED"  # the turn was cancelled
+DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the turn's deadline_s passed
+INTERNAL = "INTERNAL"  # a stage failed inside the server
+# How the orchestrator words its errors (model_repository/talking_head/1/model.py): the status of an error that came
+# without one (a stream opened without the `triton_grpc_error` header, an older server).
+_STATUS_OF_MESSAGE = (("invalid input:", INVALID_ARGUMENT), ("server busy", UNAVAILABLE),
+                      ("server is shutting down", UNAVAILABLE), ("turn cancelled", CANCELLED),
+                      ("deadline exceeded", DEADLINE_EXCEEDED), ("internal error:", INTERNAL))
 
-    def __init__(self, message: str, *, status: str | None = None):
+
+def status_name(status: Any) -> str | None:
+    """grpc.StatusCode.UNAVAILABLE, "StatusCode.UNAVAILABLE", "UNAVAILABLE" -> "UNAVAILABLE"; None stays None."""
+    if status is None or status == "":
+        return None
+    name = getattr(status, "name", None) or str(status)
+    return name.rsplit(".", 1)[-1].strip().upper() or None
+
+
+class ServerError(ClientError):
+    """The server answered with an error; `message` is the server's text, verbatim.
+
+    `status` is the gRPC status code's name: "INVALID_ARGUMENT" (bad input), "UNAVAILABLE" (busy, shutting
+    down), "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL" (a stage failed), ... For an error inside a stream the SDK
+    asks Triton for the real status (the `triton_grpc_error` header); when a server sends none, it is read from the
+    orchestrator's wording of the message, and None when that says nothing either.
+    """
+
+    def __init__(self, message: str, *, status: Any = None):
         super().__init__(message)
         self.message = message
-        self.status = status  # gRPC status name ("StatusCode.INVALID_ARGUMENT") for call-level errors
+        self.status = status_name(status) or _status_from_message(message)
+
+    @property
+    def retryable(self) -> bool:
+        """Busy or shutting down: the same turn may succeed later or on another replica."""
+        return self.status == UNAVAILABLE
+
+
+def _status_from_message(message: str) -> str | None:
+    low = (message or "").strip().lower()
+    return next((status for prefix, status in _STATUS_OF_MESSAGE if low.startswith(prefix) or prefix in low[:80]),
+                None)
 
 
 class ProtocolError(ServerError):
@@ -134,6 +224,15 @@ class StreamEvent(Event):
         if self.sent_at is None or self.received_at is None:
             return None
         return self.received_at - self.sent_at
+
+    def typed(self):
+        """This event as its dataclass (client.events: TextEvent, AudioEvent, VideoEvent, DoneEvent, ...)."""
+        from client.events import typed
+
+        return typed(self)
+
+
+GRPC_ERROR_HEADERS = {"triton_grpc_error": "true"}  # Triton then ends a failed stream with the error's gRPC status
 
 
 def is_final_response(result: grpcclient.InferResult) -> bool:

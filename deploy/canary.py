@@ -4,7 +4,8 @@ A Python stub that dies is not restarted and Triton's health endpoints keep
 answering 200, so this probe runs real work through every model: it registers
 the demo avatar (avatar_registry), asks one short spoken turn (asr_encoder,
 asr_decoder, llm, tts, vocoder) and one short text turn with video (lipsync),
-and exits 0 only if both finish within --timeout seconds. On failure it exits 1 and
+and exits 0 only if both finish within --timeout seconds. Its turns carry the option `"canary": true`, so
+they do not count in the user latency metrics (talking_head_ttfa_seconds, talking_head_ttff_seconds). On failure it exits 1 and
 names the model that failed when the error does (a dead stub: "Stub process
 'vocoder_0_0' is not healthy"; a stage error: "StageError: vocoder: ..."):
 
@@ -25,9 +26,10 @@ from ensemble.avatar import demo_avatar_png
 from export.contract import media
 from export.contract.layout import GRPC_URL
 
-# What the canary turns ask for: as little work as still touches every stage.
-SPOKEN = {"max_reply_tokens": 1, "video": False}
-TEXT = {"max_reply_tokens": 1, "video": True}
+# What the canary turns ask for: as little work as still touches every stage. "canary": the orchestrator serves them
+# as any turn but keeps them out of the user TTFA/TTFF histograms (ensemble.metrics.for_turn).
+SPOKEN = {"max_reply_tokens": 1, "video": False, "canary": True}
+TEXT = {"max_reply_tokens": 1, "video": True, "canary": True}
 
 
 # How a failing model is named in an error: a dead stub ("Stub process 'vocoder_0_0' is not healthy"),

@@ -139,7 +139,7 @@ class Turn:
                                        f" during {model} ({e})") from None
             raise
         ms = (time.perf_counter() - t) * 1000.0
-        self.recorder.observe(metrics.STAGE_LATENCY, ms, stage=model)
+        self.recorder.observe(metrics.STAGE_LATENCY, ms / 1000.0, stage=model)
         s = self.stats
         s.stage_ms[model] = s.stage_ms.get(model, 0.0) + ms
         s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
@@ -154,7 +154,7 @@ class Turn:
         if kind not in self.stats.first:
             self.stats.first[kind] = t_ms
             if kind in FIRST_METRICS:
-                self.recorder.observe(FIRST_METRICS[kind], t_ms)
+                self.recorder.observe(FIRST_METRICS[kind], t_ms / 1000.0)
         self._emit(Event(kind, {"turn_id": self.turn_id, "t_ms": t_ms, **data}, audio=audio, frame=frame))
 
     # ------------------------------------------------------------ the turn

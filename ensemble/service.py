@@ -234,7 +234,7 @@ class Service:
 
     async def _turn(self, turn_input: dict, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
                     emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
-        rec = self.recorder
+        rec = metrics.for_turn(self.recorder, options)  # canary turns: not in TTFA/TTFF
         session = self.sessions.get(options.session) if options.session else None
         self._admit(session.turn if session else None)
         if session is not None:  # barge-in: the new turn replaces the reply in flight
@@ -334,7 +334,7 @@ async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) ->
         if e.type not in first:
             first[e.type] = t_ms
             if e.type in FIRST_METRICS:
-                recorder.observe(FIRST_METRICS[e.type], t_ms)
+                recorder.observe(FIRST_METRICS[e.type], t_ms / 1000.0)
         data = {**e.data, "turn_id": turn_id, "t_ms": t_ms}
         if e.type == DONE:
             data["timings_ms"] = {"first_" + k: v for k, v in first.items()} | {"total": t_ms}

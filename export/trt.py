@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from export.contract import spec as specs
-from export.contract.artifacts import read_manifest
+from export.contract.artifacts import manifest_preset, read_manifest
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS, Preset, get_preset
 from export.contract.spec import ModelSpec
@@ -51,7 +51,9 @@ from export.toolchain.trt_parity import ParityResult, _record_parity, _recorded_
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="model sizes (default: tiny)")
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                    help="model sizes (default: what the repository's export manifest says, real checkpoints' "
+                         "dimensions included; tiny when there is no manifest)")
     ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY,
                     help="model repository holding <model>/1/model.onnx (default: model_repository)")
     ap.add_argument("--models", nargs="+", choices=STAGE_NAMES, default=None,
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except BuilderUnavailable as e:
         print(f"export.trt: {e}", file=sys.stderr)
         return 2
-    preset = get_preset(args.preset)
+    preset = repository_preset(args.repository, args.preset)
     out_dir = args.out_dir or (args.repository if kind == "tensorrt" else DEFAULT_RTX_OUT_DIR)
     if kind == "tensorrt-rtx" and out_dir.resolve() == args.repository.resolve():
         print("export.trt: warning: TensorRT-RTX plans in the model repository: Triton's TensorRT backend"
@@ -143,6 +145,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"export.trt: FAILED for {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
+
+
+def repository_preset(repository: Path, name: str | None) -> Preset:
+    """The dimensions the graphs in `repository` were exported with: its manifest's preset with every real
+    checkpoint's own dimensions (export/contract/artifacts.py manifest_preset). A --preset that names another preset
+    than the manifest is an error: the profiles would not fit the graphs."""
+    try:
+        info = read_manifest(repository / specs.TALKING_HEAD.name / "1")
+    except FileNotFoundError:
+        return get_preset(name or "tiny")
+    if name is not None and name != info["preset"]:
+        raise SystemExit(f"export.trt: {repository} was exported with preset {info['preset']!r}, not {name!r}")
+    return manifest_preset(info)
 
 
 def exported_models(repository: Path) -> list[str]:

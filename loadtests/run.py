@@ -7,7 +7,8 @@
 Starts `locust -f loadtests/locustfile.py --headless ...` in a subprocess (locust
 monkey-patches the whole interpreter with gevent, so it gets its own), which writes
 
-    <out>.html, <out>_stats.csv, <out>_failures.csv, ...   locust's own reports
+    <out>.html, <out>_stats.csv, <out>_failures.csv, ...   locust's own reports (rows "turn" = whole turns,
+                                                            "TTFA" / "TTFF" = time to first audio / frame)
     <out>_turns.csv, <out>_summary.json                     one row per turn; exact p50/p95/p99
 
 then prints the summary: p50/p95/p99 of time to first text, TTFA, TTFF, largest audio

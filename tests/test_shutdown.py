@@ -260,6 +260,7 @@ def test_drain_unload_for_kubernetes_prestop(exported_repository, tmp_path, monk
         deadline = time.monotonic() + 15
         while not _ready() and time.monotonic() < deadline:  # the unload completes ~1 s after the last turn
             time.sleep(0.02)
+        ready_again = _ready()
         ready_again_s = time.perf_counter() - t0
         readiness.stop.set()
         readiness.thread.join(5)
@@ -273,4 +274,4 @@ def test_drain_unload_for_kubernetes_prestop(exported_repository, tmp_path, monk
     assert code == 0
     assert t_drain + unready_s < turn.events[-1][0], "still ready after the drain started, until the turn ended"
     assert turn.error is None and turn.events[-1][1] == ev.DONE
-    assert _ready(), "strict readiness stayed 503 for 15 s after talking_head was unloaded"
+    assert ready_again, "strict readiness stayed 503 for 15 s after talking_head was unloaded"

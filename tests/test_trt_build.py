@@ -183,6 +183,28 @@ def test_cli(tiny_repo, tmp_path, monkeypatch, capsys):
     assert "python -m export --preset tiny" in capsys.readouterr().out
 
 
+@needs_rtx
+@pytest.mark.server  # shares the real weight set's export with the quality and demo tests
+def test_real_weight_set_builds(tmp_path, capsys):
+    """The demo's real graphs (Whisper tiny.en, SmolLM2-135M, the Piper voice, ...) build, with the profiles of the
+    dimensions their checkpoints have (the manifest's), not the preset's; a tied embedding stays one matrix."""
+    from export.__main__ import main as export_main
+    from export.contract.artifacts import manifest_preset, read_manifest
+    from export.contract.layout import MODEL_REPOSITORY
+
+    assert export_main(["--weight-set", "real"]) == 0
+    info = read_manifest(MODEL_REPOSITORY / specs.TALKING_HEAD.name / "1")
+    assert manifest_preset(info).llm != TINY.llm  # the checkpoint's dimensions
+    argv = ["--repository", str(MODEL_REPOSITORY), "--builder", "tensorrt-rtx", "--out-dir", str(tmp_path)]
+    assert trt_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("built in") == len(info["models"]), out
+    llm_onnx = sum(f.stat().st_size for f in trt_build.onnx_files(MODEL_REPOSITORY / "llm" / "1" / "model.onnx"))
+    assert (tmp_path / "llm" / "1" / "model.plan").stat().st_size < 1.15 * llm_onnx
+    with pytest.raises(SystemExit, match="exported with preset 'tiny'"):
+        trt_cli.main(argv + ["--preset", "base"])
+
+
 def test_no_builder_exits_with_message(monkeypatch, capsys):
     def no_module(kind):
         raise ImportError(f"No module named {kind!r}")
