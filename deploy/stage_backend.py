@@ -33,6 +33,7 @@ def make_model(factory: RunnerFactory):
                 self.runner = factory(self.spec, config, args)
             except FileNotFoundError as e:
                 raise pb_utils.TritonModelException(f"{name}: {e}") from None
+            self.runner.bounds = input_bounds(version_dir(args))
 
         def execute(self, requests):
             feeds = []
@@ -49,6 +50,12 @@ def make_model(factory: RunnerFactory):
             return responses
 
     return TritonPythonModel
+
+
+def input_bounds(folder: Path) -> dict[str, list]:
+    """The values each input may hold, as the export wrote them beside the graph (export.json `input_bounds`)."""
+    manifest = folder / "export.json"
+    return json.loads(manifest.read_text()).get("input_bounds", {}) if manifest.is_file() else {}
 
 
 def parameter(config: dict, key: str, default: str) -> str:

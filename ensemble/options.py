@@ -16,6 +16,7 @@ class Limits:
     max_audio_seconds: float = 30.0  # one Whisper window
     max_text_chars: int = 2000  # typed input
     max_options_bytes: int = 4096  # the options JSON
+    max_request_id_bytes: int = 128  # Triton echoes a request's id in every response: a long one is refused
     max_avatar_bytes: int = 10 * 1024 * 1024  # encoded avatar image
     max_avatar_pixels: int = 4096 * 4096  # decoded avatar image
     min_avatar_side: int = 64  # avatar image width and height at least this (the face detector searches >= 30 px)
@@ -26,6 +27,9 @@ class Limits:
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
 
 
+INTEGER_OPTIONS = frozenset({"max_reply_tokens", "top_k", "seed", "jpeg_quality", "lipsync_batch", "frame_stride",
+                             "min_silence_ms"})
+MIN_TEMPERATURE = 0.01  # below it logits / temperature overflow float32: use 0 for greedy decoding
 ACTIONS = ("turn", "say", "cancel", "mic", "prerender", "idle")
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -67,6 +71,8 @@ class TurnOptions:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InputError(f"options is not valid JSON: {e}") from None
+        except RecursionError:
+            raise InputError("options is nested too deeply (options are one flat JSON object)") from None
         if not isinstance(data, dict):
             raise InputError("options must be a JSON object")
         known = {f.name: f for f in fields(cls)}
@@ -80,7 +86,11 @@ class TurnOptions:
     def check(self) -> None:
         def bounded(name: str, lo: float, hi: float) -> None:
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"option {name}={v!r} must be a number")
+            if name in INTEGER_OPTIONS and not isinstance(v, int):
+                raise InputError(f"option {name}={v!r} must be an integer")
+            if not lo <= v <= hi:
                 raise InputError(f"option {name}={v!r} is out of range {lo}..{hi}")
 
         if self.max_reply_tokens is not None:
@@ -90,6 +100,8 @@ class TurnOptions:
                 raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
         bounded("deadline_s", 0.05, 600.0)
         bounded("temperature", 0.0, 2.0)
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise InputError(f"option temperature={self.temperature!r}: 0 (greedy) or {MIN_TEMPERATURE}..2.0")
         bounded("top_k", 1, 1000)
         bounded("seed", 0, 2**31 - 1)
         bounded("speed", 0.5, 2.0)

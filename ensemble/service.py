@@ -179,10 +179,13 @@ class Service:
 
     # ------------------------------------------------------------ requests
     async def handle(self, inputs: dict[str, np.ndarray], infer: StageCall, emit: Emit,
-                     is_cancelled: Callable[[], bool] = lambda: False) -> Turn | None:
+                     is_cancelled: Callable[[], bool] = lambda: False, request_id: str = "") -> Turn | None:
         """Serve one request; returns the turn it ran (None for cancel, a mic chunk that ended no turn, a cache hit)."""
         rec = self.recorder
         try:
+            if len(request_id.encode()) > self.limits.max_request_id_bytes:
+                raise InputError(f"request id has {len(request_id.encode())} bytes; the limit is "
+                                 f"{self.limits.max_request_id_bytes}")
             options = self.parse_options(inputs)
             if options.action == "cancel":
                 self.parse_turn_input(inputs, options)

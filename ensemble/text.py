@@ -111,6 +111,9 @@ _H_SPACE = re.compile(r"[^\S\n]+")  # whitespace other than newline
 _NEWLINES = re.compile(r" ?\n[\s]*")
 
 
+RAW_BYTES_PER_CHAR = 16  # raw text may carry spaces and markup the cleaning drops, not megabytes of it
+
+
 def validate_text(raw: bytes | str, max_chars: int) -> str:
     """User text -> clean str, or InputError naming the problem.
 
@@ -118,10 +121,14 @@ def validate_text(raw: bytes | str, max_chars: int) -> str:
     characters except newline and tab, removes chat-template markup (`<|...|>`, see
     strip_chat_markup), collapses runs of spaces/tabs to one space and runs of blank lines to one
     newline, strips the ends; then rejects empty text and text longer than max_chars characters
-    (counted after cleaning). Everything else, including "ignore your instructions"-style prompt
+    (counted after cleaning). Input over RAW_BYTES_PER_CHAR x max_chars bytes (or characters) is refused before any
+    of that work, so one request cannot hold the orchestrator's event loop. Everything else, including "ignore your instructions"-style prompt
     injection, is kept: it is the user's words, given to the LLM inside the user turn of the
     chat template, and the reply is only ever spoken.
     """
+    if isinstance(raw, (bytes, bytearray, memoryview, str)) and len(raw) > RAW_BYTES_PER_CHAR * max_chars:
+        raise InputError(f"text has {len(raw)} bytes before cleaning; the limit is {RAW_BYTES_PER_CHAR * max_chars} "
+                         f"({max_chars} characters after cleaning)")
     if isinstance(raw, (bytes, bytearray, memoryview)):
         b = bytes(raw)
         try:

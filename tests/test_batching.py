@@ -51,3 +51,37 @@ def test_a_bad_request_fails_alone(stage_runners):
 def test_check_request_names_dtype_problems():
     with pytest.raises(ValueError, match="is float64, expected float32"):
         check_request(spec.WAV2LIP, {"mel": np.zeros((1, 1, 80, 16)), "faces": np.zeros((1, 6, 96, 96), np.float32)})
+
+
+def _tts_request(ids, scales=(0.667, 1.0, 0.8)):
+    ids = np.asarray([ids], np.int64)
+    return {"phonemes": ids, "phoneme_lengths": np.array([[ids.shape[1]]], np.int64),
+            "scales": np.array([scales], np.float32), "seed": np.array([[0]], np.int64)}
+
+
+def test_ids_and_controls_out_of_their_bounds_are_refused_before_the_batch(stage_runners, exported_repository):
+    """The export writes each stage's input bounds beside its graph; the runtime checks them per request, so one
+    request's ids past the vocabulary or unbounded durations never reach the batch the others share."""
+    import json
+
+    from export.runtime.batching import BatchRunner
+
+    bounds = json.loads((exported_repository / "tts" / "1" / "export.json").read_text())["input_bounds"]
+    assert bounds["phonemes"] == [0, get_preset("tiny").vits.n_vocab - 1]
+    runner = BatchRunner(spec.TTS, stage_runners["tts"].run_graph, stage_runners["tts"].dims, bounds)
+    good, far_id, long_noise = _tts_request([1, 5, 9]), _tts_request([1, 9999, 2]), _tts_request([1, 2], (0.7, 1, 50))
+    nan = _tts_request([1, 2], (float("nan"), 1, 0.8))
+    results = runner.run([good, far_id, long_noise, nan])
+    assert isinstance(results[0], dict)
+    assert "input 'phonemes' holds values 1..9999, allowed 0..255" in str(results[1])
+    assert "input 'scales' column 2 holds values" in str(results[2]) and "allowed 0.0..2.0" in str(results[2])
+    assert "NaN or infinite" in str(results[3])
+
+
+def test_a_graph_failure_fails_only_the_request_that_caused_it(stage_runners):
+    """No bounds here: the ONNX graph itself fails on an id past its embedding; the batch is re-run one request at a
+    time, so the good requests still get their answers and only the bad one hears the graph's error."""
+    runner = stage_runners["tts"]
+    out = runner.run([_tts_request([1, 5, 9]), _tts_request([1, 10_000, 2]), _tts_request([3, 4])])
+    assert isinstance(out[0], dict) and isinstance(out[2], dict)
+    assert isinstance(out[1], RuntimeError) and str(out[1]).startswith("tts: ")

@@ -107,6 +107,19 @@ def test_bad_requests_name_the_problem(service, stage_runners, inputs, message):
         asyncio.run(service.handle(inputs, make_infer(stage_runners), lambda e: None))
 
 
+def test_a_long_request_id_is_refused_before_any_work(service, stage_runners):
+    """Triton echoes the id in every response: a 4 MB id would be copied into each event."""
+    calls = []
+
+    async def infer(*a, **k):
+        calls.append(a)
+        return await make_infer(stage_runners)(*a, **k)
+
+    with pytest.raises(InputError, match="request id has 4000000 bytes; the limit is 128"):
+        asyncio.run(service.handle(text_inputs(service), infer, lambda e: None, request_id="x" * 4_000_000))
+    assert calls == []
+
+
 def test_real_checkpoint_front_ends_are_used(tmp_path):
     from export.contract.artifacts import write_orchestrator_artifacts
     from export.contract.text_frontend import arpabet_to_ids

@@ -142,7 +142,10 @@ def test_validate_text_too_long():
     with pytest.raises(InputError, match=r"^text has 11 characters; the limit is 10$"):
         validate_text("x" * 11, 10)
     # counted after cleaning: whitespace runs do not count against the limit
-    assert validate_text("a" + " " * 50 + "b", 3) == "a b"
+    assert validate_text("a" + " " * 40 + "b", 3) == "a b"
+    # ... up to 16 raw bytes per allowed character, refused before any cleaning beyond that
+    with pytest.raises(InputError, match=r"^text has 49 bytes before cleaning; the limit is 48"):
+        validate_text("a" + " " * 47 + "b", 3)
 
 
 def test_validate_text_wrong_type():

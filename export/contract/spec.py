@@ -46,6 +46,10 @@ class Tensor:
     # "output:<name>" = the value of that output; "input:<name>" = that ragged input's length.
     length_from: str | None = None
     length_scale: int = 1  # multiplies the length read from length_from
+    # Inputs: the values a request may hold, checked by the serving runtime before the request joins a batch (one
+    # request's bad ids must not fail the batch, one request's controls must not allocate without bound): (lo, hi)
+    # for every element, or one (lo, hi) per column of the last axis. A str hi names a preset dim: ids below it.
+    values: tuple | None = None
 
     @property
     def numpy_dtype(self) -> str:
@@ -156,6 +160,18 @@ class ModelSpec:
     def batched(self) -> bool:
         return self.max_batch_size > 0
 
+    def input_bounds(self, preset: Preset) -> dict[str, list]:
+        """Each bounded input's values with the preset's dims resolved: name -> [lo, hi] or [[lo, hi], ...] per
+        column (what the export writes beside the graph for the serving runtime, export/runtime/batching.py)."""
+        dims = self.preset_dims(preset)
+
+        def resolve(bound):
+            lo, hi = bound
+            return [lo, dims[hi] - 1 if isinstance(hi, str) else hi]
+
+        return {t.name: ([resolve(b) for b in t.values] if isinstance(t.values[0], tuple) else resolve(t.values))
+                for t in self.inputs if t.values is not None}
+
     def shape(self, tensor: Tensor, preset: Preset | None) -> list[int | str]:
         """Dims of `tensor` (batch excluded) with preset parameters resolved.
 
@@ -204,7 +220,7 @@ ASR_ENCODER = ModelSpec(
 ASR_DECODER = ModelSpec(
     name="asr_decoder",
     inputs=(
-        Tensor("tokens", "INT64", ("tokens",)),
+        Tensor("tokens", "INT64", ("tokens",), values=(0, "asr_vocab")),
         Tensor("audio_features", "FP32", (media.ASR_AUDIO_CTX, "asr_state")),
         Tensor("past_kv", "FP32", ("asr_layers", 2, "asr_heads", "past", "asr_head_dim")),
     ),
@@ -225,7 +241,7 @@ ASR_DECODER = ModelSpec(
 LLM = ModelSpec(
     name="llm",
     inputs=(
-        Tensor("input_ids", "INT64", ("tokens",)),
+        Tensor("input_ids", "INT64", ("tokens",), values=(0, "llm_vocab")),
         Tensor("past_kv", "FP32", ("llm_layers", 2, "llm_kv_heads", "past", "llm_head_dim")),
     ),
     outputs=(
@@ -244,15 +260,17 @@ LLM = ModelSpec(
 # ---- speech, family "vits" (a Piper voice; export/toolchain/models/vits.py): one voice file feeds both stages
 
 def _vits_dims(p: Preset) -> dict[str, int]:
-    return {"latent_channels": p.vits.inter_channels}
+    return {"latent_channels": p.vits.inter_channels, "tts_vocab": p.vits.n_vocab}
 
 
 TTS = ModelSpec(
     name="tts",
     inputs=(
-        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),  # Piper ids, 0 = its pad "_"
-        Tensor("phoneme_lengths", "INT64", (1,)),
-        Tensor("scales", "FP32", (3,)),  # noise_scale, length_scale (1 / speed), noise_w; the voice's json has defaults
+        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0, values=(0, "tts_vocab")),  # Piper ids
+        Tensor("phoneme_lengths", "INT64", (1,), values=(1, 512)),
+        # noise_scale, length_scale (1 / speed), noise_w; the voice's json has defaults. Bounded: noise_w and
+        # length_scale set the durations, i.e. how much audio (and memory) one request makes
+        Tensor("scales", "FP32", (3,), values=((0.0, 2.0), (0.1, 4.0), (0.0, 2.0))),
         Tensor("seed", "INT64", (1,)),  # picks the noise: the same seed gives the same audio on every backend
     ),
     outputs=(
@@ -284,9 +302,10 @@ VOCODER = ModelSpec(
 FASTSPEECH2 = ModelSpec(
     name="fastspeech2",
     inputs=(
-        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0),
-        Tensor("phoneme_lengths", "INT64", (1,)),
-        Tensor("controls", "FP32", (3,)),  # pitch, energy and duration scales (1.0 = neutral)
+        Tensor("phonemes", "INT64", ("phonemes",), ragged=True, pad_value=0, values=(0, "fs2_vocab")),
+        Tensor("phoneme_lengths", "INT64", (1,), values=(1, 400)),
+        # pitch, energy and duration scales (1.0 = neutral); the duration scale sets how many mel frames are made
+        Tensor("controls", "FP32", (3,), values=(0.25, 4.0)),
     ),
     outputs=(
         Tensor("mel", "FP32", (media.TTS_MEL.n_mels, "frames"), length_from="output:mel_lengths"),
@@ -295,6 +314,7 @@ FASTSPEECH2 = ModelSpec(
     ),
     axes=(Axis("phonemes", 1, 64, 400),),
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+    preset_dims=lambda p: {"fs2_vocab": p.fastspeech2.n_symbols},
     gpu_precision="fp32",  # one call per sentence; its sinusoid tables and length regulator stay fp32
 )
 

@@ -30,10 +30,30 @@ def _ragged_length(t: Tensor, a: np.ndarray) -> int:
     return int(a.shape[-1])
 
 
-def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = None) -> None:
-    """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges, and the sizes the
-    served graph fixes: `dims` resolves the spec's preset dims, e.g. latent_channels -> 192)."""
+def check_values(spec: ModelSpec, name: str, a: np.ndarray, bound: list) -> None:
+    """Every value of input `name` within its bound: [lo, hi], or one [lo, hi] per column of the last axis."""
+    if a.size == 0:
+        return
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{spec.name}: input {name!r} holds NaN or infinite values")
+    per_column = isinstance(bound[0], list)
+    if per_column and a.shape[-1] != len(bound):
+        raise ValueError(f"{spec.name}: input {name!r} has {a.shape[-1]} columns, expected {len(bound)}")
+    columns = [(a.reshape(-1, len(bound))[:, k], f" column {k}", b) for k, b in enumerate(bound)] if per_column \
+        else [(a, "", bound)]
+    for values, where, (lo, hi) in columns:
+        if values.min() < lo or values.max() > hi:
+            raise ValueError(f"{spec.name}: input {name!r}{where} holds values {values.min()}..{values.max()}, "
+                             f"allowed {lo}..{hi}")
+
+
+def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = None,
+                  bounds: dict[str, list] | None = None) -> None:
+    """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges, the sizes the
+    served graph fixes: `dims` resolves the spec's preset dims, e.g. latent_channels -> 192) or hold values out of
+    `bounds` (the export's ModelSpec.input_bounds: ids in the vocabulary, bounded controls)."""
     dims = dims or {}
+    bounds = bounds or {}
     for t in spec.inputs:
         if t.name not in feeds:
             if t.optional:
@@ -55,6 +75,8 @@ def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = N
             fixed = dims.get(d) if isinstance(d, str) else d
             if fixed is not None and fixed >= 0 and size != fixed:
                 raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {fixed}")
+        if t.name in bounds:
+            check_values(spec, t.name, a, bounds[t.name])
 
 
 def stack_requests(spec: ModelSpec, requests: Sequence[Feeds]) -> tuple[Feeds, list[int], dict[str, list[int]]]:
@@ -96,12 +118,14 @@ def split_outputs(spec: ModelSpec, outputs: Feeds, rows: Sequence[int], lengths:
 class BatchRunner:
     """Runs a stage's graph over a batch of requests; `run_graph` maps batched feeds to outputs."""
 
-    def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds], dims: dict[str, int] | None = None):
+    def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds], dims: dict[str, int] | None = None,
+                 bounds: dict[str, list] | None = None):
         if not spec.batched:
             raise ValueError(f"{spec.name} takes no batch axis")
         self.spec = spec
         self.run_graph = run_graph
         self.dims = dict(dims or {})  # the spec's preset dims as the served graph has them
+        self.bounds = dict(bounds or {})  # input values allowed (the export's manifest: input_bounds)
 
     def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         """Outputs per request; a request that does not fit the spec gets its own error."""
@@ -109,7 +133,7 @@ class BatchRunner:
         good = []
         for i, feeds in enumerate(requests):
             try:
-                check_request(self.spec, feeds, self.dims)
+                check_request(self.spec, feeds, self.dims, self.bounds)
                 good.append(i)
             except ValueError as e:
                 results[i] = e
@@ -122,9 +146,13 @@ class BatchRunner:
                 outputs = self.run_graph(batch)
                 for i, out in zip(chunk, split_outputs(self.spec, outputs, rows, lengths)):
                     results[i] = out
-            except Exception as e:  # the graph failed: every request of this batch hears why
+            except Exception as e:
+                if len(chunk) == 1:
+                    results[chunk[0]] = RuntimeError(f"{self.spec.name}: {e}")
+                    continue
+                # one request's fault must not fail the others: each runs again on its own and hears its own fate
                 for i in chunk:
-                    results[i] = RuntimeError(f"{self.spec.name}: {e}")
+                    results[i] = self.run([requests[i]])[0]
         return results
 
 

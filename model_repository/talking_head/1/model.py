@@ -68,7 +68,8 @@ class TritonPythonModel:
         self.inflight += 1
         error = None
         try:
-            await self.service.handle(inputs, bls, emit, is_cancelled=request.is_cancelled)
+            await self.service.handle(inputs, bls, emit, is_cancelled=request.is_cancelled,
+                                      request_id=request.request_id())
         except InputError as e:
             error = pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG)
         except Overloaded as e:
