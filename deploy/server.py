@@ -180,6 +180,8 @@ class EmbeddedServer:
                 f.write(o.admin_key + "\n")
         backends = assemble_backends(o.workdir / "backends", self.install)
         t0 = time.perf_counter()
+        if self.log_path.exists():  # the previous run's log (e.g. of a crash) is kept once
+            self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(backends), env=self.environment(), stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -439,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     stop["serving"] = True
     key = f"\nadmin key (random, this run): {server.options.admin_key_file}" if server.options.admin_key_generated else ""
     print(f"ready in {server.started_s:.1f} s\n{server.endpoints()}{key}\nCtrl-C stops it.", flush=True)
+    died = None
     try:
-        while not stop["now"] and server.process.poll() is None:
+        while not stop["now"] and (died := server.process.poll()) is None:
             time.sleep(0.02)  # a signal does not cut a sleep short (PEP 475): this bounds the drain's start
     except KeyboardInterrupt:
         pass
@@ -450,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
         code = server.stop()
         drained = f"; drained in {server.drain_s:.2f} s" if server.drain_s is not None else ""
         print(f"tritonserver stopped (exit code {code}{drained})", flush=True)
+    if died is not None:  # not asked to stop: a supervisor (compose, Kubernetes) must see a failure and restart it
+        print(f"tritonserver died on its own (exit code {died}); its log ends:\n{server.log_tail(30)}", file=sys.stderr,
+              flush=True)
+        return died if died > 0 else 1
     return 0
 
 

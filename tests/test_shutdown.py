@@ -275,3 +275,29 @@ def test_drain_unload_for_kubernetes_prestop(exported_repository, tmp_path, monk
     assert t_drain + unready_s < turn.events[-1][0], "still ready after the drain started, until the turn ended"
     assert turn.error is None and turn.events[-1][1] == ev.DONE
     assert ready_again, "strict readiness stayed 503 for 15 s after talking_head was unloaded"
+
+
+def test_a_dead_tritonserver_makes_the_launcher_fail_and_its_log_is_kept(exported_repository, tmp_path):
+    """tritonserver killed under the launcher: `python -m deploy.server` exits non-zero (so compose or Kubernetes
+    restarts it), prints the log's end, and the next start keeps that log as tritonserver.log.1."""
+    ports = server_ports()
+    argv = [sys.executable, "-m", "deploy.server", "--repository", str(exported_repository), "--workdir",
+            str(tmp_path), *(f"--{k.replace('_', '-')}={v}" for k, v in ports.items())]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    deadline = time.monotonic() + 180
+    while not any("Ctrl-C stops it" in line for line in lines):
+        assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+        time.sleep(0.05)
+    import psutil
+
+    (triton,) = [p for p in _descendants(proc.pid) if psutil.Process(p).name() == "tritonserver"]
+    os.kill(triton, signal.SIGKILL)
+    assert proc.wait(timeout=60) != 0, "".join(lines)
+    assert "tritonserver died on its own" in "".join(lines)
+    first_log = (tmp_path / "tritonserver.log").read_text()
+    second = EmbeddedServer(ServerOptions(repository=exported_repository, workdir=tmp_path, **server_ports()))
+    second.start()
+    second.stop()
+    assert (tmp_path / "tritonserver.log.1").read_text() == first_log
