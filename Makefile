@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# WEIGHTS=real: the registry packages' models (the demo's); WEIGHTS=random: seeded random weights of PRESET
+WEIGHTS ?= real
 PRESET ?= tiny
 
 .PHONY: demo test test-fast bench export serve gateway configs system-deps validators clean
@@ -46,8 +48,8 @@ $(CHECKOV): deploy/requirements-checkov.txt
 	$(TOOLS)/checkov/bin/pip install -q -r deploy/requirements-checkov.txt
 	@touch $@
 
-demo: $(VENV)/.installed system-deps  ## export tiny models, serve, ask one spoken question, write out/answer.{wav,mp4}
-	$(PY) -m deploy.demo --preset $(PRESET)
+demo: $(VENV)/.installed system-deps  ## export the real models, serve, ask one spoken question, write out/answer.{wav,mp4}
+	$(PY) -m deploy.demo --weight-set $(WEIGHTS) --preset $(PRESET)
 
 test: $(VENV)/.installed system-deps validators  ## the whole test suite (starts real tritonserver instances)
 	$(PY) -m pytest -q -ra
@@ -56,10 +58,10 @@ test-fast: $(VENV)/.installed validators  ## unit tests only (no server)
 	$(PY) -m pytest -q -m "not server"
 
 bench: $(VENV)/.installed system-deps  ## CPU demo benchmark: export, start-up, TTFA, TTFF, total, RTF
-	$(PY) -m loadtests.bench_cpu --preset $(PRESET)
+	$(PY) -m loadtests.bench_cpu --weight-set $(WEIGHTS) --preset $(PRESET)
 
 export: $(VENV)/.installed
-	$(PY) -m export --preset $(PRESET)
+	$(PY) -m export --weight-set $(WEIGHTS) --preset $(PRESET)
 
 serve: export  ## the embedded server until Ctrl-C
 	$(PY) -m deploy.server

@@ -48,8 +48,7 @@ def test_counters_exist_from_the_start(server):
         for labels in metrics.initial_series(m):
             series = m.name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
             assert any(line.startswith(series + " ") for line in text.splitlines()), f"{series} is not exported"
-    # one the test session never causes: still there, at 0
-    assert 'talking_head_rejected_total{reason="draining"} 0' in text
+    # (their values depend on which tests ran before on this shared server: tests/test_client_retry.py drains it)
 
 
 def test_drain_waits_for_active_sessions(server, client, avatar):
