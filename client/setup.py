@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 STAGE = HERE / "build" / "dist-src"
 # What client/ imports of export/contract, and what those import in turn (tests/test_client_dist.py checks the list).
-CONTRACT = ("__init__", "events", "face", "layout", "media", "mouth", "presets", "spec")
+CONTRACT = ("__init__", "events", "face", "layout", "media", "mouth", "presets", "spec", "spec_types")
 NOT_SHIPPED = {"setup"}  # this file
 _IMPORT = re.compile(r"^(?P<indent>[ \t]*)(?P<kw>from|import)[ \t]+(?P<mod>client|export\.contract)(?=[ \t.]|$)", re.M)
 _NAMESPACE = {"client": "talking_head.client", "export.contract": "talking_head.contract"}
