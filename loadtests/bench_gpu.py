@@ -225,8 +225,9 @@ def thread_pools(n: int | None):
 
 
 def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
-                      port: int, speech: np.ndarray, gpus: int | None = None) -> dict:
-    """gpus: the server sees only the first `gpus` GPUs (None: every GPU it would see anyway)."""
+                      port: int, speech: np.ndarray, gpus: int | None = None, avatar_image: bytes | None = None) -> dict:
+    """gpus: the server sees only the first `gpus` GPUs (None: every GPU it would see anyway); avatar_image: the face
+    registered (None: the demo avatar)."""
     server_options = ServerOptions(config_name=config_name, workdir=workdir / config_name, grpc_port=port,
                                    http_port=port - 1, metrics_port=port + 1, ready_timeout_s=400)
 
@@ -237,7 +238,7 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         result["server_start_s"] = server.started_s
         url = server_options.grpc_url
         with TalkingHeadClient(url) as c:
-            avatar = c.register_avatar(demo_avatar_png()).id
+            avatar = c.register_avatar(avatar_image or demo_avatar_png()).id
         # warm-up: first calls load kernels and allocate, in every orchestrator process (Triton spreads concurrent
         # turns over its instances); a process's first turn also builds its avatar and feature caches
         n = 2 * orchestrator_instances(config_name)
@@ -310,7 +311,8 @@ def orchestrator_instances(config_name: str) -> int:
 
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
-                      speech: np.ndarray, gpus: int | None, resume: bool, stub_threads: int | None = 1) -> dict:
+                      speech: np.ndarray, gpus: int | None, resume: bool, stub_threads: int | None = 1,
+                      avatar_image: bytes | None = None) -> dict:
     """serve_and_measure (the server's STUB_THREAD_VARS = stub_threads), saved to <workdir>/runs/<config>.json; with
     resume, a saved run of the same settings."""
     path = workdir / "runs" / f"{config_name}.json"
@@ -322,7 +324,7 @@ def measure_or_resume(config_name: str, options: dict, levels: list[int], turns:
             print(f"[{config_name}] reusing {path}", flush=True)
             return saved
     with thread_pools(stub_threads):
-        result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus)
+        result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus, avatar_image)
     if stub_threads:
         result["stub_threads"] = stub_threads
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -378,6 +380,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--scale-concurrency", type=int, nargs="+", default=None,
                     help="concurrency levels of the runs on more than one GPU (default: --concurrency)")
     ap.add_argument("--skip-naive", action="store_true", help="no naive baseline run")
+    ap.add_argument("--avatar", type=Path, default=None,
+                    help="the face to register, a PNG/JPEG (default: the demo avatar, from scikit-image)")
     ap.add_argument("--resume", action="store_true", help="reuse end-to-end runs saved under <out>/runs/")
     ap.add_argument("--stub-threads", type=int, default=1,
                     help=f"{'/'.join(STUB_THREAD_VARS)} of the server's processes unless set (0: the launcher's default, 1)")
@@ -414,16 +418,17 @@ def main(argv: list[str] | None = None) -> int:
                             "optimized": bench(args.preset, args.stage_device, None, 30)}
         print("stages:", json.dumps(report["stages"]), flush=True)
     speech = speech_utterance()
+    avatar = args.avatar.read_bytes() if args.avatar else None
     base_opts = {"max_reply_tokens": args.max_reply_tokens, "ignore_eos": True}
     one_gpu = 1 if args.gpus else None  # scale-out: keep the 1-GPU runs on one GPU of the multi-GPU host
     if not args.skip_naive:
         report["naive"] = measure_or_resume(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
                                             args.naive_concurrency, args.turns, args.out, args.port, speech,
-                                            one_gpu, args.resume, args.stub_threads)
+                                            one_gpu, args.resume, args.stub_threads, avatar)
     optimized_opts = {**base_opts, "lipsync_batch": 8}
     report["optimized"] = measure_or_resume(args.optimized_config, optimized_opts, args.concurrency,
                                             args.turns, args.out, args.port, speech, one_gpu, args.resume,
-                                            args.stub_threads)
+                                            args.stub_threads, avatar)
     report["capacity"] = {name: capacity(report[name]["levels"]) for name in ("naive", "optimized") if name in report}
     if args.gpus:
         runs = {1: report["optimized"]}
@@ -431,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             if n > 1:
                 runs[n] = measure_or_resume(config, optimized_opts, args.scale_concurrency or args.concurrency,
                                             args.turns, args.out, args.port, speech, n, args.resume,
-                                            args.stub_threads)
+                                            args.stub_threads, avatar)
         report["scale_out"] = {"gpus": args.gpus, "runs": {str(n): r for n, r in runs.items() if n > 1},
                                "summary": scale_out_summary(runs)}
     (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=2, default=str))

@@ -264,7 +264,7 @@ def test_bench_gpu_main_runs_each_gpu_count_once_and_resumes(tmp_path, monkeypat
 
     calls = []
 
-    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None):
+    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None):
         calls.append((config_name, gpus, tuple(levels)))
         run = _run(config_name, {c: c <= 16 * (gpus or 1) for c in levels})
         return {**run, "options": options, "turns": turns, "gpus": gpus}
@@ -300,7 +300,7 @@ def test_bench_gpu_main_without_gpus_runs_as_before(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None):
+    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None):
         calls.append((config_name, gpus))
         return {**_run(config_name, {c: True for c in levels}), "options": options, "turns": turns}
 
