@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  weights: {weights.summary(loaded)}", flush=True)
     if "llm" in loaded:  # a real LLM writes whole sentences: room for a few of them
         preset = dataclasses.replace(preset, max_reply_tokens=max(preset.max_reply_tokens, REAL_REPLY_TOKENS))
-    models = args.models or sorted({s.name for s in spec.pipeline_stages(preset) + spec.INPUT_STAGES}
+    models = args.models or sorted({s.name for s in spec.served_stages(preset)}
                                    | weights.stages_of(loaded), key=MODELS.index)
     copied = configs.ensure_repository(args.repository)
     if copied:

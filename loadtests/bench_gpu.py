@@ -52,6 +52,8 @@ from export.contract import events as ev
 from export.contract import media
 from export.contract.artifacts import write_orchestrator_artifacts
 from export.contract.layout import MODEL_REPOSITORY
+from export.contract.presets import PRESETS
+from export.contract.spec import served_stages
 from export.toolchain.configs import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
 
 FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
@@ -408,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus and max(args.gpus) > (have := available_gpus()):
         raise SystemExit(f"--gpus {' '.join(map(str, args.gpus))}: this host has {have} GPU(s) to use")
     args.out.mkdir(parents=True, exist_ok=True)
-    write_orchestrator_artifacts(MODEL_REPOSITORY / "talking_head" / "1", args.preset, 0)
+    write_orchestrator_artifacts(MODEL_REPOSITORY / "talking_head" / "1", args.preset, 0,
+                                 models=[s.name for s in served_stages(PRESETS[args.preset])])
 
     report: dict = {"date": datetime.date.today().isoformat(), "preset": args.preset, "hardware": hardware(),
                     "command": "python -m loadtests.bench_gpu " + " ".join(sys.argv[1:] if argv is None else argv)}

@@ -66,7 +66,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
 
         # as the gpu variant serves a streamed chunk: numpy in and out, CUDA graphs in the optimized runtime
         frames = max(f for f in spec.VOCODER.gpu_graphs)
-        s = _served(g, spec.VOCODER, precision, device, repeats, 1, frames=frames)
+        s = _served(g, spec.VOCODER, preset, precision, device, repeats, 1, frames=frames)
         out["vocoder_xrt_b1_chunk"] = frames * media.TTS_MEL.hop_length / media.TTS_MEL.sample_rate / s
         del g
 
@@ -76,7 +76,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
             s = timed(lambda i: g(*sets[i % 4]), device, repeats)
             out[f"lipsync_fps_b{batch}"] = batch / s
         for batch in (1, 8):
-            out[f"lipsync_fps_b{batch}_served"] = batch / _served(g, spec.LIPSYNC, precision, device, repeats, batch)
+            out[f"lipsync_fps_b{batch}_served"] = batch / _served(g, spec.LIPSYNC, preset, precision, device, repeats, batch)
         del g
 
         g, dtype = load(spec.LLM)
@@ -93,7 +93,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
         out["asr_rtf_5s"] = _asr_rtf(*load(spec.ASR_ENCODER), load(spec.ASR_DECODER)[0], preset, device, repeats)
         if precision is None and device.startswith("cuda"):  # the gpu variant: audio sent once, caches kept
             out["asr_rtf_5s_served"] = _asr_session_rtf(load(spec.ASR_ENCODER)[0], load(spec.ASR_DECODER)[0],
-                                                        device, repeats)
+                                                        preset, device, repeats)
 
         g, dtype = load(spec.TTS)
         sets = _inputs(g, 4, 1, dtype, device, phonemes=60)
@@ -104,7 +104,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
     return out
 
 
-def _served(graph, stage_spec, precision: str | None, device: str, repeats: int, batch: int, **sizes) -> float:
+def _served(graph, stage_spec, preset, precision: str | None, device: str, repeats: int, batch: int, **sizes) -> float:
     """Seconds of one call of the stage's runtime as the gpu variant serves it (numpy feeds in, numpy out):
     TorchStage (eager) for the naive precision, GraphedStage (CUDA graphs) for the optimized one on CUDA."""
     from export.runtime.torch_runtime import GraphedStage, TorchStage
@@ -112,7 +112,7 @@ def _served(graph, stage_spec, precision: str | None, device: str, repeats: int,
     prec = precision or stage_spec.gpu_precision
     stage = TorchStage(stage_spec, graph, device, prec)
     if precision is None and device.startswith("cuda") and stage_spec.gpu_graphs:
-        stage = GraphedStage(stage)
+        stage = GraphedStage(stage, stage_spec.preset_dims(preset))
     sets = [{t.name: x.float().numpy() if x.is_floating_point() else x.numpy()
              for t, x in zip(stage_spec.inputs, graph.example_inputs(batch=batch, seed=k, **sizes))} for k in range(4)]
     return timed(lambda i: stage(sets[i % 4]), device, repeats)
@@ -142,7 +142,7 @@ def _session_step(graph, dtype, device: str, batch: int, repeats: int, past: int
     return timed(lambda i: runner.run([req(sid, 1) for sid in range(1, batch + 1)]), device, repeats)
 
 
-def _asr_session_rtf(enc, dec, device: str, repeats: int, steps: int = 20) -> float:
+def _asr_session_rtf(enc, dec, preset, device: str, repeats: int, steps: int = 20) -> float:
     """As _asr_rtf through the gpu variant's runtimes as served: the encoder's CUDA graph (numpy in and out),
     then a session on export/asr_sessions (features sent once, prompt of 4, `steps` single-token steps)."""
     import numpy as np
@@ -151,7 +151,8 @@ def _asr_session_rtf(enc, dec, device: str, repeats: int, steps: int = 20) -> fl
     from export.runtime.batching import BatchRunner
     from export.runtime.torch_runtime import GraphedStage, TorchStage
 
-    encoder = GraphedStage(TorchStage(spec.ASR_ENCODER, enc, device, spec.ASR_ENCODER.gpu_precision))
+    encoder = GraphedStage(TorchStage(spec.ASR_ENCODER, enc, device, spec.ASR_ENCODER.gpu_precision),
+                           spec.ASR_ENCODER.preset_dims(preset))
     prec = spec.ASR_DECODER.gpu_precision
     runner = session_asr(spec.ASR_DECODER, dec, device,
                          BatchRunner(spec.ASR_DECODER, TorchStage(spec.ASR_DECODER, dec, device, prec)), slots=2)

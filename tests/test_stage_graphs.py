@@ -38,7 +38,7 @@ def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, monkeypatch)
     preset = get_preset("tiny")
     graph = load_graph(stage_spec, preset, 0, "cuda", "fp32")
     eager = TorchStage(stage_spec, graph, "cuda", "fp32")
-    graphed = GraphedStage(TorchStage(stage_spec, graph, "cuda", "fp32"))
+    graphed = GraphedStage(TorchStage(stage_spec, graph, "cuda", "fp32"), stage_spec.preset_dims(preset))
     sizes = {"frames": max(stage_spec.gpu_graphs)} if stage_spec.axes else {}
     for seed, batch in ((1, 3), (2, 1), (3, 5)):  # padded batch buckets, replays over earlier inputs
         feeds = {t.name: x.numpy() for t, x in

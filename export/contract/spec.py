@@ -267,6 +267,12 @@ FACE_DETECTOR = ModelSpec(
 # the face detector the images of avatar registration.
 INPUT_STAGES: tuple[ModelSpec, ...] = (VAD, FACE_DETECTOR)
 
+
+def served_stages(preset: Preset) -> tuple[ModelSpec, ...]:
+    """The stage models a server of this preset loads: a turn's stages, the VAD and the face detector."""
+    return pipeline_stages(preset) + INPUT_STAGES
+
+
 # The orchestrator: one decoupled stream per user turn.
 TALKING_HEAD = ModelSpec(
     name="talking_head",

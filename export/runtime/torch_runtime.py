@@ -86,10 +86,12 @@ class GraphedStage:
     """TorchStage with CUDA graphs for the spec's fixed shapes (`ModelSpec.gpu_graphs`): one graph per batch
     bucket and size of the dynamic axis. A batch of that size is copied into the graph's static inputs (rows
     past the batch keep earlier inputs: every row is computed independently, and only the batch's rows are
-    read back); any other shape runs eagerly."""
+    read back); any other shape runs eagerly. dims: the preset's values of the spec's named dims
+    (`ModelSpec.preset_dims`)."""
 
-    def __init__(self, stage: TorchStage):
+    def __init__(self, stage: TorchStage, dims: dict[str, int] | None = None):
         self.stage = stage
+        self.preset_dims = dict(dims or {})
         spec = stage.spec
         self.axis = next((a.name for a in spec.axes), None)
         self.batches = [b for b in GRAPH_BATCHES if b <= spec.max_batch_size]
@@ -125,8 +127,10 @@ class GraphedStage:
                 dims.append(size)
             elif isinstance(d, int):
                 dims.append(d)
+            elif d in self.preset_dims:
+                dims.append(self.preset_dims[d])
             else:
-                raise ValueError(f"{spec.name}: input {t.name!r} dim {d!r} is neither fixed nor the graphed axis")
+                raise ValueError(f"{spec.name}: input {t.name!r} dim {d!r} is neither fixed, a preset dim nor the graphed axis")
         return dims
 
     def _run(self, args: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -164,7 +168,8 @@ def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precis
     cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage); weights: see load_graph."""
     graph = load_graph(spec, preset, seed, device, precision, weights)
     stage = TorchStage(spec, graph, device, precision)
-    runner = BatchRunner(spec, GraphedStage(stage) if cuda_graphs and spec.gpu_graphs else stage, spec.preset_dims(preset))
+    dims = spec.preset_dims(preset)
+    runner = BatchRunner(spec, GraphedStage(stage, dims) if cuda_graphs and spec.gpu_graphs else stage, dims)
     if not sessions:
         return runner
     if spec.name == "asr_decoder":
