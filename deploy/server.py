@@ -58,7 +58,9 @@ MODEL_CONTROL_MODES = ("explicit", "none")
 # Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub
 # process and its idle threads spin: on the H100 host, 8 orchestrator processes kept all 16 cores busy at one
 # session (BENCHMARKS.md). PyTorch's CPU ops follow OMP_NUM_THREADS too; ONNX Runtime's own pool does not.
-STUB_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# OpenCV (the orchestrator's per-frame warps, blurs and JPEG) keeps a pthreads pool of one thread per core in
+# each process, sized by OPENCV_FOR_THREADS_NUM; the frame workers already run frames in parallel.
+STUB_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
 @dataclass

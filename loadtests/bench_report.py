@@ -67,7 +67,7 @@ def _end_to_end(name: str, r: dict) -> list[str]:
     lines = [f"## End to end, {name} (`--model-config-name={r['config']}`, options {json.dumps(r['options'])})", "",
              (f"Server start to ready: {_f(r['server_start_s'], 1)} s; peak GPU memory (nvidia-smi): "
               f"{r['peak_gpu_memory_mib']} MiB."
-              + (f" Server environment: OPENBLAS/OMP/MKL_NUM_THREADS={r['stub_threads']}." if r.get("stub_threads")
+              + (f" Server environment: OPENBLAS/OMP/MKL/OPENCV_FOR_THREADS_NUM={r['stub_threads']}." if r.get("stub_threads")
                  else "")), "",
              ("| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"
               " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames | underruns |"),

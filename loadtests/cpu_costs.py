@@ -1,19 +1,28 @@
-"""Per-unit CPU costs of the orchestrator's own work (one core, medians): what a session costs the host.
+"""Per-unit CPU costs of the orchestrator's own work: what a session costs the host.
 
-    python -m loadtests.cpu_costs
+    python -m loadtests.cpu_costs [--avatar PATH] [--frames 300]
 
-Composite + JPEG of one 25 fps frame on the demo avatar, and sampling one LLM token from a full
-Qwen2.5 vocabulary of logits (ensemble.decoding.sample, temperature 0.7, top-k 40).
+One 25 fps frame of the warp lip-sync as the orchestrator makes it (ensemble/lipsync.py WarpFrames): the head
+pose rendered (ensemble/motion.py), the mouth crop cut and the warp's result pasted back (ensemble/mouth.py),
+JPEG; CPU seconds per frame (process time, all threads) and wall time, so a library's own thread pool that
+spins shows as CPU above wall. Run it with OPENCV_FOR_THREADS_NUM=1 and without to compare. Also: sampling one
+LLM token over the base preset's vocabulary (ensemble.decoding.sample, temperature 0.7, top-k 40).
 """
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
+from pathlib import Path
 
+import cv2
 import numpy as np
 
 from ensemble import avatar as avatars
+from ensemble import motion, mouth
 from ensemble.decoding import sample
+from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import get_preset
 
 
@@ -28,17 +37,39 @@ def median_ms(fn, repeats: int = 60) -> float:
     return statistics.median(times) * 1000
 
 
-def main() -> int:
-    a = avatars.register(avatars.demo_avatar_png(), max_bytes=10**7, max_pixels=10**8)
-    face = np.random.default_rng(0).random((3, 96, 96), dtype=np.float32)
-    image = avatars.composite(a, face)
+def warp_frame(a: avatars.Avatar, geometry: mouth.MouthGeometry, k: int) -> bytes:
+    pose = motion.pose_at(k / 25, "happy", 0.0)  # an emotion that moves the head and the brows
+    image = motion.render(a.image, a.box, pose)
+    m = mouth.crop_matrix(geometry, a.image.shape, a.box, pose)
+    crop = mouth.cut(image, m)
+    return avatars.encode_jpeg(mouth.paste(image, crop, crop, m), quality=85)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--avatar", type=Path, help="portrait image (default: the demo avatar)")
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="where the face_detector graph is")
+    args = ap.parse_args(argv)
+    from export.toolchain.face import onnx_detector
+
+    detect = onnx_detector(args.repository / "face_detector" / "1" / "model.onnx", threads=1)
+    data = args.avatar.read_bytes() if args.avatar else avatars.demo_avatar_png()
+    a = avatars.register(data, max_bytes=10**8, max_pixels=10**8, detect=detect)
+    geometry = mouth.avatar_geometry(a.image, a.keypoints)
+    for k in range(10):
+        warp_frame(a, geometry, k)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for k in range(args.frames):
+        warp_frame(a, geometry, k)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     logits = np.random.default_rng(1).standard_normal(get_preset("base").llm.vocab_size).astype(np.float32)
     rng = np.random.default_rng(0)
-    figures = {"composite_ms": median_ms(lambda: avatars.composite(a, face)),
-               "jpeg_ms": median_ms(lambda: avatars.encode_jpeg(image, quality=85)),
-               "sample_token_ms": median_ms(lambda: sample(logits, rng, 0.7, 40, banned=[151644, 151645]))}
-    for k, v in figures.items():
-        print(f"{k}: {v:.3f}")
+    print(f"OpenCV threads {cv2.getNumThreads()} (OPENCV_FOR_THREADS_NUM={os.environ.get('OPENCV_FOR_THREADS_NUM')}),"
+          f" {os.cpu_count()} cores, avatar {a.image.shape[1]}x{a.image.shape[0]}")
+    print(f"warp frame: {1000 * cpu / args.frames:.2f} ms CPU, {1000 * wall / args.frames:.2f} ms wall"
+          f" ({args.frames} frames; a real-time session needs 25 a second)")
+    print(f"sample token: {median_ms(lambda: sample(logits, rng, 0.7, 40, banned=[])):.2f} ms wall")
     return 0
 
 
