@@ -29,12 +29,19 @@ def test_only_the_optimized_gpu_variant_asks_for_graphs():
         assert "cuda_graphs" not in configs.render_config(s, "gpu")
 
 
+@pytest.fixture
+def no_tf32():
+    """fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's.
+    Saved and restored by hand: torch's cuBLAS flags are properties that monkeypatch cannot delete on undo."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)
-@pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP])
-def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, monkeypatch):
-    # fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+@pytest.mark.parametrize("stage_spec", [spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP, spec.LIPSYNC])
+def test_graph_replays_match_eager_runs_on_fresh_inputs(stage_spec, no_tf32):
     preset = get_preset("tiny")
     graph = load_graph(stage_spec, preset, 0, "cuda", "fp32")
     eager = TorchStage(stage_spec, graph, "cuda", "fp32")
