@@ -12,7 +12,9 @@ What is staged:
                     numpy 1.26.4 (../shared/device/stage-triton.sh, the machine's own staging script)
   .device-wheels/   piper-phonemize-cross 1.2.1 for CPython 3.12, slimmed to English: espeak-ng's dictionaries of
                     the other languages are dropped (the wheel is 15.6 MB, most of it dictionaries); the
-                    orchestrator phonemizes the reply with it (export/contract/phonemes.py)
+                    orchestrator phonemizes the reply with it (export/contract/phonemes.py); pytest, for the
+                    GPU tests:  source .device/activate.sh && python3 -m pytest -p no:cacheprovider -m gpu \\
+                    tests/test_stage_graphs.py tests/test_llm_sessions.py tests/test_asr_sessions.py
   model_repository/vad/1, model_repository/face_detector/1
                     the two graphs that are not PyTorch modules (the gpu variant rebuilds the others from the
                     preset and seed on the machine)
@@ -40,6 +42,7 @@ from export.contract.layout import BUILD, MODEL_REPOSITORY, ROOT
 
 CARRY_LIMIT = 64 * 1024 * 1024
 PIPER_WHEEL = "piper-phonemize-cross==1.2.1"
+TEST_WHEELS = ("pytest==9.2.0", "pluggy==1.7.0", "iniconfig==2.3.1", "pygments==2.21.0")  # the GPU tests there
 KEEP_DICTS = ("en_dict",)  # espeak-ng-data/<lang>_dict files kept (the voices are English)
 STAGE_TRITON = ROOT.parent / "shared" / "device" / "stage-triton.sh"
 DEVICE, WHEELS, AVATAR = ROOT / ".device", ROOT / ".device-wheels", BUILD / "device" / "avatar.jpg"
@@ -86,6 +89,8 @@ def stage() -> int:
             old.unlink()
         slim = slim_wheel(wheel, WHEELS)
         print(f"{slim.name}: {wheel.stat().st_size / 1e6:.1f} MB -> {slim.stat().st_size / 1e6:.1f} MB")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(WHEELS), *TEST_WHEELS],
+                   check=True)
     missing = [g for g in GRAPHS if not (g / "model.onnx").is_file()]
     if missing:
         from export.__main__ import main as export_main
