@@ -8,6 +8,11 @@ PNG (IHDR) or JPEG (SOFn) header and the pixel count checked BEFORE OpenCV decod
 Only PNG and JPEG are accepted, so there is no other format whose header we would have to trust
 OpenCV to bound (OpenCV's own OPENCV_IO_MAX_IMAGE_PIXELS is process-global, so it is not used).
 After decoding, the decoded size is checked again.
+
+Bounded (issue 15): an image whose longer side exceeds AvatarOptions.max_side (1024 px) is downscaled to it
+(cv2.INTER_AREA) right after decoding, so the face search, the stored image, box and keypoints, every frame
+and the face box the registry answers are in that size: a 4096 x 4096 upload is stored as 3 MB, not 50 MB.
+The AvatarStore's in-memory cache is bounded in bytes as well as in count (`MEMORY_BYTES`, 256 MiB).
 """
 from __future__ import annotations
 
@@ -15,9 +20,7 @@ import os
 import re
 import struct
 import tempfile
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -27,6 +30,7 @@ import numpy as np
 
 from ensemble.errors import InputError
 from ensemble.face import Detect, FaceOptions, choose_face
+from ensemble.lru import BytesLRU
 from export.contract import face as F
 from export.contract import media as C
 
@@ -34,6 +38,7 @@ UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
 _ID = re.compile(r"[0-9a-f]{16}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+MEMORY_BYTES = 256 * 1024**2  # an AvatarStore's in-memory cache holds at most this many bytes of avatars by default
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,13 @@ class AvatarOptions:
     # (left, right), so that a photo and its 8x upscale crop the same: 0.1 of a 100-pixel box is Wav2Lip's 10
     pads: tuple[float, float, float, float] = (0.0, 0.1, 0.0, 0.0)
     face: FaceOptions = FaceOptions()  # the face search (ensemble/face.py)
+    # an image whose longer side is larger is downscaled to this (cv2.INTER_AREA) before the face search and
+    # everything stored: the stored image, box and keypoints are in the downscaled size; smaller ones are untouched
+    max_side: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.max_side < 1:
+            raise ValueError(f"max_side must be >= 1, got {self.max_side}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,21 @@ class Avatar:
         """One keypoint by name, e.g. "mouth_center"."""
         x, y = self.keypoints[F.KEYPOINTS.index(name)]
         return float(x), float(y)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays: what a cached avatar holds in memory."""
+        return self.image.nbytes + self.face.nbytes + self.keypoints.nbytes
+
+
+def stored_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) an image is stored at: downscaled, keeping its aspect, to max_side on its longer side."""
+    longer = max(width, height)
+    if longer <= max_side:
+        return width, height
+    if width >= height:
+        return max_side, max(1, round(height * max_side / longer))
+    return max(1, round(width * max_side / longer)), max_side
 
 
 def image_size(data: bytes) -> tuple[int, int]:
@@ -98,8 +125,11 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
     """Validate, decode and analyse an avatar image; InputError names any problem.
 
     Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), and the
-    header's width x height against max_pixels and min_side. detect: the face_detector stage (ensemble/face.py).
-    Several faces: the largest is used and the message says so. No face, or one too small: InputError.
+    header's width x height against max_pixels and min_side (both as sent and as stored). An image whose longer
+    side exceeds options.max_side is downscaled to it before anything else (`stored_size`): the avatar's image,
+    box and keypoints are in that size, and the message says so. detect: the face_detector stage
+    (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
+    InputError.
     """
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
         raise InputError(f"avatar image must be bytes, got {type(image_bytes).__name__}")
@@ -115,12 +145,23 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
         raise InputError(f"avatar image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if min(width, height) < min_side:
         raise InputError(f"avatar image is {width}x{height} pixels; width and height must be at least {min_side}")
+    small = stored_size(width, height, options.max_side)
+    if min(small) < min_side:
+        raise InputError(f"avatar image is {width}x{height} pixels, {small[0]}x{small[1]} once downscaled to "
+                         f"{options.max_side} on its longer side; width and height must be at least {min_side} "
+                         f"(use a less elongated image)")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None or image.ndim != 3 or image.shape[2] != 3 or image.size == 0:
         raise InputError(UNDECODABLE)
     if image.shape[0] * image.shape[1] > max_pixels:  # belt and braces: the header said otherwise
         raise InputError(f"avatar image is {image.shape[1]}x{image.shape[0]} pixels; the limit is {max_pixels}")
+    decoded = image.shape[1], image.shape[0]  # the decoded size (EXIF orientation may swap the header's)
+    small = stored_size(*decoded, options.max_side)
+    if small != decoded:
+        image = cv2.resize(image, small, interpolation=cv2.INTER_AREA)
     found, search, message = choose_face(image, detect, options.face, bgr=True)
+    if small != decoded:
+        message += f" (image downscaled from {decoded[0]}x{decoded[1]} to {small[0]}x{small[1]})"
     x0, y0, x1, y1 = found.box
     top, bottom, left, right = options.pads
     ih, iw = image.shape[:2]
@@ -193,7 +234,8 @@ def demo_avatar_png() -> bytes:
 
 
 class AvatarStore:
-    """Avatars as <root>/<id>.npz, with an in-memory LRU of `capacity` loaded avatars. Thread-safe.
+    """Avatars as <root>/<id>.npz, with an in-memory LRU of at most `capacity` loaded avatars and
+    `max_memory_bytes` bytes of them (Avatar.nbytes; default MEMORY_BYTES, None: unbounded). Thread-safe.
 
     The files are bounded too: `save` keeps at most `max_avatars` files and `max_bytes` bytes of
     them, evicting the least recently used (file mtime: set by `save`, refreshed by every `load`).
@@ -205,18 +247,18 @@ class AvatarStore:
     """
 
     def __init__(self, root: Path, capacity: int = 64, *, max_avatars: int | None = None,
-                 max_bytes: int | None = None) -> None:
+                 max_bytes: int | None = None, max_memory_bytes: int | None = MEMORY_BYTES) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         if max_avatars is not None and max_avatars < 1:
             raise ValueError("max_avatars must be >= 1")
         self.root = Path(root)  # directory holding <id>.npz files
         self.capacity = capacity  # avatars kept in memory
+        self.max_memory_bytes = max_memory_bytes  # bytes of avatars kept in memory (None: unbounded)
         self.max_avatars = max_avatars  # avatar files kept on disk (None: unbounded)
         self.max_bytes = max_bytes  # bytes of avatar files kept on disk (None: unbounded)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._cache: OrderedDict[str, Avatar] = OrderedDict()
-        self._lock = threading.Lock()
+        self._cache: BytesLRU[str, Avatar] = BytesLRU(capacity, max_memory_bytes)
 
     @staticmethod
     def check_id(avatar_id: str | bytes) -> str:
@@ -279,8 +321,7 @@ class AvatarStore:
                 pass
             count, total = count - 1, total - size
             evicted.append(path.stem)
-            with self._lock:
-                self._cache.pop(path.stem, None)
+            self._cache.pop(path.stem)
         return evicted
 
     def stored_ids(self) -> list[str]:
@@ -296,12 +337,7 @@ class AvatarStore:
     def load(self, avatar_id: str | bytes) -> Avatar:
         avatar_id = self.check_id(avatar_id)
         path = self._path(avatar_id)
-        with self._lock:
-            if avatar_id in self._cache:
-                self._cache.move_to_end(avatar_id)
-                cached = self._cache[avatar_id]
-            else:
-                cached = None
+        cached = self._cache.get(avatar_id)
         if cached is not None:
             _touch(path, missing_ok=True)  # recently used: the registry's eviction keeps it longer
             return cached
@@ -322,16 +358,15 @@ class AvatarStore:
         return avatar
 
     def _remember(self, avatar: Avatar) -> None:
-        with self._lock:
-            self._cache[avatar.id] = avatar
-            self._cache.move_to_end(avatar.id)
-            while len(self._cache) > self.capacity:
-                self._cache.popitem(last=False)
+        self._cache.put(avatar.id, avatar, avatar.nbytes)  # an avatar over max_memory_bytes alone is not kept
 
     def cached_ids(self) -> list[str]:
         """Ids in memory, least recently used first."""
-        with self._lock:
-            return list(self._cache)
+        return self._cache.keys()
+
+    def cached_bytes(self) -> int:
+        """Bytes of the avatars in memory (Avatar.nbytes), at most max_memory_bytes."""
+        return self._cache.bytes
 
 
 def _touch(path: Path, missing_ok: bool = False) -> None:

@@ -21,10 +21,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
+
+from ensemble.lru import BytesLRU
 
 EMOTIONS = ("happy", "surprised", "sad", "angry", "question", "neutral")
 
@@ -105,13 +106,23 @@ def _region(shape: tuple[int, ...], box: tuple[int, int, int, int], margin: floa
     return max(0, y1 - my), min(shape[0], y2 + my), max(0, x1 - mx), min(shape[1], x2 + mx)
 
 
-@lru_cache(maxsize=64)
+# feather masks by (h, w, edge): about one per avatar in use, each up to 4 MiB (a 1024-pixel avatar's whole image);
+# bounded in bytes as well as in count (issue 15)
+_FEATHERS: BytesLRU[tuple[int, int, int], np.ndarray] = BytesLRU(64, 64 * 1024**2)
+
+
 def _feather(h: int, w: int, edge: int) -> np.ndarray:
-    """A mask that is 1 inside and falls to 0 over `edge` pixels at the border, [h, w, 1] float32."""
-    ramp_y = np.minimum(np.arange(h), np.arange(h)[::-1]).astype(np.float32)
-    ramp_x = np.minimum(np.arange(w), np.arange(w)[::-1]).astype(np.float32)
-    m = np.minimum(np.clip(ramp_y / max(1, edge), 0, 1)[:, None], np.clip(ramp_x / max(1, edge), 0, 1)[None, :])
-    return m[..., None]
+    """A mask that is 1 inside and falls to 0 over `edge` pixels at the border, [h, w, 1] float32 (read-only)."""
+    key = (h, w, edge)
+    m = _FEATHERS.get(key)
+    if m is None:
+        ramp_y = np.minimum(np.arange(h), np.arange(h)[::-1]).astype(np.float32)
+        ramp_x = np.minimum(np.arange(w), np.arange(w)[::-1]).astype(np.float32)
+        m = np.minimum(np.clip(ramp_y / max(1, edge), 0, 1)[:, None], np.clip(ramp_x / max(1, edge), 0, 1)[None, :])
+        m = m[..., None]
+        m.flags.writeable = False
+        _FEATHERS.put(key, m, m.nbytes)
+    return m
 
 
 def render(image: np.ndarray, box: tuple[int, int, int, int], pose: Pose, margin: float = 0.3) -> np.ndarray:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ensemble.avatar import (
+    MEMORY_BYTES,
     Avatar,
     AvatarOptions,
     AvatarStore,
@@ -17,6 +18,7 @@ from ensemble.avatar import (
     encode_jpeg,
     image_size,
     register,
+    stored_size,
     wav2lip_faces,
 )
 from ensemble.errors import InputError
@@ -200,6 +202,78 @@ def test_store_roundtrip_and_lru(tmp_path, demo, demo_png, detect):
     assert cold.cached_ids() == [others[0].id, others[1].id]  # capacity 2, demo evicted
     cold.load(demo.id)
     assert cold.cached_ids() == [others[1].id, demo.id]
+
+
+def test_large_image_is_downscaled_at_registration(demo, demo_png, detect):
+    """Issue 15: a 4096 x 4096 upload is stored at 1024 (3 MB, not 50 MB), its box and keypoints in that size."""
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    big_png = _png(cv2.resize(img, (4096, 4096), interpolation=cv2.INTER_NEAREST))
+    big = register(big_png, BIG, BIG, detect=detect)
+    assert big.image.shape == (1024, 1024, 3) and big.id == hashlib.sha256(big_png).hexdigest()[:16]
+    assert AvatarOptions().max_side == 1024
+    assert big.message.endswith("(image downscaled from 4096x4096 to 1024x1024)")
+    # the same as registering the image shrunk beforehand (INTER_AREA): the same pixels, box and keypoints
+    pre = register(_png(cv2.resize(img, (1024, 1024), interpolation=cv2.INTER_AREA)), BIG, BIG, detect=detect)
+    np.testing.assert_array_equal(big.image, pre.image)
+    assert big.box == pre.box
+    np.testing.assert_allclose(big.keypoints, pre.keypoints, atol=1e-3)
+    np.testing.assert_array_equal(big.face, pre.face)
+    # and on her face: the 512-pixel demo's box and keypoints, doubled, within 3 pixels
+    np.testing.assert_allclose(np.array(big.box), 2 * np.array(demo.box), atol=3)
+    np.testing.assert_allclose(big.keypoints, 2 * demo.keypoints, atol=3)
+    mx, my = big.point("mouth_center")
+    y1, y2, x1, x2 = big.box
+    assert x1 < mx < x2 and (y1 + y2) / 2 < my < y2
+    assert register(demo_png, BIG, BIG, detect=detect).image.shape == (512, 512, 3)  # small images are untouched
+    half = register(demo_png, BIG, BIG, detect=detect, options=AvatarOptions(max_side=256))  # the limit is an option
+    assert half.image.shape == (256, 256, 3)
+    np.testing.assert_allclose(np.array(half.box), np.array(demo.box) / 2, atol=2)
+
+
+@pytest.mark.parametrize("size, stored", [((4096, 4096), (1024, 1024)), ((4096, 2048), (1024, 512)),
+                                          ((1000, 3000), (341, 1024)), ((1024, 700), (1024, 700)),
+                                          ((300, 200), (300, 200))])
+def test_stored_size(size, stored):
+    assert stored_size(*size, 1024) == stored
+
+
+def test_an_image_too_thin_once_downscaled_is_refused_before_decoding(detect):
+    ihdr = struct.pack(">II", 4096, 128) + b"\x08\x02\x00\x00\x00"  # header only: nothing to decode
+    thin = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    with pytest.raises(InputError, match=r"^avatar image is 4096x128 pixels, 1024x32 once downscaled to 1024 on its "
+                                         r"longer side; width and height must be at least 64"):
+        register(thin, BIG, BIG, detect=detect)
+
+
+def _variant(avatar: Avatar, k: int) -> Avatar:
+    """The avatar under another id, with a different image (so a wrong reload shows)."""
+    img = avatar.image.copy()
+    img[0, 0] = k
+    img.flags.writeable = False
+    return Avatar(f"{k:016x}", img, avatar.box, avatar.face, avatar.faces_found, avatar.message, avatar.keypoints)
+
+
+def test_store_memory_is_bounded_in_bytes(tmp_path, demo):
+    """Issue 15: the in-memory LRU holds at most max_memory_bytes; an evicted avatar comes back from disk."""
+    assert AvatarStore(tmp_path / "default").max_memory_bytes == MEMORY_BYTES == 256 * 1024**2
+    budget = int(2.5 * demo.nbytes)  # room for two
+    store = AvatarStore(tmp_path / "avatars", max_memory_bytes=budget)  # capacity 64: the bytes bind first
+    avatars = [_variant(demo, k) for k in range(5)]
+    for a in avatars:
+        store.save(a)
+        assert store.cached_bytes() <= budget
+        assert store.cached_bytes() == sum(demo.nbytes for _ in store.cached_ids())
+    assert store.cached_ids() == [avatars[3].id, avatars[4].id]
+    assert sorted(store.stored_ids()) == sorted(a.id for a in avatars)  # the files stay: only memory is bounded
+    back = store.load(avatars[0].id)  # evicted from memory: read from disk
+    assert back is not avatars[0] and back.image[0, 0, 0] == 0 and back.box == demo.box
+    np.testing.assert_array_equal(back.image, avatars[0].image)
+    np.testing.assert_array_equal(back.keypoints, demo.keypoints)
+    assert store.cached_ids() == [avatars[4].id, avatars[0].id] and store.cached_bytes() <= budget
+    assert store.load(avatars[0].id) is back  # cached again
+    tiny = AvatarStore(tmp_path / "avatars", max_memory_bytes=demo.nbytes - 1)  # one avatar alone is too big:
+    assert tiny.load(avatars[1].id).image[0, 0, 0] == 1  # served from disk, not kept
+    assert tiny.cached_ids() == [] and tiny.cached_bytes() == 0
 
 
 @pytest.mark.parametrize("bad", ["../../etc/passwd", "ABCDEF0123456789", "0123456789abcdef\n", "0123456789abcde",
