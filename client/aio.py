@@ -52,6 +52,8 @@ from client.wire import (
     first_value,
     infer_input,
     is_final_response,
+    new_session_token,
+    owned,
     translate_error,
     turn_inputs,
 )
@@ -102,11 +104,13 @@ class AsyncTalkingHeadClient:
 
     def __init__(self, url: str = GRPC_URL, ssl: bool = False, *, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
-                 turn_timeout_s: float = 120.0, request_timeout_s: float = 30.0, clock: Clock = time.perf_counter):
+                 turn_timeout_s: float = 120.0, request_timeout_s: float = 30.0, clock: Clock = time.perf_counter,
+                 session_token: str | None = None):
         self.url = url[len("grpc://"):] if url.startswith("grpc://") else url
         self.turn_timeout_s = turn_timeout_s
         self.request_timeout_s = request_timeout_s
         self.clock = clock
+        self.session_token = session_token or new_session_token()
         self._kwargs = dict(url=self.url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
                             certificate_chain=certificate_chain)
         self._client: aio.InferenceServerClient | None = None
@@ -165,7 +169,7 @@ class AsyncTalkingHeadClient:
         """One user turn (speech or text); iterate its typed events. Arguments are checked now; the request goes
         out on the first `__anext__`."""
         inputs = turn_inputs(avatar_id=getattr(avatar_id, "id", avatar_id), text=text, audio=audio,
-                             sample_rate=sample_rate, options=options)
+                             sample_rate=sample_rate, options=owned(options, self.session_token))
         rid = request_id or uuid.uuid4().hex
         return AsyncTurnStream(self._run(inputs, rid, self.turn_timeout_s if timeout_s is None else timeout_s), rid)
 
@@ -179,14 +183,15 @@ class AsyncTalkingHeadClient:
 
     def idle(self, *, avatar_id: Any, seconds: float, session: str | None = None) -> AsyncTurnStream:
         """Idle-motion frames for `seconds`, in real time (a new turn of `session` stops them)."""
-        options = {"idle_s": seconds, **({"session": session} if session else {})}
+        options = {"idle_s": seconds, **({"session": session, "session_token": self.session_token} if session else {})}
         rid = uuid.uuid4().hex
         return AsyncTurnStream(self._run(action_inputs("idle", getattr(avatar_id, "id", avatar_id), options), rid,
                                          self.turn_timeout_s + seconds), rid)
 
     async def cancel(self, session: str, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Stop the reply in flight of conversation `session`; the server's `cancelled` event data."""
-        gen = self._run(cancel_inputs(session), uuid.uuid4().hex, timeout_s or self.request_timeout_s,
+        gen = self._run(cancel_inputs(session, self.session_token), uuid.uuid4().hex,
+                        timeout_s or self.request_timeout_s,
                         expect_done=False)
         async for event in gen:
             if event.type == ev.CANCELLED:

@@ -56,10 +56,14 @@ def _read_bytes(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
+SESSION_TOKEN_ENV = "TALKING_HEAD_SESSION_TOKEN"
+
+
 def _client(args: argparse.Namespace):
     from client.sdk import TalkingHeadClient  # imported late: `--help` stays fast
     return TalkingHeadClient(args.url, ssl=args.ssl, root_certificates=args.root_certificates,
-                             turn_timeout_s=args.timeout, request_timeout_s=min(args.timeout, 60.0))
+                             turn_timeout_s=args.timeout, request_timeout_s=min(args.timeout, 60.0),
+                             session_token=args.session_token)
 
 
 # ---------------------------------------------------------------- register-avatar
@@ -194,7 +198,9 @@ def cmd_talk(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     with _client(args) as th:
         th.check_connection(models=(TALKING_HEAD.name,))
-        print(f"streaming {what} in {args.chunk_ms:g} ms chunks (session {session})", file=say, flush=True)
+        print(f"streaming {what} in {args.chunk_ms:g} ms chunks (session {session}; to cancel its reply from another "
+              f"shell: {SESSION_TOKEN_ENV}={th.session_token} python -m client cancel --session {session})",
+              file=say, flush=True)
         events = th.microphone(session=session, avatar_id=args.avatar, audio=source, chunk_ms=args.chunk_ms,
                                realtime=args.realtime, options=options)
         for event in events:
@@ -255,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--url", default=os.environ.get("TRITON_URL", DEFAULT_URL),
                         help="Triton gRPC endpoint host:port (default: $TRITON_URL or %(default)s)")
     common.add_argument("--ssl", action="store_true", help="connect with TLS")
+    common.add_argument("--session-token", default=os.environ.get(SESSION_TOKEN_ENV), metavar="SECRET",
+                        help=f"the secret that owns this run's sessions (default: ${SESSION_TOKEN_ENV}, else a new "
+                             "one per run); `cancel` of a session needs the token of the run that opened it")
     common.add_argument("--root-certificates", metavar="PEM", default=None,
                         help="CA certificates file for --ssl (default: the system's)")
     common.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",

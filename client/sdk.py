@@ -66,6 +66,8 @@ from client.wire import (
     infer_input,
     is_final_response,
     mic_inputs,
+    new_session_token,
+    owned,
     translate_error,
     turn_inputs,
 )
@@ -132,19 +134,22 @@ class TalkingHeadClient:
     ssl, root_certificates, private_key, certificate_chain: TLS, as tritonclient takes them.
     turn_timeout_s: default overall limit of one `ask` turn; request_timeout_s: of unary calls.
     clock: the clock that stamps events (`time.perf_counter`; tests may inject one).
+    session_token: the secret that owns this client's sessions, sent beside every session id (the server refuses
+    a session's requests with another one); default a new one per client: share it to reach a session elsewhere.
     """
 
     def __init__(self, url: str = DEFAULT_URL, ssl: bool = False, *, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  turn_timeout_s: float = DEFAULT_TURN_TIMEOUT_S,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-                 clock: Clock = time.perf_counter, verbose: bool = False):
+                 clock: Clock = time.perf_counter, verbose: bool = False, session_token: str | None = None):
         if url.startswith("grpc://"):
             url = url[len("grpc://"):]
         self.url = url
         self.turn_timeout_s = turn_timeout_s
         self.request_timeout_s = request_timeout_s
         self.clock = clock
+        self.session_token = session_token or new_session_token()
         self._client_kwargs = dict(url=url, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
                                    private_key=private_key, certificate_chain=certificate_chain)
         self._lock = threading.Lock()
@@ -263,7 +268,7 @@ class TalkingHeadClient:
         out on the first `next()`.
         """
         inputs = turn_inputs(avatar_id=_avatar(avatar_id), text=text, audio=audio, sample_rate=sample_rate,
-                             options=options)
+                             options=owned(options, self.session_token))
         rid = request_id or uuid.uuid4().hex
         timeout = self.turn_timeout_s if timeout_s is None else float(timeout_s)
         return TurnStream(self._run_turn(inputs, rid, timeout), rid)
@@ -273,21 +278,19 @@ class TalkingHeadClient:
         """Idle-motion frames of the avatar for `seconds`, paced in real time (while the user speaks or thinks).
 
         With a `session`, a new turn of that session stops the idle stream (as it stops a reply)."""
-        return self._action("idle", avatar_id, {**dict(options or {}), "idle_s": seconds,
-                                                **({"session": session} if session else {})},
-                            timeout_s=self.turn_timeout_s + seconds)
+        opts = {**dict(options or {}), "idle_s": seconds, **({"session": session} if session else {})}
+        return self._action("idle", avatar_id, opts, timeout_s=self.turn_timeout_s + seconds)
 
     def prerender(self, *, avatar_id: str | AvatarInfo, text: str | None = None,
                   options: Mapping[str, Any] | None = None) -> list[str]:
         """Render the server's cached exchanges (or the one `text`) for this avatar and voice (`options`:
         speed, pitch, ...) into its answer cache; returns the phrases rendered now."""
-        events = list(self._action("prerender", avatar_id, dict(options or {}), text=text,
-                                   timeout_s=self.turn_timeout_s * 4))
+        events = list(self._action("prerender", avatar_id, options or {}, text=text, timeout_s=4 * self.turn_timeout_s))
         return list(events[-1].data.get("prerendered", []))
 
     def _action(self, action: str, avatar_id: str | AvatarInfo, options: dict[str, Any], *, text: str | None = None,
                 timeout_s: float) -> TurnStream:
-        inputs = action_inputs(action, _avatar(avatar_id), options, text=text)
+        inputs = action_inputs(action, _avatar(avatar_id), owned(options, self.session_token), text=text)
         rid = uuid.uuid4().hex
         return TurnStream(self._run_turn(inputs, rid, timeout_s), rid)
 
@@ -298,7 +301,7 @@ class TalkingHeadClient:
         None when the session had no reply in flight. The stopped turn's own stream ends with a
         `done` event whose `interrupted` is "cancel".
         """
-        inputs = cancel_inputs(session)
+        inputs = cancel_inputs(session, self.session_token)
         timeout = self.request_timeout_s if timeout_s is None else float(timeout_s)
         for event in self._run_turn(inputs, uuid.uuid4().hex, timeout, expect_done=False):
             if event.type == ev.CANCELLED:
@@ -328,7 +331,7 @@ class TalkingHeadClient:
             seconds = a.size / media.INPUT_SAMPLE_RATE
         else:
             chunks, pace_s, seconds = audio, 0.0, 3600.0
-        base = {**dict(options or {}), "action": "mic", "session": session}
+        base = {**dict(options or {}), "action": "mic", "session": session, "session_token": self.session_token}
         fixed = [infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
                  infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [media.INPUT_SAMPLE_RATE])]
 

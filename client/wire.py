@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,8 +110,28 @@ def action_inputs(action: str, avatar_id: str, options: Mapping[str, Any], *, te
     return inputs
 
 
-def cancel_inputs(session: str) -> list[grpcclient.InferInput]:
-    return [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({"action": "cancel", "session": session})])]
+def new_session_token() -> str:
+    """A client's secret for its sessions: the server binds a session to the token of the request that opened it
+    and refuses the session's requests with another one (ensemble/sessions.py)."""
+    return secrets.token_urlsafe(24)
+
+
+def owned(options: Mapping[str, Any] | str | bytes | None, token: str) -> Mapping[str, Any] | str | bytes | None:
+    """`options` (a mapping or its JSON text) with `session_token` beside a `session`, unless one is there."""
+    if options is None:
+        return None
+    try:
+        data = json.loads(options) if isinstance(options, (str, bytes)) else dict(options)
+    except ValueError:
+        return options  # not JSON: the server says what is wrong with it
+    if isinstance(data, dict) and "session" in data and "session_token" not in data:
+        return {**data, "session_token": token}
+    return options
+
+
+def cancel_inputs(session: str, token: str) -> list[grpcclient.InferInput]:
+    return [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps({"action": "cancel", "session": session,
+                                                               "session_token": token})])]
 
 
 def mic_inputs(chunk: np.ndarray, options: dict, fixed: list, last: bool) -> list[grpcclient.InferInput]:

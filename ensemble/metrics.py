@@ -45,7 +45,8 @@ FRAMES_LATE = Metric("talking_head_frames_late_total", "counter",
                      "Video frames sent more than LATE_FRAME_S after their display time (first audio chunk = time 0)")
 LATE_FRAME_S = 0.040
 REJECTED = Metric("talking_head_rejected_total", "counter", "Turns refused or failed before completion",
-                  labels=("reason",), known=("invalid_input", "overloaded", "draining"))
+                  labels=("reason",),
+                  known=("invalid_input", "overloaded", "draining", "session_owner", "sessions_full"))
 TURNS = Metric("talking_head_turns_total", "counter", "Turns finished", labels=("outcome",),
                known=("ok", "interrupted", "cancelled", "error"))
 CACHE_HITS = Metric("talking_head_cache_hits_total", "counter", "Turns served from the answer cache")

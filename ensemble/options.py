@@ -23,7 +23,7 @@ class Limits:
     max_avatars: int = 1000  # avatars kept on disk per server (its avatar store); the least recently used is evicted
     max_avatar_store_bytes: int = 4 * 1024**3  # ... and at most this many bytes of them (same eviction)
     max_sessions: int = int(TALKING_HEAD.parameter("max_sessions"))  # turns at once; more are refused (UNAVAILABLE)
-    max_open_sessions: int = 1024  # conversations (`session` ids) remembered; the least recently used is forgotten
+    max_open_sessions: int = 1024  # conversations (`session` ids) remembered; an idle one is forgotten to make room
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
 
 
@@ -32,6 +32,7 @@ INTEGER_OPTIONS = frozenset({"max_reply_tokens", "top_k", "seed", "jpeg_quality"
 MIN_TEMPERATURE = 0.01  # below it logits / temperature overflow float32: use 0 for greedy decoding
 ACTIONS = ("turn", "say", "cancel", "mic", "prerender", "idle")
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+SESSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the client's secret for its sessions (the SDK makes one)
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class TurnOptions:
     lipsync_batch: int = 8  # video frames per Wav2Lip call, 1..64
     frame_stride: int = 1  # send every n-th video frame (1: 25 fps, 2: 12.5 fps); the load governor raises it
     session: str | None = None  # conversation id: a new turn (or `cancel`) interrupts the session's reply in flight
+    # the secret of whoever opened the session: every request naming it must carry the same one (ensemble/sessions.py)
+    session_token: str | None = None
     action: str = "turn"  # turn | say (speak `text` as it is: no LLM) | cancel (stop the session's reply) | mic (one microphone chunk) |
     #                       prerender (fill the answer cache for this avatar) | idle (stream idle-motion frames)
     min_silence_ms: int = 500  # mic: silence that ends the user's turn
@@ -119,3 +122,7 @@ class TurnOptions:
             raise InputError(f"option session={self.session!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
         if self.action in ("cancel", "mic") and self.session is None:
             raise InputError(f"action {self.action!r} needs a `session` id")
+        if self.session is not None and not (isinstance(self.session_token, str)
+                                             and SESSION_TOKEN.fullmatch(self.session_token)):
+            raise InputError("option session needs session_token: the client's secret for its sessions, 16-128 "
+                             "characters of A-Z a-z 0-9 _ - (the SDK sends one; a session refuses other tokens)")

@@ -40,7 +40,7 @@ from ensemble.errors import InputError, Overloaded
 from ensemble.governor import GovernorSettings, LoadGovernor
 from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
-from ensemble.sessions import Sessions
+from ensemble.sessions import Session, Sessions
 from ensemble.speech import load_voice
 from ensemble.text import validate_text
 from ensemble.vad import TurnDetector, VadSettings
@@ -189,7 +189,7 @@ class Service:
             options = self.parse_options(inputs)
             if options.action == "cancel":
                 self.parse_turn_input(inputs, options)
-                return self.cancel(options.session, emit)
+                return self.cancel(options.session, options.session_token, emit)
             self._refuse_if_draining()
             avatar_id = self.parse_avatar_id(inputs)
             turn_input = self.parse_turn_input(inputs, options)
@@ -207,14 +207,25 @@ class Service:
             turn_input = {"say": turn_input["text"]}
         return await self._turn(turn_input, options, avatar_id, avatar, infer, emit, is_cancelled)
 
-    def cancel(self, session_id: str, emit: Emit) -> None:
+    def cancel(self, session_id: str, token: str, emit: Emit) -> None:
         """Interrupt the session's reply in flight (if any) and say which turn that was."""
-        session = self.sessions.peek(session_id)
+        session = self._session(lambda: self.sessions.peek(session_id, token))
         turn = session.turn if session else None
         self._interrupt(turn, "cancel")
         emit(Event(CANCELLED, {"turn_id": None, "t_ms": 0.0, "session": session_id,
                                "interrupted_turn": turn.turn_id if turn else None}))
         return None
+
+    def _session(self, find: Callable[[], Session | None]) -> Session | None:
+        """A session lookup (ensemble/sessions.py), its refusals counted."""
+        try:
+            return find()
+        except InputError:
+            self.recorder.inc(metrics.REJECTED, reason="session_owner")
+            raise
+        except Overloaded:
+            self.recorder.inc(metrics.REJECTED, reason="sessions_full")
+            raise
 
     def _interrupt(self, turn: Turn | None, reason: str) -> None:
         """Stop a session's reply in flight (none: nothing to do), counted by reason."""
@@ -238,7 +249,8 @@ class Service:
     async def _turn(self, turn_input: dict, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
                     emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
         rec = metrics.for_turn(self.recorder, options)  # canary turns: not in TTFA/TTFF
-        session = self.sessions.get(options.session) if options.session else None
+        session = self._session(lambda: self.sessions.get(options.session, options.session_token)) \
+            if options.session else None
         self._admit(session.turn if session else None)
         if session is not None:  # barge-in: the new turn replaces the reply in flight
             self._interrupt(session.turn, "barge_in")
@@ -302,7 +314,7 @@ class Service:
                    emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
         """One microphone chunk: speech starting interrupts the reply in flight; the end of the user's turn
         (after `min_silence_ms` of silence) starts the reply on this request's stream."""
-        session = self.sessions.get(options.session)
+        session = self._session(lambda: self.sessions.get(options.session, options.session_token))
         if session.mic is None or session.mic.settings.min_silence_ms != options.min_silence_ms:
             session.mic = TurnDetector(lambda model, x: infer(model, x, MIC_CALL_TIMEOUT_S),
                                        VadSettings(min_silence_ms=options.min_silence_ms))

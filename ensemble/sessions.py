@@ -1,25 +1,35 @@
 """Conversations by `session` id: the reply in flight (for barge-in) and the microphone's state.
 
-Bounded: at most `max_open` sessions are remembered (the least recently used is forgotten
-first, never one with a reply in flight) and a session unused for `idle_s` is forgotten,
-which frees its turn detector.
+Owned: a session belongs to the secret (`session_token`) of the request that opened it; a request naming the
+session with another token is refused (no cancelling, barging in on or listening to someone else's
+conversation). Bounded: at most `max_open` sessions are remembered and a session unused for `idle_s` is
+forgotten, which frees its turn detector. To make room the least recently used idle session is forgotten, never
+one with a reply in flight or a microphone turn under way; when none can go, a new session is refused.
 """
 from __future__ import annotations
 
+import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ensemble.errors import InputError, Overloaded
+
 
 @dataclass
 class Session:
     id: str
+    token: str  # the secret of the client that opened it
     turn: Any = None  # the ensemble.pipeline.Turn in flight, if any
     mic: Any = None  # the session's ensemble.vad.TurnDetector, once it streamed microphone audio
     mic_lock: Any = None  # asyncio.Lock: microphone chunks are fed to the detector one at a time, in order
     last_used: float = field(default_factory=time.monotonic)
+
+    def busy(self) -> bool:
+        """A reply in flight or the user speaking into the microphone: not to be forgotten."""
+        return self.turn is not None or (self.mic is not None and self.mic.in_turn)
 
 
 class Sessions:
@@ -29,26 +39,36 @@ class Sessions:
         self.clock = clock
         self._open: OrderedDict[str, Session] = OrderedDict()
 
-    def get(self, session_id: str) -> Session:
-        """The session (created on first use), marked used now."""
+    def get(self, session_id: str, token: str) -> Session:
+        """The session (opened by this request when new), marked used now; refused for another token."""
         self._expire()
-        s = self._open.get(session_id)
+        s = self.peek(session_id, token)
         if s is None:
-            s = self._open[session_id] = Session(session_id)
+            self._make_room()
+            s = self._open[session_id] = Session(session_id, token)
         self._open.move_to_end(session_id)
         s.last_used = self.clock()
         return s
 
-    def peek(self, session_id: str) -> Session | None:
-        return self._open.get(session_id)
+    def peek(self, session_id: str, token: str) -> Session | None:
+        """The open session, None if there is none; refused for another token."""
+        s = self._open.get(session_id)
+        if s is not None and not hmac.compare_digest(s.token.encode(), token.encode()):
+            raise InputError(f"session {session_id!r} belongs to another client (its session_token differs)")
+        return s
 
     def _expire(self) -> None:
         now = self.clock()
         for sid in [sid for sid, s in self._open.items() if s.turn is None and now - s.last_used > self.idle_s]:
             del self._open[sid]
-        idle = [sid for sid, s in self._open.items() if s.turn is None]  # least recently used first
-        while len(self._open) >= self.max_open and idle:
-            del self._open[idle.pop(0)]
+
+    def _make_room(self) -> None:
+        if len(self._open) < self.max_open:
+            return
+        idle = next((sid for sid, s in self._open.items() if not s.busy()), None)  # least recently used first
+        if idle is None:
+            raise Overloaded(f"{len(self._open)} sessions are open and busy (limit {self.max_open}); retry later")
+        del self._open[idle]
 
     def __len__(self) -> int:
         return len(self._open)

@@ -138,8 +138,10 @@ CASES = [
     _turn("whitespace-only text", lambda a, i: _text(b" \t\r\n \n ") + [_avatar_id(a)], "text is empty"),
     _turn("8 MB of whitespace around a word", lambda a, i: _text(b" " * 8_000_000 + b"hi") + [_avatar_id(a)],
           "bytes before cleaning"),
+    _turn("2.4 kB text", lambda a, i: _text(b"words " * 400) + [_avatar_id(a)],
+          "text has 2399 characters; the limit is 2000"),
     _turn("100 kB text", lambda a, i: _text(b"words " * 17000) + [_avatar_id(a)],
-          "text has 101999 characters; the limit is 2000"),
+          "text has 102000 bytes before cleaning; the limit is 32000"),
     _turn("non-UTF-8 text", lambda a, i: _text(b"caf\xe9 au lait") + [_avatar_id(a)],
           "text is not valid UTF-8 (byte 0xe9 at offset 3)"),
     _turn("control characters in text", lambda a, i: _text(b"Hello\x00 there\x07, how\x1b are\x7f you?")

@@ -52,12 +52,22 @@ class Stages:
         return result
 
 
+TOKEN = "owner-token-0123456789"  # the session_token of the tests' sessions (ensemble/sessions.py)
+
+
 def request(service, text=None, **options):
+    if "session" in options:
+        options.setdefault("session_token", TOKEN)
     inputs = {"avatar_id": np.array([service.avatar_id.encode()], dtype=object),
               "options": np.array([json.dumps(options).encode()], dtype=object)}
     if text is not None:
         inputs["text"] = np.array([text.encode()], dtype=object)
     return inputs
+
+
+def cancel_request(session, token=TOKEN):
+    return {"options": np.array([json.dumps({"action": "cancel", "session": session, "session_token": token}).encode()],
+                                dtype=object)}
 
 
 class Log:
@@ -124,8 +134,7 @@ def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, stage
                                                  stages, turn_log))
         await wait_for(lambda: turn_log.of(ev.AUDIO))
         t_cancel = time.perf_counter()
-        await service.handle({"options": np.array([b'{"action": "cancel", "session": "s2"}'], dtype=object)},
-                             stages, cancel_log)
+        await service.handle(cancel_request("s2"), stages, cancel_log)
         turn = await a
         calls_at_end = stages.calls
         await asyncio.sleep(0.3)
@@ -143,9 +152,46 @@ def test_cancel_request_stops_the_reply_and_no_stage_work_follows(service, stage
 
 def test_cancel_of_a_session_without_a_reply_says_so(service, stage_runners):
     log = Log()
-    asyncio.run(service.handle({"options": np.array([b'{"action": "cancel", "session": "idle"}'], dtype=object)},
-                               Stages(stage_runners), log))
+    asyncio.run(service.handle(cancel_request("idle"), Stages(stage_runners), log))
     assert [e.data["interrupted_turn"] for _, e in log.items] == [None]
+
+
+def test_a_session_refuses_every_request_with_another_token(service, stage_runners):
+    """Hijack attempts (issue 15): knowing a session id is not enough to cancel it, barge in on it, talk into its
+    microphone or idle it; the owner's reply runs to its end and the owner keeps control."""
+    stages = Stages(stage_runners)
+    owner, other = Log(), Log()
+    intruder = "intruder-token-987654321"
+
+    async def scenario():
+        a = asyncio.ensure_future(service.handle(request(service, "Tell me a long story.", session="own", **LONG),
+                                                 stages, owner))
+        await wait_for(lambda: owner.of(ev.AUDIO))
+        refused = []
+        for attempt in (cancel_request("own", intruder),
+                        request(service, "Stop!", session="own", session_token=intruder),
+                        request(service, session="own", session_token=intruder, action="idle", idle_s=0.1),
+                        {**request(service, session="own", session_token=intruder, action="mic"),
+                         "audio": np.zeros(512, np.float32), "sample_rate": np.array([16000], np.int32)}):
+            with pytest.raises(InputError, match="belongs to another client") as e:
+                await service.handle(attempt, stages, other)
+            refused.append(str(e.value))
+        await a
+        await service.handle(cancel_request("own"), stages, owner)  # the owner's own token still works
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert len(refused) == 4 and not other.items
+    assert owner.of(ev.DONE)[-1][1].data["interrupted"] is None  # nobody stopped the owner's reply
+    assert owner.items[-1][1].type == ev.CANCELLED
+    assert service.recorder.totals[(metrics.REJECTED.name, (("reason", "session_owner"),))] == 4
+
+
+def test_a_session_needs_a_token(service, stage_runners):
+    bare = {"avatar_id": np.array([service.avatar_id.encode()], dtype=object), "text": np.array([b"hi"], dtype=object),
+            "options": np.array([b'{"session": "mine"}'], dtype=object)}
+    with pytest.raises(InputError, match="option session needs session_token"):
+        asyncio.run(service.handle(bare, Stages(stage_runners), Log()))
 
 
 @pytest.mark.parametrize("options,message", [

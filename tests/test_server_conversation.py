@@ -83,6 +83,25 @@ def test_cancel_stops_the_sessions_reply(client, avatar):
     assert client.cancel("cx")["interrupted_turn"] is None  # nothing left in flight
 
 
+def test_another_client_cannot_touch_a_session(server, client, avatar):
+    """A second client that knows the session id (but not the owner's session_token) is refused: its cancel and
+    its turn in that session end with INVALID_ARGUMENT naming the problem, and the owner's reply runs to its end."""
+    from client.sdk import ServerError, TalkingHeadClient
+
+    a = Background(client.ask(avatar_id=avatar.id, text="Tell me a long story.",
+                              options={"session": "mine", "ignore_eos": True, "max_reply_tokens": 48}))
+    assert a.first_audio.wait(60)
+    with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=60) as intruder:
+        assert intruder.session_token != client.session_token
+        for attempt in (lambda: intruder.cancel("mine"),
+                        lambda: intruder.turn(avatar_id=avatar.id, text="Hi.", options={"session": "mine"})):
+            with pytest.raises(ServerError, match="belongs to another client") as e:
+                attempt()
+            assert e.value.status == "INVALID_ARGUMENT"
+    _, done = a.done()
+    assert done["interrupted"] is None and done["video_frames"] > 0
+
+
 def test_client_closing_its_stream_frees_everything(server, client, avatar):
     with client.ask(avatar_id=avatar.id, text="Tell me a long story.", options=LONG) as stream:
         for e in stream:
@@ -149,7 +168,7 @@ def _mic_inputs(avatar_id, rate):
 
     return [infer_input(TALKING_HEAD, TH_AUDIO, np.zeros(960, np.float32)),
             infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [rate]), infer_input(TALKING_HEAD, TH_AVATAR_ID, [avatar_id]),
-            infer_input(TALKING_HEAD, TH_OPTIONS, ['{"action": "mic", "session": "bad"}'])]
+            infer_input(TALKING_HEAD, TH_OPTIONS, ['{"action": "mic", "session": "bad", "session_token": "a-test-token-0123456"}'])]
 
 
 def test_cached_exchange_is_served_at_once(server, client, avatar):

@@ -35,6 +35,7 @@ from client.wire import (
     event_from_result,
     first_value,
     infer_input,
+    new_session_token,
 )
 from export.contract import media as C
 from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
@@ -81,12 +82,14 @@ async def wait_ready(client: grpcaio.InferenceServerClient, timeout_s: float = 1
 class OrchestratorStream:
     """One session's stream to `talking_head`: send requests, iterate the events of all of them.
 
-    session: the conversation id (barge-in and turn detection are per session on the server).
+    session: the conversation id (barge-in and turn detection are per session on the server); the stream owns it
+    with a secret of its own (`session_token`), so no other client of the server can touch the session.
     options: per-turn options of the session's turns (already checked by the gateway).
     """
 
     def __init__(self, client: grpcaio.InferenceServerClient, session: str, avatar_id: str, options: dict[str, Any]):
         self.session = session
+        self.token = new_session_token()
         self.options = dict(options)
         self._client = client
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -94,8 +97,8 @@ class OrchestratorStream:
         self._call = None
         self._rate = infer_input(TALKING_HEAD, TH_SAMPLE_RATE, [C.INPUT_SAMPLE_RATE])
         self.set_avatar(avatar_id)
-        self._mic_options = self._options(action="mic", session=session)
-        self._mic_last = self._options(action="mic", session=session, end_of_input=True)
+        self._mic_options = self._options(action="mic", session=session, session_token=self.token)
+        self._mic_last = self._options(action="mic", session=session, session_token=self.token, end_of_input=True)
 
     def set_avatar(self, avatar_id: str) -> None:
         self.avatar_id = avatar_id
@@ -116,7 +119,8 @@ class OrchestratorStream:
 
     def text(self, text: str) -> str:
         """A typed turn of the session (it interrupts the session's reply in flight on the server)."""
-        return self._send("text", [infer_input(TALKING_HEAD, TH_TEXT, [text]), self._options(session=self.session),
+        return self._send("text", [infer_input(TALKING_HEAD, TH_TEXT, [text]),
+                                   self._options(session=self.session, session_token=self.token),
                                    self._avatar])
 
     def idle(self, seconds: float, from_s: float = 0.0, frame_stride: int = 2) -> str:
@@ -131,7 +135,7 @@ class OrchestratorStream:
 
     def cancel(self) -> str:
         return self._send("cancel", [infer_input(TALKING_HEAD, TH_OPTIONS, [json.dumps(
-            {"action": "cancel", "session": self.session})])])
+            {"action": "cancel", "session": self.session, "session_token": self.token})])])
 
     async def _requests(self) -> AsyncIterator[dict]:
         while True:

@@ -1,0 +1,59 @@
+"""Sessions (ensemble/sessions.py): owned by the token that opened them, bounded without evicting a busy one."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from ensemble.errors import InputError, Overloaded
+from ensemble.sessions import Sessions
+
+A, B = "token-of-client-a-000", "token-of-client-b-111"
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_session_belongs_to_the_token_that_opened_it():
+    sessions = Sessions()
+    s = sessions.get("talk", A)
+    assert sessions.get("talk", A) is s and sessions.peek("talk", A) is s
+    with pytest.raises(InputError, match="belongs to another client"):
+        sessions.get("talk", B)
+    with pytest.raises(InputError, match="belongs to another client"):
+        sessions.peek("talk", B)
+    assert sessions.peek("other", B) is None and len(sessions) == 1
+
+
+def test_a_flood_of_new_sessions_never_evicts_a_busy_one():
+    """1100 new ids in a row (issue 15's attack) forget idle sessions, not a reply in flight or a half-spoken turn;
+    once only busy sessions are left, a new one is refused rather than one of them dropped."""
+    sessions = Sessions(max_open=4)
+    replying = sessions.get("replying", A)
+    replying.turn = object()
+    speaking = sessions.get("speaking", A)
+    speaking.mic = SimpleNamespace(in_turn=True)
+    for k in range(1100):
+        sessions.get(f"flood-{k}", B)
+    assert sessions.peek("replying", A) is replying and sessions.peek("speaking", A) is speaking
+    assert len(sessions) == 4
+    for k in range(1098, 1100):
+        sessions.peek(f"flood-{k}", B).turn = object()  # the flood's last two now reply too: all four are busy
+    with pytest.raises(Overloaded, match="4 sessions are open and busy"):
+        sessions.get("one-more", B)
+    speaking.mic.in_turn = False  # the user stopped speaking: that session may go now
+    sessions.get("one-more", B)
+    assert sessions.peek("speaking", A) is None and sessions.peek("replying", A) is replying
+
+
+def test_an_idle_session_is_forgotten_after_idle_s_and_its_id_can_be_opened_again():
+    clock = Clock()
+    sessions = Sessions(idle_s=10.0, clock=clock)
+    sessions.get("old", A)
+    clock.t = 11.0
+    assert sessions.get("old", B).token == B  # forgotten: a new conversation under the same id
