@@ -31,6 +31,7 @@ import numpy as np
 from ensemble.errors import InputError
 from ensemble.face import Detect, FaceOptions, choose_face
 from ensemble.lru import BytesLRU
+from ensemble.options import Limits
 from export.contract import face as F
 from export.contract import media as C
 
@@ -38,7 +39,7 @@ UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
 _ID = re.compile(r"[0-9a-f]{16}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-MEMORY_BYTES = 256 * 1024**2  # an AvatarStore's in-memory cache holds at most this many bytes of avatars by default
+MEMORY_BYTES = Limits.max_avatar_memory_bytes  # an AvatarStore's in-memory cache by default
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ class Limits:
     min_avatar_side: int = 64  # avatar image width and height at least this (the face detector searches >= 30 px)
     max_avatars: int = 1000  # avatars kept on disk per server (its avatar store); the least recently used is evicted
     max_avatar_store_bytes: int = 4 * 1024**3  # ... and at most this many bytes of them (same eviction)
+    max_avatar_memory_bytes: int = 256 * 1024**2  # decoded avatars cached in memory per process (LRU)
     max_sessions: int = int(TALKING_HEAD.parameter("max_sessions"))  # turns at once; more are refused (UNAVAILABLE)
     max_open_sessions: int = 1024  # conversations (`session` ids) remembered; an idle one is forgotten to make room
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)

@@ -136,7 +136,8 @@ class Service:
                                 ids=TokenIds.resolve(special, asr, llm), voice=load_voice(artifacts, info))
         return cls(preset=manifest_preset(info), tokenizers=tokenizers,
                    avatars=AvatarStore(avatar_dir or default_avatar_dir(), max_avatars=limits.max_avatars,
-                                       max_bytes=limits.max_avatar_store_bytes),
+                                       max_bytes=limits.max_avatar_store_bytes,
+                                       max_memory_bytes=limits.max_avatar_memory_bytes),
                    limits=limits, recorder=recorder or metrics.MemoryRecorder(), config=config,
                    models_version=hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16], log=log)
 

@@ -32,7 +32,8 @@ class TritonPythonModel:
     def initialize(self, args):
         self.limits = Limits()
         self.store = AvatarStore(default_avatar_dir(), max_avatars=self.limits.max_avatars,
-                                 max_bytes=self.limits.max_avatar_store_bytes)
+                                 max_bytes=self.limits.max_avatar_store_bytes,
+                                 max_memory_bytes=self.limits.max_avatar_memory_bytes)
 
     def execute(self, requests):
         return [self.register(r) for r in requests]
