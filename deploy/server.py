@@ -1,6 +1,6 @@
 """The embedded server: the `tritonserver` that the nvidia-pytriton wheel bundles, on this repository.
 
-    python -m deploy.server                 # CPU variant, ports 8000/8001/8002, until Ctrl-C
+    python -m deploy.server      # CPU variant, ports 8000/8001/8002 on 127.0.0.1 (--bind-address), until Ctrl-C
 
 It assembles a backend directory (the wheel's Python backend with the stub for
 this interpreter, plus this repository's Python-based backends), starts
@@ -20,13 +20,14 @@ trace, logging, shared memory) are always behind the admin key: `admin_key` when
 else a random per-run key (written to `<workdir>/admin-key`, mode 0600).
 `model_control="none"` gives Triton's default control mode (no reload, no readiness flip).
 
-Options for deployments: `tls` (gRPC over TLS, deploy/tls.py) and `admin_key`
-(model-repository, model-config, shared-memory, statistics, trace and logging
-APIs need the admin header); RELIABILITY.md says how to use both.
+Options for deployments: `tls` (gRPC over TLS, deploy/tls.py), `admin_key` (model-repository, model-config,
+shared-memory, statistics, trace and logging APIs, and HTTP inference, need the admin header) and `bind_address`
+(127.0.0.1 unless asked); RELIABILITY.md says how to use them.
 """
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import re
@@ -48,9 +49,11 @@ from deploy.triton_install import TritonInstall, assemble_backends
 from ensemble.draining import DRAIN_FILE_ENV
 from export.contract.layout import BUILD, GRPC_PORT, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
 
-# Endpoints that change or expose the server rather than serve turns: with ServerOptions.admin_key set,
-# gRPC and HTTP calls to these need the admin header. Inference, health and metadata stay open.
+# Endpoints that change or expose the server rather than serve turns: gRPC and HTTP calls to these need the admin
+# header. HTTP's inference API (infer, generate, generate_stream) needs it too (ServerOptions.http_restricted_apis):
+# HTTP is never TLS here, so turns over it would be plain text beside a TLS gRPC port. Clients use gRPC.
 ADMIN_APIS = ("model-repository", "model-config", "shared-memory", "statistics", "trace", "logging")
+LOOPBACK = "127.0.0.1"  # ServerOptions.bind_address's default: nothing off this machine reaches the server
 _ADMIN_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")  # no ',', ':', '=' or spaces: they would break the flag
 MODEL_CONTROL_MODES = ("explicit", "none")
 
@@ -70,6 +73,7 @@ class ServerOptions:
     http_port: int = HTTP_PORT
     grpc_port: int = GRPC_PORT
     metrics_port: int = METRICS_PORT
+    bind_address: str = LOOPBACK  # --{http,grpc,metrics}-address; "0.0.0.0": every interface (as in containers)
     workdir: Path = BUILD / "triton"  # assembled backends and the server log
     exit_timeout_s: int = 30  # --exit-timeout-secs: how long Triton drains in-flight work on SIGTERM
     drain_timeout_s: float | None = None  # stop(): how long to wait for turns in flight before SIGTERM
@@ -80,7 +84,7 @@ class ServerOptions:
     tls: TLSFiles | None = None  # gRPC over TLS (--grpc-use-ssl[-mutual], cert, key, root cert); HTTP stays plain
     admin_key: str | None = None  # restrict ADMIN_APIS on gRPC and HTTP to calls sending header ADMIN_HEADER: <key>
     #                               (None: a random key is made for this run, see admin_key_file)
-    admin_apis: tuple[str, ...] = ADMIN_APIS
+    admin_apis: tuple[str, ...] = ADMIN_APIS  # behind the key on gRPC and HTTP; HTTP adds "inference"
     model_control: str = "explicit"  # "explicit": every model loaded at start, reload/unload through the (admin-
     #                                  restricted) repository API; "none": Triton loads all and nothing can change
     admin_key_generated: bool = field(default=False, init=False)  # admin_key is the random per-run key
@@ -97,10 +101,32 @@ class ServerOptions:
         unknown = set(self.admin_apis) - set(ADMIN_APIS) - {"health", "metadata", "inference"}
         if unknown:
             raise ValueError(f"unknown restricted API(s) {sorted(unknown)}")
+        try:
+            ipaddress.IPv4Address(self.bind_address)
+        except ValueError:
+            raise ValueError(f"bind_address must be an IPv4 address, not {self.bind_address!r}") from None
+
+    @property
+    def host(self) -> str:
+        """Where clients on this machine reach the server: localhost, unless it is bound to one other address."""
+        return "localhost" if self.bind_address in (LOOPBACK, "0.0.0.0") else self.bind_address
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def http_restricted_apis(self) -> tuple[str, ...]:
+        """What needs the admin key on HTTP: admin_apis and the inference API (clients use gRPC)."""
+        return tuple(dict.fromkeys((*self.admin_apis, "inference")))
 
     @property
     def admin_key_file(self) -> Path:
@@ -116,9 +142,14 @@ class ServerOptions:
         """tritonserver flags for tls and admin_key (empty when neither is set)."""
         args = self.tls.server_args() if self.tls is not None else []
         if self.admin_key is not None:
-            rule = f"{','.join(self.admin_apis)}:{ADMIN_HEADER}={self.admin_key}"
-            args += [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
+            key = f"{ADMIN_HEADER}={self.admin_key}"
+            args += [f"--grpc-restricted-protocol={','.join(self.admin_apis)}:{key}",
+                     f"--http-restricted-api={','.join(self.http_restricted_apis)}:{key}"]
         return args
+
+    def address_args(self) -> list[str]:
+        """tritonserver flags binding the three endpoints to bind_address."""
+        return [f"--{endpoint}-address={self.bind_address}" for endpoint in ("http", "grpc", "metrics")]
 
 
 class EmbeddedServer:
@@ -140,6 +171,7 @@ class EmbeddedServer:
             f"--model-repository={o.repository}",
             f"--model-config-name={o.config_name}",
             f"--backend-directory={backends}",
+            *o.address_args(),
             f"--http-port={o.http_port}",
             f"--grpc-port={o.grpc_port}",
             f"--metrics-port={o.metrics_port}",
@@ -222,7 +254,7 @@ class EmbeddedServer:
                            f" last log lines:\n{self.log_tail()}")
 
     def _http_ready(self) -> bool:
-        request = urllib.request.Request(f"http://localhost:{self.options.http_port}/v2/health/ready",
+        request = urllib.request.Request(f"{self.options.http_url}/v2/health/ready",
                                          headers=self._admin_headers(grpc=False) or {})
         with urllib.request.urlopen(request, timeout=2) as r:
             return r.status == 200
@@ -306,10 +338,9 @@ class EmbeddedServer:
         o.drain_file.touch()
         if o.model_control == "explicit":
             self._unload_orchestrator()
-        url = f"http://localhost:{o.metrics_port}/metrics"
         while True:
             try:
-                if active_sessions(url) == 0:
+                if active_sessions(o.metrics_url) == 0:
                     break
             except OSError:  # metrics endpoint gone: nothing left to wait for
                 break
@@ -368,10 +399,8 @@ class EmbeddedServer:
 
     def endpoints(self) -> str:
         o = self.options
-        return (f"gRPC    localhost:{o.grpc_port}\nHTTP    http://localhost:{o.http_port}\n"
-                f"metrics http://localhost:{o.metrics_port}/metrics")
-
-
+        return (f"gRPC    {o.grpc_url}\nHTTP    {o.http_url} (health and metadata; the rest needs the admin key)\n"
+                f"metrics {o.metrics_url}")
 
 
 def served_models(repository: Path) -> list[str]:
@@ -394,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http-port", type=int, default=HTTP_PORT)
     ap.add_argument("--grpc-port", type=int, default=GRPC_PORT)
     ap.add_argument("--metrics-port", type=int, default=METRICS_PORT)
+    ap.add_argument("--bind-address", default=LOOPBACK, metavar="ADDR", help="IPv4 address the HTTP, gRPC and"
+                    " metrics endpoints listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface)")
     ap.add_argument("--log-verbose", type=int, default=0, help="Triton log verbosity (0 = quiet)")
     ap.add_argument("--workdir", type=Path, default=ServerOptions.workdir, help="assembled backends and the log")
     ap.add_argument("--exit-timeout", type=int, default=ServerOptions.exit_timeout_s,
@@ -403,8 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tls-root-cert", type=Path, help="gRPC over TLS: the CA certificate (PEM)")
     ap.add_argument("--tls-mutual", action="store_true", help="require client certificates signed by the CA")
     ap.add_argument("--admin-key-env", metavar="VAR",
-                    help=f"restrict {', '.join(ADMIN_APIS)} to calls with header {ADMIN_HEADER}: $VAR (default: a"
-                         " random key, written to WORKDIR/admin-key)")
+                    help=f"restrict {', '.join(ADMIN_APIS)} (and HTTP inference) to calls with header"
+                         f" {ADMIN_HEADER}: $VAR (default: a random key, written to WORKDIR/admin-key)")
     ap.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="explicit",
                     help="explicit (default): models can be reloaded through the admin-restricted repository API,"
                          " and SIGTERM turns readiness off at once; none: Triton's default")
@@ -420,11 +451,14 @@ def main(argv: list[str] | None = None) -> int:
         admin_key = os.environ.get(args.admin_key_env)
         if not admin_key:
             ap.error(f"--admin-key-env: ${args.admin_key_env} is not set")
-    server = EmbeddedServer(ServerOptions(repository=args.repository, config_name=args.config_name,
-                                          http_port=args.http_port, grpc_port=args.grpc_port,
-                                          metrics_port=args.metrics_port, log_verbose=args.log_verbose,
-                                          workdir=args.workdir, exit_timeout_s=args.exit_timeout,
-                                          tls=tls, admin_key=admin_key, model_control=args.model_control))
+    try:
+        options = ServerOptions(args.repository, args.config_name, http_port=args.http_port, grpc_port=args.grpc_port,
+                                metrics_port=args.metrics_port, bind_address=args.bind_address, workdir=args.workdir,
+                                log_verbose=args.log_verbose, exit_timeout_s=args.exit_timeout, tls=tls,
+                                admin_key=admin_key, model_control=args.model_control)
+    except ValueError as e:  # a bad --bind-address or admin key
+        ap.error(str(e))
+    server = EmbeddedServer(options)
     print(f"starting tritonserver on {args.repository} ({args.config_name}); log: {server.log_path}", flush=True)
     stop = {"now": False, "serving": False}
 

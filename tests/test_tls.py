@@ -61,8 +61,9 @@ def test_server_flags():
     args = ServerOptions(tls=files, admin_key="k" * 20).security_args()
     assert args[:4] == ["--grpc-use-ssl=true", "--grpc-server-cert=s.pem", "--grpc-server-key=s.key",
                         "--grpc-root-cert=ca.pem"]
-    rule = f"{','.join(ADMIN_APIS)}:admin-key={'k' * 20}"
-    assert args[4:] == [f"--grpc-restricted-protocol={rule}", f"--http-restricted-api={rule}"]
+    key = f"admin-key={'k' * 20}"
+    assert args[4:] == [f"--grpc-restricted-protocol={','.join(ADMIN_APIS)}:{key}",
+                        f"--http-restricted-api={','.join(ADMIN_APIS)},inference:{key}"]  # HTTP serves no turns
     # the admin APIs are never left open: without a key, a random per-run key
     assert ServerOptions(model_control="none").admin_key_generated
     generated = ServerOptions()
