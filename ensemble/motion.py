@@ -139,8 +139,8 @@ def render(image: np.ndarray, box: tuple[int, int, int, int], pose: Pose, margin
     moved = cv2.warpAffine(region, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     if pose.brow:
         moved = _brow_warp(moved, (y1 - ry1, y2 - ry1, x1 - rx1, x2 - rx1), pose.brow * fh)
-    mask = _feather(h, w, max(2, int(min(fh, fw) * margin * 0.5)))
-    out[ry1:ry2, rx1:rx2] = (moved * mask + region * (1.0 - mask)).astype(np.uint8)
+    mask = _feather(h, w, max(2, int(min(fh, fw) * margin * 0.5)))[..., 0]
+    out[ry1:ry2, rx1:rx2] = cv2.blendLinear(moved, region, mask, 1.0 - mask)  # one pass in uint8, rounded
     return out
 
 
@@ -164,15 +164,34 @@ def moved_point(shape: tuple[int, ...], box: tuple[int, int, int, int], pose: Po
     return float(x + rx1), float(y + ry1)
 
 
+# the brow warp's sampling grid and bump by (region shape, face box): one per avatar in use, like the feathers
+_BROW_GRIDS: BytesLRU[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = BytesLRU(64, 64 * 1024**2)
+
+
+def _brow_grid(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(xs, ys, bump) of the brow warp, [h, w] float32 each (read-only): the pixel grid and the band's weight."""
+    key = (shape, box)
+    grid = _BROW_GRIDS.get(key)
+    if grid is None:
+        y1, y2, x1, x2 = box
+        fh, fw = y2 - y1, x2 - x1
+        ys, xs = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float32)
+        center_y, half_h = y1 + 0.30 * fh, 0.22 * fh
+        center_x, half_w = (x1 + x2) / 2, 0.45 * fw
+        bump = (np.clip(1 - ((ys - center_y) / half_h) ** 2, 0, 1)
+                * np.clip(1 - ((xs - center_x) / half_w) ** 2, 0, 1)).astype(np.float32)
+        grid = (xs, ys, bump)
+        for a in grid:
+            a.flags.writeable = False
+        _BROW_GRIDS.put(key, grid, 3 * xs.nbytes)
+    return grid
+
+
 def _brow_warp(img: np.ndarray, box: tuple[int, int, int, int], lift_px: float) -> np.ndarray:
     """Shift the eyebrow band (15-45 % down the face box) up by `lift_px`, smoothly fading to 0 around it."""
-    y1, y2, x1, x2 = box
-    fh, fw = y2 - y1, x2 - x1
-    ys, xs = np.mgrid[0:img.shape[0], 0:img.shape[1]].astype(np.float32)
-    center_y, half_h = y1 + 0.30 * fh, 0.22 * fh
-    center_x, half_w = (x1 + x2) / 2, 0.45 * fw
-    bump = (np.clip(1 - ((ys - center_y) / half_h) ** 2, 0, 1) * np.clip(1 - ((xs - center_x) / half_w) ** 2, 0, 1))
-    return cv2.remap(img, xs, ys + lift_px * bump, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    xs, ys, bump = _brow_grid(img.shape[:2], box)
+    return cv2.remap(img, xs, cv2.scaleAdd(bump, lift_px, ys), interpolation=cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT)
 
 
 class Timeline:

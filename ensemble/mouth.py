@@ -219,8 +219,9 @@ def paste(frame: np.ndarray, crop: np.ndarray, warped: np.ndarray, m: np.ndarray
                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0)
     region = frame[y0:y1, x0:x1].astype(np.float32)
-    out = region * (1.0 - mapped[..., 3:]) + mapped[..., :3]
-    frame[y0:y1, x0:x1] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    region *= 1.0 - mapped[..., 3:]
+    region += mapped[..., :3]
+    frame[y0:y1, x0:x1] = cv2.convertScaleAbs(np.maximum(region, 0, out=region))  # rounded, saturated to 0..255
     return frame
 
 
