@@ -206,6 +206,51 @@ def test_killed_stub_fails_its_session_the_canary_names_it_and_a_reload_brings_i
           f"completed ({len(result.frames)} frames) and the canary passed ({canary_after!r})")
 
 
+def test_the_watchdog_brings_a_dead_stub_back(fault_server, th, avatar, kill_stub):
+    """deploy/watchdog.py: a canary round after a stage's stub died names the stage and reloads it; the next round
+    passes and user turns succeed again, with no operator."""
+    from deploy.watchdog import Watchdog
+
+    stage, lines = "tts", []
+    dog = Watchdog(fault_server.options.grpc_url, fault_server.reload_model, timeout_s=CANARY_TIMEOUT_S,
+                   log=lines.append)
+    assert dog.check().ok, lines
+    old = kill_stub(stage)
+    with pytest.raises(ServerError, match=f"Stub process '{stage}_0_0' is not healthy"):
+        th.turn(avatar_id=avatar.id, **SHORT_TURN)
+    broken = dog.check()
+    assert not broken.ok and broken.failed_model == stage and broken.reloaded == stage, lines
+    assert dog.check().ok, lines
+    assert {s.model: s for s in stubs(fault_server.process.pid)}[stage].pid != old.pid
+    result = th.turn(avatar_id=avatar.id, **SHORT_TURN)
+    assert result.done is not None and result.audio.size > 0
+    print("\n" + "\n".join(lines))
+
+
+def test_the_watchdog_reloads_nothing_when_no_model_is_named_and_marks_readiness(tmp_path):
+    """A failure naming no model (the server not up yet) reloads nothing; the ready file exists only while the
+    last round passed, the heartbeat after every round (the Kubernetes probes of deploy/k8s/base/deployment.yaml)."""
+    from client.sdk import ClientError
+    from deploy.watchdog import Watchdog
+
+    reloaded, outcomes = [], iter([ClientError("connection refused"), 0.25, ClientError("connection refused")])
+
+    def canary(timeout_s):
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    beat, ready = tmp_path / "heartbeat", tmp_path / "ready"
+    dog = Watchdog("localhost:1", lambda m: reloaded.append(m) or 0.0, run_canary=canary, log=lambda s: None,
+                   heartbeat=beat, ready_file=ready)
+    r = dog.check()
+    assert not r.ok and r.failed_model is None and r.reloaded is None and not reloaded
+    assert "no model named" in r.line() and beat.exists() and not ready.exists()
+    assert dog.check().ok and ready.exists()
+    assert not dog.check().ok and not ready.exists()
+
+
 def _blue_less_demo_face() -> bytes:
     img = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
     img[:, :, 0] = 0  # no blue at all: the faulty stage's marker
