@@ -30,7 +30,9 @@ MAX_LINES = 500
 def _sources() -> list[Path]:
     files = []
     for pkg in PACKAGES:
-        files += [p for p in (ROOT / pkg).rglob("*.py") if "__pycache__" not in p.parts]
+        # not build outputs (git-ignored: e.g. client/build/, the SDK's wheel staging, made by tests/test_client_dist.py)
+        files += [p for p in (ROOT / pkg).rglob("*.py")
+                  if not {"__pycache__", "build"} & set(p.relative_to(ROOT).parts)]
     return sorted(files)
 
 
