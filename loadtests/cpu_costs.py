@@ -6,7 +6,8 @@ One 25 fps frame of the warp lip-sync as the orchestrator makes it (ensemble/lip
 pose rendered (ensemble/motion.py), the mouth crop cut and the warp's result pasted back (ensemble/mouth.py),
 JPEG; CPU seconds per frame (process time, all threads) and wall time, so a library's own thread pool that
 spins shows as CPU above wall. Run it with OPENCV_FOR_THREADS_NUM=1 and without to compare. Also: sampling one
-LLM token over the base preset's vocabulary (ensemble.decoding.sample, temperature 0.7, top-k 40).
+LLM token over the base preset's vocabulary (ensemble.decoding.sample, temperature 0.7, top-k 40), and text ->
+phoneme ids of one sentence with the exported Piper voice (the quality benchmark's 24 sentences; p50 and p95).
 """
 from __future__ import annotations
 
@@ -70,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"warp frame: {1000 * cpu / args.frames:.2f} ms CPU, {1000 * wall / args.frames:.2f} ms wall"
           f" ({args.frames} frames; a real-time session needs 25 a second)")
     print(f"sample token: {median_ms(lambda: sample(logits, rng, 0.7, 40, banned=[])):.2f} ms wall")
+    voice = args.repository / "talking_head" / "1" / "tts_voice.json"
+    if voice.is_file():
+        from export.contract.phonemes import PiperPhonemizer
+        from loadtests.quality import SENTENCES
+
+        ph = PiperPhonemizer.from_json(voice)
+        times = []
+        for _ in range(5):
+            for sentence in SENTENCES:
+                t = time.perf_counter()
+                ph.utterances(sentence)
+                times.append(time.perf_counter() - t)
+        times.sort()
+        print(f"phonemize a sentence: p50 {1000 * times[len(times) // 2]:.2f} ms, p95 "
+              f"{1000 * times[int(len(times) * 0.95)]:.2f} ms ({len(SENTENCES)} sentences x 5)")
     return 0
 
 
