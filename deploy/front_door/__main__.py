@@ -1,0 +1,91 @@
+"""python -m deploy.front_door --upstream localhost:8001 --listen 0.0.0.0:9001 --keys keys.txt [--tls-cert ...]"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from deploy.front_door import FrontDoorOptions, start
+from deploy.front_door.quota import KeyFileError, Limits
+
+D = Limits()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m deploy.front_door",
+        description="The one public gRPC endpoint in front of Triton: forwards health, talking_head streams and "
+                    "avatar_registry registrations only (everything else: PERMISSION_DENIED), authenticates API "
+                    "keys (`authorization: Bearer <key>`; ServerLive/ServerReady stay open for probes), makes each "
+                    "talking_head session belong to the key that opened it, and applies per-key quotas.")
+    p.add_argument("--upstream", default="localhost:8001", help="Triton's gRPC host:port (default %(default)s)")
+    p.add_argument("--listen", default="127.0.0.1:9001",
+                   help="host:port to serve on (default %(default)s); without --tls-cert only 127.0.0.1 is bound")
+    p.add_argument("--keys", type=Path, required=True,
+                   help="API keys file: one `name:key` per line (key >= 16 characters; # comments); only the "
+                        "sha256 of each key is kept in memory; the name is the client's identity")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain to serve TLS with (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    p.add_argument("--upstream-root-certificates", type=Path,
+                   help="PEM CA bundle: talk TLS to the upstream Triton, verifying it with these roots")
+    p.add_argument("--session-secret-file", type=Path,
+                   help="HMAC secret of the session tokens derived from identities; give every replica behind one "
+                        "balancer the same file (default: a random secret per process)")
+    q = p.add_argument_group("per-identity quotas (each API key separately)")
+    q.add_argument("--max-streams", type=int, default=D.max_streams,
+                   help="talking_head streams open at once (default %(default)s); more: RESOURCE_EXHAUSTED")
+    q.add_argument("--max-turns", type=int, default=D.max_turns,
+                   help="talking_head requests in flight at once, cancels aside (default %(default)s); more: "
+                        "RESOURCE_EXHAUSTED")
+    q.add_argument("--rate", type=float, default=D.rate,
+                   help="requests per second, sustained (unary calls, stream opens, stream requests; default "
+                        "%(default)s); more: RESOURCE_EXHAUSTED")
+    q.add_argument("--burst", type=int, default=D.burst, help="requests at once above --rate (default %(default)s)")
+    q.add_argument("--max-message-bytes", type=int, default=D.max_message_bytes,
+                   help="largest gRPC message from a client (default %(default)s = 12 MiB; the avatar limit is "
+                        "10 MiB); more: RESOURCE_EXHAUSTED from gRPC itself")
+    q.add_argument("--max-request-id-bytes", type=int, default=D.max_request_id_bytes,
+                   help="longest request id (default %(default)s); longer: INVALID_ARGUMENT")
+    p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
+    return p
+
+
+async def serve(options: FrontDoorOptions) -> None:
+    server, port, channel = await start(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    logging.getLogger("deploy.front_door").info("stopping: streams in flight get 10 s to finish")
+    await server.stop(grace=10)
+    await channel.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("--tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
+                    max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes)
+    options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
+                               tls_cert=args.tls_cert, tls_key=args.tls_key,
+                               upstream_root_certificates=args.upstream_root_certificates,
+                               session_secret=args.session_secret_file.read_bytes().strip()
+                               if args.session_secret_file else None)
+    try:
+        options.api_keys()
+    except (OSError, KeyFileError) as e:
+        print(f"front door: {e}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(options))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

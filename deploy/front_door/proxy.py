@@ -1,0 +1,319 @@
+"""The front door's gRPC service: Triton's GRPCInferenceService, of which only what clients need is passed on.
+
+Forwarded to the upstream Triton: ServerLive and ServerReady (open, for probes), ModelReady and ModelMetadata of
+the exposed models, ModelInfer of `avatar_registry` and ModelStreamInfer of `talking_head` (both directions pumped
+at once, responses written back as they come). Everything else (the stage models, the repository, config,
+statistics, trace, logging and shared-memory APIs, ServerMetadata) is refused with PERMISSION_DENIED.
+
+Every forwarded call but the two health calls needs `authorization: Bearer <key>` (UNAUTHENTICATED otherwise).
+Each `talking_head` request's `options` JSON gets the caller's `session_token` (derived from its identity,
+overriding what the client sent), so a session belongs to the API key that opened it. Quotas per identity
+(quota.py) are checked before anything is sent upstream. Of the client's metadata only `triton_grpc_error` is
+passed on. A refusal inside a stream follows Triton's own convention: with `triton_grpc_error: true` the stream
+ends with the error's status, otherwise an `error_message` response names it and the stream stays open.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+
+import grpc
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, SessionTokens, bearer
+
+TALKING_HEAD = "talking_head"
+AVATAR_REGISTRY = "avatar_registry"
+EXPOSED_MODELS = (TALKING_HEAD, AVATAR_REGISTRY)
+OPEN_CALLS = ("ServerLive", "ServerReady")  # no key needed: liveness/readiness probes
+FORWARDED_HEADERS = ("triton_grpc_error",)
+FINAL = "triton_final_response"
+WANT_FINAL = "triton_enable_empty_final_response"
+MAX_OPTIONS_BYTES = 16 * 1024  # parsed here before Triton's orchestrator checks its own 4 kB limit
+SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "cuda_shared_memory")
+CODE = grpc.StatusCode
+log = logging.getLogger("deploy.front_door")
+
+
+class Refused(Exception):
+    """A request refused by the front door: `code` and the message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# ---------------------------------------------------------------- requests
+
+
+def split_bytes(raw: bytes) -> list[bytes] | None:
+    """A BYTES tensor's raw contents (4-byte little-endian length before each element); None if malformed."""
+    out, i = [], 0
+    while i < len(raw):
+        if i + 4 > len(raw):
+            return None
+        (n,) = struct.unpack_from("<I", raw, i)
+        if i + 4 + n > len(raw):
+            return None
+        out.append(raw[i + 4:i + 4 + n])
+        i += 4 + n
+    return out
+
+
+def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
+    """Set `session_token` in the request's `options` JSON (contents or raw contents) to `token`; returns the
+    options' `action` (None without options or when they are not a JSON object, left for Triton to refuse)."""
+    idx = [i for i, t in enumerate(req.inputs) if t.name == "options"]
+    if not idx:
+        return None
+    if len(idx) > 1:
+        raise Refused(CODE.INVALID_ARGUMENT, "input 'options' is given more than once")
+    i = idx[0]
+    raw = len(req.raw_input_contents) > 0
+    if raw:
+        elems = split_bytes(req.raw_input_contents[i]) if i < len(req.raw_input_contents) else None
+    else:
+        elems = list(req.inputs[i].contents.bytes_contents)
+    if elems is None or len(elems) != 1:
+        raise Refused(CODE.INVALID_ARGUMENT, "input 'options' must be one BYTES element (a JSON object)")
+    if len(elems[0]) > MAX_OPTIONS_BYTES:
+        raise Refused(CODE.INVALID_ARGUMENT, f"input 'options' is {len(elems[0])} bytes; the front door's limit is "
+                                              f"{MAX_OPTIONS_BYTES}")
+    try:
+        data = json.loads(elems[0])
+    except (ValueError, RecursionError):
+        return None  # not JSON: the orchestrator refuses it with its own message
+    if not isinstance(data, dict):
+        return None
+    data["session_token"] = token
+    new = json.dumps(data, separators=(",", ":")).encode()
+    if raw:
+        req.raw_input_contents[i] = struct.pack("<I", len(new)) + new
+    else:
+        del req.inputs[i].contents.bytes_contents[:]
+        req.inputs[i].contents.bytes_contents.append(new)
+    return data.get("action") if isinstance(data.get("action"), str) else None
+
+
+def check_request(req: pb.ModelInferRequest, model: str, limits: Limits) -> None:
+    if req.model_name != model:
+        raise Refused(CODE.PERMISSION_DENIED, f"model {req.model_name!r} is not exposed here for this call "
+                                              f"(exposed: {TALKING_HEAD} streaming, {AVATAR_REGISTRY} infer)")
+    n = len(req.id.encode())
+    if n > limits.max_request_id_bytes:
+        raise Refused(CODE.INVALID_ARGUMENT, f"request id has {n} bytes; the limit is {limits.max_request_id_bytes}")
+    for t in (*req.inputs, *req.outputs):
+        if any(p in t.parameters for p in SHM_PARAMS):
+            raise Refused(CODE.PERMISSION_DENIED, f"shared memory is not exposed here (tensor {t.name!r})")
+
+
+# ---------------------------------------------------------------- the service
+
+
+class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, upstream: grpc.aio.Channel, keys: ApiKeys, limits: Limits = Limits(),
+                 tokens: SessionTokens | None = None):
+        self.stub = pb_grpc.GRPCInferenceServiceStub(upstream)
+        self.keys = keys
+        self.limits = limits
+        self.quotas = Quotas(limits)
+        self.tokens = tokens or SessionTokens()
+
+    # -- helpers
+
+    async def _identify(self, context) -> str:
+        who = self.keys.identify(bearer(context.invocation_metadata()))
+        if who is None:
+            await context.abort(CODE.UNAUTHENTICATED, "missing or unknown API key: send the metadata "
+                                                      "`authorization: Bearer <key>`")
+        return who
+
+    @staticmethod
+    def _headers(context) -> tuple[tuple[str, str], ...]:
+        return tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() in FORWARDED_HEADERS)
+
+    async def _unary(self, method, request, context):
+        try:
+            return await method(request, metadata=self._headers(context), timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "")
+
+    async def _admit(self, context, what: str, model: str | None = None) -> str:
+        who = await self._identify(context)
+        if model is not None and model not in EXPOSED_MODELS:
+            await context.abort(CODE.PERMISSION_DENIED, f"model {model!r} is not exposed here (exposed: "
+                                                        f"{', '.join(EXPOSED_MODELS)})")
+        try:
+            self.quotas[who].spend(what)
+        except QuotaExceeded as e:
+            await context.abort(CODE.RESOURCE_EXHAUSTED, str(e))
+        return who
+
+    # -- forwarded
+
+    async def ServerLive(self, request, context):
+        return await self._unary(self.stub.ServerLive, request, context)
+
+    async def ServerReady(self, request, context):
+        return await self._unary(self.stub.ServerReady, request, context)
+
+    async def ModelReady(self, request, context):
+        await self._admit(context, "ModelReady", request.name)
+        return await self._unary(self.stub.ModelReady, request, context)
+
+    async def ModelMetadata(self, request, context):
+        await self._admit(context, "ModelMetadata", request.name)
+        return await self._unary(self.stub.ModelMetadata, request, context)
+
+    async def ModelInfer(self, request, context):
+        if request.model_name != AVATAR_REGISTRY:
+            await self._identify(context)
+            await context.abort(CODE.PERMISSION_DENIED, f"ModelInfer of {request.model_name!r} is not exposed here "
+                                                        f"(only {AVATAR_REGISTRY}; {TALKING_HEAD} streams)")
+        await self._admit(context, "ModelInfer")
+        try:
+            check_request(request, AVATAR_REGISTRY, self.limits)
+        except Refused as e:
+            await context.abort(e.code, e.message)
+        return await self._unary(self.stub.ModelInfer, request, context)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        who = await self._identify(context)
+        usage = self.quotas[who]
+        try:
+            usage.spend("a new stream")
+            usage.open_stream()
+        except QuotaExceeded as e:
+            await context.abort(CODE.RESOURCE_EXHAUSTED, str(e))
+        headers = self._headers(context)
+        stream = _Stream(self, context, usage, self.tokens(who), any(v.lower() == "true" for _, v in headers))
+        try:
+            await stream.run(self.stub.ModelStreamInfer(metadata=headers, timeout=context.time_remaining()),
+                             request_iterator)
+        finally:
+            usage.close_stream()
+            usage.end_turns(stream.turns)
+
+
+class _Stream:
+    """One client stream and its upstream twin: requests pumped up on a task, responses written back here."""
+
+    def __init__(self, door: FrontDoor, context, usage, token: str, fatal: bool):
+        self.door, self.context, self.usage, self.token, self.fatal = door, context, usage, token, fatal
+        self.turns = 0  # this stream's requests in flight (counted in usage.turns)
+        self.forced: dict[str, int] = {}  # request id -> requests we asked final responses for (dropped here)
+        self.failure: Refused | None = None
+        self.lock = asyncio.Lock()
+
+    async def run(self, call, request_iterator) -> None:
+        pump = asyncio.ensure_future(self._pump(call, request_iterator))
+        try:
+            try:
+                async for resp in call:
+                    if self._ended(resp):
+                        continue
+                    async with self.lock:
+                        await self.context.write(resp)
+            except asyncio.CancelledError:
+                if self.failure is None or asyncio.current_task().cancelling():
+                    raise  # the client went away
+            except grpc.aio.AioRpcError as e:
+                if self.failure is None:
+                    await self.context.abort(e.code(), e.details() or "")
+            if self.failure is not None:
+                await self.context.abort(self.failure.code, self.failure.message)
+        finally:
+            pump.cancel()
+            call.cancel()
+
+    def _ended(self, resp: pb.ModelStreamInferResponse) -> bool:
+        """Count a request's final response; True for an empty final response the client did not ask for."""
+        r = resp.infer_response
+        final = r.parameters[FINAL].bool_param if FINAL in r.parameters else False
+        if resp.error_message:  # an error ends its request; it is never dropped
+            if self.turns:
+                self.turns -= 1
+                self.usage.end_turns()
+            n = self.forced.get(r.id)
+            if n:
+                self.forced[r.id] = n - 1
+            return False
+        if not final:
+            return False
+        if self.turns:
+            self.turns -= 1
+            self.usage.end_turns()
+        n = self.forced.get(r.id)
+        if n and not r.outputs:
+            if n == 1:
+                del self.forced[r.id]
+            else:
+                self.forced[r.id] = n - 1
+            return True
+        return False
+
+    async def _pump(self, call, request_iterator) -> None:
+        try:
+            async for req in request_iterator:
+                try:
+                    self._admit(req)
+                except Refused as e:
+                    if self.fatal:
+                        self.failure = e
+                        call.cancel()
+                        return
+                    async with self.lock:
+                        await self.context.write(pb.ModelStreamInferResponse(
+                            error_message=e.message, infer_response=pb.ModelInferResponse(
+                                model_name=req.model_name, id=req.id)))
+                    continue
+                await call.write(req)
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, grpc.aio.AbortError, asyncio.InvalidStateError):
+            pass  # the upstream call ended: its status reaches the client through run()
+        except Exception:
+            log.exception("front door: a stream's request pump failed")
+            self.failure = Refused(CODE.INTERNAL, "front door: internal error while forwarding the stream")
+            call.cancel()
+
+    def _admit(self, req: pb.ModelInferRequest) -> None:
+        check_request(req, TALKING_HEAD, self.door.limits)
+        try:
+            self.usage.spend(f"request {req.id[:32]!r}")
+        except QuotaExceeded as e:
+            raise Refused(CODE.RESOURCE_EXHAUSTED, str(e)) from None
+        action = own_options(req, self.token)
+        if action != "cancel":
+            try:
+                self.usage.start_turn()
+            except QuotaExceeded as e:
+                raise Refused(CODE.RESOURCE_EXHAUSTED, str(e)) from None
+            self.turns += 1
+        else:
+            self.usage.turns += 1  # counted until its (quick) final response, like any request
+            self.turns += 1
+        want = req.parameters.get(WANT_FINAL)
+        if want is None or not want.bool_param:
+            req.parameters[WANT_FINAL].bool_param = True
+            self.forced[req.id] = self.forced.get(req.id, 0) + 1
+
+
+def refuse_everything_else() -> None:
+    """Every other RPC of the service: PERMISSION_DENIED, naming it."""
+    forwarded = {"ServerLive", "ServerReady", "ModelReady", "ModelMetadata", "ModelInfer", "ModelStreamInfer"}
+    for name in dir(pb_grpc.GRPCInferenceServiceServicer):
+        if name.startswith("_") or name in forwarded:
+            continue
+
+        async def refused(self, request, context, _name=name):
+            await context.abort(CODE.PERMISSION_DENIED, f"{_name} is not exposed by the front door (only health, "
+                                                        f"{TALKING_HEAD} streaming and {AVATAR_REGISTRY} infer)")
+        refused.__name__ = name
+        setattr(FrontDoor, name, refused)
+
+
+refuse_everything_else()

@@ -1,0 +1,171 @@
+"""Who a client is (API keys) and what it may use (per-identity quotas), for the front door.
+
+Keys: a file of `name:key` lines (`#` comments and blank lines skipped). Only the sha256 of each key is kept; a
+presented key is hashed and compared with every stored digest in constant time (no early exit), so neither the
+comparison nor the loop tells how much of a key was right. The identity is the key's `name`.
+
+Quotas, per identity, independent of every other identity: open streams, turns in flight (requests on
+`talking_head` streams whose final response has not come back), and requests per second (a token bucket: `rate`
+per second, bursts of `burst`). Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-@")
+MIN_KEY_CHARS = 16
+
+
+class KeyFileError(ValueError):
+    """The keys file cannot be used (the message names the line)."""
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class ApiKeys:
+    """identity name -> sha256(key); `identify(key)` -> the name, or None."""
+
+    def __init__(self, keys: dict[str, str]):
+        self._digests = [(name, _digest(key)) for name, key in keys.items()]
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ApiKeys:
+        keys: dict[str, str] = {}
+        for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            name, sep, key = line.partition(":")
+            name, key = name.strip(), key.strip()
+            if not sep or not name or not key:
+                raise KeyFileError(f"{path}:{n}: expected `name:key`")
+            if not set(name) <= NAME_CHARS:
+                raise KeyFileError(f"{path}:{n}: name {name!r} may use only A-Z a-z 0-9 _ . - @")
+            if len(key) < MIN_KEY_CHARS:
+                raise KeyFileError(f"{path}:{n}: the key of {name!r} is shorter than {MIN_KEY_CHARS} characters")
+            if name in keys:
+                raise KeyFileError(f"{path}:{n}: {name!r} appears twice")
+            keys[name] = key
+        if not keys:
+            raise KeyFileError(f"{path}: no `name:key` line")
+        return cls(keys)
+
+    def identify(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        presented = _digest(key)
+        found = None
+        for name, digest in self._digests:  # every digest compared, whatever matched
+            if hmac.compare_digest(presented, digest) and found is None:
+                found = name
+        return found
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+
+def bearer(metadata) -> str | None:
+    """The key of an `authorization: Bearer <key>` header among gRPC metadata (key, value) pairs."""
+    for k, v in metadata or ():
+        if k.lower() == "authorization":
+            v = v.decode(errors="replace") if isinstance(v, bytes) else v
+            scheme, _, key = v.strip().partition(" ")
+            return key.strip() if scheme.lower() == "bearer" else None
+    return None
+
+
+class SessionTokens:
+    """The `session_token` of an identity: HMAC-SHA256(secret, name), URL-safe, 32 characters. The same identity
+    gets the same token for the life of the secret (per process unless `secret` is given: replicas behind one
+    balancer share it with `--session-secret-file`), so its sessions belong to it and to no one else."""
+
+    def __init__(self, secret: bytes | None = None):
+        self._secret = secret or secrets.token_bytes(32)
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, identity: str) -> str:
+        token = self._cache.get(identity)
+        if token is None:
+            mac = hmac.new(self._secret, identity.encode(), hashlib.sha256).digest()
+            token = self._cache[identity] = base64.urlsafe_b64encode(mac).decode()[:32]
+        return token
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_streams: int = 8  # ModelStreamInfer calls open at once
+    max_turns: int = 4  # talking_head requests in flight at once (cancels are not counted)
+    rate: float = 20.0  # requests per second (unary calls, stream opens and stream requests), sustained
+    burst: int = 40  # ... and at once
+    max_message_bytes: int = 12 * 1024 * 1024  # one gRPC message from a client (the avatar limit is 10 MiB)
+    max_request_id_bytes: int = 128  # Triton echoes the id in every response
+
+
+class QuotaExceeded(Exception):
+    """A quota is used up: the message says which and its limit."""
+
+
+@dataclass
+class Usage:
+    limits: Limits
+    clock: Callable[[], float] = time.monotonic
+    streams: int = 0
+    turns: int = 0
+    tokens: float = field(default=-1.0)
+    stamp: float = 0.0
+
+    def __post_init__(self):
+        self.tokens = float(self.limits.burst)
+        self.stamp = self.clock()
+
+    def spend(self, what: str) -> None:
+        """One request's token from the bucket, or QuotaExceeded."""
+        now = self.clock()
+        self.tokens = min(float(self.limits.burst), self.tokens + (now - self.stamp) * self.limits.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            raise QuotaExceeded(f"rate limit: {what} refused, more than {self.limits.rate:g} requests per second "
+                                f"(burst {self.limits.burst}) for this API key; retry later")
+        self.tokens -= 1.0
+
+    def open_stream(self) -> None:
+        if self.streams >= self.limits.max_streams:
+            raise QuotaExceeded(f"too many streams: {self.streams} open for this API key (limit "
+                                f"{self.limits.max_streams}); close one first")
+        self.streams += 1
+
+    def close_stream(self) -> None:
+        self.streams -= 1
+
+    def start_turn(self) -> None:
+        if self.turns >= self.limits.max_turns:
+            raise QuotaExceeded(f"too many turns: {self.turns} in flight for this API key (limit "
+                                f"{self.limits.max_turns}); wait for one to finish")
+        self.turns += 1
+
+    def end_turns(self, n: int = 1) -> None:
+        self.turns -= n
+
+
+class Quotas:
+    """Usage by identity. Everything runs on the front door's one event loop: no locks."""
+
+    def __init__(self, limits: Limits, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits
+        self.clock = clock
+        self._usage: dict[str, Usage] = {}
+
+    def __getitem__(self, identity: str) -> Usage:
+        u = self._usage.get(identity)
+        if u is None:
+            u = self._usage[identity] = Usage(self.limits, self.clock)
+        return u

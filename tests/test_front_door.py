@@ -1,0 +1,260 @@
+"""The front door (deploy/front_door) in front of the real embedded tritonserver: a whole turn streams through it
+with a key; no key, a wrong key, stage models and admin APIs are refused; per-identity quotas; sessions belong
+to the API key that opened them; ids and messages bounded. The first tests need no server."""
+from __future__ import annotations
+
+import json
+import queue
+import struct
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.utils import InferenceServerException
+
+from client.wire import action_inputs, infer_input, turn_inputs
+from deploy.front_door import FrontDoorOptions, FrontDoorThread
+from deploy.front_door.proxy import Refused, own_options, split_bytes
+from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, SessionTokens, Usage
+from export.contract import events as ev
+from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
+
+KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
+LONG = {"ignore_eos": True, "max_reply_tokens": 200}
+
+
+def auth(name: str | None = None, key: str | None = None) -> dict[str, str]:
+    h = {"triton_grpc_error": "true"}
+    if name or key:
+        h["authorization"] = f"Bearer {key or KEYS[name]}"
+    return h
+
+
+# ---------------------------------------------------------------- without a server
+
+def test_keys_file_is_parsed_and_keys_compared_by_digest(tmp_path):
+    f = tmp_path / "keys.txt"
+    f.write_text("# clients\nalice: alice-key-0123456789abcdef\n\nbob:bob-key-0123456789abcdef\n")
+    keys = ApiKeys.from_file(f)
+    assert keys.identify(KEYS["alice"]) == "alice" and keys.identify(KEYS["bob"]) == "bob"
+    assert keys.identify("alice-key-0123456789abcdeX") is None and keys.identify("") is None
+    assert all(len(d) == 32 and KEYS[n].encode() != d for n, d in keys._digests)  # only digests are kept
+    for bad in ("alice", "alice:short", "al ice:0123456789abcdef01", "a:0123456789abcdef01\na:0123456789abcdef02"):
+        f.write_text(bad)
+        with pytest.raises(KeyFileError):
+            ApiKeys.from_file(f)
+
+
+def test_session_tokens_are_per_identity_and_valid_session_tokens():
+    tokens = SessionTokens(b"secret")
+    a, b = tokens("alice"), tokens("bob")
+    assert a != b and a == tokens("alice") and len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
+    assert SessionTokens(b"other")("alice") != a
+
+
+def test_rate_and_turn_quotas():
+    now = [0.0]
+    u = Usage(Limits(rate=2, burst=3, max_turns=1), clock=lambda: now[0])
+    for _ in range(3):
+        u.spend("x")
+    with pytest.raises(QuotaExceeded, match="rate limit"):
+        u.spend("x")
+    now[0] += 0.5  # one token back
+    u.spend("x")
+    u.start_turn()
+    with pytest.raises(QuotaExceeded, match="too many turns: 1 in flight"):
+        u.start_turn()
+
+
+def test_options_get_the_identitys_token_in_contents_and_raw_contents():
+    inputs = turn_inputs(avatar_id="0" * 16, text="Hi.", options={"session": "s", "session_token": "x" * 20})
+    raw = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
+    for i in inputs:  # as tritonclient sends it: raw contents, 4-byte length before each BYTES element
+        raw.inputs.append(i._get_tensor())
+        raw.raw_input_contents.append(i._get_content())
+    assert own_options(raw, "T" * 32) is None
+    [opts] = split_bytes(raw.raw_input_contents[[t.name for t in raw.inputs].index("options")])
+    assert json.loads(opts) == {"session": "s", "session_token": "T" * 32}
+    typed = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
+    typed.inputs.add(name="options", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
+        b'{"action":"cancel","session":"s"}')
+    assert own_options(typed, "T" * 32) == "cancel"
+    assert json.loads(typed.inputs[0].contents.bytes_contents[0])["session_token"] == "T" * 32
+    typed.inputs[0].contents.bytes_contents[0] = b"not json"
+    assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == b"not json"
+    typed.inputs[0].contents.bytes_contents.append(b"{}")
+    with pytest.raises(Refused, match="one BYTES element"):
+        own_options(typed, "T" * 32)
+    assert split_bytes(struct.pack("<I", 9) + b"short") is None
+
+
+# ---------------------------------------------------------------- through the real server
+
+@pytest.fixture(scope="module")
+def door(server):
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
+                               limits=Limits(max_turns=2, max_message_bytes=4 * 1024 * 1024))
+    with FrontDoorThread(options) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def door_avatar(door):
+    from ensemble.avatar import demo_avatar_png
+
+    with grpcclient.InferenceServerClient(door.url) as c:
+        inputs = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [demo_avatar_png()])]
+        result = c.infer(AVATAR_REGISTRY.name, inputs, headers=auth("alice"))
+    return result.as_numpy("avatar_id").reshape(-1)[0].decode()
+
+
+class Stream:
+    """One talking_head stream through the front door, its events (or its error) collected on tritonclient's
+    thread."""
+
+    def __init__(self, url: str, headers: dict[str, str], inputs: list, request_id: str = "r",
+                 model: str = TALKING_HEAD.name):
+        self.events, self.error, self.q = [], None, queue.Queue()
+        self.first_audio, self.ended = threading.Event(), threading.Event()
+        self.client = grpcclient.InferenceServerClient(url)
+        self.client.start_stream(callback=self._on, headers=headers)
+        self.send(inputs, request_id, model)
+
+    def send(self, inputs: list, request_id: str = "r", model: str = TALKING_HEAD.name) -> None:
+        try:
+            self.client.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+        except InferenceServerException:  # the stream was refused already: the reason comes through the callback
+            assert self.ended.wait(10)
+
+    def _on(self, result, error):
+        if error is not None:
+            self.error = error
+        else:
+            out = result.as_numpy("event")
+            if out is not None:
+                e = ev.Event.from_json(out.reshape(-1)[0])
+                self.events.append(e)
+                self.first_audio.set() if e.type == ev.AUDIO else None
+            if not result.get_response().parameters["triton_final_response"].bool_param:
+                return
+        self.first_audio.set()
+        self.ended.set()
+
+    def wait(self, timeout: float = 60) -> Stream:
+        assert self.ended.wait(timeout), "the stream did not end"
+        self.client.stop_stream()
+        self.client.close()
+        return self
+
+    def done(self) -> dict:
+        return next(e.data for e in self.events if e.type == ev.DONE)
+
+
+def status(error) -> str:
+    return str(error.status()).rsplit(".", 1)[-1]
+
+
+@pytest.mark.server
+def test_a_text_turn_streams_through_the_front_door(door, door_avatar):
+    with grpcclient.InferenceServerClient(door.url) as c:
+        assert c.is_server_live() and c.is_server_ready()  # health: open for probes, no key
+        assert c.is_model_ready(TALKING_HEAD.name, headers=auth("alice"))
+    t0 = time.perf_counter()
+    s = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hello there.",
+                                                    options={"session": "fd-turn"})).wait()
+    assert s.error is None, s.error
+    types = [e.type for e in s.events]
+    print(f"\nturn through the front door: {len(types)} events in {time.perf_counter() - t0:.2f} s")
+    assert ev.AUDIO in types and ev.VIDEO in types and types[-1] == ev.DONE
+    assert s.done()["interrupted"] is None
+
+
+@pytest.mark.server
+def test_no_key_or_a_wrong_key_is_unauthenticated(door, door_avatar):
+    inputs = turn_inputs(avatar_id=door_avatar, text="Hi.")
+    for headers in (auth(), auth(key="alice-key-0123456789abcdeX"), {"authorization": KEYS["alice"]}):
+        s = Stream(door.url, headers, inputs).wait()
+        assert status(s.error) == "UNAUTHENTICATED" and "API key" in str(s.error), s.error
+        with grpcclient.InferenceServerClient(door.url) as c:
+            for call in (lambda: c.is_model_ready(TALKING_HEAD.name, headers=headers),
+                         lambda: c.infer(AVATAR_REGISTRY.name, [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0],
+                                                                            [b"x"])], headers=headers)):
+                with pytest.raises(InferenceServerException) as e:
+                    call()
+                assert status(e.value) == "UNAUTHENTICATED"
+
+
+@pytest.mark.server
+def test_stage_models_and_admin_apis_are_permission_denied(door, door_avatar):
+    tts = [grpcclient.InferInput("phoneme_ids", [1, 3], "INT64")]
+    tts[0].set_data_from_numpy(np.array([[1, 2, 3]], dtype=np.int64))
+    with grpcclient.InferenceServerClient(door.url) as c:
+        calls = {"tts infer": lambda: c.infer("tts", tts, headers=auth("alice")),
+                 "talking_head infer": lambda: c.infer(TALKING_HEAD.name, turn_inputs(avatar_id=door_avatar, text="x"),
+                                                       headers=auth("alice")),
+                 "tts ready": lambda: c.is_model_ready("tts", headers=auth("alice")),
+                 "repository index": lambda: c.get_model_repository_index(headers=auth("alice")),
+                 "statistics": lambda: c.get_inference_statistics(headers=auth("alice")),
+                 "load": lambda: c.load_model("tts", headers=auth("alice")),
+                 "config": lambda: c.get_model_config(TALKING_HEAD.name, headers=auth("alice")),
+                 "shared memory": lambda: c.get_system_shared_memory_status(headers=auth("alice")),
+                 "server metadata": lambda: c.get_server_metadata(headers=auth("alice"))}
+        for what, call in calls.items():
+            with pytest.raises(InferenceServerException) as e:
+                call()
+            assert status(e.value) == "PERMISSION_DENIED" and "not exposed" in str(e.value), (what, e.value)
+    s = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hi."), model="vad").wait()
+    assert status(s.error) == "PERMISSION_DENIED" and "'vad' is not exposed" in str(s.error)
+
+
+@pytest.mark.server
+def test_the_turn_quota_refuses_the_extra_turn_for_that_identity_only(door, door_avatar):
+    long = [Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Tell me a long story.",
+                                                       options={"session": f"fd-q{i}", **LONG})) for i in range(2)]
+    for s in long:
+        assert s.first_audio.wait(60) and s.error is None
+    extra = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hi.")).wait()
+    assert status(extra.error) == "RESOURCE_EXHAUSTED", extra.error
+    assert "too many turns: 2 in flight for this API key (limit 2)" in str(extra.error)
+    other = Stream(door.url, auth("bob"), turn_inputs(avatar_id=door_avatar, text="Hi.")).wait()
+    assert other.error is None and other.events[-1].type == ev.DONE
+    for i, s in enumerate(long):  # cancels are not counted against the quota; the owner may cancel its sessions
+        Stream(door.url, auth("alice"), action_inputs("cancel", door_avatar, {"session": f"fd-q{i}"})).wait()
+        assert s.wait().done()["interrupted"] == "cancel"
+    again = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hi.")).wait()
+    assert again.error is None and again.events[-1].type == ev.DONE  # the slots came back
+
+
+@pytest.mark.server
+def test_two_identities_with_the_same_session_id_do_not_collide(door, door_avatar):
+    """The front door sets `session_token` from the API key, overriding what the client sent: bob naming alice's
+    session (even with the token alice's client sent) is refused by the orchestrator, and alice's reply runs on."""
+    mine = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Tell me a long story.", options={
+        "session": "fd-shared", "session_token": "alice-client-token-123", "ignore_eos": True,
+        "max_reply_tokens": 48}))
+    assert mine.first_audio.wait(60) and mine.error is None
+    for inputs in (action_inputs("cancel", door_avatar, {"session": "fd-shared",
+                                                         "session_token": "alice-client-token-123"}),
+                   turn_inputs(avatar_id=door_avatar, text="Hi.", options={"session": "fd-shared"})):
+        s = Stream(door.url, auth("bob"), inputs).wait()
+        assert status(s.error) == "INVALID_ARGUMENT" and "belongs to another client" in str(s.error), s.error
+    done = mine.wait().done()
+    assert done["interrupted"] is None and done["video_frames"] > 0
+
+
+@pytest.mark.server
+def test_long_request_ids_and_large_messages_are_refused(door, door_avatar):
+    s = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hi."), request_id="i" * 4096).wait()
+    assert status(s.error) == "INVALID_ARGUMENT" and "request id has 4096 bytes; the limit is 128" in str(s.error)
+    with grpcclient.InferenceServerClient(door.url) as c:
+        image = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [b"\0" * 100])]
+        with pytest.raises(InferenceServerException, match="request id has 4096 bytes") as e:
+            c.infer(AVATAR_REGISTRY.name, image, request_id="i" * 4096, headers=auth("alice"))
+        assert status(e.value) == "INVALID_ARGUMENT"
+        big = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [b"x" * (5 * 1024 * 1024)])]
+        with pytest.raises(InferenceServerException) as e:
+            c.infer(AVATAR_REGISTRY.name, big, headers=auth("alice"))
+        assert status(e.value) == "RESOURCE_EXHAUSTED" and "larger than max" in str(e.value), e.value.message()
