@@ -47,6 +47,7 @@ from client.wire import (
     TurnTimeout,
     action_inputs,
     as_bytes,
+    auth_headers,
     cancel_inputs,
     event_from_result,
     first_value,
@@ -105,12 +106,13 @@ class AsyncTalkingHeadClient:
     def __init__(self, url: str = GRPC_URL, ssl: bool = False, *, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  turn_timeout_s: float = 120.0, request_timeout_s: float = 30.0, clock: Clock = time.perf_counter,
-                 session_token: str | None = None):
+                 session_token: str | None = None, api_key: str | None = None):
         self.url = url[len("grpc://"):] if url.startswith("grpc://") else url
         self.turn_timeout_s = turn_timeout_s
         self.request_timeout_s = request_timeout_s
         self.clock = clock
         self.session_token = session_token or new_session_token()
+        self._auth = auth_headers(api_key)
         self._kwargs = dict(url=self.url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
                             certificate_chain=certificate_chain)
         self._client: aio.InferenceServerClient | None = None
@@ -135,10 +137,10 @@ class AsyncTalkingHeadClient:
                                timeout_s: float = 5.0) -> None:
         """Raise ConnectionFailed if Triton is unreachable, ServerError if a model is not ready."""
         try:
-            if not await self._grpc().is_server_live(client_timeout=timeout_s):
+            if not await self._grpc().is_server_live(headers=self._auth, client_timeout=timeout_s):
                 raise ConnectionFailed(self.url, "the server is not live")
             for name in models:
-                if not await self._grpc().is_model_ready(name, client_timeout=timeout_s):
+                if not await self._grpc().is_model_ready(name, headers=self._auth, client_timeout=timeout_s):
                     raise ServerError(f"model {name!r} is not ready on Triton at {self.url}")
         except InferenceServerException as e:
             if str(e.status() or "").endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
@@ -153,7 +155,8 @@ class AsyncTalkingHeadClient:
         try:
             result = await self._grpc().infer(AVATAR_REGISTRY.name, [infer_input(AVATAR_REGISTRY, AR_IMAGE,
                                                                                    [bytes(image)])],
-                                              outputs=outputs, client_timeout=timeout_s or self.request_timeout_s)
+                                              outputs=outputs, headers=self._auth,
+                                              client_timeout=timeout_s or self.request_timeout_s)
         except InferenceServerException as e:
             raise translate_error(e, self.url) from None
         avatar_id, box = first_value(result.as_numpy(AR_AVATAR_ID.name)), result.as_numpy(AR_FACE_BOX.name)
@@ -208,7 +211,7 @@ class AsyncTalkingHeadClient:
         clock = self.clock
         deadline = time.monotonic() + timeout_s
         try:
-            responses = self._grpc().stream_infer(requests(), headers=GRPC_ERROR_HEADERS)
+            responses = self._grpc().stream_infer(requests(), headers={**GRPC_ERROR_HEADERS, **self._auth})
         except InferenceServerException as e:
             raise translate_error(e, self.url) from None
         sent_at = clock()

@@ -57,13 +57,14 @@ def _read_bytes(path: str, what: str) -> bytes:
 
 
 SESSION_TOKEN_ENV = "TALKING_HEAD_SESSION_TOKEN"
+API_KEY_ENV = "TALKING_HEAD_API_KEY"  # the front door's API key (deploy/front_door); never a flag: `ps` would show it
 
 
 def _client(args: argparse.Namespace):
     from client.sdk import TalkingHeadClient  # imported late: `--help` stays fast
     return TalkingHeadClient(args.url, ssl=args.ssl, root_certificates=args.root_certificates,
                              turn_timeout_s=args.timeout, request_timeout_s=min(args.timeout, 60.0),
-                             session_token=args.session_token)
+                             session_token=args.session_token, api_key=os.environ.get(API_KEY_ENV))
 
 
 # ---------------------------------------------------------------- register-avatar
@@ -259,7 +260,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("TRITON_URL", DEFAULT_URL),
-                        help="Triton gRPC endpoint host:port (default: $TRITON_URL or %(default)s)")
+                        help="Triton gRPC endpoint host:port, or the front door's (default: $TRITON_URL or "
+                             f"%(default)s); the front door's API key is read from ${API_KEY_ENV}")
     common.add_argument("--ssl", action="store_true", help="connect with TLS")
     common.add_argument("--session-token", default=os.environ.get(SESSION_TOKEN_ENV), metavar="SECRET",
                         help=f"the secret that owns this run's sessions (default: ${SESSION_TOKEN_ENV}, else a new "

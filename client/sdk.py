@@ -20,9 +20,8 @@ is true. A `TalkingHeadClient` may run several turns at once from different
 threads: each turn takes its own `InferenceServerClient` (tritonclient allows
 one stream per client) from a small pool of idle ones.
 
-Errors: `ConnectionFailed` (Triton unreachable), `ServerError` (the server's
-message, verbatim), `ProtocolError` (a response that breaks the event
-protocol; a `ServerError`), `TurnTimeout` (the turn did not finish in time).
+Errors: `ConnectionFailed` (Triton unreachable), `ServerError` (the server's message, verbatim), `ProtocolError`
+(a response that breaks the event protocol; a `ServerError`), `TurnTimeout` (the turn did not finish in time).
 All derive from `ClientError`.
 """
 from __future__ import annotations
@@ -60,6 +59,7 @@ from client.wire import (
     TurnTimeout,
     action_inputs,
     as_bytes,
+    auth_headers,
     cancel_inputs,
     event_from_result,
     first_value,
@@ -136,13 +136,15 @@ class TalkingHeadClient:
     clock: the clock that stamps events (`time.perf_counter`; tests may inject one).
     session_token: the secret that owns this client's sessions, sent beside every session id (the server refuses
     a session's requests with another one); default a new one per client: share it to reach a session elsewhere.
+    api_key: sent as `authorization: Bearer <key>` on every call (the front door, deploy/front_door, needs one).
     """
 
     def __init__(self, url: str = DEFAULT_URL, ssl: bool = False, *, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  turn_timeout_s: float = DEFAULT_TURN_TIMEOUT_S,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-                 clock: Clock = time.perf_counter, verbose: bool = False, session_token: str | None = None):
+                 clock: Clock = time.perf_counter, verbose: bool = False, session_token: str | None = None,
+                 api_key: str | None = None):
         if url.startswith("grpc://"):
             url = url[len("grpc://"):]
         self.url = url
@@ -150,6 +152,7 @@ class TalkingHeadClient:
         self.request_timeout_s = request_timeout_s
         self.clock = clock
         self.session_token = session_token or new_session_token()
+        self._auth = auth_headers(api_key)
         self._client_kwargs = dict(url=url, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
                                    private_key=private_key, certificate_chain=certificate_chain)
         self._lock = threading.Lock()
@@ -205,10 +208,10 @@ class TalkingHeadClient:
                          timeout_s: float | None = 5.0) -> None:
         """Raise `ConnectionFailed` if Triton is unreachable, `ServerError` if a model is not ready."""
         try:
-            if not self._unary.is_server_live(client_timeout=timeout_s):
+            if not self._unary.is_server_live(headers=self._auth, client_timeout=timeout_s):
                 raise ConnectionFailed(self.url, "the server is not live")
             for name in models:
-                if not self._unary.is_model_ready(name, client_timeout=timeout_s):
+                if not self._unary.is_model_ready(name, headers=self._auth, client_timeout=timeout_s):
                     raise ServerError(f"model {name!r} is not ready on Triton at {self.url}")
         except InferenceServerException as e:
             if str(e.status() or "").endswith(("UNAVAILABLE", "DEADLINE_EXCEEDED")):
@@ -242,12 +245,11 @@ class TalkingHeadClient:
         inputs = [infer_input(AVATAR_REGISTRY, AR_IMAGE, [bytes(image)])]
         outputs = [grpcclient.InferRequestedOutput(t.name) for t in AVATAR_REGISTRY.outputs]
         try:
-            result = self._unary.infer(AVATAR_REGISTRY.name, inputs, outputs=outputs,
+            result = self._unary.infer(AVATAR_REGISTRY.name, inputs, outputs=outputs, headers=self._auth,
                                        client_timeout=timeout_s or self.request_timeout_s)
         except InferenceServerException as e:
             raise translate_error(e, self.url) from None
-        avatar_id = first_value(result.as_numpy(AR_AVATAR_ID.name))
-        box = result.as_numpy(AR_FACE_BOX.name)
+        avatar_id, box = first_value(result.as_numpy(AR_AVATAR_ID.name)), result.as_numpy(AR_FACE_BOX.name)
         message = first_value(result.as_numpy(AR_MESSAGE.name))
         if avatar_id is None or box is None or box.size != 4:
             raise ProtocolError(f"{AVATAR_REGISTRY.name} returned no avatar id / face box")
@@ -261,11 +263,9 @@ class TalkingHeadClient:
             timeout_s: float | None = None, request_id: str | None = None) -> TurnStream:
         """One user turn: send speech (`audio`, mono float32) or `text`, iterate the reply's events.
 
-        sample_rate defaults to media.INPUT_SAMPLE_RATE; other rates are sent as
-        given (and refused by the server). options: a JSON object (a dict, or its
-        JSON text), see ensemble.options. timeout_s bounds the whole turn (default:
-        the client's turn_timeout_s). Arguments are checked now; the request goes
-        out on the first `next()`.
+        sample_rate defaults to media.INPUT_SAMPLE_RATE; other rates are sent as given (and refused by the server).
+        options: a JSON object (a dict, or its JSON text), see ensemble.options. timeout_s bounds the whole turn
+        (default: the client's turn_timeout_s). Arguments are checked now; the request goes out on the first `next()`.
         """
         inputs = turn_inputs(avatar_id=_avatar(avatar_id), text=text, audio=audio, sample_rate=sample_rate,
                              options=owned(options, self.session_token))
@@ -396,7 +396,7 @@ class TalkingHeadClient:
         try:
             try:
                 grpc_client.start_stream(callback=lambda result, error: responses.put((clock(), result, error)),
-                                         headers=GRPC_ERROR_HEADERS)
+                                         headers={**GRPC_ERROR_HEADERS, **self._auth})
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
             sent_at = clock()
@@ -445,7 +445,7 @@ class TalkingHeadClient:
         n_events, last_type = 0, None
         try:
             try:
-                grpc_client.start_stream(callback=on_response, headers=GRPC_ERROR_HEADERS)
+                grpc_client.start_stream(callback=on_response, headers={**GRPC_ERROR_HEADERS, **self._auth})
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
             sent_at = clock()

@@ -256,6 +256,11 @@ class StreamEvent(Event):
 GRPC_ERROR_HEADERS = {"triton_grpc_error": "true"}  # Triton then ends a failed stream with the error's gRPC status
 
 
+def auth_headers(api_key: str | None) -> dict[str, str]:
+    """The gRPC metadata a call carries: the client's API key for the front door (deploy/front_door), if any."""
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def is_final_response(result: grpcclient.InferResult) -> bool:
     """Whether Triton flagged this stream response as the last of its request."""
     params = result.get_response().parameters
