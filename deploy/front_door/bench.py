@@ -1,0 +1,231 @@
+"""What the front door adds per turn and per streamed response (prints figures; not a test).
+
+    python -m deploy.front_door.bench [--url localhost:8001] [--turns 30] [--synthetic-turns 200]
+
+1. Real turns: an embedded tiny-preset server (or `--url`), text turns sent alternately straight to Triton and
+   through a front door (`python -m deploy.front_door`, its own process), same text and seed. Per pair: time to
+   first response door - direct, and for every k-th streamed response its arrival (since the request was sent)
+   door - direct. The models' own jitter is in these differences.
+2. Synthetic upstream: a stand-in Triton (its own process) that answers each stream request with `--responses`
+   responses of 16 KiB, 1 ms apart, each stamped with its send time; the client's receive time minus that stamp
+   is the delivery latency of a response, straight and through the door; the difference of the medians is what
+   the door adds, without model noise. time.perf_counter is CLOCK_MONOTONIC, one clock for every process.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from deploy.processes import free_ports
+
+KEY = "bench-key-0123456789abcdef"
+HEADERS = {"authorization": f"Bearer {KEY}", "triton_grpc_error": "true"}
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
+
+
+def one_stream(url: str, headers: dict, model: str, inputs: list, stamped: bool = False):
+    """(time to first response, arrival of each response since sending, and for stamped responses
+    receive time - the upstream's send stamp)."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    with grpcclient.InferenceServerClient(url) as c:
+        c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
+        t0 = time.perf_counter()
+        c.async_stream_infer(model, inputs, enable_empty_final_response=True)
+        arrivals, delivery = [], []
+        while True:
+            t, result, error = q.get(timeout=120)
+            if error is not None:
+                raise RuntimeError(f"{url}: {error}")
+            params = result.get_response().parameters
+            if stamped and "t" in params:
+                delivery.append(t - params["t"].double_param)
+            if params["triton_final_response"].bool_param:
+                break
+            arrivals.append(t - t0)
+        c.stop_stream()
+    return arrivals[0], arrivals, delivery
+
+
+class Door:
+    """`python -m deploy.front_door` in its own process, in front of `upstream`."""
+
+    def __init__(self, upstream: str, workdir: Path):
+        keys = workdir / "keys.txt"
+        keys.write_text(f"bench:{KEY}\n")
+        self.port = free_ports(1)[0]
+        self.url = f"localhost:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "deploy.front_door", "--upstream", upstream, "--listen",
+                                      f"127.0.0.1:{self.port}", "--keys", str(keys), "--rate", "100000",
+                                      "--burst", "100000", "--log-level", "WARNING"])
+        deadline = time.time() + 30
+        while True:
+            try:
+                with grpcclient.InferenceServerClient(self.url) as c:
+                    if c.is_server_live():
+                        return
+            except Exception:
+                if time.time() > deadline or self.proc.poll() is not None:
+                    raise
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(15)
+
+
+def report(title: str, ttfr: list[float], per_response: list[float], unit_ms: bool = True) -> None:
+    f = 1000.0 if unit_ms else 1.0
+    print(f"{title}: added per turn (time to first response) p50 {pct(ttfr, 50) * f:.3f} ms, "
+          f"p95 {pct(ttfr, 95) * f:.3f} ms ({len(ttfr)} pairs); per streamed response p50 "
+          f"{pct(per_response, 50) * f:.3f} ms, p95 {pct(per_response, 95) * f:.3f} ms ({len(per_response)} responses)")
+
+
+def real_turns(url: str, door: Door, turns: int) -> None:
+    from client.sdk import TalkingHeadClient
+    from client.wire import turn_inputs
+    from ensemble.avatar import demo_avatar_png
+
+    with TalkingHeadClient(url) as c:
+        avatar = c.register_avatar(demo_avatar_png()).id
+    inputs = turn_inputs(avatar_id=avatar, text="Hello there, how are you?", options={"seed": 0, "temperature": 0})
+    runs = {"direct": (url, {"triton_grpc_error": "true"}), "door": (door.url, HEADERS)}
+    for name, (u, h) in runs.items():  # warm-up
+        for _ in range(2):
+            one_stream(u, h, "talking_head", inputs)
+    ttfr, per, raw = [], [], {"direct": [], "door": []}
+    for i in range(turns):
+        got = {}
+        for name in (("direct", "door") if i % 2 else ("door", "direct")):
+            got[name] = one_stream(*runs[name], "talking_head", inputs)
+            raw[name].append(got[name][0])
+        ttfr.append(got["door"][0] - got["direct"][0])
+        n = min(len(got["door"][1]), len(got["direct"][1]))
+        a, b = np.asarray(got["door"][1][:n]), np.asarray(got["direct"][1][:n])
+        per.extend(np.diff(a) - np.diff(b))  # each response's gap after the previous one, door - direct
+    print(f"real turns ({turns} pairs, {len(per) // max(1, turns)} responses a turn): time to first response "
+          f"direct p50 {pct(raw['direct'], 50) * 1000:.2f} ms, through the door p50 {pct(raw['door'], 50) * 1000:.2f} ms")
+    report("real turns, door - direct", ttfr, per)
+
+
+# ---------------------------------------------------------------- the stand-in upstream
+
+class FakeTriton(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, responses: int, gap_s: float):
+        self.responses, self.gap_s = responses, gap_s
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        payload = os.urandom(16 * 1024)
+        async for req in request_iterator:
+            for k in range(self.responses + 1):
+                r = pb.ModelInferResponse(model_name=req.model_name, id=req.id)
+                r.outputs.add(name="frame", datatype="UINT8", shape=[len(payload)])
+                r.raw_output_contents.append(payload)
+                r.parameters["triton_final_response"].bool_param = k == self.responses
+                r.parameters["t"].double_param = time.perf_counter()
+                yield pb.ModelStreamInferResponse(infer_response=r)
+                await asyncio.sleep(self.gap_s)
+
+
+async def serve_fake(port: int, responses: int, gap_s: float) -> None:
+    server = grpc_aio().server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(FakeTriton(responses, gap_s), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def grpc_aio():
+    import grpc
+
+    return grpc.aio
+
+
+def synthetic(turns: int, responses: int, workdir: Path) -> None:
+    port = free_ports(1)[0]
+    fake = subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
+                             "--responses", str(responses)])
+    try:
+        url = f"localhost:{port}"
+        time.sleep(1.5)
+        door = Door(url, workdir)
+        try:
+            inputs = [grpcclient.InferInput("text", [1], "BYTES")]
+            inputs[0].set_data_from_numpy(np.array([b"hi"], dtype=object))
+            res = {}
+            for name, (u, h) in {"direct": (url, {}), "door": (door.url, HEADERS)}.items():
+                one_stream(u, h, "talking_head", inputs, stamped=True)  # warm-up
+            for name in ("direct", "door", "direct", "door"):  # two rounds each, interleaved
+                u, h = (url, {}) if name == "direct" else (door.url, HEADERS)
+                for _ in range(turns // 2):
+                    first, _, delivery = one_stream(u, h, "talking_head", inputs, stamped=True)
+                    res.setdefault(name, ([], []))[0].append(first)
+                    res[name][1].extend(delivery)
+        finally:
+            door.close()
+    finally:
+        fake.terminate()
+        fake.wait(15)
+    d, p = res["direct"], res["door"]
+    print(f"synthetic upstream ({turns} turns each way, {responses} responses of 16 KiB 1 ms apart):")
+    for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
+        print(f"  {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms, through the "
+              f"door p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
+              f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 {(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.front_door.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--url", help="a running Triton's gRPC host:port (default: start an embedded tiny-preset one)")
+    ap.add_argument("--turns", type=int, default=30, help="real turn pairs (default %(default)s)")
+    ap.add_argument("--synthetic-turns", type=int, default=200, help="synthetic turns each way (default %(default)s)")
+    ap.add_argument("--responses", type=int, default=100, help="synthetic responses a turn (default %(default)s)")
+    ap.add_argument("--fake-upstream", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.fake_upstream:
+        asyncio.run(serve_fake(args.fake_upstream, args.responses, 0.001))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="front-door-bench-"))
+    if args.synthetic_turns:
+        synthetic(args.synthetic_turns, args.responses, work)
+    if args.turns:
+        if args.url:
+            door = Door(args.url, work)
+            try:
+                real_turns(args.url, door, args.turns)
+            finally:
+                door.close()
+        else:
+            from deploy.processes import server_ports
+            from deploy.server import EmbeddedServer, ServerOptions
+            from export.contract.layout import BUILD
+
+            opts = ServerOptions(repository=BUILD / "tiny_repository", workdir=work / "triton", **server_ports())
+            with EmbeddedServer(opts) as s:
+                door = Door(s.options.grpc_url, work)
+                try:
+                    real_turns(s.options.grpc_url, door, args.turns)
+                finally:
+                    door.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
