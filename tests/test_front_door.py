@@ -258,3 +258,20 @@ def test_long_request_ids_and_large_messages_are_refused(door, door_avatar):
         with pytest.raises(InferenceServerException) as e:
             c.infer(AVATAR_REGISTRY.name, big, headers=auth("alice"))
         assert status(e.value) == "RESOURCE_EXHAUSTED" and "larger than max" in str(e.value), e.value.message()
+
+
+@pytest.mark.server
+def test_the_sdk_with_an_api_key_goes_through_the_front_door(door):
+    from client.sdk import ServerError, TalkingHeadClient
+    from ensemble.avatar import demo_avatar_png
+
+    with TalkingHeadClient(door.url, api_key=KEYS["bob"], turn_timeout_s=60) as c:
+        c.check_connection()
+        avatar = c.register_avatar(demo_avatar_png())
+        result = c.turn(avatar_id=avatar.id, text="Hello.", options={"session": "fd-sdk"})
+        assert result.done["interrupted"] is None and result.audio.size > 0
+        assert c.cancel("fd-sdk")["interrupted_turn"] is None  # bob's own session: his cancel is accepted
+    with TalkingHeadClient(door.url, turn_timeout_s=60) as anonymous:
+        with pytest.raises(ServerError) as e:
+            anonymous.register_avatar(demo_avatar_png())
+        assert e.value.status == "UNAUTHENTICATED"
