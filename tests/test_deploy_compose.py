@@ -148,6 +148,19 @@ def test_compose_ports():
     assert 8089 in published(services["locust"])
 
 
+def test_compose_front_door_is_the_public_grpc_endpoint():
+    """Triton's own ports stay on the host's loopback whatever PUBLISH_ADDR says; the front door (TLS, API keys)
+    is what other machines reach, and it forwards to Triton inside the compose network."""
+    services = compose()["services"]
+    assert all(str(p).startswith("127.0.0.1:") for p in services["triton"]["ports"])
+    door = services["front-door"]
+    assert published(door) == {9001} and door["entrypoint"] == ["python", "-m", "deploy.front_door"]
+    flags = dict(f.split("=", 1) for f in door["command"])
+    assert flags["--upstream"] == "triton:8001" and flags["--listen"] == "0.0.0.0:9001"
+    assert {"--keys", "--tls-cert", "--tls-key"} <= set(flags)
+    assert set(door["secrets"]) <= set(compose()["secrets"])
+
+
 def test_compose_locust_command():
     cmd = compose()["services"]["locust"]["command"]
     assert cmd[cmd.index("-f") + 1] == "loadtests/locustfile.py"
