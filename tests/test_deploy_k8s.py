@@ -118,7 +118,7 @@ def test_expected_objects_exist():
         ("ConfigMap", "prometheus-adapter"), ("PrometheusRule", "talking-head"), ("NetworkPolicy", "talking-head"),
         ("NetworkPolicy", "talking-head-engines"),
         ("Deployment", "talking-head-gateway"), ("Service", "talking-head-gateway"),
-        ("NetworkPolicy", "talking-head-gateway"),
+        ("NetworkPolicy", "talking-head-gateway"), ("Service", "talking-head-public"),
     }
 
 
@@ -128,7 +128,11 @@ def test_network_policies_select_the_pods_and_open_only_the_service_ports():
     assert triton["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert set(triton["policyTypes"]) == {"Ingress", "Egress"}
     opened = {p["port"] for rule in triton["ingress"] for p in rule["ports"]}
-    assert opened == {p["name"] for p in container(pod_spec(), "triton")["ports"]}  # http, grpc, metrics
+    served = {p["name"] for c in ("triton", "front-door") for p in container(pod_spec(), c)["ports"]}
+    assert opened == served  # http, grpc, metrics, public-grpc
+    # Triton's own http/grpc (every stage model) only from pods of the namespace; the front door from anywhere
+    anywhere = {p["port"] for rule in triton["ingress"] if "from" not in rule for p in rule["ports"]}
+    assert "public-grpc" in anywhere and not {"http", "grpc"} & anywhere
     assert {p["port"] for rule in triton["egress"] for p in rule["ports"]} == {53}
     job_labels = one("Job", "talking-head-engines")["spec"]["template"]["metadata"]["labels"]
     engines = one("NetworkPolicy", "talking-head-engines")["spec"]
@@ -264,6 +268,22 @@ def test_services_ports_and_selectors():
             assert container_ports[p["targetPort"]] == p["port"] == PORTS[p["name"]]
             seen[p["name"]] = p["port"]
     assert seen == PORTS
+
+
+def test_the_public_service_is_the_front_door():
+    """Clients outside the cluster are routed to talking-head-public: the front door's TLS + API-key port, in the
+    Triton pod beside Triton (--upstream localhost:8001), with its keys and certificate from Secrets."""
+    pod = pod_spec()
+    door = container(pod, "front-door")
+    (port,) = one("Service", "talking-head-public")["spec"]["ports"]
+    assert {p["name"]: p["containerPort"] for p in door["ports"]}[port["targetPort"]] == port["port"] == 9001
+    cmd = door["command"]
+    assert cmd[:3] == ["python", "-m", "deploy.front_door"] and cmd[cmd.index("--upstream") + 1] == "localhost:8001"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]]["secret"]["secretName"] for m in door["volumeMounts"]}
+    for flag in ("--keys", "--tls-cert", "--tls-key"):
+        path = cmd[cmd.index(flag) + 1]
+        assert any(path.startswith(mount + "/") for mount in mounts), (flag, path, mounts)
 
 
 def test_servicemonitor_structure():
