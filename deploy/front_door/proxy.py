@@ -24,9 +24,10 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, SessionTokens, bearer
+from export.contract import spec
 
-TALKING_HEAD = "talking_head"
-AVATAR_REGISTRY = "avatar_registry"
+TALKING_HEAD = spec.TALKING_HEAD.name
+AVATAR_REGISTRY = spec.AVATAR_REGISTRY.name
 EXPOSED_MODELS = (TALKING_HEAD, AVATAR_REGISTRY)
 OPEN_CALLS = ("ServerLive", "ServerReady")  # no key needed: liveness/readiness probes
 FORWARDED_HEADERS = ("triton_grpc_error",)
