@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                         "10 MiB); more: RESOURCE_EXHAUSTED from gRPC itself")
     q.add_argument("--max-request-id-bytes", type=int, default=D.max_request_id_bytes,
                    help="longest request id (default %(default)s); longer: INVALID_ARGUMENT")
+    q.add_argument("--max-stall-s", type=float, default=D.max_stall_s,
+                   help="a stream whose client takes no response for this long is cut off (RESOURCE_EXHAUSTED) and "
+                        "its turns cancelled upstream (default %(default)s)")
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return p
 
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
-                    max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes)
+                    max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
+                    max_stall_s=args.max_stall_s)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key,
                                upstream_root_certificates=args.upstream_root_certificates,

@@ -10,7 +10,9 @@ Each `talking_head` request's `options` JSON gets the caller's `session_token` (
 overriding what the client sent), so a session belongs to the API key that opened it. Quotas per identity
 (quota.py) are checked before anything is sent upstream. Of the client's metadata only `triton_grpc_error` is
 passed on. A refusal inside a stream follows Triton's own convention: with `triton_grpc_error: true` the stream
-ends with the error's status, otherwise an `error_message` response names it and the stream stays open.
+ends with the error's status, otherwise an `error_message` response names it and the stream stays open. A client
+that stops reading (a response not taken within `Limits.max_stall_s`) is cut off with RESOURCE_EXHAUSTED and its
+upstream call cancelled, so its unread responses pile up nowhere.
 """
 from __future__ import annotations
 
@@ -218,7 +220,15 @@ class _Stream:
                     if self._ended(resp):
                         continue
                     async with self.lock:
-                        await self.context.write(resp)
+                        try:
+                            await asyncio.wait_for(self.context.write(resp), self.door.limits.max_stall_s)
+                        except asyncio.TimeoutError:
+                            call.cancel()  # now: the abort below waits until the client reads again
+                            self.failure = Refused(CODE.RESOURCE_EXHAUSTED, (
+                                f"the client took no response for {self.door.limits.max_stall_s:g} s (its stream "
+                                "is full); its turns were cancelled"))
+                            log.warning("cut off a stream that stopped reading")
+                            break
             except asyncio.CancelledError:
                 if self.failure is None or asyncio.current_task().cancelling():
                     raise  # the client went away

@@ -108,6 +108,9 @@ class Limits:
     burst: int = 40  # ... and at once
     max_message_bytes: int = 12 * 1024 * 1024  # one gRPC message from a client (the avatar limit is 10 MiB)
     max_request_id_bytes: int = 128  # Triton echoes the id in every response
+    # a stream whose client takes no response for this long (its HTTP/2 window full) is cut off: its turns are
+    # cancelled upstream, so neither Triton nor the door holds its unread audio and video
+    max_stall_s: float = 10.0
 
 
 class QuotaExceeded(Exception):
