@@ -10,22 +10,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from piper_ref import SENTENCES, TEXT  # the voice's ids of TEXT, one list per sentence
 
 from export.contract.phonemes import PhonemizerOptions, PiperPhonemizer, split_phonemes, symbol_kind
 from export.contract.piper_voice import VoiceConfigError, read_voice_config
 from export.contract.text_normalize import normalize_for_speech
 
-# en_US-joe-medium ids of "Hello! I am a digital human. The capital of France is Paris." (piper-phonemize 1.1.0
-# and piper-phonemize-cross 1.2.1 agree), one list per sentence: ^ _ p _ ... $
-HELLO = "Hello! I am a digital human. The capital of France is Paris."
-HELLO_IDS = [
-    [1, 0, 20, 0, 59, 0, 24, 0, 120, 0, 27, 0, 100, 0, 4, 0, 2],
-    [1, 0, 14, 0, 74, 0, 50, 0, 25, 0, 3, 0, 50, 0, 3, 0, 17, 0, 120, 0, 74, 0, 17, 0, 108, 0, 74, 0, 92, 0, 59,
-     0, 24, 0, 3, 0, 20, 0, 22, 0, 120, 0, 33, 0, 122, 0, 25, 0, 59, 0, 26, 0, 10, 0, 2],
-    [1, 0, 41, 0, 59, 0, 3, 0, 23, 0, 120, 0, 39, 0, 28, 0, 74, 0, 92, 0, 59, 0, 24, 0, 3, 0, 102, 0, 34, 0, 3,
-     0, 19, 0, 88, 0, 120, 0, 39, 0, 26, 0, 31, 0, 3, 0, 74, 0, 38, 0, 3, 0, 28, 0, 120, 0, 39, 0, 88, 0, 74, 0,
-     31, 0, 10, 0, 2],
-]
 PIECES = [
     "Sure, I can help with that.",
     "How can I help you today?",
@@ -46,8 +36,8 @@ def reference_ids(pp, text: str) -> list[list[int]]:
 
 
 def test_known_sentence_ids(phonemizer, raw_phonemizer):
-    assert [list(u.ids) for u in raw_phonemizer.utterances(HELLO)] == HELLO_IDS
-    assert [list(u.ids) for u in phonemizer.utterances(HELLO)] == HELLO_IDS  # nothing to normalize here
+    assert [list(u.ids) for u in raw_phonemizer.utterances(TEXT)] == SENTENCES
+    assert [list(u.ids) for u in phonemizer.utterances(TEXT)] == SENTENCES  # nothing to normalize here
 
 
 @pytest.mark.parametrize("text", PIECES)
@@ -61,8 +51,8 @@ def test_normalized_text_matches_piper_phonemize(pp, phonemizer, text):
 
 
 def test_text_to_ids_flattens_sentences_like_piper_training(pp, raw_phonemizer):
-    flat = [p for s in pp.phonemize_espeak(HELLO, "en-us") for p in s]
-    assert raw_phonemizer.text_to_ids(HELLO) == pp.phoneme_ids_espeak(flat)
+    flat = [p for s in pp.phonemize_espeak(TEXT, "en-us") for p in s]
+    assert raw_phonemizer.text_to_ids(TEXT) == pp.phoneme_ids_espeak(flat)
 
 
 def test_layout_matches_piper_python_logic(phonemizer, voice_json):
