@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
 import pytest
 from bad_inputs import BY_NAME, CASES, HEALTHY, INJECTION, LIMITS, Images, _png, decompression_bomb, run_all
+from server_metrics import metric
 
 from ensemble import metrics
 from ensemble.avatar import Avatar, AvatarStore, demo_avatar_png
@@ -136,15 +136,6 @@ def _active_sessions(server) -> float:
     return active_sessions(f"http://localhost:{server.options.metrics_port}/metrics")
 
 
-def _counter(server, name: str, label: str) -> float:
-    url = f"http://localhost:{server.options.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(f"{name}{{{label}}}"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def cancel_after_first_audio(client, avatar_id: str) -> int:
     """Start a long turn, stop reading after its first audio chunk (the SDK cancels the stream)."""
     seen = 0
@@ -159,18 +150,18 @@ def cancel_after_first_audio(client, avatar_id: str) -> int:
 
 def test_client_cancelling_mid_stream(server, client, avatar):
     cancelled = 'outcome="cancelled"'
-    before = _counter(server, metrics.TURNS.name, cancelled)
+    before = metric(server, metrics.TURNS.name, cancelled)
     with ThreadPoolExecutor(2) as pool:
         healthy = pool.submit(client.turn, avatar_id=avatar.id, **HEALTHY)
         seen = cancel_after_first_audio(client, avatar.id)
         assert healthy.result(timeout=120).done is not None
     assert seen >= 1
     deadline = time.monotonic() + 10
-    while (_active_sessions(server) != 0 or _counter(server, metrics.TURNS.name, cancelled) <= before) \
+    while (_active_sessions(server) != 0 or metric(server, metrics.TURNS.name, cancelled) <= before) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _active_sessions(server) == 0
-    assert _counter(server, metrics.TURNS.name, cancelled) == before + 1  # the server stopped that turn
+    assert metric(server, metrics.TURNS.name, cancelled) == before + 1  # the server stopped that turn
     after = client.turn(avatar_id=avatar.id, **HEALTHY)  # the next turn works
     assert after.done is not None and after.audio.size > 0
 

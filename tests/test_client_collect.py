@@ -2,6 +2,7 @@
 `TalkingHeadClient` against an in-process fake of Triton's gRPC service (no real server needed)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -326,17 +327,24 @@ class FakeTriton(service_pb2_grpc.GRPCInferenceServiceServicer):
             yield _empty_final(rid)
 
 
-@pytest.fixture
-def fake_triton():
-    servicer = FakeTriton()
+@contextlib.contextmanager
+def serving(servicer):
+    """`servicer` (a GRPCInferenceServiceServicer) served on a free loopback port: its url for the block."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        yield servicer, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
+
+
+@pytest.fixture
+def fake_triton():
+    servicer = FakeTriton()
+    with serving(servicer) as url:
+        yield servicer, url
 
 
 def test_ask_text_streams_events_until_the_final_response(fake_triton):

@@ -8,8 +8,15 @@ import dataclasses
 import grpc
 import numpy as np
 import pytest
-from test_client_collect import FakeTriton, _decode_inputs, audio_event, fake_triton, reply_events  # noqa: F401
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from test_client_collect import (  # noqa: F401  (fake_triton: a fixture)
+    FakeTriton,
+    _decode_inputs,
+    audio_event,
+    fake_triton,
+    reply_events,
+    serving,
+)
+from tritonclient.grpc import service_pb2
 
 from client import events as te
 from client import wire
@@ -100,18 +107,10 @@ class StatusTriton(FakeTriton):
 
 @pytest.fixture
 def status_triton():
-    from concurrent import futures
-
     servicer = StatusTriton()
     servicer.headers = []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield servicer, f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serving(servicer) as url:
+        yield servicer, url
 
 
 @pytest.mark.parametrize("text,status", [("bad", "INVALID_ARGUMENT"), ("busy", "UNAVAILABLE")])

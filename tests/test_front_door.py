@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from server_metrics import metric
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import InferenceServerException
 
@@ -277,22 +278,13 @@ def test_the_sdk_with_an_api_key_goes_through_the_front_door(door):
         assert e.value.status == "UNAUTHENTICATED"
 
 
-def _counter(server, name: str, label: str) -> float:
-    import re
-    import urllib.request
-
-    with urllib.request.urlopen(f"http://localhost:{server.options.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(v) for v in re.findall(rf'^{name}{{[^}}]*{label}[^}}]*}} (\S+)$', text, re.M))
-
-
 @pytest.mark.server
 def test_a_client_that_stops_reading_is_cut_off_and_its_turn_cancelled(server, door_avatar):
     """A client that takes no response (its callback stuck, so its HTTP/2 window fills) is cut off after
     max_stall_s: the door cancels its request upstream (the orchestrator counts the turn cancelled, long before its
     30 s would end), and when the client reads again its stream ends with RESOURCE_EXHAUSTED saying why."""
     cancelled = 'outcome="cancelled"'
-    before = _counter(server, "talking_head_turns_total", cancelled)
+    before = metric(server, "talking_head_turns_total", cancelled)
     options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
                                limits=Limits(max_stall_s=1.0))
     with FrontDoorThread(options) as door:
@@ -310,7 +302,7 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_turn_cancelled(server, d
         client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", door_avatar, {"idle_s": 30}),
                                   request_id="stall", enable_empty_final_response=True)
         deadline = time.monotonic() + 90
-        while _counter(server, "talking_head_turns_total", cancelled) <= before:  # cancelled while still unread
+        while metric(server, "talking_head_turns_total", cancelled) <= before:  # cancelled while still unread
             assert time.monotonic() < deadline, "the stalled client's turn was not cancelled"
             time.sleep(0.2)
         release.set()

@@ -2,16 +2,15 @@
 the client closing its stream, microphone streaming with turn detection, the answer cache, idle motion."""
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from server_metrics import metric
 
 from client import media
 from deploy.admin import admin_headers
@@ -22,12 +21,6 @@ from export.contract import spec
 pytestmark = pytest.mark.server
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}
-
-
-def metric(server, name: str) -> float:
-    with urllib.request.urlopen(f"http://localhost:{server.options.metrics_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
 def stage_executions(server) -> dict[str, int]:
