@@ -103,8 +103,18 @@ class Watchdog:
             else:
                 self.ready_file.unlink(missing_ok=True)
 
+    def run(self, rounds: int = 0) -> None:
+        """Rounds every interval_s until stop() (or `rounds` of them, when > 0)."""
+        n = 0
+        while not self._stop.is_set():
+            self.check()
+            n += 1
+            if 0 < rounds <= n:
+                return
+            self._stop.wait(self.interval_s)
+
     def start(self) -> "Watchdog":
-        self._thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="watchdog", daemon=True)
         self._thread.start()
         return self
 
@@ -112,11 +122,6 @@ class Watchdog:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.check()
-            self._stop.wait(self.interval_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,12 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     dog = Watchdog(args.url, admin_reload(args.url, key), args.interval, args.timeout, heartbeat=args.heartbeat,
                    ready_file=args.ready_file)
     try:
-        n = 0
-        while args.rounds <= 0 or n < args.rounds:
-            dog.check()
-            n += 1
-            if args.rounds <= 0 or n < args.rounds:
-                time.sleep(args.interval)
+        dog.run(args.rounds)
     except KeyboardInterrupt:
         pass
     return 0 if dog.rounds and dog.rounds[-1].ok else 1
