@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ensemble.options import Limits as ServiceLimits
+
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-@")
 MIN_KEY_CHARS = 16
 
@@ -106,8 +108,9 @@ class Limits:
     max_turns: int = 4  # talking_head requests in flight at once (cancels are not counted)
     rate: float = 20.0  # requests per second (unary calls, stream opens and stream requests), sustained
     burst: int = 40  # ... and at once
-    max_message_bytes: int = 12 * 1024 * 1024  # one gRPC message from a client (the avatar limit is 10 MiB)
-    max_request_id_bytes: int = 128  # Triton echoes the id in every response
+    # one gRPC message from a client: the orchestrator's largest input (an avatar image) and room for the rest
+    max_message_bytes: int = ServiceLimits.max_avatar_bytes + 2 * 1024 * 1024
+    max_request_id_bytes: int = ServiceLimits.max_request_id_bytes  # Triton echoes the id in every response
     # a stream whose client takes no response for this long (its HTTP/2 window full) is cut off: its turns are
     # cancelled upstream, so neither Triton nor the door holds its unread audio and video
     max_stall_s: float = 10.0
