@@ -178,7 +178,7 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
-            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.repository))]
+            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.repository, o.config_name))]
               if o.model_control == "explicit" else []),
             *o.security_args(),
             *o.extra_args,
@@ -403,17 +403,16 @@ class EmbeddedServer:
                 f"metrics {o.metrics_url}")
 
 
-def served_models(repository: Path) -> list[str]:
-    """What the server loads: the stage models the export wrote (its manifest's `models`: the speech and lip-sync
-    families it chose, the VAD and the face detector) and the orchestration models. Another family's folders may
-    stand in the repository with configs and no graph; they stay unloaded."""
+def served_models(repository: Path, config_name: str = "cpu") -> list[str]:
+    """What the server loads: the stages the export's manifest names (the speech and lip-sync families it chose,
+    the VAD, the face detector), those the variant adds (spec.variant_models), the orchestration models."""
     from export.contract.artifacts import read_manifest
-    from export.contract.spec import ORCHESTRATION, TALKING_HEAD
+    from export.contract.spec import ORCHESTRATION, TALKING_HEAD, variant_models
 
     info = read_manifest(repository / TALKING_HEAD.name / "1")
     if not info.get("models"):
         raise RuntimeError(f"{repository}: the export manifest names no models (an older export); run `python -m export`")
-    return list(info["models"]) + [s.name for s in ORCHESTRATION]
+    return [*info["models"], *(s.name for s in variant_models(config_name, info["models"]) + ORCHESTRATION)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,13 +21,14 @@ from ensemble.features import LipsyncMelStream, StreamingResampler
 from ensemble.motion import Pose
 from ensemble.visemes import VisemeTrack
 from export.contract import media
-from export.contract.spec import LIPSYNC, WAV2LIP, ModelSpec
+from export.contract.spec import LIPSYNC, LIPSYNC_FRAMES, WAV2LIP, ModelSpec
 
 Slot = tuple[int, object]
 
 
 class FrameSource(Protocol):
     stage: ModelSpec
+    composed: bool  # True: the stage returns whole frames as JPEG (`request`); False: `inputs` and `frames`
 
     def push(self, audio: np.ndarray) -> list[Slot]: ...
 
@@ -45,6 +46,7 @@ class WarpFrames:
     avatar's lips at rest (ensemble/mouth.py avatar_geometry, once per turn) go with every frame."""
 
     stage = LIPSYNC
+    composed = False
 
     def __init__(self, track: VisemeTrack):
         self.track = track
@@ -83,10 +85,26 @@ class WarpFrames:
         return [mouth.paste(image, crop, warped, m) for image, crop, warped, m in zip(images, crops, generated, maps)]
 
 
+class ComposedWarpFrames(WarpFrames):
+    """The warp family with its frames made whole by the `lipsync_frames` stage (gpu variant,
+    ensemble/frames_torch.py): the orchestrator sends the avatar id, pose and visemes of each slot, JPEGs come back."""
+
+    stage = LIPSYNC_FRAMES
+    composed = True
+
+    def request(self, avatar: avatars.Avatar, poses: list[Pose], slots: list[Slot], quality: int) -> dict[str, np.ndarray]:
+        n = len(slots)
+        return {"avatar_id": np.full((n, 1), avatar.id.encode(), dtype=object),
+                "pose": np.array([[p.dx, p.dy, p.angle_deg, p.brow] for p in poses], np.float32).reshape(n, 4),
+                "visemes": self.track.frames([i for i, _ in slots], media.VIDEO_FPS),
+                "quality": np.full((n, 1), quality, np.int32)}
+
+
 class Wav2LipFrames:
     """The wav2lip family: mel windows of the 16 kHz audio, one per slot, as Wav2Lip was trained."""
 
     stage = WAV2LIP
+    composed = False
 
     def __init__(self):
         self.resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)
@@ -113,9 +131,11 @@ class Wav2LipFrames:
         return [avatars.composite(avatar, face, image) for image, face in zip(images, generated)]
 
 
-def frame_source(family: str, track: VisemeTrack) -> FrameSource:
+def frame_source(family: str, track: VisemeTrack, composed: bool = False) -> FrameSource:
+    """The family's frame source; composed: the warp family's frames are made by its `lipsync_frames` stage (the
+    wav2lip family has none: its frames are composed here either way)."""
     if family == "warp":
-        return WarpFrames(track)
+        return ComposedWarpFrames(track) if composed else WarpFrames(track)
     if family == "wav2lip":
         return Wav2LipFrames()
     raise ValueError(f"lip-sync family {family!r} is not one of warp, wav2lip")

@@ -100,7 +100,11 @@ def pose_at(t: float, emotion: str = "neutral", since_s: float = 0.0) -> Pose:
     return idle_pose(t) + gesture_pose(emotion, t - since_s)
 
 
-def _region(shape: tuple[int, ...], box: tuple[int, int, int, int], margin: float) -> tuple[int, int, int, int]:
+HEAD_MARGIN = 0.3  # the head region: the face box and this fraction of its size on each side
+
+
+def head_region(shape: tuple[int, ...], box: tuple[int, int, int, int], margin: float = HEAD_MARGIN
+                ) -> tuple[int, int, int, int]:
     y1, y2, x1, x2 = box
     my, mx = int((y2 - y1) * margin), int((x2 - x1) * margin)
     return max(0, y1 - my), min(shape[0], y2 + my), max(0, x1 - mx), min(shape[1], x2 + mx)
@@ -125,26 +129,33 @@ def _feather(h: int, w: int, edge: int) -> np.ndarray:
     return m
 
 
-def render(image: np.ndarray, box: tuple[int, int, int, int], pose: Pose, margin: float = 0.3) -> np.ndarray:
+def feather_mask(shape: tuple[int, ...], box: tuple[int, int, int, int], margin: float = HEAD_MARGIN) -> np.ndarray:
+    """The head region's blend weight [h, w] float32 (read-only): 1 inside, falling to 0 at the region's border."""
+    ry1, ry2, rx1, rx2 = head_region(shape, box, margin)
+    y1, y2, x1, x2 = box
+    return _feather(ry2 - ry1, rx2 - rx1, max(2, int(min(y2 - y1, x2 - x1) * margin * 0.5)))[..., 0]
+
+
+def render(image: np.ndarray, box: tuple[int, int, int, int], pose: Pose, margin: float = HEAD_MARGIN) -> np.ndarray:
     """The avatar image with `pose` applied to the head region (a new array; `image` is untouched)."""
     out = image.copy()
     if pose == Pose():
         return out
     y1, y2, x1, x2 = box
     fh, fw = y2 - y1, x2 - x1
-    ry1, ry2, rx1, rx2 = _region(image.shape, box, margin)
+    ry1, ry2, rx1, rx2 = head_region(image.shape, box, margin)
     region = image[ry1:ry2, rx1:rx2]
     h, w = region.shape[:2]
-    m = _head_matrix(box, (ry1, rx1), pose)
+    m = head_matrix(box, (ry1, rx1), pose)
     moved = cv2.warpAffine(region, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     if pose.brow:
         moved = _brow_warp(moved, (y1 - ry1, y2 - ry1, x1 - rx1, x2 - rx1), pose.brow * fh)
-    mask = _feather(h, w, max(2, int(min(fh, fw) * margin * 0.5)))[..., 0]
+    mask = feather_mask(image.shape, box, margin)
     out[ry1:ry2, rx1:rx2] = cv2.blendLinear(moved, region, mask, 1.0 - mask)  # one pass in uint8, rounded
     return out
 
 
-def _head_matrix(box: tuple[int, int, int, int], origin: tuple[int, int], pose: Pose) -> np.ndarray:
+def head_matrix(box: tuple[int, int, int, int], origin: tuple[int, int], pose: Pose) -> np.ndarray:
     """The head region's affine map (2 x 3, region coordinates with its top-left at `origin` (y, x))."""
     y1, y2, x1, x2 = box
     oy, ox = origin
@@ -155,12 +166,12 @@ def _head_matrix(box: tuple[int, int, int, int], origin: tuple[int, int], pose: 
 
 
 def moved_point(shape: tuple[int, ...], box: tuple[int, int, int, int], pose: Pose, point: tuple[float, float],
-                margin: float = 0.3) -> tuple[float, float]:
+                margin: float = HEAD_MARGIN) -> tuple[float, float]:
     """Where `point` (x, y) of the image is after `render(image, box, pose)`: e.g. the mouth the lip-sync follows."""
     if pose == Pose():
         return point
-    ry1, _, rx1, _ = _region(shape, box, margin)
-    x, y = _head_matrix(box, (ry1, rx1), pose) @ np.array([point[0] - rx1, point[1] - ry1, 1.0])
+    ry1, _, rx1, _ = head_region(shape, box, margin)
+    x, y = head_matrix(box, (ry1, rx1), pose) @ np.array([point[0] - rx1, point[1] - ry1, 1.0])
     return float(x + rx1), float(y + ry1)
 
 
@@ -168,7 +179,7 @@ def moved_point(shape: tuple[int, ...], box: tuple[int, int, int, int], pose: Po
 _BROW_GRIDS: BytesLRU[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = BytesLRU(64, 64 * 1024**2)
 
 
-def _brow_grid(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def brow_grid(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(xs, ys, bump) of the brow warp, [h, w] float32 each (read-only): the pixel grid and the band's weight."""
     key = (shape, box)
     grid = _BROW_GRIDS.get(key)
@@ -189,7 +200,7 @@ def _brow_grid(shape: tuple[int, int], box: tuple[int, int, int, int]) -> tuple[
 
 def _brow_warp(img: np.ndarray, box: tuple[int, int, int, int], lift_px: float) -> np.ndarray:
     """Shift the eyebrow band (15-45 % down the face box) up by `lift_px`, smoothly fading to 0 around it."""
-    xs, ys, bump = _brow_grid(img.shape[:2], box)
+    xs, ys, bump = brow_grid(img.shape[:2], box)
     return cv2.remap(img, xs, cv2.scaleAdd(bump, lift_px, ys), interpolation=cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT)
 

@@ -183,17 +183,17 @@ def crop_matrix(geometry: MouthGeometry, shape: tuple[int, ...] | None = None, b
     return m
 
 
-def _scale(m: np.ndarray) -> float:
+def crop_scale(m: np.ndarray) -> float:
     return float(math.sqrt(abs(np.linalg.det(m[:, :2]))))
 
 
 def cut(frame: np.ndarray, m: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
     """The crop [3, size, size] float32 BGR 0..1 of a uint8 BGR frame."""
-    x0, y0, x1, y1 = _roi(m, frame.shape, size, pad=3)
+    x0, y0, x1, y1 = crop_roi(m, frame.shape, size, pad=3)
     if x1 <= x0 or y1 <= y0:
         raise ValueError("the mouth crop lies outside the frame")
     region = frame[y0:y1, x0:x1]
-    s = _scale(m)
+    s = crop_scale(m)
     if s < 0.75:  # fewer crop pixels than frame pixels: low-pass first (warpAffine does not area-average)
         region = cv2.GaussianBlur(region, (0, 0), DOWNSCALE_BLUR / s)
     crop = cv2.warpAffine(region, _shifted(m, x0, y0), (size, size), flags=cv2.INTER_LINEAR,
@@ -210,7 +210,7 @@ def paste(frame: np.ndarray, crop: np.ndarray, warped: np.ndarray, m: np.ndarray
     change = np.asarray(warped, np.float32) - crop  # [3, S, S]
     replace = np.minimum(np.abs(change).max(axis=0) * (1 / REPLACE_CHANGE), 1.0)
     replace = cv2.GaussianBlur(replace, (0, 0), REPLACE_BLUR)
-    x0, y0, x1, y1 = _roi(m, frame.shape, size, pad=1)
+    x0, y0, x1, y1 = crop_roi(m, frame.shape, size, pad=1)
     if x1 <= x0 or y1 <= y0:
         return frame
     add = (change + replace * crop) * 255.0  # change x (1 - R) + warped x R = change + R x crop
@@ -225,7 +225,7 @@ def paste(frame: np.ndarray, crop: np.ndarray, warped: np.ndarray, m: np.ndarray
     return frame
 
 
-def _roi(m: np.ndarray, shape: tuple[int, ...], size: int, pad: int) -> tuple[int, int, int, int]:
+def crop_roi(m: np.ndarray, shape: tuple[int, ...], size: int, pad: int) -> tuple[int, int, int, int]:
     """The frame rectangle (x0, y0, x1, y1) under the crop, `pad` pixels wider, clipped to the frame."""
     inv = cv2.invertAffineTransform(m)
     corners = inv @ np.array([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1],

@@ -87,9 +87,11 @@ class Turn:
     def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
-                 session_stages: frozenset[str] = frozenset()):
+                 session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0):
         self._infer = infer
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
+        self.frame_stage = frame_stage  # the model that composes warp frames, "": this process (ServiceConfig)
+        self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -368,7 +370,7 @@ class Turn:
         audio_q.put_nowait(audio)
 
     async def _video(self, audio_q: asyncio.Queue) -> None:
-        source = frame_source(self.preset.lipsync, self.visemes)
+        source = frame_source(self.preset.lipsync, self.visemes, composed=bool(self.frame_stage))
         slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet made
         while True:
             audio = await audio_q.get()
@@ -380,11 +382,21 @@ class Turn:
             size = 1 if self.video_frames == 0 else self.options.lipsync_batch
             while len(slots) >= size:
                 batch, slots = slots[:size], slots[size:]
+                await self._pace(batch[-1][0])
                 await self._lipsync(source, batch)
                 size = self.options.lipsync_batch
         while slots:
             batch, slots = slots[: self.options.lipsync_batch], slots[self.options.lipsync_batch:]
+            await self._pace(batch[-1][0])
             await self._lipsync(source, batch)
+
+    async def _pace(self, index: int) -> None:
+        """With frame_lead_s (streaming): wait until frame slot `index` (a batch's last) is due within that lead of
+        its display time on the audio clock, so the frames other turns need now do not queue behind this one's."""
+        if self.frame_lead_s > 0 and self.options.streaming and self.first_audio_at is not None:
+            wait = self.first_audio_at + index / media.VIDEO_FPS - self.frame_lead_s - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     def _keep(self, index: int) -> bool:
         """Whether frame slot `index` is made: every frame_stride-th, and (streaming) only if it can still
@@ -407,15 +419,21 @@ class Turn:
         slots = [(i, d) for i, d in slots if self._keep(i)]
         if not slots:
             return
-        indices = [i for i, _ in slots]
-        images, inputs, state = await self._off_loop(self._prepare_frames, source, slots)
         t = time.perf_counter()
-        generated = (await self.call(source.stage, **inputs))["frames"]
-        took = time.perf_counter() - t
+        if source.composed:  # the stage makes the frames whole: poses and visemes out, JPEGs back
+            poses = [self.timeline.pose(i / media.VIDEO_FPS) for i, _ in slots]
+            out = await self.call(source.stage, **source.request(self.avatar, poses, slots, self.options.jpeg_quality))
+            jpegs = [bytes(b) for b in out["frame"].reshape(-1)]
+            took = time.perf_counter() - t
+        else:
+            images, inputs, state = await self._off_loop(self._prepare_frames, source, slots)
+            t = time.perf_counter()
+            generated = (await self.call(source.stage, **inputs))["frames"]
+            took = time.perf_counter() - t
+            jpegs = await self._off_loop(self._finish_frames, source, images, state, generated)
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
-        jpegs = await self._off_loop(self._finish_frames, source, images, state, generated)
-        for i, image, jpeg in zip(indices, images, jpegs):
-            self._send_frame(i, image.shape, jpeg)
+        for (i, _), jpeg in zip(slots, jpegs):
+            self._send_frame(i, self.avatar.image.shape, jpeg)
 
     async def _off_loop(self, fn, *args):
         """Pixel work (motion, crops, compositing, JPEG) on the frame workers, so the event loop stays free

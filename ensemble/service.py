@@ -49,7 +49,7 @@ from export.contract.artifacts import manifest_preset, read_manifest
 from export.contract.chat import render_chat
 from export.contract.events import CANCELLED, DONE, VAD, Event
 from export.contract.presets import Preset
-from export.contract.spec import STAGES, TALKING_HEAD
+from export.contract.spec import LIPSYNC_FRAMES, STAGES, TALKING_HEAD
 from export.contract.vocab import SpecialTokens, chatml_prompt
 
 MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
@@ -71,6 +71,8 @@ class ServiceConfig:
     cache_phrases: tuple[str, ...] = DEFAULT_PHRASES
     cache_bytes: int = int(TALKING_HEAD.parameter("answer_cache_mb")) * 1024**2
     session_stages: frozenset[str] = frozenset()  # stages that keep the decoding cache server-side (gpu variant)
+    frame_stage: str = ""  # the model that composes the warp family's frames (gpu variant); "": the orchestrator
+    frame_lead_s: float = 0.0  # frames made at most this long before their display time (0: unpaced)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
@@ -97,8 +99,18 @@ class ServiceConfig:
         if not sessions <= keyed:
             raise ValueError(f"talking_head parameter session_stages names {sorted(sessions - keyed)}: only "
                              f"{sorted(keyed)} can keep a session cache")
+        try:
+            lead = float(params["frame_lead_s"])
+        except ValueError:
+            lead = -1.0
+        if not 0.0 <= lead <= 10.0:
+            raise ValueError(f"talking_head parameter frame_lead_s={params['frame_lead_s']!r} must be seconds in 0..10")
+        frame_stage = params["frame_stage"].strip()
+        if frame_stage not in ("", LIPSYNC_FRAMES.name):
+            raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
-                   cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions)
+                   cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions,
+                   frame_stage=frame_stage, frame_lead_s=lead)
 
 
 @dataclass
@@ -270,7 +282,8 @@ class Service:
         send = emit if key is None else lambda e: (recording.append(e), emit(e))
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
-                    frame_workers=self.frame_workers, session_stages=self.config.session_stages)
+                    frame_workers=self.frame_workers, session_stages=self.config.session_stages,
+                    frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s)
         if session is not None:
             session.turn = turn
         self.active += 1

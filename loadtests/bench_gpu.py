@@ -55,6 +55,7 @@ from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS
 from export.contract.spec import served_stages
 from export.toolchain.configs import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
+from loadtests import triton_stats
 
 FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
 TEXT = "Please tell me about the weather today and what I should wear."
@@ -251,7 +252,9 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         for c in levels:
             t, cpu, procs = time.perf_counter(), _cpu_times(), process_cpu_s(server.process.pid)
+            stats = triton_stats.read(server_options.metrics_url)
             s = summarize(run_level(url, avatar, c, turns, options))
+            s["models"] = triton_stats.between(stats, triton_stats.read(server_options.metrics_url))
             s["wall_s"] = time.perf_counter() - t
             s["gpu_util_pct"] = mem.mean_util(t, time.perf_counter())
             s["cpu_util_pct"] = _cpu_busy_pct(cpu, _cpu_times())

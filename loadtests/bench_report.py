@@ -12,7 +12,7 @@ def _f(x, digits=3, scale=1.0) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
 
 
-STAGES = tuple(s.name for s in spec.STAGES)  # the stage models of a turn, in pipeline order
+STAGES = tuple(s.name for s in spec.STAGES + spec.VARIANT_MODELS)  # a turn's stage models, in pipeline order
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
     ("vocoder_xrt_b16", "vocoder × real time, batch 16", 0),

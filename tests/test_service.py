@@ -168,3 +168,29 @@ def test_deadline_bounds_every_stage_call_and_fails_the_turn_clearly(service, st
         asyncio.run(service.handle(inputs, slow, lambda e: None))
     assert timeouts and all(0 < t <= 0.3 for t in timeouts)
     assert service.active == 0
+
+
+def test_frame_lead_paces_the_video_to_the_audio_clock(exported_repository, tmp_path, demo_avatar, stage_runners):
+    """frame_lead_s (GPU variants): no frame is made earlier than that lead before its display time, counted
+    from the turn's first audio; audio is not paced."""
+    import time
+    from dataclasses import replace as changed
+
+    lead = 0.3
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = changed(svc.config, frame_lead_s=lead)
+    svc.avatars.save(demo_avatar)
+    seen = []  # (perf_counter, event)
+    inputs = {"text": np.array([b"Good morning. I am here to help you today!"], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say"}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, make_infer(stage_runners), lambda e: seen.append((time.perf_counter(), e))))
+    audio = [(t, e) for t, e in seen if e.type == ev.AUDIO]
+    video = [(t, e) for t, e in seen if e.type == ev.VIDEO]
+    start = audio[0][0]
+    assert len(video) > 25
+    early = [e.data["index"] for t, e in video if t < start + e.data["pts"] - lead - 0.02]
+    assert not early, f"frames made more than {lead} s before their display time: {early}"
+    seconds = sum(e.data["samples"] for _, e in audio) / audio[0][1].data["sample_rate"]
+    assert audio[-1][0] - start < seconds - lead  # the audio itself runs ahead of the clock
+    assert video[-1][0] - start > video[-1][1].data["pts"] - lead - 0.02

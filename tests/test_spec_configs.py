@@ -54,15 +54,40 @@ def test_orchestrator_config_names_the_session_keyed_stages():
     """The orchestrator reads which stages keep a turn's cache server-side from its rendered config."""
     from ensemble.service import ServiceConfig
 
-    def stages(variant: str) -> frozenset[str]:
+    def settings(variant: str) -> ServiceConfig:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2 as mc
 
         cfg = text_format.Parse(configs.render_config(spec.TALKING_HEAD, variant), mc.ModelConfig())
-        params = {k: v.string_value for k, v in cfg.parameters.items()}
-        return ServiceConfig.from_parameters(params).session_stages
+        return ServiceConfig.from_parameters({k: v.string_value for k, v in cfg.parameters.items()})
 
-    assert stages("gpu") == {"asr_decoder", "llm"}
-    assert stages("cpu") == stages("gpu_x2") == stages("tensorrt") == frozenset()
+    assert settings("gpu").session_stages == {"asr_decoder", "llm"}
+    assert {settings(v).session_stages for v in ("cpu", "gpu_x2", "tensorrt")} == {frozenset()}
     with pytest.raises(ValueError, match="session_stages"):
         ServiceConfig.from_parameters({"session_stages": "tts"})
+
+
+def test_the_gpu_variant_composes_warp_frames_beside_the_lipsync():
+    """Only the one-GPU PyTorch variant serves lipsync_frames (with the warp family) and tells the orchestrator."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from ensemble.service import ServiceConfig
+
+    def frame_stage(variant: str) -> str:
+        cfg = text_format.Parse(configs.render_config(spec.TALKING_HEAD, variant), mc.ModelConfig())
+        return ServiceConfig.from_parameters({k: v.string_value for k, v in cfg.parameters.items()}).frame_stage
+
+    assert frame_stage("gpu") == "lipsync_frames"
+    lead = {v: ServiceConfig.from_parameters({k: x.string_value for k, x in text_format.Parse(
+        configs.render_config(spec.TALKING_HEAD, v), mc.ModelConfig()).parameters.items()}).frame_lead_s
+        for v in ("cpu", "gpu", "gpu_x2")}
+    assert lead == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0}  # the GPU variants pace a turn's frames
+    with pytest.raises(ValueError, match="frame_lead_s"):
+        ServiceConfig.from_parameters({"frame_lead_s": "soon"})
+    assert {frame_stage(v) for v in ("cpu", "gpu_naive", "gpu_x2", "tensorrt")} == {""}
+    assert spec.variant_models("gpu", ["tts", "lipsync"]) == (spec.LIPSYNC_FRAMES,)
+    assert spec.variant_models("gpu", ["wav2lip"]) == spec.variant_models("cpu", ["lipsync"]) == ()
+    assert configs.config_paths(spec.LIPSYNC_FRAMES) == {"gpu": "lipsync_frames/configs/gpu.pbtxt"}
+    with pytest.raises(ValueError, match="frame_stage"):
+        ServiceConfig.from_parameters({"frame_stage": "wav2lip"})

@@ -177,6 +177,23 @@ LIPSYNC = ModelSpec(
     gpu_graphs=(None,),
 )
 
+# The warp family's frames made whole beside the lip-sync, on the GPU (gpu variant): per frame the avatar (its id in
+# the avatar store, which the model reads), the head pose (ensemble/motion.py Pose: dx, dy, angle_deg, brow) and the
+# visemes in; the composed frame out, JPEG-encoded (nvJPEG) at the request's quality. The orchestrator then does no
+# pixel work (ensemble/frames_torch.py, BENCHMARKS.md "GPU: one H200").
+LIPSYNC_FRAMES = ModelSpec(
+    name="lipsync_frames",
+    inputs=(
+        Tensor("avatar_id", "BYTES", (1,)),  # a registered avatar (ensemble/avatar.py AvatarStore)
+        Tensor("pose", "FP32", (4,)),  # head motion of the frame: dx, dy, angle_deg, brow
+        Tensor("visemes", "FP32", (mouth.VISEMES,)),  # as LIPSYNC's
+        Tensor("quality", "INT32", (1,)),  # JPEG quality, 1..100
+    ),
+    outputs=(Tensor("frame", "BYTES", (1,)),),  # the frame, JPEG
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    gpu_precision="fp32",
+)
+
 # ---- lip-sync, family "wav2lip" (Rudrabha/Wav2Lip 96, official checkpoints)
 
 WAV2LIP = ModelSpec(
@@ -273,6 +290,12 @@ def served_stages(preset: Preset) -> tuple[ModelSpec, ...]:
     return pipeline_stages(preset) + INPUT_STAGES
 
 
+def variant_models(variant: str, stages) -> tuple[ModelSpec, ...]:
+    """The models `variant` (a config name: cpu, gpu, gpu_naive, ...) serves beside `stages` (the manifest's stage
+    names): on one GPU without TensorRT (gpu), the warp family's frames are composed beside the lip-sync."""
+    return (LIPSYNC_FRAMES,) if variant == "gpu" and LIPSYNC.name in stages else ()
+
+
 # The orchestrator: one decoupled stream per user turn.
 TALKING_HEAD = ModelSpec(
     name="talking_head",
@@ -292,8 +315,12 @@ TALKING_HEAD = ModelSpec(
     # (ensemble/governor.py) on/off; answer_cache_mb: the answer cache's bound (0: off), its phrases
     # default to ensemble.answer_cache.DEFAULT_PHRASES (an `answer_cache_phrases` parameter, "|"-separated,
     # replaces them); session_stages: the stages that keep a turn's decoding cache server-side (keyed by session),
-    # rendered per variant by export/toolchain/configs.py. See ensemble.service.ServiceConfig.
-    parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", "")),
+    # rendered per variant by export/toolchain/configs.py; frame_stage: the model that composes the warp family's
+    # frames (variant_models; "": the orchestrator does); frame_lead_s: a turn's video frames are made at most this
+    # long before their display time (0: as fast as the audio comes; the GPU variants pace them, so a turn's
+    # frames due now never queue behind frames other turns need seconds later). See ensemble.service.ServiceConfig.
+    parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
+                ("frame_stage", ""), ("frame_lead_s", "0")),
 )
 
 AVATAR_REGISTRY = ModelSpec(
@@ -307,7 +334,9 @@ AVATAR_REGISTRY = ModelSpec(
 )
 
 ORCHESTRATION: tuple[ModelSpec, ...] = (TALKING_HEAD, AVATAR_REGISTRY)
-ALL: tuple[ModelSpec, ...] = STAGES + INPUT_STAGES + ORCHESTRATION
+# Models a runtime variant serves beside the stages the export's manifest names (deploy/server.py served_models).
+VARIANT_MODELS: tuple[ModelSpec, ...] = (LIPSYNC_FRAMES,)
+ALL: tuple[ModelSpec, ...] = STAGES + INPUT_STAGES + ORCHESTRATION + VARIANT_MODELS
 BY_NAME: dict[str, ModelSpec] = {s.name: s for s in ALL}
 
 

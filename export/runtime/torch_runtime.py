@@ -137,23 +137,43 @@ class GraphedStage:
         out = self.stage.graph(*args)
         return tuple(out) if isinstance(out, Sequence) else (out,)
 
+    def replay(self, args: Sequence[torch.Tensor], size: int | None = None) -> tuple[torch.Tensor, ...] | None:
+        """The graph of this batch (and dynamic axis size) replayed on `args` (the spec's inputs, batch first, on
+        any device): views of the graph's static outputs, valid until its next replay; None when no graph fits."""
+        n = args[0].shape[0]
+        b = next((x for x in self.batches if x >= n), None)
+        if b is None or (b, size) not in self.graphs:
+            return None
+        for x, a in zip(self.inputs[size], args):
+            x[:n].copy_(a)
+        g, out = self.graphs[(b, size)]
+        g.replay()
+        return tuple(o[:n] for o in out)
+
     def __call__(self, feeds: Feeds) -> Feeds:
         spec = self.stage.spec
         first = feeds[spec.inputs[0].name]
-        n = first.shape[0]
         size = None
         if self.axis is not None:
             t0 = spec.inputs[0]
             size = first.shape[1 + list(t0.dims).index(self.axis)] if self.axis in t0.dims else None
-        b = next((x for x in self.batches if x >= n), None)
-        if b is None or (b, size) not in self.graphs:
-            return self.stage(feeds)
         with torch.inference_mode():
-            for t, x in zip(spec.inputs, self.inputs[size]):
-                x[:n].copy_(torch.from_numpy(np.ascontiguousarray(feeds[t.name])), non_blocking=False)
-            g, out = self.graphs[(b, size)]
-            g.replay()
-            return {t.name: _to_numpy(o[:n], t.numpy_dtype) for t, o in zip(spec.outputs, out)}
+            out = self.replay([torch.from_numpy(np.ascontiguousarray(feeds[t.name])) for t in spec.inputs], size)
+            if out is None:
+                return self.stage(feeds)
+            return {t.name: _to_numpy(o, t.numpy_dtype) for t, o in zip(spec.outputs, out)}
+
+
+def graphed_module(spec: ModelSpec, graph: torch.nn.Module, device: str, precision: str, dims: dict[str, int]):
+    """`graph` as a function of device tensors that replays the spec's CUDA graphs where a batch fits (eager
+    otherwise): for code in the GPU process that calls a stage's module itself (ensemble/frames_torch.py)."""
+    graphed = GraphedStage(TorchStage(spec, graph, device, precision), dims)
+
+    def call(*args: torch.Tensor):
+        out = graphed.replay(args)
+        return graph(*args) if out is None else out[0] if len(out) == 1 else out
+
+    return call
 
 
 def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:

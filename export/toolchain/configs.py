@@ -13,11 +13,24 @@ from pathlib import Path
 
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRODUCTION_PRESET, get_preset
-from export.contract.spec import ALL, ORCHESTRATION, STAGES, TALKING_HEAD, ModelSpec, Preset, SessionState, Tensor
+from export.contract.spec import (
+    ALL,
+    LIPSYNC,
+    ORCHESTRATION,
+    STAGES,
+    TALKING_HEAD,
+    VARIANT_MODELS,
+    ModelSpec,
+    Preset,
+    SessionState,
+    Tensor,
+    variant_models,
+)
 from export.toolchain.placement import ORCHESTRATOR_GPU_INSTANCES
 
 VARIANTS = ("tensorrt", "cpu", "gpu", "gpu_naive")
 CPU_BACKEND = "ort_cpu"  # the Python-based ONNX Runtime backend in deploy/backends/
+GPU_FRAME_LEAD_S = "1.0"  # talking_head frame_lead_s on GPU hosts (export/contract/spec.py TALKING_HEAD)
 GPU_BACKEND = "torch_gpu"  # the Python-based PyTorch-on-CUDA backend in deploy/backends/ (hosts without TensorRT)
 # Scale-out: variant "<base>_x<N>" (configs/gpu_x2.pbtxt, ...) = <base> on N GPUs, instances placed by
 # export/toolchain/placement.py; `tritonserver --model-config-name=gpu_x2` selects them. The plain names are 1 GPU.
@@ -94,6 +107,9 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
         if spec is TALKING_HEAD:  # which stages keep their decoding cache server-side in this variant
             cfg.parameters["session_stages"].string_value = ",".join(
                 s.name for s in STAGES if served_session(s, variant, gpus) is not None)
+            cfg.parameters["frame_stage"].string_value = ",".join(
+                s.name for s in variant_models(variant_name(variant, gpus), {LIPSYNC.name}))
+            cfg.parameters["frame_lead_s"].string_value = "0" if variant == "cpu" else GPU_FRAME_LEAD_S
         return _header(spec, "python" if gpus == 1 else f"python, {variant_name(variant, gpus)}") + \
             text_format.MessageToString(cfg)
     if variant == "tensorrt":
@@ -173,6 +189,8 @@ def config_paths(spec: ModelSpec) -> dict[str, str]:
         return {"python": f"{spec.name}/config.pbtxt", "gpu": f"{spec.name}/configs/gpu.pbtxt", **scaled}
     if spec in ORCHESTRATION:
         return {"python": f"{spec.name}/config.pbtxt"}
+    if spec in VARIANT_MODELS:  # served by the gpu variant only (spec.variant_models)
+        return {"gpu": f"{spec.name}/configs/gpu.pbtxt"}
     return {"tensorrt": f"{spec.name}/config.pbtxt", "cpu": f"{spec.name}/configs/cpu.pbtxt",
             "gpu": f"{spec.name}/configs/gpu.pbtxt", "gpu_naive": f"{spec.name}/configs/gpu_naive.pbtxt", **scaled}
 

@@ -8,7 +8,9 @@ import torch
 
 from deploy.stage_backend import make_model, parameter, version_dir
 from export.contract.artifacts import STAGE_WEIGHTS, manifest_preset, read_manifest
-from export.runtime.torch_runtime import prefer_blocking_sync, torch_runner
+from export.contract.spec import LIPSYNC, LIPSYNC_FRAMES
+from export.runtime.batching import BatchRunner
+from export.runtime.torch_runtime import graphed_module, load_graph, prefer_blocking_sync, torch_runner
 
 
 def gpu_runner(spec, config, args):
@@ -17,12 +19,29 @@ def gpu_runner(spec, config, args):
     device = f"cuda:{device_id}"
     prefer_blocking_sync(device_id)  # a waiting stub sleeps instead of spinning a core (BENCHMARKS.md, host load)
     torch.set_num_threads(2)  # the GPU does the work; no CPU thread pool spinning beside it
+    if spec is LIPSYNC_FRAMES:
+        return frames_runner(manifest, device)
     sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
     weights = version_dir(args) / STAGE_WEIGHTS  # real weights, when the export saved them
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
                         parameter(config, "precision", spec.gpu_precision), sessions=sessions,
                         cuda_graphs=parameter(config, "cuda_graphs", "false") == "true",
                         weights=weights if weights.exists() else None)
+
+
+def frames_runner(manifest, device):
+    """lipsync_frames: the warp lip-sync (no weights) and the frame composer on the GPU, the avatars read from
+    the store the avatar registry writes (ensemble/frames_torch.py)."""
+    from ensemble.avatar import AvatarStore
+    from ensemble.frames_torch import FrameComposer, FramesStage
+    from ensemble.service import default_avatar_dir
+
+    store = AvatarStore(default_avatar_dir())  # read only here: the registry writes and evicts
+    preset = manifest_preset(manifest)
+    graph = load_graph(LIPSYNC, preset, int(manifest["seed"]), device, LIPSYNC.gpu_precision)
+    # CUDA graphs: the warp is many small kernels, each a host launch when run eagerly
+    warp = graphed_module(LIPSYNC, graph, device, LIPSYNC.gpu_precision, LIPSYNC.preset_dims(preset))
+    return BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp, device), store.load))
 
 
 TritonPythonModel = make_model(gpu_runner)
