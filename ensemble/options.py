@@ -25,6 +25,7 @@ class Limits:
     max_avatar_memory_bytes: int = 256 * 1024**2  # decoded avatars cached in memory per process (LRU)
     max_sessions: int = int(TALKING_HEAD.parameter("max_sessions"))  # turns at once; more are refused (UNAVAILABLE)
     max_open_sessions: int = 1024  # conversations (`session` ids) remembered; an idle one is forgotten to make room
+    max_sessions_per_client: int = 64  # conversations one session_token may hold (ensemble/sessions.py)
     session_idle_s: float = 600.0  # a conversation unused this long is forgotten (its microphone state freed)
 
 

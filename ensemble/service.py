@@ -126,7 +126,8 @@ class Service:
     active: int = 0  # turns in flight
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.limits.max_open_sessions, self.limits.session_idle_s)
+        self.sessions = Sessions(self.limits.max_open_sessions, self.limits.session_idle_s,
+                                 max_per_client=self.limits.max_sessions_per_client)
         self.cache = AnswerCache(self.config.cache_phrases, self.config.cache_bytes)
         self.governor = LoadGovernor(self.config.governor, self.recorder, self.log)
         self.frame_workers: Executor | None = None  # set by the server (model.py): pixel work off the event loop

@@ -2,9 +2,12 @@
 
 Owned: a session belongs to the secret (`session_token`) of the request that opened it; a request naming the
 session with another token is refused (no cancelling, barging in on or listening to someone else's
-conversation). Bounded: at most `max_open` sessions are remembered and a session unused for `idle_s` is
-forgotten, which frees its turn detector. To make room the least recently used idle session is forgotten, never
-one with a reply in flight or a microphone turn under way; when none can go, a new session is refused.
+conversation). Bounded per client and in all: a token holds at most `max_per_client` sessions and the house at
+most `max_open`; a session unused for `idle_s` is forgotten, which frees its turn detector. To make room for a
+client's new session, its own least recently used idle session is forgotten; when the house is full, one of the
+clients holding the most sessions loses its least recently used idle one, so a client opening many sessions
+forgets its own first. Never forgotten: a session with a reply in flight or a microphone turn under way; when
+none can go, the new session is refused.
 """
 from __future__ import annotations
 
@@ -33,19 +36,23 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, max_open: int = 1024, idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_open: int = 1024, idle_s: float = 600.0, clock: Callable[[], float] = time.monotonic,
+                 max_per_client: int = 64):
         self.max_open = max_open
+        self.max_per_client = max_per_client
         self.idle_s = idle_s
         self.clock = clock
         self._open: OrderedDict[str, Session] = OrderedDict()
+        self._held: dict[str, int] = {}  # token -> sessions open
 
     def get(self, session_id: str, token: str) -> Session:
         """The session (opened by this request when new), marked used now; refused for another token."""
         self._expire()
         s = self.peek(session_id, token)
         if s is None:
-            self._make_room()
+            self._make_room(token)
             s = self._open[session_id] = Session(session_id, token)
+            self._held[token] = self._held.get(token, 0) + 1
         self._open.move_to_end(session_id)
         s.last_used = self.clock()
         return s
@@ -60,15 +67,31 @@ class Sessions:
     def _expire(self) -> None:
         now = self.clock()
         for sid in [sid for sid, s in self._open.items() if s.turn is None and now - s.last_used > self.idle_s]:
-            del self._open[sid]
+            self._forget(sid)
 
-    def _make_room(self) -> None:
+    def _forget(self, session_id: str) -> None:
+        token = self._open.pop(session_id).token
+        self._held[token] -= 1
+        if not self._held[token]:
+            del self._held[token]
+
+    def _make_room(self, token: str) -> None:
+        if self._held.get(token, 0) >= self.max_per_client:
+            mine = next((sid for sid, s in self._open.items() if s.token == token and not s.busy()), None)
+            if mine is None:
+                raise Overloaded(f"this client has {self._held[token]} sessions open and busy (limit "
+                                 f"{self.max_per_client} per client); end one or retry later")
+            self._forget(mine)
+            return
         if len(self._open) < self.max_open:
             return
-        idle = next((sid for sid, s in self._open.items() if not s.busy()), None)  # least recently used first
+        most = max(self._held.values())  # least recently used first, among the clients holding the most
+        idle = next((sid for sid, s in self._open.items() if self._held[s.token] == most and not s.busy()), None)
+        if idle is None:
+            idle = next((sid for sid, s in self._open.items() if not s.busy()), None)
         if idle is None:
             raise Overloaded(f"{len(self._open)} sessions are open and busy (limit {self.max_open}); retry later")
-        del self._open[idle]
+        self._forget(idle)
 
     def __len__(self) -> int:
         return len(self._open)

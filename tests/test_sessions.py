@@ -57,3 +57,29 @@ def test_an_idle_session_is_forgotten_after_idle_s_and_its_id_can_be_opened_agai
     sessions.get("old", A)
     clock.t = 11.0
     assert sessions.get("old", B).token == B  # forgotten: a new conversation under the same id
+
+
+def test_a_client_over_its_own_limit_forgets_its_own_sessions_never_anothers():
+    """Per-client bounds instead of global eviction: B opening many sessions cycles through its own idle ones; A's
+    idle conversation stays; when all of B's are busy, B's next one is refused, and A may still open one."""
+    sessions = Sessions(max_open=100, max_per_client=3)
+    a = sessions.get("a-idle", A)
+    for k in range(50):
+        sessions.get(f"b-{k}", B)
+    assert sessions.peek("a-idle", A) is a and len(sessions) == 4
+    assert [sessions.peek(f"b-{k}", B) is not None for k in (46, 47, 48, 49)] == [False, True, True, True]
+    for k in (47, 48, 49):
+        sessions.peek(f"b-{k}", B).turn = object()
+    with pytest.raises(Overloaded, match="this client has 3 sessions open and busy \\(limit 3 per client\\)"):
+        sessions.get("b-more", B)
+    sessions.get("a-more", A)
+    assert len(sessions) == 5
+
+
+def test_a_full_house_takes_room_from_the_client_holding_the_most():
+    sessions = Sessions(max_open=4, max_per_client=10)
+    a = sessions.get("a-idle", A)
+    for k in range(3):
+        sessions.get(f"b-{k}", B)
+    sessions.get("b-3", B)  # full: B holds the most, so its least recently used idle session goes, not A's
+    assert sessions.peek("a-idle", A) is a and sessions.peek("b-0", B) is None and len(sessions) == 4
