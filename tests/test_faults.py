@@ -278,3 +278,49 @@ def test_a_stage_raising_fails_only_its_session(fault_server, th, avatar):
     assert _ready(fault_server)
     print(f"\nthe marked session failed after {failed_s:.2f} s with {failed.value.message!r}; "
           f"{len(results)} concurrent sessions and the next one completed with video")
+
+
+def test_a_dead_orchestrator_ends_its_streams_at_the_door_and_the_watchdog_brings_it_back(fault_server, th, avatar,
+                                                                                          kill_stub):
+    """Triton 2.51 leaves the streams of a killed orchestrator stub open forever, health 200. Through the front door
+    such a stream ends with UNAVAILABLE once the server has sent nothing for max_upstream_silence_s with a turn in
+    flight; the watchdog's next round names talking_head and reloads it, and turns work again."""
+    import queue
+
+    import tritonclient.grpc as grpcclient
+
+    from client.wire import action_inputs
+    from deploy.front_door import FrontDoorOptions, FrontDoorThread
+    from deploy.front_door.quota import ApiKeys, Limits
+    from deploy.watchdog import Watchdog
+
+    key, silence = "carol-key-0123456789abcdef", 2.0
+    options = FrontDoorOptions(upstream=fault_server.options.grpc_url, listen="127.0.0.1:0",
+                               keys=ApiKeys({"carol": key}), limits=Limits(max_upstream_silence_s=silence))
+    results: queue.Queue = queue.Queue()
+    with FrontDoorThread(options) as door:
+        client = grpcclient.InferenceServerClient(door.url)
+        client.start_stream(callback=lambda result, error: results.put(error),
+                            headers={"authorization": f"Bearer {key}", "triton_grpc_error": "true"})
+        # idle motion for 60 s: paced in real time, so the request is in flight when its stub dies
+        client.async_stream_infer(spec.TALKING_HEAD.name, action_inputs("idle", avatar.id, {"idle_s": 60}))
+        assert results.get(timeout=60) is None  # its first frame: the turn runs
+        kill_stub("talking_head")
+        t0 = time.monotonic()
+        error = None
+        while error is None:
+            error = results.get(timeout=30)
+        ended_s = time.monotonic() - t0
+        client.stop_stream()
+        client.close()
+    assert error.status() == "StatusCode.UNAVAILABLE" and f"sent nothing for {silence:g} s" in error.message()
+    assert ended_s < silence + 5, ended_s
+    lines: list[str] = []
+    dog = Watchdog(fault_server.options.grpc_url, fault_server.reload_model, timeout_s=CANARY_TIMEOUT_S,
+                   log=lines.append)
+    broken = dog.check()
+    assert not broken.ok and broken.failed_model == "talking_head" and broken.reloaded == "talking_head", lines
+    assert dog.check().ok, lines
+    result = th.turn(avatar_id=avatar.id, **SHORT_TURN)
+    assert result.done is not None and result.audio.size > 0
+    print(f"\nstream ended {ended_s:.2f} s after the orchestrator's stub died; " + "; ".join(lines))

@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-stall-s", type=float, default=D.max_stall_s,
                    help="a stream whose client takes no response for this long is cut off (RESOURCE_EXHAUSTED) and "
                         "its turns cancelled upstream (default %(default)s)")
+    q.add_argument("--max-upstream-silence-s", type=float, default=D.max_upstream_silence_s,
+                   help="a stream with a turn in flight whose server sends nothing for this long is ended "
+                        "(UNAVAILABLE; a dead orchestrator) and its turns cancelled (default %(default)s)")
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return p
 
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
-                    max_stall_s=args.max_stall_s)
+                    max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key,
                                upstream_root_certificates=args.upstream_root_certificates,

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import struct
+import time
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -216,7 +217,7 @@ class _Stream:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
         try:
             try:
-                async for resp in call:
+                async for resp in self._responses(call):
                     if self._ended(resp):
                         continue
                     async with self.lock:
@@ -240,6 +241,35 @@ class _Stream:
         finally:
             pump.cancel()
             call.cancel()
+
+    async def _responses(self, call):
+        """The upstream's responses; silence past max_upstream_silence_s while a turn is in flight ends the stream
+        (the clock runs only while one is: an idle stream may wait for its next request as long as it likes)."""
+        responses, silence = call.__aiter__(), self.door.limits.max_upstream_silence_s
+        heard, pending = time.monotonic(), None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(responses.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=min(1.0, silence / 4))
+                if done:
+                    try:
+                        resp = pending.result()
+                    except StopAsyncIteration:
+                        return
+                    pending, heard = None, time.monotonic()
+                    yield resp
+                elif not self.turns:
+                    heard = time.monotonic()
+                elif time.monotonic() - heard > silence:
+                    call.cancel()
+                    self.failure = Refused(CODE.UNAVAILABLE, (
+                        f"the server sent nothing for {silence:g} s with a turn in flight (its orchestrator may "
+                        "have died); the stream was ended and its turns cancelled: retry"))
+                    log.warning("ended a stream whose upstream fell silent with %d request(s) in flight", self.turns)
+                    return
+        finally:
+            if pending is not None:
+                pending.cancel()
 
     def _ended(self, resp: pb.ModelStreamInferResponse) -> bool:
         """Count a request's final response; True for an empty final response the client did not ask for."""

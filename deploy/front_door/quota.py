@@ -114,6 +114,10 @@ class Limits:
     # a stream whose client takes no response for this long (its HTTP/2 window full) is cut off: its turns are
     # cancelled upstream, so neither Triton nor the door holds its unread audio and video
     max_stall_s: float = 10.0
+    # a stream with a turn in flight whose upstream sends nothing for this long is ended (UNAVAILABLE) and its turns
+    # cancelled: a turn streams events all along, so this silence means its orchestrator stub died (Triton 2.51
+    # leaves such a stream open forever); deploy/watchdog.py brings the orchestrator back
+    max_upstream_silence_s: float = 30.0
 
 
 class QuotaExceeded(Exception):
