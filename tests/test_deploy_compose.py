@@ -89,7 +89,22 @@ def test_compose_schema_catches_a_misspelled_key():
 
 
 def test_compose_has_the_services():
-    assert set(compose()["services"]) >= {"engines", "triton", "locust", "prometheus", "grafana", "gateway", "coturn"}
+    assert set(compose()["services"]) >= {"engines", "triton", "locust", "prometheus", "grafana", "gateway", "coturn",
+                                          "watchdog", "front-door"}
+
+
+def test_compose_public_services_wait_for_a_warm_canary_round():
+    """Triton's readiness says 200 before its first (slow) turn: the public services start once the watchdog's
+    canary round (a spoken and a text turn through every model) has passed, and the watchdog reloads a dead stub."""
+    services = compose()["services"]
+    dog = services["watchdog"]
+    assert dog["entrypoint"] == ["python", "-m", "deploy.watchdog"]
+    args = dict(zip(dog["command"][::2], dog["command"][1::2]))
+    assert args["--url"] == "triton:8001" and args["--admin-key-env"] in dog["environment"]
+    assert dog["healthcheck"]["test"] == ["CMD", "test", "-f", args["--ready-file"]]
+    assert dog["depends_on"]["triton"]["condition"] == "service_healthy"
+    for name in ("front-door", "gateway"):
+        assert services[name]["depends_on"]["watchdog"]["condition"] == "service_healthy", name
 
 
 @pytest.mark.parametrize("service", ["engines", "triton"])
@@ -199,7 +214,7 @@ def test_compose_services_are_hardened():
     """What compose-lint asks for, asserted here too: no privilege escalation, no capabilities, a memory limit; a
     read-only root wherever the service writes only to volumes (the engines' exception: deploy/compose-lint.yml)."""
     for name, s in compose()["services"].items():
-        if name not in {"engines", "triton", "locust", "prometheus", "grafana"}:
+        if name not in {"engines", "triton", "locust", "prometheus", "grafana", "watchdog"}:
             continue  # services other files own (the gateway)
         assert "no-new-privileges:true" in s.get("security_opt", []), name
         assert s.get("cap_drop") == ["ALL"], name
