@@ -47,6 +47,7 @@ from deploy.processes import busy_ports, stubs
 from deploy.tls import TLSFiles
 from deploy.triton_install import TritonInstall, assemble_backends
 from ensemble.draining import DRAIN_FILE_ENV
+from export.contract.artifacts import served_models
 from export.contract.layout import BUILD, GRPC_PORT, HTTP_PORT, METRICS_PORT, MODEL_REPOSITORY
 
 # Endpoints that change or expose the server rather than serve turns: gRPC and HTTP calls to these need the admin
@@ -120,6 +121,11 @@ class ServerOptions:
         return f"http://{self.host}:{self.http_port}"
 
     @property
+    def manifest_dir(self) -> Path:
+        """The orchestrator's version folder: the export's manifest (what to load) is there."""
+        return self.repository / "talking_head" / "1"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
@@ -178,7 +184,7 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
-            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.repository, o.config_name))]
+            *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.manifest_dir, o.config_name))]
               if o.model_control == "explicit" else []),
             *o.security_args(),
             *o.extra_args,
@@ -403,18 +409,6 @@ class EmbeddedServer:
                 f"metrics {o.metrics_url}")
 
 
-def served_models(repository: Path, config_name: str = "cpu") -> list[str]:
-    """What the server loads: the stages the export's manifest names (the speech and lip-sync families it chose,
-    the VAD, the face detector), those the variant adds (spec.variant_models), the orchestration models."""
-    from export.contract.artifacts import read_manifest
-    from export.contract.spec import ORCHESTRATION, TALKING_HEAD, variant_models
-
-    info = read_manifest(repository / TALKING_HEAD.name / "1")
-    if not info.get("models"):
-        raise RuntimeError(f"{repository}: the export manifest names no models (an older export); run `python -m export`")
-    return [*info["models"], *(s.name for s in variant_models(config_name, info["models"]) + ORCHESTRATION)]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the embedded Triton server on this repository until Ctrl-C.")
     ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="model repository to serve")
@@ -438,13 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-control", choices=MODEL_CONTROL_MODES, default="explicit",
                     help="explicit (default): models can be reloaded through the admin-restricted repository API,"
                          " and SIGTERM turns readiness off at once; none: Triton's default")
+    ap.add_argument("--no-warm-up", dest="warm_up", action="store_false", help="say ready when Triton is (default: "
+                    "after a spoken and a text canary turn through every model, so no user gets the cold turn)")
     args = ap.parse_args(argv)
     tls_paths = (args.tls_cert, args.tls_key, args.tls_root_cert)
-    if any(tls_paths) and not all(tls_paths):
-        ap.error("--tls-cert, --tls-key and --tls-root-cert go together")
+    if (any(tls_paths) or args.tls_mutual) and not all(tls_paths):
+        ap.error("--tls-cert, --tls-key and --tls-root-cert go together (and --tls-mutual needs them)")
     tls = TLSFiles(args.tls_cert, args.tls_key, args.tls_root_cert, mutual=args.tls_mutual) if all(tls_paths) else None
-    if args.tls_mutual and tls is None:
-        ap.error("--tls-mutual needs --tls-cert, --tls-key and --tls-root-cert")
     admin_key = None
     if args.admin_key_env:
         admin_key = os.environ.get(args.admin_key_env)
@@ -470,8 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.start()
-    except KeyboardInterrupt:
-        print("interrupted during start-up; tritonserver stopped", flush=True)
+        if args.warm_up and not args.tls_mutual:  # the canary has no client certificate
+            from deploy import canary
+
+            print(f"warm-up turns (deploy/canary.py): {canary.run(options.grpc_url, 900, args.tls_root_cert):.1f} s")
+    except (KeyboardInterrupt, Exception) as e:
+        server.stop()
+        print(f"start-up {'interrupted' if isinstance(e, KeyboardInterrupt) else f'failed: {e}'}; tritonserver "
+              "stopped", flush=True)
         return 1
     stop["serving"] = True
     key = f"\nadmin key (random, this run): {server.options.admin_key_file}" if server.options.admin_key_generated else ""

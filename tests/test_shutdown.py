@@ -290,6 +290,8 @@ def test_a_dead_tritonserver_makes_the_launcher_fail_and_its_log_is_kept(exporte
     while not any("Ctrl-C stops it" in line for line in lines):
         assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
         time.sleep(0.05)
+    # the launcher says ready only after a spoken and a text turn went through every model (deploy/canary.py)
+    assert any(line.startswith("warm-up turns (deploy/canary.py): ") for line in lines), "".join(lines)
     import psutil
 
     (triton,) = [p for p in _descendants(proc.pid) if psutil.Process(p).name() == "tritonserver"]

@@ -111,3 +111,16 @@ def manifest_preset(info: dict):
     return dataclasses.replace(preset, speech=info.get("speech", preset.speech),
                                lipsync=info.get("lipsync", preset.lipsync),
                                max_reply_tokens=info.get("max_reply_tokens", preset.max_reply_tokens))
+
+
+def served_models(folder: Path, config_name: str = "cpu") -> list[str]:
+    """What a server of this export loads (`folder`: the orchestrator's version folder, its manifest beside it): the
+    stages the manifest names (the speech and lip-sync families the export chose, the VAD, the face detector),
+    those the runtime variant `config_name` adds (spec.variant_models), and the orchestration models. Another
+    family's folders may stand in the repository with configs and no graph; they stay unloaded."""
+    from export.contract.spec import ORCHESTRATION, variant_models
+
+    info = read_manifest(folder)
+    if not info.get("models"):
+        raise RuntimeError(f"{folder}: the export manifest names no models (an older export); run `python -m export`")
+    return [*info["models"], *(s.name for s in variant_models(config_name, info["models"]) + ORCHESTRATION)]
