@@ -81,6 +81,16 @@ def _leaf(dest: Path, name: str, subject: str, extensions: str, days: int) -> No
     os.chmod(dest / f"{name}.key", 0o600)
 
 
+CLIENT_EXTENSIONS = "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n"
+
+
+def make_client_cert(dest: Path, name: str, common_name: str, days: int = 2) -> tuple[Path, Path]:
+    """Another client certificate signed by the CA `make_self_signed` made in dest: (<name>.pem, <name>.key). Its
+    subject CN is the client's identity at the front door with mutual TLS (deploy/front_door)."""
+    _leaf(Path(dest), name, f"/CN={common_name}", CLIENT_EXTENSIONS, days)
+    return Path(dest) / f"{name}.pem", Path(dest) / f"{name}.key"
+
+
 def make_self_signed(dest: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1"), days: int = 2,
                      mutual: bool = False) -> TLSFiles:
     """A fresh private CA (ca.pem), a server certificate for `hosts` and a client certificate, in dest.
@@ -100,7 +110,6 @@ def make_self_signed(dest: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0
     _leaf(dest, "server", f"/CN={hosts[0]}",
           f"basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
           f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n", days)
-    _leaf(dest, "client", "/CN=talking-head test client",
-          "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n", days)
+    _leaf(dest, "client", "/CN=talking-head test client", CLIENT_EXTENSIONS, days)
     return TLSFiles(server_cert=dest / "server.pem", server_key=dest / "server.key", root_cert=dest / "ca.pem",
                     mutual=mutual, client_cert=dest / "client.pem", client_key=dest / "client.key")

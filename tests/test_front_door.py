@@ -313,3 +313,32 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_turn_cancelled(server, d
         client.stop_stream(cancel_requests=True)
         client.close()
     assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "took no response" in str(errors[0])
+
+
+@pytest.mark.server
+def test_mutual_tls_clients_are_known_by_their_certificates(server, tmp_path):
+    """--tls-client-ca: a client without a certificate from the CA is refused at the handshake; with one, its
+    subject CN is its identity: carol's session refuses dave, though neither sent an API key."""
+    from client.sdk import ClientError, ServerError, TalkingHeadClient
+    from deploy.tls import make_client_cert, make_self_signed
+    from ensemble.avatar import demo_avatar_png
+
+    tls = make_self_signed(tmp_path)
+    certs = {name: make_client_cert(tmp_path, name, name) for name in ("carol", "dave")}
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", tls_cert=tls.server_cert,
+                               tls_key=tls.server_key, tls_client_ca=tls.root_cert)
+
+    def client(url, name=None):
+        cert = dict(zip(("certificate_chain", "private_key"), map(str, certs[name]))) if name else {}
+        return TalkingHeadClient(url, ssl=True, root_certificates=str(tls.root_cert), turn_timeout_s=60, **cert)
+
+    with FrontDoorThread(options) as door:
+        with client(door.url) as anonymous, pytest.raises(ClientError):
+            anonymous.check_connection(timeout_s=5)
+        with client(door.url, "carol") as carol:
+            carol.check_connection()
+            avatar = carol.register_avatar(demo_avatar_png())
+            mine = carol.turn(avatar_id=avatar.id, text="Hello.", options={"session": "mtls-shared"})
+            assert mine.done["interrupted"] is None and mine.audio.size > 0
+        with client(door.url, "dave") as dave, pytest.raises(ServerError, match="belongs to another client"):
+            dave.turn(avatar_id=avatar.id, text="Hi.", options={"session": "mtls-shared"})

@@ -35,6 +35,9 @@ class FrontDoorOptions:
     limits: Limits = field(default_factory=Limits)
     tls_cert: Path | None = None  # PEM certificate chain and key: TLS on the listening port
     tls_key: Path | None = None
+    # mutual TLS: clients must present a certificate signed by this CA (PEM); a client is then known by its
+    # certificate's subject CN (identity `cert:<CN>`: quotas, session tokens), no API key needed
+    tls_client_ca: Path | None = None
     upstream_root_certificates: Path | None = None  # PEM CA: the upstream Triton speaks TLS
     session_secret: bytes | None = None  # the HMAC secret of session tokens (a random one per process if None)
 
@@ -42,7 +45,10 @@ class FrontDoorOptions:
         if self.keys is not None:
             return self.keys
         if self.keys_file is None:
-            raise ValueError("the front door needs API keys (--keys FILE of `name:key` lines)")
+            if self.tls_client_ca is not None:
+                return ApiKeys({})  # clients are known by their certificates
+            raise ValueError("the front door needs API keys (--keys FILE of `name:key` lines) or client "
+                             "certificates (--tls-client-ca)")
         return ApiKeys.from_file(self.keys_file)
 
     def listen_address(self) -> str:
@@ -70,13 +76,17 @@ async def start(options: FrontDoorOptions) -> tuple[grpc.aio.Server, int, grpc.a
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.limits.max_message_bytes),
                                       ("grpc.max_send_message_length", -1)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        FrontDoor(channel, keys, options.limits, SessionTokens(options.session_secret)), server)
+        FrontDoor(channel, keys, options.limits, SessionTokens(options.session_secret),
+                  by_certificate=options.tls_client_ca is not None), server)
     address = options.listen_address()
+    if options.tls_client_ca is not None and options.tls_cert is None:
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
     if options.tls_cert is not None:
         if options.tls_key is None:
             raise ValueError("--tls-cert needs --tls-key")
-        creds = grpc.ssl_server_credentials([(Path(options.tls_key).read_bytes(),
-                                              Path(options.tls_cert).read_bytes())])
+        ca = Path(options.tls_client_ca).read_bytes() if options.tls_client_ca is not None else None
+        creds = grpc.ssl_server_credentials([(Path(options.tls_key).read_bytes(), Path(options.tls_cert).read_bytes())],
+                                            root_certificates=ca, require_client_auth=ca is not None)
         port = server.add_secure_port(address, creds)
     else:
         port = server.add_insecure_port(address)

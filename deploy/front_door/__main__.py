@@ -19,14 +19,17 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m deploy.front_door",
         description="The one public gRPC endpoint in front of Triton: forwards health, talking_head streams and "
                     "avatar_registry registrations only (everything else: PERMISSION_DENIED), authenticates API "
-                    "keys (`authorization: Bearer <key>`; ServerLive/ServerReady stay open for probes), makes each "
+                    "keys (`authorization: Bearer <key>`) or client certificates (mutual TLS; ServerLive/ServerReady stay open for probes), makes each "
                     "talking_head session belong to the key that opened it, and applies per-key quotas.")
     p.add_argument("--upstream", default="localhost:8001", help="Triton's gRPC host:port (default %(default)s)")
     p.add_argument("--listen", default="127.0.0.1:9001",
                    help="host:port to serve on (default %(default)s); without --tls-cert only 127.0.0.1 is bound")
-    p.add_argument("--keys", type=Path, required=True,
+    p.add_argument("--keys", type=Path,
                    help="API keys file: one `name:key` per line (key >= 16 characters; # comments); only the "
                         "sha256 of each key is kept in memory; the name is the client's identity")
+    p.add_argument("--tls-client-ca", type=Path,
+                   help="mutual TLS instead of API keys: clients must present a certificate signed by this CA "
+                        "(PEM); its subject CN is the client's identity (needs --tls-cert)")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain to serve TLS with (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     p.add_argument("--upstream-root-certificates", type=Path,
@@ -77,11 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if (args.keys is None) == (args.tls_client_ca is None) or (args.tls_client_ca and not args.tls_cert):
+        print("give --keys (API keys) or --tls-client-ca with --tls-cert (client certificates)", file=sys.stderr)
+        return 2
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
                     max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
-                               tls_cert=args.tls_cert, tls_key=args.tls_key,
+                               tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                upstream_root_certificates=args.upstream_root_certificates,
                                session_secret=args.session_secret_file.read_bytes().strip()
                                if args.session_secret_file else None)

@@ -120,9 +120,10 @@ def check_request(req: pb.ModelInferRequest, model: str, limits: Limits) -> None
 
 class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, upstream: grpc.aio.Channel, keys: ApiKeys, limits: Limits = Limits(),
-                 tokens: SessionTokens | None = None):
+                 tokens: SessionTokens | None = None, by_certificate: bool = False):
         self.stub = pb_grpc.GRPCInferenceServiceStub(upstream)
         self.keys = keys
+        self.by_certificate = by_certificate  # mutual TLS: the client certificate's CN is the identity
         self.limits = limits
         self.quotas = Quotas(limits)
         self.tokens = tokens or SessionTokens()
@@ -130,6 +131,11 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
     # -- helpers
 
     async def _identify(self, context) -> str:
+        if self.by_certificate:  # the TLS handshake verified the certificate against the client CA
+            names = (context.auth_context() or {}).get("x509_common_name") or []
+            if not names:
+                await context.abort(CODE.UNAUTHENTICATED, "the client certificate has no subject CN (the identity)")
+            return "cert:" + bytes(names[0]).decode("utf-8", "replace")
         who = self.keys.identify(bearer(context.invocation_metadata()))
         if who is None:
             await context.abort(CODE.UNAUTHENTICATED, "missing or unknown API key: send the metadata "
