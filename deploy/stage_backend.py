@@ -42,8 +42,9 @@ def make_model(factory: RunnerFactory):
                 feeds.append({k: v.as_numpy() for k, v in tensors.items() if v is not None})
             responses = []
             for result in self.runner.run(feeds):
-                if isinstance(result, Exception):
-                    responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
+                if isinstance(result, Exception):  # ValueError: the request itself does not fit (batching.py)
+                    code = pb_utils.TritonError.INVALID_ARG if isinstance(result, ValueError) else pb_utils.TritonError.INTERNAL
+                    responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result), code)))
                 else:
                     responses.append(pb_utils.InferenceResponse(
                         output_tensors=[pb_utils.Tensor(n, a) for n, a in result.items()]))

@@ -85,3 +85,15 @@ def test_a_graph_failure_fails_only_the_request_that_caused_it(stage_runners):
     out = runner.run([_tts_request([1, 5, 9]), _tts_request([1, 10_000, 2]), _tts_request([3, 4])])
     assert isinstance(out[0], dict) and isinstance(out[2], dict)
     assert isinstance(out[1], RuntimeError) and str(out[1]).startswith("tts: ")
+
+
+def test_a_float_input_without_bounds_still_refuses_nan_and_infinity(stage_runners):
+    """The vocoder's latents have no value bounds, yet NaN or infinite latents are refused per request (the
+    adversarial re-run found NaN latents answered), and a good request beside them gets its audio."""
+    runner = stage_runners["vocoder"]
+    channels = runner.dims["latent_channels"]
+    good = {"latents": np.zeros((1, channels, 8), np.float32)}
+    out = runner.run([good, {"latents": np.full((1, channels, 8), np.nan, np.float32)},
+                      {"latents": np.full((1, channels, 8), np.inf, np.float32)}])
+    assert isinstance(out[0], dict) and out[0]["audio"].size > 0
+    assert all("vocoder: input 'latents' holds NaN or infinite values" in str(e) for e in out[1:])

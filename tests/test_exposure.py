@@ -155,3 +155,32 @@ def test_http_inference_needs_the_admin_key(server, avatar):
           f"{kinds.count('video')} video, last {kinds[-1]}")
     assert kinds[-1] == "done" and "audio" in kinds
     assert turns_total(server) == before + 1
+
+
+def test_a_stage_request_out_of_its_bounds_is_refused_as_invalid_argument(server):
+    """Defence in depth on the real server: a direct tts request with ids past the vocabulary, and a vocoder request
+    holding NaN, are refused before their batch with INVALID_ARGUMENT naming the input (not INTERNAL)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    def request(model: str, **arrays: np.ndarray) -> InferenceServerException:
+        inputs = []
+        for name, a in arrays.items():
+            x = grpcclient.InferInput(name, list(a.shape), "INT64" if a.dtype == np.int64 else "FP32")
+            x.set_data_from_numpy(a)
+            inputs.append(x)
+        with grpcclient.InferenceServerClient(server.options.grpc_url) as c, \
+                pytest.raises(InferenceServerException) as e:
+            c.infer(model, inputs)
+        return e.value
+
+    e = request("tts", phonemes=np.array([[1, 10**6, 2]], np.int64), phoneme_lengths=np.array([[3]], np.int64),
+                scales=np.array([[0.667, 1.0, 0.8]], np.float32), seed=np.array([[0]], np.int64))
+    assert e.status() == "StatusCode.INVALID_ARGUMENT" and "input 'phonemes' holds values" in e.message()
+    from export.contract.artifacts import manifest_preset, read_manifest
+    from export.contract.spec import VOCODER
+
+    channels = VOCODER.preset_dims(manifest_preset(read_manifest(server.options.manifest_dir)))["latent_channels"]
+    e = request("vocoder", latents=np.full((1, channels, 4), np.nan, np.float32))
+    assert e.status() == "StatusCode.INVALID_ARGUMENT" and "NaN or infinite" in e.message(), e.message()

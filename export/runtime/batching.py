@@ -51,7 +51,8 @@ def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = N
                   bounds: dict[str, list] | None = None) -> None:
     """Reject a request whose inputs do not fit the spec (names, dtypes, ranks, axis ranges, the sizes the
     served graph fixes: `dims` resolves the spec's preset dims, e.g. latent_channels -> 192) or hold values out of
-    `bounds` (the export's ModelSpec.input_bounds: ids in the vocabulary, bounded controls)."""
+    `bounds` (the export's ModelSpec.input_bounds: ids in the vocabulary, bounded controls); a float input holds no
+    NaN or infinity, bounded or not (one request's NaN would make its batch's numbers, e.g. the vocoder's audio)."""
     dims = dims or {}
     bounds = bounds or {}
     for t in spec.inputs:
@@ -77,6 +78,8 @@ def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = N
                 raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {fixed}")
         if t.name in bounds:
             check_values(spec, t.name, a, bounds[t.name])
+        elif a.dtype.kind == "f" and a.size and not np.isfinite(a).all():  # no bound, but never NaN or infinity
+            raise ValueError(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
 
 
 def stack_requests(spec: ModelSpec, requests: Sequence[Feeds]) -> tuple[Feeds, list[int], dict[str, list[int]]]:
