@@ -59,11 +59,9 @@ _ADMIN_KEY = re.compile(r"[A-Za-z0-9._~+/-]{16,256}")  # no ',', ':', '=' or spa
 MODEL_CONTROL_MODES = ("explicit", "none")
 
 
-# Thread pools of the stubs' numerical libraries. numpy's OpenBLAS starts a thread per core in every stub
-# process and its idle threads spin: on the H100 host, 8 orchestrator processes kept all 16 cores busy at one
-# session (BENCHMARKS.md). PyTorch's CPU ops follow OMP_NUM_THREADS too; ONNX Runtime's own pool does not.
-# OpenCV (the orchestrator's per-frame warps, blurs and JPEG) keeps a pthreads pool of one thread per core in
-# each process, sized by OPENCV_FOR_THREADS_NUM; the frame workers already run frames in parallel.
+# Thread pools of the stubs' numerical libraries: numpy's OpenBLAS starts a thread per core in every stub process
+# and its idle threads spin (on the H100 host 8 orchestrators kept 16 cores busy at one session, BENCHMARKS.md);
+# PyTorch's CPU ops follow OMP_NUM_THREADS; OpenCV keeps a pool of one thread per core in each process.
 STUB_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENCV_FOR_THREADS_NUM")
 
 
@@ -184,6 +182,7 @@ class EmbeddedServer:
             f"--exit-timeout-secs={o.exit_timeout_s}",
             f"--log-verbose={o.log_verbose}",
             "--strict-readiness=true",
+            "--grpc-infer-allocation-pool-size=0",  # pooled requests keep their largest buffers (RELIABILITY.md)
             *(["--model-control-mode=explicit", *(f"--load-model={m}" for m in served_models(o.manifest_dir, o.config_name))]
               if o.model_control == "explicit" else []),
             *o.security_args(),

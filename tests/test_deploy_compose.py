@@ -134,6 +134,7 @@ def test_compose_triton_command():
     f = flags(argv)
     assert f["--model-repository"] == ["/models"]
     assert f["--model-control-mode"] == ["explicit"]
+    assert f["--grpc-infer-allocation-pool-size"] == ["0"]  # pooled requests would keep their largest buffers
     assert f["--load-model"] == list(MODELS)  # exactly what the export writes and serves
     assert f["--backend-directory"] == ["/opt/tritonserver/backends"]
     check_restricted(argv, "${TRITON_ADMIN_KEY:?")

@@ -200,6 +200,7 @@ def test_deployment_triton_command_and_admin_key():
     f = flags(argv)
     assert f["--model-repository"] == ["/models"]
     assert f["--model-control-mode"] == ["explicit"] and f["--load-model"] == list(MODELS)
+    assert f["--grpc-infer-allocation-pool-size"] == ["0"]  # pooled requests would keep their largest buffers
     assert f["--backend-directory"] == ["/opt/tritonserver/backends"]
     check_restricted(argv, "$(TRITON_ADMIN_KEY)")
     env = {e["name"]: e for e in triton["env"]}
