@@ -84,6 +84,16 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         st = s.get("stage_ms_per_turn", {})
         lines.append(f"| {label} | {c} | " + " | ".join(_f(st.get(k), 0) for k in STAGES) + " |")
     lines.append("")
+    served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
+    if served:
+        models = [m for m in STAGES if any(m in ms for _, ms in served)]
+        lines += ["Triton's own figures per model while each text level ran (its metrics; loadtests/triton_stats.py): "
+                  "rows per batch, queue ms and compute ms per request (a request's compute is its batch's):", "",
+                  "| concurrency | " + " | ".join(models) + " |", "| ---: |" + " ---: |" * len(models)]
+        lines += [f"| {c} | " + " | ".join(
+            f"{ms[m]['rows_per_batch']:g} / {ms[m]['queue_ms']:g} / {ms[m]['compute_ms']:g}" if m in ms else "—"
+            for m in models) + " |" for c, ms in served]
+        lines.append("")
     busy = [(c, s) for _, c, s in rows[1:] if s.get("gpu_util_pct") is not None or s.get("cpu_util_pct") is not None]
     if busy:
         lines += ["Host load while each text level ran (GPU: nvidia-smi utilization, share of time a kernel ran; "
