@@ -6,6 +6,9 @@ stage gets for them, and how its output becomes frames (export/contract/spec.py 
   wav2lip  Wav2Lip: a 16-frame mel window per slot from the audio itself (ensemble/features.py), the avatar's
            96 x 96 face crop, the generated face composited back
 
+On GPU hosts (the `gpu` variant's talking_head parameter frame_stage) the warp family's frames are made whole by the
+`lipsync_frames` stage (ComposedWarpFrames: avatar id, pose and visemes out, JPEGs back; ensemble/frames_torch.py).
+
 Slots are (frame index on the 25 fps clock, what drives it). `inputs` and `frames` do pixel work: the pipeline
 runs them on its frame workers, off the event loop.
 """
