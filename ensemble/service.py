@@ -261,7 +261,8 @@ class Service:
             raise Overloaded(f"server busy: {busy} turns in flight (limit {self.limits.max_sessions}); retry later")
 
     async def _turn(self, turn_input: dict, options: TurnOptions, avatar_id: str, avatar, infer: StageCall,
-                    emit: Emit, is_cancelled: Callable[[], bool]) -> Turn | None:
+                    emit: Emit, is_cancelled: Callable[[], bool], paced: bool = True) -> Turn | None:
+        """paced=False: frames as fast as they come (a turn nobody watches live, e.g. prerendering)."""
         rec = metrics.for_turn(self.recorder, options)  # canary turns: not in TTFA/TTFF
         session = self._session(lambda: self.sessions.get(options.session, options.session_token)) \
             if options.session else None
@@ -284,7 +285,7 @@ class Service:
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
                     frame_workers=self.frame_workers, session_stages=self.config.session_stages,
-                    frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s)
+                    frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0)
         if session is not None:
             session.turn = turn
         self.active += 1
@@ -320,7 +321,7 @@ class Service:
         for phrase, key in zip(phrases, keys):
             if key is not None and self.cache.get(key) is None:
                 await self._turn({"text": phrase}, replace(options, action="turn", session=None), avatar_id, avatar,
-                                 infer, lambda e: None, lambda: False)
+                                 infer, lambda e: None, lambda: False, paced=False)
                 rendered.append(phrase)
         emit(Event(DONE, {"turn_id": None, "t_ms": 0.0, "reply": "", "transcript": "", "audio_samples": 0,
                           "video_frames": 0, "prerendered": rendered, "cached_answers": len(self.cache)}))

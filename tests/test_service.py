@@ -194,3 +194,31 @@ def test_frame_lead_paces_the_video_to_the_audio_clock(exported_repository, tmp_
     seconds = sum(e.data["samples"] for _, e in audio) / audio[0][1].data["sample_rate"]
     assert audio[-1][0] - start < seconds - lead  # the audio itself runs ahead of the clock
     assert video[-1][0] - start > video[-1][1].data["pts"] - lead - 0.02
+
+
+def test_prerendering_is_not_paced(exported_repository, tmp_path, demo_avatar, stage_runners, monkeypatch):
+    """Pacing is for a viewer's clock: a prerendered answer (nobody watching) makes its frames as fast as it can,
+    while a live turn of the same service is paced."""
+    from dataclasses import replace as changed
+
+    from ensemble.pipeline import Turn
+
+    leads = []
+    pace = Turn._pace
+
+    async def spy(self, index):
+        leads.append(self.frame_lead_s)
+        return await pace(self, index)
+
+    monkeypatch.setattr(Turn, "_pace", spy)
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = changed(svc.config, frame_lead_s=0.5)
+    svc.avatars.save(demo_avatar)
+    ask = {"avatar_id": np.array([demo_avatar.id.encode()], dtype=object), "text": np.array([b"hello"], dtype=object)}
+    asyncio.run(svc.handle({**ask, "options": np.array([b'{"action": "prerender"}'], dtype=object)},
+                           make_infer(stage_runners), lambda e: None))
+    assert leads and set(leads) == {0.0}
+    leads.clear()
+    asyncio.run(svc.handle({**ask, "options": np.array([b'{"max_reply_tokens": 4}'], dtype=object)},
+                           make_infer(stage_runners), lambda e: None))
+    assert leads and set(leads) == {0.5}
