@@ -42,6 +42,11 @@ class FrontDoorOptions:
     session_secret: bytes | None = None  # the HMAC secret of session tokens (a random one per process if None)
 
     def api_keys(self) -> ApiKeys:
+        if self.limits.max_upstream_silence_s <= 0 or self.limits.max_stall_s <= 0:
+            raise ValueError("max_upstream_silence_s and max_stall_s must be > 0 seconds")
+        if self.tls_client_ca is not None and (self.keys is not None or self.keys_file is not None):
+            raise ValueError("give API keys or a client CA (mutual TLS), not both: with mutual TLS the "
+                             "certificate is the identity")
         if self.keys is not None:
             return self.keys
         if self.keys_file is None:
@@ -93,7 +98,8 @@ async def start(options: FrontDoorOptions) -> tuple[grpc.aio.Server, int, grpc.a
     if not port:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    log.info("front door on %s (port %d) -> %s, %d API keys", address, port, options.upstream, len(keys))
+    who = "client certificates" if options.tls_client_ca is not None else f"{len(keys)} API keys"
+    log.info("front door on %s (port %d) -> %s, %s", address, port, options.upstream, who)
     return server, port, channel
 
 

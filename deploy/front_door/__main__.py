@@ -19,7 +19,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m deploy.front_door",
         description="The one public gRPC endpoint in front of Triton: forwards health, talking_head streams and "
                     "avatar_registry registrations only (everything else: PERMISSION_DENIED), authenticates API "
-                    "keys (`authorization: Bearer <key>`) or client certificates (mutual TLS; ServerLive/ServerReady stay open for probes), makes each "
+                    "keys (`authorization: Bearer <key>`; ServerLive/ServerReady stay open for probes) or client certificates (mutual TLS: every connection, probes too, needs one), makes each "
                     "talking_head session belong to the key that opened it, and applies per-key quotas.")
     p.add_argument("--upstream", default="localhost:8001", help="Triton's gRPC host:port (default %(default)s)")
     p.add_argument("--listen", default="127.0.0.1:9001",
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                                if args.session_secret_file else None)
     try:
         options.api_keys()
-    except (OSError, KeyFileError) as e:
+    except (OSError, KeyFileError, ValueError) as e:
         print(f"front door: {e}", file=sys.stderr)
         return 2
     asyncio.run(serve(options))

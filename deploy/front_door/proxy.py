@@ -215,6 +215,7 @@ class _Stream:
     def __init__(self, door: FrontDoor, context, usage, token: str, fatal: bool):
         self.door, self.context, self.usage, self.token, self.fatal = door, context, usage, token, fatal
         self.turns = 0  # this stream's requests in flight (counted in usage.turns)
+        self.quiet: dict[str, int] = {}  # request id -> prerenders in flight: they send nothing until they end
         self.forced: dict[str, int] = {}  # request id -> requests we asked final responses for (dropped here)
         self.failure: Refused | None = None
         self.lock = asyncio.Lock()
@@ -251,7 +252,7 @@ class _Stream:
     async def _responses(self, call):
         """The upstream's responses; silence past max_upstream_silence_s while a turn is in flight ends the stream
         (the clock runs only while one is: an idle stream may wait for its next request as long as it likes)."""
-        responses, silence = call.__aiter__(), self.door.limits.max_upstream_silence_s
+        responses, silence = call.__aiter__(), self.door.limits.max_upstream_silence_s  # > 0 (FrontDoorOptions)
         heard, pending = time.monotonic(), None
         try:
             while True:
@@ -264,7 +265,7 @@ class _Stream:
                         return
                     pending, heard = None, time.monotonic()
                     yield resp
-                elif not self.turns:
+                elif self.turns <= sum(self.quiet.values()):  # nothing in flight that should be talking
                     heard = time.monotonic()
                 elif time.monotonic() - heard > silence:
                     call.cancel()
@@ -281,6 +282,8 @@ class _Stream:
         """Count a request's final response; True for an empty final response the client did not ask for."""
         r = resp.infer_response
         final = r.parameters[FINAL].bool_param if FINAL in r.parameters else False
+        if (final or resp.error_message) and self.quiet.get(r.id):
+            self.quiet[r.id] -= 1
         if resp.error_message:  # an error ends its request; it is never dropped
             if self.turns:
                 self.turns -= 1
@@ -334,6 +337,8 @@ class _Stream:
         except QuotaExceeded as e:
             raise Refused(CODE.RESOURCE_EXHAUSTED, str(e)) from None
         action = own_options(req, self.token)
+        if action == "prerender":  # its turns stream to the answer cache, not to the client: exempt from the silence cut
+            self.quiet[req.id] = self.quiet.get(req.id, 0) + 1
         if action != "cancel":
             try:
                 self.usage.start_turn()
