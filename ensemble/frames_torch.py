@@ -6,9 +6,10 @@ on the device until the finished frames come back for JPEG. Served as the `lipsy
 and visemes per frame and gets the frame's JPEG, so it does no pixel work.
 
 Coordinates: OpenCV's pixel centres are integers, grid_sample's align_corners=True convention. Where OpenCV rounds
-to uint8 between steps (the moved image, the crop) this rounds too; the moved head is sampled once (head motion
-and brow lift composed) where OpenCV samples twice, so frames differ from the CPU path by interpolation only
-(tests/test_frames_torch.py bounds it).
+to uint8 between steps (the moved image, the crop) this rounds too. Frames differ from the CPU path in
+interpolation and at borders: the moved head is sampled once (head motion and brow lift composed) where OpenCV
+samples twice, the head region's border reflects about the edge pixel (OpenCV: BORDER_REFLECT), and a downscaled
+crop's blur covers the whole frame (OpenCV: the crop's region); tests/test_frames_torch.py bounds the difference.
 """
 from __future__ import annotations
 
@@ -187,9 +188,14 @@ class FramesStage:
         groups: dict[tuple[str, int], list[int]] = {}
         for row, key in enumerate(zip(ids, qualities)):
             groups.setdefault(key, []).append(row)
+        # every row checked before any pixel work: a bad row fails the batch at once, and the runner then
+        # answers each request on its own (export/runtime/batching.py), only the bad one with an error
+        bad = [q for q in qualities if not 1 <= q <= 100]
+        if bad:
+            raise ValueError(f"{bad[0]} is not a JPEG quality in 1..100")
+        avatars = {avatar_id: self.load(avatar_id) for avatar_id, _ in groups}
         for (avatar_id, quality), rows in groups.items():
-            avatar = self.load(avatar_id)
-            composed = self.composer.compose(avatar, [poses[r] for r in rows], visemes[rows])
+            composed = self.composer.compose(avatars[avatar_id], [poses[r] for r in rows], visemes[rows])
             for r, jpeg in zip(rows, self.composer.jpegs(composed, quality)):
                 frames[r, 0] = jpeg
         return {"frame": frames}

@@ -88,7 +88,7 @@ def test_a_batch_of_avatars_and_qualities_is_split_right_and_one_bad_row_fails_a
             (demo_avatar.id, POSES[3], VISEMES[3], 40), ("0" * 16, POSES[1], VISEMES[1], 90),
             (other.id, POSES[1], VISEMES[1], 0)]
     results = runner.run([request(*r) for r in rows])
-    assert "unknown avatar id" in str(results[3]) and "quality 0" in str(results[4])
+    assert "unknown avatar id" in str(results[3]) and "0 is not a JPEG quality in 1..100" in str(results[4])
     for (avatar_id, pose, visemes, quality), result in zip(rows[:3], results[:3]):
         alone = composer.jpegs(composer.compose(known[avatar_id], [pose], visemes[None]), quality)[0]
         assert result["frame"].shape == (1, 1)
