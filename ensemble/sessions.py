@@ -6,7 +6,7 @@ conversation). Bounded per client and in all: a token holds at most `max_per_cli
 most `max_open`; a session unused for `idle_s` is forgotten, which frees its turn detector. To make room for a
 client's new session, its own least recently used idle session is forgotten; when the house is full, one of the
 clients holding the most sessions loses its least recently used idle one, so a client opening many sessions
-forgets its own first. Never forgotten: a session with a reply in flight or a microphone turn under way; when
+forgets its own first (if all of theirs are busy, the least recently used idle session of any client goes). Never forgotten: a session with a reply in flight or a microphone turn under way; when
 none can go, the new session is refused.
 """
 from __future__ import annotations

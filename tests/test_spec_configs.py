@@ -81,8 +81,9 @@ def test_the_gpu_variant_composes_warp_frames_beside_the_lipsync():
     assert frame_stage("gpu") == "lipsync_frames"
     lead = {v: ServiceConfig.from_parameters({k: x.string_value for k, x in text_format.Parse(
         configs.render_config(spec.TALKING_HEAD, v), mc.ModelConfig()).parameters.items()}).frame_lead_s
-        for v in ("cpu", "gpu", "gpu_x2")}
-    assert lead == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0}  # the GPU variants pace a turn's frames
+        for v in ("cpu", "gpu", "gpu_x2", "tensorrt_x2")}
+    # the rendered GPU configs pace a turn's frames; config.pbtxt (CPU, and one-GPU TensorRT) does not
+    assert lead == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0, "tensorrt_x2": 1.0}
     with pytest.raises(ValueError, match="frame_lead_s"):
         ServiceConfig.from_parameters({"frame_lead_s": "soon"})
     assert {frame_stage(v) for v in ("cpu", "gpu_naive", "gpu_x2", "tensorrt")} == {""}

@@ -179,7 +179,7 @@ LIPSYNC = ModelSpec(
 
 # The warp family's frames made whole beside the lip-sync, on the GPU (gpu variant): per frame the avatar (its id in
 # the avatar store, which the model reads), the head pose (ensemble/motion.py Pose: dx, dy, angle_deg, brow) and the
-# visemes in; the composed frame out, JPEG-encoded (nvJPEG) at the request's quality. The orchestrator then does no
+# visemes in; the composed frame out, JPEG-encoded (on host threads) at the request's quality. The orchestrator then does no
 # pixel work (ensemble/frames_torch.py, BENCHMARKS.md "GPU: one H200").
 LIPSYNC_FRAMES = ModelSpec(
     name="lipsync_frames",
@@ -317,8 +317,9 @@ TALKING_HEAD = ModelSpec(
     # replaces them); session_stages: the stages that keep a turn's decoding cache server-side (keyed by session),
     # rendered per variant by export/toolchain/configs.py; frame_stage: the model that composes the warp family's
     # frames (variant_models; "": the orchestrator does); frame_lead_s: a turn's video frames are made at most this
-    # long before their display time (0: as fast as the audio comes; the GPU variants pace them, so a turn's
-    # frames due now never queue behind frames other turns need seconds later). See ensemble.service.ServiceConfig.
+    # long before their display time (0: as fast as the audio comes; the rendered GPU configs (gpu, gpu_xN,
+    # tensorrt_xN) pace them, so a turn's frames due now never queue behind frames other turns need seconds later;
+    # config.pbtxt, which one-GPU TensorRT shares with the CPU variant, does not). See ensemble.service.ServiceConfig.
     parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
                 ("frame_stage", ""), ("frame_lead_s", "0")),
 )
