@@ -115,10 +115,8 @@ class FrameComposer:
         n = inv.shape[0]
         ry1, ry2, rx1, rx2 = a.region
         yb = a.ys + a.bump * lift[:, None, None]  # the brow band's source row, then the head's inverse map
-        sx = inv[:, 0, 0, None, None] * a.xs + inv[:, 0, 1, None, None] * yb + inv[:, 0, 2, None, None]
-        sy = inv[:, 1, 0, None, None] * a.xs + inv[:, 1, 1, None, None] * yb + inv[:, 1, 2, None, None]
         region = a.image[:, ry1:ry2, rx1:rx2]
-        moved = F.grid_sample(region.expand(n, -1, -1, -1), _normalised(sx, sy, rx2 - rx1, ry2 - ry1),
+        moved = F.grid_sample(region.expand(n, -1, -1, -1), _grid(inv, a.xs, yb, rx2 - rx1, ry2 - ry1),
                               mode="bilinear", padding_mode="reflection", align_corners=True).round()
         frames = a.image.expand(n, -1, -1, -1).clone()
         frames[:, :, ry1:ry2, rx1:rx2] = (moved * a.mask + region * (1 - a.mask)).round()
@@ -133,11 +131,8 @@ class FrameComposer:
         if scale < 0.75:
             source = _blur(frames, mouth.DOWNSCALE_BLUR / scale, cv2.CV_8U).round()
         u = torch.arange(size, device=frames.device, dtype=torch.float32)
-        uu, vv = u[None, None, :], u[None, :, None]
-        sx = inv[:, 0, 0, None, None] * uu + inv[:, 0, 1, None, None] * vv + inv[:, 0, 2, None, None]
-        sy = inv[:, 1, 0, None, None] * uu + inv[:, 1, 1, None, None] * vv + inv[:, 1, 2, None, None]
-        crops = F.grid_sample(source, _normalised(sx, sy, width, height), mode="bilinear", padding_mode="border",
-                              align_corners=True)
+        crops = F.grid_sample(source, _grid(inv, u[None, :], u[:, None], width, height), mode="bilinear",
+                              padding_mode="border", align_corners=True)
         return crops.round() * (1 / 255)
 
     def paste(self, frames: torch.Tensor, crops: torch.Tensor, warped: torch.Tensor, fwd: torch.Tensor,
@@ -152,11 +147,9 @@ class FrameComposer:
         x0, y0 = min(r[0] for r in rois), min(r[1] for r in rois)
         x1, y1 = max(r[2] for r in rois), max(r[3] for r in rois)
         if x1 > x0 and y1 > y0:
-            xs = torch.arange(x0, x1, device=frames.device, dtype=torch.float32)[None, None, :]
-            ys = torch.arange(y0, y1, device=frames.device, dtype=torch.float32)[None, :, None]
-            u = fwd[:, 0, 0, None, None] * xs + fwd[:, 0, 1, None, None] * ys + fwd[:, 0, 2, None, None]
-            v = fwd[:, 1, 0, None, None] * xs + fwd[:, 1, 1, None, None] * ys + fwd[:, 1, 2, None, None]
-            mapped = F.grid_sample(stack, _normalised(u, v, size, size), mode="bilinear", padding_mode="zeros",
+            xs = torch.arange(x0, x1, device=frames.device, dtype=torch.float32)[None, :]
+            ys = torch.arange(y0, y1, device=frames.device, dtype=torch.float32)[:, None]
+            mapped = F.grid_sample(stack, _grid(fwd, xs, ys, size, size), mode="bilinear", padding_mode="zeros",
                                    align_corners=True)
             region = frames[:, :, y0:y1, x0:x1]
             frames[:, :, y0:y1, x0:x1] = (region * (1 - mapped[:, 3:]) + mapped[:, :3]).round()
@@ -164,8 +157,7 @@ class FrameComposer:
 
     def jpegs(self, frames: torch.Tensor, quality: int) -> list[bytes]:
         """JPEG bytes of uint8 BGR frames [n, 3, H, W]: one download, then OpenCV on the encoder threads."""
-        if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality {quality} is not in 1..100")
+        check_quality(quality)
         images = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
         return list(self._encoders.map(lambda image: encode_jpeg(image, quality=quality), images))
 
@@ -190,9 +182,8 @@ class FramesStage:
             groups.setdefault(key, []).append(row)
         # every row checked before any pixel work: a bad row fails the batch at once, and the runner then
         # answers each request on its own (export/runtime/batching.py), only the bad one with an error
-        bad = [q for q in qualities if not 1 <= q <= 100]
-        if bad:
-            raise ValueError(f"{bad[0]} is not a JPEG quality in 1..100")
+        for q in qualities:
+            check_quality(q)
         avatars = {avatar_id: self.load(avatar_id) for avatar_id, _ in groups}
         for (avatar_id, quality), rows in groups.items():
             composed = self.composer.compose(avatars[avatar_id], [poses[r] for r in rows], visemes[rows])
@@ -201,9 +192,18 @@ class FramesStage:
         return {"frame": frames}
 
 
-def _normalised(x: torch.Tensor, y: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pixel coordinates -> grid_sample's [-1, 1] (align_corners=True), [n, h, w, 2]."""
-    return torch.stack((x * (2 / max(1, width - 1)) - 1, y * (2 / max(1, height - 1)) - 1), dim=-1)
+def check_quality(quality: int) -> None:
+    if not 1 <= quality <= 100:
+        raise ValueError(f"{quality} is not a JPEG quality in 1..100")
+
+
+def _grid(m: torch.Tensor, x: torch.Tensor, y: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """grid_sample's grid [n, h, w, 2] (align_corners=True) of the 2 x 3 maps `m` [n, 2, 3] taken at pixel coordinates
+    (x, y) (broadcast to [h, w], or [n, h, w]) into a source of width x height pixels."""
+    m = m[:, :, :, None, None]
+    u = m[:, 0, 0] * x + m[:, 0, 1] * y + m[:, 0, 2]
+    v = m[:, 1, 0] * x + m[:, 1, 1] * y + m[:, 1, 2]
+    return torch.stack((u * (2 / max(1, width - 1)) - 1, v * (2 / max(1, height - 1)) - 1), dim=-1)
 
 
 def _blur(images: torch.Tensor, sigma: float, depth: int) -> torch.Tensor:
