@@ -36,19 +36,22 @@ def poses_and_visemes(n: int) -> tuple[list[motion.Pose], np.ndarray]:
     return poses, visemes
 
 
+def opencv_frame(a: avatars.Avatar, warp: torch.nn.Module, pose: motion.Pose, visemes: np.ndarray) -> np.ndarray:
+    """The orchestrator's frame (ensemble/lipsync.py WarpFrames): motion.render, mouth.cut, the warp (CPU),
+    mouth.paste; uint8 BGR [H, W, 3]."""
+    g = mouth.avatar_geometry(a.image, a.keypoints)
+    image = motion.render(a.image, a.box, pose)
+    m = mouth.crop_matrix(g, a.image.shape, a.box, pose)
+    crop = mouth.cut(image, m)
+    with torch.inference_mode():
+        w = warp(torch.from_numpy(crop[None]), torch.from_numpy(visemes[None]), torch.from_numpy(g.row()[None]))
+    return mouth.paste(image, crop, w.numpy()[0], m)
+
+
 def parity(composer: FrameComposer, a: avatars.Avatar, warp: torch.nn.Module, n: int = 50) -> dict:
     poses, visemes = poses_and_visemes(n)
     got = composer.compose(a, poses, visemes).cpu().numpy().transpose(0, 2, 3, 1).astype(int)
-    g = mouth.avatar_geometry(a.image, a.keypoints)
-    diffs = []
-    for frame, pose, v in zip(got, poses, visemes):
-        image = motion.render(a.image, a.box, pose)
-        m = mouth.crop_matrix(g, a.image.shape, a.box, pose)
-        crop = mouth.cut(image, m)
-        with torch.inference_mode():
-            w = warp(torch.from_numpy(crop[None]), torch.from_numpy(v[None]), torch.from_numpy(g.row()[None]))
-        diffs.append(np.abs(frame - mouth.paste(image, crop, w.numpy()[0], m)))
-    d = np.stack(diffs)
+    d = np.stack([np.abs(frame - opencv_frame(a, warp, pose, v)) for frame, pose, v in zip(got, poses, visemes)])
     return {"frames": n, "mean_abs": round(float(d.mean()), 4), "p999_abs": float(np.percentile(d, 99.9))}
 
 

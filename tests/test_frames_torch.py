@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import motion, mouth
+from ensemble import motion
 from ensemble.frames_torch import FrameComposer, FramesStage
 from ensemble.options import Limits
 from ensemble.service import Service
@@ -16,6 +16,7 @@ from export.contract import events as ev
 from export.contract.spec import LIPSYNC_FRAMES
 from export.runtime.batching import BatchRunner
 from export.toolchain.models import mouth_warp
+from loadtests.frames_bench import opencv_frame
 
 POSES = [motion.Pose(), motion.Pose(0.01, -0.02, 3.0, 0.05), motion.Pose(-0.03, 0.01, -5.0, -0.04),
          motion.idle_pose(1.3) + motion.gesture_pose("surprised", 0.3)]
@@ -25,17 +26,6 @@ VISEMES = np.array([[0, 0, 0, 0, 0], [0.8, 0.2, 0, 0, 0.5], [0.5, -0.5, 0.2, 0, 
 @pytest.fixture(scope="module")
 def warp():
     return mouth_warp.LipsyncGraph(mouth_warp.build()).eval()
-
-
-def opencv_frame(avatar, warp, pose, visemes):
-    """The orchestrator's frame: motion.render, mouth.cut, the warp, mouth.paste (ensemble/lipsync.py WarpFrames)."""
-    g = mouth.avatar_geometry(avatar.image, avatar.keypoints)
-    image = motion.render(avatar.image, avatar.box, pose)
-    m = mouth.crop_matrix(g, avatar.image.shape, avatar.box, pose)
-    crop = mouth.cut(image, m)
-    with torch.inference_mode():
-        warped = warp(torch.from_numpy(crop[None]), torch.from_numpy(visemes[None]), torch.from_numpy(g.row()[None]))
-    return mouth.paste(image, crop, warped.numpy()[0], m)
 
 
 def check_composer(device, avatar, warp):
