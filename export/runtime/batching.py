@@ -34,8 +34,6 @@ def check_values(spec: ModelSpec, name: str, a: np.ndarray, bound: list) -> None
     """Every value of input `name` within its bound: [lo, hi], or one [lo, hi] per column of the last axis."""
     if a.size == 0:
         return
-    if a.dtype.kind == "f" and not np.isfinite(a).all():
-        raise ValueError(f"{spec.name}: input {name!r} holds NaN or infinite values")
     per_column = isinstance(bound[0], list)
     if per_column and a.shape[-1] != len(bound):
         raise ValueError(f"{spec.name}: input {name!r} has {a.shape[-1]} columns, expected {len(bound)}")
@@ -76,10 +74,10 @@ def check_request(spec: ModelSpec, feeds: Feeds, dims: dict[str, int] | None = N
             fixed = dims.get(d) if isinstance(d, str) else d
             if fixed is not None and fixed >= 0 and size != fixed:
                 raise ValueError(f"{spec.name}: input {t.name!r} dim {i} is {size}, expected {fixed}")
+        if a.dtype.kind == "f" and a.size and not np.isfinite(a).all():  # bounded or not, never NaN or infinity
+            raise ValueError(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
         if t.name in bounds:
             check_values(spec, t.name, a, bounds[t.name])
-        elif a.dtype.kind == "f" and a.size and not np.isfinite(a).all():  # no bound, but never NaN or infinity
-            raise ValueError(f"{spec.name}: input {t.name!r} holds NaN or infinite values")
 
 
 def stack_requests(spec: ModelSpec, requests: Sequence[Feeds]) -> tuple[Feeds, list[int], dict[str, list[int]]]:
