@@ -110,6 +110,7 @@ TTS = ModelSpec(
         Tensor("durations", "INT64", ("phonemes",), length_from="input:phonemes"),  # latent frames per id
     ),
     axes=(Axis("phonemes", 1, 128, 512),),  # ~2 ids per phoneme (pads between): 512 ids is 15-20 s of speech
+    # one instance: a second made each batch slower (47 vs 28 ms at 48 sessions on one H200, BENCHMARKS.md)
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
     preset_dims=_vits_dims,
     gpu_precision="fp32",  # ceil() of the durations and the spline's square root keep the duration path in fp32
@@ -190,8 +191,10 @@ LIPSYNC_FRAMES = ModelSpec(
         Tensor("quality", "INT32", (1,)),  # JPEG quality, 1..100
     ),
     outputs=(Tensor("frame", "BYTES", (1,)),),  # the frame, JPEG
-    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=2,
+    # 4 instances x 4 JPEG threads: 2 x 2 was the bound at 48 sessions on one H200 (busy 100 %, BENCHMARKS.md)
+    max_batch_size=64, preferred_batch_sizes=(16, 32, 64), max_queue_delay_us=2000, gpu_instances=4,
     gpu_precision="fp32",
+    parameters=(("jpeg_threads", "4"),),  # host threads per instance that encode the frames (OpenCV)
 )
 
 # ---- lip-sync, family "wav2lip" (Rudrabha/Wav2Lip 96, official checkpoints)
