@@ -71,12 +71,16 @@ class TurnRecord:
     audio_s: float = 0.0
     frames: int = 0
     audio_underruns: int = 0
-    late_frames: int = 0
+    late_frames: int = 0  # received late, or dropped by the server because they would have been
+    late_dropped: int = 0  # of those, dropped by the server (its `done` event's frames_dropped_late)
+    late_in_first_s: int = 0  # of those received late, frames due in the turn's first second of video
+    late_max_ms: float = 0.0  # the latest frame's lateness beyond its display time
+    frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
     stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
 
     @property
     def real_time(self) -> bool:
-        return self.ok and self.audio_underruns == 0 and self.late_frames == 0
+        return self.ok and self.audio_underruns == 0 and self.late_frames == 0 and self.frames_skipped == 0
 
 
 def speech_utterance(seconds: float = 5.0) -> np.ndarray:
@@ -90,23 +94,28 @@ def speech_utterance(seconds: float = 5.0) -> np.ndarray:
 
 def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np.ndarray | None) -> TurnRecord:
     turn = TurnCollector(clock=client.clock)
-    frame_arrivals: list[float] = []
+    frame_arrivals: list[tuple[float, float]] = []  # (received at, pts)
     try:
         kwargs = {"audio": audio} if audio is not None else {"text": TEXT}
         for event in client.ask(avatar_id=avatar_id, options=options, **kwargs):
             turn.add(event)
             if event.type == ev.VIDEO:
-                frame_arrivals.append(event.received_at)
+                frame_arrivals.append((event.received_at, event.data["pts"]))
         r = turn.result()
     except ClientError as e:
         return TurnRecord(ok=False, error=str(e)[:200])
-    late = 0
-    if frame_arrivals:
-        first = frame_arrivals[0]
-        late = sum(1 for i, t in enumerate(frame_arrivals) if t - first > i / media.VIDEO_FPS + FRAME_SLACK_S)
+    # a frame's lateness: its arrival after its display time (its pts), the video clock starting at the first
+    # frame; a slot the server skipped or dropped does not move the later frames' display times
+    t0, pts0 = frame_arrivals[0] if frame_arrivals else (0.0, 0.0)
+    lateness = [(t - t0) - (pts - pts0) for t, pts in frame_arrivals]
+    late = [pts for (_, pts), s in zip(frame_arrivals, lateness) if s > FRAME_SLACK_S]
+    done = r.done or {}
+    dropped_late = int(done.get("frames_dropped_late", 0))
     return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
                       total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
-                      late_frames=late, stage_ms=(r.done or {}).get("stage_ms"))
+                      late_frames=len(late) + dropped_late, late_dropped=dropped_late, late_in_first_s=sum(pts < 1.0 for pts in late),
+                      late_max_ms=1000 * max(lateness, default=0.0),
+                      frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"))
 
 
 def run_level(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
@@ -132,7 +141,11 @@ def summarize(records: list[TurnRecord]) -> dict:
             "ttfa_p50_s": pct("ttfa_s", 50), "ttfa_p95_s": pct("ttfa_s", 95),
             "ttff_p50_s": pct("ttff_s", 50), "ttff_p95_s": pct("ttff_s", 95),
             "total_p50_s": pct("total_s", 50), "audio_s_p50": pct("audio_s", 50),
-            "late_frames": sum(r.late_frames for r in records), "audio_underruns": sum(r.audio_underruns for r in records),
+            "late_frames": sum(r.late_frames for r in records),
+            "late_dropped": sum(r.late_dropped for r in records),
+            "late_in_first_s": sum(r.late_in_first_s for r in records),
+            "late_max_ms_p95": pct("late_max_ms", 95), "frames_skipped": sum(r.frames_skipped for r in records),
+            "audio_underruns": sum(r.audio_underruns for r in records),
             "stage_ms_per_turn": {k: round(float(np.mean([(r.stage_ms or {}).get(k, 0.0) for r in ok])), 1)
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "errors": sorted({r.error for r in records if r.error})[:3]}
