@@ -8,6 +8,7 @@ stage gets for them, and how its output becomes frames (export/contract/spec.py 
 
 On GPU hosts (the `gpu` variant's talking_head parameter frame_stage) the warp family's frames are made whole by the
 `lipsync_frames` stage (ComposedWarpFrames: avatar id, pose and visemes out, JPEGs back; ensemble/frames_torch.py).
+Its slots follow the speech's timing: due once the acoustic model has timed their audio, before the vocoder makes it.
 
 Slots are (frame index on the 25 fps clock, what drives it). `inputs` and `frames` do pixel work: the pipeline
 runs them on its frame workers, off the event loop.
@@ -32,8 +33,13 @@ Slot = tuple[int, object]
 class FrameSource(Protocol):
     stage: ModelSpec
     composed: bool  # True: the stage returns whole frames as JPEG (`request`); False: `inputs` and `frames`
+    # True: its slots need only the speech's timing, so the turn advances it (`advance`) as soon as the acoustic
+    # model has timed an utterance, before the vocoder; False: the audio itself drives it (`push`)
+    follows_timing: bool
 
     def push(self, audio: np.ndarray) -> list[Slot]: ...
+
+    def advance(self, samples: int) -> list[Slot]: ...
 
     def finish(self, total_samples: int) -> list[Slot]: ...
 
@@ -50,6 +56,7 @@ class WarpFrames:
 
     stage = LIPSYNC
     composed = False
+    follows_timing = False  # its mouth crops are cut here, on the frame workers that the vocoder's audio shares
 
     def __init__(self, track: VisemeTrack):
         self.track = track
@@ -69,7 +76,10 @@ class WarpFrames:
         return due
 
     def push(self, audio: np.ndarray) -> list[Slot]:
-        self.samples += int(audio.size)
+        return self.advance(int(audio.size))
+
+    def advance(self, samples: int) -> list[Slot]:
+        self.samples += samples
         return self._due(self.samples - media.AUDIO_SAMPLES_PER_VIDEO_FRAME + 1)  # slots whose audio has begun
 
     def finish(self, total_samples: int) -> list[Slot]:
@@ -94,6 +104,9 @@ class ComposedWarpFrames(WarpFrames):
 
     stage = LIPSYNC_FRAMES
     composed = True
+    # the frames are made beside the lip-sync on another model: a turn's first frames are asked for while its
+    # first audio is vocoded, not after (BENCHMARKS.md, "GPU: one H200")
+    follows_timing = True
 
     def request(self, avatar: avatars.Avatar, poses: list[Pose], slots: list[Slot], quality: int) -> dict[str, np.ndarray]:
         n = len(slots)
@@ -108,6 +121,7 @@ class Wav2LipFrames:
 
     stage = WAV2LIP
     composed = False
+    follows_timing = False  # its mel windows are the audio's
 
     def __init__(self):
         self.resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)
@@ -121,6 +135,9 @@ class Wav2LipFrames:
 
     def push(self, audio: np.ndarray) -> list[Slot]:
         return self._number(self.mels.push(self.resampler.push(audio)))
+
+    def advance(self, samples: int) -> list[Slot]:
+        raise TypeError("Wav2Lip's frames follow the audio itself, not its timing")
 
     def finish(self, total_samples: int) -> list[Slot]:  # the resampler's tail may complete windows too
         return self._number(self.mels.push(self.resampler.finish())

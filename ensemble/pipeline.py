@@ -117,6 +117,9 @@ class Turn:
         self._lipsync_s = 0.0  # recent seconds per lip-sync call (EWMA): when a frame would be ready
         self._utterances = 0  # acoustic-model calls so far (each gets its own noise seed)
         self.visemes = VisemeTrack()  # the speech's mouth shapes on the audio clock (from its phoneme timings)
+        self.frames = frame_source(preset.lipsync, self.visemes, composed=bool(frame_stage))
+        self._timed_at: float | None = None  # perf_counter when the first utterance was timed (frames that follow
+        # the timing may be asked for before the first audio: their pacing clock's 0 until that audio exists)
 
     def interrupt(self, reason: str) -> None:
         """Stop the turn now: its tasks are cancelled, queued stage work is dropped, `run` ends the turn."""
@@ -333,6 +336,9 @@ class Turn:
                     out = await self.call(family.acoustic, **voice.request(u, self.options, seed))
                     features = out[family.features][0][:, : int(out[family.feature_lengths][0, 0])]
                     self._add_phones(u, out["durations"][0][: len(u.ids)])
+                    if self.frames.follows_timing:  # the video need not wait for the vocoder
+                        self._timed_at = self._timed_at or time.perf_counter()
+                        audio_q.put_nowait(features.shape[1] * media.TTS_MEL.hop_length)
                     await self._vocode(features, audio_q)
         finally:
             audio_q.put_nowait(_END)
@@ -367,17 +373,20 @@ class Turn:
                           "start_sample": self.audio_samples, "samples": int(audio.size)}, audio=audio)
         self.audio_chunks += 1
         self.audio_samples += int(audio.size)
-        audio_q.put_nowait(audio)
+        if not self.frames.follows_timing:
+            audio_q.put_nowait(audio)
 
     async def _video(self, audio_q: asyncio.Queue) -> None:
-        source = frame_source(self.preset.lipsync, self.visemes, composed=bool(self.frame_stage))
+        """The frames of the slots that `audio_q` makes due: audio chunks, or (a source that follows the speech's
+        timing) the samples each utterance will have."""
+        source = self.frames
         slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet made
         while True:
-            audio = await audio_q.get()
-            if audio is _END:
+            item = await audio_q.get()
+            if item is _END:
                 slots += source.finish(self.audio_samples)
                 break
-            slots += source.push(audio)
+            slots += source.advance(item) if isinstance(item, int) else source.push(item)
             # the first frame goes alone (time to first frame); later ones in batches
             size = 1 if self.video_frames == 0 else self.options.lipsync_batch
             while len(slots) >= size:
@@ -393,8 +402,9 @@ class Turn:
     async def _pace(self, index: int) -> None:
         """With frame_lead_s (streaming): wait until frame slot `index` (a batch's last) is due within that lead of
         its display time on the audio clock, so the frames other turns need now do not queue behind this one's."""
-        if self.frame_lead_s > 0 and self.options.streaming and self.first_audio_at is not None:
-            wait = self.first_audio_at + index / media.VIDEO_FPS - self.frame_lead_s - time.perf_counter()
+        clock = self.first_audio_at if self.first_audio_at is not None else self._timed_at
+        if self.frame_lead_s > 0 and self.options.streaming and clock is not None:
+            wait = clock + index / media.VIDEO_FPS - self.frame_lead_s - time.perf_counter()
             if wait > 0:
                 await asyncio.sleep(wait)
 

@@ -13,6 +13,7 @@ from ensemble.frames_torch import FrameComposer, FramesStage
 from ensemble.options import Limits
 from ensemble.service import Service
 from export.contract import events as ev
+from export.contract import media
 from export.contract.spec import LIPSYNC_FRAMES
 from export.runtime.batching import BatchRunner
 from export.toolchain.models import mouth_warp
@@ -123,3 +124,35 @@ def test_a_turn_with_composed_frames_streams_the_same_video(exported_repository,
     for i in mine:
         a, b = (cv2.imdecode(np.frombuffer(v[i], np.uint8), cv2.IMREAD_COLOR).astype(int) for v in (mine, theirs))
         assert np.abs(a - b).mean() < 1.0, i
+
+
+def test_composed_frames_follow_the_speech_timing_not_the_vocoder(exported_repository, tmp_path, demo_avatar, warp,
+                                                                  stage_runners):
+    """With frames made by lipsync_frames, an utterance's frame slots are due once the acoustic model has timed it:
+    a slow vocoder no longer holds the first frame back (it leaves before the first audio), and every slot the
+    audio has is still made, once, with audio and video of the same length."""
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = replace(svc.config, frame_stage=LIPSYNC_FRAMES.name)
+    svc.avatars.save(demo_avatar)
+    runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp),
+                                                                                              svc.avatars.load))}
+
+    async def infer(model, inputs, timeout_s=None):
+        if model == "vocoder":
+            await asyncio.sleep(0.2)  # a busy vocoder
+        result = runners[model].run([inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    events = []
+    inputs = {"text": np.array([b"Good morning. How are you?"], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say", "seed": 3}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, infer, events.append))
+    kinds = [e.type for e in events if e.type in (ev.AUDIO, ev.VIDEO)]
+    assert kinds.index(ev.VIDEO) < kinds.index(ev.AUDIO)
+    done = next(e for e in events if e.type == ev.DONE).data
+    indices = [e.data["index"] for e in events if e.type == ev.VIDEO]
+    assert sorted(indices) == list(range(media.video_frames_for_samples(done["audio_samples"])))
+    assert done["frames_dropped"] == 0
