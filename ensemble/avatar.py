@@ -234,6 +234,9 @@ def demo_avatar_png() -> bytes:
 # --------------------------------------------------------------------------- storage
 
 
+NOT_REGISTERED = "register the avatar first"  # in the error for an id the store does not hold (any more)
+
+
 class AvatarStore:
     """Avatars as <root>/<id>.npz, with an in-memory LRU of at most `capacity` loaded avatars and
     `max_memory_bytes` bytes of them (Avatar.nbytes; default MEMORY_BYTES, None: unbounded). Thread-safe.
@@ -243,8 +246,9 @@ class AvatarStore:
     Eviction, not refusal: a full store must not stop new clients from registering, and an evicted
     avatar is recovered by registering its image again (the id is the image's hash, so it is the
     same id). A turn for an evicted avatar gets "unknown avatar id ...; register the avatar first"
-    unless a serving process still holds it in memory. Several processes may share one root (the
-    registry writes, the orchestrator reads); only `save` evicts.
+    unless a serving process still holds it in memory (a turn in flight holds its avatar and writes it back when
+    the frame stage no longer finds it: ensemble/pipeline.py). Several processes share one root (the
+    registry writes, the orchestrator reads and writes back); only `save` evicts.
     """
 
     def __init__(self, root: Path, capacity: int = 64, *, max_avatars: int | None = None,
@@ -342,7 +346,7 @@ class AvatarStore:
         if cached is not None:
             _touch(path, missing_ok=True)  # recently used: the registry's eviction keeps it longer
             return cached
-        unknown = InputError(f"unknown avatar id {avatar_id!r}; register the avatar first")
+        unknown = InputError(f"unknown avatar id {avatar_id!r}; {NOT_REGISTERED}")
         if not path.is_file():
             raise unknown
         try:

@@ -87,8 +87,11 @@ class Turn:
     def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
-                 session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0):
+                 session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
+                 restore_avatar: Callable[[avatars.Avatar], object] | None = None):
         self._infer = infer
+        # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
+        self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
         self.frame_stage = frame_stage  # the model that composes warp frames, "": this process (ServiceConfig)
         self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
@@ -432,7 +435,14 @@ class Turn:
         t = time.perf_counter()
         if source.composed:  # the stage makes the frames whole: poses and visemes out, JPEGs back
             poses = [self.timeline.pose(i / media.VIDEO_FPS) for i, _ in slots]
-            out = await self.call(source.stage, **source.request(self.avatar, poses, slots, self.options.jpeg_quality))
+            request = source.request(self.avatar, poses, slots, self.options.jpeg_quality)
+            try:
+                out = await self.call(source.stage, **request)
+            except Exception as e:  # the registry evicted the avatar mid-turn: this turn still holds it
+                if self.restore_avatar is None or avatars.NOT_REGISTERED not in str(e):
+                    raise
+                self.restore_avatar(self.avatar)
+                out = await self.call(source.stage, **request)
             jpegs = [bytes(b) for b in out["frame"].reshape(-1)]
             took = time.perf_counter() - t
         else:

@@ -285,7 +285,8 @@ class Service:
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
                     frame_workers=self.frame_workers, session_stages=self.config.session_stages,
-                    frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0)
+                    frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0,
+                    restore_avatar=self.avatars.save)
         if session is not None:
             session.turn = turn
         self.active += 1

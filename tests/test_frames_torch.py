@@ -156,3 +156,34 @@ def test_composed_frames_follow_the_speech_timing_not_the_vocoder(exported_repos
     indices = [e.data["index"] for e in events if e.type == ev.VIDEO]
     assert sorted(indices) == list(range(media.video_frames_for_samples(done["audio_samples"])))
     assert done["frames_dropped"] == 0
+
+
+def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported_repository, tmp_path, demo_avatar,
+                                                                        warp, stage_runners):
+    """lipsync_frames reads avatars from the shared store in its own process. When the registry has evicted the
+    turn's avatar (file gone, not in that process's memory), the orchestrator, which holds the turn's avatar, writes
+    it back and asks again: the turn streams all its frames instead of failing."""
+    from ensemble.avatar import AvatarStore
+
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = replace(svc.config, frame_stage=LIPSYNC_FRAMES.name)
+    svc.avatars.save(demo_avatar)  # the orchestrator's store keeps it in memory too
+    stage_store = AvatarStore(tmp_path)  # the frame stage's process: nothing in memory
+    (tmp_path / f"{demo_avatar.id}.npz").unlink()  # evicted by the registry
+    runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp),
+                                                                                              stage_store.load))}
+
+    async def infer(model, inputs, timeout_s=None):
+        result = runners[model].run([inputs])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    events = []
+    inputs = {"text": np.array([b"Good morning."], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say", "seed": 3}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, infer, events.append))
+    done = next(e for e in events if e.type == ev.DONE).data
+    assert done["video_frames"] == media.video_frames_for_samples(done["audio_samples"]) > 5
+    assert (tmp_path / f"{demo_avatar.id}.npz").is_file()
