@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ensemble import motion
+from ensemble.avatar import AvatarStore
 from ensemble.frames_torch import FrameComposer, FramesStage
 from ensemble.options import Limits
 from ensemble.service import Service
@@ -126,30 +127,38 @@ def test_a_turn_with_composed_frames_streams_the_same_video(exported_repository,
         assert np.abs(a - b).mean() < 1.0, i
 
 
-def test_composed_frames_follow_the_speech_timing_not_the_vocoder(exported_repository, tmp_path, demo_avatar, warp,
-                                                                  stage_runners):
-    """With frames made by lipsync_frames, an utterance's frame slots are due once the acoustic model has timed it:
-    a slow vocoder no longer holds the first frame back (it leaves before the first audio), and every slot the
-    audio has is still made, once, with audio and video of the same length."""
-    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+def _composed_turn(exported_repository, avatar_dir, avatar, warp, stage_runners, text: bytes, *,
+                   stage_load=None, vocoder_s: float = 0.0) -> list:
+    """The events of one `say` turn whose frames lipsync_frames makes; the stage finds avatars with `stage_load`
+    (default: the orchestrator's own store), the vocoder answers after `vocoder_s`."""
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=avatar_dir, limits=Limits(max_sessions=1))
     svc.config = replace(svc.config, frame_stage=LIPSYNC_FRAMES.name)
-    svc.avatars.save(demo_avatar)
-    runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp),
-                                                                                              svc.avatars.load))}
+    runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(
+        FrameComposer(warp), stage_load or svc.avatars.load))}
 
     async def infer(model, inputs, timeout_s=None):
         if model == "vocoder":
-            await asyncio.sleep(0.2)  # a busy vocoder
+            await asyncio.sleep(vocoder_s)
         result = runners[model].run([inputs])[0]
         if isinstance(result, Exception):
             raise result
         return result
 
     events = []
-    inputs = {"text": np.array([b"Good morning. How are you?"], dtype=object),
-              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+    inputs = {"text": np.array([text], dtype=object), "avatar_id": np.array([avatar.id.encode()], dtype=object),
               "options": np.array([b'{"action": "say", "seed": 3}'], dtype=object)}
     asyncio.run(svc.handle(inputs, infer, events.append))
+    return events
+
+
+def test_composed_frames_follow_the_speech_timing_not_the_vocoder(exported_repository, tmp_path, demo_avatar, warp,
+                                                                  stage_runners):
+    """With frames made by lipsync_frames, an utterance's frame slots are due once the acoustic model has timed it:
+    a slow vocoder no longer holds the first frame back (it leaves before the first audio), and every slot the
+    audio has is still made, once, with audio and video of the same length."""
+    AvatarStore(tmp_path).save(demo_avatar)
+    events = _composed_turn(exported_repository, tmp_path, demo_avatar, warp, stage_runners,
+                            b"Good morning. How are you?", vocoder_s=0.2)  # a busy vocoder
     kinds = [e.type for e in events if e.type in (ev.AUDIO, ev.VIDEO)]
     assert kinds.index(ev.VIDEO) < kinds.index(ev.AUDIO)
     done = next(e for e in events if e.type == ev.DONE).data
@@ -163,27 +172,19 @@ def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported
     """lipsync_frames reads avatars from the shared store in its own process. When the registry has evicted the
     turn's avatar (file gone, not in that process's memory), the orchestrator, which holds the turn's avatar, writes
     it back and asks again: the turn streams all its frames instead of failing."""
-    from ensemble.avatar import AvatarStore
-
-    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
-    svc.config = replace(svc.config, frame_stage=LIPSYNC_FRAMES.name)
-    svc.avatars.save(demo_avatar)  # the orchestrator's store keeps it in memory too
+    AvatarStore(tmp_path).save(demo_avatar)
     stage_store = AvatarStore(tmp_path)  # the frame stage's process: nothing in memory
-    (tmp_path / f"{demo_avatar.id}.npz").unlink()  # evicted by the registry
-    runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp),
-                                                                                              stage_store.load))}
+    path = tmp_path / f"{demo_avatar.id}.npz"
+    evicted = []
 
-    async def infer(model, inputs, timeout_s=None):
-        result = runners[model].run([inputs])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
+    def load(avatar_id):  # the registry evicts the file as the turn's first frames are asked for
+        if not evicted:
+            evicted.append(path.read_bytes())
+            path.unlink()
+        return stage_store.load(avatar_id)
 
-    events = []
-    inputs = {"text": np.array([b"Good morning."], dtype=object),
-              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
-              "options": np.array([b'{"action": "say", "seed": 3}'], dtype=object)}
-    asyncio.run(svc.handle(inputs, infer, events.append))
+    events = _composed_turn(exported_repository, tmp_path, demo_avatar, warp, stage_runners, b"Good morning.",
+                            stage_load=load)
     done = next(e for e in events if e.type == ev.DONE).data
     assert done["video_frames"] == media.video_frames_for_samples(done["audio_samples"]) > 5
-    assert (tmp_path / f"{demo_avatar.id}.npz").is_file()
+    assert path.is_file()
