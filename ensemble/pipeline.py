@@ -171,17 +171,17 @@ class Turn:
         """The turn: a reply to `text` or to speech (`audio16k`), `say` spoken as it is, or `idle_s` seconds of
         idle motion."""
         pieces: asyncio.Queue = asyncio.Queue()
-        audio_q: asyncio.Queue = asyncio.Queue()
+        video_q: asyncio.Queue = asyncio.Queue()
         if idle_s is not None:
             jobs = [self._idle(idle_s)]
         else:
             reply = self._reply(text, audio16k, pieces) if say is None else self._say(say, pieces)
             if not self.options.streaming:
-                jobs = [self._naive(reply, pieces, audio_q)]
+                jobs = [self._naive(reply, pieces, video_q)]
             else:
-                jobs = [reply, self._speech(pieces, audio_q)]
+                jobs = [reply, self._speech(pieces, video_q)]
                 if self.options.video:
-                    jobs.append(self._video(audio_q))
+                    jobs.append(self._video(video_q))
         self._tasks = [asyncio.ensure_future(j) for j in jobs]
         watcher = asyncio.ensure_future(self._watch_client())
         try:
@@ -216,15 +216,15 @@ class Turn:
                 self.interrupt("client")
                 return
 
-    async def _naive(self, reply: Awaitable[None], pieces: asyncio.Queue, audio_q: asyncio.Queue) -> None:
+    async def _naive(self, reply: Awaitable[None], pieces: asyncio.Queue, video_q: asyncio.Queue) -> None:
         """The benchmark's baseline: every stage finishes before the next starts; nothing is sent until the end."""
         held: list[Event] = []
         send, self._emit = self._emit, held.append
         try:
             await reply
-            await self._speech(pieces, audio_q)
+            await self._speech(pieces, video_q)
             if self.options.video:
-                await self._video(audio_q)
+                await self._video(video_q)
         finally:
             self._emit = send
         for event in held:
@@ -325,7 +325,7 @@ class Turn:
     def _max_prompt(self) -> int:
         return spec.LLM.axis("tokens").max
 
-    async def _speech(self, pieces: asyncio.Queue, audio_q: asyncio.Queue) -> None:
+    async def _speech(self, pieces: asyncio.Queue, video_q: asyncio.Queue) -> None:
         voice = self.tok.voice
         family = voice.stages
         max_ids = family.acoustic.axis("phonemes").max
@@ -341,10 +341,10 @@ class Turn:
                     self._add_phones(u, out["durations"][0][: len(u.ids)])
                     if self.frames.follows_timing:  # the video need not wait for the vocoder
                         self._timed_at = self._timed_at or time.perf_counter()
-                        audio_q.put_nowait(features.shape[1] * media.TTS_MEL.hop_length)
-                    await self._vocode(features, audio_q)
+                        video_q.put_nowait(features.shape[1] * media.TTS_MEL.hop_length)
+                    await self._vocode(features, video_q)
         finally:
-            audio_q.put_nowait(_END)
+            video_q.put_nowait(_END)
 
     def _add_phones(self, u, durations: np.ndarray) -> None:
         """Each symbol's (start s, length s) on the audio clock, from the acoustic model's frames per symbol."""
@@ -354,7 +354,7 @@ class Turn:
             self.visemes.add(symbol, t, frames * frame_s)
             t += frames * frame_s
 
-    async def _vocode(self, features: np.ndarray, audio_q: asyncio.Queue) -> None:
+    async def _vocode(self, features: np.ndarray, video_q: asyncio.Queue) -> None:
         family = self.tok.voice.stages
         context = family.context_frames
         whole = family.vocoder.axis("frames").max - 2 * context  # naive: one call per utterance
@@ -366,9 +366,9 @@ class Turn:
         for chunk_id, chunk in stream.chunks_ready():
             audio = (await self.call(family.vocoder, **{family.features: chunk[None]}))["audio"][0]
             for ready in stream.accept(chunk_id, audio):
-                self._emit_audio(ready, audio_q)
+                self._emit_audio(ready, video_q)
 
-    def _emit_audio(self, audio: np.ndarray, audio_q: asyncio.Queue) -> None:
+    def _emit_audio(self, audio: np.ndarray, video_q: asyncio.Queue) -> None:
         audio = np.ascontiguousarray(audio, dtype=np.float32)
         if self.first_audio_at is None:
             self.first_audio_at = time.perf_counter()
@@ -377,15 +377,15 @@ class Turn:
         self.audio_chunks += 1
         self.audio_samples += int(audio.size)
         if not self.frames.follows_timing:
-            audio_q.put_nowait(audio)
+            video_q.put_nowait(audio)
 
-    async def _video(self, audio_q: asyncio.Queue) -> None:
-        """The frames of the slots that `audio_q` makes due: audio chunks, or (a source that follows the speech's
+    async def _video(self, video_q: asyncio.Queue) -> None:
+        """The frames of the slots that `video_q` makes due: audio chunks, or (a source that follows the speech's
         timing) the samples each utterance will have."""
         source = self.frames
         slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet made
         while True:
-            item = await audio_q.get()
+            item = await video_q.get()
             if item is _END:
                 slots += source.finish(self.audio_samples)
                 break
@@ -404,7 +404,8 @@ class Turn:
 
     async def _pace(self, index: int) -> None:
         """With frame_lead_s (streaming): wait until frame slot `index` (a batch's last) is due within that lead of
-        its display time on the audio clock, so the frames other turns need now do not queue behind this one's."""
+        its display time on the audio clock (before the first audio: from when the first utterance was timed), so the
+        frames other turns need now do not queue behind this one's."""
         clock = self.first_audio_at if self.first_audio_at is not None else self._timed_at
         if self.frame_lead_s > 0 and self.options.streaming and clock is not None:
             wait = clock + index / media.VIDEO_FPS - self.frame_lead_s - time.perf_counter()
@@ -441,7 +442,7 @@ class Turn:
             except Exception as e:  # the registry evicted the avatar mid-turn: this turn still holds it
                 if self.restore_avatar is None or avatars.NOT_REGISTERED not in str(e):
                     raise
-                self.restore_avatar(self.avatar)
+                await asyncio.to_thread(self.restore_avatar, self.avatar)  # a file write: off the event loop
                 out = await self.call(source.stage, **request)
             jpegs = [bytes(b) for b in out["frame"].reshape(-1)]
             took = time.perf_counter() - t
