@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from client.sdk import TalkingHeadClient
 from client.wire import action_inputs, auth_headers, cancel_inputs, turn_inputs
@@ -270,13 +271,27 @@ def stalled_reader(env) -> list[Case]:
     return [Case("a client that stops reading an idle stream", refused(e, "took no response"), detail=(e or "")[:160])]
 
 
+def live_stub(server_pid: int, model: str, wait_s: float = 10.0):
+    """The model's stub process, waiting up to `wait_s` for one (a stub Triton is restarting); None if none."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = [st for st in stubs(server_pid) if st.model == model]
+        if found or time.monotonic() > deadline:
+            return found[0] if found else None
+        time.sleep(0.5)
+
+
 def faults(env) -> list[Case]:
     """A stage stub and the orchestrator's stub killed: the watchdog brings each back; the door ends the dead
     orchestrator's streams."""
     server, cases = env.server, []
     dog = Watchdog(server.options.grpc_url, server.reload_model, timeout_s=20, log=lambda s: None)
     for model in ("tts", "talking_head"):
-        before = {s.model: s for s in stubs(server.process.pid)}[model]
+        before = live_stub(server.process.pid, model)
+        if before is None:
+            cases.append(Case(f"the {model} stub killed", False, detail=f"no live {model} stub to kill: "
+                              + ", ".join(sorted(st.instance for st in stubs(server.process.pid)))))
+            continue
         err: dict = {}
         if model == "talking_head":  # a stream through the door in flight when it dies
             q: queue.Queue = queue.Queue()
@@ -319,6 +334,17 @@ class Env:
     victim: "Victim"
 
 
+def alive(server: EmbeddedServer) -> bool:
+    """Whether tritonserver still runs and answers."""
+    if server.process.poll() is not None:
+        return False
+    try:
+        with grpcclient.InferenceServerClient(server.options.grpc_url) as probe:
+            return probe.is_server_live()
+    except InferenceServerException:
+        return False
+
+
 def run(repository: Path, passes: int = 2) -> list[ClassResult]:
     options = ServerOptions(repository=repository, workdir=BUILD / "adversarial", exit_timeout_s=10, **server_ports())
     results = []
@@ -341,17 +367,22 @@ def run(repository: Path, passes: int = 2) -> list[ClassResult]:
                     if k == 0:
                         r.cases = cases
                         r.victim_turns, r.victim_failed, r.victim_slowest_s = victim.turns, victim.failed, victim.slowest
-                with grpcclient.InferenceServerClient(options.grpc_url) as probe:
-                    r.alive_after = probe.is_server_live() and server.process.poll() is None
+                r.alive_after = alive(server)
                 results.append(r)
                 print(f"{name}: {sum(c.clean for c in r.cases)}/{len(r.cases)} clean, victim {r.victim_failed}/"
                       f"{r.victim_turns} failed", flush=True)
+                if not r.alive_after:  # the classes left cannot run; the launcher would exit non-zero here
+                    print(f"tritonserver died (exit status {server.process.poll()}): see "
+                          f"{options.workdir / 'tritonserver.log'}", flush=True)
+                    break
             victim.stop()
     return results
 
 
 def grower(memory: list[dict[str, float]]) -> str:
-    """The process that grew most over the passes, and its growth per pass."""
+    """The process that grew most over the passes, and its growth per pass ("—" when nothing ran at the end)."""
+    if not memory[-1]:
+        return "—"
     name = max(memory[-1], key=lambda k: memory[-1][k] - memory[0].get(k, memory[-1][k]))
     steps = [b.get(name, 0.0) - a.get(name, 0.0) for a, b in zip(memory, memory[1:])]
     return f"{name} " + ", ".join(f"{d:+.0f}" for d in steps)
