@@ -113,7 +113,8 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
     dropped_late = int(done.get("frames_dropped_late", 0))
     return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
                       total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
-                      late_frames=len(late) + dropped_late, late_dropped=dropped_late, late_in_first_s=sum(pts < 1.0 for pts in late),
+                      late_frames=len(late) + dropped_late, late_dropped=dropped_late,
+                      late_in_first_s=sum(pts < 1.0 for pts in late),
                       late_max_ms=1000 * max(lateness, default=0.0),
                       frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"))
 
