@@ -93,7 +93,6 @@ class Turn:
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
-        self.frame_stage = frame_stage  # the model that composes warp frames, "": this process (ServiceConfig)
         self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
         self.preset = preset
         self.tok = tokenizers
@@ -120,6 +119,7 @@ class Turn:
         self._lipsync_s = 0.0  # recent seconds per lip-sync call (EWMA): when a frame would be ready
         self._utterances = 0  # acoustic-model calls so far (each gets its own noise seed)
         self.visemes = VisemeTrack()  # the speech's mouth shapes on the audio clock (from its phoneme timings)
+        # frame_stage: the model that composes warp frames, "": this process (ServiceConfig)
         self.frames = frame_source(preset.lipsync, self.visemes, composed=bool(frame_stage))
         self._timed_at: float | None = None  # perf_counter when the first utterance was timed (frames that follow
         # the timing may be asked for before the first audio: their pacing clock's 0 until that audio exists)
