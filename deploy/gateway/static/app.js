@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const AUDIO_LEVEL = 0.001;  // RMS over ~10 ms (-60 dBFS) that counts as the reply's voice (between replies: zeros)
 const th = window.th = {events: [], turns: [], frames: 0, level: 0, peak: 0, connected: false, origin: null,
-                        error: null, current: null, flushedAt: null, lastLoud: null, nextVoice: false};
+                        error: null, current: null, flushedAt: null, lastLoud: null};
 let pc = null, dc = null, mic = null, cfg = null, turn = null, avatarLine = null, talking = false;
 const recent = [];  // [rtpTimestamp, presentation time] of the last frames shown
 const SLACK = 3;  // RTP units (90 kHz) of rounding allowed when matching timestamps
@@ -163,7 +163,6 @@ function onMessage(msg) {
       break;
     case "reply_audio":  // this reply's voice is leaving the gateway: its level from now on is the first audio
       if (turn && msg.turn_id === turn.turn_id) turn.audioOn = true;
-      if (th.flushedAt != null) th.nextVoice = true;  // the next reply's voice: not the interrupted one's tail
       break;
     case "reply_video":
       if (turn && msg.turn_id === turn.turn_id && turn.framePts == null) { turn.framePts = msg.pts; matchFrame(); }
@@ -173,7 +172,7 @@ function onMessage(msg) {
       $("lat-server").textContent = ms(msg.server_audio_ms);
       $("lat-gateway").textContent = `${ms(msg.gateway_audio_ms)} / ${ms(msg.gateway_video_ms)}`;
       break;
-    case "flushed": logLine("note", "(interrupted)"); th.flushedAt = msg.at; th.nextVoice = false; break;
+    case "flushed": logLine("note", "(interrupted)"); th.flushedAt = msg.at; break;
     case "done": {
       const mine = turn && msg.turn_id === turn.turn_id;  // a late done of an earlier reply has no measurements
       th.turns.push({turn_id: msg.turn_id, interrupted: msg.interrupted, reply: msg.reply,
@@ -201,8 +200,7 @@ function watchAudio(track) {
     for (const v of buf) sum += v * v;
     th.level = Math.sqrt(sum / buf.length);
     th.peak = Math.max(th.peak, th.level);
-    // after a barge-in: when the interrupted voice stopped (until the next reply's voice is sent)
-    if (th.level > AUDIO_LEVEL && !th.nextVoice) th.lastLoud = performance.now();
+    if (th.level > AUDIO_LEVEL) th.lastLoud = performance.now();  // after a barge-in: when the voice stopped
     if (turn && turn.audioOn && turn.firstAudio == null && th.level > AUDIO_LEVEL) {
       turn.firstAudio = performance.now() - turn.t0;
       $("lat-audio").textContent = ms(turn.firstAudio);
