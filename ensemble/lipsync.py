@@ -36,7 +36,6 @@ class FrameSource(Protocol):
     # True: its slots need only the speech's timing, so the turn advances it (`advance`) as soon as the acoustic
     # model has timed an utterance, before the vocoder; False: the audio itself drives it (`push`)
     follows_timing: bool
-    in_flight: int  # a turn's lip-sync calls at once (ensemble/ordered.py): more hide one call's latency
 
     def push(self, audio: np.ndarray) -> list[Slot]: ...
 
@@ -58,7 +57,6 @@ class WarpFrames:
     stage = LIPSYNC
     composed = False
     follows_timing = False  # its mouth crops are cut here, on the frame workers that the vocoder's audio shares
-    in_flight = 1  # so are its frames: a turn takes one worker at a time
 
     def __init__(self, track: VisemeTrack):
         self.track = track
@@ -109,9 +107,6 @@ class ComposedWarpFrames(WarpFrames):
     # the frames are made beside the lip-sync on another model: a turn's first frames are asked for while its
     # first audio is vocoded, not after (BENCHMARKS.md, "GPU: one H200")
     follows_timing = True
-    # a turn's next batch is asked for while the one before is made: its first batch after the first frame, due
-    # 40 ms after it, does not wait for that frame's round trip (BENCHMARKS.md, "GPU: one H200", run 14)
-    in_flight = 2
 
     def request(self, avatar: avatars.Avatar, poses: list[Pose], slots: list[Slot], quality: int) -> dict[str, np.ndarray]:
         n = len(slots)
@@ -127,7 +122,6 @@ class Wav2LipFrames:
     stage = WAV2LIP
     composed = False
     follows_timing = False  # its mel windows are the audio's
-    in_flight = 1  # its faces are composited on the frame workers
 
     def __init__(self):
         self.resampler = StreamingResampler(media.OUTPUT_SAMPLE_RATE, media.LIPSYNC_MEL.sample_rate)

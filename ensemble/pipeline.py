@@ -30,7 +30,6 @@ from ensemble.errors import DeadlineExceeded
 from ensemble.features import whisper_log_mel
 from ensemble.lipsync import FrameSource, frame_source
 from ensemble.options import TurnOptions
-from ensemble.ordered import OrderedCalls
 from ensemble.speech import Voice
 from ensemble.text import Segmenter, strip_chat_markup
 from ensemble.visemes import VisemeTrack
@@ -381,26 +380,27 @@ class Turn:
             video_q.put_nowait(audio)
 
     async def _video(self, video_q: asyncio.Queue) -> None:
-        """The frames of the slots that `video_q` makes due (audio chunks, or the samples a timed utterance will
-        have); the first alone (time to first frame), then batches, `in_flight` at once, their frames in order."""
+        """The frames of the slots that `video_q` makes due: audio chunks, or (a source that follows the speech's
+        timing) the samples each utterance will have."""
         source = self.frames
-        slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet asked for
-        calls = OrderedCalls(source.in_flight, self._send_frames, on_error=video_q.put_nowait)
-        size, end = 1, False
-        try:
-            while not end:
-                if isinstance(item := await video_q.get(), BaseException):  # a batch failed
-                    raise item
-                end = item is _END
-                slots += (source.finish(self.audio_samples) if end
-                          else source.advance(item) if isinstance(item, int) else source.push(item))
-                while slots and (end or len(slots) >= size):
-                    batch, slots, size = slots[:size], slots[size:], self.options.lipsync_batch
-                    await self._pace(batch[-1][0])
-                    await calls.start(self._lipsync(source, batch))
-            await calls.join()
-        finally:
-            await calls.cancel()
+        slots: list = []  # (frame index on the 25 fps clock, what drives it), due and not yet made
+        while True:
+            item = await video_q.get()
+            if item is _END:
+                slots += source.finish(self.audio_samples)
+                break
+            slots += source.advance(item) if isinstance(item, int) else source.push(item)
+            # the first frame goes alone (time to first frame); later ones in batches
+            size = 1 if self.video_frames == 0 else self.options.lipsync_batch
+            while len(slots) >= size:
+                batch, slots = slots[:size], slots[size:]
+                await self._pace(batch[-1][0])
+                await self._lipsync(source, batch)
+                size = self.options.lipsync_batch
+        while slots:
+            batch, slots = slots[: self.options.lipsync_batch], slots[self.options.lipsync_batch:]
+            await self._pace(batch[-1][0])
+            await self._lipsync(source, batch)
 
     async def _pace(self, index: int) -> None:
         """With frame_lead_s (streaming): wait until frame slot `index` (a batch's last) is due within that lead of
@@ -429,11 +429,10 @@ class Turn:
         self.recorder.inc(metrics.FRAMES_DROPPED, reason=reason)
         return False
 
-    async def _lipsync(self, source: FrameSource, slots: list) -> list[tuple[int, bytes]]:
-        """The kept slots' frames: (index, JPEG)."""
+    async def _lipsync(self, source: FrameSource, slots: list) -> None:
         slots = [(i, d) for i, d in slots if self._keep(i)]
         if not slots:
-            return []
+            return
         t = time.perf_counter()
         if source.composed:  # the stage makes the frames whole: poses and visemes out, JPEGs back
             poses = [self.timeline.pose(i / media.VIDEO_FPS) for i, _ in slots]
@@ -454,10 +453,7 @@ class Turn:
             took = time.perf_counter() - t
             jpegs = await self._off_loop(self._finish_frames, source, images, state, generated)
         self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
-        return [(i, jpeg) for (i, _), jpeg in zip(slots, jpegs)]
-
-    def _send_frames(self, frames: list[tuple[int, bytes]]) -> None:
-        for i, jpeg in frames:
+        for (i, _), jpeg in zip(slots, jpegs):
             self._send_frame(i, self.avatar.image.shape, jpeg)
 
     async def _off_loop(self, fn, *args):

@@ -128,25 +128,17 @@ def test_a_turn_with_composed_frames_streams_the_same_video(exported_repository,
 
 
 def _composed_turn(exported_repository, avatar_dir, avatar, warp, stage_runners, text: bytes, *,
-                   stage_load=None, vocoder_s: float = 0.0, frames_s: float = 0.0, overlap: list | None = None) -> list:
+                   stage_load=None, vocoder_s: float = 0.0) -> list:
     """The events of one `say` turn whose frames lipsync_frames makes; the stage finds avatars with `stage_load`
-    (default: the orchestrator's own store), the vocoder answers after `vocoder_s`, the frame stage after
-    `frames_s` (`overlap` gets how many of its calls were in flight as each began)."""
+    (default: the orchestrator's own store), the vocoder answers after `vocoder_s`."""
     svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=avatar_dir, limits=Limits(max_sessions=1))
     svc.config = replace(svc.config, frame_stage=LIPSYNC_FRAMES.name)
     runners = {**stage_runners, LIPSYNC_FRAMES.name: BatchRunner(LIPSYNC_FRAMES, FramesStage(
         FrameComposer(warp), stage_load or svc.avatars.load))}
 
-    in_flight = []
-
     async def infer(model, inputs, timeout_s=None):
         if model == "vocoder":
             await asyncio.sleep(vocoder_s)
-        if model == LIPSYNC_FRAMES.name:
-            in_flight.append(model)
-            (overlap if overlap is not None else []).append(len(in_flight))
-            await asyncio.sleep(frames_s)
-            in_flight.pop()
         result = runners[model].run([inputs])[0]
         if isinstance(result, Exception):
             raise result
@@ -173,20 +165,6 @@ def test_composed_frames_follow_the_speech_timing_not_the_vocoder(exported_repos
     indices = [e.data["index"] for e in events if e.type == ev.VIDEO]
     assert sorted(indices) == list(range(media.video_frames_for_samples(done["audio_samples"])))
     assert done["frames_dropped"] == 0
-
-
-def test_a_turns_next_frame_batch_is_made_while_the_one_before_is(exported_repository, tmp_path, demo_avatar,
-                                                                   warp, stage_runners):
-    """Composed frames: two lip-sync calls of a turn are in flight at once (its first batch after the first frame
-    does not wait for that frame's round trip), never more, and the frames still leave in order, each slot once."""
-    AvatarStore(tmp_path).save(demo_avatar)
-    overlap = []
-    events = _composed_turn(exported_repository, tmp_path, demo_avatar, warp, stage_runners,
-                            b"Good morning. How are you?", frames_s=0.03, overlap=overlap)
-    done = next(e for e in events if e.type == ev.DONE).data
-    assert max(overlap) == 2 and overlap[:2] == [1, 2]
-    indices = [e.data["index"] for e in events if e.type == ev.VIDEO]
-    assert indices == list(range(media.video_frames_for_samples(done["audio_samples"])))
 
 
 def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported_repository, tmp_path, demo_avatar,
