@@ -39,6 +39,7 @@ needs_chromium = pytest.mark.skipif(
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}  # a reply that is still streaming when the question comes again
 LEVEL = 0.001  # the page's AUDIO_LEVEL: RMS over ~10 ms
+STOP_WINDOW_MS = 1500  # how long after a barge-in the voice is watched (the next reply comes > 2 s after it)
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +144,15 @@ def video_region(driver) -> np.ndarray:
     return shot[round(y * dpr):round((y + h) * dpr), round(x * dpr):round((x + w) * dpr)]
 
 
+def audio_delay_ms(driver) -> float:
+    """The page's mean playout delay of the incoming voice (WebRTC stats: jitter buffer delay per emitted sample)."""
+    return float(driver.execute_async_script("""const done = arguments[arguments.length - 1];
+        pc.getStats().then((report) => { let ms = -1;
+          report.forEach((s) => { if (s.type === 'inbound-rtp' && s.kind === 'audio' && s.jitterBufferEmittedCount)
+            ms = 1000 * s.jitterBufferDelay / s.jitterBufferEmittedCount; });
+          done(ms); });"""))
+
+
 def likeness(a: np.ndarray, b: np.ndarray, side: int = 32) -> float:
     """Correlation of two grey images scaled to side x side."""
     a, b = (cv2.resize(i, (side, side), interpolation=cv2.INTER_AREA).astype(np.float64).ravel() for i in (a, b))
@@ -177,10 +187,18 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
     # speaking again (the looped question) stops the long reply: on the server and in the page
     wait_for(browser, "return th.events.some(e => e.type === 'done' && e.interrupted === 'barge_in')", 30,
              "a done event interrupted by barge_in")
-    wait_for(browser, "return th.flushedAt != null && performance.now() - th.flushedAt > 1200", 5, "1.2 s after it")
-    flushed_at, last_loud = browser.execute_script("return [th.flushedAt, th.lastLoud]")
-    stop_ms = max(0.0, last_loud - flushed_at)
-    assert stop_ms < 500, f"the voice went on {stop_ms:.0f} ms after the barge-in"
+    # The gateway drops the reply's queued audio at once and sends exact silence, and the page closes the gain its
+    # voice plays through. Without that gain the interrupted voice would go on for what the browser had buffered:
+    # its audio delay (jitter buffer, raised by Chromium's A/V sync to the video's delay), 56-407 ms here and more
+    # under load. That tail is a figure, printed (BENCHMARKS.md "WebRTC gateway"); the heard voice is asserted.
+    wait_for(browser, f"return th.flushedAt != null && performance.now() - th.flushedAt > {STOP_WINDOW_MS}", 5,
+             f"{STOP_WINDOW_MS} ms after it")
+    flushed_at, last_loud, last_arrived = browser.execute_script("return [th.flushedAt, th.lastLoud, th.lastArrived]")
+    stop_ms, tail_ms = (max(0.0, t - flushed_at) for t in (last_loud, last_arrived))
+    delay_ms = audio_delay_ms(browser)
+    assert stop_ms < 250, f"the voice was heard {stop_ms:.0f} ms after the barge-in"
+    assert tail_ms < STOP_WINDOW_MS - 500, (f"the interrupted voice still arrived {tail_ms:.0f} ms after the barge-in "
+                                            f"(the page's audio delay: {delay_ms:.0f} ms)")
 
     # leaving the page ends the session at the gateway
     browser.get("about:blank")
@@ -190,7 +208,7 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
         time.sleep(0.2)
     print(f"\nbrowser: first audio {first['firstAudio']:.0f} ms, first frame {first['firstFrame']:.0f} ms after the "
           f"turn_end event; {frames} frames; avatar likeness {score:.2f}; voice stopped {stop_ms:.0f} ms after the "
-          f"barge-in; test body {time.monotonic() - t0:.1f} s")
+          f"barge-in (arriving until {tail_ms:.0f} ms: the page's audio delay {delay_ms:.0f} ms); test body {time.monotonic() - t0:.1f} s")
 
 
 def test_https_page_and_avatar_upload(server, tmp_path):

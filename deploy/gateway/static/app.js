@@ -9,8 +9,11 @@ const $ = (id) => document.getElementById(id);
 const query = new URLSearchParams(location.search);
 const AUDIO_LEVEL = 0.001;  // RMS over ~10 ms (-60 dBFS) that counts as the reply's voice (between replies: zeros)
 const th = window.th = {events: [], turns: [], frames: 0, level: 0, peak: 0, connected: false, origin: null,
-                        error: null, current: null, flushedAt: null, lastLoud: null};
+                        error: null, current: null, flushedAt: null, flushedTurn: null, lastLoud: null,
+                        lastArrived: null};
 let pc = null, dc = null, mic = null, cfg = null, turn = null, avatarLine = null, talking = false;
+let voice = null;  // the gain the voice plays through: a barge-in closes it at once (what the browser has buffered
+                   // of the interrupted reply, its audio delay, is not heard), the next reply's voice opens it
 const recent = [];  // [rtpTimestamp, presentation time] of the last frames shown
 const SLACK = 3;  // RTP units (90 kHz) of rounding allowed when matching timestamps
 
@@ -163,6 +166,7 @@ function onMessage(msg) {
       break;
     case "reply_audio":  // this reply's voice is leaving the gateway: its level from now on is the first audio
       if (turn && msg.turn_id === turn.turn_id) turn.audioOn = true;
+      if (voice && msg.turn_id !== th.flushedTurn) voice.gain.value = 1;
       break;
     case "reply_video":
       if (turn && msg.turn_id === turn.turn_id && turn.framePts == null) { turn.framePts = msg.pts; matchFrame(); }
@@ -172,7 +176,10 @@ function onMessage(msg) {
       $("lat-server").textContent = ms(msg.server_audio_ms);
       $("lat-gateway").textContent = `${ms(msg.gateway_audio_ms)} / ${ms(msg.gateway_video_ms)}`;
       break;
-    case "flushed": logLine("note", "(interrupted)"); th.flushedAt = msg.at; break;
+    case "flushed":
+      if (voice) voice.gain.value = 0;
+      logLine("note", "(interrupted)"); th.flushedAt = msg.at; th.flushedTurn = msg.turn_id;
+      break;
     case "done": {
       const mine = turn && msg.turn_id === turn.turn_id;  // a late done of an earlier reply has no measurements
       th.turns.push({turn_id: msg.turn_id, interrupted: msg.interrupted, reply: msg.reply,
@@ -186,21 +193,31 @@ function onMessage(msg) {
   }
 }
 
-// First audio: the level of the incoming voice, 10 ms at a time (WebAudio; the track also plays in <video>).
+// The voice plays through WebAudio (the <video> element is muted): `voice` silences it at a barge-in. Its level,
+// 10 ms at a time, after that gain (what is heard: first audio, and when a stopped voice went quiet) and before it
+// (th.lastArrived: what the browser was still playing out of the interrupted reply).
 function watchAudio(track) {
   const ctx = new AudioContext();
-  const analyser = ctx.createAnalyser();
-  analyser.fftSize = 512;
-  ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
-  const buf = new Float32Array(analyser.fftSize);
-  setInterval(() => {
-    if (ctx.state === "suspended") ctx.resume();
+  const source = ctx.createMediaStreamSource(new MediaStream([track]));
+  voice = ctx.createGain();
+  const heard = ctx.createAnalyser(), arrived = ctx.createAnalyser();
+  heard.fftSize = arrived.fftSize = 512;
+  source.connect(arrived);
+  source.connect(voice).connect(heard);
+  voice.connect(ctx.destination);
+  const buf = new Float32Array(heard.fftSize);
+  const rms = (analyser) => {
     analyser.getFloatTimeDomainData(buf);
     let sum = 0;
     for (const v of buf) sum += v * v;
-    th.level = Math.sqrt(sum / buf.length);
+    return Math.sqrt(sum / buf.length);
+  };
+  setInterval(() => {
+    if (ctx.state === "suspended") ctx.resume();
+    th.level = rms(heard);
     th.peak = Math.max(th.peak, th.level);
     if (th.level > AUDIO_LEVEL) th.lastLoud = performance.now();  // after a barge-in: when the voice stopped
+    if (rms(arrived) > AUDIO_LEVEL) th.lastArrived = performance.now();
     if (turn && turn.audioOn && turn.firstAudio == null && th.level > AUDIO_LEVEL) {
       turn.firstAudio = performance.now() - turn.t0;
       $("lat-audio").textContent = ms(turn.firstAudio);
