@@ -16,9 +16,9 @@ process or shared-memory region outlives it.
 Models are under explicit control (`--model-control-mode=explicit --load-model=*`):
 a stage whose Python stub died is brought back with `EmbeddedServer.reload_model`
 (Triton 2.51 does not restart a dead stub). The admin APIs (repository, config, statistics,
-trace, logging, shared memory) are always behind the admin key: `admin_key` when given,
-else a random per-run key (written to `<workdir>/admin-key`, mode 0600).
-`model_control="none"` gives Triton's default control mode (no reload, no readiness flip).
+trace, logging, shared memory) are always behind the admin key: `admin_key` when given, else a random per-run
+key; either is written to `<workdir>/admin-key` (mode 0600), where tritonserver reads it (deploy/secret_argv.py:
+never on its command line). `model_control="none"` gives Triton's default control mode (no reload, no readiness flip).
 
 Options for deployments: `tls` (gRPC over TLS, deploy/tls.py), `admin_key` (model-repository, model-config,
 shared-memory, statistics, trace and logging APIs, and HTTP inference, need the admin header) and `bind_address`
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
+from deploy import secret_argv
 from deploy.admin import ADMIN_HEADER, ORCHESTRATOR, active_sessions, admin_headers
 from deploy.processes import busy_ports, stubs
 from deploy.tls import TLSFiles
@@ -134,7 +135,7 @@ class ServerOptions:
 
     @property
     def admin_key_file(self) -> Path:
-        """Where start() writes a generated admin key (mode 0600), for operators of `python -m deploy.server`."""
+        """Where start() writes the admin key (mode 0600): tritonserver reads it, and so can operators."""
         return self.workdir / "admin-key"
 
     @property
@@ -213,7 +214,7 @@ class EmbeddedServer:
         o.workdir.mkdir(parents=True, exist_ok=True)
         o.drain_file.unlink(missing_ok=True)  # left by a stop that was cut short
         o.admin_key_file.unlink(missing_ok=True)
-        if o.admin_key_generated:
+        if o.admin_key is not None:
             fd = os.open(o.admin_key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(o.admin_key + "\n")
@@ -221,9 +222,10 @@ class EmbeddedServer:
         t0 = time.perf_counter()
         if self.log_path.exists():  # the previous run's log (e.g. of a crash) is kept once
             self.log_path.replace(self.log_path.with_name(self.log_path.name + ".1"))
+        command, env = secret_argv.hide(self.command(backends), self.environment(), o.admin_key, o.admin_key_file,
+                                        BUILD / "secret_argv")
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command(backends), env=self.environment(), stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready(t0)
         except BaseException:

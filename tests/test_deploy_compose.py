@@ -61,6 +61,8 @@ from manifests import (
     tool,
 )
 
+from deploy import secret_argv
+
 # ---------------------------------------------------------------------------------------------- compose
 
 def test_compose_schema_is_vendored_unmodified():
@@ -137,7 +139,13 @@ def test_compose_triton_command():
     assert f["--grpc-infer-allocation-pool-size"] == ["0"]  # pooled requests would keep their largest buffers
     assert f["--load-model"] == list(MODELS)  # exactly what the export writes and serves
     assert f["--backend-directory"] == ["/opt/tritonserver/backends"]
-    check_restricted(argv, "${TRITON_ADMIN_KEY:?")
+    # the key is never in the command: deploy/secret_argv.c swaps it in from the secret inside tritonserver
+    check_restricted(argv, secret_argv.PLACEHOLDER)
+    assert not any("TRITON_ADMIN_KEY" in a for a in argv)
+    env = triton["environment"]
+    assert env["LD_PRELOAD"] == "/usr/local/lib/libsecret_argv.so"  # deploy/Dockerfile builds it there
+    secret = env[secret_argv.FILE_ENV].removeprefix("/run/secrets/")
+    assert secret in triton["secrets"] and compose()["secrets"][secret] == {"environment": "TRITON_ADMIN_KEY"}
     exit_timeout = int(f["--exit-timeout-secs"][0])
     assert duration_s(triton["stop_grace_period"]) > exit_timeout, "Docker would SIGKILL Triton mid-drain"
     assert "models:/models:ro" in triton["volumes"]

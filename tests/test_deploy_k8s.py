@@ -34,6 +34,8 @@ from manifests import (
     validate_monitoring,
 )
 
+from deploy import secret_argv
+
 # ------------------------------------------------------------------------------------------- kubernetes
 
 def test_every_k8s_yaml_is_accounted_for():
@@ -202,11 +204,19 @@ def test_deployment_triton_command_and_admin_key():
     assert f["--model-control-mode"] == ["explicit"] and f["--load-model"] == list(MODELS)
     assert f["--grpc-infer-allocation-pool-size"] == ["0"]  # pooled requests would keep their largest buffers
     assert f["--backend-directory"] == ["/opt/tritonserver/backends"]
-    check_restricted(argv, "$(TRITON_ADMIN_KEY)")
+    # the key is never in the args: deploy/secret_argv.c swaps it in from the mounted Secret inside tritonserver
+    check_restricted(argv, secret_argv.PLACEHOLDER)
+    assert not any("TRITON_ADMIN_KEY" in a for a in argv)
     env = {e["name"]: e for e in triton["env"]}
-    ref = env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]
+    assert env["LD_PRELOAD"]["value"] == "/usr/local/lib/libsecret_argv.so"  # deploy/Dockerfile builds it there
+    key_file = Path(env[secret_argv.FILE_ENV]["value"])
+    mount = next(m for m in triton["volumeMounts"] if m["mountPath"] == str(key_file.parent))
+    assert mount["readOnly"]
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])["secret"]
+    ref = env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]  # the preStop drain's copy: the same Secret
+    assert volume["secretName"] == ref["name"] and volume["defaultMode"] == 0o440
     secret = one("Secret", ref["name"])
-    assert ref["key"] in secret["stringData"]
+    assert ref["key"] in secret["stringData"] and key_file.name == ref["key"]
 
 
 def test_deployment_env_references_resolve():

@@ -9,14 +9,16 @@ from __future__ import annotations
 import secrets
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from client.sdk import ConnectionFailed, TalkingHeadClient
+from deploy import secret_argv
 from deploy.admin import ADMIN_GRPC_HEADER, admin_headers
-from deploy.processes import server_ports
+from deploy.processes import server_ports, stubs
 from deploy.server import ADMIN_APIS, EmbeddedServer, ServerOptions
 from deploy.tls import make_self_signed
 from ensemble.avatar import demo_avatar_png
@@ -53,8 +55,6 @@ def grpc_admin(tls_server, tls):
 
 
 def test_server_flags():
-    from pathlib import Path
-
     from deploy.tls import TLSFiles
 
     files = TLSFiles(Path("s.pem"), Path("s.key"), Path("ca.pem"))
@@ -140,6 +140,22 @@ def test_admin_apis_need_the_admin_key(grpc_admin, admin_key):
     # health, metadata and inference stay open (probes, canary and clients need no key)
     assert grpc_admin.is_server_ready() and grpc_admin.is_model_ready("talking_head")
     assert grpc_admin.get_model_metadata("talking_head").name == "talking_head"
+
+
+def test_the_admin_key_is_not_on_any_command_line(tls_server, admin_key):
+    """tritonserver got the key (the admin tests above pass with it) from its 0600 file through deploy/secret_argv:
+    `ps` shows the placeholder, and its stubs inherit neither the library nor the file's name."""
+    server = Path(f"/proc/{tls_server.process.pid}")
+    cmdline = (server / "cmdline").read_bytes().decode()
+    assert admin_key not in cmdline and cmdline.count(secret_argv.PLACEHOLDER) == 2
+    assert (tls_server.options.admin_key_file.stat().st_mode & 0o777) == 0o600
+    children = stubs(tls_server.process.pid)
+    assert children
+    for stub in children:
+        proc = Path(f"/proc/{stub.pid}")
+        assert admin_key.encode() not in (proc / "cmdline").read_bytes()
+        environ = (proc / "environ").read_bytes()
+        assert secret_argv.FILE_ENV.encode() not in environ and secret_argv.LIBRARY.encode() not in environ
 
 
 def test_http_admin_apis_need_the_admin_key(tls_server, admin_key):
