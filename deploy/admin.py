@@ -4,8 +4,7 @@ unload (readiness off while its turns finish), and its active-sessions gauge. Us
 """
 from __future__ import annotations
 
-import urllib.request
-
+from deploy import metrics_text
 from ensemble.metrics import ACTIVE_SESSIONS
 from export.contract.spec import TALKING_HEAD
 
@@ -25,13 +24,7 @@ def admin_headers(key: str | None, grpc: bool = True) -> dict[str, str] | None:
 
 def active_sessions(metrics_url: str) -> float:
     """Sum of talking_head_active_sessions over every orchestrator instance (0 when absent)."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(ACTIVE_SESSIONS.name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return metrics_text.total(metrics_text.scrape(metrics_url), ACTIVE_SESSIONS.name)
 
 def unload_orchestrator(grpc_url: str, admin_key: str | None, root_certificates: str | None = None) -> None:
     """Ask Triton to unload talking_head (returns at once; Triton lets the turns in flight finish first)."""

@@ -2,25 +2,21 @@
 rows per batch, and the mean queue and compute time per request (the compute of the batch it ran in)."""
 from __future__ import annotations
 
-import re
-import urllib.request
+from deploy import metrics_text
 
 COUNTERS = {"requests": "nv_inference_request_success", "rows": "nv_inference_count",
             "batches": "nv_inference_exec_count", "queue_us": "nv_inference_queue_duration_us",
             "compute_us": "nv_inference_compute_infer_duration_us"}
-_LINE = re.compile(r'^(nv_inference_\w+)\{[^}]*model="([^"]+)"[^}]*\} (\S+)$', re.M)
 
 
 def read(metrics_url: str) -> dict[str, dict[str, float]]:
     """model -> counter -> value, now."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as r:
-        text = r.read().decode()
     names = {v: k for k, v in COUNTERS.items()}
     out: dict[str, dict[str, float]] = {}
-    for metric, model, value in _LINE.findall(text):
-        if metric in names:
-            counters = out.setdefault(model, {})
-            counters[names[metric]] = counters.get(names[metric], 0.0) + float(value)
+    for s in metrics_text.scrape(metrics_url, timeout_s=10):
+        if s.name in names and "model" in s.labels:
+            counters = out.setdefault(s.labels["model"], {})
+            counters[names[s.name]] = counters.get(names[s.name], 0.0) + s.value
     return out
 
 

@@ -5,8 +5,9 @@ import urllib.request
 
 import pytest
 
-from deploy import canary, drain
+from deploy import canary, drain, metrics_text
 from ensemble import metrics
+from loadtests import triton_stats
 
 pytestmark = pytest.mark.server
 
@@ -38,6 +39,19 @@ def test_metrics_endpoint_exports_the_orchestrator_metrics(server, client, avata
     ttfa_sum = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_sum")).split()[-1])
     ttfa_count = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_count")).split()[-1])
     assert 0 < ttfa_sum / ttfa_count < 60
+
+
+def test_the_servers_metrics_read_back_per_model(server, client, avatar):
+    """deploy/metrics_text reads every line the real server serves, and loadtests/triton_stats turns Triton's
+    counters into one turn's per-model figures (requests, batches, queue and compute time)."""
+    url = f"http://localhost:{server.options.metrics_port}/metrics"
+    assert len(metrics_text.parse(_metrics(server))) > 100
+    before = triton_stats.read(url)
+    client.turn(avatar_id=avatar.id, text="Hello metrics.")
+    figures = triton_stats.between(before, triton_stats.read(url))
+    assert {"talking_head", "llm", "tts", "vocoder"} <= set(figures)
+    assert figures["talking_head"]["requests"] == 1 and figures["llm"]["requests"] > 1
+    assert all(f["batches"] >= 1 and f["compute_ms"] > 0 for f in figures.values())
 
 
 def test_counters_exist_from_the_start(server):
