@@ -23,11 +23,11 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from client.sdk import TalkingHeadClient
 from client.turns import TurnResult
+from deploy import metrics_text
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.__main__ import main as export_main
@@ -104,10 +104,8 @@ def run_once(degrade: bool, args: argparse.Namespace, port: int) -> dict:
                 t.start()
             for t in threads:
                 t.join()
-            with urllib.request.urlopen(f"http://localhost:{options.metrics_port}/metrics", timeout=5) as resp:
-                metrics_text = resp.read().decode()
-    switches = sum(float(v) for v in re.findall(r"^talking_head_degrade_switches_total{[^}]*} (\S+)$",
-                                                 metrics_text, re.M))
+            samples = metrics_text.scrape(f"http://localhost:{options.metrics_port}/metrics")
+    switches = metrics_text.total(samples, "talking_head_degrade_switches_total")
     results = [(r, late) for rs in turns.values() for r, late in rs]
     real = [not r.underrun and late <= MAX_LATE_SHARE for r, late in results]
     def real_time_share(rs):

@@ -27,13 +27,13 @@ import shutil
 import tempfile
 import threading
 import time
-import urllib.request
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from client.retry import is_retryable_refusal
 from client.sdk import ClientError, TalkingHeadClient
+from deploy import metrics_text
 from deploy.drain import active_sessions
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble import metrics
@@ -111,11 +111,7 @@ def run_users(url: str, avatar_id: str, phase: str, users: int, *, turns: int | 
 
 def counter(metrics_url: str, name: str, labels: str) -> float:
     """A counter's value on Triton's metrics endpoint (0 when absent), e.g. labels 'reason="overloaded"'."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(f"{name}{{{labels}}}") or line.startswith(f"{name}{{{labels},"):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    return metrics_text.total(metrics_text.scrape(metrics_url), name, **metrics_text.labels(labels))
 
 
 def wait_idle(metrics_url: str, timeout_s: float = 60.0) -> None:
