@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 from client.sdk import TalkingHeadClient
+from deploy.admin import active_sessions
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.__main__ import main as export_main
@@ -33,12 +32,6 @@ from loadtests.bench_cpu import hardware, pct
 
 LONG = {"ignore_eos": True, "max_reply_tokens": 200}
 WAYS = ("cancel", "new_turn", "close")
-
-
-def active_sessions(metrics_url: str) -> float:
-    with urllib.request.urlopen(metrics_url, timeout=5) as r:
-        m = re.search(r"^talking_head_active_sessions(?:{[^}]*})? (\S+)$", r.read().decode(), re.M)
-    return float(m.group(1)) if m else 0.0
 
 
 def one_round(client: TalkingHeadClient, avatar_id: str, way: str, k: int, metrics_url: str) -> float:

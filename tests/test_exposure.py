@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy import metrics_text
 from deploy.admin import admin_headers
 from deploy.server import ServerOptions
 from ensemble.metrics import TURNS
@@ -66,9 +67,7 @@ def outside_address() -> str | None:
 
 
 def turns_total(server) -> float:
-    with urllib.request.urlopen(server.options.metrics_url, timeout=5) as r:
-        text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(TURNS.name + "{"))
+    return metrics_text.total(metrics_text.scrape(server.options.metrics_url), TURNS.name)
 
 
 def http(server, path: str, body: dict | None = None, headers: dict[str, str] | None = None, timeout: float = 120):

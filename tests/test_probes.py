@@ -36,8 +36,8 @@ def test_metrics_endpoint_exports_the_orchestrator_metrics(server, client, avata
     assert f"{metrics.ACTIVE_SESSIONS.name} " in text or f"{metrics.ACTIVE_SESSIONS.name}{{" in text
     assert 'talking_head_turns_total{outcome="ok"}' in text
     # latencies in seconds: a tiny-preset turn's first audio chunk comes within a minute, not after 60000 "s"
-    ttfa_sum = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_sum")).split()[-1])
-    ttfa_count = float(next(line for line in text.splitlines() if line.startswith("talking_head_ttfa_seconds_count")).split()[-1])
+    samples = metrics_text.parse(text)
+    ttfa_sum, ttfa_count = (metrics_text.total(samples, f"{metrics.TTFA.name}_{part}") for part in ("sum", "count"))
     assert 0 < ttfa_sum / ttfa_count < 60
 
 
