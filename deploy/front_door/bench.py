@@ -3,13 +3,16 @@
     python -m deploy.front_door.bench [--url localhost:8001] [--turns 30] [--synthetic-turns 200]
 
 1. Real turns: an embedded tiny-preset server (or `--url`), text turns sent alternately straight to Triton and
-   through a front door (`python -m deploy.front_door`, its own process), same text and seed. Per pair: time to
+   through a front door (`python -m deploy.front_door`, its own process), same text and seed, each side on one
+   kept connection with a new stream per turn (as the SDK, which keeps its clients between turns). Per pair: time to
    first response door - direct, and for every k-th streamed response its arrival (since the request was sent)
    door - direct. The models' own jitter is in these differences.
 2. Synthetic upstream: a stand-in Triton (its own process) that answers each stream request with `--responses`
    responses of 16 KiB, 1 ms apart, each stamped with its send time; the client's receive time minus that stamp
    is the delivery latency of a response, straight and through the door; the difference of the medians is what
-   the door adds, without model noise. time.perf_counter is CLOCK_MONOTONIC, one clock for every process.
+   the door adds, without model noise. Measured twice: on kept connections (as the SDK) and with a new connection
+   (TCP + HTTP/2 handshake, to the door and to the stand-in) for every turn. time.perf_counter is CLOCK_MONOTONIC,
+   one clock for every process.
 """
 from __future__ import annotations
 
@@ -38,27 +41,48 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
-def one_stream(url: str, headers: dict, model: str, inputs: list, stamped: bool = False):
-    """(time to first response, arrival of each response since sending, and for stamped responses
-    receive time - the upstream's send stamp)."""
+def one_stream(c: grpcclient.InferenceServerClient, headers: dict, model: str, inputs: list, stamped: bool = False):
+    """One turn, a new stream on client `c`: (time to first response, arrival of each response since sending, and
+    for stamped responses receive time - the upstream's send stamp)."""
     q: queue.SimpleQueue = queue.SimpleQueue()
-    with grpcclient.InferenceServerClient(url) as c:
-        c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
+    c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
+    try:
         t0 = time.perf_counter()
         c.async_stream_infer(model, inputs, enable_empty_final_response=True)
         arrivals, delivery = [], []
         while True:
             t, result, error = q.get(timeout=120)
             if error is not None:
-                raise RuntimeError(f"{url}: {error}")
+                raise RuntimeError(str(error))
             params = result.get_response().parameters
             if stamped and "t" in params:
                 delivery.append(t - params["t"].double_param)
             if params["triton_final_response"].bool_param:
                 break
             arrivals.append(t - t0)
+    finally:
         c.stop_stream()
     return arrivals[0], arrivals, delivery
+
+
+class Endpoint:
+    """Turns against `url`. kept=True: one client (one connection) for every turn and a new stream per turn, as the
+    SDK does (it keeps its clients between turns); kept=False: a new client, i.e. a TCP connection and an HTTP/2
+    handshake, for each turn."""
+
+    def __init__(self, url: str, headers: dict, kept: bool):
+        self.url, self.headers, self.kept = url, headers, kept
+        self.client = grpcclient.InferenceServerClient(url) if kept else None
+
+    def turn(self, model: str, inputs: list, stamped: bool = False):
+        if self.client is not None:
+            return one_stream(self.client, self.headers, model, inputs, stamped)
+        with grpcclient.InferenceServerClient(self.url) as c:
+            return one_stream(c, self.headers, model, inputs, stamped)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
 
 
 class Door:
@@ -96,6 +120,7 @@ def report(title: str, ttfr: list[float], per_response: list[float], unit_ms: bo
 
 
 def real_turns(url: str, door: Door, turns: int) -> None:
+    """Pairs of the same text turn, straight and through the door, each side on its kept connection (as the SDK)."""
     from client.sdk import TalkingHeadClient
     from client.wire import turn_inputs
     from ensemble.avatar import demo_avatar_png
@@ -103,22 +128,28 @@ def real_turns(url: str, door: Door, turns: int) -> None:
     with TalkingHeadClient(url) as c:
         avatar = c.register_avatar(demo_avatar_png()).id
     inputs = turn_inputs(avatar_id=avatar, text="Hello there, how are you?", options={"seed": 0, "temperature": 0})
-    runs = {"direct": (url, {"triton_grpc_error": "true"}), "door": (door.url, HEADERS)}
-    for name, (u, h) in runs.items():  # warm-up
-        for _ in range(2):
-            one_stream(u, h, "talking_head", inputs)
-    ttfr, per, raw = [], [], {"direct": [], "door": []}
-    for i in range(turns):
-        got = {}
-        for name in (("direct", "door") if i % 2 else ("door", "direct")):
-            got[name] = one_stream(*runs[name], "talking_head", inputs)
-            raw[name].append(got[name][0])
-        ttfr.append(got["door"][0] - got["direct"][0])
-        n = min(len(got["door"][1]), len(got["direct"][1]))
-        a, b = np.asarray(got["door"][1][:n]), np.asarray(got["direct"][1][:n])
-        per.extend(np.diff(a) - np.diff(b))  # each response's gap after the previous one, door - direct
-    print(f"real turns ({turns} pairs, {len(per) // max(1, turns)} responses a turn): time to first response "
-          f"direct p50 {pct(raw['direct'], 50) * 1000:.2f} ms, through the door p50 {pct(raw['door'], 50) * 1000:.2f} ms")
+    ends = {"direct": Endpoint(url, {"triton_grpc_error": "true"}, kept=True),
+            "door": Endpoint(door.url, HEADERS, kept=True)}
+    try:
+        for end in ends.values():  # warm-up
+            for _ in range(2):
+                end.turn("talking_head", inputs)
+        ttfr, per, raw = [], [], {"direct": [], "door": []}
+        for i in range(turns):
+            got = {}
+            for name in (("direct", "door") if i % 2 else ("door", "direct")):
+                got[name] = ends[name].turn("talking_head", inputs)
+                raw[name].append(got[name][0])
+            ttfr.append(got["door"][0] - got["direct"][0])
+            n = min(len(got["door"][1]), len(got["direct"][1]))
+            a, b = np.asarray(got["door"][1][:n]), np.asarray(got["direct"][1][:n])
+            per.extend(np.diff(a) - np.diff(b))  # each response's gap after the previous one, door - direct
+    finally:
+        for end in ends.values():
+            end.close()
+    print(f"real turns ({turns} pairs, {len(per) // max(1, turns)} responses a turn, each side on one kept "
+          f"connection, a new stream per turn): time to first response direct p50 {pct(raw['direct'], 50) * 1000:.2f} "
+          f"ms, through the door p50 {pct(raw['door'], 50) * 1000:.2f} ms")
     report("real turns, door - direct", ttfr, per)
 
 
@@ -159,9 +190,12 @@ def grpc_aio():
 
 
 def synthetic(turns: int, responses: int, workdir: Path) -> None:
+    """The stand-in upstream, straight and through the door, on kept connections (a new stream per turn, as the
+    SDK) and with a new connection per turn."""
     port = free_ports(1)[0]
     fake = subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
                              "--responses", str(responses)])
+    res: dict[tuple[bool, str], tuple[list, list]] = {}
     try:
         url = f"localhost:{port}"
         time.sleep(1.5)
@@ -169,26 +203,33 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
         try:
             inputs = [grpcclient.InferInput("text", [1], "BYTES")]
             inputs[0].set_data_from_numpy(np.array([b"hi"], dtype=object))
-            res = {}
-            for name, (u, h) in {"direct": (url, {}), "door": (door.url, HEADERS)}.items():
-                one_stream(u, h, "talking_head", inputs, stamped=True)  # warm-up
-            for name in ("direct", "door", "direct", "door"):  # two rounds each, interleaved
-                u, h = (url, {}) if name == "direct" else (door.url, HEADERS)
-                for _ in range(turns // 2):
-                    first, _, delivery = one_stream(u, h, "talking_head", inputs, stamped=True)
-                    res.setdefault(name, ([], []))[0].append(first)
-                    res[name][1].extend(delivery)
+            for kept in (True, False):
+                ends = {"direct": Endpoint(url, {}, kept), "door": Endpoint(door.url, HEADERS, kept)}
+                try:
+                    for end in ends.values():
+                        end.turn("talking_head", inputs, stamped=True)  # warm-up
+                    for name in ("direct", "door", "direct", "door"):  # two rounds each, interleaved
+                        for _ in range(turns // 2):
+                            first, _, delivery = ends[name].turn("talking_head", inputs, stamped=True)
+                            res.setdefault((kept, name), ([], []))[0].append(first)
+                            res[kept, name][1].extend(delivery)
+                finally:
+                    for end in ends.values():
+                        end.close()
         finally:
             door.close()
     finally:
         fake.terminate()
         fake.wait(15)
-    d, p = res["direct"], res["door"]
     print(f"synthetic upstream ({turns} turns each way, {responses} responses of 16 KiB 1 ms apart):")
-    for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
-        print(f"  {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms, through the "
-              f"door p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
-              f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 {(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
+    for kept, how in ((True, "kept connection, a new stream per turn (as the SDK)"),
+                      (False, "a new connection per turn")):
+        d, p = res[kept, "direct"], res[kept, "door"]
+        print(f"  {how}:")
+        for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
+            print(f"    {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms, through "
+                  f"the door p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
+                  f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 {(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:

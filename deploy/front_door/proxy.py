@@ -218,19 +218,23 @@ class _Stream:
         self.quiet: dict[str, int] = {}  # request id -> prerenders in flight: they send nothing until they end
         self.forced: dict[str, int] = {}  # request id -> requests we asked final responses for (dropped here)
         self.failure: Refused | None = None
+        self.heard = time.monotonic()  # the upstream's last response (or the last moment nothing was in flight)
         self.lock = asyncio.Lock()
 
     async def run(self, call, request_iterator) -> None:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
+        watch = asyncio.ensure_future(self._watch_silence(call))
         try:
             try:
-                async for resp in self._responses(call):
+                async for resp in call:  # no task or timer per response: the silence clock is its own task
+                    self.heard = time.monotonic()
                     if self._ended(resp):
                         continue
                     async with self.lock:
                         try:
-                            await asyncio.wait_for(self.context.write(resp), self.door.limits.max_stall_s)
-                        except asyncio.TimeoutError:
+                            async with asyncio.timeout(self.door.limits.max_stall_s):
+                                await self.context.write(resp)
+                        except TimeoutError:
                             call.cancel()  # now: the abort below waits until the client reads again
                             self.failure = Refused(CODE.RESOURCE_EXHAUSTED, (
                                 f"the client took no response for {self.door.limits.max_stall_s:g} s (its stream "
@@ -247,36 +251,25 @@ class _Stream:
                 await self.context.abort(self.failure.code, self.failure.message)
         finally:
             pump.cancel()
+            watch.cancel()
             call.cancel()
 
-    async def _responses(self, call):
-        """The upstream's responses; silence past max_upstream_silence_s while a turn is in flight ends the stream
+    async def _watch_silence(self, call) -> None:
+        """Cancel the upstream call when it has sent nothing for max_upstream_silence_s while a turn is in flight
         (the clock runs only while one is: an idle stream may wait for its next request as long as it likes)."""
-        responses, silence = call.__aiter__(), self.door.limits.max_upstream_silence_s  # > 0 (FrontDoorOptions)
-        heard, pending = time.monotonic(), None
-        try:
-            while True:
-                pending = pending or asyncio.ensure_future(responses.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=min(1.0, silence / 4))
-                if done:
-                    try:
-                        resp = pending.result()
-                    except StopAsyncIteration:
-                        return
-                    pending, heard = None, time.monotonic()
-                    yield resp
-                elif self.turns <= sum(self.quiet.values()):  # nothing in flight that should be talking
-                    heard = time.monotonic()
-                elif time.monotonic() - heard > silence:
-                    call.cancel()
-                    self.failure = Refused(CODE.UNAVAILABLE, (
-                        f"the server sent nothing for {silence:g} s with a turn in flight (its orchestrator may "
-                        "have died); the stream was ended and its turns cancelled: retry"))
-                    log.warning("ended a stream whose upstream fell silent with %d request(s) in flight", self.turns)
-                    return
-        finally:
-            if pending is not None:
-                pending.cancel()
+        silence = self.door.limits.max_upstream_silence_s  # > 0 (FrontDoorOptions)
+        while True:
+            await asyncio.sleep(min(1.0, silence / 4))
+            now = time.monotonic()
+            if self.turns <= sum(self.quiet.values()):  # nothing in flight that should be talking
+                self.heard = now
+            elif now - self.heard > silence:
+                self.failure = Refused(CODE.UNAVAILABLE, (
+                    f"the server sent nothing for {silence:g} s with a turn in flight (its orchestrator may "
+                    "have died); the stream was ended and its turns cancelled: retry"))
+                log.warning("ended a stream whose upstream fell silent with %d request(s) in flight", self.turns)
+                call.cancel()
+                return
 
     def _ended(self, resp: pb.ModelStreamInferResponse) -> bool:
         """Count a request's final response; True for an empty final response the client did not ask for."""
