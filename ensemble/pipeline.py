@@ -88,12 +88,13 @@ class Turn:
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
-                 restore_avatar: Callable[[avatars.Avatar], object] | None = None):
+                 first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None):
         self._infer = infer
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
-        self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
+        # frame_lead_s: frames made at most this long before their display time (0: unpaced); first_frames: the
+        self.frame_lead_s, self.first_frames = frame_lead_s, first_frames  # frames in a turn's first lip-sync call
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -390,8 +391,7 @@ class Turn:
                 slots += source.finish(self.audio_samples)
                 break
             slots += source.advance(item) if isinstance(item, int) else source.push(item)
-            # the first frame goes alone (time to first frame); later ones in batches
-            size = 1 if self.video_frames == 0 else self.options.lipsync_batch
+            size = self.first_frames if self.video_frames == 0 else self.options.lipsync_batch  # ServiceConfig
             while len(slots) >= size:
                 batch, slots = slots[:size], slots[size:]
                 await self._pace(batch[-1][0])

@@ -9,8 +9,9 @@ from ensemble import metrics
 from ensemble.errors import DeadlineExceeded, InputError, Overloaded
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
-from ensemble.service import Service
+from ensemble.service import Service, ServiceConfig
 from export.contract import events as ev
+from export.contract import spec
 
 
 @pytest.fixture
@@ -222,3 +223,38 @@ def test_prerendering_is_not_paced(exported_repository, tmp_path, demo_avatar, s
     asyncio.run(svc.handle({**ask, "options": np.array([b'{"max_reply_tokens": 4}'], dtype=object)},
                            make_infer(stage_runners), lambda e: None))
     assert leads and set(leads) == {0.5}
+
+
+@pytest.mark.parametrize("first", [1, 4])
+def test_a_turns_first_lipsync_call_carries_first_frames(exported_repository, tmp_path, demo_avatar, stage_runners,
+                                                         first):
+    """first_frames (talking_head parameter): the frames of a turn's first lip-sync call; later calls carry
+    lipsync_batch; every frame slot is still made once, in order."""
+    from dataclasses import replace as changed
+
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = changed(svc.config, first_frames=first)
+    svc.avatars.save(demo_avatar)
+    infer, sizes = make_infer(stage_runners), []
+
+    async def spy(model, inputs, timeout_s=None):
+        if model in (spec.LIPSYNC.name, spec.LIPSYNC_FRAMES.name):
+            sizes.append(len(inputs["visemes"]))
+        return await infer(model, inputs, timeout_s)
+
+    events = []
+    inputs = {"text": np.array([b"Good morning. I am here to help you today!"], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say", "lipsync_batch": 6}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, spy, events.append))
+    video = [e.data["index"] for e in events if e.type == ev.VIDEO]
+    assert sizes[0] == first and all(n <= 6 for n in sizes[1:-1]) and max(sizes[1:]) == 6, sizes
+    assert video == list(range(len(video))) and len(video) == sum(sizes) > 25
+
+
+def test_first_frames_must_be_a_small_positive_integer():
+    for bad in ("0", "65", "two"):
+        with pytest.raises(ValueError, match="first_frames"):
+            ServiceConfig.from_parameters({"first_frames": bad})
+    assert ServiceConfig.from_parameters({"first_frames": "8"}).first_frames == 8
+    assert ServiceConfig.from_parameters({}).first_frames == 1
