@@ -14,6 +14,7 @@ faces with an empty colour channel: only the avatar this test registers has one)
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -74,8 +75,35 @@ def repository_with_faulty_lipsync(src: Path, dest: Path) -> Path:
     return dest
 
 
+TRITON_8882 = "boost::interprocess::lock_exception"
+
+
+def aborted_by_triton_8882(server: EmbeddedServer) -> bool:
+    """tritonserver died of its own Python-backend bug (triton-inference-server/server#8882, open; RELIABILITY.md,
+    "The stub-faults class does not always end clean"): a stub SIGKILLed while it held a lock in the backend's shared
+    memory makes a later request abort the whole server with this exception."""
+    return (server.process is not None and server.process.poll() is not None
+            and TRITON_8882 in server.log_path.read_text(errors="replace"))
+
+
+def unless_triton_aborts(test):
+    """A test that kills a stub: its claims hold while tritonserver survives the kill. When tritonserver aborted of
+    Triton's bug #8882 instead (it happened in a fresh CI run here), the test is an expected failure that names it
+    (the next test gets a new server, `fault_server`); any other failure fails it."""
+    @functools.wraps(test)
+    def run(*args, **kwargs):
+        try:
+            return test(*args, **kwargs)
+        except Exception:
+            if aborted_by_triton_8882(kwargs["fault_server"]):
+                pytest.xfail(f"tritonserver aborted ({TRITON_8882}) after a stub was SIGKILLed: Triton's bug "
+                             "triton-inference-server/server#8882, not this project's (RELIABILITY.md)")
+            raise
+    return run
+
+
 @pytest.fixture(scope="module")
-def fault_server(exported_repository, tmp_path_factory):
+def module_server(exported_repository, tmp_path_factory):
     repo = repository_with_faulty_lipsync(exported_repository, tmp_path_factory.mktemp("faults") / "repo")
     # exit_timeout_s: after a stub was killed, Triton's shutdown waits this long for the dead instance
     options = ServerOptions(repository=repo, workdir=tmp_path_factory.mktemp("triton-faults"), exit_timeout_s=10,
@@ -86,9 +114,20 @@ def fault_server(exported_repository, tmp_path_factory):
     assert server.shm_regions and not [r for r in server.shm_regions if os.path.exists(f"/dev/shm/{r}")]
 
 
+@pytest.fixture
+def fault_server(module_server):
+    """The module's server; started again (same ports, the old log kept as tritonserver.log.1) when a test before
+    left it dead of Triton's bug #8882."""
+    if module_server.process.poll() is not None:
+        assert aborted_by_triton_8882(module_server), module_server.log_tail()
+        module_server.stop(drain=False)
+        module_server.start()
+    return module_server
+
+
 @pytest.fixture(scope="module")
-def th(fault_server):
-    with TalkingHeadClient(fault_server.options.grpc_url, turn_timeout_s=120) as c:
+def th(module_server):
+    with TalkingHeadClient(module_server.options.grpc_url, turn_timeout_s=120) as c:
         yield c
 
 
@@ -111,6 +150,8 @@ def kill_stub(fault_server):
         return stub
 
     yield kill
+    if fault_server.process.poll() is not None:  # Triton's bug #8882 took the server: the next test starts it again
+        return
     for stage in killed:
         if stage not in {s.model for s in stubs(fault_server.process.pid)}:
             fault_server.reload_model(stage)
@@ -156,6 +197,7 @@ class Background:
             time.sleep(0.005)
 
 
+@unless_triton_aborts
 def test_killed_stub_fails_its_session_the_canary_names_it_and_a_reload_brings_it_back(fault_server, th, avatar,
                                                                                        kill_stub):
     stage = "vocoder"
@@ -206,6 +248,7 @@ def test_killed_stub_fails_its_session_the_canary_names_it_and_a_reload_brings_i
           f"completed ({len(result.frames)} frames) and the canary passed ({canary_after!r})")
 
 
+@unless_triton_aborts
 def test_the_watchdog_brings_a_dead_stub_back(fault_server, th, avatar, kill_stub):
     """deploy/watchdog.py: a canary round after a stage's stub died names the stage and reloads it; the next round
     passes and user turns succeed again, with no operator."""
@@ -280,6 +323,7 @@ def test_a_stage_raising_fails_only_its_session(fault_server, th, avatar):
           f"{len(results)} concurrent sessions and the next one completed with video")
 
 
+@unless_triton_aborts
 def test_a_dead_orchestrator_ends_its_streams_at_the_door_and_the_watchdog_brings_it_back(fault_server, th, avatar,
                                                                                           kill_stub):
     """Triton 2.51 leaves the streams of a killed orchestrator stub open forever, health 200. Through the front door
