@@ -112,17 +112,20 @@ def test_a_turn_with_composed_frames_streams_the_same_video(exported_repository,
     inputs = {"text": np.array([b"Good morning."], dtype=object),
               "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
               "options": np.array([b'{"action": "say", "seed": 3}'], dtype=object)}
-    videos, stages = [], []
+    videos, stages, turns = [], [], []
     for service in (load, composed):
         events = []
         calls.clear()
-        asyncio.run(service.handle(inputs, infer, events.append))
+        turns.append(asyncio.run(service.handle(inputs, infer, events.append)))
         videos.append({e.data["index"]: e.frame for e in events if e.type == ev.VIDEO})
         stages.append({c for c in calls if c.startswith("lipsync")})
     assert stages == [{"lipsync"}, {"lipsync_frames"}]
     mine, theirs = videos
-    assert sorted(mine) == sorted(theirs) and len(mine) > 5
-    for i in mine:
+    both = set(mine) & set(theirs)
+    for video, turn in zip(videos, turns):  # on a loaded machine either turn may drop a frame as late, nothing else
+        assert len((set(mine) | set(theirs)) - set(video)) <= turn.frames_late_dropped, (sorted(mine), sorted(theirs))
+    assert len(both) > 5
+    for i in sorted(both):
         a, b = (cv2.imdecode(np.frombuffer(v[i], np.uint8), cv2.IMREAD_COLOR).astype(int) for v in (mine, theirs))
         assert np.abs(a - b).mean() < 1.0, i
 
