@@ -26,6 +26,7 @@ def active_sessions(metrics_url: str) -> float:
     """Sum of talking_head_active_sessions over every orchestrator instance (0 when absent)."""
     return metrics_text.total(metrics_text.scrape(metrics_url), ACTIVE_SESSIONS.name)
 
+
 def unload_orchestrator(grpc_url: str, admin_key: str | None, root_certificates: str | None = None) -> None:
     """Ask Triton to unload talking_head (returns at once; Triton lets the turns in flight finish first)."""
     import tritonclient.grpc as grpcclient

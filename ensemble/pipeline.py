@@ -93,8 +93,8 @@ class Turn:
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
-        # frame_lead_s: frames made at most this long before their display time (0: unpaced); first_frames: the
-        self.frame_lead_s, self.first_frames = frame_lead_s, first_frames  # frames in a turn's first lip-sync call
+        self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
+        self.first_frames = first_frames  # frames in a turn's first lip-sync call (ServiceConfig)
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -391,7 +391,7 @@ class Turn:
                 slots += source.finish(self.audio_samples)
                 break
             slots += source.advance(item) if isinstance(item, int) else source.push(item)
-            size = self.first_frames if self.video_frames == 0 else self.options.lipsync_batch  # ServiceConfig
+            size = self.first_frames if self.video_frames == 0 else self.options.lipsync_batch
             while len(slots) >= size:
                 batch, slots = slots[:size], slots[size:]
                 await self._pace(batch[-1][0])
