@@ -189,5 +189,8 @@ def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported
     events = _composed_turn(exported_repository, tmp_path, demo_avatar, warp, stage_runners, b"Good morning.",
                             stage_load=load)
     done = next(e for e in events if e.type == ev.DONE).data
-    assert done["video_frames"] == media.video_frames_for_samples(done["audio_samples"]) > 5
+    # every slot is made, or (on a loaded machine) dropped as late: none is lost to the eviction
+    slots = media.video_frames_for_samples(done["audio_samples"])
+    assert done["frames_dropped"] == done["frames_dropped_late"] <= slots // 3, done
+    assert done["video_frames"] + done["frames_dropped"] == slots > 5
     assert path.is_file()

@@ -197,8 +197,8 @@ def test_tracks_pace_on_the_media_clock_with_continuous_timestamps():
         for _ in range(10):
             frames.append(await audio.recv())
             left.append(clock.now())
-        schedule.push(clock.now() + 0.1, jpeg.tobytes(), "turn")
         t = clock.now()
+        schedule.push(t + 0.1, jpeg.tobytes(), "turn")
         vf = await video.recv()
         return frames, left, vf, t, sent
 
