@@ -10,8 +10,9 @@
 2. Synthetic upstream: a stand-in Triton (its own process) that answers each stream request with `--responses`
    responses of 16 KiB, 1 ms apart, each stamped with its send time; the client's receive time minus that stamp
    is the delivery latency of a response, straight and through the door; the difference of the medians is what
-   the door adds, without model noise. Measured twice: on kept connections (as the SDK) and with a new connection
-   (TCP + HTTP/2 handshake, to the door and to the stand-in) for every turn. time.perf_counter is CLOCK_MONOTONIC,
+   the door adds, without model noise. Beside the door, a bare grpc.aio pass-through (raw bytes, nothing checked)
+   shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Measured twice: on
+   kept connections (as the SDK) and with a new connection (TCP + HTTP/2 handshake) for every turn. time.perf_counter is CLOCK_MONOTONIC,
    one clock for every process.
 """
 from __future__ import annotations
@@ -189,26 +190,60 @@ def grpc_aio():
     return grpc.aio
 
 
+async def serve_passthrough(port: int, upstream: str) -> None:
+    """The floor of any grpc.aio proxy: ModelStreamInfer passed through as raw bytes, with nothing checked, parsed
+    or rewritten (the door's second hop without the door)."""
+    import grpc
+
+    channel = grpc.aio.insecure_channel(upstream)
+    method = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+
+    async def stream(request_iterator, context):
+        call = method()
+
+        async def pump():
+            async for req in request_iterator:
+                await call.write(req)
+            await call.done_writing()
+
+        task = asyncio.ensure_future(pump())
+        try:
+            async for resp in call:
+                await context.write(resp)
+        finally:
+            task.cancel()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "inference.GRPCInferenceService", {"ModelStreamInfer": grpc.stream_stream_rpc_method_handler(stream)}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
 def synthetic(turns: int, responses: int, workdir: Path) -> None:
     """The stand-in upstream, straight and through the door, on kept connections (a new stream per turn, as the
     SDK) and with a new connection per turn."""
-    port = free_ports(1)[0]
-    fake = subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
-                             "--responses", str(responses)])
+    port, floor_port = free_ports(2)
+    url = f"localhost:{port}"
+    helpers = [subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
+                                 "--responses", str(responses)]),
+               subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--passthrough", str(floor_port),
+                                 "--url", url])]
     res: dict[tuple[bool, str], tuple[list, list]] = {}
     try:
-        url = f"localhost:{port}"
         time.sleep(1.5)
         door = Door(url, workdir)
         try:
             inputs = [grpcclient.InferInput("text", [1], "BYTES")]
             inputs[0].set_data_from_numpy(np.array([b"hi"], dtype=object))
             for kept in (True, False):
-                ends = {"direct": Endpoint(url, {}, kept), "door": Endpoint(door.url, HEADERS, kept)}
+                ends = {"direct": Endpoint(url, {}, kept), "door": Endpoint(door.url, HEADERS, kept),
+                        "floor": Endpoint(f"localhost:{floor_port}", {}, kept)}
                 try:
                     for end in ends.values():
                         end.turn("talking_head", inputs, stamped=True)  # warm-up
-                    for name in ("direct", "door", "direct", "door"):  # two rounds each, interleaved
+                    for name in ("direct", "door", "floor") * 2:  # two rounds each, interleaved
                         for _ in range(turns // 2):
                             first, _, delivery = ends[name].turn("talking_head", inputs, stamped=True)
                             res.setdefault((kept, name), ([], []))[0].append(first)
@@ -219,17 +254,21 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
         finally:
             door.close()
     finally:
-        fake.terminate()
-        fake.wait(15)
+        for p in helpers:
+            p.terminate()
+            p.wait(15)
     print(f"synthetic upstream ({turns} turns each way, {responses} responses of 16 KiB 1 ms apart):")
     for kept, how in ((True, "kept connection, a new stream per turn (as the SDK)"),
                       (False, "a new connection per turn")):
-        d, p = res[kept, "direct"], res[kept, "door"]
+        d = res[kept, "direct"]
         print(f"  {how}:")
         for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
-            print(f"    {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms, through "
-                  f"the door p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
-                  f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 {(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
+            print(f"    {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms")
+            for name, what in (("door", "through the door"), ("floor", "through a bare grpc.aio pass-through")):
+                p = res[kept, name]
+                print(f"      {what}: p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
+                      f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 "
+                      f"{(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,9 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-turns", type=int, default=200, help="synthetic turns each way (default %(default)s)")
     ap.add_argument("--responses", type=int, default=100, help="synthetic responses a turn (default %(default)s)")
     ap.add_argument("--fake-upstream", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--passthrough", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.fake_upstream:
         asyncio.run(serve_fake(args.fake_upstream, args.responses, 0.001))
+        return 0
+    if args.passthrough:
+        asyncio.run(serve_passthrough(args.passthrough, args.url))
         return 0
     work = Path(tempfile.mkdtemp(prefix="front-door-bench-"))
     if args.synthetic_turns:
