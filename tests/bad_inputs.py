@@ -175,6 +175,9 @@ CASES = [
     # -- options
     _turn("unknown option", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b'{"colour": 1}'),
           "unknown option(s) colour"),
+    # a lone surrogate (a JSON escape) echoed in the message: it once made the error unsendable, the turn silent
+    _turn("option named with a lone surrogate", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"\\ud800": 1}'), "unknown option(s) \\ud800"),
     _turn("options not JSON", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b"{video: no"),
           "options is not valid JSON"),
     _turn("options not an object", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b"[1, 2]"),

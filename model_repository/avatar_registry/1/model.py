@@ -4,7 +4,7 @@ import triton_python_backend_utils as pb_utils
 
 from ensemble.avatar import AvatarStore, register
 from ensemble.draining import draining
-from ensemble.errors import InputError
+from ensemble.errors import InputError, wire_message
 from ensemble.options import Limits
 from ensemble.service import default_avatar_dir
 from export.contract.spec import FACE_DETECTOR
@@ -51,10 +51,10 @@ class TritonPythonModel:
             self.store.save(avatar)
         except InputError as e:
             return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG))
+                error=pb_utils.TritonError(wire_message(f"invalid input: {e}"), pb_utils.TritonError.INVALID_ARG))
         except StageError as e:  # the detector is down: the client may retry, here or on another replica
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                f"face detection unavailable: {e}", pb_utils.TritonError.UNAVAILABLE))
+                wire_message(f"face detection unavailable: {e}"), pb_utils.TritonError.UNAVAILABLE))
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("avatar_id", np.array([avatar.id.encode()], dtype=np.object_)),
             pb_utils.Tensor("face_box", np.asarray(_xyxy(avatar.box), dtype=np.int32)),

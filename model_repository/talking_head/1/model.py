@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from ensemble import metrics
-from ensemble.errors import DeadlineExceeded, InputError, Overloaded
+from ensemble.errors import DeadlineExceeded, InputError, Overloaded, wire_message
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service, ServiceConfig
 from export.contract.spec import BY_NAME, TALKING_HEAD
@@ -71,19 +71,21 @@ class TritonPythonModel:
             await self.service.handle(inputs, bls, emit, is_cancelled=request.is_cancelled,
                                       request_id=request.request_id())
         except InputError as e:
-            error = pb_utils.TritonError(f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG)
+            error = f"invalid input: {e}", pb_utils.TritonError.INVALID_ARG
         except Overloaded as e:
-            error = pb_utils.TritonError(str(e), pb_utils.TritonError.UNAVAILABLE)
+            error = str(e), pb_utils.TritonError.UNAVAILABLE
         except DeadlineExceeded as e:  # the remaining work was dropped
-            error = pb_utils.TritonError(str(e))
+            error = str(e), pb_utils.TritonError.INTERNAL
         except Cancelled:
-            error = pb_utils.TritonError("turn cancelled by the client", pb_utils.TritonError.CANCELLED)
+            error = "turn cancelled by the client", pb_utils.TritonError.CANCELLED
         except Exception as e:  # a stage failed: this turn fails, the server keeps serving
-            error = pb_utils.TritonError(f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL)
+            error = f"internal error: {type(e).__name__}: {e}", pb_utils.TritonError.INTERNAL
         finally:
             self.inflight -= 1
             if error is not None:
-                sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+                message, code = error
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(wire_message(message), code)),
+                            flags=FINAL)
             else:
                 sender.send(flags=FINAL)
 
