@@ -9,6 +9,7 @@ import struct
 import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -84,6 +85,10 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
         b'{"action":"cancel","session":"s"}')
     assert own_options(typed, "T" * 32) == "cancel"
     assert json.loads(typed.inputs[0].contents.bytes_contents[0])["session_token"] == "T" * 32
+    typed.inputs[0].contents.bytes_contents[0] = b'{"canary": true}'  # would hide its turns from the latency metrics
+    with pytest.raises(Refused, match="canary") as refused:
+        own_options(typed, "T" * 32)
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
     typed.inputs[0].contents.bytes_contents[0] = b"not json"
     assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == b"not json"
     typed.inputs[0].contents.bytes_contents.append(b"{}")

@@ -7,7 +7,8 @@ statistics, trace, logging and shared-memory APIs, ServerMetadata) is refused wi
 
 Every forwarded call but the two health calls needs `authorization: Bearer <key>` (UNAUTHENTICATED otherwise).
 Each `talking_head` request's `options` JSON gets the caller's `session_token` (derived from its identity,
-overriding what the client sent), so a session belongs to the API key that opened it. Quotas per identity
+overriding what the client sent), so a session belongs to the API key that opened it; the `canary` option (a
+probe's turn, left out of the latency metrics) is refused. Quotas per identity
 (quota.py) are checked before anything is sent upstream. Of the client's metadata only `triton_grpc_error` is
 passed on. A refusal inside a stream follows Triton's own convention: with `triton_grpc_error: true` the stream
 ends with the error's status, otherwise an `error_message` response names it and the stream stays open. A client
@@ -93,6 +94,9 @@ def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
         return None  # not JSON: the orchestrator refuses it with its own message
     if not isinstance(data, dict):
         return None
+    if data.get("canary", False) is not False:  # a probe's turn is left out of the user latency metrics
+        raise Refused(CODE.PERMISSION_DENIED, "option `canary` is for the server's own probes (deploy/canary.py), "
+                                              "not for clients: their turns count in the latency metrics")
     data["session_token"] = token
     new = json.dumps(data, separators=(",", ":")).encode()
     if raw:
