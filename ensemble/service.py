@@ -179,8 +179,8 @@ class Service:
             raise InputError("action 'say' needs `text` (what the avatar says) and no `audio`")
         if options.action in ("cancel", "idle") and (has_text or has_audio):
             raise InputError(f"action {options.action!r} takes no `text` or `audio`")
-        if options.action == "mic" and not has_audio:
-            raise InputError("action 'mic' needs an `audio` chunk (and `sample_rate`)")
+        if options.action == "mic" and (has_text or not has_audio):
+            raise InputError("action 'mic' needs an `audio` chunk (and `sample_rate`) and no `text`")
         if options.action == "prerender" and has_audio:
             raise InputError("action 'prerender' takes `text` (one exchange) or nothing (every listed exchange)")
         if has_text:

@@ -198,6 +198,9 @@ CASES = [
     _turn("text and audio together", lambda a, i: _text(b"hello") + _audio(_tone(0.5)) + [_avatar_id(a)],
           "send exactly one of `text` or `audio`"),
     _turn("neither text nor audio", lambda a, i: [_avatar_id(a)], "send exactly one of `text` or `audio`"),
+    _turn("microphone chunk with text too", lambda a, i: _text(b"hello") + _audio(_tone(0.1)) + [_avatar_id(a)]
+          + _options(b'{"action": "mic", "session": "m", "session_token": "a-test-token-0123456"}'),
+          "action 'mic' needs an `audio` chunk (and `sample_rate`) and no `text`"),
     _turn("no avatar id", lambda a, i: _text(b"hello"), "avatar_id"),
 ]
 BY_NAME = {c.name: c for c in CASES}
