@@ -37,6 +37,16 @@ SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 SESSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the client's secret for its sessions (the SDK makes one)
 
 
+SHOWN_CHARS = 40  # of a value an error message echoes
+
+
+def shown(value: object) -> str:
+    """`value` as an error message echoes it: its repr (control characters, NUL and lone surrogates escaped, so
+    the message reaches the client whole and cannot forge log lines), cut to SHOWN_CHARS characters."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
+
+
 @dataclass(frozen=True)
 class TurnOptions:
     """What a client may tune per turn; unknown keys are an error, not silently ignored."""
@@ -83,7 +93,9 @@ class TurnOptions:
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise InputError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            names = ", ".join(k if k.isprintable() and len(k) <= SHOWN_CHARS else shown(k) for k in unknown[:8])
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            raise InputError(f"unknown option(s) {names}{more}; known: {', '.join(sorted(known))}")
         opts = replace(cls(), **data)
         opts.check()
         return opts
@@ -92,21 +104,21 @@ class TurnOptions:
         def bounded(name: str, lo: float, hi: float) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise InputError(f"option {name}={v!r} must be a number")
+                raise InputError(f"option {name}={shown(v)} must be a number")
             if name in INTEGER_OPTIONS and not isinstance(v, int):
-                raise InputError(f"option {name}={v!r} must be an integer")
+                raise InputError(f"option {name}={shown(v)} must be an integer")
             if not lo <= v <= hi:
-                raise InputError(f"option {name}={v!r} is out of range {lo}..{hi}")
+                raise InputError(f"option {name}={shown(v)} is out of range {lo}..{hi}")
 
         if self.max_reply_tokens is not None:
             bounded("max_reply_tokens", 1, 512)
         for flag in ("video", "streaming", "ignore_eos", "end_of_input", "canary"):
             if not isinstance(getattr(self, flag), bool):
-                raise InputError(f"option {flag}={getattr(self, flag)!r} must be true or false")
+                raise InputError(f"option {flag}={shown(getattr(self, flag))} must be true or false")
         bounded("deadline_s", 0.05, 600.0)
         bounded("temperature", 0.0, 2.0)
         if 0 < self.temperature < MIN_TEMPERATURE:
-            raise InputError(f"option temperature={self.temperature!r}: 0 (greedy) or {MIN_TEMPERATURE}..2.0")
+            raise InputError(f"option temperature={shown(self.temperature)}: 0 (greedy) or {MIN_TEMPERATURE}..2.0")
         bounded("top_k", 1, 1000)
         bounded("seed", 0, 2**31 - 1)
         bounded("speed", 0.5, 2.0)
@@ -119,9 +131,9 @@ class TurnOptions:
         bounded("idle_s", 0.04, 60.0)
         bounded("idle_from_s", 0.0, 1e7)
         if self.action not in ACTIONS:
-            raise InputError(f"option action={self.action!r} is not one of {', '.join(ACTIONS)}")
+            raise InputError(f"option action={shown(self.action)} is not one of {', '.join(ACTIONS)}")
         if self.session is not None and not (isinstance(self.session, str) and SESSION_ID.fullmatch(self.session)):
-            raise InputError(f"option session={self.session!r} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
+            raise InputError(f"option session={shown(self.session)} must be 1-64 characters of A-Z a-z 0-9 _ . : -")
         if self.action in ("cancel", "mic") and self.session is None:
             raise InputError(f"action {self.action!r} needs a `session` id")
         if self.session is not None and not (isinstance(self.session_token, str)

@@ -177,7 +177,12 @@ CASES = [
           "unknown option(s) colour"),
     # a lone surrogate (a JSON escape) echoed in the message: it once made the error unsendable, the turn silent
     _turn("option named with a lone surrogate", lambda a, i: _text(b"hello") + [_avatar_id(a)]
-          + _options(b'{"\\ud800": 1}'), "unknown option(s) \\ud800"),
+          + _options(b'{"\\ud800": 1}'), "unknown option(s) '\\ud800'"),
+    # echoed names and values are escaped and cut short: a NUL once cut the message there, a newline forged log lines
+    _turn("option named with control characters", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"\\u0000ab\\nERROR forged": 1}'), "unknown option(s) '\\x00ab\\nERROR forged'; known:"),
+    _turn("option with a 4000-digit integer", lambda a, i: _text(b"hello") + [_avatar_id(a)]
+          + _options(b'{"seed": 1' + b"0" * 4000 + b"}"), "(4001 characters) is out of range 0..2147483647"),
     _turn("options not JSON", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b"{video: no"),
           "options is not valid JSON"),
     _turn("options not an object", lambda a, i: _text(b"hello") + [_avatar_id(a)] + _options(b"[1, 2]"),

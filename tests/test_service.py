@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ensemble import metrics
-from ensemble.errors import DeadlineExceeded, InputError, Overloaded
+from ensemble.errors import DeadlineExceeded, InputError, Overloaded, wire_message
 from ensemble.options import Limits
 from ensemble.pipeline import Cancelled
 from ensemble.service import Service, ServiceConfig
@@ -258,3 +258,11 @@ def test_first_frames_must_be_a_small_positive_integer():
             ServiceConfig.from_parameters({"first_frames": bad})
     assert ServiceConfig.from_parameters({"first_frames": "8"}).first_frames == 8
     assert ServiceConfig.from_parameters({}).first_frames == 1
+
+
+def test_error_messages_are_sent_as_text_any_response_carries():
+    """A lone surrogate (a client's JSON escape) echoed in an error cannot be encoded as UTF-8: the orchestrator's
+    glue sends every error message through wire_message, which writes it as its escape; other text is unchanged."""
+    assert wire_message("unknown option(s) \ud800; known: …") == "unknown option(s) \\ud800; known: …"
+    assert wire_message(ValueError("plain text, accents é")) == "plain text, accents é"
+    assert wire_message("\udfff x").encode("utf-8") == b"\\udfff x"
