@@ -89,6 +89,9 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
     with pytest.raises(Refused, match="canary") as refused:
         own_options(typed, "T" * 32)
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    for other in ('{"seed": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"seed": 1}'):  # parsed as the orchestrator does
+        typed.inputs[0].contents.bytes_contents[0] = other
+        assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == other
     typed.inputs[0].contents.bytes_contents[0] = b"not json"
     assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == b"not json"
     typed.inputs[0].contents.bytes_contents.append(b"{}")

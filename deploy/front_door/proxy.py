@@ -88,8 +88,8 @@ def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
     if len(elems[0]) > MAX_OPTIONS_BYTES:
         raise Refused(CODE.INVALID_ARGUMENT, f"input 'options' is {len(elems[0])} bytes; the front door's limit is "
                                               f"{MAX_OPTIONS_BYTES}")
-    try:
-        data = json.loads(elems[0])
+    try:  # UTF-8 only, as the orchestrator reads it (json.loads of bytes would also take UTF-16 or a BOM)
+        data = json.loads(elems[0].decode("utf-8"))
     except (ValueError, RecursionError):
         return None  # not JSON: the orchestrator refuses it with its own message
     if not isinstance(data, dict):
