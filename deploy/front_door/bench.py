@@ -12,8 +12,8 @@
    is the delivery latency of a response, straight and through the door; the difference of the medians is what
    the door adds, without model noise. Beside the door, a bare grpc.aio pass-through (raw bytes, nothing checked)
    shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Measured twice: on
-   kept connections (as the SDK) and with a new connection (TCP + HTTP/2 handshake) for every turn. time.perf_counter is CLOCK_MONOTONIC,
-   one clock for every process.
+   kept connections (as the SDK) and with a new connection (TCP + HTTP/2 handshake) for every turn.
+   time.perf_counter is CLOCK_MONOTONIC, one clock for every process.
 """
 from __future__ import annotations
 
