@@ -27,6 +27,7 @@ STAGE_ROWS = [
     ("asr_rtf_5s", "ASR real-time factor, 5 s utterance (20 tokens)", 4),
     ("asr_rtf_5s_served", "ASR real-time factor as served (optimized: encoder graph, decoder session cache)", 4),
     ("tts_ms_sentence", "TTS ms per 60-phoneme sentence", 1),
+    ("tts_ms_sentence_served", "TTS ms per 60-phoneme sentence as served (optimized: bucketed CUDA graphs)", 1),
     ("peak_memory_gb", "peak PyTorch memory, GB", 2),
 ]
 

@@ -98,6 +98,7 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
         g, dtype = load(spec.TTS)
         sets = _inputs(g, 4, 1, dtype, device, phonemes=60)
         out["tts_ms_sentence"] = timed(lambda i: g(*sets[i % 4]), device, repeats) * 1000
+        out["tts_ms_sentence_served"] = _served(g, spec.TTS, preset, precision, device, repeats, 1, phonemes=60) * 1000
     if device.startswith("cuda"):
         out["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
         torch.cuda.reset_peak_memory_stats()
@@ -106,13 +107,13 @@ def bench(preset_name: str, device: str, precision: str | None, repeats: int) ->
 
 def _served(graph, stage_spec, preset, precision: str | None, device: str, repeats: int, batch: int, **sizes) -> float:
     """Seconds of one call of the stage's runtime as the gpu variant serves it (numpy feeds in, numpy out):
-    TorchStage (eager) for the naive precision, GraphedStage (CUDA graphs) for the optimized one on CUDA."""
-    from export.runtime.torch_runtime import GraphedStage, TorchStage
+    TorchStage (eager) for the naive precision, its CUDA graphs (graphed_stage) for the optimized one on CUDA."""
+    from export.runtime.torch_runtime import TorchStage, graphed_stage
 
     prec = precision or stage_spec.gpu_precision
     stage = TorchStage(stage_spec, graph, device, prec)
     if precision is None and device.startswith("cuda") and stage_spec.gpu_graphs:
-        stage = GraphedStage(stage, stage_spec.preset_dims(preset))
+        stage = graphed_stage(stage, stage_spec.preset_dims(preset))
     sets = [{t.name: x.float().numpy() if x.is_floating_point() else x.numpy()
              for t, x in zip(stage_spec.inputs, graph.example_inputs(batch=batch, seed=k, **sizes))} for k in range(4)]
     return timed(lambda i: stage(sets[i % 4]), device, repeats)

@@ -227,3 +227,15 @@ def gguf_file():
     from export.toolchain.registry import resolve_registry
 
     return resolve_registry("registry:smollm2-135m-instruct")
+
+
+@pytest.fixture
+def no_tf32():
+    """CUDA tests: fp32 without TF32 (the graph's convolution algorithms, timed once at capture, may differ from
+    eager's). Saved and restored by hand: torch's cuBLAS flags are properties that monkeypatch cannot delete on undo."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

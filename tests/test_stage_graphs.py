@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from ensemble.pipeline import VOCODER_CHUNK_FRAMES
 from export.contract import spec
@@ -21,22 +20,11 @@ def test_vocoder_graphs_are_the_streamed_chunk_sizes(family):
 
 
 def test_only_the_optimized_gpu_variant_asks_for_graphs():
-    for s in (spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP, spec.ASR_ENCODER):
+    for s in (spec.VOCODER, spec.HIFIGAN, spec.WAV2LIP, spec.ASR_ENCODER, spec.TTS):
         assert 'key: "cuda_graphs"' in configs.render_config(s, "gpu")
         for variant in ("cpu", "gpu_naive", "tensorrt"):
             assert "cuda_graphs" not in configs.render_config(s, variant), (s.name, variant)
-    for s in (spec.TTS, spec.FASTSPEECH2):  # output length depends on the input
-        assert "cuda_graphs" not in configs.render_config(s, "gpu")
-
-
-@pytest.fixture
-def no_tf32():
-    """fp32 without TF32: the graph's convolution algorithms (timed once at capture) may differ from eager's.
-    Saved and restored by hand: torch's cuBLAS flags are properties that monkeypatch cannot delete on undo."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    assert "cuda_graphs" not in configs.render_config(spec.FASTSPEECH2, "gpu")  # its length depends on the input
 
 
 @pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)

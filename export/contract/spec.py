@@ -114,6 +114,9 @@ TTS = ModelSpec(
     max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
     preset_dims=_vits_dims,
     gpu_precision="fp32",  # ceil() of the durations and the spline's square root keep the duration path in fp32
+    # phoneme buckets, the inputs padded up to one (masked, exact): the text half and the flow replay CUDA graphs
+    # around the data-dependent frame count (export/runtime/tts_graphs.py)
+    gpu_graphs=(32, 64, 128, 256, 512),
 )
 
 VOCODER = ModelSpec(

@@ -109,7 +109,8 @@ class ModelSpec:
     parameters: tuple[tuple[str, str], ...] = ()  # config `parameters` the model reads at load time
     session: SessionState | None = None  # GPU variants that keep the cache server-side, keyed by session
     # gpu variant: CUDA graphs captured per batch bucket (1, 2, 4, ... max_batch_size) for these sizes of the
-    # spec's one dynamic axis (None: a model without one); other shapes run eagerly. () = eager only.
+    # spec's one dynamic axis (None: a model without one); other shapes run eagerly. () = eager only. tts: buckets
+    # its phonemes are padded up to (export/runtime/tts_graphs.py)
     gpu_graphs: tuple[int | None, ...] = ()
     # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
     # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu

@@ -17,6 +17,7 @@ import torch
 from export.contract.presets import Preset
 from export.contract.spec import ModelSpec
 from export.runtime.batching import BatchRunner, Feeds
+from export.runtime.tts_graphs import GraphedTts
 from export.toolchain.graphs import build_graphs
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -164,6 +165,15 @@ class GraphedStage:
             return {t.name: _to_numpy(o, t.numpy_dtype) for t, o in zip(spec.outputs, out)}
 
 
+def graphed_stage(stage: TorchStage, dims: dict[str, int]):
+    """The stage replaying its CUDA graphs: tts in bucketed halves around its data-dependent length
+    (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage)."""
+    if stage.spec.name == "tts":
+        batches = [b for b in GRAPH_BATCHES if b <= stage.spec.max_batch_size]
+        return GraphedTts(stage, batches, stage.spec.gpu_graphs)
+    return GraphedStage(stage, dims)
+
+
 def graphed_module(spec: ModelSpec, graph: torch.nn.Module, device: str, precision: str, dims: dict[str, int]):
     """`graph` as a function of device tensors that replays the spec's CUDA graphs where a batch fits (eager
     otherwise): for code in the GPU process that calls a stage's module itself (ensemble/frames_torch.py)."""
@@ -189,7 +199,7 @@ def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precis
     graph = load_graph(spec, preset, seed, device, precision, weights)
     stage = TorchStage(spec, graph, device, precision)
     dims = spec.preset_dims(preset)
-    runner = BatchRunner(spec, GraphedStage(stage, dims) if cuda_graphs and spec.gpu_graphs else stage, dims)
+    runner = BatchRunner(spec, graphed_stage(stage, dims) if cuda_graphs and spec.gpu_graphs else stage, dims)
     if not sessions:
         return runner
     if spec.name == "asr_decoder":

@@ -77,17 +77,23 @@ def sequence_mask(lengths: Tensor, max_len: Tensor | int) -> Tensor:
     return (pos.view(1, -1) < lengths.view(-1, 1)).unsqueeze(1).to(torch.float32)
 
 
-def regulate_length(stats: Tensor, durations: Tensor) -> tuple[Tensor, Tensor]:
+def frame_lengths(durations: Tensor) -> Tensor:
+    """durations [B, T] float holding whole numbers -> latent frames per row [B] int64 (at least 1)."""
+    return torch.clamp_min(durations.sum(1), 1).to(torch.int64)
+
+
+def regulate_length(stats: Tensor, durations: Tensor, frames: int | None = None) -> tuple[Tensor, Tensor]:
     """Repeat each phoneme's column `durations` times (commons.generate_path + matmul, as a gather).
 
     stats [B, D, T]; durations [B, T] float holding whole numbers (0 at padding) ->
     (expanded [B, D, F] with zero columns beyond each row's length, frame lengths [B] int64),
-    F = the largest length in the batch; a row whose durations sum to 0 still gets one (zero) frame.
+    F = `frames`, by default the largest length in the batch (a row longer than `frames` is cut there); a row
+    whose durations sum to 0 still gets one (zero) frame.
     """
     cum = torch.cumsum(durations, dim=1)  # [B, T] end frame (exclusive) of each phoneme, exact in float32
-    lengths = torch.clamp_min(cum[:, -1], 1).to(torch.int64)  # [B]
-    frames = torch.arange(lengths.max(), device=stats.device).to(cum.dtype)  # [F]
-    index = (cum.unsqueeze(1) <= frames.view(1, -1, 1)).to(torch.int64).sum(-1)  # [B, F] phoneme of frame, T past end
+    lengths = frame_lengths(durations)  # [B]
+    f = torch.arange(lengths.max() if frames is None else frames, device=stats.device).to(cum.dtype)  # [F]
+    index = (cum.unsqueeze(1) <= f.view(1, -1, 1)).to(torch.int64).sum(-1)  # [B, F] phoneme of frame, T past end
     padded = torch.cat([stats, torch.zeros_like(stats[:, :, :1])], dim=2)  # column T: zeros
     out = torch.gather(padded, 2, index.unsqueeze(1).expand(-1, stats.shape[1], -1))
     return out, lengths
@@ -115,17 +121,28 @@ class VitsModel(nn.Module):
                 seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """ids [B, T] int64, lengths [B], scales [B, 1, 1] each, seed [B, 1] int64 ->
         (z [B, C, F] zero beyond each length, frame lengths [B] int64, durations [B, T] float, 0 at padding)."""
+        m_p, logs_p, w_ceil = self.text(ids, lengths, length_scale, noise_w, seed)
+        z_p, y_mask, y_lengths = self.prior(m_p, logs_p, w_ceil, noise_scale, seed)
+        return self.flow(z_p, y_mask) * y_mask, y_lengths, w_ceil
+
+    def text(self, ids: Tensor, lengths: Tensor, length_scale: Tensor, noise_w: Tensor,
+             seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The phoneme-rate half: -> (m_p, logs_p [B, C, T], durations [B, T] float), all 0 at padding."""
         x_mask = sequence_mask(lengths, ids.shape[1])  # [B, 1, T]
         x, m_p, logs_p = self.enc_p(ids, x_mask)
         dp_noise = self.noise.durations(seed, ids.shape[1]) * noise_w  # [B, 2, T]
         logw = self.dp(x, x_mask, dp_noise)  # [B, 1, T]
-        w_ceil = torch.ceil(torch.exp(logw) * x_mask * length_scale)[:, 0]  # [B, T]
-        stats, y_lengths = regulate_length(torch.cat([m_p, logs_p], 1), w_ceil)  # [B, 2C, F]
+        return m_p, logs_p, torch.ceil(torch.exp(logw) * x_mask * length_scale)[:, 0]
+
+    def prior(self, m_p: Tensor, logs_p: Tensor, w_ceil: Tensor, noise_scale: Tensor, seed: Tensor,
+              frames: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """The frame-rate prior the flow inverts: -> (z_p [B, C, F], y_mask [B, 1, F], frame lengths [B]);
+        F: `frames` (regulate_length), by default the longest row."""
+        stats, y_lengths = regulate_length(torch.cat([m_p, logs_p], 1), w_ceil, frames)  # [B, 2C, F]
         m_p, logs_p = torch.split(stats, self.config.inter_channels, dim=1)
         y_mask = sequence_mask(y_lengths, stats.shape[2])  # [B, 1, F]
         z_p = m_p + self.noise.prior(seed, stats.shape[2]) * torch.exp(logs_p) * noise_scale
-        z = self.flow(z_p, y_mask) * y_mask
-        return z, y_lengths, w_ceil
+        return z_p, y_mask, y_lengths
 
     def forward(self, ids: Tensor, lengths: Tensor, noise_scale: float = 0.667, length_scale: float = 1.0,
                 noise_w: float = 0.8, seed: int = 0) -> Tensor:
