@@ -5,6 +5,10 @@ this). `SessionDecoder` sends only token ids and a session id: the model keeps t
 variant, export/contract/spec.py `SessionState`), and the decoder frees it with `close()`. `start_decoder`
 picks the second where the served model keeps the cache: the orchestrator reads which stages do from its
 config's `session_stages` parameter, rendered per variant (export/toolchain/configs.py).
+
+A decoder's `feed` answers the next token's scores: the logits over the vocabulary, or, from a model that
+answers sessions with its top candidates (the gpu variant's llm), those (`Candidates`). `sample` and `greedy`
+take either and pick the same token from the same logits.
 """
 from __future__ import annotations
 
@@ -42,9 +46,9 @@ class KVDecoder:
     def length(self) -> int:
         return int(self.past.shape[4])
 
-    async def feed(self, ids: Sequence[int]) -> np.ndarray:
-        """Append `ids`; return the next-token logits [vocab]."""
-        logits = None
+    async def feed(self, ids: Sequence[int]) -> np.ndarray | Candidates:
+        """Append `ids`; return the next token's scores: logits [vocab], or the model's top Candidates."""
+        scores = None
         for start in range(0, len(ids), self.max_tokens):
             chunk = np.asarray([ids[start:start + self.max_tokens]], dtype=np.int64)
             if self.length > self.max_past:
@@ -80,9 +84,9 @@ class SessionDecoder:
     def _session(self) -> np.ndarray:
         return np.asarray([[self.session_id]], dtype=np.int64)
 
-    async def feed(self, ids: Sequence[int]) -> np.ndarray:
-        """Append `ids`; return the next-token logits [vocab]."""
-        logits = None
+    async def feed(self, ids: Sequence[int]) -> np.ndarray | Candidates:
+        """Append `ids`; return the next token's scores: logits [vocab], or the model's top Candidates."""
+        scores = None
         for start in range(0, len(ids), self.max_tokens):
             chunk = list(ids[start:start + self.max_tokens])
             if self.length + len(chunk) > self.max_length:
@@ -95,8 +99,8 @@ class SessionDecoder:
             self.open = True
             out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
             self.length += len(chunk)
-            logits = out["logits"][0]
-        return logits
+            scores = Candidates(out["top_ids"][0], out["top_logits"][0]) if "top_ids" in out else out["logits"][0]
+        return scores
 
     async def close(self) -> None:
         """Free the server's cache of this session (best effort: the server also evicts idle sessions)."""
@@ -114,8 +118,8 @@ class SessionDecoder:
 
 async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int], *, server_cache: bool,
                         extra: dict[str, np.ndarray] | None = None, release: Release | None = None
-                        ) -> tuple[KVDecoder | SessionDecoder, np.ndarray]:
-    """A decoder fed with `prompt`, and the logits after it; `server_cache`: the served model keeps the cache."""
+                        ) -> tuple[KVDecoder | SessionDecoder, np.ndarray | Candidates]:
+    """A decoder fed with `prompt`, and the scores after it; `server_cache`: the served model keeps the cache."""
     decoder = SessionDecoder(infer, spec, release, extra) if server_cache else KVDecoder(infer, spec, preset, extra)
     try:
         return decoder, await decoder.feed(prompt)
@@ -151,23 +155,49 @@ class TokenIds:
                    llm_banned=ids(llm, special.llm_banned, "LLM"))
 
 
-def greedy(logits: np.ndarray, banned: Sequence[int] = ()) -> int:
-    if banned:
-        logits = logits.copy()
-        logits[list(banned)] = -np.inf
-    return int(np.argmax(logits))
+@dataclass(frozen=True)
+class Candidates:
+    """The next token's most likely ids and their logits, best first: what the gpu variant's llm answers a session
+    with instead of the whole vocabulary's logits (export/contract/spec.py LLM_CANDIDATES)."""
+
+    ids: np.ndarray
+    logits: np.ndarray
 
 
-def sample(logits: np.ndarray, rng: np.random.Generator, temperature: float, top_k: int,
-           banned: Sequence[int] = ()) -> int:
-    """Top-k sampling at `temperature`; temperature 0 is greedy."""
+def top(scores: np.ndarray | Candidates, k: int, banned: Sequence[int] = (), vocab: int | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """The k best ids that are neither banned nor at or past `vocab` (a model vocabulary padded past the
+    tokenizer's), and their logits: best first, ties by the lower id, the same from logits as from Candidates."""
+    if isinstance(scores, Candidates):
+        ids, logits = scores.ids, scores.logits
+    else:
+        logits = scores[:vocab]
+        m = k + len(banned)  # enough that k are left once the banned ones are dropped
+        ids = np.arange(logits.size) if m >= logits.size else np.argpartition(-logits, m - 1)[:m]
+        logits = logits[ids]
+    keep = np.isin(ids, np.asarray(banned, dtype=ids.dtype), invert=True)
+    if vocab is not None:
+        keep &= ids < vocab
+    ids, logits = ids[keep], logits[keep]
+    order = np.lexsort((ids, -logits))[:k]
+    return ids[order], logits[order]
+
+
+def greedy(scores: np.ndarray | Candidates, banned: Sequence[int] = (), vocab: int | None = None) -> int:
+    ids, _ = top(scores, 1, banned, vocab)
+    if not ids.size:
+        raise ValueError("every candidate token is banned")
+    return int(ids[0])
+
+
+def sample(scores: np.ndarray | Candidates, rng: np.random.Generator, temperature: float, top_k: int,
+           banned: Sequence[int] = (), vocab: int | None = None) -> int:
+    """Top-k sampling at `temperature` among the allowed ids (see `top`); temperature 0 is greedy."""
     if temperature <= 0:
-        return greedy(logits, banned)
-    if banned:
-        logits = logits.copy()
-        logits[list(banned)] = -np.inf
-    k = min(top_k, logits.size)
-    top = np.argpartition(-logits, k - 1)[:k]  # on the logits' own dtype: float64 only for the k kept
-    z = logits[top].astype(np.float64) / temperature
+        return greedy(scores, banned, vocab)
+    ids, logits = top(scores, top_k, banned, vocab)
+    if not ids.size:
+        raise ValueError("every candidate token is banned")
+    z = logits.astype(np.float64) / temperature  # float64 only for the k kept
     p = np.exp(z - z.max())
-    return int(top[rng.choice(k, p=p / p.sum())])
+    return int(ids[rng.choice(ids.size, p=p / p.sum())])

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 from ensemble.errors import InputError
-from export.contract.spec import TALKING_HEAD
+from export.contract.spec import MAX_TOP_K, TALKING_HEAD
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class TurnOptions:
         bounded("temperature", 0.0, 2.0)
         if 0 < self.temperature < MIN_TEMPERATURE:
             raise InputError(f"option temperature={shown(self.temperature)}: 0 (greedy) or {MIN_TEMPERATURE}..2.0")
-        bounded("top_k", 1, 1000)
+        bounded("top_k", 1, MAX_TOP_K)
         bounded("seed", 0, 2**31 - 1)
         bounded("speed", 0.5, 2.0)
         bounded("pitch", 0.5, 2.0)

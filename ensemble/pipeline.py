@@ -261,22 +261,21 @@ class Turn:
         vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
         # the GPU variant keeps the utterance's cross-attention keys/values and the cache on its side (one session
         # per utterance, the features sent once): released on every way out
-        decoder, logits = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
+        decoder, scores = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
                                               server_cache=spec.ASR_DECODER.name in self.session_stages,
                                               extra=spec.ASR_DECODER.request(audio_features=features),
                                               release=self._infer)
-        logits = logits[:vocab]
         out: list[int] = []
         seconds = audio16k.size / media.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
                     int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
         try:
             while len(out) < limit:
-                token = greedy(logits, banned=special.asr_banned)
+                token = greedy(scores, banned=special.asr_banned, vocab=vocab)
                 if token == eot:
                     break
                 out.append(token)
-                logits = (await decoder.feed([token]))[:vocab]
+                scores = await decoder.feed([token])
         finally:
             await decoder.close()
         return tok.decode(out).strip()
@@ -290,9 +289,8 @@ class Turn:
             specials += sorted(stops)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
         # the GPU variant keeps the KV cache on its side (one session per turn): released on every way out
-        decoder, logits = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer,
+        decoder, scores = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer,
                                               server_cache=spec.LLM.name in self.session_stages)
-        logits = logits[:vocab]
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
         segmenter = Segmenter()
         rng = np.random.default_rng(self.options.seed)
@@ -300,7 +298,8 @@ class Turn:
         n_pieces = 0
         try:
             while len(out) < limit:
-                token = sample(logits, rng, self.options.temperature, self.options.top_k, banned=specials)
+                token = sample(scores, rng, self.options.temperature, self.options.top_k, banned=specials,
+                               vocab=vocab)
                 if token in stops:
                     break
                 out.append(token)
@@ -311,7 +310,7 @@ class Turn:
                     for piece in segmenter.push(delta):
                         n_pieces = self._send_piece(piece, n_pieces, pieces)
                 if len(out) < limit:
-                    logits = (await decoder.feed([token]))[:vocab]
+                    scores = await decoder.feed([token])
             for piece in segmenter.finish():
                 n_pieces = self._send_piece(piece, n_pieces, pieces)
         finally:

@@ -6,7 +6,8 @@ One 25 fps frame of the warp lip-sync as the orchestrator makes it (ensemble/lip
 pose rendered (ensemble/motion.py), the mouth crop cut and the warp's result pasted back (ensemble/mouth.py),
 JPEG; CPU seconds per frame (process time, all threads) and wall time, so a library's own thread pool that
 spins shows as CPU above wall. Run it with OPENCV_FOR_THREADS_NUM=1 and without to compare. Also: sampling one
-LLM token over the base preset's vocabulary (ensemble.decoding.sample, temperature 0.7, top-k 40), and text ->
+LLM token (ensemble.decoding.sample, temperature 0.7, top-k 40) over the base preset's vocabulary and over the
+top candidates the gpu variant's llm answers a session with, and text ->
 phoneme ids of one sentence with the exported Piper voice (the quality benchmark's 24 sentences; p50 and p95).
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import motion, mouth
-from ensemble.decoding import sample
+from ensemble.decoding import Candidates, sample
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import get_preset
+from export.contract.spec import LLM_CANDIDATES
 
 
 def median_ms(fn, repeats: int = 60) -> float:
@@ -70,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
           f" {os.cpu_count()} cores, avatar {a.image.shape[1]}x{a.image.shape[0]}")
     print(f"warp frame: {1000 * cpu / args.frames:.2f} ms CPU, {1000 * wall / args.frames:.2f} ms wall"
           f" ({args.frames} frames; a real-time session needs 25 a second)")
-    print(f"sample token: {median_ms(lambda: sample(logits, rng, 0.7, 40, banned=[])):.2f} ms wall")
+    banned = list(range(151643, 151665))  # Qwen2.5's 22 special tokens
+    top = np.argsort(-logits)[:LLM_CANDIDATES]
+    cands = Candidates(top, logits[top])  # what the gpu variant's llm answers a session with
+    for what, scores in (("the whole vocabulary's logits", logits), (f"{LLM_CANDIDATES} candidates", cands)):
+        ms = median_ms(lambda: sample(scores, rng, 0.7, 40, banned, vocab=151665))
+        print(f"sample token from {what}: {ms:.2f} ms wall")
     voice = args.repository / "talking_head" / "1" / "tts_voice.json"
     if voice.is_file():
         from export.contract.phonemes import PiperPhonemizer

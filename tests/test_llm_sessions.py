@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.decoding import KVDecoder, SessionDecoder, start_decoder
+from ensemble.decoding import Candidates, KVDecoder, SessionDecoder, greedy, start_decoder, top
 from export.contract import spec
 from export.contract.presets import get_preset
 from export.runtime.batching import BatchRunner
@@ -44,6 +44,17 @@ def _req(sid, ids, end=False, start=False):
     if end:
         feeds["session_end"] = np.ones((1, 1), dtype=bool)
     return feeds
+
+
+def _assert_top(out, ref: torch.Tensor) -> None:
+    """A session's answer holds the reference logits' best LLM_CANDIDATES values, best first, and ids pointing at
+    them (ids of tied values may come in either order)."""
+    ref = ref.numpy()
+    k = min(spec.LLM_CANDIDATES, ref.size)
+    values, ids = out["top_logits"][0], out["top_ids"][0]
+    assert values.shape == ids.shape == (k,) and "logits" not in out
+    np.testing.assert_allclose(values, np.sort(ref)[::-1][:k], atol=ATOL)
+    np.testing.assert_allclose(ref[ids], values, atol=ATOL)
 
 
 @torch.no_grad()
@@ -95,19 +106,17 @@ def test_session_runner_batches_decode_steps_and_matches_shipping_the_cache(grap
     prompts = {11: _ids(7, 4), 22: _ids(3, 5)}
     for sid, p in prompts.items():  # prompts one by one, then steps of both sessions in one batch
         (out,) = r.run([_req(sid, p, start=True)])
-        np.testing.assert_allclose(out["logits"][0], _reference(graph.model, p)[-1].numpy(), atol=ATOL)
+        _assert_top(out, _reference(graph.model, p)[-1])
     steps = {11: _ids(3, 6), 22: _ids(3, 7)}
     for k in range(3):
         outs = r.run([_req(sid, [steps[sid][k]]) for sid in prompts])
         for (sid, p), out in zip(prompts.items(), outs):
-            ref = _reference(graph.model, p + steps[sid][:k + 1])[-1].numpy()
-            np.testing.assert_allclose(out["logits"][0], ref, atol=ATOL)
+            _assert_top(out, _reference(graph.model, p + steps[sid][:k + 1])[-1])
             assert out["present_kv"].size <= 2  # the cache stays on the server
     assert r.table.sessions[11].length == 10 and r.table.sessions[22].length == 6
     # the same session twice in one batch: the second step waits for the first
     a, b = r.run([_req(22, [5]), _req(22, [6])])
-    np.testing.assert_allclose(b["logits"][0], _reference(graph.model, prompts[22] + steps[22] + [5, 6])[-1].numpy(),
-                               atol=ATOL)
+    _assert_top(b, _reference(graph.model, prompts[22] + steps[22] + [5, 6])[-1])
     # release frees the slot; stateless requests are still served
     r.run([_req(11, [0], end=True), _req(22, [0], end=True)])
     assert len(r.table) == 0
@@ -123,7 +132,7 @@ def test_session_runner_refuses_bad_requests_alone(graph):
     bad, zero, ok, full, lost = r.run([{**_req(5, [1, 2], start=True), "past_kv": kv}, _req(0, [1], start=True),
                                        _req(7, [1, 2], start=True), _req(8, [3], start=True), _req(9, [4])])
     assert "leave out 'past_kv'" in str(bad) and "reserved" in str(zero)
-    assert ok["logits"].shape == (1, TINY.llm.vocab_size)
+    assert ok["top_ids"].shape == (1, min(spec.LLM_CANDIDATES, TINY.llm.vocab_size))
     assert isinstance(full, SessionError) and "slots are in use" in str(full)
     # a step for a session the model does not hold (evicted, or the model restarted) is refused, not restarted
     assert isinstance(lost, SessionError) and "not open" in str(lost)
@@ -175,16 +184,19 @@ def test_orchestrator_uses_the_server_cache_where_served_and_ships_it_elsewhere(
     assert isinstance(d2, KVDecoder)
     with pytest.raises(Exception, match="missing input 'past_kv'"):  # a model without a session cache refuses
         asyncio.run(decode(stateless, True))
-    for a, b in zip(server, shipped):
-        np.testing.assert_allclose(a, b, atol=ATOL)
+    for a, b in zip(server, shipped):  # the server's top candidates, the shipped cache's whole vocabulary
+        assert isinstance(a, Candidates) and isinstance(b, np.ndarray) and b.shape == (TINY.llm.vocab_size,)
+        np.testing.assert_allclose(top(a, 40)[1], top(b, 40)[1], atol=ATOL)
+        assert greedy(a) == greedy(b)
 
 
 def test_gpu_config_alone_keeps_the_cache_server_side():
     for variant in ("tensorrt", "cpu", "gpu_naive", "gpu_x2"):
         text = configs.render_config(spec.LLM, variant)
-        assert "session_id" not in text, variant
+        assert "session_id" not in text and "top_ids" not in text, variant
     gpu = configs.render_config(spec.LLM, "gpu")
     assert "session_id" in gpu and "session_end" in gpu and "count: 1\n" in gpu
+    assert 'name: "top_logits"' in gpu and 'name: "top_ids"' in gpu and 'name: "logits"' in gpu
     assert f"max_batch_size: {spec.LLM.session.max_batch_size}" in gpu
 
 
@@ -198,10 +210,10 @@ def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
     seqs = {sid: _ids(n, 20 + sid) for sid, n in ((1, 3), (2, 17), (3, 40))}
     for sid, seq in seqs.items():
         (out,) = r.run([_req(sid, seq, start=True)])
-        np.testing.assert_allclose(out["logits"][0], _reference(graph.model, seq)[-1].numpy(), atol=ATOL)
+        _assert_top(out, _reference(graph.model, seq)[-1])
     for k in range(3):
         toks = {sid: _ids(1, 100 * k + sid) for sid in seqs}
         outs = r.run([_req(sid, toks[sid]) for sid in seqs])
         for (sid, seq), out in zip(seqs.items(), outs):
             seq += toks[sid]
-            np.testing.assert_allclose(out["logits"][0], _reference(graph.model, seq)[-1].numpy(), atol=ATOL)
+            _assert_top(out, _reference(graph.model, seq)[-1])

@@ -69,6 +69,12 @@ ASR_DECODER = ModelSpec(
         slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200),
 )
 
+MAX_TOP_K = 1000  # the largest `top_k` a turn may ask for (ensemble/options.py)
+# a session's answer from the gpu variant's llm: the next token's most likely ids, best first, and their logits
+# (12 bytes each) instead of the whole vocabulary's logits (600 KB at Qwen2.5's 151936): top_k's bound and room for
+# the ids the orchestrator drops (its banned special tokens; the model's vocabulary padded past the tokenizer's)
+LLM_CANDIDATES = 1536
+
 LLM = ModelSpec(
     name="llm",
     inputs=(
@@ -85,7 +91,9 @@ LLM = ModelSpec(
     # different positions do not share a batch and several instances overlap them (BENCHMARKS.md). The
     # gpu variant keeps every session's cache on the GPU instead (one instance, batched decode steps).
     preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
-    session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv"),
+    session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv",
+                         outputs=(Tensor("top_logits", "FP32", ("candidates",)),  # min(LLM_CANDIDATES, vocab)
+                                  Tensor("top_ids", "INT64", ("candidates",)))),
 )
 
 # ---- speech, family "vits" (a Piper voice; export/toolchain/models/vits.py): one voice file feeds both stages

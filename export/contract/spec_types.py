@@ -70,6 +70,9 @@ class SessionState:
     preferred_batch_sizes: tuple[int, ...] = (8, 16, 32, 64)
     max_queue_delay_us: int = 200
     placeholder_shape: tuple[int, ...] = (1, 1, 2, 1, 1, 1)  # `state_output` in session mode (a few bytes)
+    # what a session request is answered with instead of the spec's outputs (`state_output` comes back as the
+    # placeholder either way); () = the spec's outputs
+    outputs: tuple[Tensor, ...] = ()
 
     @property
     def id_input(self) -> str:
@@ -138,6 +141,12 @@ class ModelSpec:
             raise KeyError(f"{self.name} has no input {unknown}; its inputs: {names}")
         return arrays
 
+    def answer(self, inputs=()) -> tuple[Tensor, ...]:
+        """The outputs a call with these inputs (names) reads: a session request (it carries the session id) to a
+        model whose SessionState names outputs gets those, every other request the spec's."""
+        s = self.session
+        return s.outputs if s is not None and s.outputs and s.id_input in inputs else self.outputs
+
     def response(self, outputs) -> "Outputs":
         """One call's outputs, read by this spec's names (see Outputs)."""
         return Outputs(self, outputs)
@@ -181,7 +190,7 @@ class Outputs(dict):
         self.spec = spec
 
     def __missing__(self, name: str):
-        declared = [t.name for t in self.spec.outputs]
+        declared = [t.name for t in self.spec.outputs + (self.spec.session.outputs if self.spec.session else ())]
         if name in declared:
             raise KeyError(f"{self.spec.name} returned no {name!r} (it returned {sorted(self)})")
         raise KeyError(f"{self.spec.name} has no output {name!r}; its outputs: {declared}")

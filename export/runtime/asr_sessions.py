@@ -79,10 +79,11 @@ def asr_graphs(decoder: TextDecoder, cache: AsrCache, max_batch: int) -> DecodeG
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.inference_mode(), torch.cuda.stream(stream):
-        graphs = DecodeGraphs(lambda ids, slots, pos, span: asr_decode_step(decoder, cache, ids, slots, pos, span),
+        graphs = DecodeGraphs(lambda ids, slots, pos, span: (asr_decode_step(decoder, cache, ids, slots, pos,
+                                                                             span).float(),),
                               cache.scratch, [b for b in BATCH_BUCKETS if b <= max_batch] or [1],
                               [s for s in SPAN_BUCKETS if s < cache.max_length] + [cache.max_length],
-                              decoder.token_embedding.weight.shape[0], cache.k.device, pool, stream)
+                              cache.k.device, pool, stream)
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
     return graphs
@@ -102,23 +103,25 @@ class AsrEngine:
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
         self.graphs = asr_graphs(self.decoder, self.cache, spec.session.max_batch_size) if use_graphs else None
 
-    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> np.ndarray:
+    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> Feeds:
         """The first request stores the utterance's cross-attention keys/values; its tokens then go one by one."""
         if length == 0:
             if self.features not in feeds:
                 raise ValueError(f"a session's first request carries {self.features!r}")
             xa = torch.from_numpy(np.ascontiguousarray(feeds[self.features])).to(self.device, self.dtype)
             self.cache.set_audio(self.decoder, slot, xa)
-        logits = None
+        answer = None
         for k, token in enumerate(ids):
-            logits = self.decode([token], [slot], [length + k])
-        return logits
+            answer = self.decode([token], [slot], [length + k])
+        return answer
 
-    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
+    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> Feeds:
+        """Next-token logits [n, V] of one step of n sessions."""
         if self.graphs is not None:
-            return self.graphs.step(ids, slots, pos)
+            return {"logits": self.graphs.step(ids, slots, pos)[0]}
         t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
-        return asr_decode_step(self.decoder, self.cache, t(ids), t(slots), t(pos), max(pos) + 1).float().cpu().numpy()
+        step = asr_decode_step(self.decoder, self.cache, t(ids), t(slots), t(pos), max(pos) + 1)
+        return {"logits": step.float().cpu().numpy()}
 
 
 def session_asr(spec: ModelSpec, graph: DecoderGraph, device: str, stateless: BatchRunner, slots: int | None = None,

@@ -1,7 +1,9 @@
 """The LLM with every session's KV cache kept on the GPU: batched decode steps replayed as CUDA graphs.
 
 The `llm` model of the gpu variant (export/contract/spec.py, `LLM.session`). A request names its session
-and carries only token ids; the answer is the next-token logits. The cache is one static,
+and carries only token ids; the answer is the next token's top candidates (`candidates`: the LLM_CANDIDATES most
+likely ids and their logits, best first), picked on the GPU: the whole vocabulary's logits never leave it. The
+orchestrator samples among them (ensemble/decoding.py). The cache is one static,
 preallocated tensor per layer (keys and values, [slots + 1, KVH, max_length, Dh], the spec's GPU
 precision); `export.runtime.session_runner.SessionRunner` handles the requests and which slot each session holds.
 
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.contract.spec import ModelSpec
+from export.contract.spec import LLM_CANDIDATES, ModelSpec
 from export.runtime.batching import BatchRunner, Feeds
 from export.runtime.session_runner import DecodeGraphs, SessionRunner, capture
 from export.toolchain.models.qwen2 import LlmGraph, Qwen2ForCausalLM, rotate_half
@@ -29,6 +31,17 @@ from export.toolchain.models.qwen2 import LlmGraph, Qwen2ForCausalLM, rotate_hal
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SPAN_BUCKETS = (128, 256, 512, 1024, 2048)
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def candidates(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [B, V] -> (top_logits [B, K] float32, best first; top_ids [B, K] int64), K = min(LLM_CANDIDATES, V)."""
+    top = torch.topk(logits.float(), min(LLM_CANDIDATES, logits.shape[-1]), dim=-1)
+    return top.values, top.indices
+
+
+def _rows(top: tuple[torch.Tensor, torch.Tensor] | list[np.ndarray]) -> Feeds:
+    values, ids = (t.cpu().numpy() if isinstance(t, torch.Tensor) else t for t in top)
+    return {"top_logits": values, "top_ids": ids}
 
 
 class StaticKVCache:
@@ -137,23 +150,23 @@ class StepGraphs:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.inference_mode(), torch.cuda.stream(stream):
-            self.decode = DecodeGraphs(lambda ids, slots, pos, span: decode_step(model, cache, ids, slots, pos, span,
-                                                                                  self.fused),
-                                       cache.scratch, batches, spans, model.config.vocab_size, dev, pool, stream)
+            self.decode = DecodeGraphs(lambda ids, slots, pos, span: candidates(decode_step(model, cache, ids, slots,
+                                                                                             pos, span, self.fused)),
+                                       cache.scratch, batches, spans, dev, pool, stream)
             self.prompt[0, -2] = cache.scratch
             self.prompt[0, -1] = 1
             for t in self.prompts:
                 ids, slot, n = self.prompt[:, :t], self.prompt[0, -2:-1], self.prompt[0, -1:]
-                self.prefill[t] = capture(pool, stream, lambda: prefill_step(model, cache, ids, slot, n).float())
+                self.prefill[t] = capture(pool, stream, lambda: candidates(prefill_step(model, cache, ids, slot, n)))
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
 
-    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
-        """Logits [n, V] (float32, host) of one decode step of n sessions."""
-        return self.decode.step(ids, slots, pos)
+    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> Feeds:
+        """The candidates ([n, K], host) of one decode step of n sessions."""
+        return _rows(self.decode.step(ids, slots, pos))
 
-    def first(self, ids: list[int], slot: int) -> np.ndarray:
-        """Logits [1, V] after a new session's prompt (at most the largest prompt bucket)."""
+    def first(self, ids: list[int], slot: int) -> Feeds:
+        """The candidates [1, K] after a new session's prompt (at most the largest prompt bucket)."""
         t = next(x for x in self.prompts if x >= len(ids))
         host = self.prompt_host.numpy()
         host[0, :len(ids)] = ids
@@ -162,10 +175,7 @@ class StepGraphs:
         self.prompt.copy_(self.prompt_host, non_blocking=True)
         g, out = self.prefill[t]
         g.replay()
-        logits_host = self.decode.logits_host
-        logits_host[:1].copy_(out, non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return logits_host[:1].numpy().copy()
+        return _rows(self.decode.to_host(out))
 
 
 class LlmEngine:
@@ -182,22 +192,23 @@ class LlmEngine:
                        if use_graphs else None)
         self.fused = self.graphs.fused if self.graphs is not None else FusedLayers(self.model)
 
-    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> np.ndarray:
-        """Logits [1, V] after appending ids to the slot's `length` cached tokens."""
+    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> Feeds:
+        """The candidates [1, K] after appending ids to the slot's `length` cached tokens."""
         if self.graphs is not None and length == 0:
             return self.graphs.first(ids, slot)
         # eager: a prompt appended to a session that already holds tokens, or no graphs (CPU)
         x = torch.tensor([ids], dtype=torch.int64, device=self.device)
         out, present = self.model(x, self.cache.past(slot, length))
         self.cache.write(slot, length, present)
-        return out.float().cpu().numpy()
+        return _rows(candidates(out))
 
-    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
-        """Logits [n, V] of one step of n sessions."""
+    def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> Feeds:
+        """The candidates [n, K] of one step of n sessions."""
         if self.graphs is not None:
             return self.graphs.step(ids, slots, pos)
         t = lambda v: torch.tensor(v, dtype=torch.int64, device=self.device)  # noqa: E731
-        return decode_step(self.model, self.cache, t(ids), t(slots), t(pos), max(pos) + 1, self.fused).float().cpu().numpy()
+        step = decode_step(self.model, self.cache, t(ids), t(slots), t(pos), max(pos) + 1, self.fused)
+        return _rows(candidates(step))
 
 
 def SessionLLM(spec: ModelSpec, graph: LlmGraph, device: str, stateless: BatchRunner, slots: int | None = None,

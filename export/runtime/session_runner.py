@@ -5,9 +5,12 @@ go to the stateless runner; a session's first request (start flag, with its extr
 several tokens are prefills; single-token requests of different sessions in one Triton batch run as one decode step; a
 request with the release flag frees the slot. The model-specific compute is an engine:
 
-    engine.vocab, engine.max_length
-    engine.prefill(slot, length, ids, feeds) -> logits [1, V]   (length = tokens the slot holds already)
-    engine.decode(ids, slots, positions) -> logits [n, V]       (one new token per session)
+    engine.max_length
+    engine.prefill(slot, length, ids, feeds) -> answer [1, ...]   (length = tokens the slot holds already)
+    engine.decode(ids, slots, positions) -> answer [n, ...]       (one new token per session)
+
+where an answer holds the outputs a session request gets (`ModelSpec.answer`: the next-token logits, or the
+llm's top candidates), rows first.
 """
 from __future__ import annotations
 
@@ -30,6 +33,8 @@ class SessionRunner:
         self.max_batch = s.max_batch_size
         self.ids_name = spec.inputs[0].name
         self.placeholder = np.zeros(s.placeholder_shape, dtype=spec.output(s.state_output).numpy_dtype)
+        self.released = {t.name: np.zeros((1, 1), dtype=t.numpy_dtype) for t in spec.answer([s.id_input])
+                         if t.name != s.state_output}
 
     def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         s = self.session
@@ -47,7 +52,7 @@ class SessionRunner:
                 continue
             if _flag(feeds, s.release_input):
                 self.table.release(sid)
-                results[i] = self._answer(np.zeros((1, 1), np.float32))
+                results[i] = self._answer(self.released, 0)
             elif _flag(feeds, s.start_input):  # a session's first request (with the extra inputs)
                 self.table.release(sid)  # a repeated start begins again
                 prefills.append((i, sid, ids, feeds))
@@ -93,8 +98,9 @@ class SessionRunner:
             raise ValueError(f"{self.spec.name}: {ids_arr.shape[1]} tokens, allowed {ax.min}..{ax.max}")
         return sid, [int(t) for t in ids_arr[0]]
 
-    def _answer(self, logits: np.ndarray) -> Feeds:
-        return {"logits": logits, self.session.state_output: self.placeholder}
+    def _answer(self, answer: Feeds, k: int) -> Feeds:
+        """Row k of an engine's answer, the cache output as the placeholder."""
+        return {**{name: a[k:k + 1] for name, a in answer.items()}, self.session.state_output: self.placeholder}
 
     def _guard(self, fn) -> Feeds | Exception:
         try:
@@ -106,9 +112,9 @@ class SessionRunner:
 
     def _prefill(self, sid: int, ids: list[int], feeds: Feeds) -> Feeds:
         sess = self.table.get(sid, len(ids))
-        logits = self.engine.prefill(sess.slot, sess.length, ids, feeds)
+        answer = self.engine.prefill(sess.slot, sess.length, ids, feeds)
         self.table.advance(sid, len(ids))
-        return self._answer(logits)
+        return self._answer(answer, 0)
 
     def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
         out: list[Feeds | Exception | None] = [None] * len(rows)
@@ -125,7 +131,7 @@ class SessionRunner:
             ids.append(tok[0])
         if good:
             try:
-                logits = self.engine.decode(ids, slots, pos)
+                answer = self.engine.decode(ids, slots, pos)
             except Exception as e:  # every row of this step hears why
                 err = RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
                 for j in good:
@@ -133,7 +139,7 @@ class SessionRunner:
                 return out  # type: ignore[return-value]
             for k, j in enumerate(good):
                 self.table.advance(rows[j][0], 1)
-                out[j] = self._answer(logits[k:k + 1])
+                out[j] = self._answer(answer, k)
         return out  # type: ignore[return-value]
 
 
@@ -151,26 +157,35 @@ def capture(pool, stream, fn):
 
 
 class DecodeGraphs:
-    """A batched decode step `step_fn(ids, slots, positions, span) -> logits [B, V]` captured as one CUDA graph
-    per (batch bucket, span bucket). A replay copies the rows in with one host-to-device copy (padding rows use
-    the scratch slot) and the float32 logits out through a pinned buffer."""
+    """A batched decode step `step_fn(ids, slots, positions, span) -> answer` (a tuple of [B, ...] tensors, e.g.
+    the logits) captured as one CUDA graph per (batch bucket, span bucket). A replay copies the rows in with one
+    host-to-device copy (padding rows use the scratch slot) and the answer out through pinned buffers."""
 
-    def __init__(self, step_fn, scratch: int, batches: Sequence[int], spans: Sequence[int], vocab: int,
+    def __init__(self, step_fn, scratch: int, batches: Sequence[int], spans: Sequence[int],
                  device: torch.device, pool, stream):
         self.batches, self.spans, self.scratch = list(batches), list(spans), scratch
         n = self.batches[-1]
         self.rows = torch.zeros((3, n), dtype=torch.int64, device=device)  # ids, slots, positions
         self.rows_host = torch.zeros((3, n), dtype=torch.int64).pin_memory()
-        self.logits_host = torch.zeros((n, vocab), dtype=torch.float32).pin_memory()
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self.rows[1].fill_(scratch)
         for span in self.spans:
             for b in self.batches:
                 ids, slots, pos = self.rows[:, :b]
-                self.graphs[(b, span)] = capture(pool, stream, lambda: step_fn(ids, slots, pos, span).float())
+                self.graphs[(b, span)] = capture(pool, stream, lambda: step_fn(ids, slots, pos, span))
+        self.host = [torch.zeros((n, *o.shape[1:]), dtype=o.dtype).pin_memory()
+                     for o in self.graphs[(n, self.spans[0])][1]]
 
-    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> np.ndarray:
-        """Logits [n, V] (float32, host) of one decode step of n sessions."""
+    def to_host(self, out: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """The first rows of a replay's outputs (as many as `out` holds), copied to the host."""
+        n = out[0].shape[0]
+        for h, o in zip(self.host, out):
+            h[:n].copy_(o, non_blocking=True)
+        torch.cuda.current_stream().synchronize()
+        return [h[:n].numpy().copy() for h in self.host]
+
+    def step(self, ids: list[int], slots: list[int], pos: list[int]) -> list[np.ndarray]:
+        """The answer ([n, ...] each, host) of one decode step of n sessions."""
         n = len(ids)
         b = next(x for x in self.batches if x >= n)
         span = next(s for s in self.spans if s >= max(pos) + 1)
@@ -180,6 +195,4 @@ class DecodeGraphs:
         self.rows[:, :b].copy_(self.rows_host[:, :b], non_blocking=True)
         g, out = self.graphs[(b, span)]
         g.replay()
-        self.logits_host[:n].copy_(out[:n], non_blocking=True)
-        torch.cuda.current_stream().synchronize()
-        return self.logits_host[:n].numpy().copy()
+        return self.to_host([o[:n] for o in out])

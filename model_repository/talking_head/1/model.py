@@ -25,7 +25,7 @@ async def bls(model: str, inputs: dict, timeout_s: float) -> dict:
     """One stage call with the turn's remaining time as its timeout; the response just received is checked."""
     request = pb_utils.InferenceRequest(
         model_name=model, inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
-        requested_output_names=[t.name for t in BY_NAME[model].outputs], timeout=max(1, int(timeout_s * 1e6)))
+        requested_output_names=[t.name for t in BY_NAME[model].answer(inputs)], timeout=max(1, int(timeout_s * 1e6)))
     response = await request.async_exec()
     if response.has_error():
         raise StageError(f"{model}: {response.error().message()}")
