@@ -19,6 +19,8 @@ What is staged:
                     the two graphs that are not PyTorch modules (the gpu variant rebuilds the others from the
                     preset and seed on the machine)
   build/device/avatar.jpg   the demo avatar (scikit-image is not on the machine)
+  build/device/before.patch with --before COMMIT: that commit's code as a patch over this tree, to measure the two
+                    in one call (runs on one machine differ less than runs on two; BENCHMARKS.md)
 """
 from __future__ import annotations
 
@@ -74,7 +76,19 @@ def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def stage() -> int:
+def stage_before(commit: str) -> Path:
+    """build/device/before.patch: the code of `commit` as a patch over the working tree, for an A/B in one device call
+    (no git there): `cp -a . /tmp/before && cd /tmp/before && patch -p1 -s < build/device/before.patch`."""
+    diff = subprocess.run(["git", "diff", "--binary", "HEAD", commit, "--", "ensemble", "export", "deploy",
+                           "model_repository", "loadtests"], cwd=ROOT, capture_output=True, check=True).stdout
+    out = AVATAR.parent / "before.patch"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(diff)
+    print(f"{out.relative_to(ROOT)}: HEAD -> {commit}, {len(diff) / 1024:.0f} KiB")
+    return out
+
+
+def stage(before: str | None = None) -> int:
     if not (DEVICE / "activate.sh").is_file():
         if not STAGE_TRITON.is_file():
             raise SystemExit(f"{STAGE_TRITON} is missing: it comes with the GPU machine's documentation")
@@ -100,6 +114,9 @@ def stage() -> int:
     AVATAR.parent.mkdir(parents=True, exist_ok=True)
     image = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
     AVATAR.write_bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    (AVATAR.parent / "before.patch").unlink(missing_ok=True)
+    if before:
+        stage_before(before)
     git_dir = Path(subprocess.run(["git", "rev-parse", "--git-common-dir"], cwd=ROOT, capture_output=True, text=True,
                                   check=True).stdout.strip())
     exclude = (ROOT / git_dir if not git_dir.is_absolute() else git_dir) / "info" / "exclude"
@@ -121,10 +138,13 @@ def stage() -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("stage",))
-    ap.parse_args(argv)
+    ap.add_argument("--before", metavar="COMMIT",
+                    help="also write build/device/before.patch: that commit's code as a patch over this tree (an A/B "
+                         "of the two in one device call)")
+    args = ap.parse_args(argv)
     if shutil.which("git") is None:
         raise SystemExit("git is needed to size the working tree")
-    return stage()
+    return stage(args.before)
 
 
 if __name__ == "__main__":
