@@ -96,7 +96,6 @@ class AsrEngine:
         self.decoder = graph.model.decoder
         self.device = torch.device(device)
         self.dtype = self.decoder.token_embedding.weight.dtype
-        self.vocab = self.decoder.token_embedding.weight.shape[0]
         self.max_length = spec.axis("past").max + spec.axis("tokens").max
         self.features = spec.session.prefill_inputs[0]
         self.cache = AsrCache(self.decoder, slots, self.max_length, media.ASR_AUDIO_CTX)

@@ -184,7 +184,6 @@ class LlmEngine:
     def __init__(self, spec: ModelSpec, graph: LlmGraph, device: str, slots: int, graphs: bool | None = None):
         self.model = graph.model
         self.device = torch.device(device)
-        self.vocab = self.model.config.vocab_size
         self.max_length = spec.axis("past").max + spec.axis("tokens").max
         self.cache = StaticKVCache(self.model, slots, self.max_length)
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
