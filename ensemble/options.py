@@ -54,7 +54,9 @@ class TurnOptions:
     max_reply_tokens: int | None = None  # cap on LLM tokens (None: the preset's default)
     video: bool = True  # stream lip-synced frames (False: audio and text only)
     streaming: bool = True  # False: the naive baseline (whole reply, whole TTS, whole vocoder, all frames, then send)
-    temperature: float = 0.7  # LLM sampling temperature (0 = greedy)
+    # LLM sampling temperature, 0 = greedy (the default: the demo's 135 M model names Paris greedily and in 5 of 16
+    # seeds at 0.7, drifting into French; README, `python -m loadtests.sampling`)
+    temperature: float = 0.0
     top_k: int = 40  # LLM samples among the k most likely tokens
     seed: int = 0  # seed of the LLM sampler: the same turn gives the same reply
     deadline_s: float = 120.0  # the whole turn; every stage call gets the time that is left as its timeout
