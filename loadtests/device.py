@@ -77,10 +77,11 @@ def _size(path: Path) -> int:
 
 
 def stage_before(commit: str) -> Path:
-    """build/device/before.patch: the code of `commit` as a patch over the working tree, for an A/B in one device call
-    (no git there): `cp -a . /tmp/before && cd /tmp/before && patch -p1 -s < build/device/before.patch`."""
+    """build/device/before.patch: the serving code of `commit` as a patch over the working tree, for an A/B in one
+    device call (no git there): `cp -a . /tmp/before && cd /tmp/before && patch -p1 -s < build/device/before.patch`."""
+    # the serving code only: both runs use this tree's benchmark (loadtests/)
     diff = subprocess.run(["git", "diff", "--binary", "HEAD", commit, "--", "ensemble", "export", "deploy",
-                           "model_repository", "loadtests"], cwd=ROOT, capture_output=True, check=True).stdout
+                           "model_repository"], cwd=ROOT, capture_output=True, check=True).stdout
     out = AVATAR.parent / "before.patch"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(diff)
