@@ -1,7 +1,7 @@
 """The tts stage on CUDA graphs (gpu variant): VITS as two fixed-shape halves around its one data-dependent step.
 
-Run eagerly, one TTS call is about a thousand small kernels, each launched from Python: 20-26 ms a sentence at
-batch 1 on one H200 while the GPU idles (BENCHMARKS.md, `tts` compute ms), and the largest queue at 48 sessions.
+Run eagerly, one TTS call is ~5000 PyTorch operator calls from Python (base preset, 96 phonemes): 20-26 ms a
+sentence at batch 1 on one H200, most likely launch overhead, and the largest queue at 48 sessions (BENCHMARKS.md).
 Its only data-dependent shape is the number of latent frames, known once the durations are. So:
 
     text half   text encoder + stochastic duration predictor, phonemes padded to a bucket (the spec's
