@@ -179,15 +179,24 @@ def top(scores: np.ndarray | Candidates, k: int, banned: Sequence[int] = (), voc
     if vocab is not None:
         keep &= ids < vocab
     ids, logits = ids[keep], logits[keep]
+    if not ids.size:
+        raise ValueError("every candidate token is banned")
     order = np.lexsort((ids, -logits))[:k]
     return ids[order], logits[order]
 
 
 def greedy(scores: np.ndarray | Candidates, banned: Sequence[int] = (), vocab: int | None = None) -> int:
-    ids, _ = top(scores, 1, banned, vocab)
-    if not ids.size:
+    """The best allowed id (see `top`): from whole logits one argmax (the lowest id of a tie), as `top(..., 1)`."""
+    if isinstance(scores, Candidates):
+        return int(top(scores, 1, banned, vocab)[0][0])
+    logits = scores[:vocab]
+    if banned:
+        logits = logits.copy()
+        logits[[b for b in banned if b < logits.size]] = -np.inf
+    best = int(np.argmax(logits))
+    if logits[best] == -np.inf:
         raise ValueError("every candidate token is banned")
-    return int(ids[0])
+    return best
 
 
 def sample(scores: np.ndarray | Candidates, rng: np.random.Generator, temperature: float, top_k: int,
@@ -196,8 +205,6 @@ def sample(scores: np.ndarray | Candidates, rng: np.random.Generator, temperatur
     if temperature <= 0:
         return greedy(scores, banned, vocab)
     ids, logits = top(scores, top_k, banned, vocab)
-    if not ids.size:
-        raise ValueError("every candidate token is banned")
     z = logits.astype(np.float64) / temperature  # float64 only for the k kept
     p = np.exp(z - z.max())
     return int(ids[rng.choice(ids.size, p=p / p.sum())])
