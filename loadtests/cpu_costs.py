@@ -23,7 +23,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import motion, mouth
-from ensemble.decoding import Candidates, sample
+from ensemble.decoding import Candidates, greedy, sample
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import get_preset
 from export.contract.spec import LLM_CANDIDATES
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     for what, scores in (("the whole vocabulary's logits", logits), (f"{LLM_CANDIDATES} candidates", cands)):
         ms = median_ms(lambda: sample(scores, rng, 0.7, 40, banned, vocab=151665))
         print(f"sample token from {what}: {ms:.2f} ms wall")
+    print(f"greedy token (the default) from the whole vocabulary's logits: "
+          f"{median_ms(lambda: greedy(logits, banned, vocab=151665)):.2f} ms wall")
     voice = args.repository / "talking_head" / "1" / "tts_voice.json"
     if voice.is_file():
         from export.contract.phonemes import PiperPhonemizer
