@@ -345,7 +345,7 @@ def alive(server: EmbeddedServer) -> bool:
         return False
 
 
-def run(repository: Path, passes: int = 2) -> list[ClassResult]:
+def run(repository: Path, passes: int = 2, only: tuple[str, ...] = ()) -> list[ClassResult]:
     options = ServerOptions(repository=repository, workdir=BUILD / "adversarial", exit_timeout_s=10, **server_ports())
     results = []
     with EmbeddedServer(options) as server:
@@ -358,6 +358,8 @@ def run(repository: Path, passes: int = 2) -> list[ClassResult]:
             env = Env(server, door, avatar, victim)
             time.sleep(10)  # the victim's first turns warm every model up: their memory is not the attacks'
             for name, fn in CLASSES:
+                if only and fn.__name__ not in only:
+                    continue
                 victim.reset()
                 r = ClassResult(name, memory_mib=[memory_mib(server)])
                 for k in range(passes):  # the same cases again: memory that stays must not keep growing
@@ -404,9 +406,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="model repository (default: the tiny preset's, `python -m export --preset tiny "
                          "--repository build/tiny_repository`)")
     ap.add_argument("--passes", type=int, default=2, help="send each class's cases this many times (memory after each)")
+    ap.add_argument("--classes", nargs="+", choices=[fn.__name__ for _, fn in CLASSES], default=(),
+                    help="run only these classes (default: all)")
     ap.add_argument("--out", type=Path, help="write every case as JSON here too")
     args = ap.parse_args(argv)
-    results = run(args.repository, args.passes)
+    results = run(args.repository, args.passes, tuple(args.classes))
     print(table(results))
     for r in results:
         for c in r.cases:

@@ -97,3 +97,28 @@ def test_a_float_input_without_bounds_still_refuses_nan_and_infinity(stage_runne
                       {"latents": np.full((1, channels, 8), np.inf, np.float32)}])
     assert isinstance(out[0], dict) and out[0]["audio"].size > 0
     assert all("vocoder: input 'latents' holds NaN or infinite values" in str(e) for e in out[1:])
+
+
+class _Tracked(np.ndarray):
+    """An input array whose lifetime a weak reference can watch (a plain ndarray takes no weak references)."""
+
+
+def test_a_refused_request_lets_go_of_its_inputs_at_once(stage_runners):
+    """A refused request's inputs are freed when the caller drops them, not when the cycle collector runs: in the
+    server they are views of the Python backend's shared memory, and a stream of refused 4 MB vocoder requests held
+    ~100 MiB of it until a collection (loadtests.adversarial, RELIABILITY.md)."""
+    import gc
+    import weakref
+
+    runner = stage_runners["vocoder"]
+    too_long = np.zeros((1, CHANNELS, spec.VOCODER.axis("frames").max + 1), np.float32).view(_Tracked)
+    nan = np.full((1, CHANNELS, 8), np.nan, np.float32).view(_Tracked)
+    watched = [weakref.ref(too_long), weakref.ref(nan)]
+    gc.disable()
+    try:
+        results = runner.run([{"latents": too_long}, {"latents": nan}])
+        assert all(isinstance(r, ValueError) for r in results), results
+        del too_long, nan
+        assert [w() is None for w in watched] == [True, True], "a refusal keeps its request's inputs alive"
+    finally:
+        gc.enable()

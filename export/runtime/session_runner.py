@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from export.contract.spec import ModelSpec
-from export.runtime.batching import BatchRunner, Feeds
+from export.runtime.batching import BatchRunner, Feeds, detached
 from export.runtime.kv_sessions import SessionError, SessionTable
 
 
@@ -48,7 +48,7 @@ class SessionRunner:
             try:
                 sid, ids = self._parse(feeds)
             except ValueError as e:
-                results[i] = e
+                results[i] = detached(e)
                 continue
             if _flag(feeds, s.release_input):
                 self.table.release(sid)
@@ -123,7 +123,7 @@ class SessionRunner:
             try:
                 sess = self.table.get(sid, 1)
             except SessionError as e:
-                out[j] = e
+                out[j] = detached(e)
                 continue
             good.append(j)
             slots.append(sess.slot)
