@@ -125,6 +125,7 @@ TTS = ModelSpec(
     # phoneme buckets, the inputs padded up to one (masked, exact): the text half and the flow replay CUDA graphs
     # around the data-dependent frame count (export/runtime/tts_graphs.py)
     gpu_graphs=(32, 64, 128, 256, 512),
+    length_from_values=True,
 )
 
 VOCODER = ModelSpec(

@@ -115,6 +115,9 @@ class ModelSpec:
     # spec's one dynamic axis (None: a model without one); other shapes run eagerly. () = eager only. tts: buckets
     # its phonemes are padded up to (export/runtime/tts_graphs.py)
     gpu_graphs: tuple[int | None, ...] = ()
+    # True: an output's length depends on the input's values (tts: the predicted durations), known only after a
+    # host sync mid-model; the gpu variant captures graphs on each side of it (export/runtime/tts_graphs.py)
+    length_from_values: bool = False
     # False: no PyTorch module behind the graph (an ONNX graph from elsewhere): the gpu/gpu_naive variants run
     # it with the ort_cpu backend on gpu_instances CPU instances (per GPU of the host) instead of torch_gpu
     torch_module: bool = True

@@ -166,9 +166,9 @@ class GraphedStage:
 
 
 def graphed_stage(stage: TorchStage, dims: dict[str, int]):
-    """The stage replaying its CUDA graphs: tts in bucketed halves around its data-dependent length
-    (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage)."""
-    if stage.spec.name == "tts":
+    """The stage replaying its CUDA graphs: one whose length comes from its values (tts) in bucketed halves
+    around that length (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage)."""
+    if stage.spec.length_from_values:
         batches = [b for b in GRAPH_BATCHES if b <= stage.spec.max_batch_size]
         return GraphedTts(stage, batches, stage.spec.gpu_graphs)
     return GraphedStage(stage, dims)
