@@ -40,9 +40,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from client.retry import RetryPolicy, is_retryable_refusal
-from client.turns import Clock, TurnCollector, TurnResult
 from client.events import TurnEvent
+from client.retry import RetryPolicy, is_retryable_refusal
+from client.stream import StreamPool
+from client.turns import Clock, TurnCollector, TurnResult
 from client.wire import (
     AR_AVATAR_ID,
     AR_FACE_BOX,
@@ -137,6 +138,9 @@ class TalkingHeadClient:
     session_token: the secret that owns this client's sessions, sent beside every session id (the server refuses
     a session's requests with another one); default a new one per client: share it to reach a session elsewhere.
     api_key: sent as `authorization: Bearer <key>` on every call (the front door, deploy/front_door, needs one).
+    keep_stream_s: a turn's stream stays open this long for the next turn (client.stream: a turn on an open
+    stream skips the stream set-up); 0 opens a stream per turn. Short, because an open stream keeps Triton from
+    unloading `talking_head` (a reload, a drain, the server's exit wait for it).
     """
 
     def __init__(self, url: str = DEFAULT_URL, ssl: bool = False, *, root_certificates: str | None = None,
@@ -144,7 +148,7 @@ class TalkingHeadClient:
                  turn_timeout_s: float = DEFAULT_TURN_TIMEOUT_S,
                  request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                  clock: Clock = time.perf_counter, verbose: bool = False, session_token: str | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, keep_stream_s: float = 2.0):
         if url.startswith("grpc://"):
             url = url[len("grpc://"):]
         self.url = url
@@ -155,9 +159,7 @@ class TalkingHeadClient:
         self._auth = auth_headers(api_key)
         self._client_kwargs = dict(url=url, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
                                    private_key=private_key, certificate_chain=certificate_chain)
-        self._lock = threading.Lock()
-        self._idle: list[grpcclient.InferenceServerClient] = []  # stream clients between turns
-        self._closed = False
+        self._streams = StreamPool(self._new_grpc_client, {**GRPC_ERROR_HEADERS, **self._auth}, clock, keep_stream_s)
         self._unary = self._new_grpc_client()
 
     # -- lifetime
@@ -169,38 +171,17 @@ class TalkingHeadClient:
             raise ConnectionFailed(self.url, str(e.message())) from None
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            idle, self._idle = self._idle, []
-        for c in idle + [self._unary]:
-            try:
-                c.close()
-            except Exception:  # closing is best effort
-                log.debug("closing a gRPC client failed", exc_info=True)
+        self._streams.close()
+        try:
+            self._unary.close()
+        except Exception:  # closing is best effort
+            log.debug("closing a gRPC client failed", exc_info=True)
 
     def __enter__(self) -> TalkingHeadClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _acquire(self) -> grpcclient.InferenceServerClient:
-        with self._lock:
-            if self._closed:
-                raise ClientError("TalkingHeadClient is closed")
-            if self._idle:
-                return self._idle.pop()
-        return self._new_grpc_client()
-
-    def _release(self, c: grpcclient.InferenceServerClient, reusable: bool) -> None:
-        with self._lock:
-            if reusable and not self._closed:
-                self._idle.append(c)
-                return
-        try:
-            c.close()
-        except Exception:
-            log.debug("closing a gRPC client failed", exc_info=True)
 
     # -- health
 
@@ -371,20 +352,18 @@ class TalkingHeadClient:
                     pace_s: float) -> Iterator[StreamEvent]:
         """Send many requests on one stream (a sender thread, one every `pace_s`), yield their events."""
         clock = self.clock
-        responses: queue.SimpleQueue = queue.SimpleQueue()
-        grpc_client = self._acquire()
+        stream = self._streams.acquire()
         stop = threading.Event()
         sent = {"n": 0, "done": False, "error": None}
 
-        def send() -> None:
+        def send(responses: queue.SimpleQueue) -> None:
             t0 = time.monotonic()
             try:
                 for k, inputs in enumerate(requests):
+                    time.sleep(max(0.0, t0 + k * pace_s - time.monotonic()))
                     if stop.is_set():
                         break
-                    time.sleep(max(0.0, t0 + k * pace_s - time.monotonic()))
-                    grpc_client.async_stream_infer(TALKING_HEAD.name, inputs, request_id=f"{stream_id}-{k}",
-                                                   enable_empty_final_response=True)
+                    stream.send(inputs, f"{stream_id}-{k}")
                     sent["n"] += 1
             except Exception as e:  # the stream broke: the reason also comes through the callback
                 sent["error"] = e
@@ -395,13 +374,11 @@ class TalkingHeadClient:
         clean = False
         try:
             try:
-                grpc_client.start_stream(callback=lambda result, error: responses.put((clock(), result, error)),
-                                         headers={**GRPC_ERROR_HEADERS, **self._auth})
+                responses = stream.listen()
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
             sent_at = clock()
-            sender = threading.Thread(target=send, name=f"mic-{stream_id[:8]}", daemon=True)
-            sender.start()
+            threading.Thread(target=send, args=(responses,), name=f"mic-{stream_id[:8]}", daemon=True).start()
             deadline = time.monotonic() + timeout_s
             finals = 0
             while not (sent["done"] and finals >= sent["n"]):
@@ -425,34 +402,23 @@ class TalkingHeadClient:
             clean = True
         finally:
             stop.set()
-            try:
-                grpc_client.stop_stream(cancel_requests=not clean)
-            except Exception:
-                log.debug("stop_stream failed", exc_info=True)
-            self._release(grpc_client, reusable=False)
+            self._streams.release(stream, clean, reuse=False)  # a sender still running must not reach a later stream
 
     def _run_turn(self, inputs: list[grpcclient.InferInput], request_id: str,
                   timeout_s: float, expect_done: bool = True) -> Iterator[StreamEvent]:
-        clock = self.clock
-        responses: queue.SimpleQueue = queue.SimpleQueue()
-
-        def on_response(result: grpcclient.InferResult | None, error: InferenceServerException | None) -> None:
-            responses.put((clock(), result, error))
-
-        grpc_client = self._acquire()
-        clean = False  # True once the final response arrived: stop gracefully, else cancel
-        reusable = True
+        stream = self._streams.acquire()
+        clean = False  # True once the final response arrived: the stream stays open, else it is cancelled
+        reuse = True
         n_events, last_type = 0, None
         try:
             try:
-                grpc_client.start_stream(callback=on_response, headers={**GRPC_ERROR_HEADERS, **self._auth})
+                responses = stream.listen()
             except InferenceServerException as e:
                 raise translate_error(e, self.url) from None
-            sent_at = clock()
+            sent_at = self.clock()
             deadline = time.monotonic() + timeout_s
             try:
-                grpc_client.async_stream_infer(TALKING_HEAD.name, inputs, request_id=request_id,
-                                               enable_empty_final_response=True)
+                stream.send(inputs, request_id)
             except InferenceServerException as e:
                 # The stream already failed; the reason came through the callback.
                 try:
@@ -469,9 +435,11 @@ class TalkingHeadClient:
                     raise TurnTimeout(f"{TALKING_HEAD.name} turn {request_id} did not finish within {timeout_s:g} s "
                                       f"({n_events} events received, last: {last_type})") from None
                 if error is not None:
-                    if error.status() is not None:  # the RPC itself failed: start afresh next turn
-                        reusable = False
+                    if error.status() is not None:  # the RPC itself failed: a new client next turn
+                        reuse = False
                     raise translate_error(error, self.url)
+                if result.get_response().id not in ("", request_id):
+                    continue  # an earlier turn's, late on this kept stream
                 final = is_final_response(result)
                 event = event_from_result(result, sent_at=sent_at, received_at=received_at, request_id=request_id)
                 if event is not None:
@@ -487,13 +455,7 @@ class TalkingHeadClient:
                 raise ProtocolError(f"{TALKING_HEAD.name} turn {request_id} ended without a '{ev.DONE}' event "
                                     f"({n_events} events, last: {last_type})")
         finally:
-            try:
-                grpc_client.stop_stream(cancel_requests=not clean)
-            except Exception:
-                reusable = False
-                log.debug("stop_stream failed", exc_info=True)
-            self._release(grpc_client, reusable)
-
+            self._streams.release(stream, clean, reuse)
 
 
 def _avatar(avatar_id: str | AvatarInfo) -> str:

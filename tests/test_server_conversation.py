@@ -111,6 +111,37 @@ def test_client_closing_its_stream_frees_everything(server, client, avatar):
     assert client.turn(avatar_id=avatar.id, text="Hello again.").done is not None
 
 
+def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
+    """The SDK keeps a turn's stream open for the next turn (client.stream: no stream set-up per turn, the most of
+    what the front door adds to a turn's first response); a turn left early or failed ends its stream and the
+    next turn opens another, and so does a turn after the stream sat idle for keep_stream_s (an open stream keeps
+    Triton from unloading talking_head). Each turn still gets only its own events."""
+    from client.sdk import ServerError, TalkingHeadClient
+
+    opened = []
+    start_stream = grpcclient.InferenceServerClient.start_stream
+    monkeypatch.setattr(grpcclient.InferenceServerClient, "start_stream",
+                        lambda self, *a, **k: (opened.append(1), start_stream(self, *a, **k))[1])
+    short = {"max_reply_tokens": 4, "session": "kept"}
+    with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=120) as c:
+        turns = [c.turn(avatar_id=avatar.id, text=t, options=short) for t in ("Hi.", "Hello.", "Hey there.")]
+        assert len(opened) == 1, f"{len(opened)} streams opened for three turns"
+        assert all(t.done is not None and t.done["interrupted"] is None and t.audio.size for t in turns)
+        assert len({t.done["turn_id"] for t in turns}) == 3, "a turn took another turn's done"
+        with c.ask(avatar_id=avatar.id, text="Tell me a long story.", options={**LONG, "session": "kept"}) as s:
+            next(e for e in s if e.type == ev.AUDIO)  # left early: the turn is cancelled with its stream
+        assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
+        assert len(opened) == 2
+        with pytest.raises(ServerError, match="top_k"):
+            c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
+        assert c.turn(avatar_id=avatar.id, text="Hello.", options=short).done is not None
+        assert len(opened) == 3
+        time.sleep(c._streams.keep_s + 1.0)  # idle past keep_stream_s: the stream is ended (Triton could unload)
+        assert c._streams._idle and not any(s.open for s in c._streams._idle)
+        assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
+        assert len(opened) == 4
+
+
 @pytest.fixture(scope="module")
 def two_questions(tmp_path_factory):
     espeak = shutil.which("espeak-ng")

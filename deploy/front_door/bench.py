@@ -4,15 +4,17 @@
 
 1. Real turns: an embedded tiny-preset server (or `--url`), text turns sent alternately straight to Triton and
    through a front door (`python -m deploy.front_door`, its own process), same text and seed, each side on one
-   kept connection with a new stream per turn (as the SDK, which keeps its clients between turns). Per pair: time to
-   first response door - direct, and for every k-th streamed response its arrival (since the request was sent)
-   door - direct. The models' own jitter is in these differences.
+   kept stream (as the SDK for turns within its keep_stream_s), then on one kept connection with a new stream per
+   turn (as the SDK after the stream sat idle longer). Per pair: time to first response door - direct, and for
+   every k-th streamed response its arrival (since the request was sent) door - direct. The models' own jitter
+   is in these differences.
 2. Synthetic upstream: a stand-in Triton (its own process) that answers each stream request with `--responses`
    responses of 16 KiB, 1 ms apart, each stamped with its send time; the client's receive time minus that stamp
    is the delivery latency of a response, straight and through the door; the difference of the medians is what
    the door adds, without model noise. Beside the door, a bare grpc.aio pass-through (raw bytes, nothing checked)
-   shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Measured twice: on
-   kept connections (as the SDK) and with a new connection (TCP + HTTP/2 handshake) for every turn.
+   shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Measured three ways
+   (MODES): on one kept stream, on a kept connection with a new stream per turn, and with a new connection (TCP +
+   HTTP/2 handshake) for every turn.
    time.perf_counter is CLOCK_MONOTONIC, one clock for every process.
 """
 from __future__ import annotations
@@ -48,34 +50,49 @@ def one_stream(c: grpcclient.InferenceServerClient, headers: dict, model: str, i
     q: queue.SimpleQueue = queue.SimpleQueue()
     c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
     try:
-        t0 = time.perf_counter()
-        c.async_stream_infer(model, inputs, enable_empty_final_response=True)
-        arrivals, delivery = [], []
-        while True:
-            t, result, error = q.get(timeout=120)
-            if error is not None:
-                raise RuntimeError(str(error))
-            params = result.get_response().parameters
-            if stamped and "t" in params:
-                delivery.append(t - params["t"].double_param)
-            if params["triton_final_response"].bool_param:
-                break
-            arrivals.append(t - t0)
+        return turn_on(c, q, model, inputs, stamped)
     finally:
         c.stop_stream()
+
+
+def turn_on(c: grpcclient.InferenceServerClient, q: queue.SimpleQueue, model: str, inputs: list, stamped: bool):
+    """One turn on the open stream of `c`, whose callback feeds `q`."""
+    t0 = time.perf_counter()
+    c.async_stream_infer(model, inputs, enable_empty_final_response=True)
+    arrivals, delivery = [], []
+    while True:
+        t, result, error = q.get(timeout=120)
+        if error is not None:
+            raise RuntimeError(str(error))
+        params = result.get_response().parameters
+        if stamped and "t" in params:
+            delivery.append(t - params["t"].double_param)
+        if params["triton_final_response"].bool_param:
+            break
+        arrivals.append(t - t0)
     return arrivals[0], arrivals, delivery
 
 
-class Endpoint:
-    """Turns against `url`. kept=True: one client (one connection) for every turn and a new stream per turn, as the
-    SDK does (it keeps its clients between turns); kept=False: a new client, i.e. a TCP connection and an HTTP/2
-    handshake, for each turn."""
+MODES = {"stream": "one stream kept open for every turn (as the SDK within its keep_stream_s)",
+         "connection": "kept connection, a new stream per turn (as the SDK after keep_stream_s idle)",
+         "new": "a new connection per turn"}
 
-    def __init__(self, url: str, headers: dict, kept: bool):
-        self.url, self.headers, self.kept = url, headers, kept
-        self.client = grpcclient.InferenceServerClient(url) if kept else None
+
+class Endpoint:
+    """Turns against `url`, in one of MODES: on one kept stream; on one kept client (one connection) with a new
+    stream per turn; or with a new client, i.e. a TCP connection and an HTTP/2 handshake, for each turn."""
+
+    def __init__(self, url: str, headers: dict, mode: str):
+        self.url, self.headers, self.mode = url, headers, mode
+        self.client = grpcclient.InferenceServerClient(url) if mode != "new" else None
+        self.responses: queue.SimpleQueue = queue.SimpleQueue()
+        if mode == "stream":
+            self.client.start_stream(callback=lambda result, error: self.responses.put((time.perf_counter(), result,
+                                                                                        error)), headers=headers)
 
     def turn(self, model: str, inputs: list, stamped: bool = False):
+        if self.mode == "stream":
+            return turn_on(self.client, self.responses, model, inputs, stamped)
         if self.client is not None:
             return one_stream(self.client, self.headers, model, inputs, stamped)
         with grpcclient.InferenceServerClient(self.url) as c:
@@ -121,7 +138,8 @@ def report(title: str, ttfr: list[float], per_response: list[float], unit_ms: bo
 
 
 def real_turns(url: str, door: Door, turns: int) -> None:
-    """Pairs of the same text turn, straight and through the door, each side on its kept connection (as the SDK)."""
+    """Pairs of the same text turn, straight and through the door, in each of MODES' first two (one kept stream a
+    side, as the SDK for turns within keep_stream_s; a new stream per turn on a kept connection)."""
     from client.sdk import TalkingHeadClient
     from client.wire import turn_inputs
     from ensemble.avatar import demo_avatar_png
@@ -129,29 +147,29 @@ def real_turns(url: str, door: Door, turns: int) -> None:
     with TalkingHeadClient(url) as c:
         avatar = c.register_avatar(demo_avatar_png()).id
     inputs = turn_inputs(avatar_id=avatar, text="Hello there, how are you?", options={"seed": 0, "temperature": 0})
-    ends = {"direct": Endpoint(url, {"triton_grpc_error": "true"}, kept=True),
-            "door": Endpoint(door.url, HEADERS, kept=True)}
-    try:
-        for end in ends.values():  # warm-up
-            for _ in range(2):
-                end.turn("talking_head", inputs)
-        ttfr, per, raw = [], [], {"direct": [], "door": []}
-        for i in range(turns):
-            got = {}
-            for name in (("direct", "door") if i % 2 else ("door", "direct")):
-                got[name] = ends[name].turn("talking_head", inputs)
-                raw[name].append(got[name][0])
-            ttfr.append(got["door"][0] - got["direct"][0])
-            n = min(len(got["door"][1]), len(got["direct"][1]))
-            a, b = np.asarray(got["door"][1][:n]), np.asarray(got["direct"][1][:n])
-            per.extend(np.diff(a) - np.diff(b))  # each response's gap after the previous one, door - direct
-    finally:
-        for end in ends.values():
-            end.close()
-    print(f"real turns ({turns} pairs, {len(per) // max(1, turns)} responses a turn, each side on one kept "
-          f"connection, a new stream per turn): time to first response direct p50 {pct(raw['direct'], 50) * 1000:.2f} "
-          f"ms, through the door p50 {pct(raw['door'], 50) * 1000:.2f} ms")
-    report("real turns, door - direct", ttfr, per)
+    for mode in ("stream", "connection"):
+        ends = {"direct": Endpoint(url, {"triton_grpc_error": "true"}, mode), "door": Endpoint(door.url, HEADERS, mode)}
+        try:
+            for end in ends.values():  # warm-up
+                for _ in range(2):
+                    end.turn("talking_head", inputs)
+            ttfr, per, raw = [], [], {"direct": [], "door": []}
+            for i in range(turns):
+                got = {}
+                for name in (("direct", "door") if i % 2 else ("door", "direct")):
+                    got[name] = ends[name].turn("talking_head", inputs)
+                    raw[name].append(got[name][0])
+                ttfr.append(got["door"][0] - got["direct"][0])
+                n = min(len(got["door"][1]), len(got["direct"][1]))
+                a, b = np.asarray(got["door"][1][:n]), np.asarray(got["direct"][1][:n])
+                per.extend(np.diff(a) - np.diff(b))  # each response's gap after the previous one, door - direct
+        finally:
+            for end in ends.values():
+                end.close()
+        print(f"real turns ({turns} pairs, {len(per) // max(1, turns)} responses a turn, {MODES[mode]}): time to "
+              f"first response direct p50 {pct(raw['direct'], 50) * 1000:.2f} ms, through the door p50 "
+              f"{pct(raw['door'], 50) * 1000:.2f} ms")
+        report(f"real turns, {mode}, door - direct", ttfr, per)
 
 
 # ---------------------------------------------------------------- the stand-in upstream
@@ -173,7 +191,8 @@ class FakeTriton(pb_grpc.GRPCInferenceServiceServicer):
                 r.parameters["triton_final_response"].bool_param = k == self.responses
                 r.parameters["t"].double_param = time.perf_counter()
                 yield pb.ModelStreamInferResponse(infer_response=r)
-                await asyncio.sleep(self.gap_s)
+                if k < self.responses:  # after the final one, straight to the stream's next request
+                    await asyncio.sleep(self.gap_s)
 
 
 async def serve_fake(port: int, responses: int, gap_s: float) -> None:
@@ -222,32 +241,31 @@ async def serve_passthrough(port: int, upstream: str) -> None:
 
 
 def synthetic(turns: int, responses: int, workdir: Path) -> None:
-    """The stand-in upstream, straight and through the door, on kept connections (a new stream per turn, as the
-    SDK) and with a new connection per turn."""
+    """The stand-in upstream, straight and through the door, in each of MODES."""
     port, floor_port = free_ports(2)
     url = f"localhost:{port}"
     helpers = [subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
                                  "--responses", str(responses)]),
                subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--passthrough", str(floor_port),
                                  "--url", url])]
-    res: dict[tuple[bool, str], tuple[list, list]] = {}
+    res: dict[tuple[str, str], tuple[list, list]] = {}
     try:
         time.sleep(1.5)
         door = Door(url, workdir)
         try:
             inputs = [grpcclient.InferInput("text", [1], "BYTES")]
             inputs[0].set_data_from_numpy(np.array([b"hi"], dtype=object))
-            for kept in (True, False):
-                ends = {"direct": Endpoint(url, {}, kept), "door": Endpoint(door.url, HEADERS, kept),
-                        "floor": Endpoint(f"localhost:{floor_port}", {}, kept)}
+            for mode in MODES:
+                ends = {"direct": Endpoint(url, {}, mode), "door": Endpoint(door.url, HEADERS, mode),
+                        "floor": Endpoint(f"localhost:{floor_port}", {}, mode)}
                 try:
                     for end in ends.values():
                         end.turn("talking_head", inputs, stamped=True)  # warm-up
                     for name in ("direct", "door", "floor") * 2:  # two rounds each, interleaved
                         for _ in range(turns // 2):
                             first, _, delivery = ends[name].turn("talking_head", inputs, stamped=True)
-                            res.setdefault((kept, name), ([], []))[0].append(first)
-                            res[kept, name][1].extend(delivery)
+                            res.setdefault((mode, name), ([], []))[0].append(first)
+                            res[mode, name][1].extend(delivery)
                 finally:
                     for end in ends.values():
                         end.close()
@@ -258,14 +276,13 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
             p.terminate()
             p.wait(15)
     print(f"synthetic upstream ({turns} turns each way, {responses} responses of 16 KiB 1 ms apart):")
-    for kept, how in ((True, "kept connection, a new stream per turn (as the SDK)"),
-                      (False, "a new connection per turn")):
-        d = res[kept, "direct"]
+    for mode, how in MODES.items():
+        d = res[mode, "direct"]
         print(f"  {how}:")
         for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
             print(f"    {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms")
             for name, what in (("door", "through the door"), ("floor", "through a bare grpc.aio pass-through")):
-                p = res[kept, name]
+                p = res[mode, name]
                 print(f"      {what}: p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
                       f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 "
                       f"{(pct(p[i], 95) - pct(d[i], 95)) * 1000:.3f} ms")
