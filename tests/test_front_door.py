@@ -370,3 +370,45 @@ def test_a_prerender_may_stay_silent_longer_than_the_silence_cut(server):
     assert s.error is None, s.error
     done = s.events[-1]
     assert done.type == ev.DONE and len(done.data["prerendered"]) > 1 and took > 0.5, (took, done.data)
+
+
+@pytest.mark.server
+def test_a_drain_closes_the_idle_streams_so_the_orchestrator_can_unload(server):
+    """Triton 2.51 does not finish unloading a model while a stream that sent it requests is open, idle or not. Once
+    talking_head is not ready upstream (a drain unloads it first), the door closes its streams with no turn in
+    flight, with UNAVAILABLE naming the drain, and the unload completes."""
+    from deploy.admin import admin_headers
+    from ensemble.avatar import demo_avatar_png
+
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
+                               limits=Limits(ready_poll_s=0.2))
+    admin = admin_headers(server.options.admin_key)
+
+    def state() -> str:
+        with grpcclient.InferenceServerClient(server.options.grpc_url) as c:
+            return next(m.state for m in c.get_model_repository_index(headers=admin).models
+                        if m.name == TALKING_HEAD.name)
+
+    with FrontDoorThread(options) as door:
+        with grpcclient.InferenceServerClient(door.url) as c:
+            image = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [demo_avatar_png()])]
+            avatar = c.infer(AVATAR_REGISTRY.name, image, headers=auth("alice")).as_numpy("avatar_id").reshape(-1)[0]
+        s = Stream(door.url, auth("alice"), turn_inputs(avatar_id=avatar.decode(), text="Hi.",
+                                                         options={"max_reply_tokens": 4}))
+        try:
+            assert s.ended.wait(60) and s.error is None and s.events[-1].type == ev.DONE, s.error
+            s.ended.clear()  # the turn is done; its stream stays open, idle
+            time.sleep(0.5)
+            assert s.error is None, "an idle stream was closed while the server was ready"
+            with grpcclient.InferenceServerClient(server.options.grpc_url) as c:
+                c.unload_model(TALKING_HEAD.name, headers=admin)
+            assert s.ended.wait(10), "the idle stream stayed open during the drain"
+            assert status(s.error) == "UNAVAILABLE" and "draining" in str(s.error), s.error
+            deadline = time.monotonic() + 20
+            while state() != "UNAVAILABLE":
+                assert time.monotonic() < deadline, f"talking_head still {state()} after its streams closed"
+                time.sleep(0.2)
+        finally:
+            s.client.close()
+            server.reload_model(TALKING_HEAD.name)
+    assert state() == "READY"

@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-upstream-silence-s", type=float, default=D.max_upstream_silence_s,
                    help="a stream with a turn in flight whose server sends nothing for this long is ended "
                         "(UNAVAILABLE; a dead orchestrator) and its turns cancelled (default %(default)s)")
+    p.add_argument("--ready-poll-s", type=float, default=D.ready_poll_s,
+                   help="seconds between checks that talking_head is ready upstream; while it is not (a drain, a "
+                        "reload), streams with no turn in flight are closed (UNAVAILABLE) so the model can unload "
+                        "(0: never; default %(default)s)")
     p.add_argument("--log-level", default="INFO", help="logging level (default %(default)s)")
     return p
 
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
-                    max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s)
+                    max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s,
+                    ready_poll_s=args.ready_poll_s)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                upstream_root_certificates=args.upstream_root_certificates,

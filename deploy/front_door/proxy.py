@@ -131,6 +131,24 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
         self.limits = limits
         self.quotas = Quotas(limits)
         self.tokens = tokens or SessionTokens()
+        self.draining = False  # upstream said talking_head is not ready (Limits.ready_poll_s)
+        self._ready_watch: asyncio.Task | None = None
+
+    async def _watch_ready(self) -> None:
+        """Poll upstream's ModelReady(talking_head). Only an answer counts: an error (the server down, a stand-in
+        without the call) leaves `draining` as it was; the streams hear of a dead server themselves."""
+        while True:
+            try:
+                r = await self.stub.ModelReady(pb.ModelReadyRequest(name=TALKING_HEAD), timeout=5.0)
+                if self.draining != (not r.ready):
+                    log.info("talking_head %s upstream", "ready again" if r.ready else
+                             "not ready: closing streams with no turn in flight")
+                self.draining = not r.ready
+            except grpc.aio.AioRpcError as e:
+                log.debug("readiness poll failed: %s", e.code())
+            except grpc.aio.UsageError:  # the upstream channel was closed: the door is stopping
+                return
+            await asyncio.sleep(self.limits.ready_poll_s)
 
     # -- helpers
 
@@ -203,6 +221,8 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
             usage.open_stream()
         except QuotaExceeded as e:
             await context.abort(CODE.RESOURCE_EXHAUSTED, str(e))
+        if self._ready_watch is None and self.limits.ready_poll_s > 0:
+            self._ready_watch = asyncio.ensure_future(self._watch_ready())
         headers = self._headers(context)
         stream = _Stream(self, context, usage, self.tokens(who), any(v.lower() == "true" for _, v in headers))
         try:
@@ -260,11 +280,19 @@ class _Stream:
 
     async def _watch_silence(self, call) -> None:
         """Cancel the upstream call when it has sent nothing for max_upstream_silence_s while a turn is in flight
-        (the clock runs only while one is: an idle stream may wait for its next request as long as it likes)."""
+        (the clock runs only while one is: an idle stream may wait for its next request as long as it likes), or
+        when it has no turn in flight while upstream's talking_head is not ready (FrontDoor.draining)."""
         silence = self.door.limits.max_upstream_silence_s  # > 0 (FrontDoorOptions)
         while True:
             await asyncio.sleep(min(1.0, silence / 4))
             now = time.monotonic()
+            if self.turns == 0 and self.door.draining:
+                self.failure = Refused(CODE.UNAVAILABLE, (
+                    f"the server is draining ({TALKING_HEAD} is not ready): this stream had no turn in flight "
+                    "and was closed so the server can stop; open a new one (it may reach another replica)"))
+                log.info("closed an idle stream: talking_head is not ready upstream")
+                call.cancel()
+                return
             if self.turns <= sum(self.quiet.values()):  # nothing in flight that should be talking
                 self.heard = now
             elif now - self.heard > silence:

@@ -118,6 +118,10 @@ class Limits:
     # cancelled: a turn streams events all along, so this silence means its orchestrator stub died (Triton 2.51
     # leaves such a stream open forever); deploy/watchdog.py brings the orchestrator back
     max_upstream_silence_s: float = 30.0
+    # how often the door asks upstream whether talking_head is ready; once it answers not ready (a drain, a reload)
+    # the door closes its streams with no turn in flight (UNAVAILABLE): Triton 2.51 does not finish unloading a
+    # model while a stream that used it is open, so idle streams would hold the drain to its exit timeout. 0: never
+    ready_poll_s: float = 1.0
 
 
 class QuotaExceeded(Exception):
