@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from deploy.processes import SHM_MARK, server_ports, stubs
+from deploy.processes import SHM_MARK, leaked_shm, server_ports, stubs
 from deploy.server import EmbeddedServer, ServerOptions
 from export.contract.layout import BUILD
 from loadtests.adversarial import infer_error, live_stub
@@ -32,10 +32,6 @@ def mapped_regions(pid: int) -> int:
     """The Python backends' shared-memory regions the process maps."""
     with open(f"/proc/{pid}/maps") as f:
         return len({line.split()[-1] for line in f if SHM_MARK in line})
-
-
-def regions_on_disk() -> int:
-    return sum(1 for p in Path("/dev/shm").iterdir() if SHM_MARK in p.name)
 
 
 class Traffic:
@@ -65,7 +61,7 @@ class Traffic:
 def kill_and_reload(server: EmbeddedServer, kills: int, clients: int, linger_s: float = 0.0) -> None:
     pid = server.process.pid
     traffic = Traffic(server.options.grpc_url, clients) if clients else None
-    print(f"{clients} client(s) in flight: regions mapped {mapped_regions(pid)}, in /dev/shm {regions_on_disk()}, "
+    print(f"{clients} client(s) in flight: regions mapped {mapped_regions(pid)}, in /dev/shm {len(leaked_shm())}, "
           f"tritonserver {psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB", flush=True)
     for k in range(kills):
         stub = live_stub(pid, "tts")
@@ -75,13 +71,13 @@ def kill_and_reload(server: EmbeddedServer, kills: int, clients: int, linger_s: 
         time.sleep(2.0)
         answered = f", requests answered {traffic.ok}, failed {traffic.failed}" if traffic else ""
         print(f"  kill {k + 1}: reloaded in {seconds:.2f} s; regions mapped {mapped_regions(pid)} "
-              f"({len(stubs(pid))} live stubs), in /dev/shm {regions_on_disk()}, tritonserver "
+              f"({len(stubs(pid))} live stubs), in /dev/shm {len(leaked_shm())}, tritonserver "
               f"{psutil.Process(pid).memory_info().rss / 2**20:.0f} MiB{answered}", flush=True)
     if traffic:
         traffic.stop()
     if linger_s:
         time.sleep(linger_s)
-        print(f"  {linger_s:.0f} s later: regions mapped {mapped_regions(pid)}, in /dev/shm {regions_on_disk()}", flush=True)
+        print(f"  {linger_s:.0f} s later: regions mapped {mapped_regions(pid)}, in /dev/shm {len(leaked_shm())}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
