@@ -1,6 +1,8 @@
 """A gateway session's rules on synthetic orchestrator events, without a browser or a server
 (deploy/gateway/session.py): a reply's audio and frames placed on the media clock, idle motion only while no reply
-plays, barge-in dropping what is queued, messages from the page becoming requests."""
+plays, barge-in dropping what is queued, messages from the page becoming requests, a drain of talking_head ending
+the stream once no reply plays and a new stream after it. (tests/test_gateway_drain.py: the drain on the real
+server.)"""
 from __future__ import annotations
 
 import asyncio
@@ -9,6 +11,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from page import Channel
 
 from client.wire import StreamEvent
 from deploy.gateway.media import OUT_RATE
@@ -58,19 +61,9 @@ class FakeStream:
     def close(self):
         self.calls.append(("close",))
 
-
-class Channel:
-    readyState = "open"
-
-    def __init__(self):
-        self.sent: list[dict] = []
-        self.handler = None
-
-    def send(self, raw):
-        self.sent.append(json.loads(raw))
-
-    def on(self, name, handler):
-        self.handler = handler
+    def reopened(self):
+        self.calls.append(("reopened",))
+        return FakeStream()
 
 
 def event(kind, rid="mic-9", audio=None, frame=None, **data):
@@ -162,3 +155,34 @@ def test_page_messages_become_requests(session):
     s.channel.handler("not json")
     s.channel.handler(json.dumps({"type": "avatar", "id": "../../etc"}))
     assert [m["type"] for m in s.channel.sent[-2:]] == ["error", "error"]
+
+
+def test_a_drain_ends_the_stream_once_the_reply_is_played_and_resume_opens_a_new_one(session):
+    s, loop = session
+    old = s.stream
+    feed(s, loop, event(ev.AUDIO, turn_id="t4", sample_rate=22050, audio=np.full(2205, 0.2, np.float32)))
+    s.drain()  # a reply plays: its stream stays open until it has been played
+    assert ("close",) not in old.calls and s.channel.sent[-1]["type"] == "server"
+    assert s.channel.sent[-1]["state"] == "draining"
+    s.mic_chunk(np.zeros(512, np.float32))
+    s.channel.handler(json.dumps({"type": "text", "text": "Are you there?"}))
+    assert not [c for c in old.calls if c[0] in ("mic", "text")]  # not sent while the model is away
+    assert s.channel.sent[-1]["type"] == "error" and "restarting" in s.channel.sent[-1]["message"]
+    feed(s, loop, event(ev.DONE, turn_id="t4", interrupted=None))
+    loop.run_until_complete(asyncio.sleep(0.3))  # played out: the stream ends, no idle request in its place
+    assert s.reply is None and old.calls[-1] == ("close",) and s.idle_rid is None
+    assert sum(c[0] == "idle" for c in old.calls) == 1
+    s.resume()
+    assert old.calls[-1] == ("reopened",) and s.stream is not old
+    assert s.stream.calls == [("idle", 2.0)] and s.channel.sent[-1] == {"type": "server", "state": "ready"}
+    s.channel.handler(json.dumps({"type": "text", "text": "Are you there?"}))
+    assert ("text", "Are you there?") in s.stream.calls
+
+
+def test_a_drain_while_listening_ends_the_stream_at_once(session):
+    s, loop = session
+    s.drain()
+    s.drain()  # every poll while not ready: once is enough
+    assert s.stream.calls.count(("close",)) == 1 and kinds(s.channel).count("server") == 1
+    loop.run_until_complete(s.close())  # the browser leaves during the drain: nothing more to close
+    assert s.stream.calls.count(("close",)) == 1

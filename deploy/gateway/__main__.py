@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="environment variable holding coturn's static-auth-secret (short-lived credentials per page)")
     ap.add_argument("--turn-secret-file", type=Path, metavar="PATH",
                     help="file holding coturn's static-auth-secret (a compose or Kubernetes secret)")
+    ap.add_argument("--ready-poll-s", type=float, default=1.0,
+                    help="how often to ask Triton whether talking_head is ready; while it is not (a drain, a reload) "
+                         "the sessions end their streams so it can unload, and resume after (0: never ask)")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -81,7 +84,8 @@ async def serve(args: argparse.Namespace) -> None:
         restrict_host_addresses(args.ice_host)
     gateway = Gateway(args.triton, ice, max_sessions=args.max_sessions,
                       root_cert=str(args.triton_root_cert) if args.triton_root_cert else None,
-                      default_avatar=args.avatar.read_bytes() if args.avatar else None)
+                      default_avatar=args.avatar.read_bytes() if args.avatar else None,
+                      ready_poll_s=args.ready_poll_s)
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -8,6 +8,11 @@ middleware in that list.
     POST /offer         {"sdp", "type": "offer", "avatar_id"?, "options"?} -> {"sdp", "type": "answer", "session"}
     GET  /stats         sessions, replies' latencies at the gateway (p50/p95), process CPU time (?recent=N replies)
     GET  /healthz       200 when Triton's orchestrator is ready, else 503
+
+Every `ready_poll_s` the gateway asks Triton whether `talking_head` is ready. When it is not (a drain unloads it
+first; a watchdog reload unloads and loads it), every session ends its stream as soon as no reply plays, so that
+the unload can finish (Triton 2.51 waits for every stream that used the model), and new sessions get 503; when it
+is ready again, the sessions open new streams and go on (session.py: `drain`, `resume`).
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ def page_options(raw: object) -> dict:
 
 class Gateway:
     def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
-                 root_cert: str | None = None, default_avatar: bytes | None = None):
+                 root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0):
         self.triton_url, self.root_cert = triton_url, root_cert
         self.ice = ice or IceSettings()
         self.max_sessions = max_sessions
@@ -61,6 +66,9 @@ class Gateway:
         self.client = None
         self.sessions: dict[str, tuple[Session, RTCPeerConnection]] = {}
         self.stats = GatewayStats()
+        self.ready_poll_s = ready_poll_s
+        self.upstream_ready = True  # the last answer of the readiness poll
+        self._ready_watch: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ lifetime
     async def startup(self, app: web.Application) -> None:
@@ -71,8 +79,32 @@ class Gateway:
 
             self.default_image = demo_avatar_png()
         self.default_avatar = (await triton.register_avatar(self.client, self.default_image))["id"]
+        if self.ready_poll_s > 0:
+            self._ready_watch = asyncio.ensure_future(self._watch_ready())
+
+    async def _watch_ready(self) -> None:
+        """Poll talking_head's readiness; drain the sessions while it is not ready, resume them once it is. Only an
+        answer counts: an error (Triton unreachable) leaves the state as it was; the streams see a dead server."""
+        while True:
+            await asyncio.sleep(self.ready_poll_s)
+            try:
+                ready = bool(await self.client.is_model_ready(TALKING_HEAD.name))
+            except Exception as e:  # InferenceServerException, a closed channel
+                log.debug("readiness poll failed: %s", e)
+                continue
+            if ready != self.upstream_ready:
+                log.info("talking_head %s", "ready again: sessions resume" if ready else
+                         "not ready: sessions end their streams once no reply plays")
+            self.upstream_ready = ready
+            for session, _ in list(self.sessions.values()):
+                if ready:
+                    session.resume()
+                else:
+                    session.drain()
 
     async def shutdown(self, app: web.Application) -> None:
+        if self._ready_watch is not None:
+            self._ready_watch.cancel()
         await asyncio.gather(*(self.end(sid) for sid in list(self.sessions)), return_exceptions=True)
         if self.client is not None:
             await self.client.close()
@@ -117,6 +149,9 @@ class Gateway:
                 raise ValueError("bad avatar_id")
         except ValueError as e:  # json.JSONDecodeError too
             raise web.HTTPBadRequest(text=str(e)) from None
+        if not self.upstream_ready:
+            raise web.HTTPServiceUnavailable(text="the server is restarting the conversation model; try again in a "
+                                                  "moment")
         if len(self.sessions) >= self.max_sessions:
             raise web.HTTPServiceUnavailable(text=f"gateway full ({self.max_sessions} sessions); try again later")
         sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)

@@ -6,10 +6,14 @@
   (media.py). While no reply plays the face moves: idle-motion requests of IDLE_CHUNK_S, one after the other.
 - Barge-in: speech starting (the `vad` speech_start event), a typed message or the page's Stop drop the reply's
   queued audio and frames here at once (the server stops generating it; its later events are ignored).
+- A drain or a reload of `talking_head` (the gateway polls its readiness): Triton finishes unloading a model only
+  once every stream that used it is closed, so the session ends its stream as soon as no reply plays (`drain`) and
+  opens a new one when the model is ready again (`resume`); the browser's connection stays, the face holds still
+  meanwhile, and what the user says or types meanwhile is not sent (the page is told: a `server` message).
 - To the page (data channel, JSON): the server's events without media (vad, transcript, text, piece, done,
   cancelled), plus `reply_audio` / `reply_video` (a reply's first sample / frame leaves; the frame's pts),
   `video_clock` (pts of the frames sent in the last second: the page maps RTP timestamps to them), `latency`,
-  `flushed`, `error`.
+  `flushed`, `error`, `server` (`state`: draining / ready).
 """
 from __future__ import annotations
 
@@ -36,6 +40,8 @@ IDLE_STALL_S = IDLE_CHUNK_S + 2.0  # an idle request without its `done` by then 
 TICK_S = 1.0  # video_clock messages, the idle watchdog
 MAX_TEXT = 2000  # characters of a typed message (the server's own limit)
 AVATAR_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+DRAINING = ("the server is restarting the conversation model: what you say now is not heard; the avatar answers "
+            "again when it is back")
 
 
 @dataclass
@@ -64,15 +70,50 @@ class Session:
         self.idle_clock_s = 0.0  # idle motion sent so far (seconds): where the next idle request starts its sway
         self.question_end: float | None = None
         self.end_next_chunk, self.closed, self.channel = False, False, None
+        self.draining = False  # talking_head is not ready upstream: the stream ends (or has ended) for its unload
         self._pending: list[dict] = []  # to the page, until its channel opens
         self._clock_pts: list[int] = []  # pts sent since the last video_clock message
         self._cancelled = asyncio.Event()
         self._last_error = ("", 0.0)
         self._tasks: list[asyncio.Task] = []
+        self._events: asyncio.Task | None = None  # reads the stream's events; None once the stream has ended
 
     # ------------------------------------------------------------------ lifetime
     def start(self) -> None:
-        self._tasks += [asyncio.ensure_future(self._run_events()), asyncio.ensure_future(self._tick())]
+        self._tasks.append(asyncio.ensure_future(self._tick()))
+        self._open_stream()
+        self._maybe_idle()
+
+    def _open_stream(self) -> None:
+        self._events = asyncio.ensure_future(self._run_events())
+        self._tasks.append(self._events)
+
+    def _end_stream(self) -> None:
+        if self._events is not None:
+            self._events.cancel()
+            self._events = None
+            self.stream.close()
+            self.idle_rid = None  # the idle request in flight went with the stream
+
+    def drain(self) -> None:
+        """talking_head is not ready upstream (a drain, a reload): end the stream now if no reply plays, else once
+        the reply has been played (Triton waits for every stream that used the model before it unloads it)."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        self.send({"type": "server", "state": "draining", "message": DRAINING})
+        self._maybe_idle()
+
+    def resume(self) -> None:
+        """talking_head is ready again: a new stream of the same session (the old one, if a reply kept it open
+        through the reload, goes on), and idle motion again."""
+        if self.closed or not self.draining:
+            return
+        self.draining = False
+        if self._events is None:
+            self.stream = self.stream.reopened()
+            self._open_stream()
+        self.send({"type": "server", "state": "ready"})
         self._maybe_idle()
 
     def add_task(self, coro) -> None:
@@ -83,7 +124,7 @@ class Session:
         if self.closed:
             return
         self.closed = True
-        if self.reply is not None and not self.reply.finished:
+        if self.reply is not None and not self.reply.finished and self._events is not None:
             self.stream.cancel()
             try:
                 await asyncio.wait_for(self._cancelled.wait(), 0.5)
@@ -91,7 +132,7 @@ class Session:
                 pass
         self._end_reply(self.reply)
         self.stats.count_frames(self.id, self.schedule.sent, self.schedule.skipped, ended=True)
-        self.stream.close()
+        self._end_stream()
         self.audio.stop()
         self.video.stop()
         for t in self._tasks:
@@ -120,7 +161,9 @@ class Session:
             return self.send({"type": ERROR, "message": "data channel messages are JSON objects with a type"})
         if kind == "text":
             text = str(msg.get("text", "")).strip()[:MAX_TEXT]
-            if text:
+            if text and self.draining:
+                self.send({"type": ERROR, "message": f"not sent: {DRAINING}"})
+            elif text:
                 self.barge_in("text")
                 self.question_end = time.monotonic()
                 self.stream.text(text)
@@ -128,7 +171,8 @@ class Session:
             self.end_next_chunk = self.end_next_chunk or not msg.get("down", False)
         elif kind == "cancel":
             self.barge_in("cancel")
-            self.stream.cancel()
+            if self._events is not None:
+                self.stream.cancel()
         elif kind == "avatar" and AVATAR_ID.fullmatch(str(msg.get("id", ""))):
             self.stream.set_avatar(str(msg["id"]))
         elif kind == "bye":
@@ -137,7 +181,7 @@ class Session:
             self.send({"type": ERROR, "message": f"unknown or malformed message {kind!r}"})
 
     def mic_chunk(self, chunk) -> None:
-        if not self.closed:
+        if not self.closed and not self.draining:
             end, self.end_next_chunk = self.end_next_chunk, False
             self.stream.mic(chunk, end_of_input=end)
 
@@ -258,7 +302,12 @@ class Session:
 
     # ------------------------------------------------------------------ idle motion
     def _maybe_idle(self) -> None:
-        if not self.closed and self.idle_rid is None and self.reply is None:
+        """No reply plays: idle motion, or, while draining, the stream ends."""
+        if self.closed or self.reply is not None:
+            return
+        if self.draining:
+            self._end_stream()
+        elif self.idle_rid is None:
             self.idle_rid = self.stream.idle(IDLE_CHUNK_S, from_s=self.idle_clock_s)
             self.idle_sent, self.idle_offset = time.monotonic(), None
             self.idle_clock_s += IDLE_CHUNK_S  # the next request's sway goes on from where this one ends

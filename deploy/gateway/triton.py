@@ -83,13 +83,15 @@ class OrchestratorStream:
     """One session's stream to `talking_head`: send requests, iterate the events of all of them.
 
     session: the conversation id (barge-in and turn detection are per session on the server); the stream owns it
-    with a secret of its own (`session_token`), so no other client of the server can touch the session.
+    with a secret of its own (`session_token`, new unless given), so no other client of the server can touch the
+    session.
     options: per-turn options of the session's turns (already checked by the gateway).
     """
 
-    def __init__(self, client: grpcaio.InferenceServerClient, session: str, avatar_id: str, options: dict[str, Any]):
+    def __init__(self, client: grpcaio.InferenceServerClient, session: str, avatar_id: str, options: dict[str, Any],
+                 token: str | None = None):
         self.session = session
-        self.token = new_session_token()
+        self.token = token or new_session_token()
         self.options = dict(options)
         self._client = client
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -99,6 +101,11 @@ class OrchestratorStream:
         self.set_avatar(avatar_id)
         self._mic_options = self._options(action="mic", session=session, session_token=self.token)
         self._mic_last = self._options(action="mic", session=session, session_token=self.token, end_of_input=True)
+
+    def reopened(self) -> OrchestratorStream:
+        """A new stream of the same session (same owner token, avatar and options): the gateway's sessions go on
+        after talking_head was unloaded and loaded again (their streams had to close for the unload to finish)."""
+        return OrchestratorStream(self._client, self.session, self.avatar_id, self.options, token=self.token)
 
     def set_avatar(self, avatar_id: str) -> None:
         self.avatar_id = avatar_id

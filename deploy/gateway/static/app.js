@@ -190,6 +190,10 @@ function onMessage(msg) {
       break;
     }
     case "error": logLine("note", `Server: ${msg.message}`); break;
+    case "server":  // the conversation model is being restarted (a drain, a reload), or is back
+      logLine("note", msg.state === "ready" ? "Server: back, listening again." : `Server: ${msg.message}`);
+      status(msg.state === "ready" ? (handsfree() ? "Listening: just speak." : "Hold to talk.") : "Server restarting…");
+      break;
   }
 }
 
