@@ -78,6 +78,11 @@ def feed(s, loop, *events):
     loop.run_until_complete(go())
 
 
+async def inside(fn):
+    """Call fn from inside the session's event loop (as the gateway's readiness poll does)."""
+    fn()
+
+
 def kinds(channel):
     return [m["type"] for m in channel.sent]
 
@@ -93,7 +98,12 @@ def session():
     loop = asyncio.new_event_loop()
     s = loop.run_until_complete(make())
     yield s, loop
-    loop.run_until_complete(s.close())
+
+    async def end():  # close the session and let its cancelled tasks end
+        await s.close()
+        await asyncio.gather(*(asyncio.all_tasks() - {asyncio.current_task()}), return_exceptions=True)
+
+    loop.run_until_complete(end())
     loop.close()
 
 
@@ -172,7 +182,7 @@ def test_a_drain_ends_the_stream_once_the_reply_is_played_and_resume_opens_a_new
     loop.run_until_complete(asyncio.sleep(0.3))  # played out: the stream ends, no idle request in its place
     assert s.reply is None and old.calls[-1] == ("close",) and s.idle_rid is None
     assert sum(c[0] == "idle" for c in old.calls) == 1
-    s.resume()
+    loop.run_until_complete(inside(s.resume))  # the new stream's reader is a task of the session's loop
     assert old.calls[-1] == ("reopened",) and s.stream is not old
     assert s.stream.calls == [("idle", 2.0)] and s.channel.sent[-1] == {"type": "server", "state": "ready"}
     s.channel.handler(json.dumps({"type": "text", "text": "Are you there?"}))
