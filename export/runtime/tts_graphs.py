@@ -69,11 +69,13 @@ class Captured:
 
 class GraphedTts:
     """The tts stage (export/toolchain/models/vits.py TtsGraph under a TorchStage) with bucketed CUDA graphs:
-    the same feeds in and outputs out as the stage itself. batches: the batch buckets captured."""
+    the same feeds in and outputs out as the stage itself. batches: the batch buckets captured; cudnn_benchmark:
+    let cuDNN time its convolution algorithms for the captured shapes (its trials take transient workspace)."""
 
     def __init__(self, stage, batches: Sequence[int], phoneme_buckets: Sequence[int],
-                 frame_buckets: Sequence[int] = FRAME_BUCKETS):
+                 frame_buckets: Sequence[int] = FRAME_BUCKETS, cudnn_benchmark: bool = True):
         self.stage, self.model = stage, stage.graph.model
+        self.cudnn_benchmark = cudnn_benchmark
         self.phonemes, self.frames = tuple(phoneme_buckets), tuple(frame_buckets)
         self.text = Captured(self._text, batches)
         self.flow = Captured(lambda z_p, y_mask: (self.model.flow(z_p, y_mask) * y_mask,), batches)
@@ -90,7 +92,7 @@ class GraphedTts:
         pool, stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream(dev)
         stream.wait_stream(torch.cuda.current_stream(dev))
         # the captured shapes are fixed: cuDNN may time its convolution algorithms once, in the warm-up run
-        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True
+        benchmark, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, self.cudnn_benchmark
         zeros = lambda *shape, dt=dtype: torch.zeros(shape, device=dev, dtype=dt)  # noqa: E731
         with torch.inference_mode(), torch.cuda.stream(stream):
             for t in self.phonemes:
