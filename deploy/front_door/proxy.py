@@ -247,10 +247,10 @@ class _Stream:
 
     async def run(self, call, request_iterator) -> None:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
-        watch = asyncio.ensure_future(self._watch_silence(call))
+        watch = asyncio.ensure_future(self._watch_upstream(call))
         try:
             try:
-                async for resp in call:  # no task or timer per response: the silence clock is its own task
+                async for resp in call:  # no task or timer per response: _watch_upstream keeps the silence clock
                     self.heard = time.monotonic()
                     if self._ended(resp):
                         continue
@@ -278,7 +278,7 @@ class _Stream:
             watch.cancel()
             call.cancel()
 
-    async def _watch_silence(self, call) -> None:
+    async def _watch_upstream(self, call) -> None:
         """Cancel the upstream call when it has sent nothing for max_upstream_silence_s while a turn is in flight
         (the clock runs only while one is: an idle stream may wait for its next request as long as it likes), or
         when it has no turn in flight while upstream's talking_head is not ready (FrontDoor.draining)."""
