@@ -11,10 +11,11 @@
                     play(e.pcm)
         result = await th.turn(avatar_id=avatar.id, text="Hello!")   # the whole turn: client.turns.TurnResult
 
-Many turns may run at once on one client (each is its own gRPC stream on the one channel). Leaving `async with` or
-calling `aclose()` before the `done` event cancels the turn on the server. Errors are client.wire's: ServerError
-with `.status` ("INVALID_ARGUMENT", "UNAVAILABLE", "CANCELLED", ...: streams are opened with the
-`triton_grpc_error` header, so a failed turn ends with its gRPC status), ConnectionFailed, ProtocolError,
+Many turns may run at once on one client (each on its own gRPC stream on the one channel). A turn's stream stays
+open `keep_stream_s` (2 s) for the client's next turn (client/aio_stream.py). Leaving `async with` or calling
+`aclose()` before the `done` event cancels the turn on the server (its stream is closed). Errors are
+client.wire's: ServerError with `.status` ("INVALID_ARGUMENT", "UNAVAILABLE", "CANCELLED", ...: streams are opened
+with the `triton_grpc_error` header, so a failed turn ends with its gRPC status), ConnectionFailed, ProtocolError,
 TurnTimeout.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aio
 from tritonclient.utils import InferenceServerException
 
+from client.aio_stream import AsyncStreamPool
 from client.events import TurnEvent, typed
 from client.turns import Clock, TurnCollector, TurnResult
 from client.wire import (
@@ -106,7 +108,7 @@ class AsyncTalkingHeadClient:
     def __init__(self, url: str = GRPC_URL, ssl: bool = False, *, root_certificates: str | None = None,
                  private_key: str | None = None, certificate_chain: str | None = None,
                  turn_timeout_s: float = 120.0, request_timeout_s: float = 30.0, clock: Clock = time.perf_counter,
-                 session_token: str | None = None, api_key: str | None = None):
+                 session_token: str | None = None, api_key: str | None = None, keep_stream_s: float = 2.0):
         self.url = url[len("grpc://"):] if url.startswith("grpc://") else url
         self.turn_timeout_s = turn_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -116,6 +118,9 @@ class AsyncTalkingHeadClient:
         self._kwargs = dict(url=self.url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
                             certificate_chain=certificate_chain)
         self._client: aio.InferenceServerClient | None = None
+        headers = {**GRPC_ERROR_HEADERS, **self._auth}
+        self._streams = AsyncStreamPool(lambda requests: self._grpc().stream_infer(requests, headers=headers),
+                                        keep_stream_s)
 
     def _grpc(self) -> aio.InferenceServerClient:
         if self._client is None:  # made on first use, inside the running event loop
@@ -123,6 +128,7 @@ class AsyncTalkingHeadClient:
         return self._client
 
     async def close(self) -> None:
+        self._streams.close()
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -204,36 +210,34 @@ class AsyncTalkingHeadClient:
 
     async def _run(self, inputs: list, request_id: str, timeout_s: float,
                    expect_done: bool = True) -> AsyncIterator[StreamEvent]:
-        async def requests():
-            yield {"model_name": TALKING_HEAD.name, "inputs": inputs, "request_id": request_id,
-                   "parameters": {"triton_enable_empty_final_response": True}}
-
         clock = self.clock
         deadline = time.monotonic() + timeout_s
         try:
-            responses = self._grpc().stream_infer(requests(), headers={**GRPC_ERROR_HEADERS, **self._auth})
+            stream = self._streams.acquire()
         except InferenceServerException as e:
             raise translate_error(e, self.url) from None
+        stream.send({"model_name": TALKING_HEAD.name, "inputs": inputs, "request_id": request_id,
+                     "parameters": {"triton_enable_empty_final_response": True}})
         sent_at = clock()
-        finished, n, last, saw_done = False, 0, None, False
+        clean, n, last, saw_done = False, 0, None, False
         try:
             while True:
                 try:
-                    result, error = await asyncio.wait_for(responses.__anext__(), max(0.0, deadline - time.monotonic()))
+                    result, error = await asyncio.wait_for(stream.receive(), max(0.0, deadline - time.monotonic()))
                 except asyncio.TimeoutError:
                     raise TurnTimeout(f"{TALKING_HEAD.name} turn {request_id} did not finish within {timeout_s:g} s "
                                       f"({n} events received, last: {last})") from None
                 except StopAsyncIteration:
                     raise ProtocolError(f"{TALKING_HEAD.name} stream {request_id} ended before its final response "
                                         f"({n} events, last: {last})") from None
-                except grpc.RpcError as e:
-                    finished = True  # the server closed the stream with a status
+                except grpc.RpcError as e:  # the server closed the stream with a status
                     raise _rpc_error(e, self.url) from None
                 if error is not None:
                     raise translate_error(error, self.url)
+                if result.get_response().id != request_id:
+                    continue  # a late response of an earlier turn on this stream
                 final = is_final_response(result)
                 event = event_from_result(result, sent_at=sent_at, received_at=clock(), request_id=request_id)
-                finished = final
                 if event is not None:
                     n, last, saw_done = n + 1, event.type, saw_done or event.type == ev.DONE
                     yield event
@@ -242,6 +246,6 @@ class AsyncTalkingHeadClient:
             if expect_done and not saw_done:
                 raise ProtocolError(f"{TALKING_HEAD.name} turn {request_id} ended without a '{ev.DONE}' event "
                                     f"({n} events, last: {last})")
+            clean = True
         finally:
-            if not finished:
-                responses.cancel()  # stopped early, timed out or failed: the server stops the turn
+            self._streams.release(stream, clean)  # not clean (stopped early, timed out, failed): the turn is cancelled

@@ -142,6 +142,45 @@ def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
         assert len(opened) == 4
 
 
+def test_an_async_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
+    """The asyncio SDK keeps a turn's stream open for the next turn as the sync one does (client/aio_stream.py): one
+    stream for three turns; a turn left early, a refused turn and idle past keep_stream_s each end theirs."""
+    import asyncio
+
+    import tritonclient.grpc.aio as grpcaio
+
+    from client.aio import AsyncTalkingHeadClient
+    from client.sdk import ServerError
+
+    opened = []
+    stream_infer = grpcaio.InferenceServerClient.stream_infer
+    monkeypatch.setattr(grpcaio.InferenceServerClient, "stream_infer",
+                        lambda self, *a, **k: (opened.append(1), stream_infer(self, *a, **k))[1])
+    short = {"max_reply_tokens": 4, "session": "kept-aio"}
+
+    async def main() -> None:
+        async with AsyncTalkingHeadClient(server.options.grpc_url, turn_timeout_s=120, keep_stream_s=1.0) as c:
+            turns = [await c.turn(avatar_id=avatar.id, text=t, options=short) for t in ("Hi.", "Hello.", "Hey.")]
+            assert len(opened) == 1, f"{len(opened)} streams opened for three turns"
+            assert all(t.done is not None and t.done["interrupted"] is None and t.audio.size for t in turns)
+            assert len({t.done["turn_id"] for t in turns}) == 3, "a turn took another turn's done"
+            async with c.ask(avatar_id=avatar.id, text="Tell me a long story.", options={**LONG, **short}) as s:
+                async for e in s:
+                    if e.type == ev.AUDIO:
+                        break  # left early: the turn is cancelled with its stream
+            assert (await c.turn(avatar_id=avatar.id, text="Hi.", options=short)).done is not None
+            assert len(opened) == 2
+            with pytest.raises(ServerError, match="top_k"):
+                await c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
+            assert (await c.turn(avatar_id=avatar.id, text="Hello.", options=short)).done is not None
+            assert len(opened) == 3
+            await asyncio.sleep(2.0)  # idle past keep_stream_s: the stream is ended (Triton could unload)
+            assert (await c.turn(avatar_id=avatar.id, text="Hi.", options=short)).done is not None
+            assert len(opened) == 4
+
+    asyncio.run(main())
+
+
 @pytest.fixture(scope="module")
 def two_questions(tmp_path_factory):
     espeak = shutil.which("espeak-ng")
