@@ -88,7 +88,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.ready_poll_s)
             try:
-                ready = bool(await self.client.is_model_ready(TALKING_HEAD.name))
+                ready = bool(await self.client.is_model_ready(TALKING_HEAD.name, client_timeout=5.0))
             except Exception as e:  # InferenceServerException, a closed channel
                 log.debug("readiness poll failed: %s", e)
                 continue
