@@ -136,8 +136,7 @@ def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
             c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
         assert c.turn(avatar_id=avatar.id, text="Hello.", options=short).done is not None
         assert len(opened) == 3
-        time.sleep(c._streams.keep_s + 1.0)  # idle past keep_stream_s: the stream is ended (Triton could unload)
-        assert c._streams._idle and not any(s.open for s in c._streams._idle)
+        time.sleep(3.0)  # idle past keep_stream_s (2 s): the stream is ended (Triton could unload)
         assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
         assert len(opened) == 4
 
