@@ -17,7 +17,7 @@ def measure(cudnn_benchmark: bool) -> dict[str, float]:
 
     from export.contract.presets import get_preset
     from export.contract.spec import TTS
-    from export.runtime.torch_runtime import GRAPH_BATCHES, TorchStage, load_graph
+    from export.runtime.torch_runtime import TorchStage, graph_batches, load_graph
     from export.runtime.tts_graphs import GraphedTts
 
     torch.cuda.empty_cache()
@@ -26,7 +26,7 @@ def measure(cudnn_benchmark: bool) -> dict[str, float]:
     torch.cuda.synchronize()
     out = {"weights_gib": torch.cuda.memory_allocated() / GIB}
     t0 = time.perf_counter()
-    graphed = GraphedTts(stage, [b for b in GRAPH_BATCHES if b <= TTS.max_batch_size], TTS.gpu_graphs,
+    graphed = GraphedTts(stage, graph_batches(TTS), TTS.gpu_graphs,
                          cudnn_benchmark=cudnn_benchmark)
     out["capture_s"] = time.perf_counter() - t0
     out["peak_allocated_gib"] = torch.cuda.max_memory_allocated() / GIB

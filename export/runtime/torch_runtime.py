@@ -83,6 +83,11 @@ class TorchStage:
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
+def graph_batches(spec: ModelSpec) -> list[int]:
+    """The batch buckets a stage's CUDA graphs are captured for: GRAPH_BATCHES up to its max_batch_size."""
+    return [b for b in GRAPH_BATCHES if b <= spec.max_batch_size]
+
+
 class GraphedStage:
     """TorchStage with CUDA graphs for the spec's fixed shapes (`ModelSpec.gpu_graphs`): one graph per batch
     bucket and size of the dynamic axis. A batch of that size is copied into the graph's static inputs (rows
@@ -95,7 +100,7 @@ class GraphedStage:
         self.preset_dims = dict(dims or {})
         spec = stage.spec
         self.axis = next((a.name for a in spec.axes), None)
-        self.batches = [b for b in GRAPH_BATCHES if b <= spec.max_batch_size]
+        self.batches = graph_batches(spec)
         self.graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self.inputs: dict[int | None, list[torch.Tensor]] = {}
         pool = torch.cuda.graph_pool_handle()
@@ -169,8 +174,7 @@ def graphed_stage(stage: TorchStage, dims: dict[str, int]):
     """The stage replaying its CUDA graphs: one whose length comes from its values (tts) in bucketed halves
     around that length (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage)."""
     if stage.spec.length_from_values:
-        batches = [b for b in GRAPH_BATCHES if b <= stage.spec.max_batch_size]
-        return GraphedTts(stage, batches, stage.spec.gpu_graphs)
+        return GraphedTts(stage, graph_batches(stage.spec), stage.spec.gpu_graphs)
     return GraphedStage(stage, dims)
 
 
