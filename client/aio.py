@@ -48,6 +48,7 @@ from client.wire import (
     StreamEvent,
     TurnTimeout,
     action_inputs,
+    answers,
     as_bytes,
     auth_headers,
     cancel_inputs,
@@ -234,8 +235,8 @@ class AsyncTalkingHeadClient:
                     raise _rpc_error(e, self.url) from None
                 if error is not None:
                     raise translate_error(error, self.url)
-                if result.get_response().id != request_id:
-                    continue  # a late response of an earlier turn on this stream
+                if not answers(result, request_id):
+                    continue  # an earlier turn's, late on this kept stream
                 final = is_final_response(result)
                 event = event_from_result(result, sent_at=sent_at, received_at=clock(), request_id=request_id)
                 if event is not None:

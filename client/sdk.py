@@ -59,6 +59,7 @@ from client.wire import (
     StreamEvent,
     TurnTimeout,
     action_inputs,
+    answers,
     as_bytes,
     auth_headers,
     cancel_inputs,
@@ -438,7 +439,7 @@ class TalkingHeadClient:
                     if error.status() is not None:  # the RPC itself failed: a new client next turn
                         reuse = False
                     raise translate_error(error, self.url)
-                if result.get_response().id not in ("", request_id):
+                if not answers(result, request_id):
                     continue  # an earlier turn's, late on this kept stream
                 final = is_final_response(result)
                 event = event_from_result(result, sent_at=sent_at, received_at=received_at, request_id=request_id)

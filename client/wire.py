@@ -267,6 +267,12 @@ def is_final_response(result: grpcclient.InferResult) -> bool:
     return FINAL_RESPONSE_PARAM in params and params[FINAL_RESPONSE_PARAM].bool_param
 
 
+def answers(result: grpcclient.InferResult, request_id: str) -> bool:
+    """Whether a response on a kept stream answers this request (its id, or none given), not a late one of an
+    earlier turn on the same stream."""
+    return result.get_response().id in ("", request_id)
+
+
 def event_from_result(result: grpcclient.InferResult, *, sent_at: float | None = None,
                       received_at: float | None = None, request_id: str = "") -> StreamEvent | None:
     """The event of one `talking_head` response, with its audio chunk / JPEG frame attached.
