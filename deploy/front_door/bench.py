@@ -44,11 +44,17 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float("nan")
 
 
+def open_stream(c: grpcclient.InferenceServerClient, headers: dict) -> queue.SimpleQueue:
+    """Start the stream of client `c`; the queue of its responses as (receive time, result, error)."""
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
+    return q
+
+
 def one_stream(c: grpcclient.InferenceServerClient, headers: dict, model: str, inputs: list, stamped: bool = False):
     """One turn, a new stream on client `c`: (time to first response, arrival of each response since sending, and
     for stamped responses receive time - the upstream's send stamp)."""
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    c.start_stream(callback=lambda result, error: q.put((time.perf_counter(), result, error)), headers=headers)
+    q = open_stream(c, headers)
     try:
         return turn_on(c, q, model, inputs, stamped)
     finally:
@@ -85,10 +91,7 @@ class Endpoint:
     def __init__(self, url: str, headers: dict, mode: str):
         self.url, self.headers, self.mode = url, headers, mode
         self.client = grpcclient.InferenceServerClient(url) if mode != "new" else None
-        self.responses: queue.SimpleQueue = queue.SimpleQueue()
-        if mode == "stream":
-            self.client.start_stream(callback=lambda result, error: self.responses.put((time.perf_counter(), result,
-                                                                                        error)), headers=headers)
+        self.responses = open_stream(self.client, headers) if mode == "stream" else None
 
     def turn(self, model: str, inputs: list, stamped: bool = False):
         if self.mode == "stream":
