@@ -48,7 +48,7 @@ class KVDecoder:
 
     async def feed(self, ids: Sequence[int]) -> np.ndarray | Candidates:
         """Append `ids`; return the next token's scores: logits [vocab], or the model's top Candidates."""
-        scores = None
+        logits = None
         for start in range(0, len(ids), self.max_tokens):
             chunk = np.asarray([ids[start:start + self.max_tokens]], dtype=np.int64)
             if self.length > self.max_past:
@@ -126,6 +126,24 @@ async def start_decoder(infer: Infer, spec: ModelSpec, preset: Preset, prompt: S
     except BaseException:
         await decoder.close()
         raise
+
+
+async def decode_greedy(infer: Infer, spec: ModelSpec, prompt: Sequence[int], max_new_tokens: int, end_id: int,
+                        suppress: Sequence[int], extra: dict[str, np.ndarray] | None = None) -> list[int]:
+    """The ids a model that decodes greedily in one request (SessionState.greedy_inputs: the gpu variant's
+    asr_decoder) picks after `prompt`, the end id not among them: the same as `greedy` token by token with
+    `banned` = `suppress`. The model frees the session itself, even when this call is cancelled."""
+    s = spec.session
+    if s is None or not s.greedy_inputs:
+        raise ValueError(f"{spec.name} decodes no greedy request (export/contract/spec.py)")
+    limit, end, banned = (t.name for t in s.greedy_inputs)
+    inputs = {spec.inputs[0].name: np.asarray([prompt], dtype=np.int64),
+              s.id_input: np.asarray([[secrets.randbits(62) + 1]], dtype=np.int64),
+              s.start_input: np.ones((1, 1), dtype=bool), **(extra or {}),
+              limit: np.asarray([[max_new_tokens]], dtype=np.int64), end: np.asarray([[end_id]], dtype=np.int64),
+              banned: np.asarray([suppress], dtype=np.int64)}
+    out = spec.response(await infer(spec.name, spec.request(**inputs)))
+    return [int(t) for t in out[s.greedy_outputs[0].name][0]]
 
 
 @dataclass(frozen=True)

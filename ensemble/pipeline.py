@@ -25,7 +25,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import TokenIds, greedy, sample, start_decoder
+from ensemble.decoding import TokenIds, decode_greedy, greedy, sample, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.features import whisper_log_mel
 from ensemble.lipsync import FrameSource, frame_source
@@ -259,16 +259,19 @@ class Turn:
         tok, special = self.tok.asr, self.tok.ids
         prompt, eot = list(special.asr_prompt), special.asr_end
         vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
-        # the GPU variant keeps the utterance's cross-attention keys/values and the cache on its side (one session
-        # per utterance, the features sent once): released on every way out
-        decoder, scores = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
-                                              server_cache=spec.ASR_DECODER.name in self.session_stages,
-                                              extra=spec.ASR_DECODER.request(audio_features=features),
-                                              release=self._infer)
-        out: list[int] = []
         seconds = audio16k.size / media.INPUT_SAMPLE_RATE
         limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
                     int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
+        extra = spec.ASR_DECODER.request(audio_features=features)
+        if spec.ASR_DECODER.name in self.session_stages:
+            # the GPU variant decodes the whole transcript in one request, on the utterance's cross-attention
+            # keys/values and cache on its side: no round trip a token
+            suppress = [*special.asr_banned, *range(vocab, self.preset.asr.n_vocab)]
+            out = await decode_greedy(self.infer, spec.ASR_DECODER, prompt, limit, eot, suppress, extra)
+            return tok.decode(out).strip()
+        decoder, scores = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
+                                              server_cache=False, extra=extra)
+        out = []
         try:
             while len(out) < limit:
                 token = greedy(scores, banned=special.asr_banned, vocab=vocab)

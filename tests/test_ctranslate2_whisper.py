@@ -8,6 +8,7 @@ speech.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import types
 from pathlib import Path
@@ -159,3 +160,51 @@ def test_transcribes_espeak_speech(tiny_en, tmp_path, text):
     ids = greedy_decode(model, mel, prompt, tok.token_to_id("<|endoftext|>"), 40)[0]
     assert all(i < tok.get_vocab_size() for i in ids)  # no timestamp tokens after <|notimestamps|>
     assert wer([text], [tok.decode(ids)]) == 0.0, tok.decode(ids)
+
+
+def test_greedy_requests_of_the_gpu_variant_transcribe_espeak_speech(tiny_en):
+    """The gpu variant's asr_decoder decodes a whole transcript in one request (export/runtime/session_runner.py,
+    run here on the CPU): two utterances in one batch, each the same ids as greedy_decode and the words spoken."""
+    from tokenizers import Tokenizer
+
+    from ensemble.decoding import decode_greedy
+    from ensemble.features import whisper_log_mel
+    from export.contract import spec
+    from export.runtime.asr_sessions import session_asr
+    from export.runtime.batching import BatchRunner
+    from export.runtime.torch_runtime import TorchStage
+    from export.toolchain.models.whisper import DecoderGraph
+    from loadtests.quality import espeak, wer
+
+    model, tokenizer_file = tiny_en
+    tok = Tokenizer.from_file(str(tokenizer_file))
+    eot = tok.token_to_id("<|endoftext|>")
+    prompt = [tok.token_to_id("<|startoftranscript|>"), tok.token_to_id("<|notimestamps|>")]
+    # what the orchestrator suppresses: the added tokens but the end, and the model's rows past the tokenizer's
+    suppress = [i for i in tok.get_added_tokens_decoder() if i != eot] + list(range(tok.get_vocab_size(),
+                                                                                     model.dims.n_vocab))
+    graph = DecoderGraph(model)
+    runner = session_asr(spec.ASR_DECODER, graph, "cpu",
+                         BatchRunner(spec.ASR_DECODER, TorchStage(spec.ASR_DECODER, graph, "cpu", "fp32")), slots=2)
+    texts = ["Hello, how are you today?", "What is the capital of France?"]
+    mels = [torch.from_numpy(whisper_log_mel(espeak(t)))[None] for t in texts]
+    with torch.no_grad():
+        features = [model.encoder(m).numpy() for m in mels]
+    batch: list[tuple[dict, asyncio.Future]] = []
+
+    async def infer(name, inputs, timeout_s=None):  # the two requests reach the runner as one Triton batch
+        batch.append((inputs, asyncio.get_running_loop().create_future()))
+        if len(batch) == 2:
+            for (_, answer), out in zip(batch, runner.run([i for i, _ in batch])):
+                answer.set_result(out)
+        return await next(answer for i, answer in batch if i is inputs)
+
+    async def both():
+        return await asyncio.gather(*(decode_greedy(infer, spec.ASR_DECODER, prompt, 40, eot, suppress,
+                                                    {"audio_features": f}) for f in features))
+
+    got = asyncio.run(both())
+    for text, mel, ids in zip(texts, mels, got):
+        assert ids == greedy_decode(model, mel, prompt, eot, 40)[0]
+        assert wer([text], [tok.decode(ids)]) == 0.0, tok.decode(ids)
+    assert not runner.table.sessions

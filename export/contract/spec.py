@@ -66,7 +66,12 @@ ASR_DECODER = ModelSpec(
     # self-attention cache stay on the GPU per session (export/runtime/asr_sessions.py)
     session=SessionState(
         inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv", prefill_inputs=("audio_features",),
-        slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200),
+        slots=48, max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=200,
+        # the orchestrator transcribes an utterance in one request (export/runtime/session_runner.py, greedy)
+        greedy_inputs=(Tensor("max_new_tokens", "INT64", (1,), optional=True),
+                       Tensor("end_id", "INT64", (1,), optional=True),
+                       Tensor("suppress_ids", "INT64", ("suppressed",), optional=True)),  # never picked
+        greedy_outputs=(Tensor("new_ids", "INT64", ("new",)),)),  # the transcript's ids, the end id not among them
 )
 
 MAX_TOP_K = 1000  # the largest `top_k` a turn may ask for (ensemble/options.py)

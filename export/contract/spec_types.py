@@ -73,6 +73,12 @@ class SessionState:
     # what a session request is answered with instead of the spec's outputs (`state_output` comes back as the
     # placeholder either way); () = the spec's outputs
     outputs: tuple[Tensor, ...] = ()
+    # Whole greedy decoding in one request: a session request carrying these inputs (the most new tokens, the end
+    # id, the ids never to pick) opens the session as a first request does, is decoded in the model to the end id
+    # or the limit (no round trip a token) and answered with `greedy_outputs` (the new tokens, the end id not
+    # among them); the request frees the session itself. () = not served.
+    greedy_inputs: tuple[Tensor, ...] = ()
+    greedy_outputs: tuple[Tensor, ...] = ()
 
     @property
     def id_input(self) -> str:
@@ -138,16 +144,20 @@ class ModelSpec:
     def request(self, **arrays):
         """One call's inputs by this spec's names: a name the spec does not declare is an error here, not a
         Triton error later."""
-        names = [t.name for t in self.inputs + (self.session.inputs if self.session else ())]
+        s = self.session
+        names = [t.name for t in self.inputs + ((s.inputs + s.greedy_inputs) if s else ())]
         unknown = sorted(set(arrays) - set(names))
         if unknown:
             raise KeyError(f"{self.name} has no input {unknown}; its inputs: {names}")
         return arrays
 
     def answer(self, inputs=()) -> tuple[Tensor, ...]:
-        """The outputs a call with these inputs (names) reads: a session request (it carries the session id) to a
-        model whose SessionState names outputs gets those, every other request the spec's."""
+        """The outputs a call with these inputs (names) reads: a whole greedy decode (it carries the SessionState's
+        greedy inputs) its greedy outputs; a session request (it carries the session id) to a model whose
+        SessionState names outputs those; every other request the spec's."""
         s = self.session
+        if s is not None and s.greedy_inputs and s.greedy_inputs[0].name in inputs:
+            return s.greedy_outputs
         return s.outputs if s is not None and s.outputs and s.id_input in inputs else self.outputs
 
     def response(self, outputs) -> "Outputs":
@@ -193,7 +203,8 @@ class Outputs(dict):
         self.spec = spec
 
     def __missing__(self, name: str):
-        declared = [t.name for t in self.spec.outputs + (self.spec.session.outputs if self.spec.session else ())]
+        s = self.spec.session
+        declared = [t.name for t in self.spec.outputs + ((s.outputs + s.greedy_outputs) if s else ())]
         if name in declared:
             raise KeyError(f"{self.spec.name} returned no {name!r} (it returned {sorted(self)})")
         raise KeyError(f"{self.spec.name} has no output {name!r}; its outputs: {declared}")

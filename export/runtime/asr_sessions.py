@@ -97,6 +97,7 @@ class AsrEngine:
         self.device = torch.device(device)
         self.dtype = self.decoder.token_embedding.weight.dtype
         self.max_length = spec.axis("past").max + spec.axis("tokens").max
+        self.vocab = self.decoder.token_embedding.weight.shape[0]  # the logits' width (greedy requests' ids)
         self.features = spec.session.prefill_inputs[0]
         self.cache = AsrCache(self.decoder, slots, self.max_length, media.ASR_AUDIO_CTX)
         use_graphs = self.device.type == "cuda" if graphs is None else graphs

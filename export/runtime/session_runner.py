@@ -8,13 +8,18 @@ request with the release flag frees the slot. The model-specific compute is an e
     engine.max_length
     engine.prefill(slot, length, ids, feeds) -> answer [1, ...]   (length = tokens the slot holds already)
     engine.decode(ids, slots, positions) -> answer [n, ...]       (one new token per session)
+    engine.vocab                                                 (the logits' width; greedy requests only)
 
 where an answer holds the outputs a session request gets (`ModelSpec.answer`: the next-token logits, or the
-llm's top candidates), rows first.
+llm's top candidates), rows first. Where the spec's SessionState has greedy inputs (the asr_decoder), a request
+that carries them is decoded to its end here: its prompt as a first request, then one token a step (the best
+logit not suppressed, the lowest id of a tie) until the end id or the limit, the steps of every such request of
+one Triton batch as one decode batch; it is answered with the new ids and frees its session.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -39,7 +44,7 @@ class SessionRunner:
     def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         s = self.session
         results: list[Feeds | Exception | None] = [None] * len(requests)
-        plain, steps, prefills = [], [], []
+        plain, steps, prefills, greedy = [], [], [], []
         self.table.evict_idle()
         for i, feeds in enumerate(requests):
             if s.id_input not in feeds:
@@ -50,7 +55,9 @@ class SessionRunner:
             except ValueError as e:
                 results[i] = detached(e)
                 continue
-            if _flag(feeds, s.release_input):
+            if s.greedy_inputs and s.greedy_inputs[0].name in feeds:
+                greedy.append((i, sid, ids, feeds))
+            elif _flag(feeds, s.release_input):
                 self.table.release(sid)
                 results[i] = self._answer(self.released, 0)
             elif _flag(feeds, s.start_input):  # a session's first request (with the extra inputs)
@@ -78,6 +85,8 @@ class SessionRunner:
                 for i, r in zip((w[0] for w in wave), self._decode([(sid, ids) for _, sid, ids in wave])):
                     results[i] = r
                 steps = later
+            for i, r in self._greedy(greedy).items():
+                results[i] = r
         return results  # type: ignore[return-value]
 
     def _parse(self, feeds: Feeds) -> tuple[int, list[int]]:
@@ -106,7 +115,7 @@ class SessionRunner:
         try:
             return fn()
         except (SessionError, ValueError) as e:
-            return e
+            return detached(e)
         except Exception as e:  # the graph failed: this request hears why, the others carry on
             return RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
 
@@ -115,6 +124,44 @@ class SessionRunner:
         answer = self.engine.prefill(sess.slot, sess.length, ids, feeds)
         self.table.advance(sid, len(ids))
         return self._answer(answer, 0)
+
+    def _greedy(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
+        """Whole greedy decodes (SessionState.greedy_inputs), their steps batched: request index -> answer."""
+        done: dict[int, Feeds | Exception] = {}
+        live: dict[int, tuple[int, Greedy, list[int], np.ndarray]] = {}  # index -> sid, limits, new ids, logits
+        for i, sid, ids, feeds in requests:
+            self.table.release(sid)  # a whole decode opens its session afresh
+            try:
+                want = Greedy.parse(self.spec, feeds, len(ids), self.engine.max_length, self.engine.vocab)
+            except ValueError as e:
+                done[i] = detached(e)
+                continue
+            first = self._guard(lambda: self._prefill(sid, ids, feeds))
+            if isinstance(first, Exception):
+                done[i] = first
+                self.table.release(sid)
+            else:
+                live[i] = (sid, want, [], first["logits"][0])
+        while live:
+            rows = []
+            for i, (sid, want, new, logits) in list(live.items()):
+                token = want.pick(logits)
+                if token != want.end_id:
+                    new.append(token)
+                if token == want.end_id or len(new) == want.max_new_tokens:  # no step for a token none reads
+                    done[i] = {want.output: np.asarray([new], dtype=np.int64)}
+                    self.table.release(sid)
+                    del live[i]
+                else:
+                    rows.append((i, sid, token))
+            for (i, sid, _), answer in zip(rows, self._decode([(sid, [token]) for _, sid, token in rows])):
+                if isinstance(answer, Exception):
+                    done[i] = answer
+                    self.table.release(sid)
+                    del live[i]
+                else:
+                    live[i] = (*live[i][:3], answer["logits"][0])
+        return done
 
     def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
         out: list[Feeds | Exception | None] = [None] * len(rows)
@@ -141,6 +188,42 @@ class SessionRunner:
                 self.table.advance(rows[j][0], 1)
                 out[j] = self._answer(answer, k)
         return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Greedy:
+    """A whole greedy decode's limits, read from its request (SessionState.greedy_inputs, in their order)."""
+
+    max_new_tokens: int
+    end_id: int
+    allowed: np.ndarray  # bool per vocabulary id: False = never picked
+    output: str
+
+    @classmethod
+    def parse(cls, spec: ModelSpec, feeds: Feeds, prompt: int, max_length: int, vocab: int) -> "Greedy":
+        s = spec.session
+        limit_name, end_name, suppress_name = (t.name for t in s.greedy_inputs)
+        missing = [n for n in (end_name, suppress_name) if n not in feeds]
+        if missing:
+            raise ValueError(f"{spec.name}: a greedy request ({limit_name}) also carries {missing}")
+        limit, end = (int(np.asarray(feeds[n]).reshape(-1)[0]) for n in (limit_name, end_name))
+        suppress = np.asarray(feeds[suppress_name]).reshape(-1)
+        if not 1 <= limit <= max_length - prompt:
+            raise ValueError(f"{spec.name}: {limit_name} {limit}, allowed 1..{max_length - prompt} after a "
+                             f"{prompt}-token prompt")
+        bad = [int(x) for x in (end, *suppress) if not 0 <= x < vocab]
+        if bad:
+            raise ValueError(f"{spec.name}: ids {bad[:5]} out of the vocabulary (0..{vocab - 1}) in {end_name} "
+                             f"or {suppress_name}")
+        allowed = np.ones(vocab, dtype=bool)
+        allowed[suppress.astype(np.int64)] = False
+        if not allowed.any():
+            raise ValueError(f"{spec.name}: {suppress_name} suppresses every id")
+        return cls(limit, end, allowed, s.greedy_outputs[0].name)
+
+    def pick(self, logits: np.ndarray) -> int:
+        """The best id not suppressed, the lowest of a tie."""
+        return int(np.argmax(np.where(self.allowed, logits, -np.inf)))
 
 
 def _flag(feeds: Feeds, name: str) -> bool:
