@@ -145,7 +145,8 @@ def _session_step(graph, dtype, device: str, batch: int, repeats: int, past: int
 
 def _asr_session_rtf(enc, dec, preset, device: str, repeats: int, steps: int = 20) -> float:
     """As _asr_rtf through the gpu variant's runtimes as served: the encoder's CUDA graph (numpy in and out),
-    then a session on export/asr_sessions (features sent once, prompt of 4, `steps` single-token steps)."""
+    then one whole-transcript request on export/asr_sessions (features sent once, prompt of 4, `steps` greedy
+    steps: the end id is suppressed, so the limit stops it)."""
     import numpy as np
 
     from export.runtime.asr_sessions import session_asr
@@ -161,12 +162,11 @@ def _asr_session_rtf(enc, dec, preset, device: str, repeats: int, steps: int = 2
 
     def asr(i):
         feats = encoder(mels[i % 2])["audio_features"]
-        sid = np.asarray([[i + 1]], dtype=np.int64)
-        runner.run([{"tokens": np.ones((1, 4), np.int64), "audio_features": feats, "session_id": sid,
-                     "session_start": np.ones((1, 1), bool)}])
-        for _ in range(steps):
-            runner.run([{"tokens": np.ones((1, 1), np.int64), "session_id": sid}])
-        runner.run([{"tokens": np.ones((1, 1), np.int64), "session_id": sid, "session_end": np.ones((1, 1), bool)}])
+        (out,) = runner.run([{"tokens": np.ones((1, 4), np.int64), "audio_features": feats,
+                              "session_id": np.asarray([[i + 1]], dtype=np.int64),
+                              "session_start": np.ones((1, 1), bool), "max_new_tokens": np.asarray([[steps]]),
+                              "end_id": np.zeros((1, 1), np.int64), "suppress_ids": np.zeros((1, 1), np.int64)}])
+        assert out["new_ids"].shape == (1, steps), out
     return timed(asr, device, max(3, repeats // 5)) / 5.0
 
 
