@@ -80,6 +80,10 @@ class SessionState:
     greedy_inputs: tuple[Tensor, ...] = ()
     greedy_outputs: tuple[Tensor, ...] = ()
 
+    def greedy_request(self, names) -> bool:
+        """Whether a request with these inputs (names) is a whole greedy decode (it carries the greedy inputs)."""
+        return bool(self.greedy_inputs) and self.greedy_inputs[0].name in names
+
     @property
     def id_input(self) -> str:
         return self.inputs[0].name
@@ -156,7 +160,7 @@ class ModelSpec:
         greedy inputs) its greedy outputs; a session request (it carries the session id) to a model whose
         SessionState names outputs those; every other request the spec's."""
         s = self.session
-        if s is not None and s.greedy_inputs and s.greedy_inputs[0].name in inputs:
+        if s is not None and s.greedy_request(inputs):
             return s.greedy_outputs
         return s.outputs if s is not None and s.outputs and s.id_input in inputs else self.outputs
 

@@ -55,7 +55,7 @@ class SessionRunner:
             except ValueError as e:
                 results[i] = detached(e)
                 continue
-            if s.greedy_inputs and s.greedy_inputs[0].name in feeds:
+            if s.greedy_request(feeds):
                 greedy.append((i, sid, ids, feeds))
             elif _flag(feeds, s.release_input):
                 self.table.release(sid)
