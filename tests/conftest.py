@@ -25,6 +25,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test whose server died under it says how: the exit code (a negative one is the signal) and the end
+    of tritonserver's log, in the report itself (a CI machine is gone once the run ends, and the log with it)."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, EmbeddedServer) and value.process is not None and value.process.poll() is not None:
+                report.sections.append((f"tritonserver of `{name}` died (exit code {value.process.returncode})",
+                                        value.log_tail(60)))
+    return report
+
+
 @pytest.fixture(scope="session")
 def exported_repository():
     """A repository with the tiny preset's seeded random models (build/tiny_repository; model_repository holds the
