@@ -4,14 +4,15 @@
 #
 #   loadtests/device_bench.sh NAME LEVEL...      e.g. loadtests/device_bench.sh B_now 1 48
 #
-# Writes $OUT/NAME.log and $OUT/NAME/ (BENCHMARKS.md, JSON); prints the optimized table. Staging:
+# Writes $OUT/NAME.log (unbuffered: a level cut by a timeout still leaves its lines) and $OUT/NAME/ (BENCHMARKS.md,
+# JSON); prints the optimized table. Staging:
 # `python -m loadtests.device stage` here (BENCHMARKS.md, "GPU: one H200").
 set -u
 source .device/activate.sh
 export TRITON_HOME=/tmp/triton
 name=$1; shift
 mkdir -p "$OUT/$name/runs" && cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
-python3 -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \
+python3 -u -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \
   --naive-concurrency 1 --turns 2 --skip-stages --resume --out "$OUT/$name" > "$OUT/$name.log" 2>&1
 echo "== $name rc=$?"; sed -n '/^## End to end, optimized/,$p' "$OUT/$name/BENCHMARKS.md" | grep "^| " | head -40
 rm -rf "$OUT/$name/runs" "$OUT/$name/gpu" "$OUT/$name"/*.png
