@@ -14,9 +14,9 @@
 Many turns may run at once on one client (each on its own gRPC stream on the one channel). A turn's stream stays
 open `keep_stream_s` (2 s) for the client's next turn (client/aio_stream.py). Leaving `async with` or calling
 `aclose()` before the `done` event cancels the turn on the server (its stream is closed). Errors are
-client.wire's: ServerError with `.status` ("INVALID_ARGUMENT", "UNAVAILABLE", "CANCELLED", ...: streams are opened
-with the `triton_grpc_error` header, so a failed turn ends with its gRPC status), ConnectionFailed, ProtocolError,
-TurnTimeout.
+client.wire's: ServerError with `.status` ("INVALID_ARGUMENT", "UNAVAILABLE", "CANCELLED", ...: a failed turn's
+error is its final response, its status read from the orchestrator's wording; the stream stays open),
+ConnectionFailed, ProtocolError, TurnTimeout.
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ from client.wire import (
     AR_FACE_BOX,
     AR_IMAGE,
     AR_MESSAGE,
-    GRPC_ERROR_HEADERS,
     ClientError,
     ConnectionFailed,
     ProtocolError,
@@ -119,7 +118,7 @@ class AsyncTalkingHeadClient:
         self._kwargs = dict(url=self.url, ssl=ssl, root_certificates=root_certificates, private_key=private_key,
                             certificate_chain=certificate_chain)
         self._client: aio.InferenceServerClient | None = None
-        headers = {**GRPC_ERROR_HEADERS, **self._auth}
+        headers = dict(self._auth)
         self._streams = AsyncStreamPool(lambda requests: self._grpc().stream_infer(requests, headers=headers),
                                         keep_stream_s)
 
@@ -233,7 +232,8 @@ class AsyncTalkingHeadClient:
                                         f"({n} events, last: {last})") from None
                 except grpc.RpcError as e:  # the server closed the stream with a status
                     raise _rpc_error(e, self.url) from None
-                if error is not None:
+                if error is not None:  # the server's error answer, sent as the turn's final response
+                    clean = True  # nothing left to cancel: the stream stays open for the next turn
                     raise translate_error(error, self.url)
                 if not answers(result, request_id):
                     continue  # an earlier turn's, late on this kept stream

@@ -18,8 +18,8 @@ from client.wire import ClientError
 
 class AsyncKeptStream:
     """One ModelStreamInfer call: requests go out through a queue (`send`); a reader task puts the responses in
-    an inbox (`receive`) and marks the stream `ended` once the call is over (the server closed it: a refused
-    request does, streams carry the `triton_grpc_error` header; a front door closes idle ones at a drain)."""
+    an inbox (`receive`) and marks the stream `ended` once the call is over (the server closed it: a front door
+    closes idle ones at a drain; a failed turn does not, its error is an answer inside the stream)."""
 
     def __init__(self, start: Callable[[AsyncIterator[dict]], object]):
         self._queue: asyncio.Queue = asyncio.Queue()

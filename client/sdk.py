@@ -49,7 +49,6 @@ from client.wire import (
     AR_FACE_BOX,
     AR_IMAGE,
     AR_MESSAGE,
-    GRPC_ERROR_HEADERS,
     TH_AVATAR_ID,
     TH_SAMPLE_RATE,
     ClientError,
@@ -160,7 +159,7 @@ class TalkingHeadClient:
         self._auth = auth_headers(api_key)
         self._client_kwargs = dict(url=url, verbose=verbose, ssl=ssl, root_certificates=root_certificates,
                                    private_key=private_key, certificate_chain=certificate_chain)
-        self._streams = StreamPool(self._new_grpc_client, {**GRPC_ERROR_HEADERS, **self._auth}, clock, keep_stream_s)
+        self._streams = StreamPool(self._new_grpc_client, dict(self._auth), clock, keep_stream_s)
         self._unary = self._new_grpc_client()
 
     # -- lifetime
@@ -438,6 +437,8 @@ class TalkingHeadClient:
                 if error is not None:
                     if error.status() is not None:  # the RPC itself failed: a new client next turn
                         reuse = False
+                    else:  # the server's error answer, sent as the turn's final response: nothing left to cancel
+                        clean = True
                     raise translate_error(error, self.url)
                 if not answers(result, request_id):
                     continue  # an earlier turn's, late on this kept stream

@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 class KeptStream:
     """One gRPC client and its ModelStreamInfer stream, opened on the first turn and kept between turns.
 
-    A stream whose RPC ended (the server closed it, or an error ended it: streams are opened with the
-    `triton_grpc_error` header, so any error does) is opened afresh by the next `listen`.
+    A stream whose RPC ended (the server or a front door closed it) is opened afresh by the next `listen`; a failed
+    turn does not end it (its error is the turn's final response inside the stream, client.wire).
     """
 
     def __init__(self, client: grpcclient.InferenceServerClient, headers: dict[str, str], clock: Clock):

@@ -153,8 +153,10 @@ UNAVAILABLE = "UNAVAILABLE"  # server busy or shutting down: retry later or else
 CANCELLED = "CANCELLED"  # the turn was cancelled
 DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"  # the turn's deadline_s passed
 INTERNAL = "INTERNAL"  # a stage failed inside the server
-# How the orchestrator words its errors (model_repository/talking_head/1/model.py): the status of an error that came
-# without one (a stream opened without the `triton_grpc_error` header, an older server).
+# How the orchestrator words its errors (model_repository/talking_head/1/model.py): the status of an error inside a
+# stream. The SDK opens its streams without Triton's `triton_grpc_error` header: with it, every failed turn makes
+# Triton 2.51 close the stream with the error's status, and refusals at that rate abort tritonserver (RELIABILITY.md,
+# "Overload"); without it the error is the turn's final response and the stream stays open for the next turn.
 _STATUS_OF_MESSAGE = (("invalid input:", INVALID_ARGUMENT), ("server busy", UNAVAILABLE),
                       ("server is shutting down", UNAVAILABLE), ("turn cancelled", CANCELLED),
                       ("deadline exceeded", DEADLINE_EXCEEDED), ("internal error:", INTERNAL))
@@ -172,9 +174,9 @@ class ServerError(ClientError):
     """The server answered with an error; `message` is the server's text, verbatim.
 
     `status` is the gRPC status code's name: "INVALID_ARGUMENT" (bad input), "UNAVAILABLE" (busy, shutting
-    down), "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL" (a stage failed), ... For an error inside a stream the SDK
-    asks Triton for the real status (the `triton_grpc_error` header); when a server sends none, it is read from the
-    orchestrator's wording of the message, and None when that says nothing either.
+    down), "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL" (a stage failed), ... An RPC's error carries its status;
+    an error inside a stream (a failed turn) carries none, so it is read from the orchestrator's wording of the
+    message, and None when that says nothing either.
     """
 
     def __init__(self, message: str, *, status: Any = None):
@@ -251,9 +253,6 @@ class StreamEvent(Event):
         from client.events import typed
 
         return typed(self)
-
-
-GRPC_ERROR_HEADERS = {"triton_grpc_error": "true"}  # Triton then ends a failed stream with the error's gRPC status
 
 
 def auth_headers(api_key: str | None) -> dict[str, str]:

@@ -85,8 +85,9 @@ def test_status_names_are_plain_grpc_code_names():
 
 
 class StatusTriton(FakeTriton):
-    """As Triton 2.51: with the header `triton_grpc_error: true` a failed request closes the stream with its gRPC
-    status; without it the error is a message inside the stream."""
+    """As Triton 2.51 without the `triton_grpc_error` header: a failed request's error is a message inside the
+    stream, and the stream stays open for the next request (with the header Triton closes the stream with the
+    error's status, and refusals at that rate abort tritonserver: RELIABILITY.md, "Overload")."""
 
     STATUS = {"bad": (grpc.StatusCode.INVALID_ARGUMENT, "invalid input: option top_k=0 is out of range 1..1000"),
               "busy": (grpc.StatusCode.UNAVAILABLE, "server busy: 4 turns in flight (limit 4); retry later")}
@@ -101,7 +102,7 @@ class StatusTriton(FakeTriton):
                 if header == "true":
                     context.abort(code, message)
                 yield service_pb2.ModelStreamInferResponse(error_message=message)
-                return
+                continue
             yield from self._stream(iter([request]), context)
 
 
@@ -114,13 +115,15 @@ def status_triton():
 
 
 @pytest.mark.parametrize("text,status", [("bad", "INVALID_ARGUMENT"), ("busy", "UNAVAILABLE")])
-def test_a_failed_stream_carries_its_grpc_status(status_triton, text, status):
+def test_a_failed_turn_carries_its_status_and_leaves_the_stream_open(status_triton, text, status):
     servicer, url = status_triton
     with TalkingHeadClient(url) as th:
         with pytest.raises(ServerError) as info:
             list(th.ask(avatar_id="a", text=text))
+        assert th.turn(avatar_id="a", text="hello").reply == "Hi there."
     assert info.value.status == status and info.value.message == StatusTriton.STATUS[text][1]
-    assert servicer.headers[-1] == "true", "the SDK opens its streams with triton_grpc_error: true"
+    assert servicer.headers == [None], "one stream for both turns, opened without triton_grpc_error"
+    assert not servicer.cancelled.is_set(), "a failed turn has nothing left to cancel"
 
 
 # ---------------------------------------------------------------- asyncio
@@ -145,13 +148,14 @@ def test_async_client_streams_typed_events_and_collects_turns(fake_triton):
 
 
 def test_async_errors_timeouts_and_early_close(status_triton, fake_triton):
-    url = status_triton[1]
+    status_servicer, url = status_triton
     servicer, hang_url = fake_triton
 
     async def main():
         async with AsyncTalkingHeadClient(url) as th:
             with pytest.raises(ServerError) as bad:
                 await th.turn(avatar_id="a", text="bad")
+            assert (await th.turn(avatar_id="a", text="hello")).reply == "Hi there."
         async with AsyncTalkingHeadClient(hang_url, turn_timeout_s=0.3) as th:
             with pytest.raises(TurnTimeout):
                 await th.turn(avatar_id="a", text="hang")
@@ -161,6 +165,8 @@ def test_async_errors_timeouts_and_early_close(status_triton, fake_triton):
 
     bad, first = asyncio.run(main())
     assert bad.status == "INVALID_ARGUMENT" and bad.message.startswith("invalid input:")
+    assert status_servicer.headers == [None], "the failed turn's stream carried the next turn"
+    assert not status_servicer.cancelled.is_set()
     assert isinstance(first, te.TextEvent)
     assert servicer.cancelled.wait(5.0), "closing an unfinished async turn cancels it on the server"
 

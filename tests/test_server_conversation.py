@@ -113,9 +113,10 @@ def test_client_closing_its_stream_frees_everything(server, client, avatar):
 
 def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
     """The SDK keeps a turn's stream open for the next turn (client.stream: no stream set-up per turn, the most of
-    what the front door adds to a turn's first response); a turn left early or failed ends its stream and the
-    next turn opens another, and so does a turn after the stream sat idle for keep_stream_s (an open stream keeps
-    Triton from unloading talking_head). Each turn still gets only its own events."""
+    what the front door adds to a turn's first response); a turn left early ends its stream and the next turn opens
+    another, and so does a turn after the stream sat idle for keep_stream_s (an open stream keeps Triton from
+    unloading talking_head). A refused turn keeps it: its error is the turn's final response, with its status
+    (RELIABILITY.md, "Overload"). Each turn still gets only its own events."""
     from client.sdk import ServerError, TalkingHeadClient
 
     opened = []
@@ -132,18 +133,19 @@ def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
             next(e for e in s if e.type == ev.AUDIO)  # left early: the turn is cancelled with its stream
         assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
         assert len(opened) == 2
-        with pytest.raises(ServerError, match="top_k"):
+        with pytest.raises(ServerError, match="top_k") as refused:
             c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
+        assert refused.value.status == "INVALID_ARGUMENT"
         assert c.turn(avatar_id=avatar.id, text="Hello.", options=short).done is not None
-        assert len(opened) == 3
+        assert len(opened) == 2, "the refused turn ended its stream"
         time.sleep(3.0)  # idle past keep_stream_s (2 s): the stream is ended (Triton could unload)
         assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
-        assert len(opened) == 4
+        assert len(opened) == 3
 
 
 def test_an_async_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
     """The asyncio SDK keeps a turn's stream open for the next turn as the sync one does (client/aio_stream.py): one
-    stream for three turns; a turn left early, a refused turn and idle past keep_stream_s each end theirs."""
+    stream for three turns; a turn left early and idle past keep_stream_s each end theirs, a refused turn keeps it."""
     import asyncio
 
     import tritonclient.grpc.aio as grpcaio
@@ -169,13 +171,14 @@ def test_an_async_clients_turns_share_one_kept_stream(server, avatar, monkeypatc
                         break  # left early: the turn is cancelled with its stream
             assert (await c.turn(avatar_id=avatar.id, text="Hi.", options=short)).done is not None
             assert len(opened) == 2
-            with pytest.raises(ServerError, match="top_k"):
+            with pytest.raises(ServerError, match="top_k") as refused:
                 await c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
+            assert refused.value.status == "INVALID_ARGUMENT"
             assert (await c.turn(avatar_id=avatar.id, text="Hello.", options=short)).done is not None
-            assert len(opened) == 3
+            assert len(opened) == 2, "the refused turn ended its stream"
             await asyncio.sleep(2.0)  # idle past keep_stream_s: the stream is ended (Triton could unload)
             assert (await c.turn(avatar_id=avatar.id, text="Hi.", options=short)).done is not None
-            assert len(opened) == 4
+            assert len(opened) == 3
 
     asyncio.run(main())
 
