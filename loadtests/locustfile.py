@@ -25,10 +25,11 @@ playback underrun, total, failure class). On exit `<prefix>_turns.csv` and
 `--csv` prefix, else $LOADTEST_OUT (the loadgen image: /opt/loadgen/results/load), else `loadtest`. With `--master/--worker` the workers ship their
 samples to the master, which writes the reports.
 
-The stream is opened with the `triton_grpc_error: true` header so that an error keeps
-its gRPC status (UNAVAILABLE for overload, INVALID_ARGUMENT, ...); Triton then closes
-the stream on that error, and the conversation's next turn opens a new one
-(`--no-grpc-error-header`: keep the stream, classify by the message only).
+A failed turn's error comes inside the stream as its final response (classified by the
+orchestrator's message) and the stream stays open for the conversation's next turn, as with
+the SDK. `--grpc-error-header` sends Triton's `triton_grpc_error: true` instead: errors keep
+their gRPC status, but Triton closes the stream on each one, and at overload's refusal rate
+that aborted tritonserver 2.51 (RELIABILITY.md, "Overload").
 """
 from __future__ import annotations
 
@@ -97,8 +98,9 @@ def _add_arguments(parser) -> None:
                                                       "'{\"max_reply_tokens\": 32}' (see ensemble/options.py)")
     g.add_argument("--samples-prefix", default="", help="write <prefix>_turns.csv and <prefix>_summary.json "
                                                         "(default: the --csv prefix, else 'loadtest')")
-    g.add_argument("--no-grpc-error-header", action="store_true",
-                   help="do not send 'triton_grpc_error: true' (errors then lose their gRPC status)")
+    g.add_argument("--grpc-error-header", action="store_true",
+                   help="send 'triton_grpc_error: true': errors keep their gRPC status, Triton closes the stream on "
+                        "each (at a high refusal rate that aborts Triton 2.51: RELIABILITY.md)")
 
 
 # ---------------------------------------------------------------- inputs, loaded once per process
@@ -225,14 +227,15 @@ class ConversationStream:
     """One gRPC bidirectional stream to `talking_head` that carries a conversation's turns, one at a time.
 
     Responses are matched to the turn by request id; a turn ends with the response that
-    Triton flags final (`enable_empty_final_response`). A stream that failed is closed and
-    the next turn opens a new one. The stream is cancelled only while a turn is still in
+    Triton flags final (`enable_empty_final_response`). A turn's error inside the stream (its
+    final response) leaves the stream open; a stream whose call failed is closed and the next
+    turn opens a new one. The stream is cancelled only while a turn is still in
     flight (a timeout, or locust stopping the user mid-turn): otherwise it is half-closed
     gracefully, because cancelling streams of a decoupled model races inside Triton 2.51's
     gRPC frontend (fixed upstream later, triton-inference-server/server#7840, #8078).
     """
 
-    def __init__(self, url: str, *, grpc_error_header: bool = True, clock=time.perf_counter):
+    def __init__(self, url: str, *, grpc_error_header: bool = False, clock=time.perf_counter):
         self.url = url
         self.clock = clock
         self.headers = dict(GRPC_ERROR_HEADER) if grpc_error_header else None
@@ -273,6 +276,7 @@ class ConversationStream:
              request_id: str | None = None) -> TurnResult:
         """Send one turn and collect its events into `collector` (partial results stay there on failure)."""
         rid = request_id or uuid.uuid4().hex
+        keep = False
         try:
             responses = self.responses if self.responses is not None else self._open()
             sent_at = self.clock()
@@ -297,6 +301,7 @@ class ConversationStream:
                     raise TurnTimeout(f"turn did not finish within {timeout_s:g} s ({n} events)") from None
                 if error is not None:  # the request's last response (or the stream's end)
                     self.in_flight = False
+                    keep = error.status() is None  # an answer inside the stream: it stays open
                     raise ServerError(str(error.message()), status=error.status())
                 if result.get_response().id != rid:
                     continue  # a late response of an earlier turn
@@ -313,7 +318,8 @@ class ConversationStream:
                 raise ProtocolError(f"turn ended without a '{ev.DONE}' event ({n} events)")
             return collector.result()
         except BaseException:  # an error, a timeout, or locust killing the user mid-turn
-            self.end_stream()
+            if not keep:
+                self.end_stream()
             raise
 
 
@@ -339,7 +345,7 @@ class TalkingHeadUser(User):
         self.turns_per_conversation = getattr(opts, "turns", 3)
         self.speech_ratio = getattr(opts, "speech_ratio", 0.5) if Inputs.speech else 0.0
         self.turn_timeout_s = getattr(opts, "turn_timeout", 120.0)
-        self.grpc_error_header = not getattr(opts, "no_grpc_error_header", False)
+        self.grpc_error_header = getattr(opts, "grpc_error_header", False)
         self.avatar_id: str | None = getattr(opts, "avatar", "") or None
         url = self.host or ""
         self.url = url[len("grpc://"):] if url.startswith("grpc://") else url

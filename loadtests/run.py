@@ -54,8 +54,8 @@ def locust_command(args: argparse.Namespace, host: str) -> list[str]:
                         ("--turn-options", args.turn_options)):
         if value:
             cmd += [flag, str(value)]
-    if args.no_grpc_error_header:
-        cmd.append("--no-grpc-error-header")
+    if args.grpc_error_header:
+        cmd.append("--grpc-error-header")
     return cmd
 
 
@@ -131,8 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds users get to finish the turn in progress when the run time is up (default 60)")
     ap.add_argument("--fail-on-error", action="store_true",
                     help="exit 1 when any turn failed or no turn completed")
-    ap.add_argument("--no-grpc-error-header", action="store_true",
-                    help="open streams without 'triton_grpc_error: true' (errors lose their gRPC status)")
+    ap.add_argument("--grpc-error-header", action="store_true",
+                    help="open streams with 'triton_grpc_error: true' (Triton closes a stream per failed turn; at a "
+                         "high refusal rate that aborts Triton 2.51: RELIABILITY.md)")
     ap.add_argument("--loglevel", default="WARNING", help="locust's log level (default WARNING)")
     ap.add_argument("--start-server", action="store_true",
                     help="run the embedded tritonserver on this repository for the duration")
