@@ -9,9 +9,11 @@ Every forwarded call but the two health calls needs `authorization: Bearer <key>
 Each `talking_head` request's `options` JSON gets the caller's `session_token` (derived from its identity,
 overriding what the client sent), so a session belongs to the API key that opened it; the `canary` option (a
 probe's turn, left out of the latency metrics) is refused. Quotas per identity
-(quota.py) are checked before anything is sent upstream. Of the client's metadata only `triton_grpc_error` is
-passed on. A refusal inside a stream follows Triton's own convention: with `triton_grpc_error: true` the stream
-ends with the error's status, otherwise an `error_message` response names it and the stream stays open. A client
+(quota.py) are checked before anything is sent upstream. None of the client's metadata is passed on. A failed
+request inside a stream follows Triton's own convention: with `triton_grpc_error: true` the client's stream ends
+with the error's status, otherwise an `error_message` response names it and the stream stays open. The door
+answers that header itself and never sends it upstream: Triton 2.51 closing a stream with an error status at a
+high rate aborts (RELIABILITY.md, "Overload"); the door half-closes the upstream stream instead. A client
 that stops reading (a response not taken within `Limits.max_stall_s`) is cut off with RESOURCE_EXHAUSTED and its
 upstream call cancelled, so its unread responses pile up nowhere.
 """
@@ -27,6 +29,7 @@ import grpc
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
+from client.wire import ServerError
 from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, SessionTokens, bearer
 from export.contract import spec
 
@@ -34,13 +37,32 @@ TALKING_HEAD = spec.TALKING_HEAD.name
 AVATAR_REGISTRY = spec.AVATAR_REGISTRY.name
 EXPOSED_MODELS = (TALKING_HEAD, AVATAR_REGISTRY)
 OPEN_CALLS = ("ServerLive", "ServerReady")  # no key needed: liveness/readiness probes
-FORWARDED_HEADERS = ("triton_grpc_error",)
+STATUS_HEADER = "triton_grpc_error"  # answered here, never forwarded
+HALF_CLOSE_S = 5.0  # how long the door waits for upstream to end a half-closed stream before it cancels it
 FINAL = "triton_final_response"
 WANT_FINAL = "triton_enable_empty_final_response"
 MAX_OPTIONS_BYTES = 16 * 1024  # parsed here before Triton's orchestrator checks its own 4 kB limit
 SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset", "cuda_shared_memory")
 CODE = grpc.StatusCode
 log = logging.getLogger("deploy.front_door")
+
+
+def _status_of(message: str) -> grpc.StatusCode:
+    """The status Triton would have closed the stream with, read from the orchestrator's wording (client.wire)."""
+    name = ServerError(message).status
+    return getattr(CODE, name) if name and hasattr(CODE, name) else CODE.INTERNAL
+
+
+async def _half_close(pump: asyncio.Future, call) -> None:
+    """End an upstream stream with nothing in flight the gentle way: no more requests, then wait for Triton to end
+    it (cancelling it is what races in Triton 2.51); cancelled after HALF_CLOSE_S."""
+    try:
+        await asyncio.wait([pump], timeout=1.0)
+        await call.done_writing()
+        async with asyncio.timeout(HALF_CLOSE_S):
+            await call.code()  # the call's end (nothing is in flight, so nothing is left to read)
+    except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError, TimeoutError):
+        pass
 
 
 class Refused(Exception):
@@ -165,12 +187,12 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
         return who
 
     @staticmethod
-    def _headers(context) -> tuple[tuple[str, str], ...]:
-        return tuple((k, v) for k, v in context.invocation_metadata() or () if k.lower() in FORWARDED_HEADERS)
+    def _wants_status(context) -> bool:
+        return any(k.lower() == STATUS_HEADER and v.lower() == "true" for k, v in context.invocation_metadata() or ())
 
     async def _unary(self, method, request, context):
         try:
-            return await method(request, metadata=self._headers(context), timeout=context.time_remaining())
+            return await method(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "")
 
@@ -223,11 +245,9 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(CODE.RESOURCE_EXHAUSTED, str(e))
         if self._ready_watch is None and self.limits.ready_poll_s > 0:
             self._ready_watch = asyncio.ensure_future(self._watch_ready())
-        headers = self._headers(context)
-        stream = _Stream(self, context, usage, self.tokens(who), any(v.lower() == "true" for _, v in headers))
+        stream = _Stream(self, context, usage, self.tokens(who), self._wants_status(context))
         try:
-            await stream.run(self.stub.ModelStreamInfer(metadata=headers, timeout=context.time_remaining()),
-                             request_iterator)
+            await stream.run(self.stub.ModelStreamInfer(timeout=context.time_remaining()), request_iterator)
         finally:
             usage.close_stream()
             usage.end_turns(stream.turns)
@@ -248,12 +268,17 @@ class _Stream:
     async def run(self, call, request_iterator) -> None:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
         watch = asyncio.ensure_future(self._watch_upstream(call))
+        gentle = False
         try:
             try:
                 async for resp in call:  # no task or timer per response: _watch_upstream keeps the silence clock
                     self.heard = time.monotonic()
                     if self._ended(resp):
                         continue
+                    if self.fatal and resp.error_message:  # the client asked for the status: its stream ends
+                        self.failure = Refused(_status_of(resp.error_message), resp.error_message)
+                        gentle = self.turns == 0  # nothing else in flight: half-close upstream, cancel nothing
+                        break
                     async with self.lock:
                         try:
                             async with asyncio.timeout(self.door.limits.max_stall_s):
@@ -276,6 +301,8 @@ class _Stream:
         finally:
             pump.cancel()
             watch.cancel()
+            if gentle:
+                await _half_close(pump, call)
             call.cancel()
 
     async def _watch_upstream(self, call) -> None:
