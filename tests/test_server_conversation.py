@@ -137,7 +137,7 @@ def test_a_clients_turns_share_one_kept_stream(server, avatar, monkeypatch):
             c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
         assert refused.value.status == "INVALID_ARGUMENT"
         assert c.turn(avatar_id=avatar.id, text="Hello.", options=short).done is not None
-        assert len(opened) == 2, "the refused turn ended its stream"
+        assert len(opened) == 2, "the refused turn's stream did not carry the next turn"
         time.sleep(3.0)  # idle past keep_stream_s (2 s): the stream is ended (Triton could unload)
         assert c.turn(avatar_id=avatar.id, text="Hi.", options=short).done is not None
         assert len(opened) == 3
@@ -175,7 +175,7 @@ def test_an_async_clients_turns_share_one_kept_stream(server, avatar, monkeypatc
                 await c.turn(avatar_id=avatar.id, text="Hi.", options={**short, "top_k": 2.5})
             assert refused.value.status == "INVALID_ARGUMENT"
             assert (await c.turn(avatar_id=avatar.id, text="Hello.", options=short)).done is not None
-            assert len(opened) == 2, "the refused turn ended its stream"
+            assert len(opened) == 2, "the refused turn's stream did not carry the next turn"
             await asyncio.sleep(2.0)  # idle past keep_stream_s: the stream is ended (Triton could unload)
             assert (await c.turn(avatar_id=avatar.id, text="Hi.", options=short)).done is not None
             assert len(opened) == 3
