@@ -37,119 +37,29 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from client.sdk import ClientError, TalkingHeadClient
-from client.turns import TurnCollector
+from client.sdk import TalkingHeadClient
 from deploy.server import STUB_THREAD_VARS, EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
-from export.contract import events as ev
-from export.contract import media
 from export.contract.artifacts import write_orchestrator_artifacts
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import PRESETS
 from export.contract.spec import served_stages
 from export.toolchain.configs import SCALABLE_VARIANTS, SCALE_OUT_GPUS, parse_variant, variant_name
 from loadtests import triton_stats
-
-FRAME_SLACK_S = 0.040  # a frame counts as late when it arrives more than this after its display time
-TEXT = "Please tell me about the weather today and what I should wear."
-
-
-@dataclass
-class TurnRecord:
-    ok: bool
-    error: str = ""
-    ttfa_s: float | None = None
-    ttff_s: float | None = None
-    total_s: float | None = None
-    audio_s: float = 0.0
-    frames: int = 0
-    audio_underruns: int = 0
-    late_frames: int = 0  # received late, or dropped by the server because they would have been
-    late_dropped: int = 0  # of those, dropped by the server (its `done` event's frames_dropped_late)
-    late_in_first_s: int = 0  # of those received late, frames due in the turn's first second of video
-    late_max_ms: float = 0.0  # the latest frame's lateness beyond its display time
-    frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
-    stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
-
-    @property
-    def real_time(self) -> bool:
-        return self.ok and self.audio_underruns == 0 and self.late_frames == 0 and self.frames_skipped == 0
-
-
-def speech_utterance(seconds: float = 5.0) -> np.ndarray:
-    """A speech-like 16 kHz signal (voiced harmonics with a syllable envelope); content does not change the cost."""
-    t = np.arange(int(seconds * media.INPUT_SAMPLE_RATE)) / media.INPUT_SAMPLE_RATE
-    f0 = 120 + 20 * np.sin(2 * np.pi * 0.5 * t)
-    voice = sum(np.sin(2 * np.pi * k * np.cumsum(f0) / media.INPUT_SAMPLE_RATE) / k for k in range(1, 8))
-    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t)) * 0.2
-    return (voice * envelope).astype(np.float32)
-
-
-def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np.ndarray | None) -> TurnRecord:
-    turn = TurnCollector(clock=client.clock)
-    frame_arrivals: list[tuple[float, float]] = []  # (received at, pts)
-    try:
-        kwargs = {"audio": audio} if audio is not None else {"text": TEXT}
-        for event in client.ask(avatar_id=avatar_id, options=options, **kwargs):
-            turn.add(event)
-            if event.type == ev.VIDEO:
-                frame_arrivals.append((event.received_at, event.data["pts"]))
-        r = turn.result()
-    except ClientError as e:
-        return TurnRecord(ok=False, error=str(e)[:200])
-    # a frame's lateness: its arrival after its display time (its pts), the video clock starting at the first
-    # frame; a slot the server skipped or dropped does not move the later frames' display times
-    t0, pts0 = frame_arrivals[0] if frame_arrivals else (0.0, 0.0)
-    lateness = [(t - t0) - (pts - pts0) for t, pts in frame_arrivals]
-    late = [pts for (_, pts), s in zip(frame_arrivals, lateness) if s > FRAME_SLACK_S]
-    done = r.done or {}
-    dropped_late = int(done.get("frames_dropped_late", 0))
-    return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
-                      total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
-                      late_frames=len(late) + dropped_late, late_dropped=dropped_late,
-                      late_in_first_s=sum(pts < 1.0 for pts in late),
-                      late_max_ms=1000 * max(lateness, default=0.0),
-                      frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"))
-
-
-def run_level(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
-              audio: np.ndarray | None = None) -> list[TurnRecord]:
-    """`concurrency` sessions at once, each `turns` turns back to back."""
-    with TalkingHeadClient(url, turn_timeout_s=300) as client:
-        def session(_):
-            return [one_turn(client, avatar_id, options, audio) for _ in range(turns)]
-        with ThreadPoolExecutor(concurrency) as pool:
-            return [r for rs in pool.map(session, range(concurrency)) for r in rs]
-
-
-def summarize(records: list[TurnRecord]) -> dict:
-    ok = [r for r in records if r.ok]
-
-    def pct(name, q):
-        vals = [getattr(r, name) for r in ok if getattr(r, name) is not None]
-        return float(np.percentile(vals, q)) if vals else None
-
-    return {"turns": len(records), "failed": len(records) - len(ok),
-            "real_time_sessions": sum(r.real_time for r in records),
-            "all_real_time": all(r.real_time for r in records) and bool(records),
-            "ttfa_p50_s": pct("ttfa_s", 50), "ttfa_p95_s": pct("ttfa_s", 95),
-            "ttff_p50_s": pct("ttff_s", 50), "ttff_p95_s": pct("ttff_s", 95),
-            "total_p50_s": pct("total_s", 50), "audio_s_p50": pct("audio_s", 50),
-            "late_frames": sum(r.late_frames for r in records),
-            "late_dropped": sum(r.late_dropped for r in records),
-            "late_in_first_s": sum(r.late_in_first_s for r in records),
-            "late_max_ms_p95": pct("late_max_ms", 95), "frames_skipped": sum(r.frames_skipped for r in records),
-            "audio_underruns": sum(r.audio_underruns for r in records),
-            "stage_ms_per_turn": {k: round(float(np.mean([(r.stage_ms or {}).get(k, 0.0) for r in ok])), 1)
-                                  for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
-            "errors": sorted({r.error for r in records if r.error})[:3]}
+from loadtests.bench_clients import (
+    capacity,
+    client_shares,
+    concurrency_of,
+    level_keys,
+    run_level,
+    speech_utterance,
+    summarize,
+)
 
 
 class GpuMemory:
@@ -242,9 +152,12 @@ def thread_pools(n: int | None):
 
 
 def serve_and_measure(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path,
-                      port: int, speech: np.ndarray, gpus: int | None = None, avatar_image: bytes | None = None) -> dict:
+                      port: int, speech: np.ndarray, gpus: int | None = None, avatar_image: bytes | None = None,
+                      per_process: int = 0, one_process: tuple[int, ...] = ()) -> dict:
     """gpus: the server sees only the first `gpus` GPUs (None: every GPU it would see anyway); avatar_image: the face
-    registered (None: the demo avatar)."""
+    registered (None: the demo avatar). Each level's sessions are spread over client processes of at most
+    `per_process` sessions (bench_clients.run_level); the levels in `one_process` are then run again with every
+    session in this one process (result["one_process"]), to show what a single client process does to the figures."""
     server_options = ServerOptions(config_name=config_name, workdir=workdir / config_name, grpc_port=port,
                                    http_port=port - 1, metrics_port=port + 1, ready_timeout_s=400)
 
@@ -264,10 +177,11 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         run_level(url, avatar, n, 1, options, audio=speech)
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
-        for c in levels:
+        def level(c: int, per: int) -> dict:
             t, cpu, procs = time.perf_counter(), _cpu_times(), process_cpu_s(server.process.pid)
             stats = triton_stats.read(server_options.metrics_url)
-            s = summarize(run_level(url, avatar, c, turns, options))
+            s = summarize(run_level(url, avatar, c, turns, options, per_process=per))
+            s["client_processes"] = len(client_shares(c, per))
             s["models"] = triton_stats.between(stats, triton_stats.read(server_options.metrics_url))
             s["wall_s"] = time.perf_counter() - t
             s["gpu_util_pct"] = mem.mean_util(t, time.perf_counter())
@@ -275,27 +189,34 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
             used = process_cpu_s(server.process.pid)
             s["cores_by_process"] = {k: round((v - procs.get(k, 0.0)) / s["wall_s"], 2)
                                      for k, v in sorted(used.items(), key=lambda kv: procs.get(kv[0], 0.0) - kv[1])}
-            result["levels"][c] = s
-            print(f"[{config_name}] text c={c}: {s}", flush=True)
+            return s
+
+        for key, c in zip(level_keys(levels), levels):
+            result["levels"][key] = level(c, per_process)
+            print(f"[{config_name}] text c={key}: {result['levels'][key]}", flush=True)
+        for c in one_process:
+            result.setdefault("one_process", {})[str(c)] = level(c, 0)
+            print(f"[{config_name}] text c={c}, one client process: {result['one_process'][str(c)]}", flush=True)
     result["peak_gpu_memory_mib"] = mem.peak_mib
     result["peak_gpu_memory_mib_per_gpu"] = mem.peak_per_gpu_mib
     return result
 
 
 def process_cpu_s(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by tritonserver, its stubs (summed per model) and this process (the clients)."""
+    """CPU seconds used so far by tritonserver, its stubs (summed per model) and the clients: this process and its
+    finished client processes."""
     from deploy.processes import stubs
 
     tick = os.sysconf("SC_CLK_TCK")
 
-    def cpu(pid: int) -> float:
+    def cpu(pid: int, children: bool = False) -> float:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            fields = [int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+            return sum(fields[:4] if children else fields[:2]) / tick  # utime + stime (+ cutime + cstime)
         except (OSError, ValueError, IndexError):
             return 0.0
 
-    out = {"tritonserver": cpu(server_pid), "clients (bench)": cpu(os.getpid())}
+    out = {"tritonserver": cpu(server_pid), "clients (bench)": cpu(os.getpid(), children=True)}
     for st in stubs(server_pid):
         out[st.model] = out.get(st.model, 0.0) + cpu(st.pid)
     return out
@@ -331,30 +252,30 @@ def orchestrator_instances(config_name: str) -> int:
 
 def measure_or_resume(config_name: str, options: dict, levels: list[int], turns: int, workdir: Path, port: int,
                       speech: np.ndarray, gpus: int | None, resume: bool, stub_threads: int | None = 1,
-                      avatar_image: bytes | None = None) -> dict:
+                      avatar_image: bytes | None = None, per_process: int = 0,
+                      one_process: tuple[int, ...] = ()) -> dict:
     """serve_and_measure (the server's STUB_THREAD_VARS = stub_threads), saved to <workdir>/runs/<config>.json; with
-    resume, a saved run of the same settings."""
+    resume, a saved run of the same settings (the same client processes at each level; a saved run without that
+    figure ran each level in one process)."""
     path = workdir / "runs" / f"{config_name}.json"
     if resume and path.exists():
         saved = json.loads(path.read_text())
         if (saved.get("options") == options and saved.get("turns") == turns and saved.get("gpus") == gpus
                 and saved.get("stub_threads") == (stub_threads or None)
-                and sorted(int(c) for c in saved.get("levels", {})) == sorted(levels)):
+                and sorted(concurrency_of(c) for c in saved.get("levels", {})) == sorted(levels)
+                and all(s.get("client_processes", 1) == len(client_shares(concurrency_of(c), per_process))
+                        for c, s in saved.get("levels", {}).items())
+                and sorted(int(c) for c in saved.get("one_process", {})) == sorted(one_process)):
             print(f"[{config_name}] reusing {path}", flush=True)
             return saved
     with thread_pools(stub_threads):
-        result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus, avatar_image)
+        result = serve_and_measure(config_name, options, levels, turns, workdir, port, speech, gpus, avatar_image,
+                                   per_process, one_process)
     if stub_threads:
         result["stub_threads"] = stub_threads
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str))
     return result
-
-
-def capacity(levels: dict) -> int:
-    """Largest measured concurrency at which every session stayed real time."""
-    ok = [int(c) for c, s in levels.items() if s["all_real_time"] and not s["failed"]]
-    return max(ok, default=0)
 
 
 def _level(levels: dict, c: int) -> dict | None:
@@ -370,7 +291,7 @@ def scale_out_summary(runs: dict[int, dict]) -> dict[str, dict]:
     for n in sorted(runs):
         r, cap = runs[n], caps[n]
         at_cap = _level(r["levels"], cap) if cap else None
-        top = max((int(c) for c in r["levels"]), default=None)
+        top = max((concurrency_of(c) for c in r["levels"]), default=None)
         at_top = _level(r["levels"], top) if top is not None else None
         out[str(n)] = {"gpus": n, "config": r["config"], "capacity": cap, "capacity_per_gpu": cap / n,
                        "ratio_vs_1": cap / base if base else None,
@@ -385,6 +306,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", default="base")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 32, 64])
     ap.add_argument("--naive-concurrency", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--concurrency-repeats", type=int, default=1, metavar="N",
+                    help="run the list of --concurrency levels N times in the same server run (levels '48', "
+                         "'48#2', ...); capacity counts a level only when every run of it is real time")
+    ap.add_argument("--sessions-per-process", type=int, default=8, metavar="N",
+                    help="at most N sessions per client process (0: every session in this one process, as runs "
+                         "before 2026-12-05 did); one Python process receiving dozens of frame streams is bound by "
+                         "its GIL and stamps arrivals late")
+    ap.add_argument("--one-process-levels", type=int, nargs="*", default=[], metavar="C",
+                    help="after the levels, run these concurrencies again with every session in one client process "
+                         "(the single process's own effect on the figures, same server run)")
     ap.add_argument("--turns", type=int, default=2, help="turns per session at each level")
     ap.add_argument("--max-reply-tokens", type=int, default=48)
     ap.add_argument("--temperature", type=float, default=0.7,
@@ -448,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_naive:
         report["naive"] = measure_or_resume(args.naive_config, {**base_opts, "streaming": False, "lipsync_batch": 1},
                                             args.naive_concurrency, args.turns, args.out, args.port, speech,
-                                            one_gpu, args.resume, args.stub_threads, avatar)
+                                            one_gpu, args.resume, args.stub_threads, avatar, args.sessions_per_process)
     optimized_opts = {**base_opts, "lipsync_batch": 8}
-    report["optimized"] = measure_or_resume(args.optimized_config, optimized_opts, args.concurrency,
+    levels = args.concurrency * args.concurrency_repeats
+    report["optimized"] = measure_or_resume(args.optimized_config, optimized_opts, levels,
                                             args.turns, args.out, args.port, speech, one_gpu, args.resume,
-                                            args.stub_threads, avatar)
+                                            args.stub_threads, avatar, args.sessions_per_process,
+                                            tuple(args.one_process_levels))
     report["capacity"] = {name: capacity(report[name]["levels"]) for name in ("naive", "optimized") if name in report}
     if args.gpus:
         runs = {1: report["optimized"]}
@@ -460,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
             if n > 1:
                 runs[n] = measure_or_resume(config, optimized_opts, args.scale_concurrency or args.concurrency,
                                             args.turns, args.out, args.port, speech, n, args.resume,
-                                            args.stub_threads, avatar)
+                                            args.stub_threads, avatar, args.sessions_per_process)
         report["scale_out"] = {"gpus": args.gpus, "runs": {str(n): r for n, r in runs.items() if n > 1},
                                "summary": scale_out_summary(runs)}
     (args.out / "bench_gpu.json").write_text(json.dumps(report, indent=2, default=str))

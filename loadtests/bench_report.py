@@ -74,7 +74,8 @@ def _end_to_end(name: str, r: dict) -> list[str]:
               " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames (dropped by the server; received late in a turn's 1st s) |"
               " worst lateness p95 (ms) | frames skipped | underruns |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    rows = [("speech 5 s", 1, r["speech_c1"])] + [("text", c, s) for c, s in r["levels"].items()]
+    rows = ([("speech 5 s", 1, r["speech_c1"])] + [("text", c, s) for c, s in r["levels"].items()]
+            + [("text", f"{c}, one client process", s) for c, s in r.get("one_process", {}).items()])
     for label, c, s in rows:
         lines.append(f"| {label} | {c} | {s['turns']} | {s['failed']} | {_f(s['ttfa_p50_s'], 0, 1000)} / "
                      f"{_f(s['ttfa_p95_s'], 0, 1000)} | {_f(s['ttff_p50_s'], 0, 1000)} / {_f(s['ttff_p95_s'], 0, 1000)} |"
@@ -102,8 +103,10 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines += ["Host load while each text level ran (GPU: nvidia-smi utilization, share of time a kernel ran; "
                   "CPU: busy share of all cores, /proc/stat; cores: CPU seconds per wall second of the busiest "
                   "processes, stubs summed per model):", "",
-                  "| concurrency | GPU busy % | CPU busy % | cores used by |", "| ---: | ---: | ---: | --- |"]
-        lines += [f"| {c} | {_f(s.get('gpu_util_pct'), 0)} | {_f(s.get('cpu_util_pct'), 0)} | "
+                  "| concurrency | client processes | GPU busy % | CPU busy % | cores used by |",
+                  "| ---: | ---: | ---: | ---: | --- |"]
+        lines += [f"| {c} | {s.get('client_processes', 1)} | {_f(s.get('gpu_util_pct'), 0)} |"
+                  f" {_f(s.get('cpu_util_pct'), 0)} | "
                   + ", ".join(f"{k} {v:.1f}" for k, v in list((s.get("cores_by_process") or {}).items())[:6]) + " |"
                   for c, s in busy]
         lines.append("")
@@ -133,8 +136,8 @@ def scale_out_markdown(report: dict) -> list[str]:
 
 
 def _ms_series(levels: dict, key: str) -> tuple[list[int], list[float]]:
-    """Concurrency levels and one latency figure in ms (NaN where no turn completed)."""
-    cs = sorted(levels, key=int)
+    """Concurrency levels and one latency figure in ms (NaN where no turn completed); first runs of each level."""
+    cs = sorted((c for c in levels if "#" not in str(c)), key=int)
     return [int(c) for c in cs], [levels[c][key] * 1000 if levels[c][key] is not None else float("nan") for c in cs]
 
 

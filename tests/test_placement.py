@@ -264,9 +264,14 @@ def test_bench_gpu_main_runs_each_gpu_count_once_and_resumes(tmp_path, monkeypat
 
     calls = []
 
-    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None):
+    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None,
+                   per_process=0, one_process=()):
+        from loadtests.bench_clients import client_shares
+
         calls.append((config_name, gpus, tuple(levels)))
         run = _run(config_name, {c: c <= 16 * (gpus or 1) for c in levels})
+        for c, s in run["levels"].items():  # as serve_and_measure records them (resume compares them)
+            s["client_processes"] = len(client_shares(int(c), per_process))
         return {**run, "options": options, "turns": turns, "gpus": gpus}
 
     monkeypatch.setattr(bench_gpu, "serve_and_measure", fake_serve)
@@ -287,6 +292,9 @@ def test_bench_gpu_main_runs_each_gpu_count_once_and_resumes(tmp_path, monkeypat
     (tmp_path / "runs" / "gpu_x4.json").unlink()
     assert bench_gpu.main(argv + ["--resume"]) == 0
     assert calls == [("gpu_x4", 4, (16, 32, 64))]
+    calls.clear()  # the same levels with every session in one client process: not the saved runs
+    assert bench_gpu.main(argv + ["--resume", "--sessions-per-process", "0"]) == 0
+    assert [c[0] for c in calls] == ["gpu", "gpu_x2", "gpu_x4"]
 
     monkeypatch.setattr(bench_gpu, "available_gpus", lambda: 1)  # too few GPUs: refused before any run
     calls.clear()
@@ -300,7 +308,8 @@ def test_bench_gpu_main_without_gpus_runs_as_before(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None):
+    def fake_serve(config_name, options, levels, turns, workdir, port, speech, gpus=None, avatar_image=None,
+                   per_process=0, one_process=()):
         calls.append((config_name, gpus))
         return {**_run(config_name, {c: True for c in levels}), "options": options, "turns": turns}
 

@@ -1,0 +1,38 @@
+"""loadtests.bench_clients: level keys and capacity over repeats (pure), and sessions spread over client processes
+against the real embedded server."""
+import pytest
+
+from loadtests.bench_clients import capacity, client_shares, concurrency_of, level_keys, run_level, summarize
+
+
+def test_level_keys_mark_repeats_and_map_back_to_their_concurrency():
+    keys = level_keys([48, 64, 48, 64, 48])
+    assert keys == ["48", "64", "48#2", "64#2", "48#3"]
+    assert [concurrency_of(k) for k in keys] == [48, 64, 48, 64, 48]
+    assert concurrency_of(16) == 16
+
+
+def test_capacity_needs_every_run_of_a_level_real_time():
+    def level(ok, failed=0):
+        return {"all_real_time": ok, "failed": failed}
+
+    assert capacity({"16": level(True), "48": level(True), "48#2": level(True), "64": level(False)}) == 48
+    assert capacity({"16": level(True), "48": level(True), "48#2": level(False)}) == 16  # one of two runs missed
+    assert capacity({"16": level(True, failed=1)}) == 0
+
+
+@pytest.mark.parametrize("concurrency, per_process, shares", [
+    (48, 8, [8] * 6), (50, 8, [8, 7, 7, 7, 7, 7, 7]), (5, 8, [5]), (48, 0, [48]), (1, 8, [1]), (9, 4, [3, 3, 3]),
+])
+def test_client_shares_spread_sessions_evenly(concurrency, per_process, shares):
+    assert client_shares(concurrency, per_process) == shares
+    assert sum(shares) == concurrency and max(shares) <= (per_process or concurrency)
+
+
+def test_sessions_spread_over_client_processes_all_run_their_turns(server, avatar):
+    """3 sessions of 2 turns in 2 client processes (spawned, the real SDK in each): every turn comes back whole."""
+    records = run_level(server.options.grpc_url, avatar.id, 3, 2, {"max_reply_tokens": 4}, per_process=2)
+    assert len(records) == 6, records
+    assert all(r.ok and r.ttfa_s is not None and r.frames > 0 and r.audio_s > 0 for r in records), records
+    s = summarize(records)
+    assert s["turns"] == 6 and s["failed"] == 0
