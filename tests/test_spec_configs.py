@@ -79,11 +79,13 @@ def test_the_gpu_variant_composes_warp_frames_beside_the_lipsync():
         return ServiceConfig.from_parameters({k: v.string_value for k, v in cfg.parameters.items()}).frame_stage
 
     assert frame_stage("gpu") == "lipsync_frames"
-    lead = {v: ServiceConfig.from_parameters({k: x.string_value for k, x in text_format.Parse(
-        configs.render_config(spec.TALKING_HEAD, v), mc.ModelConfig()).parameters.items()}).frame_lead_s
+    rendered = {v: ServiceConfig.from_parameters({k: x.string_value for k, x in text_format.Parse(
+        configs.render_config(spec.TALKING_HEAD, v), mc.ModelConfig()).parameters.items()})
         for v in ("cpu", "gpu", "gpu_x2", "tensorrt_x2")}
-    # the rendered GPU configs pace a turn's frames; config.pbtxt (CPU, and one-GPU TensorRT) does not
-    assert lead == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0, "tensorrt_x2": 1.0}
+    # the rendered GPU configs pace a turn's frames and make its first 8 in one call; config.pbtxt (CPU, and one-GPU
+    # TensorRT) does neither
+    assert {v: c.frame_lead_s for v, c in rendered.items()} == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0, "tensorrt_x2": 1.0}
+    assert {v: c.first_frames for v, c in rendered.items()} == {"cpu": 1, "gpu": 8, "gpu_x2": 8, "tensorrt_x2": 8}
     with pytest.raises(ValueError, match="frame_lead_s"):
         ServiceConfig.from_parameters({"frame_lead_s": "soon"})
     assert {frame_stage(v) for v in ("cpu", "gpu_naive", "gpu_x2", "tensorrt")} == {""}

@@ -341,7 +341,7 @@ TALKING_HEAD = ModelSpec(
     # tensorrt_xN) pace them, so a turn's frames due now never queue behind frames other turns need seconds later;
     # config.pbtxt, which one-GPU TensorRT shares with the CPU variant, does not); first_frames: the frames in a
     # turn's first lip-sync call (1: its first frame as early as it can be; more: the frames due right after it come
-    # with it, at the cost of a larger first call). See ensemble.service.ServiceConfig.
+    # with it, at the cost of a larger first call; the rendered GPU configs use 8). See ensemble.service.ServiceConfig.
     parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
                 ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1")),
 )

@@ -31,6 +31,10 @@ from export.toolchain.placement import ORCHESTRATOR_GPU_INSTANCES
 VARIANTS = ("tensorrt", "cpu", "gpu", "gpu_naive")
 CPU_BACKEND = "ort_cpu"  # the Python-based ONNX Runtime backend in deploy/backends/
 GPU_FRAME_LEAD_S = "1.0"  # talking_head frame_lead_s on GPU hosts (export/contract/spec.py TALKING_HEAD)
+# talking_head first_frames on GPU hosts: a turn's first lip-sync call carries the frames due in its first 320 ms, so
+# none of them waits on a second round trip (at 48 sessions on an H100: 84-94 of 96 turns real time against 24-35
+# with 1, BENCHMARKS.md "The first lip-sync call")
+GPU_FIRST_FRAMES = "8"
 GPU_BACKEND = "torch_gpu"  # the Python-based PyTorch-on-CUDA backend in deploy/backends/ (hosts without TensorRT)
 # Scale-out: variant "<base>_x<N>" (configs/gpu_x2.pbtxt, ...) = <base> on N GPUs, instances placed by
 # export/toolchain/placement.py; `tritonserver --model-config-name=gpu_x2` selects them. The plain names are 1 GPU.
@@ -110,6 +114,7 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
             cfg.parameters["frame_stage"].string_value = ",".join(
                 s.name for s in variant_models(variant_name(variant, gpus), {LIPSYNC.name}))
             cfg.parameters["frame_lead_s"].string_value = "0" if variant == "cpu" else GPU_FRAME_LEAD_S
+            cfg.parameters["first_frames"].string_value = "1" if variant == "cpu" else GPU_FIRST_FRAMES
         return _header(spec, "python" if gpus == 1 else f"python, {variant_name(variant, gpus)}") + \
             text_format.MessageToString(cfg)
     if variant == "tensorrt":
