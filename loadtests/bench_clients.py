@@ -42,6 +42,7 @@ class TurnRecord:
     late_max_ms: float = 0.0  # the latest frame's lateness beyond its display time
     frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
     stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
+    timings_ms: dict | None = None  # ms from the turn's start on the server to its first event of each type (done)
 
     @property
     def real_time(self) -> bool:
@@ -81,7 +82,8 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
                       late_frames=len(late) + dropped_late, late_dropped=dropped_late,
                       late_in_first_s=sum(pts < 1.0 for pts in late),
                       late_max_ms=1000 * max(lateness, default=0.0),
-                      frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"))
+                      frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"),
+                      timings_ms=done.get("timings_ms"))
 
 
 def sessions(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
@@ -164,7 +166,23 @@ def summarize(records: list[TurnRecord]) -> dict:
             "audio_underruns": sum(r.audio_underruns for r in records),
             "stage_ms_per_turn": {k: round(float(np.mean([(r.stage_ms or {}).get(k, 0.0) for r in ok])), 1)
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
+            "server_first_ms": server_first_ms(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
+
+
+FIRST_EVENTS = ("transcript", "text", "piece", "audio", "video")  # a turn's server-side milestones, in order
+
+
+def server_first_ms(records: list[TurnRecord]) -> dict[str, list[float]]:
+    """[p50, p95] ms from a turn's start on the server to its first event of each type (the done event's
+    `timings_ms`): where a turn's time to first audio goes (the first token's text, the first piece cut for TTS,
+    the first audio chunk) without the network and the client."""
+    out = {}
+    for name in FIRST_EVENTS:
+        vals = [r.timings_ms[f"first_{name}"] for r in records if r.timings_ms and f"first_{name}" in r.timings_ms]
+        if vals:
+            out[name] = [round(float(np.percentile(vals, 50)), 1), round(float(np.percentile(vals, 95)), 1)]
+    return out
 
 
 def level_keys(levels: list[int]) -> list[str]:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from export.contract import spec
+from loadtests.bench_clients import FIRST_EVENTS
 
 
 def _f(x, digits=3, scale=1.0) -> str:
@@ -88,6 +89,15 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         st = s.get("stage_ms_per_turn", {})
         lines.append(f"| {label} | {c} | " + " | ".join(_f(st.get(k), 0) for k in STAGES) + " |")
     lines.append("")
+    firsts = [(label, c, s["server_first_ms"]) for label, c, s in rows if s.get("server_first_ms")]
+    if firsts:
+        names = [n for n in FIRST_EVENTS if any(n in f for _, _, f in firsts)]
+        lines += ["Where a turn's first audio goes, on the server: ms from the turn's start to its first event of each "
+                  "type (p50 / p95; text: the first LLM token's text, piece: the first piece cut for TTS):", "",
+                  "| input | concurrency | " + " | ".join(names) + " |", "| --- | ---: |" + " ---: |" * len(names)]
+        lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in f[n]) if n in f else "—"
+                                                    for n in names) + " |" for label, c, f in firsts]
+        lines.append("")
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
         models = [m for m in STAGES if any(m in ms for _, ms in served)]

@@ -3,6 +3,8 @@
 # baseline resumed from its saved run (loadtests/results/bench_gpu_h200_naive_run.json, measured once).
 #
 #   loadtests/device_bench.sh NAME LEVEL...      e.g. loadtests/device_bench.sh B_now 1 48
+#   loadtests/device_bench.sh full 1 48 64 48 96   # issue 14's table in one call (~480 s): text at 1, 48 twice
+#                                                  # ("48", "48#2"), 64 and 96; clients 8 sessions a process
 #
 # Writes $OUT/NAME.log (unbuffered: a level cut by a timeout still leaves its lines) and $OUT/NAME/ (BENCHMARKS.md,
 # JSON); prints the optimized table. Staging:

@@ -36,3 +36,22 @@ def test_sessions_spread_over_client_processes_all_run_their_turns(server, avata
     assert all(r.ok and r.ttfa_s is not None and r.frames > 0 and r.audio_s > 0 for r in records), records
     s = summarize(records)
     assert s["turns"] == 6 and s["failed"] == 0
+    first = s["server_first_ms"]  # where the first audio went, from the done events
+    assert set(first) == {"text", "piece", "audio", "video"}, first
+    assert first["text"][0] <= first["piece"][0] <= first["audio"][0], first
+    assert all(p50 <= p95 for p50, p95 in first.values()), first
+
+
+def test_the_report_shows_where_the_first_audio_went():
+    from loadtests.bench_report import markdown
+
+    level = {"turns": 2, "failed": 0, "real_time_sessions": 2, "all_real_time": True, "ttfa_p50_s": 0.3,
+             "ttfa_p95_s": 0.4, "ttff_p50_s": 0.3, "ttff_p95_s": 0.4, "total_p50_s": 2.0, "audio_s_p50": 5.8,
+             "late_frames": 0, "audio_underruns": 0, "stage_ms_per_turn": {}, "errors": [],
+             "server_first_ms": {"text": [120.5, 200.0], "piece": [180.0, 260.0], "audio": [250.0, 330.0]}}
+    run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": level,
+           "levels": {"48": level, "48#2": level}}
+    md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
+                   "capacity": {"optimized": capacity(run["levels"])}})
+    assert "| input | concurrency | text | piece | audio |" in md
+    assert "| text | 48#2 | 120.5 / 200 | 180 / 260 | 250 / 330 |" in md
