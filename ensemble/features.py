@@ -118,10 +118,16 @@ def whisper_log_mel(audio16k: np.ndarray) -> np.ndarray:
     spec = C.ASR_MEL
     a = _as_mono_float(audio16k)
     n = C.ASR_N_SAMPLES
-    a = a[:n] if a.shape[0] >= n else np.pad(a, (0, n - a.shape[0]))
+    # Only the frames whose window touches the audio are computed: past it the padded input is zeros, and so are
+    # those frames' power and mel (a 5 s question: 1/6 of the STFT). The cut keeps n_fft zeros after the audio, so
+    # the end's reflect padding is zeros as in the whole input, and every frame computed is the whole input's.
+    end = min(a.shape[0], n) + spec.n_fft
+    a = a[:n] if a.shape[0] >= n else np.pad(a, (0, min(n, end) - a.shape[0]))
     stft = _stft(a, spec.n_fft, spec.hop_length, spec.win_length, center=True, pad_mode="reflect")
-    power = np.abs(stft[:, :-1]).astype(np.float64) ** 2
-    mel = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, 0.0, None) @ power
+    live = min(stft.shape[1], C.ASR_N_FRAMES)  # the whole input's last frame is dropped
+    mel = np.zeros((spec.n_mels, C.ASR_N_FRAMES))
+    mel[:, :live] = _mel_basis(spec.sample_rate, spec.n_fft, spec.n_mels, 0.0, None) @ (
+        np.abs(stft[:, :live]).astype(np.float64) ** 2)
     log_spec = np.log10(np.maximum(mel, 1e-10))
     log_spec = np.maximum(log_spec, log_spec.max() - 8.0)
     out = ((log_spec + 4.0) / 4.0).astype(np.float32)

@@ -53,6 +53,15 @@ def test_whisper_log_mel_pads_and_trims():
     assert trimmed.max() - trimmed.min() <= 2.0 + 1e-6
 
 
+@pytest.mark.parametrize("seconds", [0.01, 0.3, 5.0, 12.34, 29.97, 29.99])
+def test_whisper_log_mel_of_short_audio_is_that_of_its_zero_padded_30_s(seconds):
+    """Only the frames that touch the audio are computed (the rest is the padding's zeros): the result is bit for
+    bit that of the whole zero-padded input, at every length up to the window's reach into the end."""
+    short = _speechlike(int(16000 * seconds), seed=int(seconds * 100))
+    padded = np.concatenate([short, np.zeros(C.ASR_N_SAMPLES - short.size, np.float32)])
+    np.testing.assert_array_equal(F.whisper_log_mel(short), F.whisper_log_mel(padded))
+
+
 def test_whisper_log_mel_matches_torch_reference():
     torch = pytest.importorskip("torch")
     a = _speechlike(16000 * 7, seed=3)
