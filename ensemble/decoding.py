@@ -13,7 +13,7 @@ take either and pick the same token from the same logits.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +144,22 @@ async def decode_greedy(infer: Infer, spec: ModelSpec, prompt: Sequence[int], ma
               banned: np.asarray([suppress], dtype=np.int64)}
     out = spec.response(await infer(spec.name, spec.request(**inputs)))
     return [int(t) for t in out[s.greedy_outputs[0].name][0]]
+
+
+async def sampled_reply(decoder: KVDecoder | SessionDecoder, scores: np.ndarray | Candidates,
+                        rng: np.random.Generator, temperature: float, top_k: int, *, stops: Collection[int],
+                        banned: Sequence[int], vocab: int | None, limit: int) -> AsyncIterator[int]:
+    """A reply's tokens as they are sampled (`sample`), from the scores after its prompt: until a stop id (not
+    yielded) or `limit` tokens; no decode step is made for the last token, which nothing reads."""
+    n = 0
+    while n < limit:
+        token = sample(scores, rng, temperature, top_k, banned=banned, vocab=vocab)
+        if token in stops:
+            return
+        n += 1
+        yield token
+        if n < limit:
+            scores = await decoder.feed([token])
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import TokenIds, decode_greedy, greedy, sample, start_decoder
+from ensemble.decoding import TokenIds, decode_greedy, greedy, sampled_reply, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.features import whisper_log_mel
 from ensemble.lipsync import FrameSource, frame_source
@@ -300,11 +300,8 @@ class Turn:
         out: list[int] = []
         n_pieces = 0
         try:
-            while len(out) < limit:
-                token = sample(scores, rng, self.options.temperature, self.options.top_k, banned=specials,
-                               vocab=vocab)
-                if token in stops:
-                    break
+            async for token in sampled_reply(decoder, scores, rng, self.options.temperature, self.options.top_k,
+                                             stops=stops, banned=specials, vocab=vocab, limit=limit):
                 out.append(token)
                 text = tok.decode(out)
                 delta, self.reply = text[len(self.reply):], text
@@ -312,8 +309,6 @@ class Turn:
                     self.emit(TEXT, {"delta": delta, "piece": n_pieces})
                     for piece in segmenter.push(delta):
                         n_pieces = self._send_piece(piece, n_pieces, pieces)
-                if len(out) < limit:
-                    scores = await decoder.feed([token])
             for piece in segmenter.finish():
                 n_pieces = self._send_piece(piece, n_pieces, pieces)
         finally:

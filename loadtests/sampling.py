@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.decoding import KVDecoder, sample
+from ensemble.decoding import KVDecoder, sampled_reply
 from ensemble.service import Service
 from export.contract import spec
 from export.contract.layout import MODEL_REPOSITORY
@@ -36,13 +36,9 @@ async def reply(service: Service, runner, question: str, temperature: float, top
     ids = tok.llm.encode(tok.chat_prompt(question), add_special_tokens=False).ids
     decoder = KVDecoder(infer, spec.LLM, service.preset)
     scores = await decoder.feed(ids)
-    rng, out = np.random.default_rng(seed), []
-    while len(out) < max_tokens:
-        token = sample(scores, rng, temperature, top_k, tok.ids.llm_banned, tok.llm.get_vocab_size())
-        if token in tok.ids.llm_stop:
-            break
-        out.append(token)
-        scores = await decoder.feed([token])
+    out = [t async for t in sampled_reply(decoder, scores, np.random.default_rng(seed), temperature, top_k,
+                                          stops=tok.ids.llm_stop, banned=tok.ids.llm_banned,
+                                          vocab=tok.llm.get_vocab_size(), limit=max_tokens)]
     return tok.llm.decode(out)
 
 

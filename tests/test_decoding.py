@@ -56,3 +56,42 @@ def test_sampling_follows_the_softmax_of_the_top_k_at_the_temperature():
 def test_every_candidate_banned_is_a_clear_error():
     with pytest.raises(ValueError, match="banned"):
         sample(np.zeros(3, np.float32), np.random.default_rng(0), 0.7, 2, banned=[0, 1, 2])
+
+
+class _Counting:
+    """A decoder whose next scores make token (last + 1) certain: feeds are counted."""
+
+    def __init__(self, vocab: int = 16):
+        self.vocab, self.fed = vocab, []
+
+    async def feed(self, ids):
+        self.fed += list(ids)
+        logits = np.full(self.vocab, -1e9, dtype=np.float32)
+        logits[(ids[-1] + 1) % self.vocab] = 0.0
+        return logits
+
+
+def _certain(token: int, vocab: int = 16) -> np.ndarray:
+    logits = np.full(vocab, -1e9, dtype=np.float32)
+    logits[token] = 0.0
+    return logits
+
+
+async def _reply(decoder, scores, **kw):
+    from ensemble.decoding import sampled_reply
+
+    return [t async for t in sampled_reply(decoder, scores, np.random.default_rng(0), 0.7, 40, **kw)]
+
+
+def test_sampled_reply_stops_at_a_stop_id_and_at_the_limit_without_a_step_for_the_last_token():
+    import asyncio
+
+    d = _Counting()
+    assert asyncio.run(_reply(d, _certain(3), stops={7}, banned=(), vocab=16, limit=10)) == [3, 4, 5, 6]
+    assert d.fed == [3, 4, 5, 6]  # the stop id 7 came from the scores after 6: never fed
+    d = _Counting()
+    assert asyncio.run(_reply(d, _certain(3), stops=set(), banned=(), vocab=16, limit=3)) == [3, 4, 5]
+    assert d.fed == [3, 4]  # no step for the last token: nothing reads its scores
+    d = _Counting()
+    assert asyncio.run(_reply(d, _certain(7), stops={7}, banned=(), vocab=16, limit=3)) == []
+    assert d.fed == []
