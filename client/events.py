@@ -95,6 +95,7 @@ class DoneEvent(TurnEvent):
     video_frames: int = 0
     frames_dropped: int = 0
     frames_dropped_late: int = 0
+    frames_dropped_late_first_s: int = 0  # of the late drops, frames due in the turn's first second
     frame_stride: int = 1
     timings_ms: dict[str, float] = field(default_factory=dict)
     interrupted: str | None = None  # None, "barge_in" or "cancel"

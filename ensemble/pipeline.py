@@ -114,6 +114,7 @@ class Turn:
         self.video_frames = 0  # frames sent
         self.frames_dropped = 0  # frame slots skipped (late, or the frame stride)
         self.frames_late_dropped = 0  # ... of which late: the lip-sync stage could not make them in time
+        self.frames_late_dropped_first_s = 0  # ... of those, frames due in the turn's first second of video
         self.timeline = motion.Timeline()  # the reply pieces' emotions on the audio clock
         self.interrupted: str | None = None  # why the turn stopped early: "barge_in", "cancel", "client"
         self._tasks: list[asyncio.Future] = []
@@ -204,6 +205,7 @@ class Turn:
             "reply": self.reply, "transcript": self.transcript, "audio_samples": self.audio_samples,
             "sample_rate": media.OUTPUT_SAMPLE_RATE, "video_frames": self.video_frames,
             "frames_dropped": self.frames_dropped, "frames_dropped_late": self.frames_late_dropped,
+            "frames_dropped_late_first_s": self.frames_late_dropped_first_s,
             "frame_stride": self.options.frame_stride, "interrupted": self.interrupted,
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
             "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
@@ -423,6 +425,7 @@ class Turn:
             return True
         self.frames_dropped += 1
         self.frames_late_dropped += reason == "late"
+        self.frames_late_dropped_first_s += reason == "late" and index < media.VIDEO_FPS
         self.recorder.inc(metrics.FRAMES_DROPPED, reason=reason)
         return False
 

@@ -38,6 +38,7 @@ class TurnRecord:
     audio_underruns: int = 0
     late_frames: int = 0  # received late, or dropped by the server because they would have been
     late_dropped: int = 0  # of those, dropped by the server (its `done` event's frames_dropped_late)
+    late_dropped_first_s: int = 0  # of those dropped, frames due in the turn's first second of video
     late_in_first_s: int = 0  # of those received late, frames due in the turn's first second of video
     late_max_ms: float = 0.0  # the latest frame's lateness beyond its display time
     frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
@@ -80,6 +81,7 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
     return TurnRecord(ok=r.done is not None, ttfa_s=r.time_to_first_audio_s, ttff_s=r.time_to_first_frame_s,
                       total_s=r.total_s, audio_s=r.audio_s, frames=len(r.frames), audio_underruns=r.underrun_count,
                       late_frames=len(late) + dropped_late, late_dropped=dropped_late,
+                      late_dropped_first_s=int(done.get("frames_dropped_late_first_s", 0)),
                       late_in_first_s=sum(pts < 1.0 for pts in late),
                       late_max_ms=1000 * max(lateness, default=0.0),
                       frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"),
@@ -161,6 +163,7 @@ def summarize(records: list[TurnRecord]) -> dict:
             "total_p50_s": pct("total_s", 50), "audio_s_p50": pct("audio_s", 50),
             "late_frames": sum(r.late_frames for r in records),
             "late_dropped": sum(r.late_dropped for r in records),
+            "late_dropped_first_s": sum(r.late_dropped_first_s for r in records),
             "late_in_first_s": sum(r.late_in_first_s for r in records),
             "late_max_ms_p95": pct("late_max_ms", 95), "frames_skipped": sum(r.frames_skipped for r in records),
             "audio_underruns": sum(r.audio_underruns for r in records),

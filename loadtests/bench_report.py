@@ -72,7 +72,7 @@ def _end_to_end(name: str, r: dict) -> list[str]:
               + (f" Server environment: OPENBLAS/OMP/MKL/OPENCV_FOR_THREADS_NUM={r['stub_threads']}." if r.get("stub_threads")
                  else "")), "",
              ("| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"
-              " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames (dropped by the server; received late in a turn's 1st s) |"
+              " turn total p50 (s) | audio p50 (s) | real-time sessions | late frames (dropped by the server, of them in a turn's 1st s; received late in a turn's 1st s) |"
               " worst lateness p95 (ms) | frames skipped | underruns |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     rows = ([("speech 5 s", 1, r["speech_c1"])] + [("text", c, s) for c, s in r["levels"].items()]
@@ -81,7 +81,7 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines.append(f"| {label} | {c} | {s['turns']} | {s['failed']} | {_f(s['ttfa_p50_s'], 0, 1000)} / "
                      f"{_f(s['ttfa_p95_s'], 0, 1000)} | {_f(s['ttff_p50_s'], 0, 1000)} / {_f(s['ttff_p95_s'], 0, 1000)} |"
                      f" {_f(s['total_p50_s'], 2)} | {_f(s['audio_s_p50'], 1)} | {s['real_time_sessions']}/{s['turns']} |"
-                     f" {s['late_frames']} ({s.get('late_dropped', '—')}; {s.get('late_in_first_s', '—')}) | {_f(s.get('late_max_ms_p95'), 0)} |"
+                     f" {s['late_frames']} ({s.get('late_dropped', '—')}, {s.get('late_dropped_first_s', '—')}; {s.get('late_in_first_s', '—')}) | {_f(s.get('late_max_ms_p95'), 0)} |"
                      f" {s.get('frames_skipped', '—')} | {s['audio_underruns']} |")
     lines += ["", "Server time inside each stage model per turn (ms, mean; BLS call to answer, queueing included):", "",
               "| input | concurrency | " + " | ".join(STAGES) + " |", "| --- | ---: |" + " ---: |" * len(STAGES)]

@@ -243,6 +243,8 @@ def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, stage_ru
     lateness = [t - (t_audio0 + e.data["pts"]) for t, e in frames]
     indices = [e.data["index"] for _, e in frames]
     assert indices == sorted(indices) and all(e.data["pts"] == e.data["index"] / C.VIDEO_FPS for _, e in frames)
+    dropped = set(range(slots)) - set(indices)  # every drop here is late: which fall in the turn's first second
+    assert done["frames_dropped_late_first_s"] == sum(i < C.VIDEO_FPS for i in dropped), (sorted(dropped), done)
     audio_s = done["audio_samples"] / C.OUTPUT_SAMPLE_RATE
     end_drift = abs(slots / C.VIDEO_FPS - audio_s)
     print(f"\naudio {audio_s:.1f} s, {len(frames)} frames sent, {done['frames_dropped']} dropped; "

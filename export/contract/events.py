@@ -14,7 +14,9 @@ Event types, in the order a client first sees them:
                                                          index/pts count every frame slot of the 25 fps clock:
                                                          slots dropped to keep up with audio leave gaps
   done        {"reply", "transcript", "audio_samples", "video_frames", "frames_dropped", "frames_dropped_late",
-               "frame_stride", "timings_ms", "interrupted"}
+               "frames_dropped_late_first_s", "frame_stride", "timings_ms", "interrupted"}
+                                                         frames_dropped_late_first_s: of the late drops, the
+                                                         frames due in the turn's first second
                                                          interrupted: null, "barge_in" or "cancel"
   cancelled   {"session", "interrupted_turn"}            answer to a `cancel` request (turn id or null)
   vad         {"state", "t_s", ...}                      microphone turn detection: "speech_start", then
