@@ -10,7 +10,8 @@
        whole vocoder, all frames, then everything is sent);
    (b) optimized: `--model-config-name=gpu` (fp16/bf16, dynamic batching, several
        orchestrator instances), streaming;
-   text turns at each concurrency, and speech turns (a 5 s utterance) at concurrency 1;
+   text turns at each concurrency (a level's sessions in client processes of at most 8 sessions,
+   `--sessions-per-process`: loadtests/bench_clients.py), and speech turns (a 5 s utterance) at concurrency 1;
    time to first audio chunk (TTFA) and first video frame (TTFF) p50/p95, whether every
    session stayed real time (no audio underrun after the first chunk, every frame on
    time at 25 fps), the largest real-time concurrency, and peak GPU memory;
