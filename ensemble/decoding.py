@@ -8,7 +8,7 @@ config's `session_stages` parameter, rendered per variant (export/toolchain/conf
 
 A decoder's `feed` answers the next token's scores: the logits over the vocabulary, or, from a model that
 answers sessions with its top candidates (the gpu variant's llm), those (`Candidates`). `sample` and `greedy`
-take either and pick the same token from the same logits.
+(export/contract/sampling.py) take either and pick the same token from the same logits.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.contract.presets import Preset
+from export.contract.sampling import Candidates, sample
 from export.contract.spec import ModelSpec
 from export.contract.vocab import SpecialTokens
 
@@ -102,6 +103,36 @@ class SessionDecoder:
             scores = Candidates(out["top_ids"][0], out["top_logits"][0]) if "top_ids" in out else out["logits"][0]
         return scores
 
+    async def chunks(self, prompt: Sequence[int], size: int, sampling: Sampling, *, stops: Collection[int],
+                     banned: Sequence[int], limit: int) -> AsyncIterator[int]:
+        """A reply's tokens sampled by the model itself (SessionState.chunk_inputs), `size` a request: the tokens
+        `sampled_reply` picks from the same prompt and seed, until a stop id (not yielded) or `limit` tokens."""
+        s = self.spec.session
+        if s is None or not s.chunk_inputs:
+            raise ValueError(f"{self.spec.name} samples no chunks (export/contract/spec.py)")
+        count, temperature, settings, stop_ids, banned_ids = (t.name for t in s.chunk_inputs)
+        ids, n = list(prompt), 0
+        while n < limit:
+            want = min(size, limit - n)
+            inputs = {self.ids_name: np.asarray([ids], dtype=np.int64), s.id_input: self._session(),
+                      count: np.asarray([[want]], dtype=np.int64),
+                      temperature: np.asarray([[sampling.temperature]], dtype=np.float32),
+                      settings: np.asarray([[sampling.top_k, sampling.seed, sampling.vocab]], dtype=np.int64),
+                      stop_ids: np.asarray([sorted(stops)], dtype=np.int64),
+                      banned_ids: np.asarray([list(banned)], dtype=np.int64)}
+            if self.length == 0:
+                inputs[s.start_input] = np.ones((1, 1), dtype=bool)
+            self.open = True
+            out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
+            new = [int(t) for t in out[s.chunk_outputs[0].name][0]]
+            self.length += len(ids) + max(0, len(new) - 1)  # the last token is fed with the next chunk
+            for token in new:
+                yield token
+            n += len(new)
+            if len(new) < want:  # a stop id
+                return
+            ids = new[-1:]
+
     async def close(self) -> None:
         """Free the server's cache of this session (best effort: the server also evicts idle sessions)."""
         if not self.open or self.release is None:
@@ -146,20 +177,46 @@ async def decode_greedy(infer: Infer, spec: ModelSpec, prompt: Sequence[int], ma
     return [int(t) for t in out[s.greedy_outputs[0].name][0]]
 
 
-async def sampled_reply(decoder: KVDecoder | SessionDecoder, scores: np.ndarray | Candidates,
-                        rng: np.random.Generator, temperature: float, top_k: int, *, stops: Collection[int],
-                        banned: Sequence[int], vocab: int | None, limit: int) -> AsyncIterator[int]:
-    """A reply's tokens as they are sampled (`sample`), from the scores after its prompt: until a stop id (not
-    yielded) or `limit` tokens; no decode step is made for the last token, which nothing reads."""
+@dataclass(frozen=True)
+class Sampling:
+    """How a reply's tokens are picked (export/contract/sampling.py `sample`): the model's vocabulary is cut at
+    `vocab` (the tokenizer's), the generator seeded with `seed`."""
+
+    temperature: float
+    top_k: int
+    seed: int
+    vocab: int
+
+
+async def sampled_reply(decoder: KVDecoder | SessionDecoder, scores: np.ndarray | Candidates, sampling: Sampling,
+                        *, stops: Collection[int], banned: Sequence[int], limit: int) -> AsyncIterator[int]:
+    """A reply's tokens as they are sampled (`sample`, a generator seeded with `sampling.seed`), from the scores
+    after its prompt: until a stop id (not yielded) or `limit` tokens; no decode step is made for the last token,
+    which nothing reads."""
+    rng = np.random.default_rng(sampling.seed)
     n = 0
     while n < limit:
-        token = sample(scores, rng, temperature, top_k, banned=banned, vocab=vocab)
+        token = sample(scores, rng, sampling.temperature, sampling.top_k, banned=banned, vocab=sampling.vocab)
         if token in stops:
             return
         n += 1
         yield token
         if n < limit:
             scores = await decoder.feed([token])
+
+
+async def reply_tokens(infer: Infer, spec: ModelSpec, preset: Preset, prompt: Sequence[int], sampling: Sampling, *,
+                       stops: Collection[int], banned: Sequence[int], limit: int, server_cache: bool, chunk: int,
+                       release: Release | None = None
+                       ) -> tuple[KVDecoder | SessionDecoder, AsyncIterator[int]]:
+    """A reply's decoder (close it on every way out) and its tokens as they come: sampled here a token a request
+    (`sampled_reply`), or, where the model keeps the session and `chunk` > 1, by the model `chunk` tokens a
+    request (`SessionDecoder.chunks`): the same tokens either way."""
+    if server_cache and chunk > 1:
+        decoder = SessionDecoder(infer, spec, release)
+        return decoder, decoder.chunks(prompt, chunk, sampling, stops=stops, banned=banned, limit=limit)
+    decoder, scores = await start_decoder(infer, spec, preset, prompt, server_cache=server_cache, release=release)
+    return decoder, sampled_reply(decoder, scores, sampling, stops=stops, banned=banned, limit=limit)
 
 
 @dataclass(frozen=True)
@@ -187,58 +244,3 @@ class TokenIds:
         return cls(asr_prompt=ids(asr, special.asr_prompt, "ASR"), asr_end=asr_end, asr_banned=tuple(added),
                    llm_stop=frozenset(ids(llm, special.llm_stop, "LLM")),
                    llm_banned=ids(llm, special.llm_banned, "LLM"))
-
-
-@dataclass(frozen=True)
-class Candidates:
-    """The next token's most likely ids and their logits, best first: what the gpu variant's llm answers a session
-    with instead of the whole vocabulary's logits (export/contract/spec.py LLM_CANDIDATES)."""
-
-    ids: np.ndarray
-    logits: np.ndarray
-
-
-def top(scores: np.ndarray | Candidates, k: int, banned: Sequence[int] = (), vocab: int | None = None
-        ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best ids that are neither banned nor at or past `vocab` (a model vocabulary padded past the
-    tokenizer's), and their logits: best first, ties by the lower id, the same from logits as from Candidates."""
-    if isinstance(scores, Candidates):
-        ids, logits = scores.ids, scores.logits
-    else:
-        logits = scores[:vocab]
-        m = k + len(banned)  # enough that k are left once the banned ones are dropped
-        ids = np.arange(logits.size) if m >= logits.size else np.argpartition(-logits, m - 1)[:m]
-        logits = logits[ids]
-    keep = np.isin(ids, np.asarray(banned, dtype=ids.dtype), invert=True)
-    if vocab is not None:
-        keep &= ids < vocab
-    ids, logits = ids[keep], logits[keep]
-    if not ids.size:
-        raise ValueError("every candidate token is banned")
-    order = np.lexsort((ids, -logits))[:k]
-    return ids[order], logits[order]
-
-
-def greedy(scores: np.ndarray | Candidates, banned: Sequence[int] = (), vocab: int | None = None) -> int:
-    """The best allowed id (see `top`): from whole logits one argmax (the lowest id of a tie), as `top(..., 1)`."""
-    if isinstance(scores, Candidates):
-        return int(top(scores, 1, banned, vocab)[0][0])
-    logits = scores[:vocab]
-    if banned:
-        logits = logits.copy()
-        logits[[b for b in banned if b < logits.size]] = -np.inf
-    best = int(np.argmax(logits))
-    if logits[best] == -np.inf:
-        raise ValueError("every candidate token is banned")
-    return best
-
-
-def sample(scores: np.ndarray | Candidates, rng: np.random.Generator, temperature: float, top_k: int,
-           banned: Sequence[int] = (), vocab: int | None = None) -> int:
-    """Top-k sampling at `temperature` among the allowed ids (see `top`); temperature 0 is greedy."""
-    if temperature <= 0:
-        return greedy(scores, banned, vocab)
-    ids, logits = top(scores, top_k, banned, vocab)
-    z = logits.astype(np.float64) / temperature  # float64 only for the k kept
-    p = np.exp(z - z.max())
-    return int(ids[rng.choice(ids.size, p=p / p.sum())])

@@ -25,7 +25,7 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import TokenIds, decode_greedy, greedy, sampled_reply, start_decoder
+from ensemble.decoding import Sampling, TokenIds, decode_greedy, reply_tokens, start_decoder
 from ensemble.errors import DeadlineExceeded
 from ensemble.features import whisper_log_mel
 from ensemble.lipsync import FrameSource, frame_source
@@ -37,6 +37,7 @@ from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
 from export.contract import media, spec
 from export.contract.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from export.contract.presets import Preset
+from export.contract.sampling import greedy
 
 Emit = Callable[[Event], None]
 # One stage call: (model, inputs, timeout in seconds) -> outputs. Triton: a BLS request with that timeout.
@@ -88,13 +89,15 @@ class Turn:
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
-                 first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None):
+                 first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None,
+                 llm_chunk_tokens: int = 1):
         self._infer = infer
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
         self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
         self.first_frames = first_frames  # frames in a turn's first lip-sync call (ServiceConfig)
+        self.llm_chunk_tokens = llm_chunk_tokens  # tokens the llm samples per request (ServiceConfig)
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -293,17 +296,18 @@ class Turn:
         if self.options.ignore_eos:
             specials += sorted(stops)
         vocab = tok.get_vocab_size()  # a model vocabulary padded past the tokenizer's: never sample the padding
-        # the GPU variant keeps the KV cache on its side (one session per turn): released on every way out
-        decoder, scores = await start_decoder(self.infer, spec.LLM, self.preset, ids, release=self._infer,
-                                              server_cache=spec.LLM.name in self.session_stages)
         limit = self.options.max_reply_tokens or self.preset.max_reply_tokens
+        # the GPU variant keeps the KV cache on its side (one session per turn): released on every way out
+        decoder, tokens = await reply_tokens(
+            self.infer, spec.LLM, self.preset, ids, Sampling(self.options.temperature, self.options.top_k,
+                                                             self.options.seed, vocab),
+            stops=stops, banned=specials, limit=limit, server_cache=spec.LLM.name in self.session_stages,
+            chunk=self.llm_chunk_tokens, release=self._infer)
         segmenter = Segmenter()
-        rng = np.random.default_rng(self.options.seed)
         out: list[int] = []
         n_pieces = 0
         try:
-            async for token in sampled_reply(decoder, scores, rng, self.options.temperature, self.options.top_k,
-                                             stops=stops, banned=specials, vocab=vocab, limit=limit):
+            async for token in tokens:
                 out.append(token)
                 text = tok.decode(out)
                 delta, self.reply = text[len(self.reply):], text

@@ -74,6 +74,7 @@ class ServiceConfig:
     frame_stage: str = ""  # the model that composes the warp family's frames (gpu variant); "": the orchestrator
     frame_lead_s: float = 0.0  # frames made at most this long before their display time (0: unpaced)
     first_frames: int = 1  # frames in a turn's first lip-sync call (1: the first frame as soon as it can be)
+    llm_chunk_tokens: int = 1  # tokens the llm samples per request where it keeps the session (1: the orchestrator)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
@@ -109,12 +110,15 @@ class ServiceConfig:
         first = number("first_frames")
         if not 1 <= first <= 64:
             raise ValueError(f"talking_head parameter first_frames={first} must be in 1..64")
+        chunk = number("llm_chunk_tokens")
+        if not 1 <= chunk <= 64:
+            raise ValueError(f"talking_head parameter llm_chunk_tokens={chunk} must be in 1..64")
         frame_stage = params["frame_stage"].strip()
         if frame_stage not in ("", LIPSYNC_FRAMES.name):
             raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
                    cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions,
-                   frame_stage=frame_stage, frame_lead_s=lead, first_frames=first)
+                   frame_stage=frame_stage, frame_lead_s=lead, first_frames=first, llm_chunk_tokens=chunk)
 
 
 @dataclass
@@ -290,7 +294,7 @@ class Service:
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
                     frame_workers=self.frame_workers, session_stages=self.config.session_stages,
                     frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0,
-                    first_frames=self.config.first_frames,
+                    first_frames=self.config.first_frames, llm_chunk_tokens=self.config.llm_chunk_tokens,
                     restore_avatar=self.avatars.save)
         if session is not None:
             session.turn = turn

@@ -6,7 +6,7 @@ One 25 fps frame of the warp lip-sync as the orchestrator makes it (ensemble/lip
 pose rendered (ensemble/motion.py), the mouth crop cut and the warp's result pasted back (ensemble/mouth.py),
 JPEG; CPU seconds per frame (process time, all threads) and wall time, so a library's own thread pool that
 spins shows as CPU above wall. Run it with OPENCV_FOR_THREADS_NUM=1 and without to compare. Also: sampling one
-LLM token (ensemble.decoding.sample, temperature 0.7, top-k 40) over the base preset's vocabulary and over the
+LLM token (export.contract.sampling.sample, temperature 0.7, top-k 40) over the base preset's vocabulary and over the
 top candidates the gpu variant's llm answers a session with, and text ->
 phoneme ids of one sentence with the exported Piper voice (the quality benchmark's 24 sentences; p50 and p95).
 """
@@ -23,9 +23,9 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import motion, mouth
-from ensemble.decoding import Candidates, greedy, sample
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.presets import get_preset
+from export.contract.sampling import Candidates, greedy, sample
 from export.contract.spec import LLM_CANDIDATES
 
 

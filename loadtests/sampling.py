@@ -14,9 +14,7 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from ensemble.decoding import KVDecoder, sampled_reply
+from ensemble.decoding import KVDecoder, Sampling, sampled_reply
 from ensemble.service import Service
 from export.contract import spec
 from export.contract.layout import MODEL_REPOSITORY
@@ -36,9 +34,9 @@ async def reply(service: Service, runner, question: str, temperature: float, top
     ids = tok.llm.encode(tok.chat_prompt(question), add_special_tokens=False).ids
     decoder = KVDecoder(infer, spec.LLM, service.preset)
     scores = await decoder.feed(ids)
-    out = [t async for t in sampled_reply(decoder, scores, np.random.default_rng(seed), temperature, top_k,
-                                          stops=tok.ids.llm_stop, banned=tok.ids.llm_banned,
-                                          vocab=tok.llm.get_vocab_size(), limit=max_tokens)]
+    sampling = Sampling(temperature, top_k, seed, tok.llm.get_vocab_size())
+    out = [t async for t in sampled_reply(decoder, scores, sampling, stops=tok.ids.llm_stop,
+                                          banned=tok.ids.llm_banned, limit=max_tokens)]
     return tok.llm.decode(out)
 
 

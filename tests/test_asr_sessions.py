@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.decoding import KVDecoder, SessionDecoder, decode_greedy, greedy, start_decoder
+from ensemble.decoding import KVDecoder, SessionDecoder, decode_greedy, start_decoder
 from export.contract import media, spec
 from export.contract.presets import get_preset
+from export.contract.sampling import greedy
 from export.runtime.asr_sessions import session_asr
 from export.runtime.batching import BatchRunner
 from export.runtime.torch_runtime import TorchStage

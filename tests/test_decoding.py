@@ -1,12 +1,13 @@
-"""Picking the next token (ensemble/decoding.py): from the whole vocabulary's logits or from the top candidates
-the gpu variant's llm answers a session with (export/runtime/llm_sessions.py), the same token."""
+"""Picking the next token (export/contract/sampling.py; the reply loop: ensemble/decoding.py): from the whole
+vocabulary's logits or from the top candidates the gpu variant's llm answers a session with
+(export/runtime/llm_sessions.py), the same token."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from ensemble.decoding import Candidates, greedy, sample, top
+from export.contract.sampling import Candidates, greedy, sample, top
 from export.contract.spec import LLM_CANDIDATES, MAX_TOP_K
 from export.runtime.llm_sessions import candidates
 
@@ -77,10 +78,10 @@ def _certain(token: int, vocab: int = 16) -> np.ndarray:
     return logits
 
 
-async def _reply(decoder, scores, **kw):
-    from ensemble.decoding import sampled_reply
+async def _reply(decoder, scores, vocab, **kw):
+    from ensemble.decoding import Sampling, sampled_reply
 
-    return [t async for t in sampled_reply(decoder, scores, np.random.default_rng(0), 0.7, 40, **kw)]
+    return [t async for t in sampled_reply(decoder, scores, Sampling(0.7, 40, 0, vocab), **kw)]
 
 
 def test_sampled_reply_stops_at_a_stop_id_and_at_the_limit_without_a_step_for_the_last_token():

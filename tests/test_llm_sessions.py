@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble.decoding import Candidates, KVDecoder, SessionDecoder, greedy, start_decoder, top
+from ensemble.decoding import KVDecoder, SessionDecoder, start_decoder
 from export.contract import spec
 from export.contract.presets import get_preset
+from export.contract.sampling import Candidates, greedy, top
 from export.runtime.batching import BatchRunner
 from export.runtime.kv_sessions import SessionError, SessionTable
 from export.runtime.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step
@@ -217,3 +218,100 @@ def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
         for (sid, seq), out in zip(seqs.items(), outs):
             seq += toks[sid]
             _assert_top(out, _reference(graph.model, seq)[-1])
+
+
+# ---------------------------------------------------------------- sampled chunks (talking_head llm_chunk_tokens)
+
+def _chunked_and_token_by_token(graph, prompt, sampling, chunk, *, stops=(), banned=(), limit=24):
+    """The same reply twice from one session-keyed llm: the model sampling `chunk` tokens a request, and the
+    orchestrator sampling one token a request; and how many requests each made."""
+    from ensemble.decoding import sampled_reply
+
+    runner = _runner(graph)
+    calls = []
+
+    def counting(inner):
+        async def infer(model, inputs, timeout_s=None):
+            calls.append(model)
+            return await inner(model, inputs, timeout_s)
+        return infer
+
+    async def chunked():
+        d = SessionDecoder(counting(_infer_of(runner)), spec.LLM, release=lambda m, i, t: _infer_of(runner)(m, i))
+        out = [t async for t in d.chunks(prompt, chunk, sampling, stops=stops, banned=banned, limit=limit)]
+        await d.close()
+        return out
+
+    async def one_by_one():
+        infer = counting(_infer_of(runner))
+        d, scores = await start_decoder(infer, spec.LLM, TINY, prompt, server_cache=True,
+                                        release=lambda m, i, t: _infer_of(runner)(m, i))
+        out = [t async for t in sampled_reply(d, scores, sampling, stops=stops, banned=banned, limit=limit)]
+        await d.close()
+        return out
+
+    a = asyncio.run(chunked())
+    n_chunked = len(calls)
+    b = asyncio.run(one_by_one())
+    assert len(runner.table) == 0  # both released their session
+    return a, b, n_chunked, len(calls) - n_chunked
+
+
+@pytest.mark.parametrize("temperature, chunk", [(0.7, 4), (0.7, 5), (0.0, 8), (1.3, 1)])
+def test_a_chunk_sampled_by_the_model_is_what_the_orchestrator_samples_token_by_token(graph, temperature, chunk):
+    from ensemble.decoding import Sampling
+
+    sampling = Sampling(temperature, 40, seed=7, vocab=TINY.llm.vocab_size - 3)  # the padding never picked
+    chunked, single, n_chunked, n_single = _chunked_and_token_by_token(graph, _ids(6, 11), sampling, chunk,
+                                                                       banned=(1, 2))
+    assert chunked == single and len(single) == 24, (chunked, single)
+    assert not {1, 2} & set(single) and max(single) < sampling.vocab
+    assert n_chunked == -(-24 // chunk)  # a request a chunk (the release not counted)
+    assert n_single == 24  # a request a token: the prompt's, then one for each token but the last
+
+
+def test_a_chunk_stops_at_a_stop_id_as_the_token_loop_does(graph):
+    from ensemble.decoding import Sampling
+
+    sampling = Sampling(0.7, 40, seed=3, vocab=TINY.llm.vocab_size)
+    free, _, _, _ = _chunked_and_token_by_token(graph, _ids(5, 12), sampling, 4)
+    stop = free[9]  # the 10th token: a stop id now (the sampler draws the same numbers before it)
+    chunked, single, n_chunked, _ = _chunked_and_token_by_token(graph, _ids(5, 12), sampling, 4, stops=(stop,))
+    assert chunked == single == free[:free.index(stop)]
+    assert n_chunked == -(-(free.index(stop) + 1) // 4)  # the chunk that met it was the last request
+
+
+def test_chunk_requests_batch_sessions_and_refuse_bad_ones_alone(graph):
+    r = _runner(graph)
+
+    def chunk(sid, ids, n, start=False, **over):
+        feeds = {**_req(sid, ids, start=start), "chunk_tokens": np.asarray([[n]], dtype=np.int64),
+                 "temperature": np.asarray([[0.7]], dtype=np.float32),
+                 "sampling": np.asarray([[40, sid, TINY.llm.vocab_size]], dtype=np.int64),
+                 "stop_ids": np.zeros((1, 0), dtype=np.int64), "banned_ids": np.zeros((1, 0), dtype=np.int64)}
+        return {**feeds, **over}
+
+    a, b = r.run([chunk(11, _ids(4, 1), 6, start=True), chunk(22, _ids(9, 2), 3, start=True)])
+    assert a["chunk_ids"].shape == (1, 6) and b["chunk_ids"].shape == (1, 3)
+    assert r.table.sessions[11].length == 4 + 5 and r.table.sessions[22].length == 9 + 2  # the last one not fed
+    # the same sessions again in one batch, each alone: the same tokens
+    alone = _runner(graph)
+    (a1,) = alone.run([chunk(11, _ids(4, 1), 6, start=True)])
+    np.testing.assert_array_equal(a1["chunk_ids"], a["chunk_ids"])
+    more, twice, lost, bare, hot = r.run([
+        chunk(11, [int(a["chunk_ids"][0, -1])], 4), chunk(11, [5], 4), chunk(33, [5], 4),
+        {k: v for k, v in chunk(22, [1], 4).items() if k != "sampling"},
+        chunk(22, [int(b["chunk_ids"][0, -1])], 4, temperature=np.asarray([[9.0]], dtype=np.float32))])
+    assert more["chunk_ids"].shape == (1, 4) and r.table.sessions[11].length == 9 + 4
+    assert "two chunks at once" in str(twice)
+    assert isinstance(lost, SessionError) and "not open" in str(lost)
+    assert "also carries ['sampling']" in str(bare) and "temperature 9" in str(hot)
+    r.run([_req(11, [0], end=True), _req(22, [0], end=True)])
+    assert len(r.table) == 0
+
+
+def test_gpu_config_serves_sampled_chunks():
+    gpu = configs.render_config(spec.LLM, "gpu")
+    for name in ("chunk_tokens", "temperature", "sampling", "stop_ids", "banned_ids", "chunk_ids"):
+        assert f'name: "{name}"' in gpu, name
+    assert "chunk_tokens" not in configs.render_config(spec.LLM, "cpu")

@@ -266,3 +266,48 @@ def test_error_messages_are_sent_as_text_any_response_carries():
     assert wire_message("unknown option(s) \ud800; known: …") == "unknown option(s) \\ud800; known: …"
     assert wire_message(ValueError("plain text, accents é")) == "plain text, accents é"
     assert wire_message("\udfff x").encode("utf-8") == b"\\udfff x"
+
+
+def test_the_llm_sampling_chunks_itself_gives_the_same_reply_in_fewer_requests(exported_repository, tmp_path,
+                                                                                demo_avatar, stage_runners):
+    """llm_chunk_tokens (talking_head parameter, where the llm keeps its sessions): the session-keyed llm (on the
+    CPU here, the tiny export's own weights) samples 4 tokens a request with the turn's seed: the reply and its
+    text events are the token-by-token ones, in a quarter of the llm requests."""
+    from dataclasses import replace as changed
+
+    from export.contract.artifacts import manifest_preset, read_manifest
+    from export.runtime.torch_runtime import torch_runner
+
+    manifest = read_manifest(exported_repository / "talking_head" / "1")
+    llm = torch_runner(spec.LLM, manifest_preset(manifest), int(manifest["seed"]), "cpu", "fp32", sessions=True)
+    infer = make_infer(stage_runners)
+
+    def turn(chunk: int):
+        svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path / str(chunk))
+        svc.config = changed(svc.config, session_stages=frozenset({spec.LLM.name}), llm_chunk_tokens=chunk)
+        svc.avatars.save(demo_avatar)
+        llm_requests, events = [], []
+
+        async def routed(model, inputs, timeout_s=None):
+            if model != spec.LLM.name:
+                return await infer(model, inputs, timeout_s)
+            llm_requests.append(inputs)
+            (out,) = llm.run([inputs])
+            if isinstance(out, Exception):
+                raise out
+            return out
+
+        inputs = {"text": np.array([b"Tell me about the sea."], dtype=object),
+                  "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+                  "options": np.array([b'{"temperature": 0.7, "seed": 5, "max_reply_tokens": 20, "ignore_eos": true}'],
+                                      dtype=object)}
+        asyncio.run(svc.handle(inputs, routed, events.append))
+        text = [e.data["delta"] for e in events if e.type == ev.TEXT]
+        done = [e for e in events if e.type == ev.DONE][0].data
+        return done["reply"], "".join(text), len([r for r in llm_requests if "session_end" not in r])
+
+    one_reply, one_text, one_calls = turn(1)
+    reply, text, calls = turn(4)
+    assert reply == one_reply and text == one_text == reply and reply, (reply, one_reply)
+    assert (one_calls, calls) == (20, 5)  # the prompt and a step for each token but the last; 20 / 4 chunks
+    assert len(llm.table) == 0  # each turn released its session

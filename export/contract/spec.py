@@ -98,7 +98,14 @@ LLM = ModelSpec(
     preset_dims=_llm_dims, gpu_precision="bf16", gpu_instances=4,
     session=SessionState(inputs=SESSION_INPUTS, state_input="past_kv", state_output="present_kv",
                          outputs=(Tensor("top_logits", "FP32", ("candidates",)),  # min(LLM_CANDIDATES, vocab)
-                                  Tensor("top_ids", "INT64", ("candidates",)))),
+                                  Tensor("top_ids", "INT64", ("candidates",))),
+                         # sampled chunks (talking_head parameter llm_chunk_tokens > 1): no round trip a token
+                         chunk_inputs=(Tensor("chunk_tokens", "INT64", (1,), optional=True),
+                                       Tensor("temperature", "FP32", (1,), optional=True),
+                                       Tensor("sampling", "INT64", (3,), optional=True),  # top_k, seed, vocab size
+                                       Tensor("stop_ids", "INT64", ("stops",), optional=True),
+                                       Tensor("banned_ids", "INT64", ("banned",), optional=True)),
+                         chunk_outputs=(Tensor("chunk_ids", "INT64", ("new",)),)),
 )
 
 # ---- speech, family "vits" (a Piper voice; export/toolchain/models/vits.py): one voice file feeds both stages
@@ -341,9 +348,12 @@ TALKING_HEAD = ModelSpec(
     # tensorrt_xN) pace them, so a turn's frames due now never queue behind frames other turns need seconds later;
     # config.pbtxt, which one-GPU TensorRT shares with the CPU variant, does not); first_frames: the frames in a
     # turn's first lip-sync call (1: its first frame as early as it can be; more: the frames due right after it come
-    # with it, at the cost of a larger first call; the rendered GPU configs use 8). See ensemble.service.ServiceConfig.
+    # with it, at the cost of a larger first call; the rendered GPU configs use 8); llm_chunk_tokens: where the llm
+    # keeps its sessions (session_stages), the tokens it samples per request (1: one request a token, the
+    # orchestrator samples; more: the llm samples that many with the turn's seed, the same tokens, one round trip
+    # each). See ensemble.service.ServiceConfig.
     parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
-                ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1")),
+                ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1"), ("llm_chunk_tokens", "1")),
 )
 
 AVATAR_REGISTRY = ModelSpec(

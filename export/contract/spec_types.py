@@ -79,10 +79,31 @@ class SessionState:
     # among them); the request frees the session itself. () = not served.
     greedy_inputs: tuple[Tensor, ...] = ()
     greedy_outputs: tuple[Tensor, ...] = ()
+    # Sampled chunks: a session request carrying these inputs (the most tokens to sample, the temperature, top-k /
+    # seed / vocabulary size, the stop ids, the banned ids) samples up to that many tokens in the model with the
+    # session's seeded generator (export/contract/sampling.py, the orchestrator's rule), one decode step for each
+    # but the last, and is answered with `chunk_outputs` (the tokens; fewer than asked = a stop id came, not among
+    # them). The first request opens the session with the prompt and seeds its generator; each later one carries
+    # the previous chunk's last token. The session stays open. () = not served.
+    chunk_inputs: tuple[Tensor, ...] = ()
+    chunk_outputs: tuple[Tensor, ...] = ()
 
     def greedy_request(self, names) -> bool:
         """Whether a request with these inputs (names) is a whole greedy decode (it carries the greedy inputs)."""
         return bool(self.greedy_inputs) and self.greedy_inputs[0].name in names
+
+    def chunk_request(self, names) -> bool:
+        """Whether a request with these inputs (names) samples a chunk of tokens (it carries the chunk inputs)."""
+        return bool(self.chunk_inputs) and self.chunk_inputs[0].name in names
+
+    @property
+    def extra_inputs(self) -> tuple[Tensor, ...]:
+        """The inputs beyond the session's own that its requests may carry (greedy decodes, sampled chunks)."""
+        return self.greedy_inputs + self.chunk_inputs
+
+    @property
+    def extra_outputs(self) -> tuple[Tensor, ...]:
+        return self.greedy_outputs + self.chunk_outputs
 
     @property
     def id_input(self) -> str:
@@ -149,7 +170,7 @@ class ModelSpec:
         """One call's inputs by this spec's names: a name the spec does not declare is an error here, not a
         Triton error later."""
         s = self.session
-        names = [t.name for t in self.inputs + ((s.inputs + s.greedy_inputs) if s else ())]
+        names = [t.name for t in self.inputs + ((s.inputs + s.extra_inputs) if s else ())]
         unknown = sorted(set(arrays) - set(names))
         if unknown:
             raise KeyError(f"{self.name} has no input {unknown}; its inputs: {names}")
@@ -162,6 +183,8 @@ class ModelSpec:
         s = self.session
         if s is not None and s.greedy_request(inputs):
             return s.greedy_outputs
+        if s is not None and s.chunk_request(inputs):
+            return s.chunk_outputs
         return s.outputs if s is not None and s.outputs and s.id_input in inputs else self.outputs
 
     def response(self, outputs) -> "Outputs":

@@ -21,6 +21,7 @@ class Session:
     slot: int
     length: int = 0  # tokens cached
     last_used: float = 0.0
+    sampler: object = None  # a session that samples its own tokens: its seeded generator (numpy.random.Generator)
 
 
 class SessionTable:

@@ -14,7 +14,10 @@ where an answer holds the outputs a session request gets (`ModelSpec.answer`: th
 llm's top candidates), rows first. Where the spec's SessionState has greedy inputs (the asr_decoder), a request
 that carries them is decoded to its end here: its prompt as a first request, then one token a step (the best
 logit not suppressed, the lowest id of a tie) until the end id or the limit, the steps of every such request of
-one Triton batch as one decode batch; it is answered with the new ids and frees its session.
+one Triton batch as one decode batch; it is answered with the new ids and frees its session. Where it has chunk
+inputs (the llm), a request that carries them samples up to that many tokens with the session's seeded generator
+(export/contract/sampling.py `sample`, the orchestrator's rule), the steps of every such request of one Triton batch
+batched, and is answered with them; its session stays open for the next chunk.
 """
 from __future__ import annotations
 
@@ -24,9 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.contract.spec import ModelSpec
+from export.contract.sampling import Candidates, sample
+from export.contract.spec import LLM_CANDIDATES, ModelSpec
 from export.runtime.batching import BatchRunner, Feeds, detached
-from export.runtime.kv_sessions import SessionError, SessionTable
+from export.runtime.kv_sessions import Session, SessionError, SessionTable
 
 
 class SessionRunner:
@@ -44,7 +48,7 @@ class SessionRunner:
     def run(self, requests: Sequence[Feeds]) -> list[Feeds | Exception]:
         s = self.session
         results: list[Feeds | Exception | None] = [None] * len(requests)
-        plain, steps, prefills, greedy = [], [], [], []
+        plain, steps, prefills, greedy, chunks = [], [], [], [], []
         self.table.evict_idle()
         for i, feeds in enumerate(requests):
             if s.id_input not in feeds:
@@ -57,6 +61,8 @@ class SessionRunner:
                 continue
             if s.greedy_request(feeds):
                 greedy.append((i, sid, ids, feeds))
+            elif s.chunk_request(feeds):
+                chunks.append((i, sid, ids, feeds))
             elif _flag(feeds, s.release_input):
                 self.table.release(sid)
                 results[i] = self._answer(self.released, 0)
@@ -86,6 +92,8 @@ class SessionRunner:
                     results[i] = r
                 steps = later
             for i, r in self._greedy(greedy).items():
+                results[i] = r
+            for i, r in self._chunks(chunks).items():
                 results[i] = r
         return results  # type: ignore[return-value]
 
@@ -141,26 +149,83 @@ class SessionRunner:
                 done[i] = first
                 self.table.release(sid)
             else:
-                live[i] = (sid, want, [], first["logits"][0])
+                live[i] = (sid, want, [], _scores(first))
+        return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores), free=True)}
+
+    def _chunks(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
+        """Sampled chunks (SessionState.chunk_inputs), their steps batched: request index -> answer."""
+        done: dict[int, Feeds | Exception] = {}
+        live: dict[int, tuple[int, Chunk, list[int], object]] = {}  # index -> sid, limits, new ids, scores
+        opening, going, seen = [], [], set()
+        for i, sid, ids, feeds in requests:
+            try:
+                want = Chunk.parse(self.spec, feeds)
+            except ValueError as e:
+                done[i] = detached(e)
+                continue
+            if sid in seen:
+                done[i] = ValueError(f"{self.spec.name}: session {sid} asked for two chunks at once (one at a time)")
+                continue
+            seen.add(sid)
+            if _flag(feeds, self.session.start_input):
+                opening.append((i, sid, ids, feeds, want))
+            elif sid not in self.table.sessions or self.table.sessions[sid].sampler is None:
+                done[i] = SessionError(f"{self.spec.name}: session {sid} is not open for sampled chunks (never "
+                                       f"started with them, evicted after {self.session.idle_timeout_s:g} s idle, "
+                                       f"or the model restarted)")
+            elif len(ids) != 1:
+                done[i] = ValueError(f"{self.spec.name}: a later chunk carries one token (the last one sampled)")
+            else:
+                going.append((i, sid, ids[0], want))
+        for i, sid, ids, feeds, want in opening:
+            self.table.release(sid)  # a repeated start begins again
+            first = self._guard(lambda: self._prefill(sid, ids, feeds))
+            if isinstance(first, Exception):
+                done[i] = first
+                self.table.release(sid)
+            else:
+                self.table.sessions[sid].sampler = np.random.default_rng(want.seed)
+                live[i] = (sid, want, [], _scores(first))
+        for (i, sid, _, want), answer in zip(going, self._decode([(sid, [token]) for _, sid, token, _ in going])):
+            if isinstance(answer, Exception):
+                done[i] = answer
+            else:
+                live[i] = (sid, want, [], _scores(answer))
+        return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores, self.table.sessions[sid]),
+                                           free=False)}
+
+    def _to_the_end(self, live: dict, pick, free: bool) -> dict[int, Feeds | Exception]:
+        """The rows of `live` (request index -> session id, limits, new ids, next scores) decoded to their end: a
+        token a row each round (`pick(sid, limits, scores)`), the rows that go on stepped as one decode batch. A row
+        ends at an end token (not kept) or at its limit, with no step for its last token (nothing reads it), and is
+        answered with its new ids; `free`: its session is released then."""
+        done: dict[int, Feeds | Exception] = {}
+
+        def end(i: int, sid: int, answer: Feeds | Exception) -> None:
+            done[i] = answer
+            del live[i]
+            if free:
+                self.table.release(sid)
+
         while live:
             rows = []
-            for i, (sid, want, new, logits) in list(live.items()):
-                token = want.pick(logits)
-                if token != want.end_id:
+            for i, (sid, want, new, scores) in list(live.items()):
+                try:
+                    token = pick(sid, want, scores)
+                except ValueError as e:  # e.g. every candidate banned
+                    end(i, sid, detached(e))
+                    continue
+                if not want.ends(token):
                     new.append(token)
-                if token == want.end_id or len(new) == want.max_new_tokens:  # no step for a token none reads
-                    done[i] = {want.output: np.asarray([new], dtype=np.int64)}
-                    self.table.release(sid)
-                    del live[i]
+                if want.ends(token) or len(new) == want.limit:
+                    end(i, sid, {want.output: np.asarray([new], dtype=np.int64)})
                 else:
                     rows.append((i, sid, token))
             for (i, sid, _), answer in zip(rows, self._decode([(sid, [token]) for _, sid, token in rows])):
                 if isinstance(answer, Exception):
-                    done[i] = answer
-                    self.table.release(sid)
-                    del live[i]
+                    end(i, sid, answer)
                 else:
-                    live[i] = (*live[i][:3], answer["logits"][0])
+                    live[i] = (*live[i][:3], _scores(answer))
         return done
 
     def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
@@ -221,9 +286,65 @@ class Greedy:
             raise ValueError(f"{spec.name}: {suppress_name} suppresses every id")
         return cls(limit, end, allowed, s.greedy_outputs[0].name)
 
+    @property
+    def limit(self) -> int:
+        return self.max_new_tokens
+
+    def ends(self, token: int) -> bool:
+        return token == self.end_id
+
     def pick(self, logits: np.ndarray) -> int:
         """The best id not suppressed, the lowest of a tie."""
         return int(np.argmax(np.where(self.allowed, logits, -np.inf)))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A sampled chunk's settings, read from its request (SessionState.chunk_inputs, in their order)."""
+
+    limit: int
+    temperature: float
+    top_k: int
+    seed: int
+    vocab: int
+    stops: frozenset[int]
+    banned: tuple[int, ...]
+    output: str
+
+    @classmethod
+    def parse(cls, spec: ModelSpec, feeds: Feeds) -> "Chunk":
+        s = spec.session
+        names = [t.name for t in s.chunk_inputs]
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise ValueError(f"{spec.name}: a sampled chunk ({names[0]}) also carries {missing}")
+        tokens, temperature, sampling, stops, banned = (np.asarray(feeds[n]).reshape(-1) for n in names)
+        if tokens.size != 1 or temperature.size != 1 or sampling.size != 3:
+            raise ValueError(f"{spec.name}: {names[0]} and {names[1]} carry one value, {names[2]} three "
+                             f"(top_k, seed, vocabulary size)")
+        n, t = int(tokens[0]), float(temperature[0])
+        top_k, seed, vocab = (int(x) for x in sampling)
+        if not 1 <= n <= spec.axis("past").max:
+            raise ValueError(f"{spec.name}: {names[0]} {n}, allowed 1..{spec.axis('past').max}")
+        if not (t == 0 or 0.01 <= t <= 2.0) or not 1 <= top_k <= LLM_CANDIDATES or seed < 0 or vocab < 1:
+            raise ValueError(f"{spec.name}: temperature {t:g} (0 or 0.01..2), top_k {top_k} (1..{LLM_CANDIDATES}), "
+                             f"seed {seed} (>= 0), vocabulary size {vocab} (>= 1)")
+        return cls(n, t, top_k, seed, vocab, frozenset(int(x) for x in stops), tuple(int(x) for x in banned),
+                   s.chunk_outputs[0].name)
+
+    def ends(self, token: int) -> bool:
+        return token in self.stops
+
+    def pick(self, scores: Candidates | np.ndarray, session: Session) -> int:
+        """The orchestrator's rule (export/contract/sampling.py) with the session's seeded generator."""
+        return sample(scores, session.sampler, self.temperature, self.top_k, self.banned, self.vocab)
+
+
+def _scores(answer: Feeds) -> Candidates | np.ndarray:
+    """A session answer's next-token scores: the llm's top candidates, or another model's logits."""
+    if "top_ids" in answer:
+        return Candidates(answer["top_ids"][0], answer["top_logits"][0])
+    return answer["logits"][0]
 
 
 def _flag(feeds: Feeds, name: str) -> bool:

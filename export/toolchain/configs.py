@@ -92,7 +92,7 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
     preset = get_preset(PRODUCTION_PRESET) if variant == "tensorrt" else None
     for t in session_inputs(spec) if session else spec.inputs:
         _tensor_config(cfg.input, spec, t, preset, is_input=True)
-    for t in spec.outputs + ((session.outputs + session.greedy_outputs) if session else ()):
+    for t in spec.outputs + ((session.outputs + session.extra_outputs) if session else ()):
         _tensor_config(cfg.output, spec, t, preset, is_input=False)
     for key, value in spec.parameters:
         cfg.parameters[key].string_value = value
@@ -163,7 +163,7 @@ def session_inputs(spec: ModelSpec) -> tuple[Tensor, ...]:
 
     s = spec.session
     later = {s.state_input, *s.prefill_inputs}
-    return tuple(replace(t, optional=True) if t.name in later else t for t in spec.inputs) + s.inputs + s.greedy_inputs
+    return tuple(replace(t, optional=True) if t.name in later else t for t in spec.inputs) + s.inputs + s.extra_inputs
 
 
 def _gpu_instance_groups(cfg, spec: ModelSpec, count: int, placement) -> None:
