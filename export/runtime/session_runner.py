@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.contract.sampling import Candidates, sample
+from export.contract.sampling import Candidates, greedy, sample
 from export.contract.spec import LLM_CANDIDATES, ModelSpec
 from export.runtime.batching import BatchRunner, Feeds, detached
 from export.runtime.kv_sessions import Session, SessionError, SessionTable
@@ -261,7 +261,7 @@ class Greedy:
 
     max_new_tokens: int
     end_id: int
-    allowed: np.ndarray  # bool per vocabulary id: False = never picked
+    suppressed: tuple[int, ...]  # ids never picked
     output: str
 
     @classmethod
@@ -280,11 +280,10 @@ class Greedy:
         if bad:
             raise ValueError(f"{spec.name}: ids {bad[:5]} out of the vocabulary (0..{vocab - 1}) in {end_name} "
                              f"or {suppress_name}")
-        allowed = np.ones(vocab, dtype=bool)
-        allowed[suppress.astype(np.int64)] = False
-        if not allowed.any():
+        suppressed = tuple(sorted({int(x) for x in suppress}))
+        if len(suppressed) == vocab:
             raise ValueError(f"{spec.name}: {suppress_name} suppresses every id")
-        return cls(limit, end, allowed, s.greedy_outputs[0].name)
+        return cls(limit, end, suppressed, s.greedy_outputs[0].name)
 
     @property
     def limit(self) -> int:
@@ -294,8 +293,8 @@ class Greedy:
         return token == self.end_id
 
     def pick(self, logits: np.ndarray) -> int:
-        """The best id not suppressed, the lowest of a tie."""
-        return int(np.argmax(np.where(self.allowed, logits, -np.inf)))
+        """The best id not suppressed, the lowest of a tie: the orchestrator's rule (export/contract/sampling.py)."""
+        return greedy(logits, self.suppressed)
 
 
 @dataclass(frozen=True)
