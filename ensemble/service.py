@@ -49,7 +49,7 @@ from export.contract.artifacts import manifest_preset, read_manifest
 from export.contract.chat import render_chat
 from export.contract.events import CANCELLED, DONE, VAD, Event
 from export.contract.presets import Preset
-from export.contract.spec import LIPSYNC_FRAMES, STAGES, TALKING_HEAD
+from export.contract.spec import LIPSYNC_FRAMES, MAX_CHUNK_TOKENS, STAGES, TALKING_HEAD
 from export.contract.vocab import SpecialTokens, chatml_prompt
 
 MIC_CALL_TIMEOUT_S = 5.0  # one VAD call
@@ -111,8 +111,8 @@ class ServiceConfig:
         if not 1 <= first <= 64:
             raise ValueError(f"talking_head parameter first_frames={first} must be in 1..64")
         chunk = number("llm_chunk_tokens")
-        if not 1 <= chunk <= 64:
-            raise ValueError(f"talking_head parameter llm_chunk_tokens={chunk} must be in 1..64")
+        if not 1 <= chunk <= MAX_CHUNK_TOKENS:
+            raise ValueError(f"talking_head parameter llm_chunk_tokens={chunk} must be in 1..{MAX_CHUNK_TOKENS}")
         frame_stage = params["frame_stage"].strip()
         if frame_stage not in ("", LIPSYNC_FRAMES.name):
             raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")

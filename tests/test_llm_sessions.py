@@ -298,14 +298,16 @@ def test_chunk_requests_batch_sessions_and_refuse_bad_ones_alone(graph):
     alone = _runner(graph)
     (a1,) = alone.run([chunk(11, _ids(4, 1), 6, start=True)])
     np.testing.assert_array_equal(a1["chunk_ids"], a["chunk_ids"])
-    more, twice, lost, bare, hot = r.run([
+    more, twice, lost, bare, hot, long = r.run([
         chunk(11, [int(a["chunk_ids"][0, -1])], 4), chunk(11, [5], 4), chunk(33, [5], 4),
         {k: v for k, v in chunk(22, [1], 4).items() if k != "sampling"},
-        chunk(22, [int(b["chunk_ids"][0, -1])], 4, temperature=np.asarray([[9.0]], dtype=np.float32))])
+        chunk(22, [int(b["chunk_ids"][0, -1])], 4, temperature=np.asarray([[9.0]], dtype=np.float32)),
+        chunk(44, _ids(3, 3), spec.MAX_CHUNK_TOKENS + 1, start=True)])  # no request holds the llm for long
     assert more["chunk_ids"].shape == (1, 4) and r.table.sessions[11].length == 9 + 4
     assert "two chunks at once" in str(twice)
     assert isinstance(lost, SessionError) and "not open" in str(lost)
     assert "also carries ['sampling']" in str(bare) and "temperature 9" in str(hot)
+    assert f"chunk_tokens {spec.MAX_CHUNK_TOKENS + 1}, allowed 1..{spec.MAX_CHUNK_TOKENS}" in str(long)
     r.run([_req(11, [0], end=True), _req(22, [0], end=True)])
     assert len(r.table) == 0
 

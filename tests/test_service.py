@@ -260,6 +260,14 @@ def test_first_frames_must_be_a_small_positive_integer():
     assert ServiceConfig.from_parameters({}).first_frames == 1
 
 
+def test_llm_chunk_tokens_is_bounded_by_what_the_llm_serves():
+    for bad in ("0", "65", "x"):
+        with pytest.raises(ValueError, match="llm_chunk_tokens"):
+            ServiceConfig.from_parameters({"llm_chunk_tokens": bad})
+    assert ServiceConfig.from_parameters({"llm_chunk_tokens": str(spec.MAX_CHUNK_TOKENS)}).llm_chunk_tokens == 64
+    assert ServiceConfig.from_parameters({}).llm_chunk_tokens == 1  # opt-in: one request a token
+
+
 def test_error_messages_are_sent_as_text_any_response_carries():
     """A lone surrogate (a client's JSON escape) echoed in an error cannot be encoded as UTF-8: the orchestrator's
     glue sends every error message through wire_message, which writes it as its escape; other text is unchanged."""

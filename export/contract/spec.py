@@ -75,6 +75,9 @@ ASR_DECODER = ModelSpec(
 )
 
 MAX_TOP_K = 1000  # the largest `top_k` a turn may ask for (ensemble/options.py)
+# the most tokens the llm samples in one request (talking_head llm_chunk_tokens): a chunk holds the llm's one
+# instance for that many decode steps, so no request may take it for long
+MAX_CHUNK_TOKENS = 64
 # a session's answer from the gpu variant's llm: the next token's most likely ids, best first, and their logits
 # (12 bytes each) instead of the whole vocabulary's logits (600 KB at Qwen2.5's 151936): top_k's bound and room for
 # the ids the orchestrator drops (its banned special tokens; the model's vocabulary padded past the tokenizer's)

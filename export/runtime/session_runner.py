@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from export.contract.sampling import Candidates, greedy, sample
-from export.contract.spec import LLM_CANDIDATES, ModelSpec
+from export.contract.spec import LLM_CANDIDATES, MAX_CHUNK_TOKENS, ModelSpec
 from export.runtime.batching import BatchRunner, Feeds, detached
 from export.runtime.kv_sessions import Session, SessionError, SessionTable
 
@@ -323,8 +323,8 @@ class Chunk:
                              f"(top_k, seed, vocabulary size)")
         n, t = int(tokens[0]), float(temperature[0])
         top_k, seed, vocab = (int(x) for x in sampling)
-        if not 1 <= n <= spec.axis("past").max:
-            raise ValueError(f"{spec.name}: {names[0]} {n}, allowed 1..{spec.axis('past').max}")
+        if not 1 <= n <= MAX_CHUNK_TOKENS:
+            raise ValueError(f"{spec.name}: {names[0]} {n}, allowed 1..{MAX_CHUNK_TOKENS}")
         if not (t == 0 or 0.01 <= t <= 2.0) or not 1 <= top_k <= LLM_CANDIDATES or seed < 0 or vocab < 1:
             raise ValueError(f"{spec.name}: temperature {t:g} (0 or 0.01..2), top_k {top_k} (1..{LLM_CANDIDATES}), "
                              f"seed {seed} (>= 0), vocabulary size {vocab} (>= 1)")
