@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from export.contract.presets import Preset
-from export.contract.sampling import Candidates, sample
+from export.contract.sampling import Candidates, sample, scores_of
 from export.contract.spec import ModelSpec
 from export.contract.vocab import SpecialTokens
 
@@ -100,7 +100,7 @@ class SessionDecoder:
             self.open = True
             out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
             self.length += len(chunk)
-            scores = Candidates(out["top_ids"][0], out["top_logits"][0]) if "top_ids" in out else out["logits"][0]
+            scores = scores_of(out)
         return scores
 
     async def chunks(self, prompt: Sequence[int], size: int, sampling: Sampling, *, stops: Collection[int],

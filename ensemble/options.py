@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, fields, replace
 
 from ensemble.errors import InputError
+from export.contract.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE
 from export.contract.spec import MAX_TOP_K, TALKING_HEAD
 
 
@@ -31,7 +32,6 @@ class Limits:
 
 INTEGER_OPTIONS = frozenset({"max_reply_tokens", "top_k", "seed", "jpeg_quality", "lipsync_batch", "frame_stride",
                              "min_silence_ms"})
-MIN_TEMPERATURE = 0.01  # below it logits / temperature overflow float32: use 0 for greedy decoding
 ACTIONS = ("turn", "say", "cancel", "mic", "prerender", "idle")
 SESSION_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 SESSION_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the client's secret for its sessions (the SDK makes one)
@@ -118,9 +118,10 @@ class TurnOptions:
             if not isinstance(getattr(self, flag), bool):
                 raise InputError(f"option {flag}={shown(getattr(self, flag))} must be true or false")
         bounded("deadline_s", 0.05, 600.0)
-        bounded("temperature", 0.0, 2.0)
+        bounded("temperature", 0.0, MAX_TEMPERATURE)
         if 0 < self.temperature < MIN_TEMPERATURE:
-            raise InputError(f"option temperature={shown(self.temperature)}: 0 (greedy) or {MIN_TEMPERATURE}..2.0")
+            raise InputError(f"option temperature={shown(self.temperature)}: 0 (greedy) or "
+                             f"{MIN_TEMPERATURE}..{MAX_TEMPERATURE}")
         bounded("top_k", 1, MAX_TOP_K)
         bounded("seed", 0, 2**31 - 1)
         bounded("speed", 0.5, 2.0)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+MIN_TEMPERATURE = 0.01  # below it logits / temperature overflow float32: use 0 for greedy decoding
+MAX_TEMPERATURE = 2.0
+
 
 @dataclass(frozen=True)
 class Candidates:
@@ -16,6 +19,14 @@ class Candidates:
 
     ids: np.ndarray
     logits: np.ndarray
+
+
+def scores_of(answer) -> np.ndarray | Candidates:
+    """The next token's scores in one answer of a decoder model (rows first): its top candidates where it answers
+    with them (`top_ids`, `top_logits`: the gpu variant's llm sessions), else its logits."""
+    if "top_ids" in answer:
+        return Candidates(answer["top_ids"][0], answer["top_logits"][0])
+    return answer["logits"][0]
 
 
 def top(scores: np.ndarray | Candidates, k: int, banned: Sequence[int] = (), vocab: int | None = None

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from export.contract.sampling import Candidates, greedy, sample
-from export.contract.spec import LLM_CANDIDATES, MAX_CHUNK_TOKENS, ModelSpec
+from export.contract.sampling import MAX_TEMPERATURE, MIN_TEMPERATURE, Candidates, greedy, sample, scores_of
+from export.contract.spec import MAX_CHUNK_TOKENS, MAX_TOP_K, ModelSpec
 from export.runtime.batching import BatchRunner, Feeds, detached
 from export.runtime.kv_sessions import Session, SessionError, SessionTable
 
@@ -149,7 +149,7 @@ class SessionRunner:
                 done[i] = first
                 self.table.release(sid)
             else:
-                live[i] = (sid, want, [], _scores(first))
+                live[i] = (sid, want, [], scores_of(first))
         return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores), free=True)}
 
     def _chunks(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
@@ -185,12 +185,12 @@ class SessionRunner:
                 self.table.release(sid)
             else:
                 self.table.sessions[sid].sampler = np.random.default_rng(want.seed)
-                live[i] = (sid, want, [], _scores(first))
+                live[i] = (sid, want, [], scores_of(first))
         for (i, sid, _, want), answer in zip(going, self._decode([(sid, [token]) for _, sid, token, _ in going])):
             if isinstance(answer, Exception):
                 done[i] = answer
             else:
-                live[i] = (sid, want, [], _scores(answer))
+                live[i] = (sid, want, [], scores_of(answer))
         return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores, self.table.sessions[sid]),
                                            free=False)}
 
@@ -225,7 +225,7 @@ class SessionRunner:
                 if isinstance(answer, Exception):
                     end(i, sid, answer)
                 else:
-                    live[i] = (*live[i][:3], _scores(answer))
+                    live[i] = (*live[i][:3], scores_of(answer))
         return done
 
     def _decode(self, rows: list[tuple[int, list[int]]]) -> list[Feeds | Exception]:
@@ -325,9 +325,10 @@ class Chunk:
         top_k, seed, vocab = (int(x) for x in sampling)
         if not 1 <= n <= MAX_CHUNK_TOKENS:
             raise ValueError(f"{spec.name}: {names[0]} {n}, allowed 1..{MAX_CHUNK_TOKENS}")
-        if not (t == 0 or 0.01 <= t <= 2.0) or not 1 <= top_k <= LLM_CANDIDATES or seed < 0 or vocab < 1:
-            raise ValueError(f"{spec.name}: temperature {t:g} (0 or 0.01..2), top_k {top_k} (1..{LLM_CANDIDATES}), "
-                             f"seed {seed} (>= 0), vocabulary size {vocab} (>= 1)")
+        if (not (t == 0 or MIN_TEMPERATURE <= t <= MAX_TEMPERATURE) or not 1 <= top_k <= MAX_TOP_K or seed < 0
+                or vocab < 1):
+            raise ValueError(f"{spec.name}: temperature {t:g} (0 or {MIN_TEMPERATURE:g}..{MAX_TEMPERATURE:g}), top_k "
+                             f"{top_k} (1..{MAX_TOP_K}), seed {seed} (>= 0), vocabulary size {vocab} (>= 1)")
         return cls(n, t, top_k, seed, vocab, frozenset(int(x) for x in stops), tuple(int(x) for x in banned),
                    s.chunk_outputs[0].name)
 
@@ -337,13 +338,6 @@ class Chunk:
     def pick(self, scores: Candidates | np.ndarray, session: Session) -> int:
         """The orchestrator's rule (export/contract/sampling.py) with the session's seeded generator."""
         return sample(scores, session.sampler, self.temperature, self.top_k, self.banned, self.vocab)
-
-
-def _scores(answer: Feeds) -> Candidates | np.ndarray:
-    """A session answer's next-token scores: the llm's top candidates, or another model's logits."""
-    if "top_ids" in answer:
-        return Candidates(answer["top_ids"][0], answer["top_logits"][0])
-    return answer["logits"][0]
 
 
 def _flag(feeds: Feeds, name: str) -> bool:
