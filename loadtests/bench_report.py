@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from export.contract import spec
-from loadtests.bench_clients import FIRST_EVENTS
+from loadtests.bench_clients import FIRST_EVENTS, concurrency_of
 
 
 def _f(x, digits=3, scale=1.0) -> str:
@@ -147,7 +147,7 @@ def scale_out_markdown(report: dict) -> list[str]:
 
 def _ms_series(levels: dict, key: str) -> tuple[list[int], list[float]]:
     """Concurrency levels and one latency figure in ms (NaN where no turn completed); first runs of each level."""
-    cs = sorted((c for c in levels if "#" not in str(c)), key=int)
+    cs = sorted((c for c in levels if str(c) == str(concurrency_of(c))), key=int)  # "48", not its repeat "48#2"
     return [int(c) for c in cs], [levels[c][key] * 1000 if levels[c][key] is not None else float("nan") for c in cs]
 
 
