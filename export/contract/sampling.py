@@ -55,9 +55,10 @@ def greedy(scores: np.ndarray | Candidates, banned: Sequence[int] = (), vocab: i
     if isinstance(scores, Candidates):
         return int(top(scores, 1, banned, vocab)[0][0])
     logits = scores[:vocab]
-    if banned:
+    banned = np.asarray(banned, dtype=np.int64)
+    if banned.size:
         logits = logits.copy()
-        logits[[b for b in banned if b < logits.size]] = -np.inf
+        logits[banned[banned < logits.size]] = -np.inf
     best = int(np.argmax(logits))
     if logits[best] == -np.inf:
         raise ValueError("every candidate token is banned")

@@ -261,7 +261,7 @@ class Greedy:
 
     max_new_tokens: int
     end_id: int
-    suppressed: tuple[int, ...]  # ids never picked
+    suppressed: np.ndarray  # ids never picked (int64, once each)
     output: str
 
     @classmethod
@@ -280,8 +280,8 @@ class Greedy:
         if bad:
             raise ValueError(f"{spec.name}: ids {bad[:5]} out of the vocabulary (0..{vocab - 1}) in {end_name} "
                              f"or {suppress_name}")
-        suppressed = tuple(sorted({int(x) for x in suppress}))
-        if len(suppressed) == vocab:
+        suppressed = np.unique(suppress.astype(np.int64))
+        if suppressed.size == vocab:
             raise ValueError(f"{spec.name}: {suppress_name} suppresses every id")
         return cls(limit, end, suppressed, s.greedy_outputs[0].name)
 
