@@ -73,8 +73,12 @@ def test_utterances_decode_together_with_their_own_audio(graph):
                                        atol=ATOL)
     r.run([_req(1, [0], end=True)])
     assert set(r.table.sessions) == {2}
-    (missing,) = r.run([_req(3, _ids(4, 7), start=True)])  # a first request without its audio
+    # first requests of one batch prefill together; one without its audio fails alone
+    xa, prompt = _features(8), _ids(4, 9)
+    missing, ok = r.run([_req(3, _ids(4, 7), start=True), _req(4, prompt, xa)])
     assert "audio_features" in str(missing)
+    np.testing.assert_allclose(ok["logits"][0], _reference(graph, xa, prompt), atol=ATOL)
+    assert r.table.sessions[4].length == len(prompt)
 
 
 def test_transcription_protocol_is_chosen_like_the_llm(graph):

@@ -15,7 +15,7 @@ from export.contract.presets import get_preset
 from export.contract.sampling import Candidates, greedy, top
 from export.runtime.batching import BatchRunner
 from export.runtime.kv_sessions import SessionError, SessionTable
-from export.runtime.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step
+from export.runtime.llm_sessions import SessionLLM, StaticKVCache, decode_step, prefill_step, prompt_groups
 from export.runtime.torch_runtime import TorchStage
 from export.toolchain import configs
 from export.toolchain.models import qwen2
@@ -100,6 +100,32 @@ def test_padded_prompt_prefill_then_decode_matches_the_stateless_forward(graph):
     for k, t in enumerate(nxt):
         got = decode_step(model, cache, torch.tensor([t]), torch.tensor([1]), torch.tensor([len(prompt) + k]), span=16)
         torch.testing.assert_close(got[0], _reference(model, prompt + nxt[:k + 1])[-1], atol=ATOL, rtol=0)
+
+
+@torch.no_grad()
+def test_prompts_of_several_sessions_prefill_as_one_padded_batch(graph):
+    """Sessions that start together: one prefill of rows of different lengths (padding after each prompt, a
+    padding row on the scratch slot) gives each row its own logits and cache, as its prompt alone would."""
+    model = graph.model
+    cache = StaticKVCache(model, slots=3, max_length=32)
+    prompts = {1: _ids(5, 13), 0: _ids(8, 14), 2: _ids(2, 15)}  # slot -> prompt
+    padded = torch.tensor([p + [0] * (8 - len(p)) for p in prompts.values()] + [[0] * 8])
+    slots = torch.tensor([*prompts, cache.scratch])
+    logits = prefill_step(model, cache, padded, slots, torch.tensor([len(p) for p in prompts.values()] + [1]))
+    for row, (slot, p) in enumerate(prompts.items()):
+        torch.testing.assert_close(logits[row], _reference(model, p)[-1], atol=ATOL, rtol=0)
+        _, alone = model(torch.tensor([p]), model.empty_cache(1))
+        torch.testing.assert_close(cache.past(slot, len(p)), alone, atol=ATOL, rtol=0)
+
+
+def test_prompt_groups_fill_the_fewest_replays_of_each_length_bucket():
+    batches = {16: [1, 2, 4], 32: [1, 2], 64: [1]}  # bucket -> its batch buckets (b * t within a budget)
+    lengths = [3, 17, 40, 12, 60, 5, 9, 16, 20, 30]
+    groups = prompt_groups(lengths, batches)
+    assert groups == [(16, 4, [0, 3, 5, 6]), (16, 1, [7]), (32, 2, [1, 8]), (32, 1, [9]), (64, 1, [2]),
+                      (64, 1, [4])]
+    assert sorted(k for _, _, ks in groups for k in ks) == list(range(len(lengths)))
+    assert prompt_groups([], batches) == []
 
 
 def test_session_runner_batches_decode_steps_and_matches_shipping_the_cache(graph):
@@ -212,6 +238,11 @@ def test_graph_replays_on_the_gpu_match_the_stateless_forward(graph):
     for sid, seq in seqs.items():
         (out,) = r.run([_req(sid, seq, start=True)])
         _assert_top(out, _reference(graph.model, seq)[-1])
+    # sessions that start together: their prompts as batched replays (buckets 16 x 4 and 32 x 1 here)
+    herd = {sid: _ids(n, 40 + sid) for sid, n in ((4, 9), (5, 12), (6, 3), (7, 30))}
+    for (sid, seq), out in zip(herd.items(), r.run([_req(sid, seq, start=True) for sid, seq in herd.items()])):
+        _assert_top(out, _reference(graph.model, seq)[-1])
+    r.run([_req(sid, [0], end=True) for sid in herd])
     for k in range(3):
         toks = {sid: _ids(1, 100 * k + sid) for sid in seqs}
         outs = r.run([_req(sid, toks[sid]) for sid in seqs])

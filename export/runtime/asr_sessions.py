@@ -103,8 +103,12 @@ class AsrEngine:
         use_graphs = self.device.type == "cuda" if graphs is None else graphs
         self.graphs = asr_graphs(self.decoder, self.cache, spec.session.max_batch_size) if use_graphs else None
 
-    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> Feeds:
-        """The first request stores the utterance's cross-attention keys/values; its tokens then go one by one."""
+    def prefill(self, rows: list[tuple[int, int, list[int], Feeds]]) -> Feeds:
+        """Logits [n, V] after each row's (slot, length, ids, feeds) tokens. A session's first request stores the
+        utterance's cross-attention keys/values; the tokens then go one by one."""
+        return {"logits": np.concatenate([self._prefill(*row)["logits"] for row in rows])}
+
+    def _prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> Feeds:
         if length == 0:
             if self.features not in feeds:
                 raise ValueError(f"a session's first request carries {self.features!r}")

@@ -7,8 +7,10 @@ orchestrator samples among them (ensemble/decoding.py). The cache is one static,
 preallocated tensor per layer (keys and values, [slots + 1, KVH, max_length, Dh], the spec's GPU
 precision); `export.runtime.session_runner.SessionRunner` handles the requests and which slot each session holds.
 
-- A request of several tokens (the prompt) is a prefill: the model's own eager forward over the
-  session's cached past, its new keys/values written into the slot.
+- A request of several tokens (the prompt) is a prefill: the model's own forward, its new keys/values written
+  into the slot. New sessions' prompts in one Triton batch run together, padded to a length bucket, as CUDA graph
+  replays per (batch bucket, length bucket) (`StepGraphs.first`); a prompt appended to a session's cached past
+  runs eagerly.
 - Requests of one token each (decode steps of different sessions, in one Triton batch) run
   together: `decode_step` writes each new key/value at its session's position and attends over
   the first `span` cached positions of each slot, masked per row to the session's own length.
@@ -31,6 +33,7 @@ from export.toolchain.models.qwen2 import LlmGraph, Qwen2ForCausalLM, rotate_hal
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 SPAN_BUCKETS = (128, 256, 512, 1024, 2048)
 PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512)
+PREFILL_TOKENS = 2048  # the most prompt tokens (padding included) one batched prefill replay carries
 
 
 def candidates(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,21 +123,22 @@ def decode_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tensor
     return model.lm_head(m.norm(x))  # [B, V]
 
 
-def prefill_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tensor, slot: torch.Tensor,
+def prefill_step(model: Qwen2ForCausalLM, cache: StaticKVCache, ids: torch.Tensor, slots: torch.Tensor,
                  n: torch.Tensor) -> torch.Tensor:
-    """A new session's prompt: ids [1, T] (the first n real, the rest padding), slot and n [1] ->
-    next-token logits [1, V] after the n-th token; keys/values of positions 0..T-1 go to the slot
+    """New sessions' prompts: ids [B, T] (row b's first n[b] real, the rest padding), slots and n [B] ->
+    next-token logits [B, V] after each row's n-th token; keys/values of positions 0..T-1 go to the row's slot
     (those past n are overwritten by the decode steps before any row can see them)."""
-    h, present = model.model(ids, model.empty_cache(1))  # [1, T, D], [1, L, 2, KVH, T, Dh]
+    h, present = model.model(ids, model.empty_cache(ids.shape[0]))  # [B, T, D], [B, L, 2, KVH, T, Dh]
     t = ids.shape[1]
-    cache.k[:, slot, :, :t] = present[:, :, 0].transpose(0, 1)  # [L, 1, KVH, T, Dh]
-    cache.v[:, slot, :, :t] = present[:, :, 1].transpose(0, 1)
-    return model.lm_head(h[0].index_select(0, n - 1))
+    cache.k[:, slots, :, :t] = present[:, :, 0].transpose(0, 1)  # [L, B, KVH, T, Dh]
+    cache.v[:, slots, :, :t] = present[:, :, 1].transpose(0, 1)
+    return model.lm_head(h[torch.arange(ids.shape[0], device=ids.device), n - 1])
 
 
 class StepGraphs:
     """decode_step as one CUDA graph per (batch bucket, span bucket) (session_runner.DecodeGraphs), prefill_step
-    per prompt-length bucket."""
+    per (batch bucket, prompt-length bucket) up to PREFILL_TOKENS a replay: the prompts of sessions that start
+    together (a herd of turns) run as a few batched replays, not one each."""
 
     def __init__(self, model: Qwen2ForCausalLM, cache: StaticKVCache, max_batch: int, max_prompt: int):
         self.cache = cache
@@ -143,9 +147,11 @@ class StepGraphs:
         batches = [b for b in BATCH_BUCKETS if b <= max_batch] or [1]
         spans = [s for s in SPAN_BUCKETS if s < cache.max_length] + [cache.max_length]
         self.prompts = [t for t in PROMPT_BUCKETS if t < max_prompt] + [max_prompt]
-        self.prompt = torch.zeros((1, self.prompts[-1] + 2), dtype=torch.int64, device=dev)  # ids..., slot, n
+        self.prompt_batches = {t: [b for b in batches if b == 1 or b * t <= PREFILL_TOKENS] for t in self.prompts}
+        # rows: ids..., slot, n
+        self.prompt = torch.zeros((batches[-1], self.prompts[-1] + 2), dtype=torch.int64, device=dev)
         self.prompt_host = torch.zeros_like(self.prompt, device="cpu").pin_memory()
-        self.prefill: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.prefill: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -153,11 +159,13 @@ class StepGraphs:
             self.decode = DecodeGraphs(lambda ids, slots, pos, span: candidates(decode_step(model, cache, ids, slots,
                                                                                              pos, span, self.fused)),
                                        cache.scratch, batches, spans, dev, pool, stream)
-            self.prompt[0, -2] = cache.scratch
-            self.prompt[0, -1] = 1
-            for t in self.prompts:
-                ids, slot, n = self.prompt[:, :t], self.prompt[0, -2:-1], self.prompt[0, -1:]
-                self.prefill[t] = capture(pool, stream, lambda: candidates(prefill_step(model, cache, ids, slot, n)))
+            self.prompt[:, -2] = cache.scratch
+            self.prompt[:, -1] = 1
+            for t, bs in self.prompt_batches.items():
+                for b in bs:
+                    ids, slots, n = self.prompt[:b, :t], self.prompt[:b, -2], self.prompt[:b, -1]
+                    self.prefill[(b, t)] = capture(pool, stream,
+                                                   lambda: candidates(prefill_step(model, cache, ids, slots, n)))
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
 
@@ -165,17 +173,41 @@ class StepGraphs:
         """The candidates ([n, K], host) of one decode step of n sessions."""
         return _rows(self.decode.step(ids, slots, pos))
 
-    def first(self, ids: list[int], slot: int) -> Feeds:
-        """The candidates [1, K] after a new session's prompt (at most the largest prompt bucket)."""
-        t = next(x for x in self.prompts if x >= len(ids))
-        host = self.prompt_host.numpy()
-        host[0, :len(ids)] = ids
-        host[0, len(ids):t] = 0
-        host[0, -2], host[0, -1] = slot, len(ids)
-        self.prompt.copy_(self.prompt_host, non_blocking=True)
-        g, out = self.prefill[t]
-        g.replay()
-        return _rows(self.decode.to_host(out))
+    def first(self, prompts: list[tuple[list[int], int]]) -> Feeds:
+        """The candidates [n, K] after n new sessions' prompts (ids, slot), each at most the largest prompt bucket:
+        one replay per group of `prompt_groups`."""
+        rows: list[np.ndarray | None] = [None] * len(prompts)
+        for t, b, members in prompt_groups([len(ids) for ids, _ in prompts], self.prompt_batches):
+            host = self.prompt_host.numpy()
+            host[:b, :t] = 0
+            host[:b, -2], host[:b, -1] = self.cache.scratch, 1  # padding rows: the scratch slot
+            for r, k in enumerate(members):
+                ids, slot = prompts[k]
+                host[r, :len(ids)] = ids
+                host[r, -2], host[r, -1] = slot, len(ids)
+            self.prompt[:b].copy_(self.prompt_host[:b], non_blocking=True)
+            g, out = self.prefill[(b, t)]
+            g.replay()
+            values, top = self.decode.to_host([o[:len(members)] for o in out])
+            for r, k in enumerate(members):
+                rows[k] = (values[r:r + 1], top[r:r + 1])
+        return _rows([np.concatenate([r[j] for r in rows]) for j in (0, 1)])
+
+
+def prompt_groups(lengths: list[int], batches: dict[int, list[int]]) -> list[tuple[int, int, list[int]]]:
+    """Prompts of these lengths as replays (length bucket t, batch bucket b, the prompts' indices): grouped by
+    their length bucket (`batches`: bucket -> its batch buckets, ascending), as many a replay as the bucket's
+    largest batch allows, each replay in the smallest batch bucket that holds it."""
+    by_bucket: dict[int, list[int]] = {}
+    for k, n in enumerate(lengths):
+        by_bucket.setdefault(next(t for t in batches if t >= n), []).append(k)
+    groups = []
+    for t, members in by_bucket.items():
+        most = batches[t][-1]
+        for start in range(0, len(members), most):
+            part = members[start:start + most]
+            groups.append((t, next(b for b in batches[t] if b >= len(part)), part))
+    return groups
 
 
 class LlmEngine:
@@ -191,15 +223,23 @@ class LlmEngine:
                        if use_graphs else None)
         self.fused = self.graphs.fused if self.graphs is not None else FusedLayers(self.model)
 
-    def prefill(self, slot: int, length: int, ids: list[int], feeds: Feeds) -> Feeds:
-        """The candidates [1, K] after appending ids to the slot's `length` cached tokens."""
-        if self.graphs is not None and length == 0:
-            return self.graphs.first(ids, slot)
-        # eager: a prompt appended to a session that already holds tokens, or no graphs (CPU)
-        x = torch.tensor([ids], dtype=torch.int64, device=self.device)
-        out, present = self.model(x, self.cache.past(slot, length))
-        self.cache.write(slot, length, present)
-        return _rows(candidates(out))
+    def prefill(self, rows: list[tuple[int, int, list[int], Feeds]]) -> Feeds:
+        """The candidates [n, K] after appending each row's (slot, length, ids, feeds) ids to the slot's `length`
+        cached tokens: new sessions' prompts as batched graph replays, the rest eagerly."""
+        fresh = [k for k, (_, length, _, _) in enumerate(rows) if self.graphs is not None and length == 0]
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(rows)
+        if fresh:
+            got = self.graphs.first([(rows[k][2], rows[k][0]) for k in fresh])
+            for r, k in enumerate(fresh):
+                out[k] = (got["top_logits"][r:r + 1], got["top_ids"][r:r + 1])
+        for k, (slot, length, ids, _) in enumerate(rows):
+            if out[k] is None:  # eager: a prompt appended to a session that holds tokens, or no graphs (CPU)
+                x = torch.tensor([ids], dtype=torch.int64, device=self.device)
+                logits, present = self.model(x, self.cache.past(slot, length))
+                self.cache.write(slot, length, present)
+                top = _rows(candidates(logits))
+                out[k] = (top["top_logits"], top["top_ids"])
+        return {"top_logits": np.concatenate([o[0] for o in out]), "top_ids": np.concatenate([o[1] for o in out])}
 
     def decode(self, ids: list[int], slots: list[int], pos: list[int]) -> Feeds:
         """The candidates [n, K] of one step of n sessions."""

@@ -2,11 +2,13 @@
 
 A BatchRunner-like `run(requests)` for the gpu variant's LLM and ASR decoder: requests without a session id
 go to the stateless runner; a session's first request (start flag, with its extra inputs) and requests of
-several tokens are prefills; single-token requests of different sessions in one Triton batch run as one decode step; a
-request with the release flag frees the slot. The model-specific compute is an engine:
+several tokens are prefills, those of one Triton batch in one engine call; single-token requests of different
+sessions in one Triton batch run as one decode step; a request with the release flag frees the slot. The
+model-specific compute is an engine:
 
     engine.max_length
-    engine.prefill(slot, length, ids, feeds) -> answer [1, ...]   (length = tokens the slot holds already)
+    engine.prefill(rows) -> answer [n, ...]   rows: (slot, length, ids, feeds) of n sessions, one row a session
+                                             (length = tokens the slot holds already)
     engine.decode(ids, slots, positions) -> answer [n, ...]       (one new token per session)
     engine.vocab                                                 (the logits' width; greedy requests only)
 
@@ -80,8 +82,8 @@ class SessionRunner:
             for i, r in zip(plain, self.stateless.run([requests[i] for i in plain])):
                 results[i] = r
         with torch.inference_mode():
-            for i, sid, ids, feeds in prefills:
-                results[i] = self._guard(lambda: self._prefill(sid, ids, feeds))
+            for i, r in self._prefill(prefills).items():
+                results[i] = r
             # one session may appear once per step batch: a repeat waits for the next wave
             while steps:
                 seen, wave, later = set(), [], []
@@ -127,16 +129,42 @@ class SessionRunner:
         except Exception as e:  # the graph failed: this request hears why, the others carry on
             return RuntimeError(f"{self.spec.name}: {type(e).__name__}: {e}")
 
-    def _prefill(self, sid: int, ids: list[int], feeds: Feeds) -> Feeds:
-        sess = self.table.get(sid, len(ids))
-        answer = self.engine.prefill(sess.slot, sess.length, ids, feeds)
-        self.table.advance(sid, len(ids))
-        return self._answer(answer, 0)
+    def _prefill(self, items: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
+        """Prompts (request index, session id, ids, feeds) as few engine calls: one per wave, a session once a
+        wave. A call that fails is retried a row at a time, so only the request at fault hears why."""
+        done: dict[int, Feeds | Exception] = {}
+        while items:
+            seen, rows, later = set(), [], []
+            for i, sid, ids, feeds in items:
+                if sid in seen:
+                    later.append((i, sid, ids, feeds))
+                    continue
+                seen.add(sid)
+                try:
+                    sess = self.table.get(sid, len(ids))
+                except SessionError as e:
+                    done[i] = detached(e)
+                    continue
+                rows.append((i, sid, (sess.slot, sess.length, ids, feeds)))
+            done.update(self._prefill_wave(rows) if rows else {})
+            items = later
+        return done
+
+    def _prefill_wave(self, rows: list[tuple[int, int, tuple]]) -> dict[int, Feeds | Exception]:
+        answer = self._guard(lambda: self.engine.prefill([r for _, _, r in rows]))
+        if isinstance(answer, Exception):
+            if len(rows) > 1:
+                return {k: v for row in rows for k, v in self._prefill_wave([row]).items()}
+            return {rows[0][0]: answer}
+        for i, sid, r in rows:
+            self.table.advance(sid, len(r[2]))
+        return {i: self._answer(answer, k) for k, (i, _, _) in enumerate(rows)}
 
     def _greedy(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
         """Whole greedy decodes (SessionState.greedy_inputs), their steps batched: request index -> answer."""
         done: dict[int, Feeds | Exception] = {}
         live: dict[int, tuple[int, Greedy, list[int], np.ndarray]] = {}  # index -> sid, limits, new ids, logits
+        opening: dict[int, tuple[int, list[int], Feeds, Greedy]] = {}
         for i, sid, ids, feeds in requests:
             self.table.release(sid)  # a whole decode opens its session afresh
             try:
@@ -144,7 +172,12 @@ class SessionRunner:
             except ValueError as e:
                 done[i] = detached(e)
                 continue
-            first = self._guard(lambda: self._prefill(sid, ids, feeds))
+            if any(sid == o[0] for o in opening.values()):
+                done[i] = ValueError(f"{self.spec.name}: session {sid} asked for two decodes at once (one at a time)")
+                continue
+            opening[i] = (sid, ids, feeds, want)
+        for i, first in self._prefill([(i, sid, ids, feeds) for i, (sid, ids, feeds, _) in opening.items()]).items():
+            sid, _, _, want = opening[i]
             if isinstance(first, Exception):
                 done[i] = first
                 self.table.release(sid)
@@ -177,9 +210,11 @@ class SessionRunner:
                 done[i] = ValueError(f"{self.spec.name}: a later chunk carries one token (the last one sampled)")
             else:
                 going.append((i, sid, ids[0], want))
-        for i, sid, ids, feeds, want in opening:
+        for _, sid, _, _, _ in opening:
             self.table.release(sid)  # a repeated start begins again
-            first = self._guard(lambda: self._prefill(sid, ids, feeds))
+        wants = {i: (sid, want) for i, sid, _, _, want in opening}
+        for i, first in self._prefill([(i, sid, ids, feeds) for i, sid, ids, feeds, _ in opening]).items():
+            sid, want = wants[i]
             if isinstance(first, Exception):
                 done[i] = first
                 self.table.release(sid)
