@@ -8,6 +8,11 @@
 #       "48#2"), 64 and 96, clients 8 sessions a process; ~480 s (call 11's 5 levels: 351 s), ~560 s with
 #       NAIVE=live, near the 600 s a call may run: leave 96 to another call then
 #
+#   CHUNK=4 loadtests/device_bench.sh B_chunk4 48 48   # talking_head llm_chunk_tokens for this run (configs/gpu.pbtxt
+#       is edited in the device's copy of the tree; the rendered default stays as checked in)
+#   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
+#       failure stops here, before any figure is taken from code the CPU tests cannot reach
+#
 # Writes $OUT/NAME.log (unbuffered: a level cut by a timeout still leaves its lines) and $OUT/NAME/ (BENCHMARKS.md,
 # JSON); prints the optimized table. Staging:
 # `python -m loadtests.device stage` here (BENCHMARKS.md, "GPU: one H200").
@@ -15,6 +20,17 @@ set -u
 source .device/activate.sh
 export TRITON_HOME=/tmp/triton
 name=$1; shift
+if [ "${GPU_TESTS:-0}" = 1 ]; then
+  timeout 120 python3 -m pytest -p no:cacheprovider -q -m gpu tests/test_llm_sessions.py tests/test_asr_sessions.py \
+    > "$OUT/$name.pytest.log" 2>&1
+  rc=$?; tail -3 "$OUT/$name.pytest.log"; [ $rc = 0 ] || { echo "== $name: GPU tests failed (rc=$rc)"; exit 1; }
+fi
+if [ -n "${CHUNK:-}" ]; then
+  sed -i '/key: "llm_chunk_tokens"/,/}/s/string_value: "[0-9]*"/string_value: "'"$CHUNK"'"/' \
+    model_repository/talking_head/configs/gpu.pbtxt
+  grep -A3 '"llm_chunk_tokens"' model_repository/talking_head/configs/gpu.pbtxt | grep -q "\"$CHUNK\"" \
+    || { echo "== $name: llm_chunk_tokens not set to $CHUNK"; exit 1; }
+fi
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
 python3 -u -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \
