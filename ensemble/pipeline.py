@@ -25,19 +25,18 @@ import numpy as np
 
 from ensemble import avatar as avatars
 from ensemble import metrics, motion
-from ensemble.decoding import Sampling, TokenIds, decode_greedy, reply_tokens, start_decoder
+from ensemble.decoding import Sampling, TokenIds, reply_tokens
 from ensemble.errors import DeadlineExceeded
-from ensemble.features import whisper_log_mel
 from ensemble.lipsync import FrameSource, frame_source
 from ensemble.options import TurnOptions
 from ensemble.speech import Voice
 from ensemble.text import Segmenter, strip_chat_markup
+from ensemble.transcribe import transcribe
 from ensemble.visemes import VisemeTrack
 from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
 from export.contract import media, spec
 from export.contract.events import AUDIO, DONE, PIECE, TEXT, TRANSCRIPT, VIDEO, Event
 from export.contract.presets import Preset
-from export.contract.sampling import greedy
 
 Emit = Callable[[Event], None]
 # One stage call: (model, inputs, timeout in seconds) -> outputs. Triton: a BLS request with that timeout.
@@ -46,10 +45,6 @@ _END = object()
 # Feature frames per streamed vocoder call (each family's context frames come on both sides; export/contract/spec.py
 # SPEECH_FAMILIES); 32 frames = 372 ms of audio.
 VOCODER_CHUNK_FRAMES = 32
-# Transcript tokens allowed per second of speech (plus a few): far above real speech (~3-4 Whisper tokens/s),
-# it stops the repetition loops Whisper can fall into (and random weights always do) early.
-ASR_TOKENS_PER_SECOND = 6
-ASR_EXTRA_TOKENS = 8
 CANCEL_POLL_S = 0.02  # how often a turn asks whether its client cancelled the stream
 
 
@@ -239,7 +234,8 @@ class Turn:
     async def _reply(self, text: str | None, audio16k: np.ndarray | None, pieces: asyncio.Queue) -> None:
         try:
             if audio16k is not None:
-                self.transcript = await self._transcribe(audio16k)
+                self.transcript = await transcribe(self.infer, self.tok, self.preset, audio16k,
+                                                   server_side=spec.ASR_DECODER.name in self.session_stages)
                 self.emit(TRANSCRIPT, {"text": self.transcript})
                 # spoken words are user text too: no chat markup reaches the prompt
                 text = strip_chat_markup(self.transcript) or "..."
@@ -257,36 +253,6 @@ class Turn:
                 n_pieces = self._send_piece(piece, n_pieces, pieces)
         finally:
             pieces.put_nowait(_END)
-
-    async def _transcribe(self, audio16k: np.ndarray) -> str:
-        mel = whisper_log_mel(audio16k)[None]
-        features = (await self.call(spec.ASR_ENCODER, mel=mel))["audio_features"]
-        tok, special = self.tok.asr, self.tok.ids
-        prompt, eot = list(special.asr_prompt), special.asr_end
-        vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode
-        seconds = audio16k.size / media.INPUT_SAMPLE_RATE
-        limit = min(self.preset.asr.n_text_ctx // 2, spec.ASR_DECODER.axis("past").max - len(prompt),
-                    int(seconds * ASR_TOKENS_PER_SECOND) + ASR_EXTRA_TOKENS)
-        extra = spec.ASR_DECODER.request(audio_features=features)
-        if spec.ASR_DECODER.name in self.session_stages:
-            # the GPU variant decodes the whole transcript in one request, on the utterance's cross-attention
-            # keys/values and cache on its side: no round trip a token
-            suppress = [*special.asr_banned, *range(vocab, self.preset.asr.n_vocab)]
-            out = await decode_greedy(self.infer, spec.ASR_DECODER, prompt, limit, eot, suppress, extra)
-            return tok.decode(out).strip()
-        decoder, scores = await start_decoder(self.infer, spec.ASR_DECODER, self.preset, prompt,
-                                              server_cache=False, extra=extra)
-        out = []
-        try:
-            while len(out) < limit:
-                token = greedy(scores, banned=special.asr_banned, vocab=vocab)
-                if token == eot:
-                    break
-                out.append(token)
-                scores = await decoder.feed([token])
-        finally:
-            await decoder.close()
-        return tok.decode(out).strip()
 
     async def _generate(self, user_text: str, pieces: asyncio.Queue) -> None:
         tok = self.tok.llm
