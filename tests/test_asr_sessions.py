@@ -195,6 +195,16 @@ def test_greedy_requests_of_one_batch_step_together_and_fail_alone(graph):
     np.testing.assert_array_equal(alone, outs[0]["new_ids"])  # a batch neighbour changes nothing
 
 
+def test_two_greedy_requests_of_one_session_in_a_batch_refuse_the_second(graph):
+    r = _runner(graph)
+    feeds = {**_req(1, _ids(4, 41), _features(41)), "max_new_tokens": np.asarray([[3]]),
+             "end_id": np.asarray([[TINY.asr.n_vocab - 1]]), "suppress_ids": np.asarray([[0]])}
+    first, second = r.run([feeds, feeds])
+    assert first["new_ids"].shape == (1, 3)
+    assert isinstance(second, ValueError) and "session 1 asked for two decodes at once" in str(second)
+    assert not r.table.sessions
+
+
 def test_gpu_config_serves_greedy_requests_and_the_others_do_not():
     gpu = configs.render_config(spec.ASR_DECODER, "gpu")
     for name in ("max_new_tokens", "end_id", "suppress_ids", "new_ids"):

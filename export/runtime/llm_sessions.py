@@ -176,7 +176,7 @@ class StepGraphs:
     def first(self, prompts: list[tuple[list[int], int]]) -> Feeds:
         """The candidates [n, K] after n new sessions' prompts (ids, slot), each at most the largest prompt bucket:
         one replay per group of `prompt_groups`."""
-        rows: list[np.ndarray | None] = [None] * len(prompts)
+        rows: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(prompts)
         for t, b, members in prompt_groups([len(ids) for ids, _ in prompts], self.prompt_batches):
             host = self.prompt_host.numpy()
             host[:b, :t] = 0
