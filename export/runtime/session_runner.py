@@ -163,8 +163,7 @@ class SessionRunner:
     def _greedy(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
         """Whole greedy decodes (SessionState.greedy_inputs), their steps batched: request index -> answer."""
         done: dict[int, Feeds | Exception] = {}
-        live: dict[int, tuple[int, Greedy, list[int], np.ndarray]] = {}  # index -> sid, limits, new ids, logits
-        opening: dict[int, tuple[int, list[int], Feeds, Greedy]] = {}
+        opening, seen = [], set()
         for i, sid, ids, feeds in requests:
             self.table.release(sid)  # a whole decode opens its session afresh
             try:
@@ -172,23 +171,17 @@ class SessionRunner:
             except ValueError as e:
                 done[i] = detached(e)
                 continue
-            if any(sid == o[0] for o in opening.values()):
+            if sid in seen:
                 done[i] = ValueError(f"{self.spec.name}: session {sid} asked for two decodes at once (one at a time)")
                 continue
-            opening[i] = (sid, ids, feeds, want)
-        for i, first in self._prefill([(i, sid, ids, feeds) for i, (sid, ids, feeds, _) in opening.items()]).items():
-            sid, _, _, want = opening[i]
-            if isinstance(first, Exception):
-                done[i] = first
-                self.table.release(sid)
-            else:
-                live[i] = (sid, want, [], scores_of(first))
-        return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores), free=True)}
+            seen.add(sid)
+            opening.append((i, sid, ids, feeds, want))
+        failed, live = self._open(opening)
+        return {**done, **failed, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores), free=True)}
 
     def _chunks(self, requests: list[tuple[int, int, list[int], Feeds]]) -> dict[int, Feeds | Exception]:
         """Sampled chunks (SessionState.chunk_inputs), their steps batched: request index -> answer."""
         done: dict[int, Feeds | Exception] = {}
-        live: dict[int, tuple[int, Chunk, list[int], object]] = {}  # index -> sid, limits, new ids, scores
         opening, going, seen = [], [], set()
         for i, sid, ids, feeds in requests:
             try:
@@ -210,17 +203,10 @@ class SessionRunner:
                 done[i] = ValueError(f"{self.spec.name}: a later chunk carries one token (the last one sampled)")
             else:
                 going.append((i, sid, ids[0], want))
-        for _, sid, _, _, _ in opening:
-            self.table.release(sid)  # a repeated start begins again
-        wants = {i: (sid, want) for i, sid, _, _, want in opening}
-        for i, first in self._prefill([(i, sid, ids, feeds) for i, sid, ids, feeds, _ in opening]).items():
-            sid, want = wants[i]
-            if isinstance(first, Exception):
-                done[i] = first
-                self.table.release(sid)
-            else:
-                self.table.sessions[sid].sampler = np.random.default_rng(want.seed)
-                live[i] = (sid, want, [], scores_of(first))
+        failed, live = self._open(opening)
+        done.update(failed)
+        for sid, want, _, _ in live.values():
+            self.table.sessions[sid].sampler = np.random.default_rng(want.seed)
         for (i, sid, _, want), answer in zip(going, self._decode([(sid, [token]) for _, sid, token, _ in going])):
             if isinstance(answer, Exception):
                 done[i] = answer
@@ -228,6 +214,23 @@ class SessionRunner:
                 live[i] = (sid, want, [], scores_of(answer))
         return {**done, **self._to_the_end(live, lambda sid, want, scores: want.pick(scores, self.table.sessions[sid]),
                                            free=False)}
+
+    def _open(self, opening: list[tuple[int, int, list[int], Feeds, object]]) -> tuple[dict, dict]:
+        """Sessions (request index, session id, prompt ids, feeds, limits) opened afresh, their prompts batched
+        (`_prefill`): (request index -> error, request index -> (session id, limits, new ids, first scores)). A
+        session whose prompt failed is released."""
+        for _, sid, _, _, _ in opening:
+            self.table.release(sid)  # a repeated start begins again
+        wants = {i: (sid, want) for i, sid, _, _, want in opening}
+        failed, live = {}, {}
+        for i, first in self._prefill([(i, sid, ids, feeds) for i, sid, ids, feeds, _ in opening]).items():
+            sid, want = wants[i]
+            if isinstance(first, Exception):
+                failed[i] = first
+                self.table.release(sid)
+            else:
+                live[i] = (sid, want, [], scores_of(first))
+        return failed, live
 
     def _to_the_end(self, live: dict, pick, free: bool) -> dict[int, Feeds | Exception]:
         """The rows of `live` (request index -> session id, limits, new ids, next scores) decoded to their end: a
