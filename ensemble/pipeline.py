@@ -51,6 +51,12 @@ CANCEL_POLL_S = 0.02  # how often a turn asks whether its client cancelled the s
 FIRST_METRICS = {AUDIO: metrics.TTFA, VIDEO: metrics.TTFF}
 
 
+async def _sleep_until(t: float) -> None:
+    """Sleep until perf_counter() reaches t (no wait if it has)."""
+    if (wait := t - time.perf_counter()) > 0:
+        await asyncio.sleep(wait)
+
+
 class Cancelled(Exception):
     """The client cancelled the turn."""
 
@@ -85,12 +91,13 @@ class Turn:
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
                  first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None,
-                 llm_chunk_tokens: int = 1):
+                 llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0):
         self._infer = infer
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
         self.session_stages = session_stages  # stages that keep the decoding cache server-side (ServiceConfig)
         self.frame_lead_s = frame_lead_s  # frames made at most this long before their display time, 0: unpaced
+        self.audio_lead_s = audio_lead_s  # speech made at most this long before it plays, 0: unpaced
         self.first_frames = first_frames  # frames in a turn's first lip-sync call (ServiceConfig)
         self.llm_chunk_tokens = llm_chunk_tokens  # tokens the llm samples per request (ServiceConfig)
         self.preset = preset
@@ -306,6 +313,7 @@ class Turn:
                 for u in voice.utterances(piece, max_ids):
                     seed = self.options.seed * 100_003 + self._utterances  # the voice's noise: per utterance
                     self._utterances += 1
+                    await self._pace_audio()
                     out = await self.call(family.acoustic, **voice.request(u, self.options, seed))
                     features = out[family.features][0][:, : int(out[family.feature_lengths][0, 0])]
                     self._add_phones(u, out["durations"][0][: len(u.ids)])
@@ -334,6 +342,7 @@ class Turn:
         stream.push(features)
         stream.finish()
         for chunk_id, chunk in stream.chunks_ready():
+            await self._pace_audio()
             audio = (await self.call(family.vocoder, **{family.features: chunk[None]}))["audio"][0]
             for ready in stream.accept(chunk_id, audio):
                 self._emit_audio(ready, video_q)
@@ -377,9 +386,14 @@ class Turn:
         frames other turns need now do not queue behind this one's."""
         clock = self.first_audio_at if self.first_audio_at is not None else self._timed_at
         if self.frame_lead_s > 0 and self.options.streaming and clock is not None:
-            wait = clock + index / media.VIDEO_FPS - self.frame_lead_s - time.perf_counter()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            await _sleep_until(clock + index / media.VIDEO_FPS - self.frame_lead_s)
+
+    async def _pace_audio(self) -> None:
+        """With audio_lead_s (streaming): wait until the audio sent so far is within that lead of playing out on the
+        audio clock, before the next TTS or vocoder call; a turn's first audio is never held back. 48 turns that
+        start together then ask for their first speech together, not for all of it at once."""
+        if self.audio_lead_s > 0 and self.options.streaming and self.first_audio_at is not None:
+            await _sleep_until(self.first_audio_at + self.audio_samples / media.OUTPUT_SAMPLE_RATE - self.audio_lead_s)
 
     def _keep(self, index: int) -> bool:
         """Whether frame slot `index` is made: every frame_stride-th, and (streaming) only if it can still

@@ -75,6 +75,7 @@ class ServiceConfig:
     frame_lead_s: float = 0.0  # frames made at most this long before their display time (0: unpaced)
     first_frames: int = 1  # frames in a turn's first lip-sync call (1: the first frame as soon as it can be)
     llm_chunk_tokens: int = 1  # tokens the llm samples per request where it keeps the session (1: the orchestrator)
+    audio_lead_s: float = 0.0  # a turn's speech made at most this long before it plays (0: unpaced)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
@@ -101,12 +102,15 @@ class ServiceConfig:
         if not sessions <= keyed:
             raise ValueError(f"talking_head parameter session_stages names {sorted(sessions - keyed)}: only "
                              f"{sorted(keyed)} can keep a session cache")
-        try:
-            lead = float(params["frame_lead_s"])
-        except ValueError:
-            lead = -1.0
-        if not 0.0 <= lead <= 10.0:
-            raise ValueError(f"talking_head parameter frame_lead_s={params['frame_lead_s']!r} must be seconds in 0..10")
+        def seconds(key: str) -> float:
+            try:
+                value = float(params[key])
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= 10.0:
+                raise ValueError(f"talking_head parameter {key}={params[key]!r} must be seconds in 0..10")
+            return value
+
         first = number("first_frames")
         if not 1 <= first <= 64:
             raise ValueError(f"talking_head parameter first_frames={first} must be in 1..64")
@@ -118,7 +122,8 @@ class ServiceConfig:
             raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
                    cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions,
-                   frame_stage=frame_stage, frame_lead_s=lead, first_frames=first, llm_chunk_tokens=chunk)
+                   frame_stage=frame_stage, frame_lead_s=seconds("frame_lead_s"), first_frames=first, llm_chunk_tokens=chunk,
+                   audio_lead_s=seconds("audio_lead_s"))
 
 
 @dataclass
@@ -294,6 +299,7 @@ class Service:
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
                     frame_workers=self.frame_workers, session_stages=self.config.session_stages,
                     frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0,
+                    audio_lead_s=self.config.audio_lead_s if paced else 0.0,
                     first_frames=self.config.first_frames, llm_chunk_tokens=self.config.llm_chunk_tokens,
                     restore_avatar=self.avatars.save)
         if session is not None:

@@ -10,6 +10,8 @@
 #
 #   CHUNK=4 loadtests/device_bench.sh B_chunk4 48 48   # talking_head llm_chunk_tokens for this run (configs/gpu.pbtxt
 #       is edited in the device's copy of the tree; the rendered default stays as checked in)
+#   PARAMS="audio_lead_s=0 frame_lead_s=1.0" loadtests/device_bench.sh A_lead0 48 48   # any talking_head parameters
+#       for this run, the same way (CHUNK=N is PARAMS=llm_chunk_tokens=N)
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
 #
@@ -25,12 +27,14 @@ if [ "${GPU_TESTS:-0}" = 1 ]; then
     > "$OUT/$name.pytest.log" 2>&1
   rc=$?; tail -3 "$OUT/$name.pytest.log"; [ $rc = 0 ] || { echo "== $name: GPU tests failed (rc=$rc)"; exit 1; }
 fi
-if [ -n "${CHUNK:-}" ]; then
-  sed -i '/key: "llm_chunk_tokens"/,/}/s/string_value: "[0-9]*"/string_value: "'"$CHUNK"'"/' \
+for kv in ${CHUNK:+llm_chunk_tokens=$CHUNK} ${PARAMS:-}; do
+  key=${kv%%=*}; value=${kv#*=}
+  sed -i '/key: "'"$key"'"/,/}/s/string_value: "[^"]*"/string_value: "'"$value"'"/' \
     model_repository/talking_head/configs/gpu.pbtxt
-  grep -A3 '"llm_chunk_tokens"' model_repository/talking_head/configs/gpu.pbtxt | grep -q "\"$CHUNK\"" \
-    || { echo "== $name: llm_chunk_tokens not set to $CHUNK"; exit 1; }
-fi
+  grep -A3 "\"$key\"" model_repository/talking_head/configs/gpu.pbtxt | grep -q "string_value: \"$value\"" \
+    || { echo "== $name: talking_head $key not set to $value"; exit 1; }
+  echo "== $name: talking_head $key=$value"
+done
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
 python3 -u -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \

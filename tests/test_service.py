@@ -197,6 +197,44 @@ def test_frame_lead_paces_the_video_to_the_audio_clock(exported_repository, tmp_
     assert video[-1][0] - start > video[-1][1].data["pts"] - lead - 0.02
 
 
+def test_audio_lead_paces_the_speech_to_the_audio_clock(exported_repository, tmp_path, demo_avatar, stage_runners):
+    """audio_lead_s (GPU variants): after a turn's first audio, no TTS or vocoder call is made while the audio sent
+    is more than that lead ahead of the audio clock; the first audio is not held back, and none comes late."""
+    import time
+    from dataclasses import replace as changed
+
+    lead = 0.4
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = changed(svc.config, audio_lead_s=lead)
+    svc.avatars.save(demo_avatar)
+    infer = make_infer(stage_runners)
+    calls = []  # (perf_counter, model) of each speech stage call as it is made
+
+    async def spy(model, inputs, timeout_s):
+        if model in ("tts", "vocoder"):
+            calls.append((time.perf_counter(), model))
+        return await infer(model, inputs, timeout_s)
+
+    seen = []  # (perf_counter, event)
+    inputs = {"text": np.array([b"Good morning. I am here to help you today, and tomorrow too!"], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say"}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, spy, lambda e: seen.append((time.perf_counter(), e))))
+    audio = [(t, e) for t, e in seen if e.type == ev.AUDIO]
+    rate = audio[0][1].data["sample_rate"]
+    start = audio[0][0]  # the audio clock's 0
+    seconds = sum(e.data["samples"] for _, e in audio) / rate
+    assert seconds > 3 * lead and len([m for _, m in calls if m == "tts"]) >= 2
+    sent = 0  # samples sent before each call
+    for t, model in calls:
+        sent = sum(e.data["samples"] for u, e in audio if u < t)
+        if t > start:
+            assert t >= start + sent / rate - lead - 0.02, f"{model} call made early: {sent / rate:.2f} s sent"
+    for t, e in audio:  # each chunk still comes before it plays
+        assert t <= start + e.data["start_sample"] / rate + 0.02
+    assert audio[-1][0] - start > seconds - 2 * lead  # paced: the last audio comes late in the turn, not at once
+
+
 def test_prerendering_is_not_paced(exported_repository, tmp_path, demo_avatar, stage_runners, monkeypatch):
     """Pacing is for a viewer's clock: a prerendered answer (nobody watching) makes its frames as fast as it can,
     while a live turn of the same service is paced."""
@@ -208,21 +246,21 @@ def test_prerendering_is_not_paced(exported_repository, tmp_path, demo_avatar, s
     pace = Turn._pace
 
     async def spy(self, index):
-        leads.append(self.frame_lead_s)
+        leads.append((self.frame_lead_s, self.audio_lead_s))
         return await pace(self, index)
 
     monkeypatch.setattr(Turn, "_pace", spy)
     svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
-    svc.config = changed(svc.config, frame_lead_s=0.5)
+    svc.config = changed(svc.config, frame_lead_s=0.5, audio_lead_s=2.0)
     svc.avatars.save(demo_avatar)
     ask = {"avatar_id": np.array([demo_avatar.id.encode()], dtype=object), "text": np.array([b"hello"], dtype=object)}
     asyncio.run(svc.handle({**ask, "options": np.array([b'{"action": "prerender"}'], dtype=object)},
                            make_infer(stage_runners), lambda e: None))
-    assert leads and set(leads) == {0.0}
+    assert leads and set(leads) == {(0.0, 0.0)}
     leads.clear()
     asyncio.run(svc.handle({**ask, "options": np.array([b'{"max_reply_tokens": 4}'], dtype=object)},
                            make_infer(stage_runners), lambda e: None))
-    assert leads and set(leads) == {0.5}
+    assert leads and set(leads) == {(0.5, 2.0)}
 
 
 @pytest.mark.parametrize("first", [1, 4])

@@ -86,8 +86,14 @@ def test_the_gpu_variant_composes_warp_frames_beside_the_lipsync():
     # TensorRT) does neither
     assert {v: c.frame_lead_s for v, c in rendered.items()} == {"cpu": 0.0, "gpu": 1.0, "gpu_x2": 1.0, "tensorrt_x2": 1.0}
     assert {v: c.first_frames for v, c in rendered.items()} == {"cpu": 1, "gpu": 8, "gpu_x2": 8, "tensorrt_x2": 8}
-    with pytest.raises(ValueError, match="frame_lead_s"):
-        ServiceConfig.from_parameters({"frame_lead_s": "soon"})
+    # ... and pace a turn's speech, further ahead than its frames (an utterance's timing comes before its frames)
+    assert {v: c.audio_lead_s for v, c in rendered.items()} == {"cpu": 0.0, "gpu": 2.0, "gpu_x2": 2.0, "tensorrt_x2": 2.0}
+    assert all(c.audio_lead_s > c.frame_lead_s for v, c in rendered.items() if v != "cpu")
+    for key in ("frame_lead_s", "audio_lead_s"):
+        with pytest.raises(ValueError, match=f"{key}='soon' must be seconds"):
+            ServiceConfig.from_parameters({key: "soon"})
+        with pytest.raises(ValueError, match=f"{key}='11' must be seconds in 0..10"):
+            ServiceConfig.from_parameters({key: "11"})
     assert {frame_stage(v) for v in ("cpu", "gpu_naive", "gpu_x2", "tensorrt")} == {""}
     assert spec.variant_models("gpu", ["tts", "lipsync"]) == (spec.LIPSYNC_FRAMES,)
     assert spec.variant_models("gpu", ["wav2lip"]) == spec.variant_models("cpu", ["lipsync"]) == ()

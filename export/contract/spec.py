@@ -351,12 +351,15 @@ TALKING_HEAD = ModelSpec(
     # tensorrt_xN) pace them, so a turn's frames due now never queue behind frames other turns need seconds later;
     # config.pbtxt, which one-GPU TensorRT shares with the CPU variant, does not); first_frames: the frames in a
     # turn's first lip-sync call (1: its first frame as early as it can be; more: the frames due right after it come
-    # with it, at the cost of a larger first call; the rendered GPU configs use 8); llm_chunk_tokens: where the llm
-    # keeps its sessions (session_stages), the tokens it samples per request (1: one request a token, the
-    # orchestrator samples; more: the llm samples that many with the turn's seed, the same tokens, one round trip
-    # each). See ensemble.service.ServiceConfig.
+    # with it, at the cost of a larger first call; the rendered GPU configs use 8); audio_lead_s: a turn's TTS and
+    # vocoder calls are made at most this long before their audio plays (0: as fast as the text comes; the rendered
+    # GPU configs pace them, so a turn's first audio does not queue behind audio other turns need seconds later);
+    # llm_chunk_tokens: where the llm keeps its sessions (session_stages), the tokens it samples per request (1: one
+    # request a token, the orchestrator samples; more: the llm samples that many with the turn's seed, the same
+    # tokens, one round trip each). See ensemble.service.ServiceConfig.
     parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
-                ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1"), ("llm_chunk_tokens", "1")),
+                ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1"), ("llm_chunk_tokens", "1"),
+                ("audio_lead_s", "0")),
 )
 
 AVATAR_REGISTRY = ModelSpec(

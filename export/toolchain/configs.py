@@ -31,6 +31,10 @@ from export.toolchain.placement import ORCHESTRATOR_GPU_INSTANCES
 VARIANTS = ("tensorrt", "cpu", "gpu", "gpu_naive")
 CPU_BACKEND = "ort_cpu"  # the Python-based ONNX Runtime backend in deploy/backends/
 GPU_FRAME_LEAD_S = "1.0"  # talking_head frame_lead_s on GPU hosts (export/contract/spec.py TALKING_HEAD)
+# talking_head audio_lead_s on GPU hosts: a turn's speech is made at most 2 s ahead of its playback, so the 48 turns
+# that start together do not also ask for all their later speech at once (BENCHMARKS.md, "Speech made as it is
+# needed"); more than frame_lead_s, so an utterance's timing is known before its frames are due
+GPU_AUDIO_LEAD_S = "2.0"
 # talking_head first_frames on GPU hosts: a turn's first lip-sync call carries the frames due in its first 320 ms, so
 # none of them waits on a second round trip (at 48 sessions on an H100: 84-94 of 96 turns real time against 24-35
 # with 1, BENCHMARKS.md "The first lip-sync call")
@@ -115,6 +119,7 @@ def render_config(spec: ModelSpec, variant: str, gpus: int = 1) -> str:
                 s.name for s in variant_models(variant_name(variant, gpus), {LIPSYNC.name}))
             cfg.parameters["frame_lead_s"].string_value = "0" if variant == "cpu" else GPU_FRAME_LEAD_S
             cfg.parameters["first_frames"].string_value = "1" if variant == "cpu" else GPU_FIRST_FRAMES
+            cfg.parameters["audio_lead_s"].string_value = "0" if variant == "cpu" else GPU_AUDIO_LEAD_S
         return _header(spec, "python" if gpus == 1 else f"python, {variant_name(variant, gpus)}") + \
             text_format.MessageToString(cfg)
     if variant == "tensorrt":
