@@ -10,7 +10,7 @@ import multiprocessing
 import queue
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,6 +44,7 @@ class TurnRecord:
     frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
     stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
     timings_ms: dict | None = None  # ms from the turn's start on the server to its first event of each type (done)
+    turn: int = 0  # its place in its session (0: the first, which every session of a level starts at once)
 
     @property
     def real_time(self) -> bool:
@@ -93,7 +94,7 @@ def sessions(url: str, avatar_id: str, concurrency: int, turns: int, options: di
     """`concurrency` sessions at once in this process (a thread each), each `turns` turns back to back."""
     with TalkingHeadClient(url, turn_timeout_s=300) as client:
         def session(_):
-            return [one_turn(client, avatar_id, options, audio) for _ in range(turns)]
+            return [replace(one_turn(client, avatar_id, options, audio), turn=k) for k in range(turns)]
         with ThreadPoolExecutor(concurrency) as pool:
             return [r for rs in pool.map(session, range(concurrency)) for r in rs]
 
@@ -170,6 +171,7 @@ def summarize(records: list[TurnRecord]) -> dict:
             "stage_ms_per_turn": {k: round(float(np.mean([(r.stage_ms or {}).get(k, 0.0) for r in ok])), 1)
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "server_first_ms": server_first_ms(ok),
+            "ttfa_ms_by_turn": ttfa_ms_by_turn(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
 
@@ -185,6 +187,16 @@ def server_first_ms(records: list[TurnRecord]) -> dict[str, list[float]]:
         vals = [r.timings_ms[f"first_{name}"] for r in records if r.timings_ms and f"first_{name}" in r.timings_ms]
         if vals:
             out[name] = [round(float(np.percentile(vals, 50)), 1), round(float(np.percentile(vals, 95)), 1)]
+    return out
+
+
+def ttfa_ms_by_turn(records: list[TurnRecord]) -> list[list[float]]:
+    """[p50, p95] TTFA ms of each turn of a session, in order: the first turns start together (a herd), the later
+    ones wherever the earlier ended, so a tail that only the first have is the herd's."""
+    out = []
+    for k in range(1 + max((r.turn for r in records), default=-1)):
+        vals = [1000 * r.ttfa_s for r in records if r.turn == k and r.ttfa_s is not None]
+        out.append([round(float(np.percentile(vals, q)), 1) for q in (50, 95)] if vals else [])
     return out
 
 

@@ -98,6 +98,16 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in f[n]) if n in f else "—"
                                                     for n in names) + " |" for label, c, f in firsts]
         lines.append("")
+    by_turn = [(label, c, s["ttfa_ms_by_turn"]) for label, c, s in rows if len(s.get("ttfa_ms_by_turn") or []) > 1]
+    if by_turn:
+        n = max(len(t) for _, _, t in by_turn)
+        lines += ["TTFA by a session's turn, p50 / p95 (ms; every session of a level starts its first turn at once, "
+                  "its later turns where its earlier ended):", "",
+                  "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
+                  "| --- | ---: |" + " ---: |" * n]
+        lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in t[k]) if k < len(t) and t[k]
+                                                    else "—" for k in range(n)) + " |" for label, c, t in by_turn]
+        lines.append("")
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
         models = [m for m in STAGES if any(m in ms for _, ms in served)]

@@ -40,6 +40,11 @@ def test_sessions_spread_over_client_processes_all_run_their_turns(server, avata
     assert set(first) == {"text", "piece", "audio", "video"}, first
     assert first["text"][0] <= first["piece"][0] <= first["audio"][0], first
     assert all(p50 <= p95 for p50, p95 in first.values()), first
+    assert sorted(r.turn for r in records) == [0, 0, 0, 1, 1, 1]  # each session's turns, in order
+    by_turn = s["ttfa_ms_by_turn"]
+    assert len(by_turn) == 2 and all(0 < p50 <= p95 for p50, p95 in by_turn), by_turn
+    firsts = sorted(1000 * r.ttfa_s for r in records if r.turn == 0)
+    assert firsts[0] <= by_turn[0][0] <= firsts[-1]  # the first turns' own TTFAs
 
 
 def test_the_report_shows_where_the_first_audio_went():
@@ -48,10 +53,13 @@ def test_the_report_shows_where_the_first_audio_went():
     level = {"turns": 2, "failed": 0, "real_time_sessions": 2, "all_real_time": True, "ttfa_p50_s": 0.3,
              "ttfa_p95_s": 0.4, "ttff_p50_s": 0.3, "ttff_p95_s": 0.4, "total_p50_s": 2.0, "audio_s_p50": 5.8,
              "late_frames": 0, "audio_underruns": 0, "stage_ms_per_turn": {}, "errors": [],
-             "server_first_ms": {"text": [120.5, 200.0], "piece": [180.0, 260.0], "audio": [250.0, 330.0]}}
+             "server_first_ms": {"text": [120.5, 200.0], "piece": [180.0, 260.0], "audio": [250.0, 330.0]},
+             "ttfa_ms_by_turn": [[300.0, 420.0], [280.5, 300.0]]}
     run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": level,
            "levels": {"48": level, "48#2": level}}
     md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
                    "capacity": {"optimized": capacity(run["levels"])}})
     assert "| input | concurrency | text | piece | audio |" in md
     assert "| text | 48#2 | 120.5 / 200 | 180 / 260 | 250 / 330 |" in md
+    assert "| input | concurrency | turn 1 | turn 2 |" in md
+    assert "| text | 48#2 | 300 / 420 | 280.5 / 300 |" in md
