@@ -78,6 +78,8 @@ class TurnStats:
     first: dict[str, float] = field(default_factory=dict)  # event type -> ms of its first emission
     stage_ms: dict[str, float] = field(default_factory=dict)  # summed time inside each stage model
     stage_calls: dict[str, int] = field(default_factory=dict)
+    first_calls: dict[str, tuple[float, float]] = field(default_factory=dict)  # stage -> ms its first call was
+    # sent and answered: where a turn's first audio waited (queued behind other turns' calls, or its own loop)
 
     def ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -158,6 +160,7 @@ class Turn:
         s = self.stats
         s.stage_ms[model] = s.stage_ms.get(model, 0.0) + ms
         s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
+        s.first_calls.setdefault(model, (round((t - s.t0) * 1000.0, 1), round(s.ms(), 1)))
         return out
 
     async def call(self, stage: spec.ModelSpec, **inputs: np.ndarray) -> spec.Outputs:
@@ -214,6 +217,7 @@ class Turn:
             "frame_stride": self.options.frame_stride, "interrupted": self.interrupted,
             "timings_ms": {"first_" + k: v for k, v in s.first.items()} | {"total": round(s.ms(), 1)},
             "stage_ms": {k: round(v, 1) for k, v in s.stage_ms.items()}, "stage_calls": s.stage_calls,
+            "first_calls_ms": {k: list(v) for k, v in s.first_calls.items()},
         })
 
     async def _watch_client(self) -> None:

@@ -385,7 +385,7 @@ async def replay(events: list[Event], emit: Emit, recorder: metrics.Recorder) ->
         data = {**e.data, "turn_id": turn_id, "t_ms": t_ms}
         if e.type == DONE:
             data["timings_ms"] = {"first_" + k: v for k, v in first.items()} | {"total": t_ms}
-            data["stage_ms"], data["stage_calls"] = {}, {}
+            data["stage_ms"], data["stage_calls"], data["first_calls_ms"] = {}, {}, {}
         emit(Event(e.type, data, audio=e.audio, frame=e.frame))
         await asyncio.sleep(0)
 

@@ -44,6 +44,7 @@ class TurnRecord:
     frames_skipped: int = 0  # frame slots the load governor skipped on purpose (a lowered frame rate)
     stage_ms: dict | None = None  # server time inside each stage model (BLS call to answer), from the done event
     timings_ms: dict | None = None  # ms from the turn's start on the server to its first event of each type (done)
+    first_calls_ms: dict | None = None  # stage -> [ms sent, ms answered] of the turn's first call to it (done)
     turn: int = 0  # its place in its session (0: the first, which every session of a level starts at once)
 
     @property
@@ -86,7 +87,7 @@ def one_turn(client: TalkingHeadClient, avatar_id: str, options: dict, audio: np
                       late_in_first_s=sum(pts < 1.0 for pts in late),
                       late_max_ms=1000 * max(lateness, default=0.0),
                       frames_skipped=int(done.get("frames_dropped", 0)) - dropped_late, stage_ms=done.get("stage_ms"),
-                      timings_ms=done.get("timings_ms"))
+                      timings_ms=done.get("timings_ms"), first_calls_ms=done.get("first_calls_ms"))
 
 
 def sessions(url: str, avatar_id: str, concurrency: int, turns: int, options: dict,
@@ -172,6 +173,7 @@ def summarize(records: list[TurnRecord]) -> dict:
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "server_first_ms": server_first_ms(ok),
             "ttfa_ms_by_turn": ttfa_ms_by_turn(ok),
+            "first_calls_ms": first_calls_ms(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
 
@@ -187,6 +189,18 @@ def server_first_ms(records: list[TurnRecord]) -> dict[str, list[float]]:
         vals = [r.timings_ms[f"first_{name}"] for r in records if r.timings_ms and f"first_{name}" in r.timings_ms]
         if vals:
             out[name] = [round(float(np.percentile(vals, 50)), 1), round(float(np.percentile(vals, 95)), 1)]
+    return out
+
+
+def first_calls_ms(records: list[TurnRecord]) -> dict[str, dict[str, list[float]]]:
+    """stage -> {"sent": [p50, p95], "answered": [p50, p95]}: ms from a turn's start to its first call to the stage
+    and to that call's answer (the done event's `first_calls_ms`), so a tail in the first audio shows whether it
+    waited in a stage (sent early, answered late) or before the call was made."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for model in sorted({m for r in records for m in (r.first_calls_ms or {})}):
+        pairs = [r.first_calls_ms[model] for r in records if r.first_calls_ms and model in r.first_calls_ms]
+        out[model] = {name: [round(float(np.percentile([p[k] for p in pairs], q)), 1) for q in (50, 95)]
+                      for k, name in enumerate(("sent", "answered"))}
     return out
 
 

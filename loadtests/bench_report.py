@@ -98,6 +98,17 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in f[n]) if n in f else "—"
                                                     for n in names) + " |" for label, c, f in firsts]
         lines.append("")
+    calls = [(label, c, s["first_calls_ms"]) for label, c, s in rows if s.get("first_calls_ms")]
+    if calls:
+        stages = [m for m in STAGES if any(m in f for _, _, f in calls)]
+        lines += ["A turn's first call to each stage: ms from the turn's start to the call being sent, and answered "
+                  "(p50 / p95 each; the time between is the stage's queue, compute and the BLS round trip):", "",
+                  "| input | concurrency | " + " | ".join(f"{m} sent | {m} answered" for m in stages) + " |",
+                  "| --- | ---: |" + " ---: | ---: |" * len(stages)]
+        lines += [f"| {label} | {c} | " + " | ".join(
+            " | ".join(" / ".join(f"{v:g}" for v in f[m][k]) for k in ("sent", "answered")) if m in f else "— | —"
+            for m in stages) + " |" for label, c, f in calls]
+        lines.append("")
     by_turn = [(label, c, s["ttfa_ms_by_turn"]) for label, c, s in rows if len(s.get("ttfa_ms_by_turn") or []) > 1]
     if by_turn:
         n = max(len(t) for _, _, t in by_turn)

@@ -40,6 +40,13 @@ def test_sessions_spread_over_client_processes_all_run_their_turns(server, avata
     assert set(first) == {"text", "piece", "audio", "video"}, first
     assert first["text"][0] <= first["piece"][0] <= first["audio"][0], first
     assert all(p50 <= p95 for p50, p95 in first.values()), first
+    calls = s["first_calls_ms"]  # where the first audio waited: each stage's first call, sent and answered
+    assert {"llm", "tts", "vocoder"} <= set(calls), calls
+    for r in records:  # one turn's milestones in the order the pipeline makes them
+        f, t = r.first_calls_ms, r.timings_ms
+        assert (t["first_piece"] <= f["tts"][0] <= f["tts"][1] <= f["vocoder"][0] <= f["vocoder"][1]
+                <= t["first_audio"]), (f, t)
+        assert f["llm"][0] <= f["llm"][1] <= t["first_text"], (f, t)
     assert sorted(r.turn for r in records) == [0, 0, 0, 1, 1, 1]  # each session's turns, in order
     by_turn = s["ttfa_ms_by_turn"]
     assert len(by_turn) == 2 and all(0 < p50 <= p95 for p50, p95 in by_turn), by_turn
@@ -54,7 +61,8 @@ def test_the_report_shows_where_the_first_audio_went():
              "ttfa_p95_s": 0.4, "ttff_p50_s": 0.3, "ttff_p95_s": 0.4, "total_p50_s": 2.0, "audio_s_p50": 5.8,
              "late_frames": 0, "audio_underruns": 0, "stage_ms_per_turn": {}, "errors": [],
              "server_first_ms": {"text": [120.5, 200.0], "piece": [180.0, 260.0], "audio": [250.0, 330.0]},
-             "ttfa_ms_by_turn": [[300.0, 420.0], [280.5, 300.0]]}
+             "ttfa_ms_by_turn": [[300.0, 420.0], [280.5, 300.0]],
+             "first_calls_ms": {"tts": {"sent": [181.0, 262.0], "answered": [230.0, 320.5]}}}
     run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": level,
            "levels": {"48": level, "48#2": level}}
     md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
@@ -62,4 +70,6 @@ def test_the_report_shows_where_the_first_audio_went():
     assert "| input | concurrency | text | piece | audio |" in md
     assert "| text | 48#2 | 120.5 / 200 | 180 / 260 | 250 / 330 |" in md
     assert "| input | concurrency | turn 1 | turn 2 |" in md
+    assert "| input | concurrency | tts sent | tts answered |" in md
+    assert "| text | 48#2 | 181 / 262 | 230 / 320.5 |" in md
     assert "| text | 48#2 | 300 / 420 | 280.5 / 300 |" in md
