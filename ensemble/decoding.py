@@ -54,8 +54,7 @@ class KVDecoder:
             chunk = np.asarray([ids[start:start + self.max_tokens]], dtype=np.int64)
             if self.length > self.max_past:
                 raise OverflowError(f"{self.spec.name}: the KV cache is full ({self.length} tokens)")
-            out = self.spec.response(await self.infer(
-                self.spec.name, self.spec.request(**{self.ids_name: chunk, **self.extra, "past_kv": self.past})))
+            out = await self.spec.call(self.infer, **{self.ids_name: chunk, **self.extra, "past_kv": self.past})
             self.past = out["present_kv"]
             logits = out["logits"][0]
         return logits
@@ -98,7 +97,7 @@ class SessionDecoder:
                 inputs.update(self.extra)  # derives from them)
                 inputs[s.start_input] = np.ones((1, 1), dtype=bool)
             self.open = True
-            out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
+            out = await self.spec.call(self.infer, **inputs)
             self.length += len(chunk)
             scores = scores_of(out)
         return scores
@@ -123,7 +122,7 @@ class SessionDecoder:
             if self.length == 0:
                 inputs[s.start_input] = np.ones((1, 1), dtype=bool)
             self.open = True
-            out = self.spec.response(await self.infer(self.spec.name, self.spec.request(**inputs)))
+            out = await self.spec.call(self.infer, **inputs)
             new = [int(t) for t in out[s.chunk_outputs[0].name][0]]
             self.length += len(ids) + max(0, len(new) - 1)  # the last token is fed with the next chunk
             for token in new:
@@ -173,7 +172,7 @@ async def decode_greedy(infer: Infer, spec: ModelSpec, prompt: Sequence[int], ma
               s.start_input: np.ones((1, 1), dtype=bool), **(extra or {}),
               limit: np.asarray([[max_new_tokens]], dtype=np.int64), end: np.asarray([[end_id]], dtype=np.int64),
               banned: np.asarray([suppress], dtype=np.int64)}
-    out = spec.response(await infer(spec.name, spec.request(**inputs)))
+    out = await spec.call(infer, **inputs)
     return [int(t) for t in out[s.greedy_outputs[0].name][0]]
 
 

@@ -165,7 +165,7 @@ class Turn:
 
     async def call(self, stage: spec.ModelSpec, **inputs: np.ndarray) -> spec.Outputs:
         """One stage call with inputs and outputs named by the stage's spec (a wrong name fails at once)."""
-        return stage.response(await self.infer(stage.name, stage.request(**inputs)))
+        return await stage.call(self.infer, **inputs)
 
     def emit(self, kind: str, data: dict, audio: np.ndarray | None = None, frame: bytes | None = None) -> None:
         t_ms = round(self.stats.ms(), 1)

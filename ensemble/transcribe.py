@@ -25,8 +25,7 @@ async def transcribe(infer, tokenizers, preset: Preset, audio16k: np.ndarray, *,
     """The transcript of 16 kHz speech. `tokenizers`: ensemble.pipeline.Tokenizers (its asr tokenizer and ids);
     `server_side`: the asr_decoder keeps its sessions."""
     mel = whisper_log_mel(audio16k)[None]
-    features = spec.ASR_ENCODER.response(await infer(spec.ASR_ENCODER.name,
-                                                     spec.ASR_ENCODER.request(mel=mel)))["audio_features"]
+    features = (await spec.ASR_ENCODER.call(infer, mel=mel))["audio_features"]
     tok, special = tokenizers.asr, tokenizers.ids
     prompt, eot = list(special.asr_prompt), special.asr_end
     vocab = tok.get_vocab_size()  # never pick an id the tokenizer cannot decode

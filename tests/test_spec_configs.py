@@ -1,5 +1,6 @@
 """The checked-in Triton configs are exactly what export/contract/spec.py renders."""
 
+import numpy as np
 import pytest
 
 from export.contract import spec
@@ -100,3 +101,24 @@ def test_the_gpu_variant_composes_warp_frames_beside_the_lipsync():
     assert configs.config_paths(spec.LIPSYNC_FRAMES) == {"gpu": "lipsync_frames/configs/gpu.pbtxt"}
     with pytest.raises(ValueError, match="frame_stage"):
         ServiceConfig.from_parameters({"frame_stage": "wav2lip"})
+
+
+def test_a_stage_call_names_its_inputs_and_outputs_by_the_spec():
+    """ModelSpec.call: a misspelled input fails before any request is sent; outputs are read by the spec's names,
+    a name the stage does not declare (or did not return) says which."""
+    import asyncio
+
+    sent = []
+
+    async def infer(model, inputs):
+        sent.append((model, sorted(inputs)))
+        return {"audio": np.zeros((1, 4), np.float32)}
+
+    with pytest.raises(KeyError, match=r"vocoder has no input \['mels'\]"):
+        asyncio.run(spec.VOCODER.call(infer, mels=np.zeros((1, 80, 8), np.float32)))
+    assert sent == []
+    name = spec.VOCODER.inputs[0].name
+    out = asyncio.run(spec.VOCODER.call(infer, **{name: np.zeros((1, 80, 8), np.float32)}))
+    assert sent == [("vocoder", [name])] and out["audio"].shape == (1, 4)
+    with pytest.raises(KeyError, match="vocoder has no output 'wave'"):
+        out["wave"]

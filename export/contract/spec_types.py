@@ -191,6 +191,11 @@ class ModelSpec:
         """One call's outputs, read by this spec's names (see Outputs)."""
         return Outputs(self, outputs)
 
+    async def call(self, infer, **arrays) -> "Outputs":
+        """One call through `infer(model name, inputs) -> outputs` (a BLS call in Triton, ONNX Runtime in the tests),
+        inputs and outputs by this spec's names."""
+        return self.response(await infer(self.name, self.request(**arrays)))
+
     def input(self, name: str) -> Tensor:
         return next(t for t in self.inputs if t.name == name)
 
