@@ -92,6 +92,15 @@ class ServiceConfig:
                 raise ValueError(f"talking_head parameter {key}={value} must be >= 0")
             return value
 
+        def seconds(key: str) -> float:
+            try:
+                value = float(params[key])
+            except ValueError:
+                value = -1.0
+            if not 0.0 <= value <= 10.0:
+                raise ValueError(f"talking_head parameter {key}={params[key]!r} must be seconds in 0..10")
+            return value
+
         limits = Limits(max_sessions=max(1, number("max_sessions")))
         degrade = params["degrade"].lower()
         if degrade not in ("on", "off"):
@@ -102,14 +111,6 @@ class ServiceConfig:
         if not sessions <= keyed:
             raise ValueError(f"talking_head parameter session_stages names {sorted(sessions - keyed)}: only "
                              f"{sorted(keyed)} can keep a session cache")
-        def seconds(key: str) -> float:
-            try:
-                value = float(params[key])
-            except ValueError:
-                value = -1.0
-            if not 0.0 <= value <= 10.0:
-                raise ValueError(f"talking_head parameter {key}={params[key]!r} must be seconds in 0..10")
-            return value
 
         first = number("first_frames")
         if not 1 <= first <= 64:
@@ -122,8 +123,8 @@ class ServiceConfig:
             raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
                    cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions,
-                   frame_stage=frame_stage, frame_lead_s=seconds("frame_lead_s"), first_frames=first, llm_chunk_tokens=chunk,
-                   audio_lead_s=seconds("audio_lead_s"))
+                   frame_stage=frame_stage, frame_lead_s=seconds("frame_lead_s"), first_frames=first,
+                   llm_chunk_tokens=chunk, audio_lead_s=seconds("audio_lead_s"))
 
 
 @dataclass
