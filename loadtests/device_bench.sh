@@ -39,5 +39,5 @@ mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
 python3 -u -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \
   --naive-concurrency 1 --turns 2 --skip-stages --resume --out "$OUT/$name" > "$OUT/$name.log" 2>&1
-echo "== $name rc=$?"; sed -n '/^## End to end, optimized/,$p' "$OUT/$name/BENCHMARKS.md" | grep "^| " | head -40
+echo "== $name rc=$?"; sed -n '/^## End to end, optimized/,$p' "$OUT/$name/BENCHMARKS.md" | grep "^| " | head -70
 rm -rf "$OUT/$name/runs" "$OUT/$name/gpu" "$OUT/$name"/*.png
