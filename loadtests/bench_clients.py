@@ -177,6 +177,11 @@ def summarize(records: list[TurnRecord]) -> dict:
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
 
+def p50_p95(vals: list[float]) -> list[float]:
+    """[p50, p95] of `vals`, to 0.1 (the report's first-event, first-call and by-turn tables)."""
+    return [round(float(np.percentile(vals, q)), 1) for q in (50, 95)]
+
+
 FIRST_EVENTS = ("transcript", "text", "piece", "audio", "video")  # a turn's server-side milestones, in order
 
 
@@ -188,7 +193,7 @@ def server_first_ms(records: list[TurnRecord]) -> dict[str, list[float]]:
     for name in FIRST_EVENTS:
         vals = [r.timings_ms[f"first_{name}"] for r in records if r.timings_ms and f"first_{name}" in r.timings_ms]
         if vals:
-            out[name] = [round(float(np.percentile(vals, 50)), 1), round(float(np.percentile(vals, 95)), 1)]
+            out[name] = p50_p95(vals)
     return out
 
 
@@ -199,8 +204,7 @@ def first_calls_ms(records: list[TurnRecord]) -> dict[str, dict[str, list[float]
     out: dict[str, dict[str, list[float]]] = {}
     for model in sorted({m for r in records for m in (r.first_calls_ms or {})}):
         pairs = [r.first_calls_ms[model] for r in records if r.first_calls_ms and model in r.first_calls_ms]
-        out[model] = {name: [round(float(np.percentile([p[k] for p in pairs], q)), 1) for q in (50, 95)]
-                      for k, name in enumerate(("sent", "answered"))}
+        out[model] = {name: p50_p95([p[k] for p in pairs]) for k, name in enumerate(("sent", "answered"))}
     return out
 
 
@@ -210,7 +214,7 @@ def ttfa_ms_by_turn(records: list[TurnRecord]) -> list[list[float]]:
     out = []
     for k in range(1 + max((r.turn for r in records), default=-1)):
         vals = [1000 * r.ttfa_s for r in records if r.turn == k and r.ttfa_s is not None]
-        out.append([round(float(np.percentile(vals, q)), 1) for q in (50, 95)] if vals else [])
+        out.append(p50_p95(vals) if vals else [])
     return out
 
 
