@@ -12,6 +12,8 @@
 #       is edited in the device's copy of the tree; the rendered default stays as checked in)
 #   PARAMS="audio_lead_s=0 frame_lead_s=1.0" loadtests/device_bench.sh A_lead0 48 48   # any talking_head parameters
 #       for this run, the same way (CHUNK=N is PARAMS=llm_chunk_tokens=N)
+#   BATCH="tts=8" loadtests/device_bench.sh A_tts8 48 48   # a stage's max_batch_size for this run (its gpu config,
+#       preferred sizes above it dropped; its CUDA graphs stay captured up to the spec's size, unused past this one)
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
 #
@@ -34,6 +36,13 @@ for kv in ${CHUNK:+llm_chunk_tokens=$CHUNK} ${PARAMS:-}; do
   grep -A3 "\"$key\"" model_repository/talking_head/configs/gpu.pbtxt | grep -q "string_value: \"$value\"" \
     || { echo "== $name: talking_head $key not set to $value"; exit 1; }
   echo "== $name: talking_head $key=$value"
+done
+for kv in ${BATCH:-}; do
+  model=${kv%%=*}; rows=${kv#*=}; cfg=model_repository/$model/configs/gpu.pbtxt
+  sed -i "s/^max_batch_size: .*/max_batch_size: $rows/" "$cfg"
+  awk -v rows="$rows" '!/preferred_batch_size:/ || $2 <= rows' "$cfg" > "$cfg.tmp" && mv "$cfg.tmp" "$cfg"
+  grep -q "^max_batch_size: $rows$" "$cfg" || { echo "== $name: $model max_batch_size not set to $rows"; exit 1; }
+  echo "== $name: $model max_batch_size=$rows ($(grep -c preferred_batch_size "$cfg") preferred sizes left)"
 done
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
