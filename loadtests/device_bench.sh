@@ -12,8 +12,9 @@
 #       is edited in the device's copy of the tree; the rendered default stays as checked in)
 #   PARAMS="audio_lead_s=0 frame_lead_s=1.0" loadtests/device_bench.sh A_lead0 48 48   # any talking_head parameters
 #       for this run, the same way (CHUNK=N is PARAMS=llm_chunk_tokens=N)
-#   BATCH="tts=8" loadtests/device_bench.sh A_tts8 48 48   # a stage's max_batch_size for this run (its gpu config,
-#       preferred sizes above it dropped; its CUDA graphs stay captured up to the spec's size, unused past this one)
+#   BATCH="tts=16" loadtests/device_bench.sh B_tts16 48 48   # a stage's max_batch_size for this run (its gpu config,
+#       preferred sizes above it dropped, the size itself added as one: the stage's graph calls and CUDA graphs follow
+#       the served config)
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
 #
@@ -40,9 +41,12 @@ done
 for kv in ${BATCH:-}; do
   model=${kv%%=*}; rows=${kv#*=}; cfg=model_repository/$model/configs/gpu.pbtxt
   sed -i "s/^max_batch_size: .*/max_batch_size: $rows/" "$cfg"
-  awk -v rows="$rows" '!/preferred_batch_size:/ || $2 <= rows' "$cfg" > "$cfg.tmp" && mv "$cfg.tmp" "$cfg"
+  awk -v rows="$rows" '
+    /preferred_batch_size:/ { if ($2 + 0 < rows + 0) print; else if (!done) { print "  preferred_batch_size: " rows; done = 1 }; next }
+    /max_queue_delay_microseconds:/ && !done { print "  preferred_batch_size: " rows; done = 1 }
+    { print }' "$cfg" > "$cfg.tmp" && mv "$cfg.tmp" "$cfg"
   grep -q "^max_batch_size: $rows$" "$cfg" || { echo "== $name: $model max_batch_size not set to $rows"; exit 1; }
-  echo "== $name: $model max_batch_size=$rows ($(grep -c preferred_batch_size "$cfg") preferred sizes left)"
+  echo "== $name: $model max_batch_size=$rows ($(grep -c preferred_batch_size "$cfg") preferred sizes)"
 done
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"

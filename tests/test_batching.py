@@ -4,7 +4,7 @@ import pytest
 
 from export.contract import media, spec
 from export.contract.presets import get_preset
-from export.runtime.batching import check_request
+from export.runtime.batching import BatchRunner, check_request
 
 CHANNELS = get_preset("tiny").vits.inter_channels  # the tiny voice's latent channels
 
@@ -36,6 +36,24 @@ def test_ragged_tts_batch_matches_single_runs(stage_runners):
         assert int(out["latent_lengths"][0, 0]) == out["latents"].shape[2] == out["durations"].sum()
         np.testing.assert_array_equal(out["durations"], single["durations"])
         np.testing.assert_allclose(out["latents"], single["latents"], atol=1e-4)
+
+
+def test_the_served_config_sets_the_rows_a_graph_call_takes(stage_runners):
+    vocoder = stage_runners["vocoder"]
+    rows = []
+
+    def counting(feeds):
+        rows.append(feeds["latents"].shape[0])
+        return vocoder.run_graph(feeds)
+
+    requests = [{"latents": np.full((1, CHANNELS, 9), k / 10, np.float32)} for k in range(5)]
+    expected = vocoder.run(requests)
+    for max_batch_size, calls in ((None, [5]), (2, [2, 2, 1]), (4, [4, 1])):
+        rows.clear()
+        out = BatchRunner(spec.VOCODER, counting, vocoder.dims, max_batch_size=max_batch_size).run(requests)
+        assert rows == calls, max_batch_size  # None: the spec's 16
+        for a, b in zip(out, expected):
+            np.testing.assert_allclose(a["audio"], b["audio"], atol=1e-5)
 
 
 def test_a_bad_request_fails_alone(stage_runners):

@@ -7,7 +7,7 @@ import pytest
 from ensemble.pipeline import VOCODER_CHUNK_FRAMES
 from export.contract import spec
 from export.contract.presets import get_preset
-from export.runtime.torch_runtime import GraphedStage, TorchStage, load_graph
+from export.runtime.torch_runtime import GraphedStage, TorchStage, graph_batches, load_graph
 from export.toolchain import configs
 
 
@@ -25,6 +25,13 @@ def test_only_the_optimized_gpu_variant_asks_for_graphs():
         for variant in ("cpu", "gpu_naive", "tensorrt"):
             assert "cuda_graphs" not in configs.render_config(s, variant), (s.name, variant)
     assert "cuda_graphs" not in configs.render_config(spec.FASTSPEECH2, "gpu")  # its length depends on the input
+
+
+def test_graph_batches_follow_the_served_config():
+    assert graph_batches(spec.TTS) == [1, 2, 4, 8] == graph_batches(spec.TTS, spec.TTS.max_batch_size)
+    assert graph_batches(spec.TTS, 16) == [1, 2, 4, 8, 16]  # e.g. loadtests/device_bench.sh BATCH="tts=16"
+    assert graph_batches(spec.TTS, 12) == [1, 2, 4, 8, 12]  # the config's own size is a bucket
+    assert graph_batches(spec.VOCODER, 4) == [1, 2, 4]
 
 
 @pytest.mark.gpu  # skipped without CUDA (tests/conftest.py)

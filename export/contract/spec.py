@@ -133,9 +133,8 @@ TTS = ModelSpec(
         Tensor("durations", "INT64", ("phonemes",), length_from="input:phonemes"),  # latent frames per id
     ),
     axes=(Axis("phonemes", 1, 128, 512),),  # ~2 ids per phoneme (pads between): 512 ids is 15-20 s of speech
-    # one instance: a second made each batch slower (47 vs 28 ms at 48 sessions on one H200, BENCHMARKS.md); up to
-    # 16 rows: 48 sessions' first pieces arrive together, 6 batches of 8 one after another before the last is spoken
-    max_batch_size=16, preferred_batch_sizes=(4, 8, 16), max_queue_delay_us=1000,
+    # one instance: a second made each batch slower (47 vs 28 ms at 48 sessions on one H200, BENCHMARKS.md)
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
     preset_dims=_vits_dims,
     gpu_precision="fp32",  # ceil() of the durations and the spline's square root keep the duration path in fp32
     # phoneme buckets, the inputs padded up to one (masked, exact): the text half and the flow replay CUDA graphs

@@ -128,10 +128,12 @@ class BatchRunner:
     """Runs a stage's graph over a batch of requests; `run_graph` maps batched feeds to outputs."""
 
     def __init__(self, spec: ModelSpec, run_graph: Callable[[Feeds], Feeds], dims: dict[str, int] | None = None,
-                 bounds: dict[str, list] | None = None):
+                 bounds: dict[str, list] | None = None, max_batch_size: int | None = None):
         if not spec.batched:
             raise ValueError(f"{spec.name} takes no batch axis")
         self.spec = spec
+        # rows a graph call takes at most: the served config's (Triton never hands over more), the spec's by default
+        self.max_batch_size = max_batch_size or spec.max_batch_size
         self.run_graph = run_graph
         self.dims = dict(dims or {})  # the spec's preset dims as the served graph has them
         self.bounds = dict(bounds or {})  # input values allowed (the export's manifest: input_bounds)
@@ -148,8 +150,8 @@ class BatchRunner:
                 results[i] = detached(e)
         if not good:
             return results
-        for start in range(0, len(good), self.spec.max_batch_size):
-            chunk = good[start:start + self.spec.max_batch_size]
+        for start in range(0, len(good), self.max_batch_size):
+            chunk = good[start:start + self.max_batch_size]
             batch, rows, lengths = stack_requests(self.spec, [requests[i] for i in chunk])
             try:
                 outputs = self.run_graph(batch)

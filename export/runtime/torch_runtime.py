@@ -83,9 +83,11 @@ class TorchStage:
 GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def graph_batches(spec: ModelSpec) -> list[int]:
-    """The batch buckets a stage's CUDA graphs are captured for: GRAPH_BATCHES up to its max_batch_size."""
-    return [b for b in GRAPH_BATCHES if b <= spec.max_batch_size]
+def graph_batches(spec: ModelSpec, max_batch_size: int | None = None) -> list[int]:
+    """The batch buckets a stage's CUDA graphs are captured for: GRAPH_BATCHES up to max_batch_size (the served
+    config's), and one bucket for that size itself where it falls between; the spec's size by default."""
+    top = max_batch_size or spec.max_batch_size
+    return sorted({b for b in GRAPH_BATCHES if b < top} | {top})
 
 
 class GraphedStage:
@@ -95,12 +97,12 @@ class GraphedStage:
     read back); any other shape runs eagerly. dims: the preset's values of the spec's named dims
     (`ModelSpec.preset_dims`)."""
 
-    def __init__(self, stage: TorchStage, dims: dict[str, int] | None = None):
+    def __init__(self, stage: TorchStage, dims: dict[str, int] | None = None, max_batch_size: int | None = None):
         self.stage = stage
         self.preset_dims = dict(dims or {})
         spec = stage.spec
         self.axis = next((a.name for a in spec.axes), None)
-        self.batches = graph_batches(spec)
+        self.batches = graph_batches(spec, max_batch_size)
         self.graphs: dict[tuple[int, int | None], tuple[torch.cuda.CUDAGraph, tuple[torch.Tensor, ...]]] = {}
         self.inputs: dict[int | None, list[torch.Tensor]] = {}
         pool = torch.cuda.graph_pool_handle()
@@ -170,12 +172,13 @@ class GraphedStage:
             return {t.name: _to_numpy(o, t.numpy_dtype) for t, o in zip(spec.outputs, out)}
 
 
-def graphed_stage(stage: TorchStage, dims: dict[str, int]):
+def graphed_stage(stage: TorchStage, dims: dict[str, int], max_batch_size: int | None = None):
     """The stage replaying its CUDA graphs: one whose length comes from its values (tts) in bucketed halves
-    around that length (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage)."""
+    around that length (export/runtime/tts_graphs.py), every other stage at its spec's fixed shapes (GraphedStage);
+    batches up to max_batch_size (the served config's; the spec's by default)."""
     if stage.spec.length_from_values:
-        return GraphedTts(stage, graph_batches(stage.spec), stage.spec.gpu_graphs)
-    return GraphedStage(stage, dims)
+        return GraphedTts(stage, graph_batches(stage.spec, max_batch_size), stage.spec.gpu_graphs)
+    return GraphedStage(stage, dims, max_batch_size)
 
 
 def graphed_module(spec: ModelSpec, graph: torch.nn.Module, device: str, precision: str, dims: dict[str, int]):
@@ -195,15 +198,20 @@ def _to_numpy(x: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 def torch_runner(spec: ModelSpec, preset: Preset, seed: int, device: str, precision: str,
-                 sessions: bool = False, cuda_graphs: bool = False, weights: Path | None = None):
+                 sessions: bool = False, cuda_graphs: bool = False, weights: Path | None = None,
+                 max_batch_size: int | None = None):
     """A BatchRunner for the stage; sessions=True (a config with the spec's session inputs): the session-keyed
     GPU caches of export/runtime/llm_sessions.py (llm) or export/runtime/asr_sessions.py (asr_decoder), which serve stateless
     requests through the BatchRunner;
-    cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage); weights: see load_graph."""
+    cuda_graphs=True: the spec's fixed shapes replay CUDA graphs (GraphedStage); weights: see load_graph;
+    max_batch_size: the served config's (graph calls and CUDA graphs up to it; the spec's by default). A session
+    config's counts its sessions' rows: its stateless graph keeps the spec's."""
     graph = load_graph(spec, preset, seed, device, precision, weights)
     stage = TorchStage(spec, graph, device, precision)
     dims = spec.preset_dims(preset)
-    runner = BatchRunner(spec, graphed_stage(stage, dims) if cuda_graphs and spec.gpu_graphs else stage, dims)
+    rows = None if sessions else max_batch_size
+    runner = BatchRunner(spec, graphed_stage(stage, dims, rows) if cuda_graphs and spec.gpu_graphs else stage, dims,
+                         max_batch_size=rows)
     if not sessions:
         return runner
     if spec.name == "asr_decoder":

@@ -26,7 +26,7 @@ def gpu_runner(spec, config, args):
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
                         parameter(config, "precision", spec.gpu_precision), sessions=sessions,
                         cuda_graphs=parameter(config, "cuda_graphs", "false") == "true",
-                        weights=weights if weights.exists() else None)
+                        weights=weights if weights.exists() else None, max_batch_size=int(config["max_batch_size"]))
 
 
 def frames_runner(manifest, device, jpeg_threads: int):
