@@ -13,6 +13,11 @@ def _f(x, digits=3, scale=1.0) -> str:
     return "—" if x is None else f"{x * scale:.{digits}f}"
 
 
+def _p50_p95(pair) -> str:
+    """A [p50, p95] pair as one table cell ("120.5 / 200"); "—" where there is none."""
+    return " / ".join(f"{v:g}" for v in pair) if pair else "—"
+
+
 STAGES = tuple(s.name for s in spec.STAGES + spec.VARIANT_MODELS)  # a turn's stage models, in pipeline order
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
@@ -95,8 +100,8 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines += ["Where a turn's first audio goes, on the server: ms from the turn's start to its first event of each "
                   "type (p50 / p95; text: the first LLM token's text, piece: the first piece cut for TTS):", "",
                   "| input | concurrency | " + " | ".join(names) + " |", "| --- | ---: |" + " ---: |" * len(names)]
-        lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in f[n]) if n in f else "—"
-                                                    for n in names) + " |" for label, c, f in firsts]
+        lines += [f"| {label} | {c} | " + " | ".join(_p50_p95(f.get(n)) for n in names) + " |"
+                  for label, c, f in firsts]
         lines.append("")
     calls = [(label, c, s["first_calls_ms"]) for label, c, s in rows if s.get("first_calls_ms")]
     if calls:
@@ -105,9 +110,8 @@ def _end_to_end(name: str, r: dict) -> list[str]:
                   "(p50 / p95 each; the time between is the stage's queue, compute and the BLS round trip):", "",
                   "| input | concurrency | " + " | ".join(f"{m} sent | {m} answered" for m in stages) + " |",
                   "| --- | ---: |" + " ---: | ---: |" * len(stages)]
-        lines += [f"| {label} | {c} | " + " | ".join(
-            " | ".join(" / ".join(f"{v:g}" for v in f[m][k]) for k in ("sent", "answered")) if m in f else "— | —"
-            for m in stages) + " |" for label, c, f in calls]
+        lines += [f"| {label} | {c} | " + " | ".join(_p50_p95(f.get(m, {}).get(k)) for m in stages
+                                                    for k in ("sent", "answered")) + " |" for label, c, f in calls]
         lines.append("")
     by_turn = [(label, c, s["ttfa_ms_by_turn"]) for label, c, s in rows if len(s.get("ttfa_ms_by_turn") or []) > 1]
     if by_turn:
@@ -116,8 +120,8 @@ def _end_to_end(name: str, r: dict) -> list[str]:
                   "its later turns where its earlier ended):", "",
                   "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
                   "| --- | ---: |" + " ---: |" * n]
-        lines += [f"| {label} | {c} | " + " | ".join(" / ".join(f"{v:g}" for v in t[k]) if k < len(t) and t[k]
-                                                    else "—" for k in range(n)) + " |" for label, c, t in by_turn]
+        lines += [f"| {label} | {c} | " + " | ".join(_p50_p95(t[k] if k < len(t) else None) for k in range(n)) + " |"
+                  for label, c, t in by_turn]
         lines.append("")
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
