@@ -160,7 +160,9 @@ class Turn:
         s = self.stats
         s.stage_ms[model] = s.stage_ms.get(model, 0.0) + ms
         s.stage_calls[model] = s.stage_calls.get(model, 0) + 1
-        s.first_calls.setdefault(model, (round((t - s.t0) * 1000.0, 1), round(s.ms(), 1)))
+        if model not in s.first_calls:
+            sent = (t - s.t0) * 1000.0
+            s.first_calls[model] = (round(sent, 1), round(sent + ms, 1))
         return out
 
     async def call(self, stage: spec.ModelSpec, **inputs: np.ndarray) -> spec.Outputs:
