@@ -15,6 +15,8 @@
 #   BATCH="tts=16" loadtests/device_bench.sh B_tts16 48 48   # a stage's max_batch_size for this run (its gpu config,
 #       preferred sizes above it dropped, the size itself added as one: the stage's graph calls and CUDA graphs follow
 #       the served config)
+#   INSTANCES="tts=2" loadtests/device_bench.sh C_tts2 48 48   # a stage's instance count for this run (its gpu config;
+#       each instance is its own stub process, CUDA graphs and batch queue slot on the one GPU)
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
 #
@@ -47,6 +49,13 @@ for kv in ${BATCH:-}; do
     { print }' "$cfg" > "$cfg.tmp" && mv "$cfg.tmp" "$cfg"
   grep -q "^max_batch_size: $rows$" "$cfg" || { echo "== $name: $model max_batch_size not set to $rows"; exit 1; }
   echo "== $name: $model max_batch_size=$rows ($(grep -c preferred_batch_size "$cfg") preferred sizes)"
+done
+for kv in ${INSTANCES:-}; do
+  model=${kv%%=*}; count=${kv#*=}; cfg=model_repository/$model/configs/gpu.pbtxt
+  sed -i "/^instance_group {/,/^}/s/^  count: .*/  count: $count/" "$cfg"
+  grep -A1 "^instance_group {" "$cfg" | grep -q "^  count: $count$" \
+    || { echo "== $name: $model instance count not set to $count"; exit 1; }
+  echo "== $name: $model instances=$count"
 done
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
