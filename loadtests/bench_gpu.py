@@ -14,7 +14,8 @@
    `--sessions-per-process`: loadtests/bench_clients.py), and speech turns (a 5 s utterance) at concurrency 1;
    time to first audio chunk (TTFA) and first video frame (TTFF) p50/p95, whether every
    session stayed real time (no audio underrun after the first chunk, every frame on
-   time at 25 fps), the largest real-time concurrency, and peak GPU memory;
+   time at 25 fps), the largest real-time concurrency, peak GPU memory, and the GPU memory each model's
+   processes hold after the warm-up and at each level's end;
 3. with `--gpus 1 2 4` (scale-out, on a host with that many GPUs): the optimized pipeline
    once per GPU count with `--model-config-name=gpu` / `gpu_x2` / `gpu_x4` (instances
    placed by export/toolchain/placement.py), the server seeing only the first N GPUs
@@ -176,6 +177,7 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         run_level(url, avatar, 1, 2, options)
         run_level(url, avatar, n, 1, options)
         run_level(url, avatar, n, 1, options, audio=speech)
+        result["gpu_mib_after_warmup"] = gpu_mib_by_process(server.process.pid)
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         def level(c: int, per: int) -> dict:
@@ -187,6 +189,7 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
             s["wall_s"] = time.perf_counter() - t
             s["gpu_util_pct"] = mem.mean_util(t, time.perf_counter())
             s["cpu_util_pct"] = _cpu_busy_pct(cpu, _cpu_times())
+            s["gpu_mib_by_process"] = gpu_mib_by_process(server.process.pid)  # at the level's end
             used = process_cpu_s(server.process.pid)
             s["cores_by_process"] = {k: round((v - procs.get(k, 0.0)) / s["wall_s"], 2)
                                      for k, v in sorted(used.items(), key=lambda kv: procs.get(kv[0], 0.0) - kv[1])}
@@ -221,6 +224,32 @@ def process_cpu_s(server_pid: int) -> dict[str, float]:
     for st in stubs(server_pid):
         out[st.model] = out.get(st.model, 0.0) + cpu(st.pid)
     return out
+
+
+def gpu_mib_by_process(server_pid: int) -> dict[str, int]:
+    """GPU memory in use now (MiB) by tritonserver and its stubs, summed per model (nvidia-smi's compute apps); {}
+    where nvidia-smi is missing or lists nothing."""
+    from deploy.processes import stubs
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    return mib_by_name(out, {server_pid: "tritonserver"} | {st.pid: st.model for st in stubs(server_pid)})
+
+
+def mib_by_name(compute_apps: str, names: dict[int, str]) -> dict[str, int]:
+    """nvidia-smi's `pid, used_memory` rows summed by each pid's name ("other" for a process not named), largest
+    first; a row it cannot read ("[N/A]" under some drivers) is left out."""
+    out: dict[str, int] = {}
+    for line in compute_apps.splitlines():
+        try:
+            pid, mib = (int(v) for v in line.split(","))
+        except ValueError:
+            continue
+        out[names.get(pid, "other")] = out.get(names.get(pid, "other"), 0) + mib
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -145,6 +145,16 @@ def _end_to_end(name: str, r: dict) -> list[str]:
                   + ", ".join(f"{k} {v:.1f}" for k, v in list((s.get("cores_by_process") or {}).items())[:6]) + " |"
                   for c, s in busy]
         lines.append("")
+    held = [(c, s["gpu_mib_by_process"]) for _, c, s in rows[1:] if s.get("gpu_mib_by_process")]
+    if held:
+        if r.get("gpu_mib_after_warmup"):
+            held.insert(0, ("warm-up", r["gpu_mib_after_warmup"]))
+        lines += ["GPU memory held after the warm-up and at each text level's end (MiB, nvidia-smi's compute apps, "
+                  "stubs summed per model; what a stage's caching allocator grew to stays held):", "",
+                  "| after | total | by process |", "| --- | ---: | --- |"]
+        lines += [f"| {c} | {sum(m.values())} | " + ", ".join(f"{k} {v}" for k, v in list(m.items())[:8]) + " |"
+                  for c, m in held]
+        lines.append("")
     return lines
 
 

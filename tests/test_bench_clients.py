@@ -73,3 +73,30 @@ def test_the_report_shows_where_the_first_audio_went():
     assert "| input | concurrency | tts sent | tts answered |" in md
     assert "| text | 48#2 | 181 / 262 | 230 / 320.5 |" in md
     assert "| text | 48#2 | 300 / 420 | 280.5 / 300 |" in md
+
+
+def test_gpu_memory_is_summed_per_model_and_reported_per_level():
+    from loadtests.bench_gpu import mib_by_name
+    from loadtests.bench_report import markdown
+
+    apps = "101, 600\n202, 20480\n203, 20000\n[N/A], [N/A]\n404, 7\n"  # nvidia-smi --query-compute-apps=pid,used_memory
+    held = mib_by_name(apps, {101: "tritonserver", 202: "lipsync_frames", 203: "lipsync_frames"})
+    assert held == {"lipsync_frames": 40480, "tritonserver": 600, "other": 7}
+    assert list(held) == ["lipsync_frames", "tritonserver", "other"]  # largest first
+    assert mib_by_name("", {}) == {}
+
+    level = {"turns": 2, "failed": 0, "real_time_sessions": 2, "all_real_time": True, "ttfa_p50_s": 0.3,
+             "ttfa_p95_s": 0.4, "ttff_p50_s": 0.3, "ttff_p95_s": 0.4, "total_p50_s": 2.0, "audio_s_p50": 5.8,
+             "late_frames": 0, "audio_underruns": 0, "stage_ms_per_turn": {}, "errors": []}
+    run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": level,
+           "gpu_mib_after_warmup": {"lipsync_frames": 9000, "llm": 3000},
+           "levels": {"16": level, "48": level | {"gpu_mib_by_process": held}}}
+    md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
+                   "capacity": {"optimized": capacity(run["levels"])}})
+    assert "| after | total | by process |" in md
+    assert "| warm-up | 12000 | lipsync_frames 9000, llm 3000 |" in md
+    assert "| 48 | 41087 | lipsync_frames 40480, tritonserver 600, other 7 |" in md
+    assert "| 16 |" not in md.split("| after | total | by process |")[1]  # a level without the figure has no row
+    no_figures = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c",
+                           "optimized": run | {"levels": {"16": level}}, "capacity": {"optimized": capacity({"16": level})}})
+    assert "by process" not in no_figures
