@@ -248,7 +248,8 @@ def mib_by_name(compute_apps: str, names: dict[int, str]) -> dict[str, int]:
             pid, mib = (int(v) for v in line.split(","))
         except ValueError:
             continue
-        out[names.get(pid, "other")] = out.get(names.get(pid, "other"), 0) + mib
+        name = names.get(pid, "other")
+        out[name] = out.get(name, 0) + mib
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
