@@ -173,6 +173,8 @@ def summarize(records: list[TurnRecord]) -> dict:
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "server_first_ms": server_first_ms(ok),
             "ttfa_ms_by_turn": ttfa_ms_by_turn(ok),
+            "dropped_by_turn": [sum(r.late_dropped for r in records if r.turn == k)
+                                for k in range(1 + max((r.turn for r in records), default=-1))],
             "first_calls_ms": first_calls_ms(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
 

@@ -123,6 +123,15 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines += [f"| {label} | {c} | " + " | ".join(_p50_p95(t[k] if k < len(t) else None) for k in range(n)) + " |"
                   for label, c, t in by_turn]
         lines.append("")
+    dropped = [(label, c, s["dropped_by_turn"]) for label, c, s in rows if any(s.get("dropped_by_turn") or [])]
+    if dropped:
+        n = max(len(d) for _, _, d in dropped)
+        lines += ["Frames the server dropped late, by a session's turn (levels with any):", "",
+                  "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
+                  "| --- | ---: |" + " ---: |" * n]
+        lines += [f"| {label} | {c} | " + " | ".join(str(d[k]) if k < len(d) else "—" for k in range(n)) + " |"
+                  for label, c, d in dropped]
+        lines.append("")
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
         models = [m for m in STAGES if any(m in ms for _, ms in served)]

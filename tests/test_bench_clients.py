@@ -100,3 +100,24 @@ def test_gpu_memory_is_summed_per_model_and_reported_per_level():
     no_figures = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c",
                            "optimized": run | {"levels": {"16": level}}, "capacity": {"optimized": capacity({"16": level})}})
     assert "by process" not in no_figures
+
+
+def test_frames_dropped_late_are_counted_by_a_sessions_turn():
+    from loadtests.bench_clients import TurnRecord
+    from loadtests.bench_report import markdown
+
+    records = [TurnRecord(ok=True, ttfa_s=0.2, turn=0, late_frames=3, late_dropped=3),
+               TurnRecord(ok=True, ttfa_s=0.2, turn=0, late_frames=1, late_dropped=1),
+               TurnRecord(ok=True, ttfa_s=0.1, turn=1),
+               TurnRecord(ok=False, error="boom", turn=1, late_dropped=2)]  # a failed turn's drops count too
+    level = summarize(records)
+    assert level["dropped_by_turn"] == [4, 2]
+    assert summarize([TurnRecord(ok=True, ttfa_s=0.1)])["dropped_by_turn"] == [0]
+    clean = level | {"dropped_by_turn": [0, 0]}
+    run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": clean,
+           "levels": {"48": level, "48#2": clean}}
+    md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
+                   "capacity": {"optimized": capacity(run["levels"])}})
+    table = md.split("Frames the server dropped late, by a session's turn")[1]
+    assert "| text | 48 | 4 | 2 |" in table
+    assert "| text | 48#2 |" not in table.split("\n\n")[1]  # a level with no drops has no row
