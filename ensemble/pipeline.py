@@ -93,7 +93,7 @@ class Turn:
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
                  first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None,
-                 llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0):
+                 llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0, first_piece_words: int = 4):
         self._infer = infer
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar
@@ -102,6 +102,7 @@ class Turn:
         self.audio_lead_s = audio_lead_s  # speech made at most this long before it plays, 0: unpaced
         self.first_frames = first_frames  # frames in a turn's first lip-sync call (ServiceConfig)
         self.llm_chunk_tokens = llm_chunk_tokens  # tokens the llm samples per request (ServiceConfig)
+        self.first_piece_words = first_piece_words  # words of a reply's first TTS piece at most (ServiceConfig)
         self.preset = preset
         self.tok = tokenizers
         self.avatar = avatar
@@ -261,7 +262,7 @@ class Turn:
         try:
             self.reply = text
             self.emit(TEXT, {"delta": text, "piece": 0})
-            segmenter, n_pieces = Segmenter(), 0
+            segmenter, n_pieces = Segmenter(self.first_piece_words), 0
             for piece in segmenter.push(text) + segmenter.finish():
                 n_pieces = self._send_piece(piece, n_pieces, pieces)
         finally:
@@ -282,7 +283,7 @@ class Turn:
                                                              self.options.seed, vocab),
             stops=stops, banned=specials, limit=limit, server_cache=spec.LLM.name in self.session_stages,
             chunk=self.llm_chunk_tokens, release=self._infer)
-        segmenter = Segmenter()
+        segmenter = Segmenter(self.first_piece_words)
         out: list[int] = []
         n_pieces = 0
         try:

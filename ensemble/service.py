@@ -42,7 +42,7 @@ from ensemble.options import Limits, TurnOptions
 from ensemble.pipeline import FIRST_METRICS, Cancelled, Emit, StageCall, Tokenizers, Turn
 from ensemble.sessions import Session, Sessions
 from ensemble.speech import load_voice
-from ensemble.text import validate_text
+from ensemble.text import SegmenterOptions, validate_text
 from ensemble.vad import TurnDetector, VadSettings
 from export.contract import media
 from export.contract.artifacts import manifest_preset, read_manifest
@@ -76,6 +76,7 @@ class ServiceConfig:
     first_frames: int = 1  # frames in a turn's first lip-sync call (1: the first frame as soon as it can be)
     llm_chunk_tokens: int = 1  # tokens the llm samples per request where it keeps the session (1: the orchestrator)
     audio_lead_s: float = 0.0  # a turn's speech made at most this long before it plays (0: unpaced)
+    first_piece_words: int = 4  # a reply's first TTS piece is cut after this many words (ensemble.text.Segmenter)
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
@@ -118,13 +119,17 @@ class ServiceConfig:
         chunk = number("llm_chunk_tokens")
         if not 1 <= chunk <= MAX_CHUNK_TOKENS:
             raise ValueError(f"talking_head parameter llm_chunk_tokens={chunk} must be in 1..{MAX_CHUNK_TOKENS}")
+        words, pieces = number("first_piece_words"), SegmenterOptions()
+        if not pieces.min_words <= words <= pieces.max_words:
+            raise ValueError(f"talking_head parameter first_piece_words={words} must be in "
+                             f"{pieces.min_words}..{pieces.max_words}")
         frame_stage = params["frame_stage"].strip()
         if frame_stage not in ("", LIPSYNC_FRAMES.name):
             raise ValueError(f"talking_head parameter frame_stage={frame_stage!r} must be empty or {LIPSYNC_FRAMES.name!r}")
         return cls(limits=limits, governor=GovernorSettings.for_capacity(limits.max_sessions, enabled=degrade == "on"),
                    cache_phrases=phrases, cache_bytes=number("answer_cache_mb") * 1024**2, session_stages=sessions,
                    frame_stage=frame_stage, frame_lead_s=seconds("frame_lead_s"), first_frames=first,
-                   llm_chunk_tokens=chunk, audio_lead_s=seconds("audio_lead_s"))
+                   llm_chunk_tokens=chunk, audio_lead_s=seconds("audio_lead_s"), first_piece_words=words)
 
 
 @dataclass
@@ -302,6 +307,7 @@ class Service:
                     frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0,
                     audio_lead_s=self.config.audio_lead_s if paced else 0.0,
                     first_frames=self.config.first_frames, llm_chunk_tokens=self.config.llm_chunk_tokens,
+                    first_piece_words=self.config.first_piece_words,
                     restore_avatar=self.avatars.save)
         if session is not None:
             session.turn = turn

@@ -290,6 +290,37 @@ def test_a_turns_first_lipsync_call_carries_first_frames(exported_repository, tm
     assert video == list(range(len(video))) and len(video) == sum(sizes) > 25
 
 
+@pytest.mark.parametrize("words", [2, 4])
+def test_a_replys_first_piece_is_cut_at_first_piece_words(exported_repository, tmp_path, demo_avatar, stage_runners,
+                                                          words):
+    """first_piece_words (talking_head parameter): a reply's first TTS piece ends after that many words where no
+    punctuation comes sooner; the later pieces are cut as before, and every word is spoken once, in order."""
+    from dataclasses import replace as changed
+
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=1))
+    svc.config = changed(svc.config, first_piece_words=words)
+    svc.avatars.save(demo_avatar)
+    text = "Good morning to you and welcome back to the studio where we talk about the weather every day."
+    events = []
+    inputs = {"text": np.array([text.encode()], dtype=object),
+              "avatar_id": np.array([demo_avatar.id.encode()], dtype=object),
+              "options": np.array([b'{"action": "say"}'], dtype=object)}
+    asyncio.run(svc.handle(inputs, make_infer(stage_runners), events.append))
+    pieces = [e.data["text"] for e in events if e.type == ev.PIECE]
+    assert pieces[0] == " ".join(text.split()[:words]), pieces
+    assert all(len(p.split()) > words for p in pieces[1:]), pieces
+    assert " ".join(pieces) == text
+    assert any(e.type == ev.AUDIO for e in events) and events[-1].type == ev.DONE
+
+
+def test_first_piece_words_must_be_within_the_segmenters_bounds():
+    for bad in ("1", "17", "four"):
+        with pytest.raises(ValueError, match="first_piece_words"):
+            ServiceConfig.from_parameters({"first_piece_words": bad})
+    assert ServiceConfig.from_parameters({"first_piece_words": "2"}).first_piece_words == 2
+    assert ServiceConfig.from_parameters({}).first_piece_words == 4
+
+
 def test_first_frames_must_be_a_small_positive_integer():
     for bad in ("0", "65", "two"):
         with pytest.raises(ValueError, match="first_frames"):

@@ -356,10 +356,12 @@ TALKING_HEAD = ModelSpec(
     # GPU configs pace them, so a turn's first audio does not queue behind audio other turns need seconds later);
     # llm_chunk_tokens: where the llm keeps its sessions (session_stages), the tokens it samples per request (1: one
     # request a token, the orchestrator samples; more: the llm samples that many with the turn's seed, the same
-    # tokens, one round trip each). See ensemble.service.ServiceConfig.
+    # tokens, one round trip each); first_piece_words: a reply's first piece for the TTS is cut after this many words
+    # even without punctuation (fewer: the first audio sooner, a shorter first phrase; later pieces up to 16 words;
+    # ensemble.text.Segmenter). See ensemble.service.ServiceConfig.
     parameters=(("max_sessions", "32"), ("degrade", "on"), ("answer_cache_mb", "256"), ("session_stages", ""),
                 ("frame_stage", ""), ("frame_lead_s", "0"), ("first_frames", "1"), ("llm_chunk_tokens", "1"),
-                ("audio_lead_s", "0")),
+                ("audio_lead_s", "0"), ("first_piece_words", "4")),
 )
 
 AVATAR_REGISTRY = ModelSpec(
