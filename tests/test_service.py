@@ -313,20 +313,16 @@ def test_a_replys_first_piece_is_cut_at_first_piece_words(exported_repository, t
     assert any(e.type == ev.AUDIO for e in events) and events[-1].type == ev.DONE
 
 
-def test_first_piece_words_must_be_within_the_segmenters_bounds():
-    for bad in ("1", "17", "four"):
-        with pytest.raises(ValueError, match="first_piece_words"):
-            ServiceConfig.from_parameters({"first_piece_words": bad})
-    assert ServiceConfig.from_parameters({"first_piece_words": "2"}).first_piece_words == 2
-    assert ServiceConfig.from_parameters({}).first_piece_words == 4
-
-
-def test_first_frames_must_be_a_small_positive_integer():
-    for bad in ("0", "65", "two"):
-        with pytest.raises(ValueError, match="first_frames"):
-            ServiceConfig.from_parameters({"first_frames": bad})
-    assert ServiceConfig.from_parameters({"first_frames": "8"}).first_frames == 8
-    assert ServiceConfig.from_parameters({}).first_frames == 1
+@pytest.mark.parametrize("key, bad, good, default", [
+    ("first_frames", ("0", "65", "two"), 8, 1),  # frames of a first lip-sync call: 1..64
+    ("first_piece_words", ("1", "17", "four"), 2, 4),  # the segmenter's bounds: min_words..max_words
+])
+def test_integer_parameters_are_checked_against_their_bounds(key, bad, good, default):
+    for value in bad:
+        with pytest.raises(ValueError, match=key):
+            ServiceConfig.from_parameters({key: value})
+    assert getattr(ServiceConfig.from_parameters({key: str(good)}), key) == good
+    assert getattr(ServiceConfig.from_parameters({}), key) == default
 
 
 def test_llm_chunk_tokens_is_bounded_by_what_the_llm_serves():
