@@ -30,7 +30,7 @@ from ensemble.errors import DeadlineExceeded
 from ensemble.lipsync import FrameSource, frame_source
 from ensemble.options import TurnOptions
 from ensemble.speech import Voice
-from ensemble.text import Segmenter, strip_chat_markup
+from ensemble.text import Segmenter, SegmenterOptions, strip_chat_markup
 from ensemble.transcribe import transcribe
 from ensemble.visemes import VisemeTrack
 from ensemble.vocoder_stream import VocoderStream, VocoderStreamOptions
@@ -93,7 +93,8 @@ class Turn:
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
                  first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None,
-                 llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0, first_piece_words: int = 4):
+                 llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0,
+                 first_piece_words: int = SegmenterOptions.first_max_words):
         self._infer = infer
         # writes the turn's avatar back to the store when the frame stage no longer finds it there (AvatarStore.save)
         self.restore_avatar = restore_avatar

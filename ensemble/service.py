@@ -76,7 +76,7 @@ class ServiceConfig:
     first_frames: int = 1  # frames in a turn's first lip-sync call (1: the first frame as soon as it can be)
     llm_chunk_tokens: int = 1  # tokens the llm samples per request where it keeps the session (1: the orchestrator)
     audio_lead_s: float = 0.0  # a turn's speech made at most this long before it plays (0: unpaced)
-    first_piece_words: int = 4  # a reply's first TTS piece is cut after this many words (ensemble.text.Segmenter)
+    first_piece_words: int = SegmenterOptions.first_max_words  # a reply's first TTS piece's words at most
 
     @classmethod
     def from_parameters(cls, params: dict[str, str]) -> "ServiceConfig":
