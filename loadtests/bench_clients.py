@@ -173,8 +173,7 @@ def summarize(records: list[TurnRecord]) -> dict:
                                   for k in sorted({k for r in ok for k in (r.stage_ms or {})})},
             "server_first_ms": server_first_ms(ok),
             "ttfa_ms_by_turn": ttfa_ms_by_turn(ok),
-            "dropped_by_turn": [sum(r.late_dropped for r in records if r.turn == k)
-                                for k in range(1 + max((r.turn for r in records), default=-1))],
+            "dropped_by_turn": [sum(r.late_dropped for r in turn) for turn in by_turn(records)],
             "first_calls_ms": first_calls_ms(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
@@ -210,12 +209,17 @@ def first_calls_ms(records: list[TurnRecord]) -> dict[str, dict[str, list[float]
     return out
 
 
+def by_turn(records: list[TurnRecord]) -> list[list[TurnRecord]]:
+    """The records of each turn of a session, in order (the first turns, the second turns, ...)."""
+    return [[r for r in records if r.turn == k] for k in range(1 + max((r.turn for r in records), default=-1))]
+
+
 def ttfa_ms_by_turn(records: list[TurnRecord]) -> list[list[float]]:
     """[p50, p95] TTFA ms of each turn of a session, in order: the first turns start together (a herd), the later
     ones wherever the earlier ended, so a tail that only the first have is the herd's."""
     out = []
-    for k in range(1 + max((r.turn for r in records), default=-1)):
-        vals = [1000 * r.ttfa_s for r in records if r.turn == k and r.ttfa_s is not None]
+    for turn in by_turn(records):
+        vals = [1000 * r.ttfa_s for r in turn if r.ttfa_s is not None]
         out.append(p50_p95(vals) if vals else [])
     return out
 

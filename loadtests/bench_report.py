@@ -18,6 +18,16 @@ def _p50_p95(pair) -> str:
     return " / ".join(f"{v:g}" for v in pair) if pair else "—"
 
 
+def _turn_table(title: str, rows: list[tuple[str, object, list]], cell) -> list[str]:
+    """A table of one figure per turn of a session (`rows`: label, concurrency, the figure of each turn), each
+    written by `cell`; "—" for a turn a level does not have."""
+    n = max(len(t) for _, _, t in rows)
+    return [title, "", "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
+            "| --- | ---: |" + " ---: |" * n,
+            *(f"| {label} | {c} | " + " | ".join(cell(t[k]) if k < len(t) else "—" for k in range(n)) + " |"
+              for label, c, t in rows), ""]
+
+
 STAGES = tuple(s.name for s in spec.STAGES + spec.VARIANT_MODELS)  # a turn's stage models, in pipeline order
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
@@ -115,23 +125,11 @@ def _end_to_end(name: str, r: dict) -> list[str]:
         lines.append("")
     by_turn = [(label, c, s["ttfa_ms_by_turn"]) for label, c, s in rows if len(s.get("ttfa_ms_by_turn") or []) > 1]
     if by_turn:
-        n = max(len(t) for _, _, t in by_turn)
-        lines += ["TTFA by a session's turn, p50 / p95 (ms; every session of a level starts its first turn at once, "
-                  "its later turns where its earlier ended):", "",
-                  "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
-                  "| --- | ---: |" + " ---: |" * n]
-        lines += [f"| {label} | {c} | " + " | ".join(_p50_p95(t[k] if k < len(t) else None) for k in range(n)) + " |"
-                  for label, c, t in by_turn]
-        lines.append("")
+        lines += _turn_table("TTFA by a session's turn, p50 / p95 (ms; every session of a level starts its first turn "
+                             "at once, its later turns where its earlier ended):", by_turn, _p50_p95)
     dropped = [(label, c, s["dropped_by_turn"]) for label, c, s in rows if any(s.get("dropped_by_turn") or [])]
     if dropped:
-        n = max(len(d) for _, _, d in dropped)
-        lines += ["Frames the server dropped late, by a session's turn (levels with any):", "",
-                  "| input | concurrency | " + " | ".join(f"turn {k + 1}" for k in range(n)) + " |",
-                  "| --- | ---: |" + " ---: |" * n]
-        lines += [f"| {label} | {c} | " + " | ".join(str(d[k]) if k < len(d) else "—" for k in range(n)) + " |"
-                  for label, c, d in dropped]
-        lines.append("")
+        lines += _turn_table("Frames the server dropped late, by a session's turn (levels with any):", dropped, str)
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
         models = [m for m in STAGES if any(m in ms for _, ms in served)]
