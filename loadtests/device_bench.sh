@@ -17,6 +17,11 @@
 #       the served config)
 #   INSTANCES="tts=2" loadtests/device_bench.sh C_tts2 48 48   # a stage's instance count for this run (its gpu config;
 #       each instance is its own stub process, CUDA graphs and batch queue slot on the one GPU)
+#   OVERLAY=build/device/overlays/X loadtests/device_bench.sh X 48 48   # a code variant for this run: each file under
+#       the folder replaces the tree's file at the same path
+#
+# Every file a knob edits or replaces is restored when the run ends (before 2026-12-06 12:00 the config edits stayed
+# for the rest of the call: a second run in one call served the first run's knobs).
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
 #
@@ -26,6 +31,12 @@
 set -u
 source .device/activate.sh
 export TRITON_HOME=/tmp/triton
+saved=()
+keep() {  # keep FILE's own text, to be put back when this run ends
+  [ -e "$1.device-bench-orig" ] || { cp -p "$1" "$1.device-bench-orig" && saved+=("$1"); }
+}
+restore() { for f in "${saved[@]}"; do mv "$f.device-bench-orig" "$f"; done; }
+trap restore EXIT
 name=$1; shift
 if [ "${GPU_TESTS:-0}" = 1 ]; then
   timeout 120 python3 -m pytest -p no:cacheprovider -q -m gpu tests/test_llm_sessions.py tests/test_asr_sessions.py \
@@ -34,6 +45,7 @@ if [ "${GPU_TESTS:-0}" = 1 ]; then
 fi
 for kv in ${CHUNK:+llm_chunk_tokens=$CHUNK} ${PARAMS:-}; do
   key=${kv%%=*}; value=${kv#*=}
+  keep model_repository/talking_head/configs/gpu.pbtxt
   sed -i '/key: "'"$key"'"/,/}/s/string_value: "[^"]*"/string_value: "'"$value"'"/' \
     model_repository/talking_head/configs/gpu.pbtxt
   grep -A3 "\"$key\"" model_repository/talking_head/configs/gpu.pbtxt | grep -q "string_value: \"$value\"" \
@@ -42,6 +54,7 @@ for kv in ${CHUNK:+llm_chunk_tokens=$CHUNK} ${PARAMS:-}; do
 done
 for kv in ${BATCH:-}; do
   model=${kv%%=*}; rows=${kv#*=}; cfg=model_repository/$model/configs/gpu.pbtxt
+  keep "$cfg"
   sed -i "s/^max_batch_size: .*/max_batch_size: $rows/" "$cfg"
   awk -v rows="$rows" '
     /preferred_batch_size:/ { if ($2 + 0 < rows + 0) print; else if (!done) { print "  preferred_batch_size: " rows; done = 1 }; next }
@@ -52,11 +65,19 @@ for kv in ${BATCH:-}; do
 done
 for kv in ${INSTANCES:-}; do
   model=${kv%%=*}; count=${kv#*=}; cfg=model_repository/$model/configs/gpu.pbtxt
+  keep "$cfg"
   sed -i "/^instance_group {/,/^}/s/^  count: .*/  count: $count/" "$cfg"
   grep -A1 "^instance_group {" "$cfg" | grep -q "^  count: $count$" \
     || { echo "== $name: $model instance count not set to $count"; exit 1; }
   echo "== $name: $model instances=$count"
 done
+if [ -n "${OVERLAY:-}" ]; then
+  while IFS= read -r f; do
+    [ -f "$f" ] || { echo "== $name: overlay $OVERLAY/$f replaces no file of the tree"; exit 1; }
+    keep "$f"; cp "$OVERLAY/$f" "$f"
+    echo "== $name: $f from $OVERLAY"
+  done < <(cd "$OVERLAY" && find . -type f | sed 's|^\./||')
+fi
 mkdir -p "$OUT/$name/runs"
 [ "${NAIVE:-saved}" = live ] || cp loadtests/results/bench_gpu_h200_naive_run.json "$OUT/$name/runs/gpu_naive.json"
 python3 -u -m loadtests.bench_gpu --preset base --avatar build/device/avatar.jpg --concurrency "$@" \
