@@ -26,6 +26,7 @@ from ensemble import motion, mouth
 from ensemble.avatar import Avatar, encode_jpeg
 from ensemble.lru import BytesLRU
 from ensemble.motion import Pose
+from export.contract import media
 from export.contract.mouth import VISEMES
 
 Lipsync = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (crops, visemes, mouth) -> crops
@@ -84,6 +85,19 @@ class FrameComposer:
             found = DeviceAvatar.load(avatar, self.device)
             self._avatars.put(avatar.id, found, found.nbytes)
         return found
+
+    def warm_up(self, rows: int, side: int = 512) -> None:
+        """Compose a stand-in avatar (`warm_up_avatar`) once at every batch size 1..rows (the served config's
+        max_batch_size), JPEG included: each size's memory blocks and kernel choices are made here, at load, not
+        in the first second of the turns that first bring that size (under load, that is 48 turns at once)."""
+        a = warm_up_avatar(side)
+        poses = [motion.pose_at(k / 25, "happy", 0.0) for k in range(rows)]
+        visemes = np.tile(np.linspace(0, 1, VISEMES, dtype=np.float32), (rows, 1))
+        try:
+            for n in range(1, rows + 1):
+                self.jpegs(self.compose(a, poses[:n], visemes[:n]), quality=85)
+        finally:
+            self._avatars.pop(a.id)  # not a registered avatar: nothing may find it
 
     @torch.inference_mode()
     def compose(self, avatar: Avatar, poses: list[Pose], visemes: np.ndarray) -> torch.Tensor:
@@ -190,6 +204,19 @@ class FramesStage:
             for r, jpeg in zip(rows, self.composer.jpegs(composed, quality)):
                 frames[r, 0] = jpeg
         return {"frame": frames}
+
+
+def warm_up_avatar(side: int) -> Avatar:
+    """A side x side grey portrait stand-in with its face box and keypoints where a centred face has them (no
+    detector: FrameComposer.warm_up only needs its shapes); its id is no content hash, so no registered one."""
+    image = np.full((side, side, 3), 128, np.uint8)
+    y1, y2, x1, x2 = side // 4, 3 * side // 4, side // 4, 3 * side // 4
+    fx = lambda u: x1 + u * (x2 - x1)  # noqa: E731
+    fy = lambda v: y1 + v * (y2 - y1)  # noqa: E731
+    keypoints = np.array([[fx(0.35), fy(0.40)], [fx(0.65), fy(0.40)], [fx(0.5), fy(0.58)], [fx(0.5), fy(0.75)],
+                          [fx(0.05), fy(0.5)], [fx(0.95), fy(0.5)]], np.float32)  # export.contract.face.KEYPOINTS
+    return Avatar("warm-up", image, (y1, y2, x1, x2), cv2.resize(image[y1:y2, x1:x2], (media.FACE_SIZE, media.FACE_SIZE)), 1, "warm-up",
+                  keypoints)
 
 
 def check_quality(quality: int) -> None:

@@ -2,10 +2,15 @@
 second and host CPU per frame by batch size, and how far its frames are from the orchestrator's OpenCV path.
 
     python -m loadtests.frames_bench [--avatar PATH] [--device cuda] [--batches 1 8 16 32 64] [--out FILE]
+    python -m loadtests.frames_bench --first-use [--warm-up ROWS]   # a fresh process's first batch of each size
 
 Per batch size: median wall time of one batch (poses, warp, paste and JPEG, synchronized), frames/s, and the host
 CPU seconds per frame (process time: launches, matrices, JPEG bytes back). Parity: mean and 99.9th percentile of
 |composed - OpenCV| over 50 frames of a happy and a surprised gesture (0..255 levels).
+
+--first-use: in this fresh process, every batch size 1..64 once in turn and then once again (the avatar's, JPEG
+included, synchronized): what a served lipsync_frames instance pays the first time a size comes, against the same
+size again; with --warm-up ROWS, after FrameComposer.warm_up(ROWS) as the served model does at load.
 """
 from __future__ import annotations
 
@@ -73,6 +78,21 @@ def throughput(composer: FrameComposer, a: avatars.Avatar, batch: int, repeats: 
             "host_cpu_ms_per_frame": round(statistics.median(cpus) * 1000 / batch, 3)}
 
 
+def first_use(composer: FrameComposer, a: avatars.Avatar, sizes: range, quality: int) -> list[dict]:
+    poses, visemes = poses_and_visemes(sizes[-1])
+    sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
+
+    def once(n: int) -> float:
+        sync()
+        t = time.perf_counter()
+        composer.jpegs(composer.compose(a, poses[:n], visemes[:n]), quality)
+        sync()
+        return round((time.perf_counter() - t) * 1000, 2)
+
+    first = {n: once(n) for n in sizes}
+    return [{"batch": n, "first_ms": first[n], "again_ms": once(n)} for n in sizes]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--avatar", type=Path, help="portrait image (default: the demo avatar)")
@@ -83,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repository", type=Path, default=MODEL_REPOSITORY, help="where the face_detector graph is")
     ap.add_argument("--out", type=Path, help="write the figures as JSON here too")
     ap.add_argument("--profile", type=int, metavar="BATCH", help="also print torch.profiler's table of one batch size")
+    ap.add_argument("--first-use", action="store_true", help="only each batch size's first call against its second")
+    ap.add_argument("--warm-up", type=int, metavar="ROWS", default=0,
+                    help="with --first-use: FrameComposer.warm_up(ROWS) first, as the served model at load")
     args = ap.parse_args(argv)
     from export.toolchain.face import onnx_detector
 
@@ -94,6 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda"):  # as the lipsync_frames model runs it (deploy/backends/torch_gpu)
         served = graphed_module(LIPSYNC, served, args.device, LIPSYNC.gpu_precision, {})
     composer = FrameComposer(served, args.device)
+    if args.first_use:
+        t = time.perf_counter()
+        if args.warm_up:
+            composer.warm_up(args.warm_up)
+        warm_s = time.perf_counter() - t
+        rows = first_use(composer, a, range(1, 65), args.quality)
+        extra = [r["first_ms"] - r["again_ms"] for r in rows]
+        print(f"frame composer first use on {args.device}, avatar {a.image.shape[1]}x{a.image.shape[0]}, warm-up "
+              f"{args.warm_up} rows ({warm_s:.2f} s): first call over the second, summed over sizes 1..64 "
+              f"{sum(extra):.0f} ms, largest {max(extra):.1f} ms (size {rows[extra.index(max(extra))]['batch']})")
+        print("| batch | first ms | again ms |\n| ---: | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['batch']} | {r['first_ms']} | {r['again_ms']} |")
+        if args.out:
+            args.out.write_text(json.dumps({"warm_up_rows": args.warm_up, "warm_up_s": round(warm_s, 2),
+                                            "first_use": rows}, indent=2))
+        return 0
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "avatar": list(a.image.shape), "parity": parity(composer, a, warp),
               "throughput": [throughput(composer, a, b, args.repeats, args.quality) for b in args.batches]}

@@ -194,3 +194,13 @@ def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported
     assert done["frames_dropped"] == done["frames_dropped_late"] <= slots // 3, done
     assert done["video_frames"] + done["frames_dropped"] == slots > 5
     assert path.is_file()
+
+
+def test_warm_up_composes_every_batch_size_and_keeps_no_avatar(warp, monkeypatch):
+    composer = FrameComposer(warp, "cpu")
+    sizes = []
+    compose = composer.compose
+    monkeypatch.setattr(composer, "compose", lambda a, poses, v: sizes.append(len(poses)) or compose(a, poses, v))
+    composer.warm_up(3, side=96)
+    assert sizes == [1, 2, 3]
+    assert len(composer._avatars) == 0  # the stand-in is gone: no request can name it
