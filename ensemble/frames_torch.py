@@ -215,8 +215,8 @@ def warm_up_avatar(side: int) -> Avatar:
     fy = lambda v: y1 + v * (y2 - y1)  # noqa: E731
     keypoints = np.array([[fx(0.35), fy(0.40)], [fx(0.65), fy(0.40)], [fx(0.5), fy(0.58)], [fx(0.5), fy(0.75)],
                           [fx(0.05), fy(0.5)], [fx(0.95), fy(0.5)]], np.float32)  # export.contract.face.KEYPOINTS
-    return Avatar("warm-up", image, (y1, y2, x1, x2), cv2.resize(image[y1:y2, x1:x2], (media.FACE_SIZE, media.FACE_SIZE)), 1, "warm-up",
-                  keypoints)
+    face = cv2.resize(image[y1:y2, x1:x2], (media.FACE_SIZE, media.FACE_SIZE))
+    return Avatar("warm-up", image, (y1, y2, x1, x2), face, 1, "warm-up", keypoints)
 
 
 def check_quality(quality: int) -> None:
