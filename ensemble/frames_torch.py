@@ -207,14 +207,13 @@ class FramesStage:
 
 
 def warm_up_avatar(side: int) -> Avatar:
-    """A side x side grey portrait stand-in with its face box and keypoints where a centred face has them (no
-    detector: FrameComposer.warm_up only needs its shapes); its id is no content hash, so no registered one."""
+    """A side x side grey portrait stand-in, its face box and keypoints where the demo's bench portrait has them
+    (a face a fifth of the image: the mouth crop needs no downscale blur, as for most avatars; no detector:
+    FrameComposer.warm_up only needs its shapes); its id is no content hash, so no registered one."""
     image = np.full((side, side, 3), 128, np.uint8)
-    y1, y2, x1, x2 = side // 4, 3 * side // 4, side // 4, 3 * side // 4
-    fx = lambda u: x1 + u * (x2 - x1)  # noqa: E731
-    fy = lambda v: y1 + v * (y2 - y1)  # noqa: E731
-    keypoints = np.array([[fx(0.35), fy(0.40)], [fx(0.65), fy(0.40)], [fx(0.5), fy(0.58)], [fx(0.5), fy(0.75)],
-                          [fx(0.05), fy(0.5)], [fx(0.95), fy(0.5)]], np.float32)  # export.contract.face.KEYPOINTS
+    y1, y2, x1, x2 = round(0.15 * side), round(0.36 * side), round(0.34 * side), round(0.54 * side)
+    at = [(0.28, 0.24), (0.71, 0.27), (0.48, 0.48), (0.47, 0.66), (0.05, 0.30), (0.95, 0.37)]  # face.KEYPOINTS
+    keypoints = np.array([[x1 + u * (x2 - x1), y1 + v * (y2 - y1)] for u, v in at], np.float32)
     face = cv2.resize(image[y1:y2, x1:x2], (media.FACE_SIZE, media.FACE_SIZE))
     return Avatar("warm-up", image, (y1, y2, x1, x2), face, 1, "warm-up", keypoints)
 

@@ -124,15 +124,18 @@ def main(argv: list[str] | None = None) -> int:
         warm_s = time.perf_counter() - t
         rows = first_use(composer, a, range(1, 65), args.quality)
         extra = [r["first_ms"] - r["again_ms"] for r in rows]
+        cuda = composer.device.type == "cuda"
+        peak_mib = torch.cuda.max_memory_reserved(composer.device) >> 20 if cuda else None
         print(f"frame composer first use on {args.device}, avatar {a.image.shape[1]}x{a.image.shape[0]}, warm-up "
               f"{args.warm_up} rows ({warm_s:.2f} s): first call over the second, summed over sizes 1..64 "
-              f"{sum(extra):.0f} ms, largest {max(extra):.1f} ms (size {rows[extra.index(max(extra))]['batch']})")
+              f"{sum(extra):.0f} ms, largest {max(extra):.1f} ms (size {rows[extra.index(max(extra))]['batch']}); "
+              f"peak memory reserved {peak_mib} MiB")
         print("| batch | first ms | again ms |\n| ---: | ---: | ---: |")
         for r in rows:
             print(f"| {r['batch']} | {r['first_ms']} | {r['again_ms']} |")
         if args.out:
             args.out.write_text(json.dumps({"warm_up_rows": args.warm_up, "warm_up_s": round(warm_s, 2),
-                                            "first_use": rows}, indent=2))
+                                            "peak_reserved_mib": peak_mib, "first_use": rows}, indent=2))
         return 0
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "avatar": list(a.image.shape), "parity": parity(composer, a, warp),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import motion
+from ensemble import motion, mouth
 from ensemble.avatar import AvatarStore
-from ensemble.frames_torch import FrameComposer, FramesStage
+from ensemble.frames_torch import FrameComposer, FramesStage, warm_up_avatar
 from ensemble.options import Limits
 from ensemble.service import Service
 from export.contract import events as ev
@@ -204,3 +204,5 @@ def test_warm_up_composes_every_batch_size_and_keeps_no_avatar(warp, monkeypatch
     composer.warm_up(3, side=96)
     assert sizes == [1, 2, 3]
     assert len(composer._avatars) == 0  # the stand-in is gone: no request can name it
+    a = warm_up_avatar(512)  # a face like most avatars': its mouth crop needs no whole-frame downscale blur
+    assert mouth.crop_scale(mouth.crop_matrix(mouth.avatar_geometry(a.image, a.keypoints))) >= 0.75
