@@ -26,10 +26,12 @@ from ensemble import motion, mouth
 from ensemble.avatar import Avatar, encode_jpeg
 from ensemble.lru import BytesLRU
 from ensemble.motion import Pose
-from export.contract import media
 from export.contract.mouth import VISEMES
 
 Lipsync = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (crops, visemes, mouth) -> crops
+# The most frames composed at once: per frame 32 are as fast as 64 and need half their memory (a 512 x 512 avatar:
+# 6.6 GB reserved at 64 rows, a close-up one 14.9 GB; BENCHMARKS.md, "lipsync_frames memory")
+COMPOSE_ROWS = 32
 
 
 @dataclass
@@ -73,8 +75,9 @@ class FrameComposer:
     (BENCHMARKS.md, "GPU: one H200")."""
 
     def __init__(self, lipsync: Lipsync, device: str | torch.device = "cpu", max_avatar_bytes: int = 1 << 30,
-                 jpeg_threads: int = 2):
+                 jpeg_threads: int = 2, max_rows: int = COMPOSE_ROWS):
         self.lipsync = lipsync
+        self.max_rows = max_rows
         self.device = torch.device(device)
         self._avatars: BytesLRU[str, DeviceAvatar] = BytesLRU(64, max_avatar_bytes)
         self._encoders = ThreadPoolExecutor(max_workers=jpeg_threads, thread_name_prefix="jpeg")
@@ -86,18 +89,15 @@ class FrameComposer:
             self._avatars.put(avatar.id, found, found.nbytes)
         return found
 
-    def warm_up(self, rows: int, side: int = 512) -> None:
-        """Compose a stand-in avatar (`warm_up_avatar`) once at every batch size 1..rows (the served config's
-        max_batch_size), JPEG included: each size's memory blocks and kernel choices are made here, at load, not
-        in the first second of the turns that first bring that size (under load, that is 48 turns at once)."""
-        a = warm_up_avatar(side)
-        poses = [motion.pose_at(k / 25, "happy", 0.0) for k in range(rows)]
-        visemes = np.tile(np.linspace(0, 1, VISEMES, dtype=np.float32), (rows, 1))
-        try:
-            for n in range(1, rows + 1):
-                self.jpegs(self.compose(a, poses[:n], visemes[:n]), quality=85)
-        finally:
-            self._avatars.pop(a.id)  # not a registered avatar: nothing may find it
+    def compose_jpegs(self, avatar: Avatar, poses: list[Pose], visemes: np.ndarray, quality: int) -> list[bytes]:
+        """JPEG bytes of the frames of `poses` and viseme rows, composed max_rows at a time: a batch's device memory
+        grows with its rows (whole float frames, and a close-up avatar's whole-frame blur), so a 64-row batch
+        would hold 2x a 32-row one's for no speed (BENCHMARKS.md, "lipsync_frames memory")."""
+        out: list[bytes] = []
+        for start in range(0, len(poses), self.max_rows):
+            rows = slice(start, start + self.max_rows)
+            out += self.jpegs(self.compose(avatar, poses[rows], visemes[rows]), quality)
+        return out
 
     @torch.inference_mode()
     def compose(self, avatar: Avatar, poses: list[Pose], visemes: np.ndarray) -> torch.Tensor:
@@ -200,22 +200,10 @@ class FramesStage:
             check_quality(q)
         avatars = {avatar_id: self.load(avatar_id) for avatar_id, _ in groups}
         for (avatar_id, quality), rows in groups.items():
-            composed = self.composer.compose(avatars[avatar_id], [poses[r] for r in rows], visemes[rows])
-            for r, jpeg in zip(rows, self.composer.jpegs(composed, quality)):
+            jpegs = self.composer.compose_jpegs(avatars[avatar_id], [poses[r] for r in rows], visemes[rows], quality)
+            for r, jpeg in zip(rows, jpegs):
                 frames[r, 0] = jpeg
         return {"frame": frames}
-
-
-def warm_up_avatar(side: int) -> Avatar:
-    """A side x side grey portrait stand-in, its face box and keypoints where the demo's bench portrait has them
-    (a face a fifth of the image: the mouth crop needs no downscale blur, as for most avatars; no detector:
-    FrameComposer.warm_up only needs its shapes); its id is no content hash, so no registered one."""
-    image = np.full((side, side, 3), 128, np.uint8)
-    y1, y2, x1, x2 = round(0.15 * side), round(0.36 * side), round(0.34 * side), round(0.54 * side)
-    at = [(0.28, 0.24), (0.71, 0.27), (0.48, 0.48), (0.47, 0.66), (0.05, 0.30), (0.95, 0.37)]  # face.KEYPOINTS
-    keypoints = np.array([[x1 + u * (x2 - x1), y1 + v * (y2 - y1)] for u, v in at], np.float32)
-    face = cv2.resize(image[y1:y2, x1:x2], (media.FACE_SIZE, media.FACE_SIZE))
-    return Avatar("warm-up", image, (y1, y2, x1, x2), face, 1, "warm-up", keypoints)
 
 
 def check_quality(quality: int) -> None:

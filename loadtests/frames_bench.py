@@ -2,15 +2,15 @@
 second and host CPU per frame by batch size, and how far its frames are from the orchestrator's OpenCV path.
 
     python -m loadtests.frames_bench [--avatar PATH] [--device cuda] [--batches 1 8 16 32 64] [--out FILE]
-    python -m loadtests.frames_bench --first-use [--warm-up ROWS]   # a fresh process's first batch of each size
+    python -m loadtests.frames_bench --first-use   # a fresh process's first batch of each size, and peak memory
 
 Per batch size: median wall time of one batch (poses, warp, paste and JPEG, synchronized), frames/s, and the host
 CPU seconds per frame (process time: launches, matrices, JPEG bytes back). Parity: mean and 99.9th percentile of
 |composed - OpenCV| over 50 frames of a happy and a surprised gesture (0..255 levels).
 
 --first-use: in this fresh process, every batch size 1..64 once in turn and then once again (the avatar's, JPEG
-included, synchronized): what a served lipsync_frames instance pays the first time a size comes, against the same
-size again; with --warm-up ROWS, after FrameComposer.warm_up(ROWS) as the served model does at load.
+included, synchronized, composed COMPOSE_ROWS at a time as served, or --max-rows): what a served lipsync_frames
+instance pays the first time a size comes, against the same size again, and the peak device memory reserved.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch
 
 from ensemble import avatar as avatars
 from ensemble import motion, mouth
-from ensemble.frames_torch import FrameComposer
+from ensemble.frames_torch import COMPOSE_ROWS, FrameComposer
 from export.contract.layout import MODEL_REPOSITORY
 from export.contract.spec import LIPSYNC
 from export.runtime.torch_runtime import graphed_module
@@ -68,7 +68,7 @@ def throughput(composer: FrameComposer, a: avatars.Avatar, batch: int, repeats: 
         rows = [(k * batch + i) % len(poses) for i in range(batch)]
         sync()
         t, c = time.perf_counter(), time.process_time()
-        composer.jpegs(composer.compose(a, [poses[r] for r in rows], visemes[rows]), quality)
+        composer.compose_jpegs(a, [poses[r] for r in rows], visemes[rows], quality)
         sync()
         if k >= 3:  # warm-up first
             walls.append(time.perf_counter() - t)
@@ -85,7 +85,7 @@ def first_use(composer: FrameComposer, a: avatars.Avatar, sizes: range, quality:
     def once(n: int) -> float:
         sync()
         t = time.perf_counter()
-        composer.jpegs(composer.compose(a, poses[:n], visemes[:n]), quality)
+        composer.compose_jpegs(a, poses[:n], visemes[:n], quality)
         sync()
         return round((time.perf_counter() - t) * 1000, 2)
 
@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the figures as JSON here too")
     ap.add_argument("--profile", type=int, metavar="BATCH", help="also print torch.profiler's table of one batch size")
     ap.add_argument("--first-use", action="store_true", help="only each batch size's first call against its second")
-    ap.add_argument("--warm-up", type=int, metavar="ROWS", default=0,
-                    help="with --first-use: FrameComposer.warm_up(ROWS) first, as the served model at load")
+    ap.add_argument("--max-rows", type=int, default=COMPOSE_ROWS, help="the most frames composed at once")
     args = ap.parse_args(argv)
     from export.toolchain.face import onnx_detector
 
@@ -116,26 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     served = mouth_warp.LipsyncGraph(mouth_warp.build()).eval().to(args.device)
     if args.device.startswith("cuda"):  # as the lipsync_frames model runs it (deploy/backends/torch_gpu)
         served = graphed_module(LIPSYNC, served, args.device, LIPSYNC.gpu_precision, {})
-    composer = FrameComposer(served, args.device)
+    composer = FrameComposer(served, args.device, max_rows=args.max_rows)
     if args.first_use:
-        t = time.perf_counter()
-        if args.warm_up:
-            composer.warm_up(args.warm_up)
-        warm_s = time.perf_counter() - t
         rows = first_use(composer, a, range(1, 65), args.quality)
         extra = [r["first_ms"] - r["again_ms"] for r in rows]
         cuda = composer.device.type == "cuda"
         peak_mib = torch.cuda.max_memory_reserved(composer.device) >> 20 if cuda else None
-        print(f"frame composer first use on {args.device}, avatar {a.image.shape[1]}x{a.image.shape[0]}, warm-up "
-              f"{args.warm_up} rows ({warm_s:.2f} s): first call over the second, summed over sizes 1..64 "
+        print(f"frame composer first use on {args.device}, avatar {a.image.shape[1]}x{a.image.shape[0]}, composed "
+              f"{args.max_rows} rows at a time: first call over the second, summed over sizes 1..64 "
               f"{sum(extra):.0f} ms, largest {max(extra):.1f} ms (size {rows[extra.index(max(extra))]['batch']}); "
               f"peak memory reserved {peak_mib} MiB")
         print("| batch | first ms | again ms |\n| ---: | ---: | ---: |")
         for r in rows:
             print(f"| {r['batch']} | {r['first_ms']} | {r['again_ms']} |")
         if args.out:
-            args.out.write_text(json.dumps({"warm_up_rows": args.warm_up, "warm_up_s": round(warm_s, 2),
-                                            "peak_reserved_mib": peak_mib, "first_use": rows}, indent=2))
+            args.out.write_text(json.dumps({"max_rows": args.max_rows, "peak_reserved_mib": peak_mib,
+                                            "first_use": rows}, indent=2))
         return 0
     report = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "avatar": list(a.image.shape), "parity": parity(composer, a, warp),

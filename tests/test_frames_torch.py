@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from ensemble import motion, mouth
+from ensemble import motion
 from ensemble.avatar import AvatarStore
-from ensemble.frames_torch import FrameComposer, FramesStage, warm_up_avatar
+from ensemble.frames_torch import FrameComposer, FramesStage
 from ensemble.options import Limits
 from ensemble.service import Service
 from export.contract import events as ev
@@ -196,13 +196,12 @@ def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported
     assert path.is_file()
 
 
-def test_warm_up_composes_every_batch_size_and_keeps_no_avatar(warp, monkeypatch):
-    composer = FrameComposer(warp, "cpu")
+
+def test_frames_are_composed_at_most_max_rows_at_a_time_and_come_out_the_same(demo_avatar, warp, monkeypatch):
+    whole = FrameComposer(warp, "cpu").compose_jpegs(demo_avatar, POSES[:3], VISEMES[:3], 90)
+    chunked = FrameComposer(warp, "cpu", max_rows=2)
     sizes = []
-    compose = composer.compose
-    monkeypatch.setattr(composer, "compose", lambda a, poses, v: sizes.append(len(poses)) or compose(a, poses, v))
-    composer.warm_up(3, side=96)
-    assert sizes == [1, 2, 3]
-    assert len(composer._avatars) == 0  # the stand-in is gone: no request can name it
-    a = warm_up_avatar(512)  # a face like most avatars': its mouth crop needs no whole-frame downscale blur
-    assert mouth.crop_scale(mouth.crop_matrix(mouth.avatar_geometry(a.image, a.keypoints))) >= 0.75
+    compose = chunked.compose
+    monkeypatch.setattr(chunked, "compose", lambda a, poses, v: sizes.append(len(poses)) or compose(a, poses, v))
+    assert chunked.compose_jpegs(demo_avatar, POSES[:3], VISEMES[:3], 90) == whole
+    assert sizes == [2, 1]

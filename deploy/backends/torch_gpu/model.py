@@ -20,8 +20,7 @@ def gpu_runner(spec, config, args):
     prefer_blocking_sync(device_id)  # a waiting stub sleeps instead of spinning a core (BENCHMARKS.md, host load)
     torch.set_num_threads(2)  # the GPU does the work; no CPU thread pool spinning beside it
     if spec is LIPSYNC_FRAMES:
-        return frames_runner(manifest, device, int(parameter(config, "jpeg_threads", spec.parameter("jpeg_threads"))),
-                             int(config["max_batch_size"]))
+        return frames_runner(manifest, device, int(parameter(config, "jpeg_threads", spec.parameter("jpeg_threads"))))
     sessions = spec.session is not None and any(i["name"] == spec.session.id_input for i in config.get("input", []))
     weights = version_dir(args) / STAGE_WEIGHTS  # real weights, when the export saved them
     return torch_runner(spec, manifest_preset(manifest), int(manifest["seed"]), device,
@@ -30,10 +29,9 @@ def gpu_runner(spec, config, args):
                         weights=weights if weights.exists() else None, max_batch_size=int(config["max_batch_size"]))
 
 
-def frames_runner(manifest, device, jpeg_threads: int, rows: int):
+def frames_runner(manifest, device, jpeg_threads: int):
     """lipsync_frames: the warp lip-sync (no weights) and the frame composer on the GPU, the avatars read from
-    the store the avatar registry writes (ensemble/frames_torch.py); the composer warmed up at every batch size up
-    to `rows` (the config's max_batch_size)."""
+    the store the avatar registry writes (ensemble/frames_torch.py)."""
     from ensemble.avatar import AvatarStore
     from ensemble.frames_torch import FrameComposer, FramesStage
     from ensemble.service import default_avatar_dir
@@ -43,9 +41,8 @@ def frames_runner(manifest, device, jpeg_threads: int, rows: int):
     graph = load_graph(LIPSYNC, preset, int(manifest["seed"]), device, LIPSYNC.gpu_precision)
     # CUDA graphs: the warp is many small kernels, each a host launch when run eagerly
     warp = graphed_module(LIPSYNC, graph, device, LIPSYNC.gpu_precision, LIPSYNC.preset_dims(preset))
-    composer = FrameComposer(warp, device, jpeg_threads=jpeg_threads)
-    composer.warm_up(rows)
-    return BatchRunner(LIPSYNC_FRAMES, FramesStage(composer, store.load))
+    return BatchRunner(LIPSYNC_FRAMES, FramesStage(FrameComposer(warp, device, jpeg_threads=jpeg_threads),
+                                                       store.load))
 
 
 TritonPythonModel = make_model(gpu_runner)
