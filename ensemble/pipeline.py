@@ -127,7 +127,7 @@ class Turn:
         self.timeline = motion.Timeline()  # the reply pieces' emotions on the audio clock
         self.interrupted: str | None = None  # why the turn stopped early: "barge_in", "cancel", "client"
         self._tasks: list[asyncio.Future] = []
-        self._lipsync_s = 0.0  # recent seconds per lip-sync call (EWMA): when a frame would be ready
+        self._lipsync_s = 0.0  # recent seconds per lip-sync call after the turn's first (EWMA): when a frame is ready
         self._utterances = 0  # acoustic-model calls so far (each gets its own noise seed)
         self.visemes = VisemeTrack()  # the speech's mouth shapes on the audio clock (from its phoneme timings)
         # frame_stage: the model that composes warp frames, "": this process (ServiceConfig)
@@ -425,6 +425,7 @@ class Turn:
         slots = [(i, d) for i, d in slots if self._keep(i)]
         if not slots:
             return
+        first = self.video_frames == 0
         t = time.perf_counter()
         if source.composed:  # the stage makes the frames whole: poses and visemes out, JPEGs back
             poses = [self.timeline.pose(i / media.VIDEO_FPS) for i, _ in slots]
@@ -444,7 +445,8 @@ class Turn:
             generated = (await self.call(source.stage, **inputs))["frames"]
             took = time.perf_counter() - t
             jpegs = await self._off_loop(self._finish_frames, source, images, state, generated)
-        self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
+        if not first:  # the first call waits behind every turn that starts with it: no forecast of the next ones
+            self._lipsync_s = took if not self._lipsync_s else 0.7 * self._lipsync_s + 0.3 * took
         for (i, _), jpeg in zip(slots, jpegs):
             self._send_frame(i, self.avatar.image.shape, jpeg)
 

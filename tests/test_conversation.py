@@ -258,6 +258,36 @@ def test_slow_lipsync_drops_late_frames_and_never_delays_audio(service, stage_ru
     assert last_audio(slow) < 1.5 * last_audio(fast) + 1.0
 
 
+class SlowFirstLipsync(Stages):
+    """A turn's first lip-sync call held `delay_s` (the calls of many turns starting together queue behind each
+    other), every later one as fast as the stage is."""
+
+    def __init__(self, stage_runners, delay_s: float):
+        super().__init__(stage_runners)
+        self.delay_s, self.lipsync_calls = delay_s, 0
+
+    async def __call__(self, model, inputs, timeout_s=None):
+        if model == LIPSYNC:
+            self.lipsync_calls += 1
+            if self.lipsync_calls == 1:
+                await asyncio.sleep(self.delay_s)
+        return await super().__call__(model, inputs, timeout_s)
+
+
+def test_a_slow_first_lipsync_call_drops_only_the_frames_it_made_late(service, stage_runners):
+    """The turn's first lip-sync call answers 0.4 s late, the next ones at once: the frames due before it answered
+    are lost, but no later one (its time is no forecast of the next call's)."""
+    log = Log()
+    asyncio.run(service.handle(request(service, "Say something.", **LONG), SlowFirstLipsync(stage_runners, 0.4), log))
+    done = log.of(ev.DONE)[-1][1].data
+    t_audio0, t_frame0 = log.first(ev.AUDIO), log.of(ev.VIDEO)[0][0]
+    sent = {e.data["index"] for _, e in log.of(ev.VIDEO)}
+    dropped = set(range(C.video_frames_for_samples(done["audio_samples"]))) - sent
+    late_by_then = {i for i in dropped if t_audio0 + i / C.VIDEO_FPS + metrics.LATE_FRAME_S < t_frame0 + 0.05}
+    print(f"\nfirst frame {1000 * (t_frame0 - t_audio0):.0f} ms after the first audio; dropped {sorted(dropped)}")
+    assert dropped and dropped == late_by_then, (sorted(dropped), sorted(late_by_then))
+
+
 def test_frame_stride_halves_the_frame_rate_with_true_timestamps(service, stage_runners):
     log = Log()
     asyncio.run(service.handle(request(service, "Hello there.", frame_stride=2), Stages(stage_runners), log))
