@@ -29,8 +29,9 @@ from ensemble.motion import Pose
 from export.contract.mouth import VISEMES
 
 Lipsync = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (crops, visemes, mouth) -> crops
-# The most frames composed at once: per frame 32 are as fast as 64 and need half their memory (a 512 x 512 avatar:
-# 6.6 GB reserved at 64 rows, a close-up one 14.9 GB; BENCHMARKS.md, "lipsync_frames memory")
+# The most frames composed at once: 64 rows in one piece reserved 3x the device memory of 32-row pieces and were
+# slower (an H100, a close-up avatar: 14.9 against 4.7 GB, 61 against 38 ms; BENCHMARKS.md, "The late first-second
+# drops are not the H200's")
 COMPOSE_ROWS = 32
 
 
@@ -90,9 +91,8 @@ class FrameComposer:
         return found
 
     def compose_jpegs(self, avatar: Avatar, poses: list[Pose], visemes: np.ndarray, quality: int) -> list[bytes]:
-        """JPEG bytes of the frames of `poses` and viseme rows, composed max_rows at a time: a batch's device memory
-        grows with its rows (whole float frames, and a close-up avatar's whole-frame blur), so a 64-row batch
-        would hold 2x a 32-row one's for no speed (BENCHMARKS.md, "lipsync_frames memory")."""
+        """JPEG bytes of the frames of `poses` and viseme rows, composed max_rows at a time: a piece's device
+        memory grows with its rows (whole float frames, and a close-up avatar's whole-frame blur; COMPOSE_ROWS)."""
         out: list[bytes] = []
         for start in range(0, len(poses), self.max_rows):
             rows = slice(start, start + self.max_rows)

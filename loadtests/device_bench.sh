@@ -19,11 +19,11 @@
 #       each instance is its own stub process, CUDA graphs and batch queue slot on the one GPU)
 #   OVERLAY=build/device/overlays/X loadtests/device_bench.sh X 48 48   # a code variant for this run: each file under
 #       the folder replaces the tree's file at the same path
-#
-# Every file a knob edits or replaces is restored when the run ends (before 2026-12-06 12:00 the config edits stayed
-# for the rest of the call: a second run in one call served the first run's knobs).
 #   GPU_TESTS=1 ...   # first the session runners' GPU tests (CUDA graph replays against the eager forward); a
 #       failure stops here, before any figure is taken from code the CPU tests cannot reach
+#
+# Every file a knob edits or replaces is put back when the run ends (before fcc85cb the config edits stayed for the
+# rest of the call: a second run in one call served the first run's knobs).
 #
 # Writes $OUT/NAME.log (unbuffered: a level cut by a timeout still leaves its lines) and $OUT/NAME/ (BENCHMARKS.md,
 # JSON); prints the optimized table. Staging:

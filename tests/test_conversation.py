@@ -283,7 +283,9 @@ def test_a_slow_first_lipsync_call_drops_only_the_frames_it_made_late(service, s
     t_audio0, t_frame0 = log.first(ev.AUDIO), log.of(ev.VIDEO)[0][0]
     sent = {e.data["index"] for _, e in log.of(ev.VIDEO)}
     dropped = set(range(C.video_frames_for_samples(done["audio_samples"]))) - sent
-    late_by_then = {i for i in dropped if t_audio0 + i / C.VIDEO_FPS + metrics.LATE_FRAME_S < t_frame0 + 0.05}
+    # due (with the 40 ms of slack) before the first call answered; 0.15 s of scheduling noise allowed (the old
+    # forecast dropped frames up to 0.4 s later)
+    late_by_then = {i for i in dropped if t_audio0 + i / C.VIDEO_FPS + metrics.LATE_FRAME_S < t_frame0 + 0.15}
     print(f"\nfirst frame {1000 * (t_frame0 - t_audio0):.0f} ms after the first audio; dropped {sorted(dropped)}")
     assert dropped and dropped == late_by_then, (sorted(dropped), sorted(late_by_then))
 

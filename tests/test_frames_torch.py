@@ -196,7 +196,6 @@ def test_an_avatar_evicted_mid_turn_is_written_back_and_its_frames_made(exported
     assert path.is_file()
 
 
-
 def test_frames_are_composed_at_most_max_rows_at_a_time_and_come_out_the_same(demo_avatar, warp, monkeypatch):
     whole = FrameComposer(warp, "cpu").compose_jpegs(demo_avatar, POSES[:3], VISEMES[:3], 90)
     chunked = FrameComposer(warp, "cpu", max_rows=2)
