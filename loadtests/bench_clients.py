@@ -174,6 +174,7 @@ def summarize(records: list[TurnRecord]) -> dict:
             "server_first_ms": server_first_ms(ok),
             "ttfa_ms_by_turn": ttfa_ms_by_turn(ok),
             "dropped_by_turn": [sum(r.late_dropped for r in turn) for turn in by_turn(records)],
+            "dropped_turns": dropped_turns(records),
             "first_calls_ms": first_calls_ms(ok),
             "errors": sorted({r.error for r in records if r.error})[:3]}
 
@@ -207,6 +208,15 @@ def first_calls_ms(records: list[TurnRecord]) -> dict[str, dict[str, list[float]
         pairs = [r.first_calls_ms[model] for r in records if r.first_calls_ms and model in r.first_calls_ms]
         out[model] = {name: p50_p95([p[k] for p in pairs]) for k, name in enumerate(("sent", "answered"))}
     return out
+
+
+def dropped_turns(records: list[TurnRecord], most: int = 12) -> list[dict]:
+    """The turns whose frames the server dropped late, the most drops first (at most `most`): each one's drops,
+    its first audio on the server and its first call to each stage (the done event's `timings_ms` and
+    `first_calls_ms`), so a turn's drops can be read beside its first lip-sync call."""
+    turns = sorted((r for r in records if r.late_dropped), key=lambda r: -r.late_dropped)[:most]
+    return [{"turn": r.turn, "dropped": r.late_dropped, "first_audio_ms": (r.timings_ms or {}).get("first_audio"),
+             "first_calls_ms": r.first_calls_ms or {}} for r in turns]
 
 
 def by_turn(records: list[TurnRecord]) -> list[list[TurnRecord]]:

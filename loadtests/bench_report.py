@@ -29,6 +29,25 @@ def _turn_table(title: str, rows: list[tuple[str, object, list]], cell) -> list[
 
 
 STAGES = tuple(s.name for s in spec.STAGES + spec.VARIANT_MODELS)  # a turn's stage models, in pipeline order
+FRAME_STAGES = (spec.LIPSYNC_FRAMES.name, *(s.name for s in spec.LIPSYNC_FAMILIES.values()))  # what makes frames
+
+
+def _dropped_turns(rows: list[tuple[str, object, dict]]) -> list[str]:
+    """The turns with frames dropped late, each beside its first audio and its first call to the stage that makes
+    its frames (ms from the turn's start on the server); nothing where no level has any."""
+    found = [(label, c, t) for label, c, s in rows for t in s.get("dropped_turns") or []]
+    if not found:
+        return []
+    lines = ["The turns with frames dropped late (the most first, up to 12 a level): ms from the turn's start to its "
+             "first audio, and to its first frame-stage call sent and answered:", "",
+             "| input | concurrency | turn | dropped | first audio | frame stage | sent | answered |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for label, c, t in found:
+        stage = next((m for m in FRAME_STAGES if m in t["first_calls_ms"]), None)
+        sent, answered = t["first_calls_ms"][stage] if stage else (None, None)
+        lines.append(f"| {label} | {c} | {t['turn'] + 1} | {t['dropped']} | {_f(t['first_audio_ms'], 1)} | "
+                     f"{stage or '—'} | {_f(sent, 1)} | {_f(answered, 1)} |")
+    return lines + [""]
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
     ("vocoder_xrt_b16", "vocoder × real time, batch 16", 0),
@@ -130,6 +149,7 @@ def _end_to_end(name: str, r: dict) -> list[str]:
     dropped = [(label, c, s["dropped_by_turn"]) for label, c, s in rows if any(s.get("dropped_by_turn") or [])]
     if dropped:
         lines += _turn_table("Frames the server dropped late, by a session's turn (levels with any):", dropped, str)
+    lines += _dropped_turns(rows)
     served = [(c, s["models"]) for _, c, s in rows[1:] if s.get("models")]
     if served:
         models = [m for m in STAGES if any(m in ms for _, ms in served)]

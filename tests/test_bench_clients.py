@@ -121,3 +121,27 @@ def test_frames_dropped_late_are_counted_by_a_sessions_turn():
     table = md.split("Frames the server dropped late, by a session's turn")[1]
     assert "| text | 48 | 4 | 2 |" in table
     assert "| text | 48#2 |" not in table.split("\n\n")[1]  # a level with no drops has no row
+
+
+def test_each_turn_with_drops_is_shown_beside_its_first_frame_stage_call():
+    from loadtests.bench_clients import TurnRecord
+    from loadtests.bench_report import markdown
+
+    calls = {"llm": [1.0, 9.0], "lipsync_frames": [230.5, 512.25]}
+    records = [TurnRecord(ok=True, ttfa_s=0.2, turn=0, late_frames=2, late_dropped=2, timings_ms={"first_audio": 241.0},
+                          first_calls_ms=calls),
+               TurnRecord(ok=True, ttfa_s=0.2, turn=1, late_frames=5, late_dropped=5),
+               TurnRecord(ok=True, ttfa_s=0.1, turn=1, first_calls_ms=calls)]
+    level = summarize(records)
+    assert [(t["turn"], t["dropped"]) for t in level["dropped_turns"]] == [(1, 5), (0, 2)]  # the most drops first
+    run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": 1, "speech_c1": level,
+           "levels": {"48": level}}
+    md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
+                   "capacity": {"optimized": capacity(run["levels"])}})
+    table = md.split("The turns with frames dropped late")[1]
+    assert "| text | 48 | 1 | 2 | 241.0 | lipsync_frames | 230.5 | 512.2 |" in table
+    assert "| text | 48 | 2 | 5 | — | — | — | — |" in table  # a turn without the server's figures
+    clean = level | {"dropped_turns": []}
+    assert "The turns with frames dropped late" not in markdown(
+        {"date": "d", "preset": "base", "hardware": "h", "command": "c", "capacity": {"optimized": 0},
+         "optimized": run | {"levels": {"48": clean}, "speech_c1": clean}})
