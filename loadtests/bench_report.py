@@ -32,22 +32,6 @@ STAGES = tuple(s.name for s in spec.STAGES + spec.VARIANT_MODELS)  # a turn's st
 FRAME_STAGES = (spec.LIPSYNC_FRAMES.name, *(s.name for s in spec.LIPSYNC_FAMILIES.values()))  # what makes frames
 
 
-def _dropped_turns(rows: list[tuple[str, object, dict]]) -> list[str]:
-    """The turns with frames dropped late, each beside its first audio and its first call to the stage that makes
-    its frames (ms from the turn's start on the server); nothing where no level has any."""
-    found = [(label, c, t) for label, c, s in rows for t in s.get("dropped_turns") or []]
-    if not found:
-        return []
-    lines = ["The turns with frames dropped late (the most first, up to 12 a level): ms from the turn's start to its "
-             "first audio, and to its first frame-stage call sent and answered:", "",
-             "| input | concurrency | turn | dropped | first audio | frame stage | sent | answered |",
-             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
-    for label, c, t in found:
-        stage = next((m for m in FRAME_STAGES if m in t["first_calls_ms"]), None)
-        sent, answered = t["first_calls_ms"][stage] if stage else (None, None)
-        lines.append(f"| {label} | {c} | {t['turn'] + 1} | {t['dropped']} | {_f(t['first_audio_ms'], 1)} | "
-                     f"{stage or '—'} | {_f(sent, 1)} | {_f(answered, 1)} |")
-    return lines + [""]
 STAGE_ROWS = [
     ("vocoder_xrt_b1", "vocoder × real time, batch 1", 0),
     ("vocoder_xrt_b16", "vocoder × real time, batch 16", 0),
@@ -65,6 +49,24 @@ STAGE_ROWS = [
     ("tts_ms_sentence_served", "TTS ms per 60-phoneme sentence as served (optimized: bucketed CUDA graphs)", 1),
     ("peak_memory_gb", "peak PyTorch memory, GB", 2),
 ]
+
+
+def _dropped_turns(rows: list[tuple[str, object, dict]]) -> list[str]:
+    """The turns with frames dropped late, each beside its first audio and its first call to the stage that makes
+    its frames (ms from the turn's start on the server); nothing where no level has any."""
+    found = [(label, c, t) for label, c, s in rows for t in s.get("dropped_turns") or []]
+    if not found:
+        return []
+    lines = ["The turns with frames dropped late (the most first, up to 12 a level): ms from the turn's start to its "
+             "first audio, and to its first frame-stage call sent and answered:", "",
+             "| input | concurrency | turn | dropped | first audio | frame stage | sent | answered |",
+             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+    for label, c, t in found:
+        stage = next((m for m in FRAME_STAGES if m in t["first_calls_ms"]), None)
+        sent, answered = t["first_calls_ms"][stage] if stage else (None, None)
+        lines.append(f"| {label} | {c} | {t['turn'] + 1} | {t['dropped']} | {_f(t['first_audio_ms'], 1)} | "
+                     f"{stage or '—'} | {_f(sent, 1)} | {_f(answered, 1)} |")
+    return lines + [""]
 
 
 def markdown(report: dict) -> str:

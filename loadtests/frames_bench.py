@@ -60,9 +60,14 @@ def parity(composer: FrameComposer, a: avatars.Avatar, warp: torch.nn.Module, n:
     return {"frames": n, "mean_abs": round(float(d.mean()), 4), "p999_abs": float(np.percentile(d, 99.9))}
 
 
+def synchronizer(composer: FrameComposer):
+    """A call that waits for the composer's device (nothing to wait for on the CPU): timings of whole batches."""
+    return torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
+
+
 def throughput(composer: FrameComposer, a: avatars.Avatar, batch: int, repeats: int, quality: int) -> dict:
     poses, visemes = poses_and_visemes(max(batch, 64))
-    sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
+    sync = synchronizer(composer)
     walls, cpus = [], []
     for k in range(repeats + 3):
         rows = [(k * batch + i) % len(poses) for i in range(batch)]
@@ -80,7 +85,7 @@ def throughput(composer: FrameComposer, a: avatars.Avatar, batch: int, repeats: 
 
 def first_use(composer: FrameComposer, a: avatars.Avatar, sizes: range, quality: int) -> list[dict]:
     poses, visemes = poses_and_visemes(sizes[-1])
-    sync = torch.cuda.synchronize if composer.device.type == "cuda" else (lambda: None)
+    sync = synchronizer(composer)
 
     def once(n: int) -> float:
         sync()
