@@ -35,7 +35,7 @@ def test_one_gpu_reproduces_todays_counts_from_the_specs():
     assert p["talking_head"].kind == pl.KIND_CPU and p["talking_head"].total == pl.ORCHESTRATOR_GPU_INSTANCES
     # today's numbers (BENCHMARKS.md), so a change to the specs shows up here as well
     assert {s.name: p[s.name].total for s in PIPELINE} == {
-        "asr_encoder": 1, "asr_decoder": 2, "llm": 4, "tts": 1, "vocoder": 2, "lipsync": 2}
+        "asr_encoder": 1, "asr_decoder": 2, "llm": 4, "tts": 2, "vocoder": 2, "lipsync": 2}
     # a memory limit the single-GPU set fits in changes nothing
     assert pl.place(1, gpu_memory_gib=80).models == p.models
 

@@ -133,8 +133,9 @@ TTS = ModelSpec(
         Tensor("durations", "INT64", ("phonemes",), length_from="input:phonemes"),  # latent frames per id
     ),
     axes=(Axis("phonemes", 1, 128, 512),),  # ~2 ids per phoneme (pads between): 512 ids is 15-20 s of speech
-    # one instance: a second made each batch slower (47 vs 28 ms at 48 sessions on one H200, BENCHMARKS.md)
-    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000,
+    # two instances: each batch is slower (14-15 vs 11 ms) but the 48 first pieces of a turn's herd wait 3-6 ms
+    # instead of 8-24, TTFA p95 at 48 sessions 224-289 ms against 263-463 (one H100, BENCHMARKS.md, calls 34-37)
+    max_batch_size=8, preferred_batch_sizes=(4, 8), max_queue_delay_us=1000, gpu_instances=2,
     preset_dims=_vits_dims,
     gpu_precision="fp32",  # ceil() of the durations and the spline's square root keep the duration path in fp32
     # phoneme buckets, the inputs padded up to one (masked, exact): the text half and the flow replay CUDA graphs
