@@ -12,7 +12,9 @@
    responses of 16 KiB, 1 ms apart, each stamped with its send time; the client's receive time minus that stamp
    is the delivery latency of a response, straight and through the door; the difference of the medians is what
    the door adds, without model noise. Beside the door, a bare grpc.aio pass-through (raw bytes, nothing checked)
-   shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Measured three ways
+   shows the floor of a Python gRPC proxy: the door's own cost is what it adds above that. Where `nginx` is on
+   PATH (Debian's nginx-light), nginx's grpc_pass beside them (one worker, upstream connections kept): the floor
+   of a proxy outside Python, which cannot read the model name inside a request. Measured three ways
    (MODES): on one kept stream, on a kept connection with a new stream per turn, and with a new connection (TCP +
    HTTP/2 handshake) for every turn.
    time.perf_counter is CLOCK_MONOTONIC, one clock for every process.
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import os
 import queue
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -243,14 +246,38 @@ async def serve_passthrough(port: int, upstream: str) -> None:
     await server.wait_for_termination()
 
 
+def nginx_conf(listen_port: int, upstream_port: int, workdir: Path) -> Path:
+    """A minimal nginx config: one worker in the foreground, grpc_pass to the upstream over kept connections."""
+    conf = workdir / "nginx.conf"
+    temp = " ".join(f"{k}_temp_path {workdir / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf.write_text(f"""worker_processes 1; daemon off; pid {workdir / 'nginx.pid'}; error_log {workdir / 'nginx.log'} warn;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off; {temp}
+  upstream triton {{ server 127.0.0.1:{upstream_port}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{listen_port} http2; client_max_body_size 0;
+    location / {{ grpc_pass grpc://triton; grpc_read_timeout 3600s; grpc_send_timeout 3600s; }}
+  }}
+}}
+""")
+    return conf
+
+
 def synthetic(turns: int, responses: int, workdir: Path) -> None:
-    """The stand-in upstream, straight and through the door, in each of MODES."""
-    port, floor_port = free_ports(2)
+    """The stand-in upstream, straight and through the door (and the floors beside it), in each of MODES."""
+    port, floor_port, nginx_port = free_ports(3)
     url = f"localhost:{port}"
     helpers = [subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--fake-upstream", str(port),
                                  "--responses", str(responses)]),
                subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--passthrough", str(floor_port),
                                  "--url", url])]
+    floors = {"floor": "through a bare grpc.aio pass-through"}
+    if shutil.which("nginx"):
+        helpers.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(nginx_port, port, workdir))]))
+        floors["nginx"] = "through nginx grpc_pass (outside Python)"
+    else:
+        print("nginx is not on PATH: no nginx floor (apt-get install nginx-light)")
     res: dict[tuple[str, str], tuple[list, list]] = {}
     try:
         time.sleep(1.5)
@@ -261,10 +288,12 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
             for mode in MODES:
                 ends = {"direct": Endpoint(url, {}, mode), "door": Endpoint(door.url, HEADERS, mode),
                         "floor": Endpoint(f"localhost:{floor_port}", {}, mode)}
+                if "nginx" in floors:
+                    ends["nginx"] = Endpoint(f"localhost:{nginx_port}", {}, mode)
                 try:
                     for end in ends.values():
                         end.turn("talking_head", inputs, stamped=True)  # warm-up
-                    for name in ("direct", "door", "floor") * 2:  # two rounds each, interleaved
+                    for name in tuple(ends) * 2:  # two rounds each, interleaved
                         for _ in range(turns // 2):
                             first, _, delivery = ends[name].turn("talking_head", inputs, stamped=True)
                             res.setdefault((mode, name), ([], []))[0].append(first)
@@ -284,7 +313,7 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
         print(f"  {how}:")
         for label, i in (("time to first response", 0), ("delivery of a streamed response", 1)):
             print(f"    {label}: direct p50 {pct(d[i], 50) * 1000:.3f} / p95 {pct(d[i], 95) * 1000:.3f} ms")
-            for name, what in (("door", "through the door"), ("floor", "through a bare grpc.aio pass-through")):
+            for name, what in {"door": "through the door", **floors}.items():
                 p = res[mode, name]
                 print(f"      {what}: p50 {pct(p[i], 50) * 1000:.3f} / p95 {pct(p[i], 95) * 1000:.3f} ms; added p50 "
                       f"{(pct(p[i], 50) - pct(d[i], 50)) * 1000:.3f} ms, p95 "
