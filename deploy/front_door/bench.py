@@ -273,14 +273,19 @@ def synthetic(turns: int, responses: int, workdir: Path) -> None:
                subprocess.Popen([sys.executable, "-m", "deploy.front_door.bench", "--passthrough", str(floor_port),
                                  "--url", url])]
     floors = {"floor": "through a bare grpc.aio pass-through"}
+    nginx = None
     if shutil.which("nginx"):
-        helpers.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(nginx_port, port, workdir))]))
+        nginx = subprocess.Popen(["nginx", "-c", str(nginx_conf(nginx_port, port, workdir))])
+        helpers.append(nginx)
         floors["nginx"] = "through nginx grpc_pass (outside Python)"
     else:
         print("nginx is not on PATH: no nginx floor (apt-get install nginx-light)")
     res: dict[tuple[str, str], tuple[list, list]] = {}
     try:
         time.sleep(1.5)
+        if nginx is not None and nginx.poll() is not None:
+            print(f"nginx exited with {nginx.returncode} (its log: {workdir / 'nginx.log'}): no nginx floor")
+            del floors["nginx"]
         door = Door(url, workdir)
         try:
             inputs = [grpcclient.InferInput("text", [1], "BYTES")]
