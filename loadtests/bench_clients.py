@@ -210,7 +210,10 @@ def first_calls_ms(records: list[TurnRecord]) -> dict[str, dict[str, list[float]
     return out
 
 
-def dropped_turns(records: list[TurnRecord], most: int = 12) -> list[dict]:
+DROPPED_TURNS_LISTED = 12  # a level's turns with late drops that its report lists, the most drops first
+
+
+def dropped_turns(records: list[TurnRecord], most: int = DROPPED_TURNS_LISTED) -> list[dict]:
     """The turns whose frames the server dropped late, the most drops first (at most `most`): each one's drops,
     its first audio on the server and its first call to each stage (the done event's `timings_ms` and
     `first_calls_ms`), so a turn's drops can be read beside its first lip-sync call."""

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from export.contract import spec
-from loadtests.bench_clients import FIRST_EVENTS, concurrency_of
+from loadtests.bench_clients import DROPPED_TURNS_LISTED, FIRST_EVENTS, concurrency_of
 
 
 def _f(x, digits=3, scale=1.0) -> str:
@@ -57,8 +57,8 @@ def _dropped_turns(rows: list[tuple[str, object, dict]]) -> list[str]:
     found = [(label, c, t) for label, c, s in rows for t in s.get("dropped_turns") or []]
     if not found:
         return []
-    lines = ["The turns with frames dropped late (the most first, up to 12 a level): ms from the turn's start to its "
-             "first audio, and to its first frame-stage call sent and answered:", "",
+    lines = [f"The turns with frames dropped late (the most first, up to {DROPPED_TURNS_LISTED} a level): ms from the "
+             "turn's start to its first audio, and to its first frame-stage call sent and answered:", "",
              "| input | concurrency | turn | dropped | first audio | frame stage | sent | answered |",
              "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for label, c, t in found:
