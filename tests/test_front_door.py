@@ -3,6 +3,7 @@ with a key; no key, a wrong key, stage models and admin APIs are refused; per-id
 to the API key that opened them; ids and messages bounded. The first tests need no server."""
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import struct
@@ -19,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.wire import action_inputs, infer_input, turn_inputs
 from deploy.front_door import FrontDoorOptions, FrontDoorThread
-from deploy.front_door.proxy import Refused, own_options, split_bytes
+from deploy.front_door.proxy import SPARE_AFTER_S, FrontDoor, Refused, own_options, split_bytes
 from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, SessionTokens, Usage
 from export.contract import events as ev
 from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
@@ -412,3 +413,40 @@ def test_a_drain_closes_the_idle_streams_so_the_orchestrator_can_unload(server):
             s.client.close()
             server.reload_model(TALKING_HEAD.name)
     assert state() == "READY"
+
+
+@pytest.mark.server
+def test_a_new_client_stream_gets_the_spare_upstream_stream_unless_it_has_ended(server):
+    """The door opens an upstream stream ahead of the next client stream, so a turn's first request skips setting
+    one up; the spare is opened a moment after the last was taken (off that turn's path), and one that has ended
+    meanwhile (upstream restarted, the call cancelled) is never handed out: a new one is."""
+    async def answers(call) -> str:
+        await call.write(pb.ModelInferRequest(model_name="no_such_model", id="probe"))
+        return (await asyncio.wait_for(call.read(), 10)).error_message
+
+    async def go():
+        channel = grpc.aio.insecure_channel(server.options.grpc_url)
+        door = FrontDoor(channel, ApiKeys(KEYS))
+        calls = []
+        try:
+            calls.append(door._upstream_stream())  # none opened ahead yet: a new one
+            assert door._spare is None, "the spare was opened on the turn's path"
+            await asyncio.sleep(SPARE_AFTER_S + 0.2)
+            spare = door._spare
+            assert spare is not None and not spare.done()
+            calls.append(door._upstream_stream())
+            assert calls[-1] is spare
+            assert "no_such_model" in await answers(spare)
+            await asyncio.sleep(SPARE_AFTER_S + 0.2)
+            dead = door._spare
+            dead.cancel()
+            calls.append(door._upstream_stream())
+            assert calls[-1] is not dead and not calls[-1].done()
+            assert "no_such_model" in await answers(calls[-1])
+        finally:
+            for call in calls + [door._spare]:
+                if call is not None:
+                    call.cancel()
+            await channel.close()
+
+    asyncio.run(go())

@@ -39,6 +39,7 @@ EXPOSED_MODELS = (TALKING_HEAD, AVATAR_REGISTRY)
 OPEN_CALLS = ("ServerLive", "ServerReady")  # no key needed: liveness/readiness probes
 STATUS_HEADER = "triton_grpc_error"  # answered here, never forwarded
 HALF_CLOSE_S = 5.0  # how long the door waits for upstream to end a half-closed stream before it cancels it
+SPARE_AFTER_S = 0.05  # a spare upstream stream is opened this long after the last was taken: off that turn's path
 FINAL = "triton_final_response"
 WANT_FINAL = "triton_enable_empty_final_response"
 MAX_OPTIONS_BYTES = 16 * 1024  # parsed here before Triton's orchestrator checks its own 4 kB limit
@@ -155,6 +156,8 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
         self.tokens = tokens or SessionTokens()
         self.draining = False  # upstream said talking_head is not ready (Limits.ready_poll_s)
         self._ready_watch: asyncio.Task | None = None
+        self._spare = None  # an upstream ModelStreamInfer opened ahead of the next client stream (_upstream_stream)
+        self._refill: asyncio.TimerHandle | None = None
 
     async def _watch_ready(self) -> None:
         """Poll upstream's ModelReady(talking_head). Only an answer counts: an error (the server down, a stand-in
@@ -166,6 +169,9 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
                     log.info("talking_head %s upstream", "ready again" if r.ready else
                              "not ready: closing streams with no turn in flight")
                 self.draining = not r.ready
+                if self.draining and self._spare is not None:  # it sent nothing, but keep upstream's streams few
+                    self._spare.cancel()
+                    self._spare = None
             except grpc.aio.AioRpcError as e:
                 log.debug("readiness poll failed: %s", e.code())
             except grpc.aio.UsageError:  # the upstream channel was closed: the door is stopping
@@ -173,6 +179,26 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
             await asyncio.sleep(self.limits.ready_poll_s)
 
     # -- helpers
+
+    def _upstream_stream(self):
+        """The upstream call for a new client stream: the spare opened ahead while it is still open (the turn's first
+        request then skips setting up an upstream stream, ~0.1-0.3 ms here; BENCHMARKS.md "A spare upstream
+        stream"), else a new one. The next spare is opened SPARE_AFTER_S later, off this turn's path. The client's
+        deadline is kept by cancelling upstream when its own call ends (`_Stream.run`), not by the upstream call."""
+        call, self._spare = self._spare, None
+        if call is None or call.done():
+            call = self.stub.ModelStreamInfer()
+        if self._refill is None and not self.draining:
+            self._refill = asyncio.get_running_loop().call_later(SPARE_AFTER_S, self._open_spare)
+        return call
+
+    def _open_spare(self) -> None:
+        self._refill = None
+        if self._spare is None and not self.draining:
+            try:
+                self._spare = self.stub.ModelStreamInfer()
+            except grpc.aio.UsageError:  # the upstream channel was closed: the door is stopping
+                pass
 
     async def _identify(self, context) -> str:
         if self.by_certificate:  # the TLS handshake verified the certificate against the client CA
@@ -247,7 +273,7 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
             self._ready_watch = asyncio.ensure_future(self._watch_ready())
         stream = _Stream(self, context, usage, self.tokens(who), self._wants_status(context))
         try:
-            await stream.run(self.stub.ModelStreamInfer(timeout=context.time_remaining()), request_iterator)
+            await stream.run(self._upstream_stream(), request_iterator)
         finally:
             usage.close_stream()
             usage.end_turns(stream.turns)
