@@ -15,7 +15,8 @@ with the error's status, otherwise an `error_message` response names it and the 
 answers that header itself and never sends it upstream: Triton 2.51 closing a stream with an error status at a
 high rate aborts (RELIABILITY.md, "Overload"); the door half-closes the upstream stream instead. A client
 that stops reading (a response not taken within `Limits.max_stall_s`) is cut off with RESOURCE_EXHAUSTED and its
-upstream call cancelled, so its unread responses pile up nowhere.
+upstream call cancelled, so its unread responses pile up nowhere. The door keeps one upstream stream open ahead
+of the next client stream (a spare, `FrontDoor._upstream_stream`), so a turn on a new stream skips setting one up.
 """
 from __future__ import annotations
 
