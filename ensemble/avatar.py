@@ -39,6 +39,9 @@ UNDECODABLE = "avatar image could not be decoded (not an image or corrupt)"
 _ID = re.compile(r"[0-9a-f]{16}")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+# a progressive JPEG has ~10 scans (libjpeg's scripts 6-10) and each is a pass over the whole image: a 2 MB file of
+# 58608 tiny scans took ~80 s to decode (libjpeg-turbo's own "scan limit" guards against the same)
+MAX_JPEG_SCANS = 100
 MEMORY_BYTES = Limits.max_avatar_memory_bytes  # an AvatarStore's in-memory cache by default
 
 
@@ -125,8 +128,8 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
              options: AvatarOptions = AvatarOptions()) -> Avatar:
     """Validate, decode and analyse an avatar image; InputError names any problem.
 
-    Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), and the
-    header's width x height against max_pixels and min_side (both as sent and as stored). An image whose longer
+    Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), the header's
+    width x height against max_pixels and min_side (both as sent and as stored), and a JPEG's scans (MAX_JPEG_SCANS). An image whose longer
     side exceeds options.max_side is downscaled to it before anything else (`stored_size`): the avatar's image,
     box and keypoints are in that size, and the message says so. detect: the face_detector stage
     (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
@@ -146,6 +149,10 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
         raise InputError(f"avatar image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if min(width, height) < min_side:
         raise InputError(f"avatar image is {width}x{height} pixels; width and height must be at least {min_side}")
+    scans = data.count(b"\xff\xda") if data.startswith(b"\xff\xd8") else 0  # SOS markers (0xFF is stuffed elsewhere)
+    if scans > MAX_JPEG_SCANS:
+        raise InputError(f"avatar image is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS} (a progressive JPEG "
+                         f"has about 10)")
     small = stored_size(width, height, options.max_side)
     if min(small) < min_side:
         raise InputError(f"avatar image is {width}x{height} pixels, {small[0]}x{small[1]} once downscaled to "

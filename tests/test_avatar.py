@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 import zlib
 
 import cv2
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from ensemble.avatar import (
+    MAX_JPEG_SCANS,
     MEMORY_BYTES,
     Avatar,
     AvatarOptions,
@@ -142,6 +144,22 @@ def test_pixel_limit_jpeg(demo_png, detect):
     with pytest.raises(InputError, match="512x512 = 262144 pixels"):
         register(jpg, BIG, 512 * 511, detect=detect)
     assert register(jpg, BIG, 512 * 512, detect=detect).faces_found == 1  # JPEG avatars work too
+
+
+def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(demo_png, detect):
+    """A progressive JPEG's smallest scan repeated before EOI: each scan is a decoding pass over the whole image,
+    so 58608 of them in 2 MB took ~80 s (the avatar registry busy for everyone). Refused from the bytes alone."""
+    img = cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR)
+    ok, prog = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    prog = prog.tobytes()
+    assert 1 < prog.count(b"\xff\xda") <= MAX_JPEG_SCANS
+    assert register(prog, BIG, 512 * 512, detect=detect).faces_found == 1  # an ordinary progressive JPEG is taken
+    last = prog.rindex(b"\xff\xda")  # the last scan, repeated: a valid file, decoded pass by pass
+    bomb = prog[:-2] + prog[last:-2] * 200 + b"\xff\xd9"
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"^avatar image is a JPEG of 2\d\d scans; the limit is 100 "):
+        register(bomb, BIG, 512 * 512, detect=detect)
+    assert time.perf_counter() - t0 < 0.1
 
 
 def test_wav2lip_faces(demo):
