@@ -46,7 +46,7 @@ FRAMES_LATE = Metric("talking_head_frames_late_total", "counter",
 LATE_FRAME_S = 0.040
 REJECTED = Metric("talking_head_rejected_total", "counter", "Turns refused or failed before completion",
                   labels=("reason",),
-                  known=("invalid_input", "overloaded", "draining", "session_owner", "sessions_full"))
+                  known=("invalid_input", "overloaded", "draining", "sessions_full"))
 TURNS = Metric("talking_head_turns_total", "counter", "Turns finished", labels=("outcome",),
                known=("ok", "interrupted", "cancelled", "error"))
 CACHE_HITS = Metric("talking_head_cache_hits_total", "counter", "Turns served from the answer cache")

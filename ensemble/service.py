@@ -253,9 +253,6 @@ class Service:
         """A session lookup (ensemble/sessions.py), its refusals counted."""
         try:
             return find()
-        except InputError:
-            self.recorder.inc(metrics.REJECTED, reason="session_owner")
-            raise
         except Overloaded:
             self.recorder.inc(metrics.REJECTED, reason="sessions_full")
             raise

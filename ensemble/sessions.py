@@ -1,8 +1,8 @@
 """Conversations by `session` id: the reply in flight (for barge-in) and the microphone's state.
 
-Owned: a session belongs to the secret (`session_token`) of the request that opened it; a request naming the
-session with another token is refused (no cancelling, barging in on or listening to someone else's
-conversation). Bounded per client and in all: a token holds at most `max_per_client` sessions and the house at
+Owned: a session belongs to the secret (`session_token`) of the request that opened it, and each token has
+its own sessions: the same `session` id under another token is another conversation (no cancelling, barging in
+on or listening to someone else's, no claiming an id first, and nothing tells whether another client uses an id). Bounded per client and in all: a token holds at most `max_per_client` sessions and the house at
 most `max_open`; a session unused for `idle_s` is forgotten, which frees its turn detector. To make room for a
 client's new session, its own least recently used idle session is forgotten; when the house is full, one of the
 clients holding the most sessions loses its least recently used idle one, so a client opening many sessions
@@ -11,14 +11,13 @@ none can go, the new session is refused.
 """
 from __future__ import annotations
 
-import hmac
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ensemble.errors import InputError, Overloaded
+from ensemble.errors import Overloaded
 
 
 @dataclass
@@ -42,42 +41,40 @@ class Sessions:
         self.max_per_client = max_per_client
         self.idle_s = idle_s
         self.clock = clock
-        self._open: OrderedDict[str, Session] = OrderedDict()
+        self._open: OrderedDict[tuple[str, str], Session] = OrderedDict()  # (token, session id) -> session
         self._held: dict[str, int] = {}  # token -> sessions open
 
     def get(self, session_id: str, token: str) -> Session:
-        """The session (opened by this request when new), marked used now; refused for another token."""
+        """This token's session of that id (opened by this request when new), marked used now."""
         self._expire()
-        s = self.peek(session_id, token)
+        key = (token, session_id)
+        s = self._open.get(key)
         if s is None:
             self._make_room(token)
-            s = self._open[session_id] = Session(session_id, token)
+            s = self._open[key] = Session(session_id, token)
             self._held[token] = self._held.get(token, 0) + 1
-        self._open.move_to_end(session_id)
+        self._open.move_to_end(key)
         s.last_used = self.clock()
         return s
 
     def peek(self, session_id: str, token: str) -> Session | None:
-        """The open session, None if there is none; refused for another token."""
-        s = self._open.get(session_id)
-        if s is not None and not hmac.compare_digest(s.token.encode(), token.encode()):
-            raise InputError(f"session {session_id!r} belongs to another client (its session_token differs)")
-        return s
+        """This token's open session of that id, None if it has none."""
+        return self._open.get((token, session_id))
 
     def _expire(self) -> None:
         now = self.clock()
-        for sid in [sid for sid, s in self._open.items() if s.turn is None and now - s.last_used > self.idle_s]:
-            self._forget(sid)
+        for key in [key for key, s in self._open.items() if s.turn is None and now - s.last_used > self.idle_s]:
+            self._forget(key)
 
-    def _forget(self, session_id: str) -> None:
-        token = self._open.pop(session_id).token
+    def _forget(self, key: tuple[str, str]) -> None:
+        token = self._open.pop(key).token
         self._held[token] -= 1
         if not self._held[token]:
             del self._held[token]
 
     def _make_room(self, token: str) -> None:
         if self._held.get(token, 0) >= self.max_per_client:
-            mine = next((sid for sid, s in self._open.items() if s.token == token and not s.busy()), None)
+            mine = next((key for key, s in self._open.items() if s.token == token and not s.busy()), None)
             if mine is None:
                 raise Overloaded(f"this client has {self._held[token]} sessions open and busy (limit "
                                  f"{self.max_per_client} per client); end one or retry later")
@@ -86,9 +83,9 @@ class Sessions:
         if len(self._open) < self.max_open:
             return
         most = max(self._held.values())  # least recently used first, among the clients holding the most
-        idle = next((sid for sid, s in self._open.items() if self._held[s.token] == most and not s.busy()), None)
+        idle = next((key for key, s in self._open.items() if self._held[s.token] == most and not s.busy()), None)
         if idle is None:
-            idle = next((sid for sid, s in self._open.items() if not s.busy()), None)
+            idle = next((key for key, s in self._open.items() if not s.busy()), None)
         if idle is None:
             raise Overloaded(f"{len(self._open)} sessions are open and busy (limit {self.max_open}); retry later")
         self._forget(idle)

@@ -180,7 +180,8 @@ def stage_abuse(env) -> list[Case]:
 
 
 def sessions(env) -> list[Case]:
-    """Another client names the victim's session; a flood of new session ids while the victim's reply runs."""
+    """Another client names the victim's session (it reaches its own session of that id, never the victim's); a
+    flood of new session ids while the victim's reply runs."""
     door, avatar, cases = env.door.url, env.avatar, []
     long_turn: dict = {}
 
@@ -205,9 +206,7 @@ def sessions(env) -> list[Case]:
             "session": "victim-s", "idle_s": 0.1, "session_token": "z" * 24}), mallory),
         "cancel with a guessed token (direct)": (env.server.options.grpc_url, cancel_inputs("victim-s", "g" * 32), None),
     }
-    for name, (url, inputs, headers) in tries.items():
-        e = stream_once(url, inputs, headers)
-        cases.append(Case(name, refused(e, "belongs to another client"), hijack=e is None, detail=(e or "accepted")[:160]))
+    answers = {name: stream_once(url, inputs, headers) for name, (url, inputs, headers) in tries.items()}
     flood_errors = []
     for k in range(200):  # past the per-client limit (64): the flooder's own sessions go, never the victim's
         flood_errors.append(stream_once(env.server.options.grpc_url, action_inputs("idle", avatar, {
@@ -215,6 +214,10 @@ def sessions(env) -> list[Case]:
     t.join(180)
     done = long_turn.get("result")
     survived = done is not None and done.done is not None and done.done.get("interrupted") is None
+    for name, e in answers.items():  # each reaches the attacker's own session of that id: served, the victim's untouched
+        cases.append(Case(name, e is None, hijack=not survived,
+                          detail=f"{e or 'served in its own session'}; victim's reply "
+                                 f"{'ran to its end' if survived else 'was cut'}"[:160]))
     cases.append(Case("200 new session ids from one client during the victim's reply",
                       all(e is None or "sessions open and busy" in e for e in flood_errors), hijack=not survived,
                       detail=f"victim's reply {'ran to its end' if survived else long_turn.get('error', 'was cut')}"))

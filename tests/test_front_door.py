@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.wire import action_inputs, infer_input, turn_inputs
 from deploy.front_door import FrontDoorOptions, FrontDoorThread
-from deploy.front_door.proxy import SPARE_AFTER_S, FrontDoor, Refused, own_options, split_bytes
+from deploy.front_door.proxy import SPARE_AFTER_S, FrontDoor, Refused, check_request, one_bytes_element, own_options
 from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, SessionTokens, Usage
 from export.contract import events as ev
 from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
@@ -70,6 +70,13 @@ def test_rate_and_turn_quotas():
     u.start_turn()
     with pytest.raises(QuotaExceeded, match="too many turns: 1 in flight"):
         u.start_turn()
+    calls = Usage(Limits(max_calls=2))
+    calls.start_call()
+    calls.start_call()
+    with pytest.raises(QuotaExceeded, match="too many calls: 2 in flight"):
+        calls.start_call()
+    calls.end_call()
+    calls.start_call()
 
 
 def test_options_get_the_identitys_token_in_contents_and_raw_contents():
@@ -79,7 +86,7 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
         raw.inputs.append(i._get_tensor())
         raw.raw_input_contents.append(i._get_content())
     assert own_options(raw, "T" * 32) is None
-    [opts] = split_bytes(raw.raw_input_contents[[t.name for t in raw.inputs].index("options")])
+    opts = one_bytes_element(raw.raw_input_contents[[t.name for t in raw.inputs].index("options")])
     assert json.loads(opts) == {"session": "s", "session_token": "T" * 32}
     typed = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
     typed.inputs.add(name="options", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
@@ -98,7 +105,33 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
     typed.inputs[0].contents.bytes_contents.append(b"{}")
     with pytest.raises(Refused, match="one BYTES element"):
         own_options(typed, "T" * 32)
-    assert split_bytes(struct.pack("<I", 9) + b"short") is None
+    assert one_bytes_element(struct.pack("<I", 9) + b"short") is None
+    two = struct.pack("<I", 2) + b"{}" + struct.pack("<I", 2) + b"{}"
+    for bad in (two, b"\0\0\0\0" * 2_900_000, b"\0\0\0"):  # millions of empty elements: refused at once
+        raw.raw_input_contents[[t.name for t in raw.inputs].index("options")] = bad
+        t0 = time.perf_counter()
+        with pytest.raises(Refused, match="one BYTES element"):
+            own_options(raw, "T" * 32)
+        assert time.perf_counter() - t0 < 0.1  # not walked element by element (1.3 s before)
+
+
+def test_output_parameters_and_a_non_bool_final_flag_are_refused():
+    """Triton 2.51 dies (SIGFPE) of `classification` asked on the orchestrator's BYTES output, and a string
+    `triton_enable_empty_final_response` made the door drop a final response the client then waited for."""
+    req = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
+    check_request(req, TALKING_HEAD.name, Limits())
+    req.outputs.add(name="event")  # by name only: served
+    check_request(req, TALKING_HEAD.name, Limits())
+    req.outputs[0].parameters["classification"].int64_param = 1
+    with pytest.raises(Refused, match="output 'event': parameters \\(classification\\) are not served") as e:
+        check_request(req, TALKING_HEAD.name, Limits())
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    del req.outputs[:]
+    req.parameters["triton_enable_empty_final_response"].string_param = "true"
+    with pytest.raises(Refused, match="'triton_enable_empty_final_response' must be a bool, got string_param"):
+        check_request(req, TALKING_HEAD.name, Limits())
+    req.parameters["triton_enable_empty_final_response"].bool_param = True
+    check_request(req, TALKING_HEAD.name, Limits())
 
 
 # ---------------------------------------------------------------- through the real server
@@ -241,7 +274,8 @@ def test_the_turn_quota_refuses_the_extra_turn_for_that_identity_only(door, door
 @pytest.mark.server
 def test_two_identities_with_the_same_session_id_do_not_collide(door, door_avatar):
     """The front door sets `session_token` from the API key, overriding what the client sent: bob naming alice's
-    session (even with the token alice's client sent) is refused by the orchestrator, and alice's reply runs on."""
+    session (even with the token alice's client sent) reaches his own session of that id, and alice's reply runs
+    on."""
     mine = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Tell me a long story.", options={
         "session": "fd-shared", "session_token": "alice-client-token-123", "ignore_eos": True,
         "max_reply_tokens": 48}))
@@ -250,9 +284,27 @@ def test_two_identities_with_the_same_session_id_do_not_collide(door, door_avata
                                                          "session_token": "alice-client-token-123"}),
                    turn_inputs(avatar_id=door_avatar, text="Hi.", options={"session": "fd-shared"})):
         s = Stream(door.url, auth("bob"), inputs).wait()
-        assert status(s.error) == "INVALID_ARGUMENT" and "belongs to another client" in str(s.error), s.error
+        assert s.error is None and s.events[-1].type in (ev.CANCELLED, ev.DONE), s.error
+        assert all(e.data.get("interrupted_turn") is None for e in s.events if e.type == ev.CANCELLED)
+    assert not mine.ended.is_set()  # still running after bob's cancel and turn
     done = mine.wait().done()
     assert done["interrupted"] is None and done["video_frames"] > 0
+
+
+@pytest.mark.server
+def test_a_classification_output_is_refused_and_the_server_lives(server, door, door_avatar):
+    """`classification` on the orchestrator's BYTES output killed tritonserver (SIGFPE, 3 of 3) through the door."""
+    errors = queue.Queue()
+    with grpcclient.InferenceServerClient(door.url) as c:
+        c.start_stream(lambda result, error: errors.put(error), headers=auth("alice"))
+        c.async_stream_infer(TALKING_HEAD.name, turn_inputs(avatar_id=door_avatar, text="Hi."),
+                             outputs=[grpcclient.InferRequestedOutput("event", class_count=1)])
+        error = errors.get(timeout=30)
+        c.stop_stream()
+    assert status(error) == "INVALID_ARGUMENT" and "parameters (classification) are not served" in str(error), error
+    assert server.process.poll() is None
+    s = Stream(door.url, auth("alice"), turn_inputs(avatar_id=door_avatar, text="Hi.")).wait()
+    assert s.error is None and s.events[-1].type == ev.DONE
 
 
 @pytest.mark.server
@@ -321,14 +373,52 @@ def test_a_client_that_stops_reading_is_cut_off_and_its_turn_cancelled(server, d
             time.sleep(0.1)
         client.stop_stream(cancel_requests=True)
         client.close()
-    assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "took no response" in str(errors[0])
+    assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(errors[0])
+
+
+@pytest.mark.server
+def test_a_client_that_reads_slower_than_its_stream_is_cut_off(server, door_avatar):
+    """A client that takes a response every 0.5 s of a stream that comes far faster (idle motion, its frames paced
+    in real time) never holds one write up for max_stall_s (1 s), but falls ever further behind while tritonserver
+    keeps the backlog (it grew 98 -> 343 MiB in 48 s at one response per 8 s, max_stall_s 10 s): the time it holds
+    the stream up adds up, so it is cut off and its turn cancelled long before the 30 s idle would end."""
+    cancelled = 'outcome="cancelled"'
+    before = metric(server, "talking_head_turns_total", cancelled)
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
+                               limits=Limits(max_stall_s=1.0))
+    with FrontDoorThread(options) as door:
+        errors, taken, stop = [], [], threading.Event()
+
+        def slow(result, error):
+            if error is not None:
+                errors.append(error)
+            taken.append(time.monotonic())
+            stop.wait(0.5)
+
+        client = grpcclient.InferenceServerClient(door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
+        client.start_stream(callback=slow, headers=auth("alice"))
+        t0 = time.monotonic()
+        client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", door_avatar, {"idle_s": 30}),
+                                  request_id="trickle", enable_empty_final_response=True)
+        while metric(server, "talking_head_turns_total", cancelled) <= before:
+            assert time.monotonic() - t0 < 20, f"the slow reader was not cut off ({len(taken)} responses taken)"
+            time.sleep(0.2)
+        print(f"\nslow reader cut off {time.monotonic() - t0:.1f} s after its request, {len(taken)} responses taken")
+        stop.set()
+        deadline = time.monotonic() + 30
+        while not errors:
+            assert time.monotonic() < deadline, "the slow reader's stream did not end with an error"
+            time.sleep(0.1)
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(errors[0])
 
 
 @pytest.mark.server
 def test_mutual_tls_clients_are_known_by_their_certificates(server, tmp_path):
     """--tls-client-ca: a client without a certificate from the CA is refused at the handshake; with one, its
-    subject CN is its identity: carol's session refuses dave, though neither sent an API key."""
-    from client.sdk import ClientError, ServerError, TalkingHeadClient
+    subject CN is its identity: dave naming carol's session reaches his own, though neither sent an API key."""
+    from client.sdk import ClientError, TalkingHeadClient
     from deploy.tls import make_client_cert, make_self_signed
     from ensemble.avatar import demo_avatar_png
 
@@ -344,13 +434,16 @@ def test_mutual_tls_clients_are_known_by_their_certificates(server, tmp_path):
     with FrontDoorThread(options) as door:
         with client(door.url) as anonymous, pytest.raises(ClientError):
             anonymous.check_connection(timeout_s=5)
-        with client(door.url, "carol") as carol:
+        with client(door.url, "carol") as carol, client(door.url, "dave") as dave:
             carol.check_connection()
             avatar = carol.register_avatar(demo_avatar_png())
-            mine = carol.turn(avatar_id=avatar.id, text="Hello.", options={"session": "mtls-shared"})
-            assert mine.done["interrupted"] is None and mine.audio.size > 0
-        with client(door.url, "dave") as dave, pytest.raises(ServerError, match="belongs to another client"):
-            dave.turn(avatar_id=avatar.id, text="Hi.", options={"session": "mtls-shared"})
+            with carol.ask(avatar_id=avatar.id, text="Tell me a long story.",
+                           options={"session": "mtls-shared", **LONG}) as stream:
+                events = iter(stream)
+                assert any(e.type == ev.AUDIO for e in events)  # carol's reply is under way
+                assert dave.cancel("mtls-shared")["interrupted_turn"] is None  # dave's own "mtls-shared": empty
+                done = next(e.data for e in events if e.type == ev.DONE)
+            assert done["interrupted"] is None
 
 
 @pytest.mark.server

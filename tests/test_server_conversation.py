@@ -77,20 +77,18 @@ def test_cancel_stops_the_sessions_reply(client, avatar):
 
 
 def test_another_client_cannot_touch_a_session(server, client, avatar):
-    """A second client that knows the session id (but not the owner's session_token) is refused: its cancel and
-    its turn in that session end with INVALID_ARGUMENT naming the problem, and the owner's reply runs to its end."""
-    from client.sdk import ServerError, TalkingHeadClient
+    """A second client that knows the session id (but not the owner's session_token) reaches its own session of
+    that id: its cancel interrupts nothing, its turn runs beside the owner's, and the owner's reply runs to its end."""
+    from client.sdk import TalkingHeadClient
 
     a = Background(client.ask(avatar_id=avatar.id, text="Tell me a long story.",
                               options={"session": "mine", "ignore_eos": True, "max_reply_tokens": 48}))
     assert a.first_audio.wait(60)
     with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=60) as intruder:
         assert intruder.session_token != client.session_token
-        for attempt in (lambda: intruder.cancel("mine"),
-                        lambda: intruder.turn(avatar_id=avatar.id, text="Hi.", options={"session": "mine"})):
-            with pytest.raises(ServerError, match="belongs to another client") as e:
-                attempt()
-            assert e.value.status == "INVALID_ARGUMENT"
+        assert intruder.cancel("mine")["interrupted_turn"] is None
+        theirs = intruder.turn(avatar_id=avatar.id, text="Hi.", options={"session": "mine", "max_reply_tokens": 4})
+        assert theirs.done["interrupted"] is None
     _, done = a.done()
     assert done["interrupted"] is None and done["video_frames"] > 0
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ensemble.errors import InputError, Overloaded
+from ensemble.errors import Overloaded
 from ensemble.sessions import Sessions
 
 A, B = "token-of-client-a-000", "token-of-client-b-111"
@@ -19,15 +19,16 @@ class Clock:
         return self.t
 
 
-def test_a_session_belongs_to_the_token_that_opened_it():
+def test_each_token_has_its_own_sessions():
+    """The same id under another token is another session: no reaching someone else's, no claiming an id first,
+    and peeking tells nothing about whether another client uses it."""
     sessions = Sessions()
     s = sessions.get("talk", A)
     assert sessions.get("talk", A) is s and sessions.peek("talk", A) is s
-    with pytest.raises(InputError, match="belongs to another client"):
-        sessions.get("talk", B)
-    with pytest.raises(InputError, match="belongs to another client"):
-        sessions.peek("talk", B)
-    assert sessions.peek("other", B) is None and len(sessions) == 1
+    assert sessions.peek("talk", B) is None  # A's session is not B's, and not seen from B
+    b = sessions.get("talk", B)
+    assert b is not s and b.token == B and s.token == A and len(sessions) == 2
+    assert sessions.get("talk", A) is s and sessions.get("talk", B) is b
 
 
 def test_a_flood_of_new_sessions_never_evicts_a_busy_one():

@@ -53,8 +53,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-request-id-bytes", type=int, default=D.max_request_id_bytes,
                    help="longest request id (default %(default)s); longer: INVALID_ARGUMENT")
     q.add_argument("--max-stall-s", type=float, default=D.max_stall_s,
-                   help="a stream whose client takes no response for this long is cut off (RESOURCE_EXHAUSTED) and "
-                        "its turns cancelled upstream (default %(default)s)")
+                   help="a stream whose client holds it up this long in all (responses not taken: it stopped "
+                        "reading or reads slower than the stream comes; earned back second for second while it keeps "
+                        "up) is cut off (RESOURCE_EXHAUSTED) and its turns cancelled upstream (default %(default)s)")
+    q.add_argument("--max-calls", type=int, default=D.max_calls,
+                   help="unary calls (avatar registrations) in flight at once (default %(default)s); more: "
+                        "RESOURCE_EXHAUSTED")
     q.add_argument("--max-upstream-silence-s", type=float, default=D.max_upstream_silence_s,
                    help="a stream with a turn in flight whose server sends nothing for this long is ended "
                         "(UNAVAILABLE; a dead orchestrator) and its turns cancelled (default %(default)s)")
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
                     max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s,
-                    ready_poll_s=args.ready_poll_s)
+                    max_calls=args.max_calls, ready_poll_s=args.ready_poll_s)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                upstream_root_certificates=args.upstream_root_certificates,

@@ -14,9 +14,11 @@ request inside a stream follows Triton's own convention: with `triton_grpc_error
 with the error's status, otherwise an `error_message` response names it and the stream stays open. The door
 answers that header itself and never sends it upstream: Triton 2.51 closing a stream with an error status at a
 high rate aborts (RELIABILITY.md, "Overload"); the door half-closes the upstream stream instead. A client
-that stops reading (a response not taken within `Limits.max_stall_s`) is cut off with RESOURCE_EXHAUSTED and its
-upstream call cancelled, so its unread responses pile up nowhere. The door keeps one upstream stream open ahead
-of the next client stream (a spare, `FrontDoor._upstream_stream`), so a turn on a new stream skips setting one up.
+that stops reading, or reads slower than its stream comes (it holds the stream up, responses not taken, for
+`Limits.max_stall_s` in all, earned back while it keeps up), is cut off with RESOURCE_EXHAUSTED and its upstream
+call cancelled, so its unread responses pile up nowhere. Requested outputs carry no parameters (Triton 2.51 dies
+of `classification` on a BYTES output). The door keeps one upstream stream open ahead of the next client stream
+(a spare, `FrontDoor._upstream_stream`), so a turn on a new stream skips setting one up.
 """
 from __future__ import annotations
 
@@ -79,18 +81,13 @@ class Refused(Exception):
 # ---------------------------------------------------------------- requests
 
 
-def split_bytes(raw: bytes) -> list[bytes] | None:
-    """A BYTES tensor's raw contents (4-byte little-endian length before each element); None if malformed."""
-    out, i = [], 0
-    while i < len(raw):
-        if i + 4 > len(raw):
-            return None
-        (n,) = struct.unpack_from("<I", raw, i)
-        if i + 4 + n > len(raw):
-            return None
-        out.append(raw[i + 4:i + 4 + n])
-        i += 4 + n
-    return out
+def one_bytes_element(raw: bytes) -> bytes | None:
+    """The one element of a BYTES tensor's raw contents (a 4-byte little-endian length, then that many bytes); None
+    when they hold anything else. Constant time: a message of millions of empty elements is not walked."""
+    if len(raw) < 4:
+        return None
+    (n,) = struct.unpack_from("<I", raw)
+    return raw[4:] if 4 + n == len(raw) else None
 
 
 def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
@@ -104,16 +101,17 @@ def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
     i = idx[0]
     raw = len(req.raw_input_contents) > 0
     if raw:
-        elems = split_bytes(req.raw_input_contents[i]) if i < len(req.raw_input_contents) else None
+        elem = one_bytes_element(req.raw_input_contents[i]) if i < len(req.raw_input_contents) else None
     else:
-        elems = list(req.inputs[i].contents.bytes_contents)
-    if elems is None or len(elems) != 1:
+        contents = req.inputs[i].contents.bytes_contents
+        elem = contents[0] if len(contents) == 1 else None
+    if elem is None:
         raise Refused(CODE.INVALID_ARGUMENT, "input 'options' must be one BYTES element (a JSON object)")
-    if len(elems[0]) > MAX_OPTIONS_BYTES:
-        raise Refused(CODE.INVALID_ARGUMENT, f"input 'options' is {len(elems[0])} bytes; the front door's limit is "
+    if len(elem) > MAX_OPTIONS_BYTES:
+        raise Refused(CODE.INVALID_ARGUMENT, f"input 'options' is {len(elem)} bytes; the front door's limit is "
                                               f"{MAX_OPTIONS_BYTES}")
     try:  # UTF-8 only, as the orchestrator reads it (json.loads of bytes would also take UTF-16 or a BOM)
-        data = json.loads(elems[0].decode("utf-8"))
+        data = json.loads(elem.decode("utf-8"))
     except (ValueError, RecursionError):
         return None  # not JSON: the orchestrator refuses it with its own message
     if not isinstance(data, dict):
@@ -141,6 +139,14 @@ def check_request(req: pb.ModelInferRequest, model: str, limits: Limits) -> None
     for t in (*req.inputs, *req.outputs):
         if any(p in t.parameters for p in SHM_PARAMS):
             raise Refused(CODE.PERMISSION_DENIED, f"shared memory is not exposed here (tensor {t.name!r})")
+    for t in req.outputs:  # Triton 2.51 dies of `classification` on a BYTES output (SIGFPE; RELIABILITY.md)
+        if t.parameters:
+            raise Refused(CODE.INVALID_ARGUMENT, f"output {t.name!r}: parameters ({', '.join(sorted(t.parameters))})"
+                                                 " are not served here; ask for outputs by name only")
+    want = req.parameters.get(WANT_FINAL)
+    if want is not None and want.WhichOneof("parameter_choice") != "bool_param":
+        raise Refused(CODE.INVALID_ARGUMENT, f"request parameter {WANT_FINAL!r} must be a bool, got "
+                                             f"{want.WhichOneof('parameter_choice')}")
 
 
 # ---------------------------------------------------------------- the service
@@ -255,12 +261,18 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
             await self._identify(context)
             await context.abort(CODE.PERMISSION_DENIED, f"ModelInfer of {request.model_name!r} is not exposed here "
                                                         f"(only {AVATAR_REGISTRY}; {TALKING_HEAD} streams)")
-        await self._admit(context, "ModelInfer")
+        usage = self.quotas[await self._admit(context, "ModelInfer")]
         try:
             check_request(request, AVATAR_REGISTRY, self.limits)
+            usage.start_call()  # a registration can take a while to decode: at most max_calls of them at once
         except Refused as e:
             await context.abort(e.code, e.message)
-        return await self._unary(self.stub.ModelInfer, request, context)
+        except QuotaExceeded as e:
+            await context.abort(CODE.RESOURCE_EXHAUSTED, str(e))
+        try:
+            return await self._unary(self.stub.ModelInfer, request, context)
+        finally:
+            usage.end_call()
 
     async def ModelStreamInfer(self, request_iterator, context):
         who = await self._identify(context)
@@ -291,6 +303,10 @@ class _Stream:
         self.failure: Refused | None = None
         self.heard = time.monotonic()  # the upstream's last response (or the last moment nothing was in flight)
         self.lock = asyncio.Lock()
+        # seconds the client may still hold its stream up (a response not taken: its HTTP/2 window full); spent while
+        # a write waits on the client, earned back second for second while the door waits on upstream instead
+        self.slack = door.limits.max_stall_s
+        self.wrote = time.monotonic()  # when the last write to the client ended
 
     async def run(self, call, request_iterator) -> None:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
@@ -307,15 +323,13 @@ class _Stream:
                         gentle = self.turns == 0  # nothing else in flight: half-close upstream, cancel nothing
                         break
                     async with self.lock:
-                        try:
-                            async with asyncio.timeout(self.door.limits.max_stall_s):
-                                await self.context.write(resp)
-                        except TimeoutError:
+                        if not await self._write(resp):
                             call.cancel()  # now: the abort below waits until the client reads again
                             self.failure = Refused(CODE.RESOURCE_EXHAUSTED, (
-                                f"the client took no response for {self.door.limits.max_stall_s:g} s (its stream "
-                                "is full); its turns were cancelled"))
-                            log.warning("cut off a stream that stopped reading")
+                                f"the client did not keep up with its stream: it left responses untaken for "
+                                f"{self.door.limits.max_stall_s:g} s in all (its stream is full); its turns were "
+                                "cancelled"))
+                            log.warning("cut off a stream whose client stopped reading or fell behind")
                             break
             except asyncio.CancelledError:
                 if self.failure is None or asyncio.current_task().cancelling():
@@ -331,6 +345,21 @@ class _Stream:
             if gentle:
                 await _half_close(pump, call)
             call.cancel()
+
+    async def _write(self, resp) -> bool:
+        """Write one response to the client; False once the client has held its stream up for max_stall_s in all
+        (`slack`): one that stops reading, or one that reads but slower than the stream comes (upstream's backlog
+        then grows in tritonserver, so the door never waits on upstream and earns nothing back)."""
+        start = time.monotonic()
+        self.slack = min(self.door.limits.max_stall_s, self.slack + (start - self.wrote))
+        try:
+            async with asyncio.timeout(self.slack):
+                await self.context.write(resp)
+        except TimeoutError:
+            return False
+        self.wrote = time.monotonic()
+        self.slack -= self.wrote - start
+        return True
 
     async def _watch_upstream(self, call) -> None:
         """Cancel the upstream call when it has sent nothing for max_upstream_silence_s while a turn is in flight

@@ -5,7 +5,7 @@ presented key is hashed and compared with every stored digest in constant time (
 comparison nor the loop tells how much of a key was right. The identity is the key's `name`.
 
 Quotas, per identity, independent of every other identity: open streams, turns in flight (requests on
-`talking_head` streams whose final response has not come back), and requests per second (a token bucket: `rate`
+`talking_head` streams whose final response has not come back), unary calls in flight, and requests per second (a token bucket: `rate`
 per second, bursts of `burst`). Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
 """
 from __future__ import annotations
@@ -111,9 +111,11 @@ class Limits:
     # one gRPC message from a client: the orchestrator's largest input (an avatar image) and room for the rest
     max_message_bytes: int = ServiceLimits.max_avatar_bytes + 2 * 1024 * 1024
     max_request_id_bytes: int = ServiceLimits.max_request_id_bytes  # Triton echoes the id in every response
-    # a stream whose client takes no response for this long (its HTTP/2 window full) is cut off: its turns are
-    # cancelled upstream, so neither Triton nor the door holds its unread audio and video
+    # a stream whose client holds it up this long in all (responses not taken, its HTTP/2 window full; earned back
+    # second for second while it keeps up) is cut off: its turns are cancelled upstream, so neither Triton nor the
+    # door holds its unread audio and video, whether the client stopped reading or reads slower than the stream
     max_stall_s: float = 10.0
+    max_calls: int = 2  # unary calls (avatar registrations) in flight at once
     # a stream with a turn in flight whose upstream sends nothing for this long is ended (UNAVAILABLE) and its turns
     # cancelled: a turn streams events all along, so this silence means its orchestrator stub died (Triton 2.51
     # leaves such a stream open forever); deploy/watchdog.py brings the orchestrator back
@@ -134,6 +136,7 @@ class Usage:
     clock: Callable[[], float] = time.monotonic
     streams: int = 0
     turns: int = 0
+    calls: int = 0
     tokens: float = field(default=-1.0)
     stamp: float = 0.0
 
@@ -168,6 +171,15 @@ class Usage:
 
     def end_turns(self, n: int = 1) -> None:
         self.turns -= n
+
+    def start_call(self) -> None:
+        if self.calls >= self.limits.max_calls:
+            raise QuotaExceeded(f"too many calls: {self.calls} in flight for this API key (limit "
+                                f"{self.limits.max_calls}); wait for one to finish")
+        self.calls += 1
+
+    def end_call(self) -> None:
+        self.calls -= 1
 
 
 class Quotas:
