@@ -339,79 +339,62 @@ def test_the_sdk_with_an_api_key_goes_through_the_front_door(door):
         assert e.value.status == "UNAUTHENTICATED"
 
 
+def cut_off_reader(server, avatar: str, pause_s: float | None, within_s: float) -> tuple[float, int, object]:
+    """A 30 s idle-motion request through a door with max_stall_s 1 s, read by a callback that waits `pause_s`
+    after each response (None: for good, until released). Idle motion is paced in real time by the server, so the
+    request is still running when the door cuts the stream off (a tiny-preset text turn is made faster than real
+    time and would be over). Returns (seconds until the orchestrator counted the turn cancelled, responses taken,
+    the error the stream ended with once the client read again); fails when no cut came within `within_s`."""
+    cancelled = 'outcome="cancelled"'
+    before = metric(server, "talking_head_turns_total", cancelled)
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
+                               limits=Limits(max_stall_s=1.0))
+    with FrontDoorThread(options) as door:
+        release, errors, taken = threading.Event(), [], []
+
+        def reader(result, error):
+            if error is not None:
+                errors.append(error)
+            taken.append(result)
+            release.wait(120 if pause_s is None else pause_s)
+
+        client = grpcclient.InferenceServerClient(door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
+        client.start_stream(callback=reader, headers=auth("alice"))
+        t0 = time.monotonic()
+        client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", avatar, {"idle_s": 30}),
+                                  request_id="slow", enable_empty_final_response=True)
+        while metric(server, "talking_head_turns_total", cancelled) <= before:  # cancelled while still unread
+            assert time.monotonic() - t0 < within_s, f"the client's turn was not cancelled ({len(taken)} taken)"
+            time.sleep(0.2)
+        cut_s, n = time.monotonic() - t0, len(taken)
+        release.set()
+        deadline = time.monotonic() + 30
+        while not errors:
+            assert time.monotonic() < deadline, "the cut stream did not end with an error"
+            time.sleep(0.1)
+        client.stop_stream(cancel_requests=True)
+        client.close()
+    return cut_s, n, errors[0]
+
+
 @pytest.mark.server
 def test_a_client_that_stops_reading_is_cut_off_and_its_turn_cancelled(server, door_avatar):
     """A client that takes no response (its callback stuck, so its HTTP/2 window fills) is cut off after
     max_stall_s: the door cancels its request upstream (the orchestrator counts the turn cancelled, long before its
     30 s would end), and when the client reads again its stream ends with RESOURCE_EXHAUSTED saying why."""
-    cancelled = 'outcome="cancelled"'
-    before = metric(server, "talking_head_turns_total", cancelled)
-    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
-                               limits=Limits(max_stall_s=1.0))
-    with FrontDoorThread(options) as door:
-        release, errors = threading.Event(), []
-
-        def stuck(result, error):
-            if error is not None:
-                errors.append(error)
-            release.wait(120)  # the reader thread stops here: nothing more is taken from the stream
-
-        client = grpcclient.InferenceServerClient(door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
-        client.start_stream(callback=stuck, headers=auth("alice"))
-        # idle motion for 30 s: paced in real time by the server, so the request is still running when the door
-        # cuts the stream off (a text turn of the tiny preset is made faster than real time and would be over)
-        client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", door_avatar, {"idle_s": 30}),
-                                  request_id="stall", enable_empty_final_response=True)
-        deadline = time.monotonic() + 90
-        while metric(server, "talking_head_turns_total", cancelled) <= before:  # cancelled while still unread
-            assert time.monotonic() < deadline, "the stalled client's turn was not cancelled"
-            time.sleep(0.2)
-        release.set()
-        deadline = time.monotonic() + 30
-        while not errors:
-            assert time.monotonic() < deadline, "the stalled stream did not end with an error"
-            time.sleep(0.1)
-        client.stop_stream(cancel_requests=True)
-        client.close()
-    assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(errors[0])
+    _, _, error = cut_off_reader(server, door_avatar, None, within_s=90)
+    assert status(error) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(error)
 
 
 @pytest.mark.server
 def test_a_client_that_reads_slower_than_its_stream_is_cut_off(server, door_avatar):
-    """A client that takes a response every 0.5 s of a stream that comes far faster (idle motion, its frames paced
-    in real time) never holds one write up for max_stall_s (1 s), but falls ever further behind while tritonserver
-    keeps the backlog (it grew 98 -> 343 MiB in 48 s at one response per 8 s, max_stall_s 10 s): the time it holds
-    the stream up adds up, so it is cut off and its turn cancelled long before the 30 s idle would end."""
-    cancelled = 'outcome="cancelled"'
-    before = metric(server, "talking_head_turns_total", cancelled)
-    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
-                               limits=Limits(max_stall_s=1.0))
-    with FrontDoorThread(options) as door:
-        errors, taken, stop = [], [], threading.Event()
-
-        def slow(result, error):
-            if error is not None:
-                errors.append(error)
-            taken.append(time.monotonic())
-            stop.wait(0.5)
-
-        client = grpcclient.InferenceServerClient(door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
-        client.start_stream(callback=slow, headers=auth("alice"))
-        t0 = time.monotonic()
-        client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", door_avatar, {"idle_s": 30}),
-                                  request_id="trickle", enable_empty_final_response=True)
-        while metric(server, "talking_head_turns_total", cancelled) <= before:
-            assert time.monotonic() - t0 < 20, f"the slow reader was not cut off ({len(taken)} responses taken)"
-            time.sleep(0.2)
-        print(f"\nslow reader cut off {time.monotonic() - t0:.1f} s after its request, {len(taken)} responses taken")
-        stop.set()
-        deadline = time.monotonic() + 30
-        while not errors:
-            assert time.monotonic() < deadline, "the slow reader's stream did not end with an error"
-            time.sleep(0.1)
-        client.stop_stream(cancel_requests=True)
-        client.close()
-    assert status(errors[0]) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(errors[0])
+    """A client that takes a response every 0.5 s of a stream that comes far faster (idle motion) never holds one
+    write up for max_stall_s (1 s), but falls ever further behind while tritonserver keeps the backlog (it grew
+    98 -> 343 MiB in 48 s at one response per 8 s, max_stall_s 10 s): the time it holds the stream up adds up, so
+    it is cut off and its turn cancelled long before the 30 s idle would end."""
+    cut_s, taken, error = cut_off_reader(server, door_avatar, 0.5, within_s=20)
+    print(f"\nslow reader cut off {cut_s:.1f} s after its request, {taken} responses taken")
+    assert status(error) == "RESOURCE_EXHAUSTED" and "did not keep up" in str(error)
 
 
 @pytest.mark.server
