@@ -38,7 +38,7 @@ from deploy.watchdog import Watchdog
 from ensemble.avatar import demo_avatar_png
 from export.contract.artifacts import manifest_preset, read_manifest
 from export.contract.layout import BUILD
-from export.contract.spec import TALKING_HEAD, VOCODER
+from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD, VOCODER
 
 KEYS = {"victim": "victim-key-0123456789abcdef", "mallory": "mallory-key-0123456789abcdef"}
 SHORT = {"max_reply_tokens": 8}
@@ -100,12 +100,13 @@ class Victim:
 
 
 def stream_once(url: str, inputs: list, headers: dict | None = None, request_id: str = "", timeout_s: float = 60,
-                model: str = TALKING_HEAD.name) -> str | None:
-    """One request on a raw stream until its final response: its error message, or None."""
+                model: str = TALKING_HEAD.name, **request) -> str | None:
+    """One request on a raw stream until its final response: its error message, or None. `request`: more of
+    tritonclient's async_stream_infer arguments (outputs, parameters, enable_empty_final_response)."""
     q: queue.Queue = queue.Queue()
     with grpcclient.InferenceServerClient(url) as c:
         c.start_stream(callback=lambda result, error: q.put((result, error)), headers=headers)
-        c.async_stream_infer(model, inputs, request_id=request_id, enable_empty_final_response=True)
+        c.async_stream_infer(model, inputs, request_id=request_id, **{"enable_empty_final_response": True, **request})
         try:
             while True:
                 result, error = q.get(timeout=timeout_s)
@@ -251,27 +252,64 @@ def oversize(env) -> list[Case]:
 
 
 def stalled_reader(env) -> list[Case]:
-    """A client that stops reading its stream through the door: cut off, its turn cancelled upstream."""
-    errors: list = []
-    release = threading.Event()
+    """A client that stops reading its stream through the door, and one that reads slower than its stream comes:
+    each cut off, its turn cancelled upstream."""
+    stall = env.door.options.limits.max_stall_s
+    cases = []
+    for name, pause_s in (("a client that stops reading an idle stream", 60.0),
+                          (f"a client that takes one response every {stall / 2:g} s of an idle stream", stall / 2)):
+        errors: list = []
+        release = threading.Event()
 
-    def stuck(result, error):
-        if error is not None:
-            errors.append(error)
-        release.wait(60)
+        def reader(result, error, errors=errors, release=release, pause_s=pause_s):
+            if error is not None:
+                errors.append(error)
+            release.wait(pause_s)
 
-    client = grpcclient.InferenceServerClient(env.door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
-    client.start_stream(callback=stuck, headers={**auth_headers(KEYS["mallory"]), "triton_grpc_error": "true"})
-    client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", env.avatar, {"idle_s": 20}))
-    time.sleep(env.door.options.limits.max_stall_s + 4)
-    release.set()
-    deadline = time.monotonic() + 30
-    while not errors and time.monotonic() < deadline:
-        time.sleep(0.1)
-    client.stop_stream()
-    client.close()
-    e = str(errors[0]) if errors else None
-    return [Case("a client that stops reading an idle stream", refused(e, "took no response"), detail=(e or "")[:160])]
+        client = grpcclient.InferenceServerClient(env.door.url, channel_args=[("grpc.http2.bdp_probe", 0)])
+        client.start_stream(callback=reader, headers={**auth_headers(KEYS["mallory"]), "triton_grpc_error": "true"})
+        client.async_stream_infer(TALKING_HEAD.name, action_inputs("idle", env.avatar, {"idle_s": 20}))
+        time.sleep(3 * stall + 4)
+        release.set()
+        deadline = time.monotonic() + 30
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.1)
+        client.stop_stream()
+        client.close()
+        e = str(errors[0]) if errors else None
+        cases.append(Case(name, refused(e, "did not keep up"), detail=(e or "")[:160]))
+    return cases
+
+
+def door_only(env) -> list[Case]:
+    """Requests the front door itself must refuse (a third pass, 2026-12-06): an output with parameters (Triton
+    2.51 dies of `classification` on a BYTES output), a non-bool final-response flag, options of millions of empty
+    elements, a JPEG of tens of thousands of scans."""
+    door, avatar, mallory = env.door.url, env.avatar, auth_headers(KEYS["mallory"])
+    hi = turn_inputs(avatar_id=avatar, text="Hi.", options=SHORT)
+    many = turn_inputs(avatar_id=avatar, text="Hi.", options=SHORT)
+    next(x for x in many if x.name() == "options")._raw_content = b"\0\0\0\0" * 2_900_000  # shape [1], 2.9M elements
+    tries = {
+        "classification on the event output": (
+            dict(inputs=hi, outputs=[grpcclient.InferRequestedOutput("event", class_count=1)]), ("not served",)),
+        "a string triton_enable_empty_final_response": (
+            dict(inputs=hi, enable_empty_final_response=False,
+                 parameters={"triton_enable_empty_final_response": "true"}), ("must be a bool",)),
+        "options of 2.9M empty elements (11.6 MB)": (dict(inputs=many), ("one BYTES element",)),
+    }
+    cases = []
+    for name, (request, needles) in tries.items():
+        e = stream_once(door, headers=mallory, timeout_s=30, **request)
+        cases.append(Case(name, refused(e, *needles), detail=(e or "accepted")[:160]))
+    img = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
+    ok, prog = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
+    prog = prog.tobytes()
+    last = prog.rindex(b"\xff\xda")  # the last scan repeated: each scan is a decoding pass over the whole image
+    bomb = prog[:-2] + prog[last:-2] * 300 + b"\xff\xd9"
+    e = infer_error(door, AVATAR_REGISTRY.name, {"image": np.array([bomb], dtype=object)}, headers=mallory)
+    scans = bomb.count(b"\xff\xda")
+    cases.append(Case(f"a JPEG of {scans} scans", refused(e, "scans"), detail=(e or "accepted")[:160]))
+    return cases
 
 
 def live_stub(server_pid: int, model: str, wait_s: float = 10.0):
@@ -326,7 +364,7 @@ def faults(env) -> list[Case]:
 
 CLASSES: list[tuple[str, Callable]] = [("stage models reached directly", stage_abuse), ("sessions", sessions),
                                        ("sizes and option types", oversize), ("a client that stops reading", stalled_reader),
-                                       ("stub faults", faults)]
+                                       ("requests only the door refuses", door_only), ("stub faults", faults)]
 
 
 @dataclass

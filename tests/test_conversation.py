@@ -156,7 +156,7 @@ def test_cancel_of_a_session_without_a_reply_says_so(service, stage_runners):
     assert [e.data["interrupted_turn"] for _, e in log.items] == [None]
 
 
-def test_a_session_refuses_every_request_with_another_token(service, stage_runners):
+def test_another_token_naming_a_session_reaches_only_its_own(service, stage_runners):
     """Hijack attempts (issue 15): knowing a session id is not enough to cancel it, barge in on it, talk into its
     microphone or idle it; the owner's reply runs to its end and the owner keeps control."""
     stages = Stages(stage_runners)

@@ -368,6 +368,8 @@ class _Stream:
         silence = self.door.limits.max_upstream_silence_s  # > 0 (FrontDoorOptions)
         while True:
             await asyncio.sleep(min(1.0, silence / 4))
+            if self.failure is not None:  # the stream is ending already (e.g. cut off: its abort waits on the client)
+                return
             now = time.monotonic()
             if self.turns == 0 and self.door.draining:
                 self.failure = Refused(CODE.UNAVAILABLE, (
