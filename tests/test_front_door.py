@@ -1,12 +1,11 @@
 """The front door (deploy/front_door) in front of the real embedded tritonserver: a whole turn streams through it
 with a key; no key, a wrong key, stage models and admin APIs are refused; per-identity quotas; sessions belong
-to the API key that opened them; ids and messages bounded. The first tests need no server."""
+to the API key that opened them; ids and messages bounded. The checks that need no server:
+tests/test_front_door_checks.py."""
 from __future__ import annotations
 
 import asyncio
-import json
 import queue
-import struct
 import threading
 import time
 
@@ -20,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from client.wire import action_inputs, infer_input, turn_inputs
 from deploy.front_door import FrontDoorOptions, FrontDoorThread
-from deploy.front_door.proxy import SPARE_AFTER_S, FrontDoor, Refused, check_request, one_bytes_element, own_options
-from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, SessionTokens, Usage
+from deploy.front_door.proxy import SPARE_AFTER_S, FrontDoor
+from deploy.front_door.quota import ApiKeys, Limits
 from export.contract import events as ev
 from export.contract.spec import AVATAR_REGISTRY, TALKING_HEAD
 
@@ -34,104 +33,6 @@ def auth(name: str | None = None, key: str | None = None) -> dict[str, str]:
     if name or key:
         h["authorization"] = f"Bearer {key or KEYS[name]}"
     return h
-
-
-# ---------------------------------------------------------------- without a server
-
-def test_keys_file_is_parsed_and_keys_compared_by_digest(tmp_path):
-    f = tmp_path / "keys.txt"
-    f.write_text("# clients\nalice: alice-key-0123456789abcdef\n\nbob:bob-key-0123456789abcdef\n")
-    keys = ApiKeys.from_file(f)
-    assert keys.identify(KEYS["alice"]) == "alice" and keys.identify(KEYS["bob"]) == "bob"
-    assert keys.identify("alice-key-0123456789abcdeX") is None and keys.identify("") is None
-    assert all(len(d) == 32 and KEYS[n].encode() != d for n, d in keys._digests)  # only digests are kept
-    for bad in ("alice", "alice:short", "al ice:0123456789abcdef01", "a:0123456789abcdef01\na:0123456789abcdef02"):
-        f.write_text(bad)
-        with pytest.raises(KeyFileError):
-            ApiKeys.from_file(f)
-
-
-def test_session_tokens_are_per_identity_and_valid_session_tokens():
-    tokens = SessionTokens(b"secret")
-    a, b = tokens("alice"), tokens("bob")
-    assert a != b and a == tokens("alice") and len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
-    assert SessionTokens(b"other")("alice") != a
-
-
-def test_rate_and_turn_quotas():
-    now = [0.0]
-    u = Usage(Limits(rate=2, burst=3, max_turns=1), clock=lambda: now[0])
-    for _ in range(3):
-        u.spend("x")
-    with pytest.raises(QuotaExceeded, match="rate limit"):
-        u.spend("x")
-    now[0] += 0.5  # one token back
-    u.spend("x")
-    u.start_turn()
-    with pytest.raises(QuotaExceeded, match="too many turns: 1 in flight"):
-        u.start_turn()
-    calls = Usage(Limits(max_calls=2))
-    calls.start_call()
-    calls.start_call()
-    with pytest.raises(QuotaExceeded, match="too many calls: 2 in flight"):
-        calls.start_call()
-    calls.end_call()
-    calls.start_call()
-
-
-def test_options_get_the_identitys_token_in_contents_and_raw_contents():
-    inputs = turn_inputs(avatar_id="0" * 16, text="Hi.", options={"session": "s", "session_token": "x" * 20})
-    raw = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
-    for i in inputs:  # as tritonclient sends it: raw contents, 4-byte length before each BYTES element
-        raw.inputs.append(i._get_tensor())
-        raw.raw_input_contents.append(i._get_content())
-    assert own_options(raw, "T" * 32) is None
-    opts = one_bytes_element(raw.raw_input_contents[[t.name for t in raw.inputs].index("options")])
-    assert json.loads(opts) == {"session": "s", "session_token": "T" * 32}
-    typed = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
-    typed.inputs.add(name="options", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
-        b'{"action":"cancel","session":"s"}')
-    assert own_options(typed, "T" * 32) == "cancel"
-    assert json.loads(typed.inputs[0].contents.bytes_contents[0])["session_token"] == "T" * 32
-    typed.inputs[0].contents.bytes_contents[0] = b'{"canary": true}'  # would hide its turns from the latency metrics
-    with pytest.raises(Refused, match="canary") as refused:
-        own_options(typed, "T" * 32)
-    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
-    for other in ('{"seed": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"seed": 1}'):  # parsed as the orchestrator does
-        typed.inputs[0].contents.bytes_contents[0] = other
-        assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == other
-    typed.inputs[0].contents.bytes_contents[0] = b"not json"
-    assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == b"not json"
-    typed.inputs[0].contents.bytes_contents.append(b"{}")
-    with pytest.raises(Refused, match="one BYTES element"):
-        own_options(typed, "T" * 32)
-    assert one_bytes_element(struct.pack("<I", 9) + b"short") is None
-    two = struct.pack("<I", 2) + b"{}" + struct.pack("<I", 2) + b"{}"
-    for bad in (two, b"\0\0\0\0" * 2_900_000, b"\0\0\0"):  # millions of empty elements: refused at once
-        raw.raw_input_contents[[t.name for t in raw.inputs].index("options")] = bad
-        t0 = time.perf_counter()
-        with pytest.raises(Refused, match="one BYTES element"):
-            own_options(raw, "T" * 32)
-        assert time.perf_counter() - t0 < 0.1  # not walked element by element (1.3 s before)
-
-
-def test_output_parameters_and_a_non_bool_final_flag_are_refused():
-    """Triton 2.51 dies (SIGFPE) of `classification` asked on the orchestrator's BYTES output, and a string
-    `triton_enable_empty_final_response` made the door drop a final response the client then waited for."""
-    req = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
-    check_request(req, TALKING_HEAD.name, Limits())
-    req.outputs.add(name="event")  # by name only: served
-    check_request(req, TALKING_HEAD.name, Limits())
-    req.outputs[0].parameters["classification"].int64_param = 1
-    with pytest.raises(Refused, match="output 'event': parameters \\(classification\\) are not served") as e:
-        check_request(req, TALKING_HEAD.name, Limits())
-    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    del req.outputs[:]
-    req.parameters["triton_enable_empty_final_response"].string_param = "true"
-    with pytest.raises(Refused, match="'triton_enable_empty_final_response' must be a bool, got string_param"):
-        check_request(req, TALKING_HEAD.name, Limits())
-    req.parameters["triton_enable_empty_final_response"].bool_param = True
-    check_request(req, TALKING_HEAD.name, Limits())
 
 
 # ---------------------------------------------------------------- through the real server
