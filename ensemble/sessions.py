@@ -1,13 +1,14 @@
 """Conversations by `session` id: the reply in flight (for barge-in) and the microphone's state.
 
-Owned: a session belongs to the secret (`session_token`) of the request that opened it, and each token has
-its own sessions: the same `session` id under another token is another conversation (no cancelling, barging in
-on or listening to someone else's, no claiming an id first, and nothing tells whether another client uses an id). Bounded per client and in all: a token holds at most `max_per_client` sessions and the house at
-most `max_open`; a session unused for `idle_s` is forgotten, which frees its turn detector. To make room for a
-client's new session, its own least recently used idle session is forgotten; when the house is full, one of the
-clients holding the most sessions loses its least recently used idle one, so a client opening many sessions
-forgets its own first (if all of theirs are busy, the least recently used idle session of any client goes). Never forgotten: a session with a reply in flight or a microphone turn under way; when
-none can go, the new session is refused.
+Owned: a session belongs to the secret (`session_token`) of the request that opened it, and each token has its own
+sessions: the same `session` id under another token is another conversation (no cancelling, barging in on or
+listening to someone else's, no claiming an id first, and nothing tells whether another client uses an id). Bounded
+per client and in all: a token holds at most `max_per_client` sessions and the house at most `max_open`; a session
+unused for `idle_s` is forgotten, which frees its turn detector. To make room for a client's new session, its own
+least recently used idle session is forgotten; when the house is full, one of the clients holding the most sessions
+loses its least recently used idle one, so a client opening many sessions forgets its own first (if all of theirs
+are busy, the least recently used idle session of any client goes). Never forgotten: a session with a reply in
+flight or a microphone turn under way; when none can go, the new session is refused.
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ Keys: a file of `name:key` lines (`#` comments and blank lines skipped). Only th
 presented key is hashed and compared with every stored digest in constant time (no early exit), so neither the
 comparison nor the loop tells how much of a key was right. The identity is the key's `name`.
 
-Quotas, per identity, independent of every other identity: open streams, turns in flight (requests on
-`talking_head` streams whose final response has not come back), unary calls in flight, and requests per second (a token bucket: `rate`
-per second, bursts of `burst`). Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
+Quotas, per identity, independent of every other identity: open streams, turns in flight (requests on `talking_head`
+streams whose final response has not come back), unary calls in flight, and requests per second (a token bucket:
+`rate` per second, bursts of `burst`). Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
 """
 from __future__ import annotations
 
