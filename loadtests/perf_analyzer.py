@@ -26,8 +26,10 @@ time to the *last* response of a request (despite its "using the first response"
 hence the profile export.
 
 The profile export holds every response's outputs, JPEG frames as JSON number lists
-(about 30 MB per turn with video on), so it is scanned with a regular expression over
-a memory map rather than parsed whole, and deleted after each level unless `--keep-profile`.
+(30-100 MB per turn with video on); loadtests/pa_profile.py reads it, and it is deleted after
+each level unless `--keep-profile`. perf_analyzer 2.51 sometimes stops writing it mid-request
+and exits 0 nonetheless (pa_profile.py says why): such a level is run again (`--retries`, 2),
+and if every try is cut, the whole requests before the cut are used and the summary says so.
 Bounded: `--max-profile-mb` (default 200) caps the profile exports of the whole run; a level's
 request count is cut to what fits (per request: 32 MB with video, 2 MB without, then as measured),
 and the run stops when a level no longer fits. `--request-count 0` needs `--max-profile-mb 0`.
@@ -40,20 +42,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import mmap
 import os
-import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from export.contract.layout import GRPC_URL, ROOT
-from loadtests import stats
+from loadtests.pa_profile import Profile, format_profile_summary, read_profile, summarize_profile
 
 MODEL = "talking_head"
 TEXTS = ["Hello, who are you?", "What is the weather like today?", "Tell me a short story.",
@@ -149,112 +148,6 @@ def write_input_data(path: Path, avatar_id: str, **kwargs: Any) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- the profile export
-
-@dataclass
-class RequestRecord:
-    sent_ns: int
-    responses_ns: list[int] = field(default_factory=list)
-    events: list[str] = field(default_factory=list)  # each response's event type ("" for the empty final one)
-
-    def _first(self, kind: str) -> float | None:
-        for t, e in zip(self.responses_ns, self.events):
-            if e == kind:
-                return (t - self.sent_ns) / 1e9
-        return None
-
-    @property
-    def first_response_s(self) -> float | None:
-        return (self.responses_ns[0] - self.sent_ns) / 1e9 if self.responses_ns else None
-
-    @property
-    def last_response_s(self) -> float | None:
-        return (self.responses_ns[-1] - self.sent_ns) / 1e9 if self.responses_ns else None
-
-    @property
-    def first_audio_s(self) -> float | None:
-        return self._first("audio")
-
-    @property
-    def first_frame_s(self) -> float | None:
-        return self._first("video")
-
-
-@dataclass
-class Experiment:
-    mode: str  # "concurrency" or "request_rate"
-    value: float
-    requests: list[RequestRecord] = field(default_factory=list)
-
-
-_PROFILE_TOKENS = re.compile(
-    rb'"experiment":\{"mode":"(?P<mode>[^"]*)","value":(?P<value>[-+\d.eE]+)\}'
-    rb'|"timestamp":(?P<ts>\d+)'
-    rb'|"response_timestamps":\[(?P<rts>[\d,\s]*)\]'
-    rb'|"event":"(?P<ev>(?:[^"\\]|\\.)*)"')
-_EVENT_TYPE = re.compile(rb'\\"type\\":\s*\\"(\w+)\\"|"type":\s*"(\w+)"')
-
-
-def read_profile(path: str | os.PathLike) -> list[Experiment]:
-    """Experiments and per-request timestamps of a perf_analyzer profile export (any size).
-
-    Keys are matched as perf_analyzer 2.51 writes them: per experiment
-    {"experiment": {"mode", "value"}, "requests": [{"timestamp", "request_inputs",
-    "response_timestamps": [...], "response_outputs": [{"event": "<JSON>", ...}, ...]}]}.
-    Inside a JSON string every quote is escaped, so event texts cannot fake a key.
-    """
-    experiments: list[Experiment] = []
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return experiments
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            current: RequestRecord | None = None
-            for tok in _PROFILE_TOKENS.finditer(m):
-                if tok.group("mode") is not None:
-                    experiments.append(Experiment(tok.group("mode").decode(), float(tok.group("value"))))
-                elif tok.group("ts") is not None:
-                    if not experiments:
-                        experiments.append(Experiment("unknown", 0.0))
-                    current = RequestRecord(int(tok.group("ts")))
-                    experiments[-1].requests.append(current)
-                elif tok.group("rts") is not None and current is not None:
-                    current.responses_ns = [int(x) for x in tok.group("rts").split(b",") if x.strip()]
-                elif tok.group("ev") is not None and current is not None:
-                    t = _EVENT_TYPE.search(tok.group("ev"))
-                    current.events.append((t.group(1) or t.group(2)).decode() if t else "")
-    return experiments
-
-
-def summarize_profile(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
-    """Per experiment: requests, and p50/p95/p99 (seconds) of first response, first audio, first frame, last."""
-    out = []
-    for e in experiments:
-        rs = [r for r in e.requests if r.responses_ns]
-        out.append({
-            "mode": e.mode, "value": e.value, "requests": len(e.requests), "answered": len(rs),
-            "responses_per_request": stats.percentiles(len(r.responses_ns) for r in rs),
-            "time_to_first_response_s": stats.percentiles(r.first_response_s for r in rs),
-            "time_to_first_audio_s": stats.percentiles(r.first_audio_s for r in rs),
-            "time_to_first_frame_s": stats.percentiles(r.first_frame_s for r in rs),
-            "time_to_last_response_s": stats.percentiles(r.last_response_s for r in rs),
-        })
-    return out
-
-
-def format_profile_summary(rows: Sequence[dict[str, Any]]) -> str:
-    def s(v: float | None) -> str:
-        return "       -" if v is None else f"{v:8.3f}"
-
-    lines = [f"{'seconds':<30}{'p50':>9}{'p95':>9}{'p99':>9}{'n':>6}"]
-    for row in rows:
-        lines.append(f"{row['mode']} {row['value']:g}: {row['answered']} of {row['requests']} requests answered")
-        for key, label in (("time_to_first_response_s", "first response"), ("time_to_first_audio_s", "first audio"),
-                           ("time_to_first_frame_s", "first video frame"), ("time_to_last_response_s", "last response")):
-            m = row[key]
-            lines.append(f"  {label:<28}{s(m['p50'])} {s(m['p95'])} {s(m['p99'])}{m['count']:>6}")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- running it
 
 def concurrency_levels(spec: str) -> list[int]:
@@ -297,13 +190,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--turn-options", default="", help="options JSON added to every turn, e.g. '{\"video\": false}'")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "perf",
                     help="prefix: <out>_pa.csv, <out>_pa_input.json, <out>_pa_summary.json (default out/perf)")
-    ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: ~30 MB per turn)")
+    ap.add_argument("--keep-profile", action="store_true", help="keep <out>_profile.json (large: 30-100 MB per turn)")
     ap.add_argument("--max-profile-mb", type=float, default=200.0,
                     help="cap on the profile exports of the whole run (default 200); request counts are cut to fit;"
                          " 0: no cap (needed with --request-count 0)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds perf_analyzer may run (default 600)")
-    ap.add_argument("--retries", type=int, default=1,
-                    help="runs again when perf_analyzer leaves a profile export without requests (default 1)")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="runs a level again when perf_analyzer's profile export is cut short or has no requests"
+                         " (default 2)")
     ap.add_argument("--start-server", action="store_true", help="run the embedded tritonserver for the duration")
     ap.add_argument("--grpc-port", type=int, default=18501, help="with --start-server (default 18501)")
     ap.add_argument("--http-port", type=int, default=18500, help="with --start-server (default 18500)")
@@ -380,6 +274,31 @@ def admin_header_args(key: str | None) -> list[str]:
     return [f"-H{name}:{value}" for name, value in (admin_headers(key) or {}).items()]
 
 
+def run_level(cmd: list[str], env: dict[str, str], profile_file: Path, csv_file: Path, *, retries: int,
+              timeout: float, shown: str) -> tuple[Profile, list[int]]:
+    """Runs perf_analyzer for one level until its profile export is whole and has requests (1 + `retries` tries).
+
+    Returns the last try's profile (cut or empty when every try was) and every try's exit code.
+    """
+    codes: list[int] = []
+    for attempt in range(1 + retries):
+        for p in (csv_file, profile_file):
+            if p.exists():
+                p.unlink()
+        print("== " + shown, flush=True)
+        try:
+            codes.append(subprocess.run(cmd, env=env, timeout=timeout).returncode)
+        except subprocess.TimeoutExpired:
+            print(f"perf_analyzer ran past {timeout:g} s", file=sys.stderr)
+            codes.append(124)
+        profile = read_profile(profile_file) if profile_file.exists() else Profile()
+        if profile.complete and profile.requests:
+            break
+        print(f"perf_analyzer (exit code {codes[-1]}) wrote {profile.describe()}"
+              + ("; trying again" if attempt < retries else ""), file=sys.stderr, flush=True)
+    return profile, codes
+
+
 def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -> int:
     """Everything after the server is up: avatar, input data, perf_analyzer, the summary."""
     binary = find_perf_analyzer()
@@ -402,7 +321,7 @@ def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -
         levels = [f"{c}:{c}" for c in concurrency_levels(args.concurrency_range)]
     else:
         levels = [args.concurrency_range]
-    rows, commands, codes, final_codes, size_mb = [], [], [], [], 0.0
+    rows, commands, codes, final_codes, cut, size_mb = [], [], [], [], [], 0.0
     mb_per_request = 32.0 if json.loads(args.turn_options or "{}").get("video", True) else 2.0  # then measured
     t0 = time.perf_counter()
     for level in levels:
@@ -424,41 +343,25 @@ def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -
                                     request_count=count, max_trials=args.max_trials,
                                     stability_percentage=args.stability_percentage,
                                     extra=[*admin_header_args(admin_key), *args.extra])
-        for attempt in range(1 + args.retries):
-            for p in (csv_file, profile_file):
-                if p.exists():
-                    p.unlink()
-            print("== " + " ".join(cmd).replace(admin_key or "\0", "***"), flush=True)
-            commands.append(cmd)
-            try:
-                code = subprocess.run(cmd, env=env, timeout=args.timeout).returncode
-            except subprocess.TimeoutExpired:
-                print(f"perf_analyzer ran past {args.timeout:g} s", file=sys.stderr)
-                code = 124
-            codes.append(code)
-            size = profile_file.stat().st_size if profile_file.exists() else None
-            experiments = read_profile(profile_file) if size else []
-            if any(e.requests for e in experiments):
-                break
-            # Seen once in ~30 runs: exit code 0 and a profile export without requests.
-            head = b""
-            if size:
-                with open(profile_file, "rb") as f:
-                    head = f.read(200)
-            print(f"perf_analyzer (exit code {code}) wrote {'no' if size is None else f'a {size}-byte'} profile export "
-                  f"without requests{f': {head!r}' if head else ''}"
-                  + ("; trying again" if attempt < args.retries else ""), file=sys.stderr, flush=True)
-            if size and attempt == args.retries:
+        profile, level_codes = run_level(cmd, env, profile_file, csv_file, retries=args.retries,
+                                         timeout=args.timeout, shown=" ".join(cmd).replace(admin_key or "\0", "***"))
+        commands += [cmd] * len(level_codes)
+        codes += level_codes
+        final_codes.append(level_codes[-1])
+        if not profile.requests:
+            if profile.size:
                 bad = profile_file.with_name(profile_file.stem + "_unreadable.json")
                 profile_file.replace(bad)
                 print(f"kept it as {bad}", file=sys.stderr)
-        final_codes.append(code)
-        if not any(e.requests for e in experiments):
             continue
-        level_mb = profile_file.stat().st_size / 1e6
+        if not profile.complete:
+            cut.append(level)
+            print(f"concurrency {level}: every try was cut short; using the {profile.requests} whole requests "
+                  "before the cut", file=sys.stderr)
+        level_mb = profile.size / 1e6
         size_mb += level_mb
-        mb_per_request = max(level_mb / max(1, sum(len(e.requests) for e in experiments)), 0.01)
-        rows += summarize_profile(experiments)
+        mb_per_request = max(level_mb / max(1, profile.requests), 0.01)
+        rows += summarize_profile(profile.experiments)
         if not args.keep_profile:
             profile_file.unlink()
     wall = time.perf_counter() - t0
@@ -466,7 +369,8 @@ def measure(args: argparse.Namespace, host: str, admin_key: str | None = None) -
     if not rows:
         return code or 2
     summary = {"host": host, "model": MODEL, "commands": commands, "perf_analyzer_exit_codes": codes,
-               "wall_s": round(wall, 2), "profile_export_mb": round(size_mb, 1), "experiments": rows}
+               "wall_s": round(wall, 2), "profile_export_mb": round(size_mb, 1), "levels_cut_short": cut,
+               "experiments": rows}
     summary_file = Path(f"{out}_pa_summary.json")
     summary_file.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\nperf_analyzer on {MODEL} ({host}), exit code {code}, {wall:.1f} s; profile export {size_mb:.0f} MB")

@@ -1,8 +1,7 @@
-"""Load-test statistics without a server: exact percentiles, failure classes, reports, the perf_analyzer profile."""
+"""Load-test statistics without a server: exact percentiles, failure classes, reports, perf_analyzer runs."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -190,52 +189,6 @@ def test_concurrency_levels_and_command():
     assert cmd[:8] == ["/x/perf_analyzer", "-m", "talking_head", "-i", "grpc", "--streaming", "-u", "h:1"]
     assert "--profile-export-file" in cmd and cmd[cmd.index("--request-count") + 1] == "3"
     assert "--measurement-interval" not in cmd
-
-
-def _event(kind: str, **data) -> str:
-    return json.dumps({"type": kind, "turn_id": "t", "t_ms": 1.0, **data}, separators=(",", ":"))
-
-
-def test_read_profile_matches_a_full_json_parse(tmp_path):
-    t0 = 1_700_000_000_000_000_000
-    req = lambda ts, kinds, step: {  # noqa: E731
-        "timestamp": ts, "request_inputs": {"text": 'say "timestamp":1 and "event":"x"', "avatar_id": "a"},
-        "response_timestamps": [ts + (k + 1) * step for k in range(len(kinds))],
-        "response_outputs": [{"frame": list(range(50)) if k == "video" else 0,
-                              "event": _event(k, reply='he said "hi" \\ "type":"audio"') if k else "",
-                              "audio_chunk": [0.1, 0.2]} for k in kinds]}
-    profile = {"experiments": [
-        {"experiment": {"mode": "concurrency", "value": 1},
-         "requests": [req(t0, ["text", "text", "audio", "video", "done", ""], 1_000_000),
-                      req(t0 + 10**9, ["transcript", "text", "audio", "audio", "video", "done", ""], 2_000_000)],
-         "window_boundaries": [t0, t0 + 2 * 10**9]},
-        {"experiment": {"mode": "concurrency", "value": 2},
-         "requests": [req(t0 + 3 * 10**9, ["text", "done", ""], 5_000_000)],
-         "window_boundaries": [t0, t0 + 4 * 10**9]}],
-        "version": "2.51.0", "service_kind": "triton", "endpoint": ""}
-    path = tmp_path / "profile.json"
-    path.write_text(json.dumps(profile, separators=(",", ":")))
-    exps = pa.read_profile(path)
-    assert [(e.mode, e.value, len(e.requests)) for e in exps] == [("concurrency", 1.0, 2), ("concurrency", 2.0, 1)]
-    for e, raw in zip(exps, profile["experiments"]):
-        for r, want in zip(e.requests, raw["requests"]):
-            assert r.sent_ns == want["timestamp"]
-            assert r.responses_ns == want["response_timestamps"]
-            assert r.events == [json.loads(o["event"])["type"] if o["event"] else "" for o in want["response_outputs"]]
-    first = exps[0].requests[0]
-    assert first.first_response_s == pytest.approx(0.001) and first.first_audio_s == pytest.approx(0.003)
-    assert first.first_frame_s == pytest.approx(0.004) and first.last_response_s == pytest.approx(0.006)
-    assert exps[0].requests[1].first_audio_s == pytest.approx(0.006)
-    rows = pa.summarize_profile(exps)
-    assert rows[0]["answered"] == 2 and rows[0]["time_to_first_response_s"]["p50"] == pytest.approx(0.0015)
-    assert rows[1]["time_to_first_audio_s"]["count"] == 0 and rows[1]["time_to_first_audio_s"]["p50"] is None
-    assert math.isclose(rows[1]["time_to_last_response_s"]["p99"], 0.015)
-    assert "first response" in pa.format_profile_summary(rows)
-
-
-def test_read_profile_of_an_empty_file(tmp_path):
-    (tmp_path / "p.json").write_bytes(b"")
-    assert pa.read_profile(tmp_path / "p.json") == []
 
 
 def test_locust_command_is_an_argument_list(tmp_path):
