@@ -12,7 +12,10 @@ video event) as an empty buffer, then exports it by reading one value from that 
 those four bytes spell NaN or Inf, rapidjson's writer refuses the number and stops: the file ends there, mid-
 request, and perf_analyzer still exits 0 (a few runs in a hundred here, each doing ~1700 such reads). The
 closing "version" key is then missing: `Profile.complete` is False, and the request that was being written is
-dropped, since its later responses' events are not in the file.
+dropped, since its later responses' events are not in the file. The writer flushes 64 KiB at a time, so a cut in
+the first 64 KiB leaves an empty file. Forced on demand by preloading tests/pa_nan_new.c (zero-size arrays filled
+with 0xff: every such read is NaN): perf_analyzer exits 0 with an empty export
+(`tests/test_loadtest_live.py::test_a_profile_export_cut_short_is_never_taken_for_a_result`).
 """
 from __future__ import annotations
 
@@ -76,7 +79,7 @@ class Profile:
     def describe(self) -> str:
         """One line on an export that cannot be used as it is (empty, or cut)."""
         if not self.size:
-            return "no profile export"
+            return "an empty profile export, or none"
         if not self.complete:
             return (f"a profile export cut at byte {self.size} ({self.requests} whole requests before the cut): "
                     "perf_analyzer 2.51 exports an output a response lacks by reading past an empty buffer, and "

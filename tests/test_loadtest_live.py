@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +94,29 @@ def test_perf_analyzer_time_to_first_response(server, avatar, tmp_path, monkeypa
     assert row["responses_per_request"]["min"] > 3  # text, audio, video ... done, empty final
     assert (tmp_path / "perf_pa.csv").exists()
     assert not (tmp_path / "perf_profile.json").exists()  # large; kept only with --keep-profile
+
+
+def test_a_profile_export_cut_short_is_never_taken_for_a_result(server, avatar, tmp_path, monkeypatch, capsys):
+    """perf_analyzer 2.51 stops writing its export where a response's absent FP32 output reads as NaN, and exits 0.
+
+    Forced here: tests/pa_nan_new.c makes every such read NaN (loadtests/pa_profile.py tells the whole story).
+    """
+    try:
+        pa.perf_analyzer_env(pa.find_perf_analyzer(), tmp_path / "libs")
+    except pa.PerfAnalyzerUnavailable as e:
+        pytest.skip(f"perf_analyzer cannot run here: {e}")
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler for tests/pa_nan_new.c")
+    shim = tmp_path / "libpa_nan_new.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(shim), str(Path(__file__).with_name("pa_nan_new.c"))],
+                   check=True)
+    monkeypatch.setenv("PA_ADMIN_KEY", server.options.admin_key)
+    monkeypatch.setenv("LD_PRELOAD", str(shim))
+    code = pa.main(["--host", server.options.grpc_url, "--avatar", avatar.id, "--concurrency-range", "1",
+                    "--request-count", "1", "--retries", "1", "--out", str(tmp_path / "perf"), "--timeout", "120",
+                    "--admin-key-env", "PA_ADMIN_KEY"])
+    err = capsys.readouterr().err
+    assert code != 0, err
+    assert err.count("perf_analyzer (exit code 0) wrote an empty profile export, or none") == 2, err
+    assert "trying again" in err and not (tmp_path / "perf_pa_summary.json").exists()

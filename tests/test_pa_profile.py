@@ -70,7 +70,7 @@ def test_read_profile_of_an_empty_file(tmp_path):
     (tmp_path / "p.json").write_bytes(b"")
     profile = pa_profile.read_profile(tmp_path / "p.json")
     assert (profile.experiments, profile.complete, profile.requests) == ([], False, 0)
-    assert profile.describe() == "no profile export"
+    assert profile.describe() == "an empty profile export, or none"
 
 
 @pytest.mark.parametrize("request_index", [1, 2])
