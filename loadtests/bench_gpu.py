@@ -65,26 +65,44 @@ from loadtests.bench_clients import (
 
 
 class GpuMemory:
-    """Peak GPU memory in use (all processes), sampled with nvidia-smi."""
+    """GPU memory in use (all processes) and utilization, sampled with nvidia-smi; peaks kept per phase.
 
-    def __init__(self, interval_s: float = 0.5):
+    The phase is what the run is doing ("start and warm-up", then "levels": `phase(name)`), so a peak far above
+    what the processes hold at a level's end says whether it came while the server started or while it served;
+    `before_mib` is the first sample, before the server started (what other processes held).
+    """
+
+    def __init__(self, interval_s: float = 0.5, phase: str = "start and warm-up"):
         self.peak_mib = 0  # the busiest GPU's
         self.peak_per_gpu_mib: list[int] = []
+        self.peak_by_phase_mib: dict[str, int] = {}
+        self.before_mib: int | None = None
         self.util: list[tuple[float, int]] = []  # (perf_counter, utilization.gpu % of the busiest GPU)
+        self._phase = phase
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
+
+    def phase(self, name: str) -> None:
+        self._phase = name
+
+    def record(self, used: list[int], util: list[int]) -> None:
+        """One sample: memory used (MiB) and utilization (%) of each GPU."""
+        if self.before_mib is None:
+            self.before_mib = max(used)
+        self.util.append((time.perf_counter(), max(util)))
+        self.peak_mib = max(self.peak_mib, max(used))
+        self.peak_by_phase_mib[self._phase] = max(self.peak_by_phase_mib.get(self._phase, 0), max(used))
+        self.peak_per_gpu_mib = [max(a, b) for a, b in
+                                 zip(used, self.peak_per_gpu_mib + [0] * (len(used) - len(self.peak_per_gpu_mib)))]
 
     def _run(self, interval_s: float) -> None:
         while not self._stop.is_set():
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used,utilization.gpu",
-                                      "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5).stdout
+                                      "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
                 rows = [[int(v) for v in line.split(",")] for line in out.strip().splitlines()]
-                used = [r[0] for r in rows]
-                self.util.append((time.perf_counter(), max(r[1] for r in rows)))
-                self.peak_mib = max(self.peak_mib, max(used))
-                self.peak_per_gpu_mib = [max(a, b) for a, b in
-                                         zip(used, self.peak_per_gpu_mib + [0] * (len(used) - len(self.peak_per_gpu_mib)))]
+                self.record([r[0] for r in rows], [r[1] for r in rows])
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
             self._stop.wait(interval_s)
@@ -178,6 +196,7 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
         run_level(url, avatar, n, 1, options)
         run_level(url, avatar, n, 1, options, audio=speech)
         result["gpu_mib_after_warmup"] = gpu_mib_by_process(server.process.pid)
+        mem.phase("levels")
         result["speech_c1"] = summarize(run_level(url, avatar, 1, turns, options, audio=speech))
         print(f"[{config_name}] speech c=1: {result['speech_c1']}", flush=True)
         def level(c: int, per: int) -> dict:
@@ -203,6 +222,8 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
             print(f"[{config_name}] text c={c}, one client process: {result['one_process'][str(c)]}", flush=True)
     result["peak_gpu_memory_mib"] = mem.peak_mib
     result["peak_gpu_memory_mib_per_gpu"] = mem.peak_per_gpu_mib
+    result["peak_gpu_memory_mib_by_phase"] = mem.peak_by_phase_mib
+    result["gpu_memory_before_start_mib"] = mem.before_mib
     return result
 
 

@@ -100,11 +100,19 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _memory_phases(r: dict) -> str:
+    """" (before the server started 512, start and warm-up 40000, levels 24300)": where the peak came, if known."""
+    parts = ([f"before the server started {r['gpu_memory_before_start_mib']}"]
+             if r.get("gpu_memory_before_start_mib") is not None else [])
+    parts += [f"{phase} {mib}" for phase, mib in (r.get("peak_gpu_memory_mib_by_phase") or {}).items()]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def _end_to_end(name: str, r: dict) -> list[str]:
     """The end-to-end section of one server run: per-level latency and real-time table, then stage times."""
     lines = [f"## End to end, {name} (`--model-config-name={r['config']}`, options {json.dumps(r['options'])})", "",
              (f"Server start to ready: {_f(r['server_start_s'], 1)} s; peak GPU memory (nvidia-smi): "
-              f"{r['peak_gpu_memory_mib']} MiB."
+              f"{r['peak_gpu_memory_mib']} MiB{_memory_phases(r)}."
               + (f" Server environment: OPENBLAS/OMP/MKL/OPENCV_FOR_THREADS_NUM={r['stub_threads']}." if r.get("stub_threads")
                  else "")), "",
              ("| input | concurrency | turns | failed | TTFA p50 / p95 (ms) | TTFF p50 / p95 (ms) |"

@@ -102,6 +102,30 @@ def test_gpu_memory_is_summed_per_model_and_reported_per_level():
     assert "by process" not in no_figures
 
 
+def test_the_gpu_memory_peak_is_kept_per_phase_and_reported():
+    from loadtests.bench_gpu import GpuMemory
+    from loadtests.bench_report import markdown
+
+    mem = GpuMemory()  # not entered: samples are fed by hand, as nvidia-smi's would be
+    mem.record([500, 20], [0, 0])
+    mem.record([41000, 30], [90, 0])  # a start-up transient
+    mem.phase("levels")
+    mem.record([24300, 30], [60, 5])
+    assert (mem.before_mib, mem.peak_mib, mem.peak_per_gpu_mib) == (500, 41000, [41000, 30])
+    assert mem.peak_by_phase_mib == {"start and warm-up": 41000, "levels": 24300}
+
+    level = {"turns": 2, "failed": 0, "real_time_sessions": 2, "all_real_time": True, "ttfa_p50_s": 0.3,
+             "ttfa_p95_s": 0.4, "ttff_p50_s": 0.3, "ttff_p95_s": 0.4, "total_p50_s": 2.0, "audio_s_p50": 5.8,
+             "late_frames": 0, "audio_underruns": 0, "stage_ms_per_turn": {}, "errors": []}
+    run = {"config": "gpu", "options": {}, "server_start_s": 1.0, "peak_gpu_memory_mib": mem.peak_mib,
+           "peak_gpu_memory_mib_by_phase": mem.peak_by_phase_mib, "gpu_memory_before_start_mib": mem.before_mib,
+           "speech_c1": level, "levels": {"16": level}}
+    md = markdown({"date": "d", "preset": "base", "hardware": "h", "command": "c", "optimized": run,
+                   "capacity": {"optimized": capacity(run["levels"])}})
+    assert ("peak GPU memory (nvidia-smi): 41000 MiB (before the server started 500, start and warm-up 41000, "
+            "levels 24300).") in md
+
+
 def test_frames_dropped_late_are_counted_by_a_sessions_turn():
     from loadtests.bench_clients import TurnRecord
     from loadtests.bench_report import markdown
