@@ -207,11 +207,12 @@ def test_locust_command_is_an_argument_list(tmp_path):
 
 
 def test_perf_analyzer_output_is_bounded():
-    # 200 MB cap, 32 MB a turn: 10 requests become 6, then nothing fits
-    assert pa.requests_that_fit(10, 1, 200.0, 0.0, 32.0) == 6
-    assert pa.requests_that_fit(10, 2, 200.0, 180.0, 32.0) == 0
-    assert pa.requests_that_fit(10, 1, 200.0, 0.0, 2.0) == 10
-    assert pa.requests_that_fit(10, 4, 0, 1e9, 32.0) == 10  # 0: no cap
+    # 400 MB a level, 100 MB a turn: 10 requests become 4; 5 sessions would need 500 MB: not run
+    assert pa.requests_that_fit(10, 1, 400.0, 100.0) == 4
+    assert pa.requests_that_fit(10, 4, 400.0, 100.0) == 4
+    assert pa.requests_that_fit(10, 5, 400.0, 100.0) == 0
+    assert pa.requests_that_fit(10, 1, 400.0, 2.0) == 10
+    assert pa.requests_that_fit(10, 4, 0, 1e9) == 10  # 0: no cap
     with pytest.raises(SystemExit):  # time windows send an unbounded number of requests
         pa.parse_args(["--request-count", "0"])
     assert pa.parse_args(["--request-count", "0", "--max-profile-mb", "0"]).max_profile_mb == 0
