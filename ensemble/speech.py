@@ -67,7 +67,7 @@ class PiperVoice:
     def utterances(self, text: str, max_ids: int) -> list[Utterance]:
         ph = self.phonemizer
         if max_ids < ph.options.max_ids:
-            ph = PiperPhonemizer(ph.voice, replace(ph.options, max_ids=max_ids))
+            ph = ph.with_options(replace(ph.options, max_ids=max_ids))
         return [Utterance(u.ids, u.symbols) for u in ph.utterances(text)]
 
     def request(self, u: Utterance, options: TurnOptions, seed: int) -> dict[str, np.ndarray]:

@@ -144,6 +144,11 @@ CASES = [
           "text has 102000 bytes before cleaning; the limit is 32000"),
     _turn("non-UTF-8 text", lambda a, i: _text(b"caf\xe9 au lait") + [_avatar_id(a)],
           "text is not valid UTF-8 (byte 0xe9 at offset 3)"),
+    # espeak-ng (in piper-phonemize) segfaults on these: it runs in a child process, so only this turn fails
+    _turn("say 'a.m.' x 44 (espeak-ng overflows on dotted abbreviations)",
+          lambda a, i: _text(b"a.m." * 44) + [_avatar_id(a)] + _options(b'{"action": "say"}'), "espeak-ng crashed"),
+    _turn("say \"s'\" x 220 (espeak-ng overflows on stacked suffixes)",
+          lambda a, i: _text(b"s'" * 220) + [_avatar_id(a)] + _options(b'{"action": "say"}'), "espeak-ng crashed"),
     _turn("control characters in text", lambda a, i: _text(b"Hello\x00 there\x07, how\x1b are\x7f you?")
           + [_avatar_id(a)] + _ACC, note="accepted: control characters are stripped (newline, tab kept)"),
     _turn("control characters only", lambda a, i: _text(b"\x00\x01\x02\x1b\x7f") + [_avatar_id(a)], "text is empty"),

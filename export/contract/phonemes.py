@@ -14,7 +14,8 @@ there), and long sentences are split at clause marks or word boundaries so that 
 `max_ids` ids (the tts stage's `phonemes` axis). Piper synthesizes one utterance per sentence; `utterances()` does
 the same, `text_to_ids()` flattens the sentences into one id list as Piper's training preprocessing does.
 
-espeak-ng keeps its state in C globals (one per process): calls go through one lock, see `ESPEAK_LOCK`.
+espeak-ng runs in a child process (export/contract/espeak_process.py): text that crashes it (it has memory-safety
+bugs plain text reaches) fails that call with `EspeakFailed`, never the process that serves turns.
 
     ph = PiperPhonemizer.from_json("en_US-joe-medium.onnx.json")      # loads espeak-ng data (~10 ms)
     for u in ph.utterances("Dr. Smith paid $5... at 10:30!"):
@@ -23,18 +24,13 @@ espeak-ng keeps its state in C globals (one per process): calls go through one l
 """
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.contract.espeak_process import EspeakProcess
 from export.contract.piper_voice import BOS, EOS, PAD, PiperVoiceConfig, VoiceConfigError, read_voice_config
 from export.contract.text_normalize import NormalizeOptions, normalize_for_speech
-
-# espeak-ng keeps the translator, voice and phoneme buffers in process-wide C globals. The pybind11 binding holds
-# the GIL for the whole call, so Python threads cannot interleave today; the lock makes that explicit and keeps it
-# true if a binding ever releases the GIL. Separate processes each have their own copy and need nothing.
-ESPEAK_LOCK = threading.Lock()
 
 SPACE = " "
 CLAUSE_MARKS = frozenset(",:;")  # Piper adds a space after these (a pause inside a sentence)
@@ -119,20 +115,21 @@ class PiperPhonemizer:
     ~3 ms after a ~12 ms import); later calls take ~0.3-1 ms per sentence.
     """
 
-    def __init__(self, voice: PiperVoiceConfig, options: PhonemizerOptions = PhonemizerOptions()) -> None:
+    def __init__(self, voice: PiperVoiceConfig, options: PhonemizerOptions = PhonemizerOptions(),
+                 espeak: EspeakProcess | None = None) -> None:
         if voice.phoneme_type != "espeak":
             raise VoiceConfigError(f"{voice.path}: phoneme_type {voice.phoneme_type!r}: only espeak voices are "
                                    f"supported")
         if not voice.espeak_voice:
             raise VoiceConfigError(f"{voice.path}: no espeak.voice (e.g. \"en-us\")")
         try:
-            import piper_phonemize
+            import piper_phonemize  # noqa: F401  (imported here, before the fork, so that each child has it)
         except ImportError:
             raise VoiceConfigError("text -> phonemes needs piper_phonemize "
                                    "(pip install --no-deps piper-phonemize-cross==1.2.1)") from None
         self.voice = voice
         self.options = options
-        self._espeak = piper_phonemize.phonemize_espeak
+        self.espeak = espeak or EspeakProcess()  # shared by `with_options` copies
         # id -> symbol; the first symbol of the map wins where two share an id (none do in Piper's tables)
         self.id_to_symbol: dict[int, str] = {}
         for symbol, ids in voice.phoneme_id_map.items():
@@ -143,15 +140,16 @@ class PiperPhonemizer:
         except RuntimeError as e:
             raise VoiceConfigError(f"{voice.path}: espeak-ng cannot use voice {voice.espeak_voice!r} ({e})") from e
 
+    def with_options(self, options: PhonemizerOptions) -> PiperPhonemizer:
+        """The same voice with other options, reading through the same espeak-ng process."""
+        return PiperPhonemizer(self.voice, options, espeak=self.espeak)
+
     @classmethod
     def from_json(cls, path: str | Path, options: PhonemizerOptions = PhonemizerOptions()) -> PiperPhonemizer:
         return cls(read_voice_config(path), options)
 
     def _run_espeak(self, text: str) -> list[list[str]]:
-        with ESPEAK_LOCK:
-            if self.options.data_path is None:
-                return self._espeak(text, self.voice.espeak_voice)
-            return self._espeak(text, self.voice.espeak_voice, self.options.data_path)
+        return self.espeak(text, self.voice.espeak_voice, self.options.data_path)
 
     # ------------------------------------------------------------------ text -> phonemes
 
