@@ -7,7 +7,10 @@ manifest's digest). Only texts on the configured list are cached, so open-ended 
 never are. The first turn of a listed text (or a `prerender` request) records its events;
 later ones replay them with a fresh turn id and fresh timestamps: the same event types,
 text, audio and frames, only sooner. Entries are bounded by bytes; the least recently
-used is evicted first.
+used is evicted first. Each client (its `session_token`; behind the front door, its API key) may hold at most
+`max_bytes / owner_share` of it: past that its own oldest entries go, so no client can flush what others cached
+(a key once emptied it with a few 256-token, `ignore_eos` prerenders under different seeds); a quarter
+holds one client's prerender of every listed phrase.
 """
 from __future__ import annotations
 
@@ -49,10 +52,13 @@ def event_bytes(e: Event) -> int:
 
 
 class AnswerCache:
-    def __init__(self, phrases: Iterable[str] = DEFAULT_PHRASES, max_bytes: int = 256 * 1024**2):
+    def __init__(self, phrases: Iterable[str] = DEFAULT_PHRASES, max_bytes: int = 256 * 1024**2,
+                 owner_share: int = 4):
         self.phrases = frozenset(normalize(p) for p in phrases)
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[CacheKey, tuple[list[Event], int]] = OrderedDict()
+        self.max_owner_bytes = max_bytes // owner_share  # what one client's entries may take
+        self._entries: OrderedDict[CacheKey, tuple[list[Event], int, str]] = OrderedDict()
+        self._owner_bytes: dict[str, int] = {}
         self.bytes = 0
 
     def key(self, text: str, avatar_id: str, options: TurnOptions, models: str) -> CacheKey | None:
@@ -70,19 +76,29 @@ class AnswerCache:
         self._entries.move_to_end(key)
         return entry[0]
 
-    def put(self, key: CacheKey, events: list[Event]) -> bool:
-        """Store a completed turn's events; False when one answer alone exceeds the cache."""
+    def put(self, key: CacheKey, events: list[Event], owner: str = "") -> bool:
+        """Store a completed turn's events for `owner` (the client's token); False when one answer alone exceeds
+        what a client may hold."""
         size = sum(event_bytes(e) for e in events)
-        if size > self.max_bytes:
+        if size > self.max_owner_bytes:
             return False
         if key in self._entries:
-            self.bytes -= self._entries.pop(key)[1]
-        self._entries[key] = (list(events), size)
+            self._drop(key)
+        self._entries[key] = (list(events), size, owner)
         self.bytes += size
+        self._owner_bytes[owner] = self._owner_bytes.get(owner, 0) + size
+        while self._owner_bytes[owner] > self.max_owner_bytes:  # the owner's own oldest first
+            self._drop(next(k for k, (_, _, o) in self._entries.items() if o == owner))
         while self.bytes > self.max_bytes:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self.bytes -= dropped
+            self._drop(next(iter(self._entries)))
         return True
+
+    def _drop(self, key: CacheKey) -> None:
+        _, size, owner = self._entries.pop(key)
+        self.bytes -= size
+        self._owner_bytes[owner] -= size
+        if not self._owner_bytes[owner]:
+            del self._owner_bytes[owner]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -325,7 +325,7 @@ class Service:
             rec.inc(metrics.TURNS, outcome=outcome)
             self.governor.turn_ended(turn.frames_late_dropped, turn.video_frames + turn.frames_dropped, self.active)
         if key is not None and outcome == "ok":
-            self.cache.put(key, recording)
+            self.cache.put(key, recording, owner=options.session_token or "")
         return turn
 
 

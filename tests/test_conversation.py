@@ -332,9 +332,10 @@ def test_listed_exchange_is_replayed_from_the_cache_identically_and_sooner(servi
 
 def test_prerender_fills_the_cache_and_the_cache_stays_bounded(exported_repository, tmp_path, stage_runners,
                                                                demo_avatar):
-    # room for both audio-only answers (a greedy 40-token reply of the tiny random LLM is ~1.7 MB of events)
+    # room for both audio-only answers in one client's quarter (a greedy 40-token reply of the tiny random LLM is
+    # ~1.7 MB of events)
     svc = make_service(exported_repository, tmp_path, demo_avatar, cache_phrases=("hello", "goodbye"),
-                       cache_bytes=6 * 1024**2)
+                       cache_bytes=16 * 1024**2)
     log = Log()
     asyncio.run(svc.handle(request(svc, action="prerender", video=False), Stages(stage_runners), log))
     assert sorted(log.of(ev.DONE)[-1][1].data["prerendered"]) == ["goodbye", "hello"]
