@@ -55,6 +55,22 @@ def door_avatar(door):
     return result.as_numpy("avatar_id").reshape(-1)[0].decode()
 
 
+def test_a_key_past_its_registration_budget_is_refused_and_others_register(server):
+    """The avatar store is shared and least recently used out first: one key may not cycle it."""
+    from ensemble.avatar import demo_avatar_png
+
+    options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
+                               limits=Limits(registrations_per_hour=1, registration_burst=2))
+    inputs = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [demo_avatar_png()])]
+    with FrontDoorThread(options) as d, grpcclient.InferenceServerClient(d.url) as c:
+        for _ in range(2):
+            c.infer(AVATAR_REGISTRY.name, inputs, headers=auth("alice"))
+        with pytest.raises(InferenceServerException) as e:
+            c.infer(AVATAR_REGISTRY.name, inputs, headers=auth("alice"))
+        assert status(e.value) == "RESOURCE_EXHAUSTED" and "too many avatar registrations" in str(e.value)
+        assert c.infer(AVATAR_REGISTRY.name, inputs, headers=auth("bob")).as_numpy("avatar_id").size == 1
+
+
 class Stream:
     """One talking_head stream through the front door, its events (or its error) collected on tritonclient's
     thread."""

@@ -60,6 +60,21 @@ def test_rate_and_turn_quotas():
     calls.start_call()
 
 
+def test_avatar_registrations_have_an_hourly_budget_per_key():
+    now = [0.0]
+    u = Usage(Limits(registrations_per_hour=60, registration_burst=2), clock=lambda: now[0])
+    u.register()
+    u.register()
+    with pytest.raises(QuotaExceeded, match="too many avatar registrations: more than 60 an hour"):
+        u.register()
+    now[0] += 59.0
+    with pytest.raises(QuotaExceeded):
+        u.register()
+    now[0] += 1.0  # one a minute
+    u.register()
+    u.spend("other requests keep their own bucket")
+
+
 def test_options_get_the_identitys_token_in_contents_and_raw_contents():
     inputs = turn_inputs(avatar_id="0" * 16, text="Hi.", options={"session": "s", "session_token": "x" * 20})
     raw = pb.ModelInferRequest(model_name=TALKING_HEAD.name)

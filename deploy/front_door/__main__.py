@@ -59,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-calls", type=int, default=D.max_calls,
                    help="unary calls (avatar registrations) in flight at once (default %(default)s); more: "
                         "RESOURCE_EXHAUSTED")
+    q.add_argument("--registrations-per-hour", type=float, default=D.registrations_per_hour,
+                   help="avatar registrations an hour (default %(default)s; the store is shared and bounded, least "
+                        "recently used out first); more: RESOURCE_EXHAUSTED")
+    q.add_argument("--registration-burst", type=int, default=D.registration_burst,
+                   help="avatar registrations at once before the hourly rate applies (default %(default)s)")
     q.add_argument("--max-upstream-silence-s", type=float, default=D.max_upstream_silence_s,
                    help="a stream with a turn in flight whose server sends nothing for this long is ended "
                         "(UNAVAILABLE; a dead orchestrator) and its turns cancelled (default %(default)s)")
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
                     max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s,
-                    max_calls=args.max_calls, ready_poll_s=args.ready_poll_s)
+                    max_calls=args.max_calls, ready_poll_s=args.ready_poll_s,
+                    registrations_per_hour=args.registrations_per_hour, registration_burst=args.registration_burst)
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                upstream_root_certificates=args.upstream_root_certificates,

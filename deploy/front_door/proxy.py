@@ -264,6 +264,7 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
         usage = self.quotas[await self._admit(context, "ModelInfer")]
         try:
             check_request(request, AVATAR_REGISTRY, self.limits)
+            usage.register()
             usage.start_call()  # a registration can take a while to decode: at most max_calls of them at once
         except Refused as e:
             await context.abort(e.code, e.message)

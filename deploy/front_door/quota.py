@@ -116,6 +116,10 @@ class Limits:
     # door holds its unread audio and video, whether the client stopped reading or reads slower than the stream
     max_stall_s: float = 10.0
     max_calls: int = 2  # unary calls (avatar registrations) in flight at once
+    # avatar registrations, sustained and at once: the store is shared and bounded (ensemble/avatar.py, 1000 images,
+    # least recently used out first), so one key registering without pause would push other clients' avatars out
+    registrations_per_hour: float = 120.0
+    registration_burst: int = 30
     # a stream with a turn in flight whose upstream sends nothing for this long is ended (UNAVAILABLE) and its turns
     # cancelled: a turn streams events all along, so this silence means its orchestrator stub died (Triton 2.51
     # leaves such a stream open forever); deploy/watchdog.py brings the orchestrator back
@@ -131,28 +135,55 @@ class QuotaExceeded(Exception):
 
 
 @dataclass
+class TokenBucket:
+    """`rate` tokens a second up to `burst`; `take` spends one or says there is none."""
+    rate: float
+    burst: int
+    clock: Callable[[], float] = time.monotonic
+    tokens: float = field(default=-1.0)
+    stamp: float = 0.0
+
+    def __post_init__(self):
+        self.tokens = float(self.burst)
+        self.stamp = self.clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+@dataclass
 class Usage:
     limits: Limits
     clock: Callable[[], float] = time.monotonic
     streams: int = 0
     turns: int = 0
     calls: int = 0
-    tokens: float = field(default=-1.0)
-    stamp: float = 0.0
+    requests: TokenBucket = field(init=False)
+    registrations: TokenBucket = field(init=False)
 
     def __post_init__(self):
-        self.tokens = float(self.limits.burst)
-        self.stamp = self.clock()
+        self.requests = TokenBucket(self.limits.rate, self.limits.burst, self.clock)
+        self.registrations = TokenBucket(self.limits.registrations_per_hour / 3600, self.limits.registration_burst,
+                                         self.clock)
 
     def spend(self, what: str) -> None:
         """One request's token from the bucket, or QuotaExceeded."""
-        now = self.clock()
-        self.tokens = min(float(self.limits.burst), self.tokens + (now - self.stamp) * self.limits.rate)
-        self.stamp = now
-        if self.tokens < 1.0:
+        if not self.requests.take():
             raise QuotaExceeded(f"rate limit: {what} refused, more than {self.limits.rate:g} requests per second "
                                 f"(burst {self.limits.burst}) for this API key; retry later")
-        self.tokens -= 1.0
+
+    def register(self) -> None:
+        """One avatar registration, or QuotaExceeded."""
+        if not self.registrations.take():
+            raise QuotaExceeded(f"too many avatar registrations: more than {self.limits.registrations_per_hour:g} "
+                                f"an hour (burst {self.limits.registration_burst}) for this API key; the avatar store "
+                                "is shared by every client, so one may not cycle it; retry later")
 
     def open_stream(self) -> None:
         if self.streams >= self.limits.max_streams:
