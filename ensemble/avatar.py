@@ -42,6 +42,10 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 # a progressive JPEG has ~10 scans (libjpeg's scripts 6-10) and each is a pass over the whole image: a 2 MB file of
 # 58608 tiny scans took ~80 s to decode (libjpeg-turbo's own "scan limit" guards against the same)
 MAX_JPEG_SCANS = 100
+# ... and a pass costs in proportion to the pixels: 100 legal scans of a 4096x4096 JPEG took 1.2 s (the registry's
+# one instance busy for every client). Scans x megapixels is bounded too; a 10-scan progressive photo passes up to
+# 40 MP, past any size the registry takes
+MAX_JPEG_SCAN_MEGAPIXELS = 400
 MEMORY_BYTES = Limits.max_avatar_memory_bytes  # an AvatarStore's in-memory cache by default
 
 
@@ -129,7 +133,8 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
     """Validate, decode and analyse an avatar image; InputError names any problem.
 
     Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), the header's width x height
-    against max_pixels and min_side (both as sent and as stored), and a JPEG's scans (MAX_JPEG_SCANS). An image
+    against max_pixels and min_side (both as sent and as stored), and a JPEG's scans (MAX_JPEG_SCANS, and
+    MAX_JPEG_SCAN_MEGAPIXELS over its pixels). An image
     whose longer side exceeds options.max_side is downscaled to it before anything else (`stored_size`): the
     avatar's image, box and keypoints are in that size, and the message says so. detect: the face_detector stage
     (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
@@ -153,6 +158,11 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
     if scans > MAX_JPEG_SCANS:
         raise InputError(f"avatar image is a JPEG of {scans} scans; the limit is {MAX_JPEG_SCANS} (a progressive JPEG "
                          f"has about 10)")
+    if scans * width * height > MAX_JPEG_SCAN_MEGAPIXELS * 1e6:
+        raise InputError(f"avatar image is a JPEG of {scans} scans of {width}x{height} pixels; each scan is a pass "
+                         f"over every pixel, and the limit is {MAX_JPEG_SCAN_MEGAPIXELS} million pixels in all "
+                         f"(at most {int(MAX_JPEG_SCAN_MEGAPIXELS * 1e6 // (width * height))} scans at this size; a "
+                         f"progressive JPEG has about 10)")
     small = stored_size(width, height, options.max_side)
     if min(small) < min_side:
         raise InputError(f"avatar image is {width}x{height} pixels, {small[0]}x{small[1]} once downscaled to "

@@ -162,6 +162,22 @@ def test_a_jpeg_of_too_many_scans_is_refused_before_decoding(demo_png, detect):
     assert time.perf_counter() - t0 < 0.1
 
 
+def test_a_large_jpeg_of_many_legal_scans_is_refused_before_decoding(demo_png, detect):
+    """100 scans are legal, but each is a pass over every pixel: at 4096x4096 they took 1.2 s to decode."""
+    img = cv2.resize(cv2.imdecode(np.frombuffer(demo_png, np.uint8), cv2.IMREAD_COLOR), (4096, 4096))
+    ok, prog = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 30])
+    prog = prog.tobytes()
+    last = prog.rindex(b"\xff\xda")
+    heavy = prog[:-2] + prog[last:-2] * (MAX_JPEG_SCANS - prog.count(b"\xff\xda")) + b"\xff\xd9"
+    assert heavy.count(b"\xff\xda") == MAX_JPEG_SCANS
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"^avatar image is a JPEG of 100 scans of 4096x4096 pixels; .* limit is 400 "
+                                         r"million pixels in all \(at most 23 scans at this size"):
+        register(heavy, BIG, 4096 * 4096, detect=detect)
+    assert time.perf_counter() - t0 < 0.1
+    assert register(prog, BIG, 4096 * 4096, detect=detect).faces_found == 1  # its ~10 scans are taken
+
+
 def test_wav2lip_faces(demo):
     x = wav2lip_faces(demo)
     assert x.shape == (6, 96, 96) and x.dtype == np.float32
