@@ -11,7 +11,8 @@ from export.contract.text_normalize import is_abbreviation
 _SENTENCE_END = ".!?…"
 _CLAUSE_MARK = ",;:"
 _CLOSERS = "\"')]}»”’"  # may follow the punctuation: `end."` still ends the sentence
-_TOKEN = re.compile(r"\S+(?=(\s+))")  # a word is complete only once whitespace follows it
+_TOKEN = re.compile(r"(?<!\S)\S+(?=(\s+))")  # a word is complete only once whitespace follows it; (?<!\S): tried
+# from word starts only, else a long run without whitespace is tried from each of its characters (quadratic)
 _HAS_WORD = re.compile(r"\w")
 
 
