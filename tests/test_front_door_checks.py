@@ -93,6 +93,12 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
     with pytest.raises(Refused, match="canary") as refused:
         own_options(typed, "T" * 32)
     assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    for naive in (b'{"streaming": false}', b'{"streaming": 0}'):  # silent for the whole reply: the door would cut it
+        typed.inputs[0].contents.bytes_contents[0] = naive
+        with pytest.raises(Refused, match="option `streaming` false .* is for benchmarks"):
+            own_options(typed, "T" * 32)
+    typed.inputs[0].contents.bytes_contents[0] = b'{"streaming": true}'
+    assert own_options(typed, "T" * 32) is None
     for other in ('{"seed": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"seed": 1}'):  # parsed as the orchestrator does
         typed.inputs[0].contents.bytes_contents[0] = other
         assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == other

@@ -119,6 +119,10 @@ def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
     if data.get("canary", False) is not False:  # a probe's turn is left out of the user latency metrics
         raise Refused(CODE.PERMISSION_DENIED, "option `canary` is for the server's own probes (deploy/canary.py), "
                                               "not for clients: their turns count in the latency metrics")
+    if data.get("streaming", True) is not True:  # the door's silence cut would end it, blaming a dead orchestrator
+        raise Refused(CODE.PERMISSION_DENIED, "option `streaming` false (the naive benchmark baseline: the whole reply "
+                                              "is rendered, then sent at once) is for benchmarks on the server's own "
+                                              "port, not for clients")
     data["session_token"] = token
     new = json.dumps(data, separators=(",", ":")).encode()
     if raw:
@@ -395,6 +399,8 @@ class _Stream:
         final = r.parameters[FINAL].bool_param if FINAL in r.parameters else False
         if (final or resp.error_message) and self.quiet.get(r.id):
             self.quiet[r.id] -= 1
+            if not self.quiet[r.id]:
+                del self.quiet[r.id]
         if resp.error_message:  # an error ends its request; it is never dropped
             if self.turns:
                 self.turns -= 1
