@@ -312,6 +312,29 @@ def door_only(env) -> list[Case]:
     return cases
 
 
+def fourth_pass(env) -> list[Case]:
+    """A fourth pass (2026-12-06): text that crashes espeak-ng (it killed the orchestrator's stub), the naive
+    baseline through the door, a key cycling the shared avatar store, 100 legal scans of a 4096x4096 JPEG."""
+    door, avatar, mallory = env.door.url, env.avatar, auth_headers(KEYS["mallory"])
+    cases = []
+    for name, text in (("say 'a.m.' x 44", "a.m." * 44), ("say \"s'\" x 220", "s'" * 220)):
+        e = stream_once(door, turn_inputs(avatar_id=avatar, text=text, options={"action": "say"}), headers=mallory)
+        cases.append(Case(name, refused(e, "espeak-ng crashed"), detail=(e or "accepted")[:160]))
+    e = stream_once(door, turn_inputs(avatar_id=avatar, text="Hi.", options={"streaming": False}), headers=mallory)
+    cases.append(Case("streaming false through the door", refused(e, "for benchmarks"), detail=(e or "")[:160]))
+    img = cv2.resize(cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR), (4096, 4096))
+    prog = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_QUALITY, 30])[1].tobytes()
+    heavy = prog[:-2] + prog[prog.rindex(b"\xff\xda"):-2] * (100 - prog.count(b"\xff\xda")) + b"\xff\xd9"
+    for name, image, needle in (("100 scans of a 4096x4096 JPEG", heavy, "million pixels in all"),
+                                ("registrations past the key's budget", demo_avatar_png(), "avatar registrations")):
+        for _ in range(env.door.options.limits.registration_burst + 1):  # the budget's burst, then one more
+            e = infer_error(door, AVATAR_REGISTRY.name, {"image": np.array([image], dtype=object)}, headers=mallory)
+            if e is not None:
+                break
+        cases.append(Case(name, refused(e, needle), detail=(e or "accepted")[:160]))
+    return cases
+
+
 def live_stub(server_pid: int, model: str, wait_s: float = 10.0):
     """The model's stub process, waiting up to `wait_s` for one (a stub Triton is restarting); None if none."""
     deadline = time.monotonic() + wait_s
@@ -364,7 +387,8 @@ def faults(env) -> list[Case]:
 
 CLASSES: list[tuple[str, Callable]] = [("stage models reached directly", stage_abuse), ("sessions", sessions),
                                        ("sizes and option types", oversize), ("a client that stops reading", stalled_reader),
-                                       ("requests only the door refuses", door_only), ("stub faults", faults)]
+                                       ("requests only the door refuses", door_only),
+                                       ("a fourth pass: text, options, avatars", fourth_pass), ("stub faults", faults)]
 
 
 @dataclass
