@@ -42,6 +42,19 @@ def stubs(server_pid: int) -> list[Stub]:
     return sorted(found, key=lambda st: st.instance)
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of `pid` (e.g. the espeak-ng worker an orchestrator stub forks), read from /proc."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(proc.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
+
+
 def leaked_shm() -> list[str]:
     """Shared-memory regions of Python and Python-based backends (python, ort_cpu, torch_gpu) in /dev/shm."""
     shm = Path("/dev/shm")

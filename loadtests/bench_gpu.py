@@ -228,9 +228,9 @@ def serve_and_measure(config_name: str, options: dict, levels: list[int], turns:
 
 
 def process_cpu_s(server_pid: int) -> dict[str, float]:
-    """CPU seconds used so far by tritonserver, its stubs (summed per model) and the clients: this process and its
-    finished client processes."""
-    from deploy.processes import stubs
+    """CPU seconds used so far by tritonserver, its stubs (summed per model, with their own children: the
+    orchestrator's espeak-ng worker) and the clients: this process and its finished client processes."""
+    from deploy.processes import children, stubs
 
     tick = os.sysconf("SC_CLK_TCK")
 
@@ -243,7 +243,7 @@ def process_cpu_s(server_pid: int) -> dict[str, float]:
 
     out = {"tritonserver": cpu(server_pid), "clients (bench)": cpu(os.getpid(), children=True)}
     for st in stubs(server_pid):
-        out[st.model] = out.get(st.model, 0.0) + cpu(st.pid)
+        out[st.model] = out.get(st.model, 0.0) + cpu(st.pid) + sum(cpu(c) for c in children(st.pid))
     return out
 
 

@@ -46,3 +46,15 @@ def test_espeaks_own_refusal_is_raised_and_the_child_lives(espeak):
         espeak("Hello.", "xx-nope")
     assert not isinstance(e.value, EspeakFailed)
     assert espeak("Hello.", "en-us") and espeak.restarts == 0
+
+
+def test_the_child_is_the_callers_and_goes_with_close(espeak):
+    import os
+
+    from deploy.processes import children
+
+    espeak("Hello.", "en-us")
+    pid = espeak._proc.pid
+    assert pid in children(os.getpid())  # benchmarks count its CPU with its parent's (loadtests/bench_gpu.py)
+    espeak.close()
+    assert pid not in children(os.getpid())
