@@ -58,3 +58,19 @@ def test_the_child_is_the_callers_and_goes_with_close(espeak):
     assert pid in children(os.getpid())  # benchmarks count its CPU with its parent's (loadtests/bench_gpu.py)
     espeak.close()
     assert pid not in children(os.getpid())
+
+
+def test_sigterm_ends_the_child_whatever_the_parent_does_with_it(espeak):
+    """A Triton stub handles SIGTERM by setting a flag; a child keeping that handler outlived multiprocessing's
+    terminate at the stub's exit, whose join then held the model's unload to Triton's exit timeout."""
+    import os
+    import signal
+
+    old = signal.signal(signal.SIGTERM, lambda *_: None)  # as the stub: SIGTERM does not end it
+    try:
+        espeak("Hello.", "en-us")
+        os.kill(espeak._proc.pid, signal.SIGTERM)
+        espeak._proc.join(5)
+        assert espeak._proc.exitcode == -signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -31,6 +31,8 @@ def _serve(conn: Connection, parent_end: Connection) -> None:
     """The child: phonemize each (text, voice, data_path) it receives until its parent goes away."""
     parent_end.close()  # else the parent's death would not end this loop
     faulthandler.disable()  # a crash here is the parent's to report, without a traceback dump in its log
+    for sig in (signal.SIGTERM, signal.SIGINT):  # a Triton stub's handlers only set a flag: the parent's exit
+        signal.signal(sig, signal.SIG_DFL)       # terminates this child (multiprocessing's atexit) and joins it
     import piper_phonemize
 
     while True:
