@@ -32,7 +32,7 @@ def stubs(server_pid: int) -> list[Stub]:
         if not proc.name.isdigit():
             continue
         try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            ppid = _parent(proc)
             args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
         except (OSError, ValueError, IndexError):
             continue
@@ -46,13 +46,17 @@ def children(pid: int) -> list[int]:
     """The live child processes of `pid` (e.g. the espeak-ng worker an orchestrator stub forks), read from /proc."""
     found = []
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(proc.name))
-            except (OSError, ValueError, IndexError):
-                continue
+        try:
+            if proc.name.isdigit() and _parent(proc) == pid:
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
     return found
+
+
+def _parent(proc: Path) -> int:
+    """The parent pid in /proc/PID/stat (after the command name, which may hold spaces and parentheses)."""
+    return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def leaked_shm() -> list[str]:

@@ -134,10 +134,9 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
 
     Checked before anything is decoded: type, emptiness, byte size, format (PNG or JPEG), the header's width x height
     against max_pixels and min_side (both as sent and as stored), and a JPEG's scans (MAX_JPEG_SCANS, and
-    MAX_JPEG_SCAN_MEGAPIXELS over its pixels). An image
-    whose longer side exceeds options.max_side is downscaled to it before anything else (`stored_size`): the
-    avatar's image, box and keypoints are in that size, and the message says so. detect: the face_detector stage
-    (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
+    MAX_JPEG_SCAN_MEGAPIXELS over its pixels). An image whose longer side exceeds options.max_side is downscaled to
+    it before anything else (`stored_size`): the avatar's image, box and keypoints are in that size, and the message
+    says so. detect: the face_detector stage (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
     InputError.
     """
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):

@@ -102,7 +102,7 @@ class EspeakProcess:
                     raise EspeakFailed(f"espeak-ng took over {self.timeout_s:g} s on a {len(text)}-character text "
                                        "and was stopped; the text was not spoken")
                 status, value = self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
+            except (EOFError, OSError):  # the pipe broke: the child died
                 how = _how(self._stop())
                 raise EspeakFailed(f"espeak-ng crashed on a {len(text)}-character text ({how}); the text was not "
                                    "spoken, and a new espeak-ng reads the next one") from None
