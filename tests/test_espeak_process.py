@@ -33,9 +33,13 @@ def test_a_text_that_crashes_espeak_fails_its_call_only(espeak, text):
 
 
 def test_a_call_past_its_time_is_stopped_and_the_next_one_read(espeak):
+    import os
+    import signal
+
     espeak("Hello.", "en-us")
-    espeak.timeout_s = 0.0  # no answer can come in no time
-    with pytest.raises(EspeakFailed, match="took over 0 s on a 6-character text and was stopped"):
+    os.kill(espeak._proc.pid, signal.SIGSTOP)  # as an espeak-ng that never returns
+    espeak.timeout_s = 0.5
+    with pytest.raises(EspeakFailed, match="took over 0.5 s on a 6-character text and was stopped"):
         espeak("Hello.", "en-us")
     espeak.timeout_s = 10.0
     assert espeak("Hello.", "en-us") and espeak.restarts == 1
@@ -61,16 +65,72 @@ def test_the_child_is_the_callers_and_goes_with_close(espeak):
 
 
 def test_sigterm_ends_the_child_whatever_the_parent_does_with_it(espeak):
-    """A Triton stub handles SIGTERM by setting a flag; a child keeping that handler outlived multiprocessing's
-    terminate at the stub's exit, whose join then held the model's unload to Triton's exit timeout."""
+    """A Triton stub handles SIGTERM by setting a flag; a forked child keeping that handler outlived the stub's exit
+    and held the model's unload to Triton's exit timeout. An ignored SIGTERM would survive even an exec."""
     import os
     import signal
 
-    old = signal.signal(signal.SIGTERM, lambda *_: None)  # as the stub: SIGTERM does not end it
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # inherited across exec, unlike a handler
     try:
         espeak("Hello.", "en-us")
         os.kill(espeak._proc.pid, signal.SIGTERM)
-        espeak._proc.join(5)
-        assert espeak._proc.exitcode == -signal.SIGTERM
+        assert espeak._proc.wait(5) == -signal.SIGTERM
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_the_child_is_a_new_interpreter_not_a_fork(espeak):
+    """A fork of a process running other threads (pytest's gRPC clients here) once aborted on its first text."""
+    espeak("Hello.", "en-us")
+    with open(f"/proc/{espeak._proc.pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert argv[1:3] == [b"-m", b"export.contract.espeak_process"]
+
+
+def test_in_a_triton_stub_the_interpreter_is_the_callers_python(monkeypatch):
+    import os
+    import sys
+
+    from export.contract.espeak_process import python_interpreter
+
+    monkeypatch.setattr(sys, "executable", "/opt/tritonserver/backends/python/triton_python_backend_stub")
+    exe = python_interpreter()
+    assert os.path.basename(exe) == f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert os.access(exe, os.X_OK)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1].startswith("Z")  # exited, waiting for its new parent to reap it
+    except FileNotFoundError:
+        return True
+
+
+def _child_of_a_process_that(ends: str) -> int:
+    import subprocess
+    import sys
+
+    script = ("import os, sys\nfrom export.contract.espeak_process import EspeakProcess\n"
+              f"e = EspeakProcess(); e('Hello.', 'en-us'); print(e._proc.pid, flush=True); {ends}\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    return int(out.stdout)
+
+
+def test_the_child_is_reaped_before_its_parent_exits():
+    """A Triton stub's exit: the child is not left for init, and tritonserver's exit leaves no process behind."""
+    import os
+
+    pid = _child_of_a_process_that(ends="sys.exit(0)")
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_the_child_ends_with_its_parent_however_it_dies():
+    """A killed parent runs no exit code: the child reads the end of its pipe and ends itself."""
+    import time
+
+    pid = _child_of_a_process_that(ends="os._exit(0)")
+    deadline = time.monotonic() + 10
+    while not _pid_gone(pid):
+        assert time.monotonic() < deadline, f"espeak-ng child {pid} outlived its parent"
+        time.sleep(0.05)
