@@ -43,7 +43,7 @@ def stubs(server_pid: int) -> list[Stub]:
 
 
 def children(pid: int) -> list[int]:
-    """The live child processes of `pid` (e.g. the espeak-ng worker an orchestrator stub forks), read from /proc."""
+    """The live child processes of `pid` (e.g. the espeak-ng worker an orchestrator stub starts), read from /proc."""
     found = []
     for proc in Path("/proc").iterdir():
         try:

@@ -123,7 +123,7 @@ class PiperPhonemizer:
         if not voice.espeak_voice:
             raise VoiceConfigError(f"{voice.path}: no espeak.voice (e.g. \"en-us\")")
         try:
-            import piper_phonemize  # noqa: F401  (imported here, before the fork, so that each child has it)
+            import piper_phonemize  # noqa: F401  (here for a clear error; espeak-ng itself runs in a child)
         except ImportError:
             raise VoiceConfigError("text -> phonemes needs piper_phonemize "
                                    "(pip install --no-deps piper-phonemize-cross==1.2.1)") from None
