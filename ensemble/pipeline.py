@@ -318,7 +318,9 @@ class Turn:
             while (item := await pieces.get()) is not _END:
                 piece, emotion = item
                 self.timeline.add(self.audio_samples / media.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
-                for u in voice.utterances(piece, max_ids):
+                # espeak-ng answers in ~0.3 ms, but a new child after a crash takes ~50 ms and a hung one up to its
+                # timeout: off the loop, that wait holds this turn's speech only, never every session's stream
+                for u in await asyncio.to_thread(voice.utterances, piece, max_ids):
                     seed = self.options.seed * 100_003 + self._utterances  # the voice's noise: per utterance
                     self._utterances += 1
                     await self._pace_audio()

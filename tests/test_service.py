@@ -384,3 +384,39 @@ def test_the_llm_sampling_chunks_itself_gives_the_same_reply_in_fewer_requests(e
     assert reply == one_reply and text == one_text == reply and reply, (reply, one_reply)
     assert (one_calls, calls) == (20, 5)  # the prompt and a step for each token but the last; 20 / 4 chunks
     assert len(llm.table) == 0  # each turn released its session
+
+
+def test_a_hung_espeak_ng_holds_its_own_turn_never_the_event_loop(service, stage_runners):
+    """espeak-ng is called off the orchestrator's event loop: while one turn waits on it (a new child after a crash,
+    or a hung one until its timeout), every other session's audio, video and events run on."""
+    import os
+    import signal
+    import time
+
+    from export.contract.espeak_process import EspeakFailed
+
+    phonemizer = service.tokenizers.voice.phonemizer
+    espeak = phonemizer.espeak
+    espeak("Hello.", phonemizer.voice.espeak_voice)  # its child is up
+    os.kill(espeak._proc.pid, signal.SIGSTOP)  # as an espeak-ng that never returns
+    espeak.timeout_s = 1.0
+    gaps = []
+    inputs = {**text_inputs(service, "Good morning."),
+              "options": np.array([json.dumps({"action": "say"}).encode()], dtype=object)}
+
+    async def say_beside_a_ticker():
+        async def ticker():  # the loop's lag: how long a 10 ms sleep really takes
+            while True:
+                t = time.perf_counter()
+                await asyncio.sleep(0.01)
+                gaps.append(time.perf_counter() - t)
+
+        task = asyncio.ensure_future(ticker())
+        try:
+            with pytest.raises(EspeakFailed, match="took over 1 s on a 13-character text"):
+                await service.handle(inputs, make_infer(stage_runners), lambda e: None)
+        finally:
+            task.cancel()
+
+    asyncio.run(say_beside_a_ticker())
+    assert len(gaps) > 50 and max(gaps) < 0.5, f"the loop stalled {max(gaps):.2f} s"
