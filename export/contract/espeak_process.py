@@ -14,7 +14,7 @@ starts a new child. One child per `EspeakProcess`; calls take turns (espeak-ng k
 A new interpreter (`python -m export.contract.espeak_process`), not a fork: a fork of a process that runs other
 threads (gRPC's, a Triton stub's) may copy a lock held at that instant, and the child then aborted on its first
 text. The interpreter is the caller's own (`sys.executable`, or in a Triton stub, where that may not name a Python,
-`python3.X` of the caller's prefix), with the caller's `sys.path`. Starting one takes ~0.1 s, once per child; a
+`python3.X` of the caller's prefix), with the caller's `sys.path`. Starting one takes ~50 ms, once per child; a
 round trip then costs ~0.1 ms beside espeak-ng's own work.
 """
 from __future__ import annotations
