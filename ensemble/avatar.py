@@ -136,8 +136,8 @@ def register(image_bytes: bytes, max_bytes: int, max_pixels: int, *, detect: Det
     against max_pixels and min_side (both as sent and as stored), and a JPEG's scans (MAX_JPEG_SCANS, and
     MAX_JPEG_SCAN_MEGAPIXELS over its pixels). An image whose longer side exceeds options.max_side is downscaled to
     it before anything else (`stored_size`): the avatar's image, box and keypoints are in that size, and the message
-    says so. detect: the face_detector stage (ensemble/face.py). Several faces: the largest is used and the message says so. No face, or one too small:
-    InputError.
+    says so. detect: the face_detector stage (ensemble/face.py). Several faces: the largest is used and the message
+    says so. No face, or one too small: InputError.
     """
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
         raise InputError(f"avatar image must be bytes, got {type(image_bytes).__name__}")

@@ -70,6 +70,7 @@ class Victim:
         self.url, self.avatar = url, avatar
         self.turns = self.failed = 0
         self.slowest = 0.0
+        self.times: list[float] = []  # each successful turn's duration
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -80,6 +81,7 @@ class Victim:
                 t = time.perf_counter()
                 try:
                     c.turn(avatar_id=self.avatar, text="Hello there.", options=SHORT)
+                    self.times.append(time.perf_counter() - t)
                 except Exception as e:  # counted: collateral damage
                     self.failed += 1
                     self.errors.append(str(e)[:200])
@@ -89,6 +91,7 @@ class Victim:
     def reset(self) -> None:
         self.turns = self.failed = 0
         self.slowest = 0.0
+        self.times.clear()
 
     def start(self) -> "Victim":
         self._thread.start()

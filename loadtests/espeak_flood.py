@@ -25,22 +25,11 @@ from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
-from loadtests.adversarial import KEYS, SHORT, stream_once
+from loadtests.adversarial import KEYS, Victim, stream_once
 
 ORDINARY = "Good morning to you."
 CRASHER = "a.m." * 44  # a dotted abbreviation past espeak-ng's 80-byte buffer: SIGSEGV (espeak-ng#2428)
 PHASES = (("no attack", None), ("ordinary say x4", ORDINARY), ("crashing say x4", CRASHER), ("no attack, after", None))
-
-
-def _victim(url: str, avatar: str, stop: threading.Event, times: list, failures: list) -> None:
-    with TalkingHeadClient(url, api_key=KEYS["victim"], turn_timeout_s=60) as c:
-        while not stop.is_set():
-            t = time.perf_counter()
-            try:
-                c.turn(avatar_id=avatar, text="Hello there.", options=SHORT)
-                times.append(time.perf_counter() - t)
-            except Exception as e:  # collateral damage: counted and shown
-                failures.append(str(e)[:160])
 
 
 def _mallory(url: str, avatar: str, text: str, stop: threading.Event, outcomes: dict) -> None:
@@ -59,17 +48,19 @@ def _mallory(url: str, avatar: str, text: str, stop: threading.Event, outcomes: 
 
 
 def phase(url: str, avatar: str, text: str | None, seconds: float) -> dict:
-    stop, times, failures, outcomes = threading.Event(), [], [], {}
-    threads = [threading.Thread(target=_victim, args=(url, avatar, stop, times, failures))]
-    if text is not None:
-        threads += [threading.Thread(target=_mallory, args=(url, avatar, text, stop, outcomes)) for _ in range(4)]
-    for t in threads:
+    stop, outcomes = threading.Event(), {}
+    victim = Victim(url, avatar).start()
+    mallory = [threading.Thread(target=_mallory, args=(url, avatar, text, stop, outcomes))
+               for _ in range(4 if text else 0)]
+    for t in mallory:
         t.start()
     time.sleep(seconds)
     stop.set()
-    for t in threads:
+    for t in mallory:
         t.join(90)
-    return {"victim_turns": len(times), "victim_failed": len(failures), "failures": failures[:3],
+    victim.stop()
+    times = victim.times
+    return {"victim_turns": len(times), "victim_failed": victim.failed, "failures": victim.errors[:3],
             "p50_s": statistics.median(times) if times else None,
             "p95_s": statistics.quantiles(times, n=20, method="inclusive")[18] if len(times) > 1 else None,
             "max_s": max(times, default=None), "mallory": outcomes, "mallory_per_s": sum(outcomes.values()) / seconds}

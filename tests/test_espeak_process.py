@@ -100,10 +100,11 @@ def test_in_a_triton_stub_the_interpreter_is_the_callers_python(monkeypatch):
 
 
 def _pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1].startswith("Z")  # exited, waiting for its new parent to reap it
-    except FileNotFoundError:
+    import psutil
+
+    try:  # a zombie has exited, waiting for its new parent to reap it
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
 
 
