@@ -13,6 +13,7 @@ a data channel. One process serves many browsers.
     media.py    media clock, resampling, playout buffer, turn timelines (pure, tested alone)
     video.py    frame schedule, pts/RTP clock, JPEG -> video frames (pure, tested alone)
     ice.py      ICE candidates and STUN/TURN servers
+    limits.py   who a client is and what it may use (sessions, offers, uploads, messages, microphone rate)
     stats.py    latency figures
     static/     index.html, app.js, style.css
 """

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from deploy.gateway.app import Gateway, make_app
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
+from deploy.gateway.limits import GatewayLimits
 from export.contract.layout import BUILD, GRPC_URL
 
 DEFAULT_PORT = 8080
@@ -41,6 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tls-key", type=Path, help="serve the page over HTTPS: private key (PEM)")
     ap.add_argument("--avatar", type=Path, help="the default avatar's image (default: the demo portrait)")
     ap.add_argument("--max-sessions", type=int, default=32, help="browsers served at once (more get 503)")
+    ap.add_argument("--sessions-per-client", type=int, default=GatewayLimits.sessions_per_client,
+                    help="sessions one client (address, or --client-header) holds at once (more get 429)")
+    ap.add_argument("--uploads-per-hour", type=float, default=GatewayLimits.uploads_per_hour,
+                    help=f"avatar uploads per client an hour (bursts of {GatewayLimits.upload_burst})")
+    ap.add_argument("--client-header", metavar="NAME",
+                    help="behind a proxy: the header naming the client (its last value), e.g. X-Forwarded-For; "
+                         "requests without it are refused (default: the peer's address)")
     ap.add_argument("--ice-host", action="append", default=[], metavar="ADDR",
                     help="offer host candidates on these addresses only (repeatable; default: every interface)")
     ap.add_argument("--remote-network", action="append", default=[], metavar="CIDR",
@@ -85,7 +93,9 @@ async def serve(args: argparse.Namespace) -> None:
     gateway = Gateway(args.triton, ice, max_sessions=args.max_sessions,
                       root_cert=str(args.triton_root_cert) if args.triton_root_cert else None,
                       default_avatar=args.avatar.read_bytes() if args.avatar else None,
-                      ready_poll_s=args.ready_poll_s)
+                      ready_poll_s=args.ready_poll_s, client_header=args.client_header,
+                      limits=GatewayLimits(sessions_per_client=args.sessions_per_client,
+                                           uploads_per_hour=args.uploads_per_hour))
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -9,6 +9,9 @@ middleware in that list.
     GET  /stats         sessions, replies' latencies at the gateway (p50/p95), process CPU time (?recent=N replies)
     GET  /healthz       200 when Triton's orchestrator is ready, else 503
 
+Each client's use is bounded (limits.py: sessions, offers, avatar uploads, data-channel messages, microphone rate,
+the offer's size); a session whose WebRTC connection is not up `connect_timeout_s` after its answer is ended.
+
 Every `ready_poll_s` the gateway asks Triton whether `talking_head` is ready. When it is not (a drain unloads it
 first; a watchdog reload unloads and loads it), every session ends its stream as soon as no reply plays, so that
 the unload can finish (Triton 2.51 waits for every stream that used the model), and new sessions get 503; when it
@@ -17,6 +20,7 @@ is ready again, the sessions open new streams and go on (session.py: `drain`, `r
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from pathlib import Path
@@ -27,9 +31,12 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.gateway import triton
 from deploy.gateway.ice import IceSettings, filter_candidates
+from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
 from deploy.gateway.session import AVATAR_ID, Session
 from deploy.gateway.stats import GatewayStats
 from deploy.gateway.tracks import read_microphone
+from ensemble.errors import InputError
+from ensemble.options import TurnOptions
 from export.contract.spec import TALKING_HEAD
 
 log = logging.getLogger(__name__)
@@ -41,7 +48,8 @@ PAGE_OPTIONS = frozenset({"max_reply_tokens", "temperature", "top_k", "seed", "i
 
 
 def page_options(raw: object) -> dict:
-    """The session options a page sent: a JSON object of PAGE_OPTIONS with scalar values (ValueError otherwise)."""
+    """The session options a page sent: a JSON object of PAGE_OPTIONS with values the orchestrator takes
+    (ValueError naming the option otherwise, at the offer rather than at each turn)."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -52,13 +60,38 @@ def page_options(raw: object) -> dict:
                          f"(allowed: {', '.join(sorted(PAGE_OPTIONS))})")
     if not all(isinstance(v, (bool, int, float)) for v in raw.values()):
         raise ValueError("option values are numbers or booleans")
+    try:
+        TurnOptions(**raw).check()
+    except InputError as e:
+        raise ValueError(str(e)) from None
     return dict(raw)
+
+
+async def read_bounded(request: web.Request, limit: int) -> bytes:
+    """The request's body, refused (413) past `limit` bytes before it is all read."""
+    too_large = f"the request body is over {limit} bytes (the limit of {request.path})"
+    if request.content_length is not None and request.content_length > limit:
+        raise Refused(413, too_large)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise Refused(413, too_large)
+    return bytes(body)
+
+
+def refusal(e: Refused) -> web.Response:
+    return web.Response(status=e.status, text=str(e))
 
 
 class Gateway:
     def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
-                 root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0):
+                 root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0,
+                 limits: GatewayLimits = GatewayLimits(), client_header: str | None = None):
         self.triton_url, self.root_cert = triton_url, root_cert
+        self.limits, self.client_header = limits, client_header
+        self.clients = Clients(limits)
+        self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
         self.max_sessions = max_sessions
         self.default_image = default_avatar
@@ -114,6 +147,7 @@ class Gateway:
         if entry is None:
             return
         session, pc = entry
+        self.clients.close_session(self.client_of.pop(sid, ""), sid)
         await session.close()
         await pc.close()
         self.stats.active = len(self.sessions)
@@ -129,36 +163,56 @@ class Gateway:
                                   "ice_servers": self.ice.servers(uuid.uuid4().hex[:8], page=True)})
 
     async def avatar(self, request: web.Request) -> web.Response:
-        image = await request.read()
-        if not image:
-            raise web.HTTPBadRequest(text="send the image file as the request body")
         try:
+            client = client_identity(request.remote, request.headers, self.client_header)
+            self.clients.start_upload(client)
+        except Refused as e:
+            return refusal(e)
+        try:
+            image = await request.read()
+            if not image:
+                raise web.HTTPBadRequest(text="send the image file as the request body")
             info = await triton.register_avatar(self.client, image)
         except InferenceServerException as e:  # the registry's message says what is wrong with the image
             raise web.HTTPBadRequest(text=str(e.message())) from None
+        finally:
+            self.clients.end_upload(client)
         return web.json_response(info)
 
     async def offer(self, request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-            if body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
-                raise ValueError("expected {\"sdp\": ..., \"type\": \"offer\"}")
+            client = client_identity(request.remote, request.headers, self.client_header)
+            raw = await read_bounded(request, self.limits.max_offer_bytes)
+        except Refused as e:
+            return refusal(e)
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+                raise ValueError("expected a JSON object {\"sdp\": ..., \"type\": \"offer\"}")
+            check_offer(body["sdp"], self.limits)
             options = page_options(body.get("options"))
             avatar_id = str(body.get("avatar_id") or self.default_avatar)
             if not AVATAR_ID.fullmatch(avatar_id):
                 raise ValueError("bad avatar_id")
-        except ValueError as e:  # json.JSONDecodeError too
-            raise web.HTTPBadRequest(text=str(e)) from None
+        except (ValueError, RecursionError) as e:  # json.JSONDecodeError and UnicodeDecodeError too
+            raise web.HTTPBadRequest(text=str(e) if isinstance(e, ValueError) else "the offer is nested too deeply") \
+                from None
         if not self.upstream_ready:
             raise web.HTTPServiceUnavailable(text="the server is restarting the conversation model; try again in a "
                                                   "moment")
         if len(self.sessions) >= self.max_sessions:
             raise web.HTTPServiceUnavailable(text=f"gateway full ({self.max_sessions} sessions); try again later")
-        sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
         sid = f"web-{uuid.uuid4().hex[:16]}"
-        session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats)
+        try:
+            self.clients.open_session(client, sid)
+        except Refused as e:
+            return refusal(e)
+        sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
+        session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats,
+                          SessionBudget(self.limits))
         pc = RTCPeerConnection(configuration=self.ice.configuration())
         self.sessions[sid] = (session, pc)
+        self.client_of[sid] = client
         self.stats.active = len(self.sessions)
         self.stats.sessions_started += 1
         pc.on("datachannel", session.attach)
@@ -182,8 +236,17 @@ class Gateway:
             await self.end(sid)
             raise web.HTTPBadRequest(text=f"cannot answer this offer: {e}") from None
         session.start()
+        asyncio.get_running_loop().call_later(self.limits.connect_timeout_s, self._connect_deadline, sid, pc)
         log.info("session %s started (%d active; %d remote candidates filtered)", sid, len(self.sessions), removed)
         return web.json_response({"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": sid})
+
+    def _connect_deadline(self, sid: str, pc: RTCPeerConnection) -> None:
+        """A session whose WebRTC connection never came up is ended (an offer alone held a slot and idle motion)."""
+        entry = self.sessions.get(sid)
+        if entry is not None and entry[1] is pc and pc.connectionState in ("new", "connecting"):
+            log.info("session %s: not connected %g s after its answer: ended", sid, self.limits.connect_timeout_s)
+            self.stats.sessions_unconnected += 1
+            asyncio.ensure_future(self.end(sid))
 
     async def stats_handler(self, request: web.Request) -> web.Response:
         try:

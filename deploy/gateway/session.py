@@ -24,6 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from deploy.gateway.limits import GatewayLimits, SessionBudget
 from deploy.gateway.media import AudioPlayout, MediaClock, SpeechResampler, TurnTimeline
 from deploy.gateway.stats import GatewayStats, ReplyLatency
 from deploy.gateway.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -56,8 +57,9 @@ class Reply:
 
 
 class Session:
-    def __init__(self, sid: str, stream: OrchestratorStream, stats: GatewayStats):
+    def __init__(self, sid: str, stream: OrchestratorStream, stats: GatewayStats, budget: SessionBudget | None = None):
         self.id, self.stream, self.stats = sid, stream, stats
+        self.budget = budget or SessionBudget(GatewayLimits())  # data-channel messages and microphone rate
         self.clock = MediaClock(time.monotonic)
         self.playout = AudioPlayout()
         self.schedule = VideoSchedule()
@@ -154,6 +156,9 @@ class Session:
             self._pending.append(msg)
 
     def _message(self, raw) -> None:
+        refused = self.budget.message(raw)
+        if refused:
+            return self._refuse(refused)
         try:
             msg = json.loads(raw)
             kind = msg["type"]
@@ -180,7 +185,14 @@ class Session:
         else:
             self.send({"type": ERROR, "message": f"unknown or malformed message {kind!r}"})
 
+    def _refuse(self, why: str) -> None:
+        if self.budget.tell(why):  # once a second: a flood of refusals would be a flood of messages
+            self.send({"type": ERROR, "message": why})
+
     def mic_chunk(self, chunk) -> None:
+        refused = self.budget.mic()
+        if refused:
+            return self._refuse(refused)
         if not self.closed and not self.draining:
             end, self.end_next_chunk = self.end_next_chunk, False
             self.stream.mic(chunk, end_of_input=end)

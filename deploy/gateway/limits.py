@@ -1,0 +1,198 @@
+"""What one client of the gateway may use, and who a client is (issue 15: the gateway is a public endpoint too).
+
+The gateway reaches Triton on its own port, not through the front door, so it bounds its browsers itself:
+
+- a client is its address (an IPv6 address by its /64, what one host is usually given), or, behind a proxy that
+  says who the client is (`--client-header X-Forwarded-For`, or an authenticating proxy's user header), that
+  header's last value; a request without it is refused, since it did not come through that proxy;
+- per client: sessions open at once, offers per minute, avatar uploads in flight and per hour (the avatar store is
+  shared and bounded: one client uploading without pause would push other clients' avatars out);
+- per offer: its size and line counts, checked before aiortc parses it (aiortc's parser is quadratic in `a=ssrc`
+  lines: 2.8 MB of them held the gateway's one event loop, and every session's media, for 45 s);
+- per session: data-channel messages per second and their size, microphone audio at most `mic_speedup` times real
+  time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
+  WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
+  idle motion, for good).
+
+Refusals say which bound and its value (HTTP 429 for quotas, 413 for sizes, 400 for malformed offers).
+"""
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from deploy.front_door.quota import Limits as DoorLimits
+from deploy.front_door.quota import TokenBucket
+from deploy.gateway.media import MIC_CHUNK
+from export.contract import media as C
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    max_offer_bytes: int = 64 * 1024  # POST /offer's body (a Chromium offer with its candidates: 7.3 KB, 220 lines)
+    max_offer_lines: int = 1000  # lines of its SDP
+    max_media_sections: int = 8  # m= lines (the page: audio, video, data)
+    max_candidates: int = 64  # a=candidate lines (Chromium: 6)
+    sessions_per_client: int = 4  # browser sessions one client holds at once
+    offers_per_minute: float = 12.0  # new sessions a client may start, sustained ...
+    offer_burst: int = 6  # ... and at once
+    uploads_in_flight: int = 2  # avatar uploads of one client at once
+    uploads_per_hour: float = DoorLimits.registrations_per_hour  # the front door's registration budget, per client
+    upload_burst: int = DoorLimits.registration_burst
+    messages_per_second: float = 20.0  # data-channel messages of a session, sustained ...
+    message_burst: int = 40  # ... and at once
+    max_message_bytes: int = 16 * 1024  # one data-channel message (a typed turn: 2000 characters)
+    mic_speedup: float = 1.5  # microphone audio of a session at most this many times real time (2 s bursts)
+    connect_timeout_s: float = 20.0  # from the answer to a connected WebRTC session
+
+
+class Refused(Exception):
+    """A client went past a bound: `status` (HTTP) and a message naming the bound."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def client_key(address: str | None) -> str:
+    """A client's address as the gateway counts it: IPv4 whole, IPv6 by its /64 network, anything else as given."""
+    try:
+        ip = ipaddress.ip_address((address or "").strip())
+    except ValueError:
+        return (address or "unknown").strip()[:128] or "unknown"
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def client_identity(remote: str | None, headers, header: str | None) -> str:
+    """Who sent a request: the last value of `header` when the gateway is told to trust one (the proxy in front
+    appends it), else the peer's address."""
+    if not header:
+        return client_key(remote)
+    value = headers.get(header)
+    if not value:
+        raise Refused(403, f"no {header} header: this gateway is reached through a proxy that sets it")
+    return client_key(value.split(",")[-1])
+
+
+def check_offer(sdp: str, limits: GatewayLimits) -> None:
+    """The offer's size and shape, before any parsing: ValueError naming the bound it breaks."""
+    if not sdp.startswith("v=0"):
+        raise ValueError("the offer's sdp is not a session description (it starts with v=0)")
+    lines = sdp.count("\n") + 1
+    if lines > limits.max_offer_lines:
+        raise ValueError(f"the offer has {lines} lines; the limit is {limits.max_offer_lines} (a browser's has ~200)")
+    media = sdp.count("\nm=")
+    if media == 0:
+        raise ValueError("the offer has no media section (m= line)")
+    if media > limits.max_media_sections:
+        raise ValueError(f"the offer has {media} media sections; the limit is {limits.max_media_sections}")
+    candidates = sdp.count("\na=candidate:")
+    if candidates > limits.max_candidates:
+        raise ValueError(f"the offer has {candidates} ICE candidates; the limit is {limits.max_candidates}")
+
+
+@dataclass
+class ClientUsage:
+    limits: GatewayLimits
+    clock: Callable[[], float]
+    sessions: set[str] = field(default_factory=set)
+    uploads: int = 0
+    offers: TokenBucket = field(init=False)
+    registrations: TokenBucket = field(init=False)
+
+    def __post_init__(self):
+        self.offers = TokenBucket(self.limits.offers_per_minute / 60, self.limits.offer_burst, self.clock)
+        self.registrations = TokenBucket(self.limits.uploads_per_hour / 3600, self.limits.upload_burst, self.clock)
+
+    def idle(self) -> bool:
+        """Nothing open and every budget full again: forgetting it changes nothing."""
+        now = self.clock()
+        full = lambda b: b.tokens + (now - b.stamp) * b.rate >= b.burst  # noqa: E731
+        return not self.sessions and not self.uploads and full(self.offers) and full(self.registrations)
+
+
+class Clients:
+    """Usage by client. Everything runs on the gateway's one event loop: no locks."""
+
+    def __init__(self, limits: GatewayLimits, clock: Callable[[], float] = time.monotonic, keep: int = 4096):
+        self.limits, self.clock, self.keep = limits, clock, keep
+        self._usage: dict[str, ClientUsage] = {}
+
+    def __getitem__(self, client: str) -> ClientUsage:
+        u = self._usage.get(client)
+        if u is None:
+            if len(self._usage) >= self.keep:  # forget the clients that hold nothing (many addresses, once each)
+                self._usage = {k: v for k, v in self._usage.items() if not v.idle()}
+            u = self._usage[client] = ClientUsage(self.limits, self.clock)
+        return u
+
+    def __len__(self) -> int:
+        return len(self._usage)
+
+    def open_session(self, client: str, sid: str) -> None:
+        u, lim = self[client], self.limits
+        if len(u.sessions) >= lim.sessions_per_client:
+            raise Refused(429, f"this client ({client}) has {len(u.sessions)} sessions open (limit "
+                               f"{lim.sessions_per_client}); close one first")
+        if not u.offers.take():
+            raise Refused(429, f"this client ({client}) started more than {lim.offers_per_minute:g} sessions a "
+                               f"minute (burst {lim.offer_burst}); retry later")
+        u.sessions.add(sid)
+
+    def close_session(self, client: str, sid: str) -> None:
+        self[client].sessions.discard(sid)
+
+    def start_upload(self, client: str) -> None:
+        u, lim = self[client], self.limits
+        if u.uploads >= lim.uploads_in_flight:
+            raise Refused(429, f"this client ({client}) has {u.uploads} avatar uploads in flight (limit "
+                               f"{lim.uploads_in_flight}); wait for one to finish")
+        if not u.registrations.take():
+            raise Refused(429, f"too many avatar uploads: more than {lim.uploads_per_hour:g} an hour (burst "
+                               f"{lim.upload_burst}) from this client ({client}); the avatar store is shared by "
+                               "every client, so one may not cycle it; retry later")
+        u.uploads += 1
+
+    def end_upload(self, client: str) -> None:
+        self[client].uploads -= 1
+
+
+class SessionBudget:
+    """A session's data-channel messages and microphone audio: `message(raw)` and `mic()` say whether to take
+    one (None) or why not; a refusal is to be told to the page at most once a second (`tell`)."""
+
+    def __init__(self, limits: GatewayLimits, clock: Callable[[], float] = time.monotonic):
+        self.limits, self.clock = limits, clock
+        self._messages = TokenBucket(limits.messages_per_second, limits.message_burst, clock)
+        chunks_per_s = limits.mic_speedup * C.INPUT_SAMPLE_RATE / MIC_CHUNK
+        self._mic = TokenBucket(chunks_per_s, int(2.0 * chunks_per_s), clock)
+        self._told: dict[str, float] = {}
+
+    def message(self, raw) -> str | None:
+        size = len(raw)
+        if size > self.limits.max_message_bytes:
+            return f"a data-channel message of {size} bytes was dropped; the limit is {self.limits.max_message_bytes}"
+        if not self._messages.take():
+            return (f"data-channel messages dropped: more than {self.limits.messages_per_second:g} a second "
+                    f"(burst {self.limits.message_burst})")
+        return None
+
+    def mic(self) -> str | None:
+        if self._mic.take():
+            return None
+        return (f"microphone audio dropped: it arrives faster than {self.limits.mic_speedup:g} times real time "
+                "(a sender not pacing its RTP)")
+
+    def tell(self, why: str) -> bool:
+        """Whether to tell the page about this refusal now (once a second per kind of refusal)."""
+        kind, now = why.split(":")[0], self.clock()
+        if now - self._told.get(kind, -1e9) < 1.0:
+            return False
+        self._told[kind] = now
+        return True

@@ -1,0 +1,316 @@
+"""Issue 15's attack classes against the WebRTC gateway (the browser endpoint), a connected victim's media measured.
+
+    python -m loadtests.gateway_abuse [--cases sdp_bomb offer_flood ...] [--gateway-tree DIR] [--out FILE]
+
+Starts the embedded server (tiny preset) and `python -m deploy.gateway` on free ports (from `--gateway-tree`, e.g. a
+worktree of an older commit, to measure "before"), connects a victim (an aiortc peer, as a browser: data channel,
+audio and video received, frames timed as they arrive) and, one case after the other, one attacker from the same
+address. Per case: what the attacker got, the victim's largest gap between two video frames during the case (idle
+motion comes at 12.5 fps: ~0.08 s), whether a newcomer's offer was answered during it, and the gateway's sessions and
+tritonserver's CPU use (its stubs included) over the case. Prints a table (RELIABILITY.md, "A sixth pass").
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fractions
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import cv2
+import numpy as np
+import psutil
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from deploy.processes import free_ports, server_ports
+from deploy.server import EmbeddedServer, ServerOptions
+from ensemble.avatar import demo_avatar_png
+from export.contract.layout import BUILD
+
+ROOT = Path(__file__).resolve().parents[1]
+# Who sends what, as the gateway's proxy header says (`--client-header X-Forwarded-For`; a tree without that flag,
+# i.e. before the gateway knew clients apart, sees every request from 127.0.0.1)
+VICTIM, ATTACKER, NEWCOMER = "192.0.2.1", "203.0.113.66", "192.0.2.2"
+
+
+class UnpacedTone(MediaStreamTrack):
+    """A microphone that does not pace its frames: 20 ms of tone as fast as aiortc takes them (RTP faster than
+    real time, which a browser never sends and a hostile client may)."""
+
+    kind = "audio"
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    async def recv(self) -> av.AudioFrame:
+        await asyncio.sleep(0)
+        t = (self.n * 960 + np.arange(960)) / 48000
+        frame = av.AudioFrame.from_ndarray((8000 * np.sin(2 * np.pi * 220 * t)).astype(np.int16)[None], "s16", "mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, self.n * 960, fractions.Fraction(1, 48000)
+        self.n += 1
+        return frame
+
+
+class Peer:
+    """A browser-like aiortc peer: data channel `events`, audio (a microphone track if given) and video received."""
+
+    def __init__(self, mic: MediaStreamTrack | None = None):
+        self.pc = RTCPeerConnection()
+        self.frames: list[float] = []
+        self.messages: list[dict] = []
+        self.channel = self.pc.createDataChannel("events")
+        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
+        if mic is not None:
+            self.pc.addTrack(mic)
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.on("track", self._track)
+
+    def _track(self, track) -> None:
+        if track.kind != "video":
+            return
+
+        async def pull():
+            with contextlib.suppress(Exception):
+                while True:
+                    await track.recv()
+                    self.frames.append(time.monotonic())
+        asyncio.ensure_future(pull())
+
+    async def offer(self) -> str:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return self.pc.localDescription.sdp
+
+    async def connect(self, http: aiohttp.ClientSession, client: str = ATTACKER,
+                      wait_open_s: float = 20.0) -> tuple[int, str]:
+        status, text = await send_offer(http, await self.offer(), client)
+        if status != 200:
+            return status, text
+        answer = json.loads(text)
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        deadline = time.monotonic() + wait_open_s
+        while self.channel.readyState != "open" and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return status, answer["session"]
+
+    def receiving(self) -> bool:
+        """Connected, and a video frame came in the last 2 s."""
+        return self.pc.connectionState == "connected" and bool(self.frames) and time.monotonic() - self.frames[-1] < 2
+
+    def largest_gap(self, t0: float, t1: float) -> float:
+        ts = [t0] + [t for t in self.frames if t0 <= t <= t1] + [t1]
+        return max(b - a for a, b in zip(ts, ts[1:]))
+
+
+def sent_by(client: str) -> dict:
+    return {"X-Forwarded-For": client}
+
+
+async def send_offer(http: aiohttp.ClientSession, sdp: str, client: str = ATTACKER, **extra) -> tuple[int, str]:
+    async with http.post("/offer", data=json.dumps({"type": "offer", "sdp": sdp, **extra}),
+                         headers=sent_by(client)) as r:
+        return r.status, await r.text()
+
+
+def short(status: int, text: str) -> str:
+    text = " ".join(text.split())
+    return f"{status} {text[:110]}" if status != 200 else "200 (answered)"
+
+
+def counts(statuses: list[int]) -> str:
+    return ", ".join(f"{statuses.count(s)}x {s}" for s in sorted(set(statuses)))
+
+
+# --------------------------------------------------------------------------------------------- the cases
+async def sdp_bomb(http, victim) -> str:
+    """2.8 MB of distinct `a=ssrc` lines in one offer (aiortc's parser is quadratic in them)."""
+    sdp = await Peer().offer()
+    bomb = sdp + "".join(f"a=ssrc:{1000 + i} cname:x\r\n" for i in range(120_000))
+    t = time.monotonic()
+    status, text = await send_offer(http, bomb)
+    return f"{short(status, text)} after {time.monotonic() - t:.2f} s"
+
+
+async def candidate_bomb(http, victim) -> str:
+    """120,000 ICE candidates of addresses the attacker picks (each a connectivity check the gateway would send)."""
+    sdp = await Peer().offer()
+    line = "a=candidate:1 1 udp 2130706431 10.9.{}.{} {} typ host\r\n"
+    extra = "".join(line.format(i // 250 % 250, i % 250 + 1, 1024 + i % 60000) for i in range(120_000))
+    status, text = await send_offer(http, sdp + extra)
+    return short(status, text)
+
+
+async def not_an_object(http, victim) -> str:
+    """An offer body that is JSON but not an object."""
+    async with http.post("/offer", data=b"[1]", headers=sent_by(ATTACKER)) as r:
+        return short(r.status, await r.text())
+
+
+async def bad_options(http, victim) -> str:
+    """Options the orchestrator refuses: accepted at the offer, each turn failing later, or refused at once."""
+    status, text = await send_offer(http, await Peer().offer(), options={"seed": 1.5})
+    return short(status, text)
+
+
+async def offer_flood(http, victim, watch_s: float = 30.0) -> str:
+    """40 offers that never connect, then another client's offer; the gateway's sessions `watch_s` later."""
+    peers = [Peer() for _ in range(40)]
+    statuses = [(await send_offer(http, await p.offer()))[0] for p in peers]
+    newcomer = Peer()
+    status, text = await newcomer.connect(http, NEWCOMER)
+    await newcomer.pc.close()
+    await asyncio.sleep(watch_s)
+    async with http.get("/stats") as r:
+        active = (await r.json())["active_sessions"]
+    for p in peers:
+        await p.pc.close()
+    return f"offers: {counts(statuses)}; newcomer: {short(status, text)}; {active} sessions open {watch_s:g} s later"
+
+
+async def avatar_flood(http, victim, n: int = 60) -> str:
+    """`n` distinct avatar images uploaded back to back (the store holds 1000, least recently used out)."""
+    face = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
+    statuses, t = [], time.monotonic()
+    for k in range(n):
+        a = face.copy()
+        a[0, 0] = (k % 256, k // 256, 7)
+        async with http.post("/avatar", data=cv2.imencode(".png", a)[1].tobytes(), headers=sent_by(ATTACKER)) as r:
+            statuses.append(r.status)
+    dt = time.monotonic() - t
+    return f"{counts(statuses)} in {dt:.1f} s ({statuses.count(200) / dt:.1f} registered a second)"
+
+
+async def message_flood(http, victim, n: int = 3000) -> str:
+    """A connected session sending `n` typed turns as fast as it can."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    for i in range(n):
+        peer.channel.send(json.dumps({"type": "text", "text": f"hello number {i}"}))
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    await asyncio.sleep(10)
+    errors = [m["message"] for m in peer.messages if m["type"] == "error"]
+    turns = sum(m["type"] == "done" for m in peer.messages)
+    await peer.pc.close()
+    return f"{n} sent; {turns} replies done, {len(errors)} errors" + (f" ({errors[0][:70]})" if errors else "")
+
+
+async def mic_flood(http, victim, seconds: float = 12.0) -> str:
+    """A connected session whose microphone sends RTP as fast as it can."""
+    tone = UnpacedTone()
+    peer = Peer(mic=tone)
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    t = time.monotonic()
+    await asyncio.sleep(seconds)
+    sent_s = tone.n * 0.02
+    errors = [m["message"] for m in peer.messages if m["type"] == "error"]
+    await peer.pc.close()
+    return (f"{sent_s:.0f} s of audio sent in {time.monotonic() - t:.0f} s; {len(errors)} errors"
+            + (f" ({errors[0][:70]})" if errors else ""))
+
+
+CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
+                                 message_flood, mic_flood)}
+
+
+def cpu_s(server: EmbeddedServer) -> float:
+    procs = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            total += sum(p.cpu_times()[:2])
+    return total
+
+
+async def new_victim(http: aiohttp.ClientSession) -> Peer:
+    """A connected victim receiving idle motion (waits up to 60 s for its frames: a case may still be ending)."""
+    deadline = time.monotonic() + 60
+    while True:
+        victim = Peer()
+        status, text = await victim.connect(http, VICTIM)
+        if status == 200:
+            break
+        await victim.pc.close()
+        assert time.monotonic() < deadline, f"no victim session: {short(status, text)}"
+        await asyncio.sleep(2)
+    while not victim.receiving():
+        assert time.monotonic() < deadline, "the victim receives no video"
+        await asyncio.sleep(0.2)
+    return victim
+
+
+async def attack(server: EmbeddedServer, base: str, names: list[str]) -> list[dict]:
+    rows = []
+    async with aiohttp.ClientSession(base) as http:
+        victim = await new_victim(http)
+        await asyncio.sleep(3)
+        cpu0, t = cpu_s(server), time.monotonic()
+        await asyncio.sleep(5)
+        rows.append({"case": "(none: the victim alone, 5 s)", "attacker": "", "server_cpu": (cpu_s(server) - cpu0) / 5,
+                     "victim_gap_s": victim.largest_gap(t, time.monotonic())})
+        for name in names:
+            cpu0, t = cpu_s(server), time.monotonic()
+            outcome = await CASES[name](http, victim)
+            await asyncio.sleep(1)
+            t1 = time.monotonic()
+            dropped = not victim.receiving()  # its connection failed (ICE consent lost while the gateway froze)
+            rows.append({"case": name, "attacker": outcome, "victim_gap_s": victim.largest_gap(t, t1),
+                         "victim_dropped": dropped, "server_cpu": (cpu_s(server) - cpu0) / (t1 - t),
+                         "seconds": t1 - t})
+            print(f"{name}: {outcome} | victim's largest frame gap {rows[-1]['victim_gap_s']:.2f} s"
+                  f"{', its connection dropped' if dropped else ''}", flush=True)
+            await asyncio.sleep(3)
+            if dropped:
+                await victim.pc.close()
+                victim = await new_victim(http)
+        await victim.pc.close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repository", type=Path, default=BUILD / "tiny_repository")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--gateway-tree", type=Path, default=ROOT,
+                    help="run `python -m deploy.gateway` from this tree (a worktree of another commit: 'before')")
+    ap.add_argument("--out", type=Path, help="write the rows as JSON here too")
+    args = ap.parse_args(argv)
+    options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
+    port = free_ports(1)[0]
+    knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
+    with EmbeddedServer(options) as server:
+        gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
+                                    str(port), "--log-level", "WARNING",
+                                    *(["--client-header", "X-Forwarded-For"] if knows_clients else [])],
+                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True)
+        try:
+            print(gateway.stdout.readline().strip(), flush=True)
+            rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases))
+        finally:
+            gateway.terminate()
+            gateway.wait(30)
+    print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) |")
+    print("| --- | --- | ---: | ---: |")
+    for r in rows:
+        cpu = f"{r['server_cpu']:.2f}"
+        dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
+        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} |")
+    if args.out:
+        args.out.write_text(json.dumps({"gateway_tree": str(args.gateway_tree), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The WebRTC gateway against a hostile client (issue 15's classes on the browser endpoint), with the real gateway
+app and the real embedded tritonserver: malformed and oversized offers refused before parsing with errors that
+name the problem, options checked at the offer, one client's sessions and avatar uploads bounded while another
+client is served, and offers that never connect ending on their own. (tests/test_gateway_limits.py: the bounds
+alone; `python -m loadtests.gateway_abuse`: the same attacks with a connected victim's media measured.)"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+import aiohttp
+import cv2
+import numpy as np
+import pytest
+from aiohttp import web
+from test_gateway_limits import browser_like_offer
+
+from deploy.gateway.app import Gateway, make_app
+from deploy.gateway.limits import GatewayLimits
+from ensemble.avatar import demo_avatar_png
+
+pytestmark = pytest.mark.server
+
+
+@contextlib.asynccontextmanager
+async def running(server, limits: GatewayLimits):
+    """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
+    gw = Gateway(server.options.grpc_url, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For")
+    runner = web.AppRunner(make_app(gw))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
+            yield gw, http
+    finally:
+        await runner.cleanup()
+
+
+def as_client(name: str) -> dict:
+    return {"X-Forwarded-For": name}
+
+
+async def post(http, path: str, client: str = "198.51.100.1", **kw) -> tuple[int, str, float]:
+    t = time.monotonic()
+    async with http.post(path, headers=as_client(client), **kw) as r:
+        return r.status, await r.text(), time.monotonic() - t
+
+
+def test_malformed_and_oversized_offers_are_refused_before_parsing(server):
+    sdp = browser_like_offer()
+
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            for body in (b"[1]", b"null", b'"offer"'):
+                status, text, _ = await post(http, "/offer", data=body)
+                assert (status, text) == (400, 'expected a JSON object {"sdp": ..., "type": "offer"}'), body
+            status, text, _ = await post(http, "/offer", data=b"[" * 30_000)
+            assert status == 400 and "nested too deeply" in text
+            status, text, _ = await post(http, "/offer", data=json.dumps({"type": "offer", "sdp": "v=0"}))
+            assert (status, text) == (400, "the offer has no media section (m= line)")
+            # 2.8 MB of distinct ssrc lines: aiortc's parser held the loop for 45 s before the bound
+            bomb = sdp + "".join(f"a=ssrc:{1000 + i} cname:x\r\n" for i in range(120_000))
+            status, text, took = await post(http, "/offer", data=json.dumps({"type": "offer", "sdp": bomb}))
+            assert status == 413 and "over 65536 bytes" in text and took < 2.0, (status, text, took)
+            chunked = post(http, "/offer", data=_chunks(json.dumps({"type": "offer", "sdp": bomb}).encode()))
+            status, text, _ = await chunked  # no Content-Length: counted as it comes
+            assert status == 413, (status, text)
+            lines = sdp + "".join(f"a=ssrc:{1000 + i} cname:x\r\n" for i in range(1000))
+            status, text, _ = await post(http, "/offer", data=json.dumps({"type": "offer", "sdp": lines}))
+            assert status == 400 and "lines; the limit is 1000" in text
+            for options, needle in (({"seed": 1.5}, "option seed=1.5 must be an integer"),
+                                    ({"lipsync_batch": 100000}, "option lipsync_batch=100000 is out of range 1..64"),
+                                    ({"deadline_s": 1e9}, "option deadline_s=1000000000.0 is out of range")):
+                status, text, _ = await post(http, "/offer", data=json.dumps({"type": "offer", "sdp": sdp,
+                                                                             "options": options}))
+                assert status == 400 and needle in text, (options, status, text)
+            assert not gw.sessions  # nothing of these was started
+
+    asyncio.run(scenario())
+
+
+async def _chunks(data: bytes):
+    for i in range(0, len(data), 65536):
+        yield data[i:i + 65536]
+
+
+def test_one_clients_offers_are_bounded_and_unconnected_sessions_end(server):
+    sdp = browser_like_offer()
+    limits = GatewayLimits(sessions_per_client=3, connect_timeout_s=2.0)
+
+    async def scenario():
+        async with running(server, limits) as (gw, http):
+            offer = json.dumps({"type": "offer", "sdp": sdp})
+            answers = [await post(http, "/offer", "203.0.113.66", data=offer) for _ in range(5)]
+            assert [a[0] for a in answers] == [200, 200, 200, 429, 429], answers
+            assert "this client (203.0.113.66) has 3 sessions open (limit 3)" in answers[3][1]
+            status, text, _ = await post(http, "/offer", "192.0.2.10", data=offer)  # another client: served
+            assert status == 200, text
+            assert len(gw.sessions) == 4
+            deadline = time.monotonic() + 15
+            while gw.sessions and time.monotonic() < deadline:  # never connected: ended after 2 s
+                await asyncio.sleep(0.2)
+            assert not gw.sessions and gw.stats.sessions_unconnected == 4
+            status, text, _ = await post(http, "/offer", "203.0.113.66", data=offer)
+            assert status == 200, text  # its slots came back
+            async with http.get("/stats") as r:
+                assert (await r.json())["sessions_unconnected"] == 4
+
+    asyncio.run(scenario())
+
+
+def test_one_clients_avatar_uploads_are_bounded_and_another_client_uploads(server):
+    png = demo_avatar_png()
+    face = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+
+    def image(k: int) -> bytes:
+        a = face.copy()
+        a[0, 0] = (k, 0, 0)  # another image, another avatar id
+        return cv2.imencode(".png", a)[1].tobytes()
+
+    async def scenario():
+        async with running(server, GatewayLimits(upload_burst=2, uploads_per_hour=1)) as (gw, http):
+            first = [await post(http, "/avatar", "203.0.113.66", data=image(k)) for k in range(3)]
+            assert [s for s, _, _ in first] == [200, 200, 429], first
+            assert "more than 1 an hour (burst 2) from this client (203.0.113.66)" in first[2][1]
+            status, text, _ = await post(http, "/avatar", "192.0.2.10", data=image(9))
+            assert status == 200 and len(json.loads(text)["id"]) == 16, text
+            status, text, _ = await post(http, "/avatar", "192.0.2.10", data=b"not an image")
+            assert status == 400 and "image" in text, text  # the registry's own message
+
+    asyncio.run(scenario())
