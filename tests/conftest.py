@@ -105,6 +105,18 @@ def server(exported_repository, tmp_path_factory):
         yield s
 
 
+@pytest.fixture
+def lone_server(exported_repository, tmp_path):
+    """A server of its own, for tests of unloading: an unload completes only once every stream that used the model
+    is closed, and on the shared server other tests' clients may still hold theirs (one CI run, 2026-12-07:
+    talking_head UNLOADING 18 s past the front door's drain test's deadline, and 2 models still live at the shared
+    server's exit)."""
+    options = ServerOptions(repository=exported_repository, workdir=tmp_path / "triton", exit_timeout_s=10,
+                            **server_ports())
+    with EmbeddedServer(options) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def client(server):
     from client.sdk import TalkingHeadClient

@@ -367,13 +367,14 @@ def test_a_prerender_may_stay_silent_longer_than_the_silence_cut(server):
 
 
 @pytest.mark.server
-def test_a_drain_closes_the_idle_streams_so_the_orchestrator_can_unload(server):
+def test_a_drain_closes_the_idle_streams_so_the_orchestrator_can_unload(lone_server):
     """Triton 2.51 does not finish unloading a model while a stream that sent it requests is open, idle or not. Once
     talking_head is not ready upstream (a drain unloads it first), the door closes its streams with no turn in
     flight, with UNAVAILABLE naming the drain, and the unload completes."""
     from deploy.admin import admin_headers
     from ensemble.avatar import demo_avatar_png
 
+    server = lone_server
     options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
                                limits=Limits(ready_poll_s=0.2))
     admin = admin_headers(server.options.admin_key)

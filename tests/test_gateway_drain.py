@@ -39,7 +39,8 @@ async def _value(v):
     return await v if asyncio.iscoroutine(v) else v
 
 
-def test_a_drain_ends_the_sessions_streams_so_talking_head_unloads_and_they_resume_after(server):
+def test_a_drain_ends_the_sessions_streams_so_talking_head_unloads_and_they_resume_after(lone_server):
+    server = lone_server
     admin = admin_headers(server.options.admin_key)
 
     def admin_call(method: str, *args):
