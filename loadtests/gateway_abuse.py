@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import fractions
 import json
+import os
 import subprocess
 import sys
 import time
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
     with EmbeddedServer(options) as server:
         gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
-                                    str(port), "--log-level", "WARNING",
+                                    str(port), "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
                                     *(["--client-header", "X-Forwarded-For"] if knows_clients else [])],
                                    cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True)
         try:
@@ -308,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
         print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} |")
     if args.out:
-        args.out.write_text(json.dumps({"gateway_tree": str(args.gateway_tree), "rows": rows}, indent=2))
+        commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True).stdout.strip()
+        args.out.write_text(json.dumps({"gateway_commit": commit, "rows": rows}, indent=2))
     return 0
 
 

@@ -1,6 +1,6 @@
 """The gateway's HTTP side (aiohttp): the page, WebRTC signalling and avatar uploads. Every request is handled
-here, in `Gateway`'s handlers behind `make_app`'s middlewares, so a front door (API keys, quotas) is one more
-middleware in that list.
+here, in `Gateway`'s handlers behind `make_app`'s middlewares (authentication in front of the page, e.g. a login,
+is one more middleware in that list).
 
     GET  /              the page (static/index.html; static/app.js, static/style.css under /static/)
     GET  /config        {"default_avatar", "ice_servers", "options"}: what the page needs
@@ -272,7 +272,7 @@ async def security_headers(request: web.Request, handler) -> web.StreamResponse:
 
 
 def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
-    """The aiohttp application; `middlewares` run before every handler (the place for a front door)."""
+    """The aiohttp application; `middlewares` run before every handler (the place for authentication)."""
     app = web.Application(middlewares=[*middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
     app.on_shutdown.append(gateway.shutdown)
