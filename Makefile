@@ -23,13 +23,15 @@ $(VENV)/.installed: requirements.txt requirements-nodeps.txt requirements-dev.tx
 	$(PY) -m pip install -q --no-deps -e . --config-settings editable_mode=compat
 	@touch $@
 
-system-deps:  ## espeak-ng speaks the demo question; chromium + chromedriver run the gateway's browser test; cc builds deploy/secret_argv.c (Debian)
+system-deps:  ## espeak-ng speaks the demo question; chromium + chromedriver run the gateway's browser test; cc builds deploy/secret_argv.c; coturn tests the TURN relay's config (Debian)
 	@command -v espeak-ng >/dev/null || { echo "== installing espeak-ng"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
 	@{ command -v chromium && command -v chromedriver; } >/dev/null || { echo "== installing chromium, chromium-driver"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	@command -v cc >/dev/null || { echo "== installing gcc (the admin key's argv library, deploy/secret_argv.c)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev >/dev/null; }
+	@command -v turnserver >/dev/null || { echo "== installing coturn (the TURN relay's peer policy, tests/test_turn_relay.py)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq coturn >/dev/null; }
 
 # Validators of the deployment files that do not live in the project venv (tests/test_deploy_*.py run them):
 # promtool from Debian's prometheus package (only the binary is extracted: no Prometheus service is installed),

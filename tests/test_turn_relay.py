@@ -1,0 +1,116 @@
+"""The TURN relay's peer policy (deploy/gateway/turnserver.conf) with the real coturn: the credentials a page gets
+(anyone who loads it gets them) relay media to and from the gateway's address and to nothing else. With only
+0.0.0.0/8 denied (before 2026-12-07) the same credentials relayed UDP into 10.0.0.0/8, 172.16.0.0/12 and
+169.254.169.254.
+
+coturn refuses loopback peers by default; here everything listens on loopback, so the test allows loopback peers
+(`--allow-loopback-peers`) and lets 127.0.0.2 stand for the gateway and 127.0.0.3 for any other host: what refuses
+127.0.0.3 is then the config's deny-all, as it refuses the private, link-local and public addresses below.
+"""
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import aioice.turn
+import pytest
+
+from deploy.gateway.ice import IceSettings
+from deploy.processes import free_ports
+
+CONF = Path(__file__).resolve().parents[1] / "deploy" / "gateway" / "turnserver.conf"
+TURNSERVER = shutil.which("turnserver")
+GATEWAY, OTHER = "127.0.0.2", "127.0.0.3"
+REFUSED = ["127.0.0.3", "10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "8.8.8.8"]
+
+pytestmark = pytest.mark.skipif(TURNSERVER is None, reason="coturn is not installed (`make system-deps` installs it)")
+
+
+@pytest.fixture
+def turn(tmp_path):
+    """coturn with the repository's config, as docker-compose.yml runs it (the gateway's address allowed)."""
+    port = free_ports(1)[0]
+    secret = "a-secret-for-this-test-only"
+    proc = subprocess.Popen([TURNSERVER, "-c", str(CONF), f"--listening-port={port}", "--listening-ip=127.0.0.1",
+                             "--relay-ip=127.0.0.1", "--external-ip=127.0.0.1", f"--static-auth-secret={secret}",
+                             f"--allowed-peer-ip={GATEWAY}", "--allow-loopback-peers",
+                             f"--pidfile={tmp_path / 'turn.pid'}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:  # its TCP listener is up (UDP comes up with it)
+                break
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "no port"
+        time.sleep(0.1)
+    try:
+        yield ("127.0.0.1", port), IceSettings([f"turn:127.0.0.1:{port}"], secret=secret)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+class Sink(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got: list[tuple[bytes, tuple]] = []
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.got.append((data, addr))
+
+
+def test_a_pages_credentials_relay_to_the_gateway_and_nowhere_else(turn):
+    server, ice = turn
+    page = ice.servers("page-1", page=True)[0]  # what GET /config hands a page
+    assert page["urls"] == [f"turn:{server[0]}:{server[1]}"]
+
+    async def scenario() -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        _, gateway = await loop.create_datagram_endpoint(Sink, local_addr=(GATEWAY, 0))
+        _, other = await loop.create_datagram_endpoint(Sink, local_addr=(OTHER, 0))
+        relay, mine = await aioice.turn.create_turn_endpoint(Sink, server, page["username"], page["credential"])
+        outcome = {}
+        try:
+            relay.sendto(b"media to the gateway", gateway.transport.get_extra_info("sockname"))
+            relayed = relay.get_extra_info("sockname")
+            for _ in range(50):
+                if gateway.got:
+                    break
+                await asyncio.sleep(0.1)
+            if gateway.got:  # the gateway answers the relayed address: it comes back through the relay
+                outcome["gateway"] = "relayed"
+                gateway.transport.sendto(b"media from the gateway", gateway.got[0][1])
+                for _ in range(50):
+                    if mine.got:
+                        break
+                    await asyncio.sleep(0.1)
+                outcome["back"] = "relayed" if mine.got and mine.got[0][0] == b"media from the gateway" else "lost"
+                assert gateway.got[0][1][0] == relayed[0]
+            inner = relay._TurnTransport__inner_protocol  # send_data raises when the server refuses the peer
+            for host in REFUSED:
+                port = other.transport.get_extra_info("sockname")[1] if host == OTHER else 9
+                try:
+                    await asyncio.wait_for(inner.send_data(b"x", (host, port)), 5)
+                    outcome[host] = "relayed"
+                except Exception as e:  # TransactionFailed: 403 Forbidden IP
+                    outcome[host] = f"refused: {e}"
+            await asyncio.sleep(0.3)
+            outcome["other got"] = str(len(other.got))
+        finally:
+            relay.close()
+            gateway.transport.close()
+            other.transport.close()
+        return outcome
+
+    outcome = asyncio.run(scenario())
+    assert outcome["gateway"] == "relayed" and outcome["back"] == "relayed", outcome
+    for host in REFUSED:
+        assert outcome[host].startswith("refused") and "403" in outcome[host], (host, outcome[host])
+    assert outcome["other got"] == "0"
