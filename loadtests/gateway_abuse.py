@@ -27,7 +27,7 @@ import av
 import cv2
 import numpy as np
 import psutil
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
 from deploy.processes import free_ports, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
@@ -59,10 +59,20 @@ class UnpacedTone(MediaStreamTrack):
         return frame
 
 
+class Camera(VideoStreamTrack):
+    """A camera the page never sends: 1280x720 noise at 30 fps (the gateway only receives audio)."""
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = av.VideoFrame.from_ndarray(np.random.randint(0, 255, (720, 1280, 3), np.uint8), format="bgr24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
 class Peer:
     """A browser-like aiortc peer: data channel `events`, audio (a microphone track if given) and video received."""
 
-    def __init__(self, mic: MediaStreamTrack | None = None):
+    def __init__(self, mic: MediaStreamTrack | None = None, camera: MediaStreamTrack | None = None):
         self.pc = RTCPeerConnection()
         self.frames: list[float] = []
         self.messages: list[dict] = []
@@ -72,7 +82,10 @@ class Peer:
             self.pc.addTrack(mic)
         else:
             self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
+        if camera is not None:
+            self.pc.addTrack(camera)
+        else:
+            self.pc.addTransceiver("video", direction="recvonly")
         self.pc.on("track", self._track)
 
     def _track(self, track) -> None:
@@ -222,8 +235,38 @@ async def mic_flood(http, victim, seconds: float = 12.0) -> str:
             + (f" ({errors[0][:70]})" if errors else ""))
 
 
+async def camera(http, victim, seconds: float = 20.0) -> str:
+    """A connected session that also sends video (1280x720 at 30 fps), which the page never does."""
+    peer = Peer(camera=Camera())
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    await asyncio.sleep(seconds)
+    await peer.pc.close()
+    return f"{seconds:g} s of 1280x720 video sent"
+
+
+async def huge_message(http, victim, mib: int = 64) -> str:
+    """One data-channel message of `mib` MiB, past the 256 KiB the gateway's SCTP stack advertises (the sender's
+    own limit lifted: a client need not keep it)."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    peer.pc.sctp._remote_max_message_size = 2**31
+    peer.channel.send(b"x" * (mib << 20))
+    t = time.monotonic()
+    while peer.channel.bufferedAmount > 0 and time.monotonic() - t < 60:
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2)
+    errors = [m["message"] for m in peer.messages if m["type"] == "error"]
+    await peer.pc.close()
+    return (f"{mib} MiB sent in {time.monotonic() - t:.1f} s; {len(errors)} errors"
+            + (f" ({errors[0][:70]})" if errors else ""))
+
+
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
-                                 message_flood, mic_flood)}
+                                 message_flood, mic_flood, camera, huge_message)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:
@@ -252,7 +295,11 @@ async def new_victim(http: aiohttp.ClientSession) -> Peer:
     return victim
 
 
-async def attack(server: EmbeddedServer, base: str, names: list[str]) -> list[dict]:
+def rss_mib(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pid: int) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(base) as http:
         victim = await new_victim(http)
@@ -262,14 +309,14 @@ async def attack(server: EmbeddedServer, base: str, names: list[str]) -> list[di
         rows.append({"case": "(none: the victim alone, 5 s)", "attacker": "", "server_cpu": (cpu_s(server) - cpu0) / 5,
                      "victim_gap_s": victim.largest_gap(t, time.monotonic())})
         for name in names:
-            cpu0, t = cpu_s(server), time.monotonic()
+            cpu0, t, rss0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid)
             outcome = await CASES[name](http, victim)
             await asyncio.sleep(1)
             t1 = time.monotonic()
             dropped = not victim.receiving()  # its connection failed (ICE consent lost while the gateway froze)
             rows.append({"case": name, "attacker": outcome, "victim_gap_s": victim.largest_gap(t, t1),
                          "victim_dropped": dropped, "server_cpu": (cpu_s(server) - cpu0) / (t1 - t),
-                         "seconds": t1 - t})
+                         "seconds": t1 - t, "gateway_mib": [rss0, rss_mib(gateway_pid)]})
             print(f"{name}: {outcome} | victim's largest frame gap {rows[-1]['victim_gap_s']:.2f} s"
                   f"{', its connection dropped' if dropped else ''}", flush=True)
             await asyncio.sleep(3)
@@ -298,16 +345,18 @@ def main(argv: list[str] | None = None) -> int:
                                    cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True)
         try:
             print(gateway.stdout.readline().strip(), flush=True)
-            rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases))
+            rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid))
         finally:
             gateway.terminate()
             gateway.wait(30)
-    print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) |")
-    print("| --- | --- | ---: | ---: |")
+    print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) | gateway "
+          "MiB, before → after |")
+    print("| --- | --- | ---: | ---: | ---: |")
     for r in rows:
         cpu = f"{r['server_cpu']:.2f}"
         dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
-        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} |")
+        mib = "{:.0f} → {:.0f}".format(*r["gateway_mib"]) if "gateway_mib" in r else ""
+        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {mib} |")
     if args.out:
         commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()

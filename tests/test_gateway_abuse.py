@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 import pytest
 from aiohttp import web
+from aiortc import RTCPeerConnection
+from aiortc.sdp import SessionDescription
 from test_gateway_limits import browser_like_offer
 
 from deploy.gateway.app import Gateway, make_app
@@ -131,5 +133,31 @@ def test_one_clients_avatar_uploads_are_bounded_and_another_client_uploads(serve
             assert status == 200 and len(json.loads(text)["id"]) == 16, text
             status, text, _ = await post(http, "/avatar", "192.0.2.10", data=b"not an image")
             assert status == 400 and "image" in text, text  # the registry's own message
+
+    asyncio.run(scenario())
+
+
+def test_the_answer_lets_a_browser_send_its_microphone_and_nothing_else(server):
+    """A client offering to send video (aiortc would decode it into a queue nobody reads: 182 -> 862 MiB in 20 s of
+    1280x720) and a second audio line gets an answer that receives the first audio line only."""
+    async def offer_all() -> str:
+        pc = RTCPeerConnection()
+        pc.createDataChannel("events")
+        for kind in ("audio", "audio", "video"):
+            pc.addTransceiver(kind, direction="sendrecv")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            status, text, _ = await post(http, "/offer", data=json.dumps({"type": "offer", "sdp": await offer_all()}))
+            assert status == 200, text
+            answer = SessionDescription.parse(json.loads(text)["sdp"])
+            directions = [(m.kind, m.direction) for m in answer.media if m.kind != "application"]
+            assert directions == [("audio", "sendrecv"), ("audio", "inactive"), ("video", "sendonly")], directions
+            for sid in list(gw.sessions):
+                await gw.end(sid)
 
     asyncio.run(scenario())
