@@ -91,6 +91,7 @@ class Turn:
     def __init__(self, infer: StageCall, preset: Preset, tokenizers: Tokenizers, avatar: avatars.Avatar,
                  options: TurnOptions, emit: Emit, turn_id: str, is_cancelled: Callable[[], bool] = lambda: False,
                  recorder: metrics.Recorder | None = None, frame_workers: Executor | None = None,
+                 speech_worker: Executor | None = None,
                  session_stages: frozenset[str] = frozenset(), frame_stage: str = "", frame_lead_s: float = 0.0,
                  first_frames: int = 1, restore_avatar: Callable[[avatars.Avatar], object] | None = None,
                  llm_chunk_tokens: int = 1, audio_lead_s: float = 0.0,
@@ -113,6 +114,7 @@ class Turn:
         self.is_cancelled = is_cancelled
         self.recorder = recorder or metrics.MemoryRecorder()
         self.frame_workers = frame_workers  # threads for pixel work (OpenCV and numpy release the GIL)
+        self.speech_worker = speech_worker  # espeak-ng's thread (None: the loop's default executor)
         self.stats = TurnStats()
         self.deadline = self.stats.t0 + options.deadline_s
         self.transcript = ""
@@ -320,7 +322,8 @@ class Turn:
                 self.timeline.add(self.audio_samples / media.OUTPUT_SAMPLE_RATE, emotion)  # where its audio starts
                 # espeak-ng answers in ~0.3 ms, but a new child after a crash takes ~50 ms and a hung one up to its
                 # timeout: off the loop, that wait holds this turn's speech only, never every session's stream
-                for u in await asyncio.to_thread(voice.utterances, piece, max_ids):
+                loop = asyncio.get_running_loop()
+                for u in await loop.run_in_executor(self.speech_worker, voice.utterances, piece, max_ids):
                     seed = self.options.seed * 100_003 + self._utterances  # the voice's noise: per utterance
                     self._utterances += 1
                     await self._pace_audio()

@@ -150,6 +150,9 @@ class Service:
         self.cache = AnswerCache(self.config.cache_phrases, self.config.cache_bytes)
         self.governor = LoadGovernor(self.config.governor, self.recorder, self.log)
         self.frame_workers: Executor | None = None  # set by the server (model.py): pixel work off the event loop
+        # set by the server (model.py): espeak-ng's calls, one at a time (they take turns on its one child anyway), off
+        # the event loop and off the default executor, which a hung child would otherwise fill with waiting turns
+        self.speech_worker: Executor | None = None
 
     @classmethod
     def load(cls, artifacts: Path, avatar_dir: Path | None = None, limits: Limits | None = None,
@@ -300,7 +303,8 @@ class Service:
         send = emit if key is None else lambda e: (recording.append(e), emit(e))
         turn = Turn(infer, self.preset, self.tokenizers, avatar, options, send,
                     turn_id=uuid.uuid4().hex[:12], is_cancelled=is_cancelled, recorder=rec,
-                    frame_workers=self.frame_workers, session_stages=self.config.session_stages,
+                    frame_workers=self.frame_workers, speech_worker=self.speech_worker,
+                    session_stages=self.config.session_stages,
                     frame_stage=self.config.frame_stage, frame_lead_s=self.config.frame_lead_s if paced else 0.0,
                     audio_lead_s=self.config.audio_lead_s if paced else 0.0,
                     first_frames=self.config.first_frames, llm_chunk_tokens=self.config.llm_chunk_tokens,

@@ -420,3 +420,45 @@ def test_a_hung_espeak_ng_holds_its_own_turn_never_the_event_loop(service, stage
 
     asyncio.run(say_beside_a_ticker())
     assert len(gaps) > 50 and max(gaps) < 0.5, f"the loop stalled {max(gaps):.2f} s"
+
+
+def test_turns_waiting_on_a_hung_espeak_ng_leave_the_default_executor_free(exported_repository, tmp_path, demo_avatar,
+                                                                         stage_runners):
+    """espeak-ng's calls run on the service's own one thread (model.py sets it): turns waiting on a hung child queue
+    there, not on the loop's default executor, whose threads other work (an avatar's file write) still gets at once.
+    With the default executor (cores + 4 threads) 8 waiting turns filled it for the child's whole timeout."""
+    import os
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from export.contract.espeak_process import EspeakFailed
+
+    svc = Service.load(exported_repository / "talking_head" / "1", avatar_dir=tmp_path, limits=Limits(max_sessions=16))
+    svc.avatars.save(demo_avatar)
+    svc.avatar_id = demo_avatar.id
+    svc.speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
+    phonemizer = svc.tokenizers.voice.phonemizer
+    espeak = phonemizer.espeak
+    espeak("Hello.", phonemizer.voice.espeak_voice)  # its child is up
+    os.kill(espeak._proc.pid, signal.SIGSTOP)  # as an espeak-ng that never returns
+    espeak.timeout_s = 2.0
+    inputs = {**text_inputs(svc, "Good morning."),
+              "options": np.array([json.dumps({"action": "say", "video": False}).encode()], dtype=object)}
+
+    async def turns_and_a_probe() -> tuple[float, list]:
+        turns = [asyncio.ensure_future(svc.handle(inputs, make_infer(stage_runners), lambda e: None))
+                 for _ in range(8)]
+        await asyncio.sleep(0.3)  # every turn is waiting on espeak-ng now
+        t = time.perf_counter()
+        await asyncio.to_thread(lambda: None)  # as restore_avatar's file write
+        waited = time.perf_counter() - t
+        return waited, await asyncio.gather(*turns, return_exceptions=True)
+
+    try:
+        waited, results = asyncio.run(turns_and_a_probe())
+    finally:
+        svc.speech_worker.shutdown(wait=False)
+    assert waited < 0.5, f"the default executor was busy for {waited:.2f} s"
+    failed = [r for r in results if isinstance(r, EspeakFailed)]
+    assert len(failed) == 1 and not [r for r in results if isinstance(r, Exception) and r not in failed], results

@@ -46,6 +46,7 @@ class TritonPythonModel:
                                     recorder=TritonMetrics(), log=pb_utils.Logger.log_info)
         # compositing and JPEG encoding off the event loop that serves requests, audio and cancels
         self.service.frame_workers = ThreadPoolExecutor(max_workers=FRAME_WORKERS, thread_name_prefix="frames")
+        self.service.speech_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="espeak")
         self.inflight = 0
 
     async def execute(self, requests):
@@ -91,6 +92,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.service.frame_workers.shutdown(wait=False, cancel_futures=True)
+        self.service.speech_worker.shutdown(wait=False, cancel_futures=True)
         if self.inflight:
             pb_utils.Logger.log_warn(f"talking_head unloading with {self.inflight} turn(s) in flight")
 
