@@ -459,6 +459,7 @@ def test_turns_waiting_on_a_hung_espeak_ng_leave_the_default_executor_free(expor
         waited, results = asyncio.run(turns_and_a_probe())
     finally:
         svc.speech_worker.shutdown(wait=False)
+    print(f"\na default-executor call beside 8 turns waiting on a hung espeak-ng: {waited * 1000:.1f} ms")
     assert waited < 0.5, f"the default executor was busy for {waited:.2f} s"
     failed = [r for r in results if isinstance(r, EspeakFailed)]
     assert len(failed) == 1 and not [r for r in results if isinstance(r, Exception) and r not in failed], results
