@@ -265,8 +265,35 @@ async def huge_message(http, victim, mib: int = 64) -> str:
             + (f" ({errors[0][:70]})" if errors else ""))
 
 
+async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> str:
+    """`n` connections each sending half a request header and nothing more (slowloris), then another client's offer
+    while they are held, and how many the gateway has closed after `hold_s`."""
+    host, port = http._base_url.host, http._base_url.port
+    conns = []
+    for _ in range(n):
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            break
+        writer.write(b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Slow: ")
+        conns.append((reader, writer))
+    opened = len(conns)
+    newcomer = Peer()
+    status, text = await newcomer.connect(http, NEWCOMER)
+    await newcomer.pc.close()
+    await asyncio.sleep(hold_s)
+    closed = 0
+    for reader, writer in conns:  # closed by the gateway: end of stream (or an error response, then the end)
+        with contextlib.suppress(TimeoutError, OSError):
+            await asyncio.wait_for(reader.read(4096), 0.01)
+        closed += reader.at_eof()
+        writer.close()
+    return (f"{opened} connections opened; newcomer: {short(status, text)}; {closed} closed by the gateway "
+            f"{hold_s:g} s later")
+
+
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
-                                 message_flood, mic_flood, camera, huge_message)}
+                                 message_flood, mic_flood, camera, huge_message, slow_requests)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:

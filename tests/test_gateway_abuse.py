@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection
 from aiortc.sdp import SessionDescription
 from test_gateway_limits import browser_like_offer
 
-from deploy.gateway.app import Gateway, make_app
+from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.server
 async def running(server, limits: GatewayLimits):
     """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
     gw = Gateway(server.options.grpc_url, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For")
-    runner = web.AppRunner(make_app(gw))
+    runner = make_runner(gw)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -159,5 +159,21 @@ def test_the_answer_lets_a_browser_send_its_microphone_and_nothing_else(server):
             assert directions == [("audio", "sendrecv"), ("audio", "inactive"), ("video", "sendonly")], directions
             for sid in list(gw.sessions):
                 await gw.end(sid)
+
+    asyncio.run(scenario())
+
+
+def test_a_half_sent_request_is_closed_after_the_idle_bound(server):
+    """A connection that never finishes its request (slowloris) is closed after `idle_connection_s` (aiohttp's own
+    default held it for 3630 s: 3000 of them from one client held +40 MiB of the gateway for the hour)."""
+    async def scenario():
+        async with running(server, GatewayLimits(idle_connection_s=1.0)) as (gw, http):
+            reader, writer = await asyncio.open_connection(http._base_url.host, http._base_url.port)
+            writer.write(b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Slow: ")
+            t = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # the gateway closed it
+            took = time.monotonic() - t
+            writer.close()
+            assert 0.9 < took < 5, took
 
     asyncio.run(scenario())

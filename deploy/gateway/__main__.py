@@ -21,7 +21,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from deploy.gateway.app import Gateway, make_app
+from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
 from deploy.gateway.limits import GatewayLimits
 from export.contract.layout import BUILD, GRPC_URL
@@ -90,12 +90,11 @@ async def serve(args: argparse.Namespace) -> None:
                       args.remote_network, args.page_ice_server)
     if args.ice_host:
         restrict_host_addresses(args.ice_host)
+    limits = GatewayLimits(sessions_per_client=args.sessions_per_client, uploads_per_hour=args.uploads_per_hour)
     gateway = Gateway(args.triton, ice, max_sessions=args.max_sessions,
                       root_cert=str(args.triton_root_cert) if args.triton_root_cert else None,
                       default_avatar=args.avatar.read_bytes() if args.avatar else None,
-                      ready_poll_s=args.ready_poll_s, client_header=args.client_header,
-                      limits=GatewayLimits(sessions_per_client=args.sessions_per_client,
-                                           uploads_per_hour=args.uploads_per_hour))
+                      ready_poll_s=args.ready_poll_s, client_header=args.client_header, limits=limits)
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -103,7 +102,7 @@ async def serve(args: argparse.Namespace) -> None:
     # aiortc encodes every outgoing frame, and the video tracks decode JPEGs, on the loop's default executor:
     # size it for the sessions (asyncio's default, cores + 4 threads, would queue them behind each other)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(64, 4 + 2 * args.max_sessions)))
-    runner = web.AppRunner(make_app(gateway), access_log=None)
+    runner = make_runner(gateway)
     await runner.setup()  # waits for Triton and registers the default avatar
     await web.TCPSite(runner, args.host, args.port, ssl_context=context).start()
     print(f"talking-head gateway: {page_url(args)}  (Triton {args.triton}, default avatar "

@@ -284,6 +284,11 @@ async def security_headers(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
+def make_runner(gateway: Gateway) -> web.AppRunner:
+    """The application's runner: a connection without a whole request for `idle_connection_s` is closed."""
+    return web.AppRunner(make_app(gateway), access_log=None, keepalive_timeout=gateway.limits.idle_connection_s)
+
+
 def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
     """The aiohttp application; `middlewares` run before every handler (the place for authentication)."""
     app = web.Application(middlewares=[*middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)

@@ -46,6 +46,9 @@ class GatewayLimits:
     max_message_bytes: int = 16 * 1024  # one data-channel message (a typed turn: 2000 characters)
     mic_speedup: float = 1.5  # microphone audio of a session at most this many times real time (2 s bursts)
     connect_timeout_s: float = 20.0  # from the answer to a connected WebRTC session
+    # an HTTP connection without a whole request for this long is closed, before its first request as between two
+    # (aiohttp's keep-alive timeout; its default, 3630 s, let half-sent requests hold connections for an hour)
+    idle_connection_s: float = 15.0
 
 
 class Refused(Exception):
