@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import ipaddress
 import json
 import re
 import shutil
@@ -108,23 +107,6 @@ def test_compose_public_services_wait_for_a_warm_canary_round():
     assert dog["depends_on"]["triton"]["condition"] == "service_healthy"
     for name in ("front-door", "gateway"):
         assert services[name]["depends_on"]["watchdog"]["condition"] == "service_healthy", name
-
-
-def test_compose_turn_relays_to_the_gateways_media_address_only():
-    """Every page gets TURN credentials: coturn denies every peer (turnserver.conf, tests/test_turn_relay.py) but the
-    gateway's fixed address on the `media` network, which is also the gateway's one host candidate."""
-    doc = compose()
-    gateway, coturn = doc["services"]["gateway"], doc["services"]["coturn"]
-    address = gateway["networks"]["media"]["ipv4_address"]
-    assert f"--allowed-peer-ip={address}" in coturn["command"] and f"--ice-host={address}" in gateway["command"]
-    assert coturn["networks"] == ["media"]
-    assert not [a for a in gateway["command"] if a.startswith("--ice-server")]  # no relay of its own: it is a peer
-    subnet = doc["networks"]["media"]["ipam"]["config"][0]["subnet"]
-    assert ipaddress.ip_address(address.split(":-")[-1].rstrip("}")) in ipaddress.ip_network(
-        subnet.split(":-")[-1].rstrip("}"))
-    conf = (ROOT / "deploy" / "gateway" / "turnserver.conf").read_text().splitlines()
-    assert {"denied-peer-ip=0.0.0.0-255.255.255.255", "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"} \
-        <= set(conf)
 
 
 @pytest.mark.parametrize("service", ["engines", "triton"])

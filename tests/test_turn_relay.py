@@ -1,7 +1,7 @@
-"""The TURN relay's peer policy (deploy/gateway/turnserver.conf) with the real coturn: the credentials a page gets
-(anyone who loads it gets them) relay media to and from the gateway's address and to nothing else. With only
-0.0.0.0/8 denied (before 2026-12-07) the same credentials relayed UDP into 10.0.0.0/8, 172.16.0.0/12 and
-169.254.169.254.
+"""The TURN relay's peer policy (deploy/gateway/turnserver.conf) with the real coturn, and its wiring in Compose:
+the credentials a page gets (anyone who loads it gets them) relay media to and from the gateway's address and to
+nothing else. With only 0.0.0.0/8 denied (before 2026-12-07) the same credentials relayed UDP into 10.0.0.0/8,
+172.16.0.0/12 and 169.254.169.254.
 
 coturn refuses loopback peers by default; here everything listens on loopback, so the test allows loopback peers
 (`--allow-loopback-peers`) and lets 127.0.0.2 stand for the gateway and 127.0.0.3 for any other host: what refuses
@@ -10,6 +10,7 @@ coturn refuses loopback peers by default; here everything listens on loopback, s
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import shutil
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import aioice.turn
 import pytest
+from manifests import compose
 
 from deploy.gateway.ice import IceSettings
 from deploy.processes import free_ports
@@ -27,7 +29,7 @@ TURNSERVER = shutil.which("turnserver")
 GATEWAY, OTHER = "127.0.0.2", "127.0.0.3"
 REFUSED = ["127.0.0.3", "10.0.0.1", "172.16.0.1", "192.168.1.1", "100.64.0.1", "169.254.169.254", "8.8.8.8"]
 
-pytestmark = pytest.mark.skipif(TURNSERVER is None, reason="coturn is not installed (`make system-deps` installs it)")
+needs_coturn = pytest.mark.skipif(TURNSERVER is None, reason="coturn is not installed (`make system-deps` installs it)")
 
 
 @pytest.fixture
@@ -66,6 +68,7 @@ class Sink(asyncio.DatagramProtocol):
         self.got.append((data, addr))
 
 
+@needs_coturn
 def test_a_pages_credentials_relay_to_the_gateway_and_nowhere_else(turn):
     server, ice = turn
     page = ice.servers("page-1", page=True)[0]  # what GET /config hands a page
@@ -114,3 +117,20 @@ def test_a_pages_credentials_relay_to_the_gateway_and_nowhere_else(turn):
     for host in REFUSED:
         assert outcome[host].startswith("refused") and "403" in outcome[host], (host, outcome[host])
     assert outcome["other got"] == "0"
+
+
+def test_compose_turn_relays_to_the_gateways_media_address_only():
+    """Every page gets TURN credentials: coturn denies every peer (turnserver.conf, the test above) but the
+    gateway's fixed address on the `media` network, which is also the gateway's one host candidate."""
+    doc = compose()
+    gateway, coturn = doc["services"]["gateway"], doc["services"]["coturn"]
+    address = gateway["networks"]["media"]["ipv4_address"]
+    assert f"--allowed-peer-ip={address}" in coturn["command"] and f"--ice-host={address}" in gateway["command"]
+    assert coturn["networks"] == ["media"]
+    assert not [a for a in gateway["command"] if a.startswith("--ice-server")]  # no relay of its own: it is a peer
+    subnet = doc["networks"]["media"]["ipam"]["config"][0]["subnet"]
+    assert ipaddress.ip_address(address.split(":-")[-1].rstrip("}")) in ipaddress.ip_network(
+        subnet.split(":-")[-1].rstrip("}"))
+    conf = CONF.read_text().splitlines()
+    assert {"denied-peer-ip=0.0.0.0-255.255.255.255", "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"} \
+        <= set(conf)
