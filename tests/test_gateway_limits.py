@@ -141,9 +141,10 @@ def test_clients_that_hold_nothing_are_forgotten_when_there_are_many():
 def test_a_sessions_messages_and_microphone_have_a_budget():
     clock = Clock()
     budget = SessionBudget(GatewayLimits(messages_per_second=5, message_burst=5, max_message_bytes=100), clock)
-    assert budget.message("x" * 101).startswith("a data-channel message of 101 bytes was dropped")
-    assert [budget.message("{}") for _ in range(6)][:5] == [None] * 5
-    assert "more than 5 a second" in budget.message("{}")
+    assert budget.message("x" * 101).text.startswith("a data-channel message of 101 bytes was dropped")
+    assert [budget.message("{}") for _ in range(4)] == [None] * 4  # the oversized one spent from the rate too
+    assert "more than 5 a second" in budget.message("{}").text
+    assert "more than 5 a second" in budget.message("x" * 101).text  # oversized floods are rate-bound as well
     clock.t += 1.0
     assert budget.message("{}") is None
     # microphone: real time passes for ever, 10x real time is cut to 1.5x after a 2 s burst
@@ -158,7 +159,8 @@ def test_a_sessions_messages_and_microphone_have_a_budget():
         taken += budget.mic() is None
     assert 10 * 1.5 / 0.032 < taken < (10 * 1.5 + 2 * 1.5 + 0.1) / 0.032
     why = budget.mic()
-    assert "faster than 1.5 times real time" in why and budget.tell(why) and not budget.tell(why)
+    assert "faster than 1.5 times real time" in why.text and budget.tell(why) and not budget.tell(why)
+    assert budget.tell(budget.message("x" * 101))  # another kind is told at once
 
 
 def test_a_flood_on_the_data_channel_reaches_the_server_as_its_budget_only():

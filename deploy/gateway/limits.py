@@ -166,9 +166,15 @@ class Clients:
         self[client].uploads -= 1
 
 
+@dataclass(frozen=True)
+class Refusal:
+    kind: str  # what was refused: "messages", "message size", "microphone"
+    text: str  # what the page is told
+
+
 class SessionBudget:
     """A session's data-channel messages and microphone audio: `message(raw)` and `mic()` say whether to take
-    one (None) or why not; a refusal is to be told to the page at most once a second (`tell`)."""
+    one (None) or why not; a kind of refusal is told to the page at most once a second (`tell`)."""
 
     def __init__(self, limits: GatewayLimits, clock: Callable[[], float] = time.monotonic):
         self.limits, self.clock = limits, clock
@@ -177,25 +183,26 @@ class SessionBudget:
         self._mic = TokenBucket(chunks_per_s, int(2.0 * chunks_per_s), clock)
         self._told: dict[str, float] = {}
 
-    def message(self, raw) -> str | None:
-        size = len(raw)
-        if size > self.limits.max_message_bytes:
-            return f"a data-channel message of {size} bytes was dropped; the limit is {self.limits.max_message_bytes}"
+    def message(self, raw) -> Refusal | None:
+        """Every message spends from the rate, whatever its size: a flood of oversized ones is a flood too."""
         if not self._messages.take():
-            return (f"data-channel messages dropped: more than {self.limits.messages_per_second:g} a second "
-                    f"(burst {self.limits.message_burst})")
+            return Refusal("messages", f"data-channel messages dropped: more than {self.limits.messages_per_second:g}"
+                                       f" a second (burst {self.limits.message_burst})")
+        if len(raw) > self.limits.max_message_bytes:
+            return Refusal("message size", f"a data-channel message of {len(raw)} bytes was dropped; the limit is "
+                                           f"{self.limits.max_message_bytes}")
         return None
 
-    def mic(self) -> str | None:
+    def mic(self) -> Refusal | None:
         if self._mic.take():
             return None
-        return (f"microphone audio dropped: it arrives faster than {self.limits.mic_speedup:g} times real time "
-                "(a sender not pacing its RTP)")
+        return Refusal("microphone", f"microphone audio dropped: it arrives faster than {self.limits.mic_speedup:g} "
+                                     "times real time (a sender not pacing its RTP)")
 
-    def tell(self, why: str) -> bool:
+    def tell(self, refusal: Refusal) -> bool:
         """Whether to tell the page about this refusal now (once a second per kind of refusal)."""
-        kind, now = why.split(":")[0], self.clock()
-        if now - self._told.get(kind, -1e9) < 1.0:
+        now = self.clock()
+        if now - self._told.get(refusal.kind, -1e9) < 1.0:
             return False
-        self._told[kind] = now
+        self._told[refusal.kind] = now
         return True

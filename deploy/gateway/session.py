@@ -24,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from deploy.gateway.limits import GatewayLimits, SessionBudget
+from deploy.gateway.limits import GatewayLimits, Refusal, SessionBudget
 from deploy.gateway.media import AudioPlayout, MediaClock, SpeechResampler, TurnTimeline
 from deploy.gateway.stats import GatewayStats, ReplyLatency
 from deploy.gateway.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -185,9 +185,9 @@ class Session:
         else:
             self.send({"type": ERROR, "message": f"unknown or malformed message {kind!r}"})
 
-    def _refuse(self, why: str) -> None:
-        if self.budget.tell(why):  # once a second: a flood of refusals would be a flood of messages
-            self.send({"type": ERROR, "message": why})
+    def _refuse(self, refusal: Refusal) -> None:
+        if self.budget.tell(refusal):  # once a second: a flood of refusals would be a flood of messages
+            self.send({"type": ERROR, "message": refusal.text})
 
     def mic_chunk(self, chunk) -> None:
         refused = self.budget.mic()
