@@ -268,7 +268,8 @@ async def huge_message(http, victim, mib: int = 64) -> str:
 async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> str:
     """`n` connections each sending half a request header and nothing more (slowloris), then another client's offer
     while they are held, and how many the gateway has closed after `hold_s`."""
-    host, port = http._base_url.host, http._base_url.port
+    async with http.get("/healthz") as r:  # where the session's base URL points
+        host, port = r.url.host, r.url.port
     conns = []
     for _ in range(n):
         try:

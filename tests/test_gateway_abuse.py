@@ -34,7 +34,7 @@ async def running(server, limits: GatewayLimits):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
             yield gw, http
@@ -168,7 +168,9 @@ def test_a_half_sent_request_is_closed_after_the_idle_bound(server):
     default held it for 3630 s: 3000 of them from one client held +40 MiB of the gateway for the hour)."""
     async def scenario():
         async with running(server, GatewayLimits(idle_connection_s=1.0)) as (gw, http):
-            reader, writer = await asyncio.open_connection(http._base_url.host, http._base_url.port)
+            async with http.get("/healthz") as r:  # where the session's base URL points
+                host, port = r.url.host, r.url.port
+            reader, writer = await asyncio.open_connection(host, port)
             writer.write(b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Slow: ")
             t = time.monotonic()
             assert await asyncio.wait_for(reader.read(), 10) == b""  # the gateway closed it
