@@ -33,6 +33,7 @@ from deploy.processes import free_ports, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
+from loadtests.bench_gpu import process_cpu_s
 
 ROOT = Path(__file__).resolve().parents[1]
 # Who sends what, as the gateway's proxy header says (`--client-header X-Forwarded-For`; a tree without that flag,
@@ -298,12 +299,8 @@ CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate
 
 
 def cpu_s(server: EmbeddedServer) -> float:
-    procs = [psutil.Process(server.process.pid), *psutil.Process(server.process.pid).children(recursive=True)]
-    total = 0.0
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            total += sum(p.cpu_times()[:2])
-    return total
+    """CPU seconds of tritonserver and its stubs (with their espeak-ng children) so far, this process left out."""
+    return sum(s for name, s in process_cpu_s(server.process.pid).items() if name != "clients (bench)")
 
 
 async def new_victim(http: aiohttp.ClientSession) -> Peer:

@@ -147,6 +147,10 @@ class TokenBucket:
         self.tokens = float(self.burst)
         self.stamp = self.clock()
 
+    def full(self) -> bool:
+        """Whether it holds `burst` tokens again (a new bucket would be the same)."""
+        return self.tokens + (self.clock() - self.stamp) * self.rate >= self.burst
+
     def take(self) -> bool:
         now = self.clock()
         self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)

@@ -8,7 +8,7 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - per client: sessions open at once, offers per minute, avatar uploads in flight and per hour (the avatar store is
   shared and bounded: one client uploading without pause would push other clients' avatars out);
 - per offer: its size and line counts, checked before aiortc parses it (aiortc's parser is quadratic in `a=ssrc`
-  lines: 2.8 MB of them held the gateway's one event loop, and every session's media, for 45 s);
+  lines: 2.8 MB of them held the gateway's one event loop, and every session's media, for 107 s: RELIABILITY.md);
 - per session: data-channel messages per second and their size, microphone audio at most `mic_speedup` times real
   time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
   WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
@@ -86,7 +86,7 @@ def client_identity(remote: str | None, headers, header: str | None) -> str:
 def check_offer(sdp: str, limits: GatewayLimits) -> None:
     """The offer's size and shape, before any parsing: ValueError naming the bound it breaks."""
     if not sdp.startswith("v=0"):
-        raise ValueError("the offer's sdp is not a session description (it starts with v=0)")
+        raise ValueError("the offer's sdp is not a session description (one starts with v=0)")
     lines = sdp.count("\n") + 1
     if lines > limits.max_offer_lines:
         raise ValueError(f"the offer has {lines} lines; the limit is {limits.max_offer_lines} (a browser's has ~200)")
@@ -115,9 +115,7 @@ class ClientUsage:
 
     def idle(self) -> bool:
         """Nothing open and every budget full again: forgetting it changes nothing."""
-        now = self.clock()
-        full = lambda b: b.tokens + (now - b.stamp) * b.rate >= b.burst  # noqa: E731
-        return not self.sessions and not self.uploads and full(self.offers) and full(self.registrations)
+        return not self.sessions and not self.uploads and self.offers.full() and self.registrations.full()
 
 
 class Clients:
