@@ -66,8 +66,8 @@ class ClassResult:
 class Victim:
     """Short text turns through the door in a loop, on their own thread; failures and durations counted."""
 
-    def __init__(self, url: str, avatar: str):
-        self.url, self.avatar = url, avatar
+    def __init__(self, url: str, avatar: str, **client_kwargs):  # e.g. ssl=True, root_certificates=CA
+        self.url, self.avatar, self.client_kwargs = url, avatar, client_kwargs
         self.turns = self.failed = 0
         self.slowest = 0.0
         self.times: list[float] = []  # each successful turn's duration
@@ -76,7 +76,7 @@ class Victim:
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
-        with TalkingHeadClient(self.url, api_key=KEYS["victim"], turn_timeout_s=60) as c:
+        with TalkingHeadClient(self.url, api_key=KEYS["victim"], turn_timeout_s=60, **self.client_kwargs) as c:
             while not self._stop.is_set():
                 t = time.perf_counter()
                 try:

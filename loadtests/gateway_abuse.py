@@ -17,9 +17,11 @@ import contextlib
 import fractions
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -203,6 +205,38 @@ async def avatar_flood(http, victim, n: int = 60) -> str:
     return f"{counts(statuses)} in {dt:.1f} s ({statuses.count(200) / dt:.1f} registered a second)"
 
 
+async def idle_connections(http, victim, n: int = 1100, hold_s: float = 20.0) -> str:
+    """`n` connections that send nothing, then a newcomer's page load on a connection of its own while they are held
+    (a gateway started with 1024 descriptors, as Docker 25+ starts it, has none left)."""
+    async with http.get("/healthz") as r:
+        host, port = r.url.host, r.url.port
+    conns = [await asyncio.open_connection(host, port) for _ in range(n)]
+    await asyncio.sleep(1)
+    t = time.monotonic()
+    try:
+        async with aiohttp.ClientSession(f"http://{host}:{port}", timeout=aiohttp.ClientTimeout(total=5)) as fresh:
+            async with fresh.get("/config") as r:
+                newcomer = f"{r.status} after {time.monotonic() - t:.2f} s"
+    except (TimeoutError, aiohttp.ClientError) as e:
+        newcomer = f"{type(e).__name__} after {time.monotonic() - t:.1f} s"
+    await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - t)))
+    for _, writer in conns:
+        writer.close()
+    return f"{n} connections held {hold_s:g} s; newcomer's GET /config: {newcomer}"
+
+
+async def gzip_avatar(http, victim, mib: int = 1000) -> str:
+    """An avatar upload of `mib` MiB of zeros sent gzip-compressed (~1 MB on the wire), `Content-Encoding: gzip`."""
+    def bomb() -> bytes:
+        z = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: the gzip container
+        return b"".join(z.compress(bytes(1 << 20)) for _ in range(mib)) + z.flush()
+    body = await asyncio.to_thread(bomb)  # ~3 s of zlib: off this loop, where the victim's media arrives
+    t = time.monotonic()
+    async with http.post("/avatar", data=body, headers={**sent_by(ATTACKER), "Content-Encoding": "gzip"}) as r:
+        got = short(r.status, await r.text())
+    return f"{mib} MiB as {len(body) / 1e6:.1f} MB of gzip: {got} after {time.monotonic() - t:.2f} s"
+
+
 async def message_flood(http, victim, n: int = 3000) -> str:
     """A connected session sending `n` typed turns as fast as it can."""
     peer = Peer()
@@ -280,22 +314,25 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
         writer.write(b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Slow: ")
         conns.append((reader, writer))
     opened = len(conns)
-    newcomer = Peer()
-    status, text = await newcomer.connect(http, NEWCOMER)
+    newcomer, t = Peer(), time.monotonic()
+    async with aiohttp.ClientSession(f"http://{host}:{port}") as fresh:  # a connection of its own, not the pool's
+        status, text = await newcomer.connect(fresh, NEWCOMER)
+    waited = time.monotonic() - t
     await newcomer.pc.close()
-    await asyncio.sleep(hold_s)
+    await asyncio.sleep(max(0.0, hold_s - waited))
     closed = 0
     for reader, writer in conns:  # closed by the gateway: end of stream (or an error response, then the end)
         with contextlib.suppress(TimeoutError, OSError):
             await asyncio.wait_for(reader.read(4096), 0.01)
         closed += reader.at_eof()
         writer.close()
-    return (f"{opened} connections opened; newcomer: {short(status, text)}; {closed} closed by the gateway "
-            f"{hold_s:g} s later")
+    return (f"{opened} connections opened; newcomer: {short(status, text)} after {waited:.1f} s; {closed} closed by "
+            f"the gateway {hold_s:g} s later")
 
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
-                                 message_flood, mic_flood, camera, huge_message, slow_requests)}
+                                 message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
+                                 gzip_avatar)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:
@@ -358,8 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     ap.add_argument("--gateway-tree", type=Path, default=ROOT,
                     help="run `python -m deploy.gateway` from this tree (a worktree of another commit: 'before')")
+    ap.add_argument("--nofile", type=int, help="the gateway's soft open-file limit at start (1024: what Docker 25+ and "
+                                            "containerd 2 give a container's process; default: this shell's)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here too")
     args = ap.parse_args(argv)
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker's connections: as many as allowed
     options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
     port = free_ports(1)[0]
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
@@ -367,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
         gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
                                     str(port), "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
                                     *(["--client-header", "X-Forwarded-For"] if knows_clients else [])],
-                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True)
+                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True,
+                                   preexec_fn=None if args.nofile is None else
+                                   lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.nofile, hard), hard)))
         try:
             print(gateway.stdout.readline().strip(), flush=True)
             rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid))
@@ -385,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
-        args.out.write_text(json.dumps({"gateway_commit": commit, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"gateway_commit": commit, "nofile": args.nofile, "rows": rows}, indent=2))
     return 0
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import time
+import zlib
 
 import aiohttp
 import cv2
@@ -46,9 +48,10 @@ def as_client(name: str) -> dict:
     return {"X-Forwarded-For": name}
 
 
-async def post(http, path: str, client: str = "198.51.100.1", **kw) -> tuple[int, str, float]:
+async def post(http, path: str, client: str = "198.51.100.1", headers: dict | None = None,
+               **kw) -> tuple[int, str, float]:
     t = time.monotonic()
-    async with http.post(path, headers=as_client(client), **kw) as r:
+    async with http.post(path, headers={**as_client(client), **(headers or {})}, **kw) as r:
         return r.status, await r.text(), time.monotonic() - t
 
 
@@ -133,6 +136,28 @@ def test_one_clients_avatar_uploads_are_bounded_and_another_client_uploads(serve
             assert status == 200 and len(json.loads(text)["id"]) == 16, text
             status, text, _ = await post(http, "/avatar", "192.0.2.10", data=b"not an image")
             assert status == 400 and "image" in text, text  # the registry's own message
+
+    asyncio.run(scenario())
+
+
+def test_a_compressed_body_is_refused_unread(server):
+    """1 MB of gzip that inflates to 256 MiB: 415 naming the encoding, for the avatar and the offer alike (before:
+    aiohttp inflated it on the gateway's loop until the 10 MiB bound refused it, 413); the same image uncompressed
+    registers."""
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(z.compress(bytes(1 << 20)) for _ in range(256)) + z.flush()
+    png = demo_avatar_png()
+
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            for path in ("/avatar", "/offer"):
+                status, text, _ = await post(http, path, data=bomb, headers={"Content-Encoding": "gzip"})
+                assert status == 415 and "Content-Encoding 'gzip' is not accepted" in text, (path, status, text)
+            status, text, _ = await post(http, "/avatar", data=gzip.compress(png),
+                                         headers={"Content-Encoding": "GZIP "})
+            assert status == 415, text
+            status, text, _ = await post(http, "/avatar", data=png, headers={"Content-Encoding": "identity"})
+            assert status == 200 and len(json.loads(text)["id"]) == 16, text
 
     asyncio.run(scenario())
 

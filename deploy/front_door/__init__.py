@@ -24,6 +24,10 @@ from deploy.front_door.quota import ApiKeys, Limits, SessionTokens
 
 log = logging.getLogger("deploy.front_door")
 LOOPBACK = "127.0.0.1"
+# a connection that has not finished its TLS handshake and HTTP/2 preface by then is closed (gRPC's default: 120 s)
+HANDSHAKE_TIMEOUT_S = 10
+# a connection with no call in flight for this long is closed (GOAWAY; a client reconnects at its next call)
+IDLE_CONNECTION_S = 300
 
 
 @dataclass
@@ -40,6 +44,10 @@ class FrontDoorOptions:
     tls_client_ca: Path | None = None
     upstream_root_certificates: Path | None = None  # PEM CA: the upstream Triton speaks TLS
     session_secret: bytes | None = None  # the HMAC secret of session tokens (a random one per process if None)
+    # connections held at once, all clients together; more are closed as they come: the door's memory stays bounded
+    # (~MEMORY_PER_CONNECTION each) and it keeps descriptors for itself. What one address may hold is the load
+    # balancer's or firewall's to cap (deploy/README.md)
+    max_connections: int = 10000
 
     def api_keys(self) -> ApiKeys:
         if self.limits.max_upstream_silence_s <= 0 or self.limits.max_stall_s <= 0:
@@ -79,7 +87,10 @@ async def start(options: FrontDoorOptions) -> tuple[grpc.aio.Server, int, grpc.a
     keys = options.api_keys()
     channel = upstream_channel(options)
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", options.limits.max_message_bytes),
-                                      ("grpc.max_send_message_length", -1)])
+                                      ("grpc.max_send_message_length", -1),
+                                      ("grpc.max_allowed_incoming_connections", options.max_connections),
+                                      ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_S * 1000),
+                                      ("grpc.max_connection_idle_ms", IDLE_CONNECTION_S * 1000)])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
         FrontDoor(channel, keys, options.limits, SessionTokens(options.session_secret),
                   by_certificate=options.tls_client_ca is not None), server)

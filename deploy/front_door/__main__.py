@@ -10,6 +10,7 @@ from pathlib import Path
 
 from deploy.front_door import FrontDoorOptions, start
 from deploy.front_door.quota import KeyFileError, Limits
+from deploy.open_files import raise_open_file_limit
 
 D = Limits()
 
@@ -37,6 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--session-secret-file", type=Path,
                    help="HMAC secret of the session tokens derived from identities; give every replica behind one "
                         "balancer the same file (default: a random secret per process)")
+    p.add_argument("--max-connections", type=int, default=FrontDoorOptions.max_connections,
+                   help="connections held at once, all clients together (default %(default)s); more are closed as "
+                        "they come. Cap what one address may hold at the load balancer or firewall")
     q = p.add_argument_group("per-identity quotas (each API key separately)")
     q.add_argument("--max-streams", type=int, default=D.max_streams,
                    help="talking_head streams open at once (default %(default)s); more: RESOURCE_EXHAUSTED")
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     options = FrontDoorOptions(upstream=args.upstream, listen=args.listen, keys_file=args.keys, limits=limits,
                                tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                                upstream_root_certificates=args.upstream_root_certificates,
+                               max_connections=args.max_connections,
                                session_secret=args.session_secret_file.read_bytes().strip()
                                if args.session_secret_file else None)
     try:
@@ -111,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, KeyFileError, ValueError) as e:
         print(f"front door: {e}", file=sys.stderr)
         return 2
+    raise_open_file_limit(logging.getLogger("deploy.front_door"))  # each client connection holds a descriptor
     asyncio.run(serve(options))
     return 0
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
 from deploy.gateway.limits import GatewayLimits
+from deploy.open_files import raise_open_file_limit
 from export.contract.layout import BUILD, GRPC_URL
 
 DEFAULT_PORT = 8080
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("aiortc", "aioice", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    raise_open_file_limit(logging.getLogger("deploy.gateway"))  # each browser's connections hold descriptors
     if not args.start_server:
         asyncio.run(serve(args))
         return 0
