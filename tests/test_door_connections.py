@@ -40,11 +40,13 @@ def live(port: int, timeout: float = 5.0) -> str:
 
 
 def hold(port: int, n: int) -> list[socket.socket]:
-    """n connections that send HTTP/2's preface and nothing more."""
+    """n connections that send HTTP/2's preface and nothing more, each taken by the door (its SETTINGS read)."""
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
         s.sendall(PREFACE)
+        s.settimeout(10)
+        assert s.recv(9), "the door closed a connection under its cap"
         socks.append(s)
     return socks
 
@@ -110,6 +112,7 @@ def test_connections_past_the_cap_are_closed_and_unfinished_handshakes_time_out(
                                max_connections=8)
     with FrontDoorThread(options) as door:
         assert live(door.port) == "ok"
+        time.sleep(0.5)  # that connection's end reaches the door
         socks = hold(door.port, 8)
         try:
             t = time.monotonic()
