@@ -45,13 +45,15 @@ class FrontDoorOptions:
     upstream_root_certificates: Path | None = None  # PEM CA: the upstream Triton speaks TLS
     session_secret: bytes | None = None  # the HMAC secret of session tokens (a random one per process if None)
     # connections held at once, all clients together; more are closed as they come: the door's memory stays bounded
-    # (~MEMORY_PER_CONNECTION each) and it keeps descriptors for itself. What one address may hold is the load
-    # balancer's or firewall's to cap (deploy/README.md)
+    # (~50 KiB a TLS connection: RELIABILITY.md, "A seventh pass") and it keeps descriptors for itself. What one
+    # address may hold is the load balancer's or firewall's to cap (deploy/README.md)
     max_connections: int = 10000
 
     def api_keys(self) -> ApiKeys:
         if self.limits.max_upstream_silence_s <= 0 or self.limits.max_stall_s <= 0:
             raise ValueError("max_upstream_silence_s and max_stall_s must be > 0 seconds")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {self.max_connections}")
         if self.tls_client_ca is not None and (self.keys is not None or self.keys_file is not None):
             raise ValueError("give API keys or a client CA (mutual TLS), not both: with mutual TLS the "
                              "certificate is the identity")
