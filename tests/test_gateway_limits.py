@@ -55,6 +55,9 @@ def test_a_client_is_its_address_and_an_ipv6_host_its_64():
     assert client_key("2001:db8:1:3::5") != client_key("2001:db8:1:2::5")
     assert client_key("::ffff:192.0.2.7") == "192.0.2.7"
     assert client_key(None) == "unknown"
+    # a proxy that appends the client's port: one client whatever port it comes from
+    assert client_key("192.0.2.7:51234") == client_key("192.0.2.7:1") == "192.0.2.7"
+    assert client_key("[2001:db8:1:2::5]:443") == "2001:db8:1:2::/64"
 
 
 def test_behind_a_proxy_the_header_names_the_client_and_its_absence_is_refused():

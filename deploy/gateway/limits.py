@@ -60,9 +60,15 @@ class Refused(Exception):
 
 
 def client_key(address: str | None) -> str:
-    """A client's address as the gateway counts it: IPv4 whole, IPv6 by its /64 network, anything else as given."""
+    """A client's address as the gateway counts it: IPv4 whole, IPv6 by its /64 network, a port some proxies append
+    (`203.0.113.7:51234`, `[2001:db8::1]:443`) dropped, anything else as given."""
+    text = (address or "").strip()
+    if text.startswith("[") and "]" in text:
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]
     try:
-        ip = ipaddress.ip_address((address or "").strip())
+        ip = ipaddress.ip_address(text)
     except ValueError:
         return (address or "unknown").strip()[:128] or "unknown"
     if ip.version == 6:
