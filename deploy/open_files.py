@@ -1,10 +1,11 @@
 """A public endpoint's open-file limit: every client connection holds a descriptor.
 
-Docker 25+ and containerd 2 start a container's process with a soft limit of 1024 descriptors (the hard limit stays
-high). With 1024, one client holding 1100 idle connections locked every other client out of the front door and the
-gateway (`accept` failing with EMFILE) for as long as it held them (RELIABILITY.md, "A seventh pass"). The front
-door and the gateway raise their soft limit to the hard one at start; what one address may hold at once is the load
-balancer's or the firewall's to cap (Compose and Kubernetes: deploy/README.md).
+Docker Engine 29 with containerd 2.1.5 starts a container's process with a soft limit of 1024 descriptors, the hard
+limit high (moby/moby#51485; Kubernetes on containerd 2.1.5 the same). With 1024, one client holding 1100 idle
+connections locked every other client out of the front door and the gateway (`accept` failing with EMFILE) for as
+long as it held them (RELIABILITY.md, "A seventh pass"). The front door and the gateway raise their soft limit to the
+hard one at start; what one address may hold at once is the load balancer's or the firewall's to cap (Compose and
+Kubernetes: deploy/README.md).
 """
 from __future__ import annotations
 

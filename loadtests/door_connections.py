@@ -4,10 +4,10 @@
 
 Starts the embedded server (tiny preset) and `python -m deploy.front_door` as Compose runs it (TLS, a keys file) on
 free ports, from `--door-tree` (e.g. a worktree of an older commit, to measure "before"), its soft open-file limit
-set to `--nofile` at start (1024: Docker 25+ and containerd 2 give a container's process that); a victim loops
-short text turns through the door all along (loadtests.adversarial.Victim). Per case: what the attacker got, the
+set to `--nofile` at start (1024: Docker Engine 29 with containerd 2.1.5 gives a container's process that); a victim
+loops short text turns through the door all along (loadtests.adversarial.Victim). Per case: what the attacker got, the
 victim's turns (failed, slowest), whether a newcomer could connect and be answered during it, and the door's open
-descriptors, resident memory and CPU. Prints a table (RELIABILITY.md, "A seventh pass").
+descriptors, resident memory and CPU. Prints each case as a JSON line (RELIABILITY.md, "A seventh pass" has the table).
 """
 from __future__ import annotations
 

@@ -207,7 +207,7 @@ async def avatar_flood(http, victim, n: int = 60) -> str:
 
 async def idle_connections(http, victim, n: int = 1100, hold_s: float = 20.0) -> str:
     """`n` connections that send nothing, then a newcomer's page load on a connection of its own while they are held
-    (a gateway started with 1024 descriptors, as Docker 25+ starts it, has none left)."""
+    (a gateway started with 1024 descriptors, as Docker Engine 29 starts it, has none left)."""
     async with http.get("/healthz") as r:
         host, port = r.url.host, r.url.port
     conns = [await asyncio.open_connection(host, port) for _ in range(n)]
@@ -395,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     ap.add_argument("--gateway-tree", type=Path, default=ROOT,
                     help="run `python -m deploy.gateway` from this tree (a worktree of another commit: 'before')")
-    ap.add_argument("--nofile", type=int, help="the gateway's soft open-file limit at start (1024: what Docker 25+ and "
-                                            "containerd 2 give a container's process; default: this shell's)")
+    ap.add_argument("--nofile", type=int, help="the gateway's soft open-file limit at start (1024: what Docker "
+                                            "Engine 29 with containerd 2.1.5 gives a container's process; default: "
+                                            "this shell's)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here too")
     args = ap.parse_args(argv)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

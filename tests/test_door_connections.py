@@ -76,9 +76,9 @@ def test_the_open_file_limit_is_raised_to_the_hard_one(caplog):
 
 
 def test_one_clients_idle_connections_do_not_lock_others_out(server, tmp_path):
-    """Started as Docker 25+ starts a container's process (a soft limit of 256 here, 1024 there), the door raises its
-    limit: 300 idle connections from one client, and a newcomer is still answered. Before, it waited out its
-    deadline: the door's accept() failed with EMFILE."""
+    """Started as Docker Engine 29 starts a container's process (a soft limit of 256 here, 1024 there), the door
+    raises its limit: 300 idle connections from one client, and a newcomer is still answered. Before, it waited out
+    its deadline: the door's accept() failed with EMFILE."""
     low, hard = 256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and hard < 2 * (low + 100):
         pytest.skip(f"the hard limit here is {hard}")
