@@ -270,6 +270,39 @@ async def mic_flood(http, victim, seconds: float = 12.0) -> str:
             + (f" ({errors[0][:70]})" if errors else ""))
 
 
+FLOOD = """
+import os, socket, sys, time
+targets = [(h, int(p)) for h, p in (a.split(",") for a in sys.argv[2:])]
+rtp = bytes([0x80, 96]) + os.urandom(198)  # RTP-looking: SRTP must refuse it
+stun = bytes.fromhex("00010000 2112a442") + os.urandom(12)  # a STUN binding request without credentials
+s, n, end = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), 0, time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    for t in targets:
+        try:
+            s.sendto(stun if n % 2 else rtp, t)
+        except OSError:
+            pass
+        n += 1
+print(n)
+"""
+
+
+async def udp_flood(http, victim, seconds: float = 10.0) -> str:
+    """Another process sending UDP as fast as it can to the media ports the gateway's answer gave a session of the
+    attacker's own (host candidates), RTP-looking and STUN-looking packets by turns."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    targets = sorted({f"{c.split()[4]},{c.split()[5]}" for c in peer.pc.remoteDescription.sdp.splitlines()
+                      if c.startswith("a=candidate:") and c.split()[7] == "host" and ":" not in c.split()[4]})
+    flood = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOD, str(seconds), *targets,
+                                                 stdout=subprocess.PIPE)
+    sent = int((await flood.communicate())[0] or 0)
+    await peer.pc.close()
+    return f"{sent / seconds:,.0f} packets a second for {seconds:g} s to {len(targets)} ports"
+
+
 async def camera(http, victim, seconds: float = 20.0) -> str:
     """A connected session that also sends video (1280x720 at 30 fps), which the page never does."""
     peer = Peer(camera=Camera())
@@ -332,7 +365,7 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
-                                 gzip_avatar)}
+                                 gzip_avatar, udp_flood)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:
@@ -357,6 +390,12 @@ async def new_victim(http: aiohttp.ClientSession) -> Peer:
     return victim
 
 
+def own_cpu_s(pid: int) -> float:
+    """CPU seconds the process has used (the gateway: its one loop and its executor's threads)."""
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
 def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
@@ -372,13 +411,15 @@ async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pi
                      "victim_gap_s": victim.largest_gap(t, time.monotonic())})
         for name in names:
             cpu0, t, rss0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid)
+            gw0 = own_cpu_s(gateway_pid)
             outcome = await CASES[name](http, victim)
             await asyncio.sleep(1)
             t1 = time.monotonic()
             dropped = not victim.receiving()  # its connection failed (ICE consent lost while the gateway froze)
             rows.append({"case": name, "attacker": outcome, "victim_gap_s": victim.largest_gap(t, t1),
                          "victim_dropped": dropped, "server_cpu": (cpu_s(server) - cpu0) / (t1 - t),
-                         "seconds": t1 - t, "gateway_mib": [rss0, rss_mib(gateway_pid)]})
+                         "seconds": t1 - t, "gateway_mib": [rss0, rss_mib(gateway_pid)],
+                         "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / (t1 - t)})
             print(f"{name}: {outcome} | victim's largest frame gap {rows[-1]['victim_gap_s']:.2f} s"
                   f"{', its connection dropped' if dropped else ''}", flush=True)
             await asyncio.sleep(3)
@@ -419,13 +460,14 @@ def main(argv: list[str] | None = None) -> int:
             gateway.terminate()
             gateway.wait(30)
     print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) | gateway "
-          "MiB, before → after |")
-    print("| --- | --- | ---: | ---: | ---: |")
+          "CPU (cores) | gateway MiB, before → after |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         cpu = f"{r['server_cpu']:.2f}"
         dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
         mib = "{:.0f} → {:.0f}".format(*r["gateway_mib"]) if "gateway_mib" in r else ""
-        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {mib} |")
+        gw = f"{r['gateway_cores']:.2f}" if "gateway_cores" in r else ""
+        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} |")
     if args.out:
         commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()
