@@ -405,10 +405,11 @@ async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pi
     async with aiohttp.ClientSession(base) as http:
         victim = await new_victim(http)
         await asyncio.sleep(3)
-        cpu0, t = cpu_s(server), time.monotonic()
+        cpu0, gw0, t = cpu_s(server), own_cpu_s(gateway_pid), time.monotonic()
         await asyncio.sleep(5)
         rows.append({"case": "(none: the victim alone, 5 s)", "attacker": "", "server_cpu": (cpu_s(server) - cpu0) / 5,
-                     "victim_gap_s": victim.largest_gap(t, time.monotonic())})
+                     "victim_gap_s": victim.largest_gap(t, time.monotonic()),
+                     "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / 5})
         for name in names:
             cpu0, t, rss0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid)
             gw0 = own_cpu_s(gateway_pid)
