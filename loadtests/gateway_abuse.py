@@ -36,6 +36,7 @@ from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
 from loadtests.bench_gpu import process_cpu_s
+from loadtests.gateway_connections import address, idle_connections, unread_responses
 
 ROOT = Path(__file__).resolve().parents[1]
 # Who sends what, as the gateway's proxy header says (`--client-header X-Forwarded-For`; a tree without that flag,
@@ -205,26 +206,6 @@ async def avatar_flood(http, victim, n: int = 60) -> str:
     return f"{counts(statuses)} in {dt:.1f} s ({statuses.count(200) / dt:.1f} registered a second)"
 
 
-async def idle_connections(http, victim, n: int = 1100, hold_s: float = 20.0) -> str:
-    """`n` connections that send nothing, then a newcomer's page load on a connection of its own while they are held
-    (a gateway started with 1024 descriptors, as Docker Engine 29 starts it, has none left)."""
-    async with http.get("/healthz") as r:
-        host, port = r.url.host, r.url.port
-    conns = [await asyncio.open_connection(host, port) for _ in range(n)]
-    await asyncio.sleep(1)
-    t = time.monotonic()
-    try:
-        async with aiohttp.ClientSession(f"http://{host}:{port}", timeout=aiohttp.ClientTimeout(total=5)) as fresh:
-            async with fresh.get("/config") as r:
-                newcomer = f"{r.status} after {time.monotonic() - t:.2f} s"
-    except (TimeoutError, aiohttp.ClientError) as e:
-        newcomer = f"{type(e).__name__} after {time.monotonic() - t:.1f} s"
-    await asyncio.sleep(max(0.0, hold_s - (time.monotonic() - t)))
-    for _, writer in conns:
-        writer.close()
-    return f"{n} connections held {hold_s:g} s; newcomer's GET /config: {newcomer}"
-
-
 async def gzip_avatar(http, victim, mib: int = 1000) -> str:
     """An avatar upload of `mib` MiB of zeros sent gzip-compressed (~1 MB on the wire), `Content-Encoding: gzip`."""
     def bomb() -> bytes:
@@ -336,8 +317,7 @@ async def huge_message(http, victim, mib: int = 64) -> str:
 async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> str:
     """`n` connections each sending half a request header and nothing more (slowloris), then another client's offer
     while they are held, and how many the gateway has closed after `hold_s`."""
-    async with http.get("/healthz") as r:  # where the session's base URL points
-        host, port = r.url.host, r.url.port
+    host, port = await address(http)
     conns = []
     for _ in range(n):
         try:
@@ -365,7 +345,7 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
-                                 gzip_avatar, udp_flood)}
+                                 unread_responses, gzip_avatar, udp_flood)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:

@@ -9,12 +9,14 @@ import asyncio
 import contextlib
 import gzip
 import json
+import socket
 import time
 import zlib
 
 import aiohttp
 import cv2
 import numpy as np
+import psutil
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
@@ -158,6 +160,40 @@ def test_a_compressed_body_is_refused_unread(server):
             assert status == 415, text
             status, text, _ = await post(http, "/avatar", data=png, headers={"Content-Encoding": "identity"})
             assert status == 200 and len(json.loads(text)["id"]) == 16, text
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_never_reads_its_responses_is_closed(server):
+    """2000 page requests pipelined on one connection whose client reads nothing (a 4 KiB receive buffer): the
+    gateway's end is closed once its responses have waited the idle bound (1 s here). Before, it was held for as long
+    as the client liked."""
+    def served(port: int, client_port: int) -> bool:  # the gateway's end of the connection (this process holds both)
+        return any(c.laddr.port == port and c.raddr and c.raddr.port == client_port and
+                   c.status == psutil.CONN_ESTABLISHED for c in psutil.Process().net_connections("tcp"))
+
+    async def scenario():
+        async with running(server, GatewayLimits(idle_connection_s=1)) as (gw, http):
+            async with http.get("/healthz") as r:
+                port = r.url.port
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
+            pending = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+            try:
+                mine = s.getsockname()[1]
+                assert served(port, mine)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(BlockingIOError):
+                        pending = pending[s.send(pending[:65536]):] if pending else pending
+                    await asyncio.sleep(0.1)
+                    if not pending and not served(port, mine):
+                        break
+                assert not pending and not served(port, mine), "the gateway still holds the connection 15 s later"
+            finally:
+                s.close()
 
     asyncio.run(scenario())
 

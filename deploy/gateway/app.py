@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import uuid
 from pathlib import Path
 
@@ -296,6 +297,22 @@ async def identity_bodies(request: web.Request, handler) -> web.StreamResponse:
     return await handler(request)
 
 
+def unread_responses_closed(after_s: float):
+    """Middleware: a connection whose client takes none of its responses for `after_s` is closed by the kernel
+    (TCP_USER_TIMEOUT covers data left unsent behind a zero window). aiohttp has no write timeout: a client that
+    pipelined requests and never read the answers held its connection past the idle bound, indefinitely, each with
+    its unsent responses (RELIABILITY.md, "A seventh pass")."""
+    ms = int(after_s * 1000)
+
+    @web.middleware
+    async def bound(request: web.Request, handler) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, ms)
+        return await handler(request)
+    return bound
+
+
 def make_runner(gateway: Gateway) -> web.AppRunner:
     """The application's runner: a connection without a whole request for `idle_connection_s` is closed; request
     bodies are taken as sent, never decompressed (`identity_bodies`)."""
@@ -305,8 +322,8 @@ def make_runner(gateway: Gateway) -> web.AppRunner:
 
 def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
     """The aiohttp application; `middlewares` run before every handler (the place for authentication)."""
-    app = web.Application(middlewares=[identity_bodies, *middlewares, security_headers],
-                          client_max_size=MAX_IMAGE_BYTES + 1024)
+    app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s), identity_bodies,
+                                       *middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
     app.on_shutdown.append(gateway.shutdown)
     app.router.add_get("/", gateway.index)

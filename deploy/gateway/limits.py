@@ -47,7 +47,8 @@ class GatewayLimits:
     mic_speedup: float = 1.5  # microphone audio of a session at most this many times real time (2 s bursts)
     connect_timeout_s: float = 20.0  # from the answer to a connected WebRTC session
     # an HTTP connection without a whole request for this long is closed, before its first request as between two
-    # (aiohttp's keep-alive timeout; its default, 3630 s, let half-sent requests hold connections for an hour)
+    # (aiohttp's keep-alive timeout; its default, 3630 s, let half-sent requests hold connections for an hour), and
+    # one whose client takes none of its responses for this long (TCP_USER_TIMEOUT: app.unread_responses_closed)
     idle_connection_s: float = 15.0
 
 
