@@ -36,6 +36,7 @@ from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
 from loadtests.bench_gpu import process_cpu_s
+from loadtests.door_connections import raise_own_limit
 from loadtests.gateway_connections import address, idle_connections, unread_responses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -422,8 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "this shell's)")
     ap.add_argument("--out", type=Path, help="write the rows as JSON here too")
     args = ap.parse_args(argv)
+    raise_own_limit()  # the attacker's connections: as many as allowed
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the attacker's connections: as many as allowed
     options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
     port = free_ports(1)[0]
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()

@@ -35,26 +35,41 @@ async def idle_connections(http, victim, n: int = 1100, hold_s: float = 20.0) ->
     return f"{n} connections held {hold_s:g} s; newcomer's GET /config: {newcomer}"
 
 
-async def unread_responses(http, victim, n: int = 2000, watch_s: float = 30.0) -> str:
-    """`n` page requests pipelined on one connection whose client reads nothing (a 4 KiB receive buffer), and
-    whether the gateway still holds its end `watch_s` later."""
-    host, port = await address(http)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(s, (host, port))
-    pending, mine, t = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * n, s.getsockname()[1], time.monotonic()
+class UnreadPipeline:
+    """`n` page requests pipelined on one connection whose client reads nothing (a 4 KiB receive buffer): `push` sends
+    what the socket takes, `held` says whether the gateway still holds its end."""
 
-    def held() -> bool:
-        return any(c.laddr.port == port and c.raddr and c.raddr.port == mine and c.status == psutil.CONN_ESTABLISHED
-                   for c in psutil.net_connections("tcp"))
+    def __init__(self, sock: socket.socket, port: int, n: int):
+        self.sock, self.port, self.mine = sock, port, sock.getsockname()[1]
+        self.pending = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * n
+
+    @classmethod
+    async def connect(cls, host: str, port: int, n: int) -> UnreadPipeline:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(s, (host, port))
+        return cls(s, port, n)
+
+    def push(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            self.pending = self.pending[self.sock.send(self.pending[:65536]):] if self.pending else self.pending
+
+    def held(self) -> bool:
+        return any(c.laddr.port == self.port and c.raddr and c.raddr.port == self.mine and
+                   c.status == psutil.CONN_ESTABLISHED for c in psutil.net_connections("tcp"))
+
+
+async def unread_responses(http, victim, n: int = 2000, watch_s: float = 30.0) -> str:
+    """`n` page requests pipelined on one connection whose client reads nothing, and whether the gateway still holds
+    its end `watch_s` later."""
+    pipe, t = await UnreadPipeline.connect(*await address(http), n), time.monotonic()
     closed_after = None
     while time.monotonic() - t < watch_s:
-        with contextlib.suppress(BlockingIOError):
-            pending = pending[s.send(pending[:65536]):] if pending else pending
+        pipe.push()
         await asyncio.sleep(0.5)
-        if closed_after is None and not held():
+        if closed_after is None and not pipe.held():
             closed_after = time.monotonic() - t
-    s.close()
-    return (f"{n} requests pipelined, {'all' if not pending else 'not all'} sent; the gateway " + (
+    pipe.sock.close()
+    return (f"{n} requests pipelined, {'not all' if pipe.pending else 'all'} sent; the gateway " + (
         f"closed its end after {closed_after:.1f} s" if closed_after else f"still held it {watch_s:g} s later"))

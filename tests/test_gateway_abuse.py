@@ -9,14 +9,12 @@ import asyncio
 import contextlib
 import gzip
 import json
-import socket
 import time
 import zlib
 
 import aiohttp
 import cv2
 import numpy as np
-import psutil
 import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
@@ -26,6 +24,7 @@ from test_gateway_limits import browser_like_offer
 from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
+from loadtests.gateway_connections import UnreadPipeline, address
 
 pytestmark = pytest.mark.server
 
@@ -168,32 +167,20 @@ def test_a_client_that_never_reads_its_responses_is_closed(server):
     """2000 page requests pipelined on one connection whose client reads nothing (a 4 KiB receive buffer): the
     gateway's end is closed once its responses have waited the idle bound (1 s here). Before, it was held for as long
     as the client liked."""
-    def served(port: int, client_port: int) -> bool:  # the gateway's end of the connection (this process holds both)
-        return any(c.laddr.port == port and c.raddr and c.raddr.port == client_port and
-                   c.status == psutil.CONN_ESTABLISHED for c in psutil.Process().net_connections("tcp"))
-
     async def scenario():
         async with running(server, GatewayLimits(idle_connection_s=1)) as (gw, http):
-            async with http.get("/healthz") as r:
-                port = r.url.port
-            s = socket.socket()
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            s.setblocking(False)
-            await asyncio.get_running_loop().sock_connect(s, ("127.0.0.1", port))
-            pending = b"GET /static/app.js HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+            pipe = await UnreadPipeline.connect(*await address(http), 2000)
             try:
-                mine = s.getsockname()[1]
-                assert served(port, mine)
+                assert pipe.held()
                 deadline = time.monotonic() + 15
                 while time.monotonic() < deadline:
-                    with contextlib.suppress(BlockingIOError):
-                        pending = pending[s.send(pending[:65536]):] if pending else pending
+                    pipe.push()
                     await asyncio.sleep(0.1)
-                    if not pending and not served(port, mine):
+                    if not pipe.pending and not pipe.held():
                         break
-                assert not pending and not served(port, mine), "the gateway still holds the connection 15 s later"
+                assert not pipe.pending and not pipe.held(), "the gateway still holds the connection 15 s later"
             finally:
-                s.close()
+                pipe.sock.close()
 
     asyncio.run(scenario())
 
@@ -229,8 +216,7 @@ def test_a_half_sent_request_is_closed_after_the_idle_bound(server):
     default held it for 3630 s: 3000 of them from one client held +40 MiB of the gateway for the hour)."""
     async def scenario():
         async with running(server, GatewayLimits(idle_connection_s=1.0)) as (gw, http):
-            async with http.get("/healthz") as r:  # where the session's base URL points
-                host, port = r.url.host, r.url.port
+            host, port = await address(http)
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(b"POST /offer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\nX-Slow: ")
             t = time.monotonic()

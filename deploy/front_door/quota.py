@@ -147,13 +147,17 @@ class TokenBucket:
         self.tokens = float(self.burst)
         self.stamp = self.clock()
 
+    def _level(self, now: float) -> float:
+        """The tokens it holds at `now`: what it had, refilled at `rate` since `stamp`, up to `burst`."""
+        return min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+
     def full(self) -> bool:
         """Whether it holds `burst` tokens again (a new bucket would be the same)."""
-        return self.tokens + (self.clock() - self.stamp) * self.rate >= self.burst
+        return self._level(self.clock()) >= self.burst
 
     def take(self) -> bool:
         now = self.clock()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = self._level(now)
         self.stamp = now
         if self.tokens < 1.0:
             return False
