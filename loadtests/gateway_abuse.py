@@ -29,20 +29,19 @@ import av
 import cv2
 import numpy as np
 import psutil
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc import MediaStreamTrack, VideoStreamTrack
 
 from deploy.processes import free_ports, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
+from loadtests import gateway_transports
 from loadtests.bench_gpu import process_cpu_s
 from loadtests.door_connections import raise_own_limit
 from loadtests.gateway_connections import address, idle_connections, unread_responses
+from loadtests.gateway_peer import ATTACKER, NEWCOMER, VICTIM, Peer, send_offer, sent_by, short
 
 ROOT = Path(__file__).resolve().parents[1]
-# Who sends what, as the gateway's proxy header says (`--client-header X-Forwarded-For`; a tree without that flag,
-# i.e. before the gateway knew clients apart, sees every request from 127.0.0.1)
-VICTIM, ATTACKER, NEWCOMER = "192.0.2.1", "203.0.113.66", "192.0.2.2"
 
 
 class UnpacedTone(MediaStreamTrack):
@@ -72,76 +71,6 @@ class Camera(VideoStreamTrack):
         frame = av.VideoFrame.from_ndarray(np.random.randint(0, 255, (720, 1280, 3), np.uint8), format="bgr24")
         frame.pts, frame.time_base = pts, time_base
         return frame
-
-
-class Peer:
-    """A browser-like aiortc peer: data channel `events`, audio (a microphone track if given) and video received."""
-
-    def __init__(self, mic: MediaStreamTrack | None = None, camera: MediaStreamTrack | None = None):
-        self.pc = RTCPeerConnection()
-        self.frames: list[float] = []
-        self.messages: list[dict] = []
-        self.channel = self.pc.createDataChannel("events")
-        self.channel.on("message", lambda m: self.messages.append(json.loads(m)))
-        if mic is not None:
-            self.pc.addTrack(mic)
-        else:
-            self.pc.addTransceiver("audio", direction="recvonly")
-        if camera is not None:
-            self.pc.addTrack(camera)
-        else:
-            self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.on("track", self._track)
-
-    def _track(self, track) -> None:
-        if track.kind != "video":
-            return
-
-        async def pull():
-            with contextlib.suppress(Exception):
-                while True:
-                    await track.recv()
-                    self.frames.append(time.monotonic())
-        asyncio.ensure_future(pull())
-
-    async def offer(self) -> str:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        return self.pc.localDescription.sdp
-
-    async def connect(self, http: aiohttp.ClientSession, client: str = ATTACKER,
-                      wait_open_s: float = 20.0) -> tuple[int, str]:
-        status, text = await send_offer(http, await self.offer(), client)
-        if status != 200:
-            return status, text
-        answer = json.loads(text)
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        deadline = time.monotonic() + wait_open_s
-        while self.channel.readyState != "open" and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return status, answer["session"]
-
-    def receiving(self) -> bool:
-        """Connected, and a video frame came in the last 2 s."""
-        return self.pc.connectionState == "connected" and bool(self.frames) and time.monotonic() - self.frames[-1] < 2
-
-    def largest_gap(self, t0: float, t1: float) -> float:
-        ts = [t0] + [t for t in self.frames if t0 <= t <= t1] + [t1]
-        return max(b - a for a, b in zip(ts, ts[1:]))
-
-
-def sent_by(client: str) -> dict:
-    return {"X-Forwarded-For": client}
-
-
-async def send_offer(http: aiohttp.ClientSession, sdp: str, client: str = ATTACKER, **extra) -> tuple[int, str]:
-    async with http.post("/offer", data=json.dumps({"type": "offer", "sdp": sdp, **extra}),
-                         headers=sent_by(client)) as r:
-        return r.status, await r.text()
-
-
-def short(status: int, text: str) -> str:
-    text = " ".join(text.split())
-    return f"{status} {text[:110]}" if status != 200 else "200 (answered)"
 
 
 def counts(statuses: list[int]) -> str:
@@ -346,7 +275,8 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
-                                 unread_responses, gzip_avatar, udp_flood)}
+                                 unread_responses, gzip_avatar, udp_flood,
+                                 *gateway_transports.CASES)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:

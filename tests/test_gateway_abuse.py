@@ -25,6 +25,8 @@ from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
+from loadtests.gateway_peer import Peer
+from loadtests.gateway_transports import closed, gap_sack
 
 pytestmark = pytest.mark.server
 
@@ -226,3 +228,34 @@ def test_a_half_sent_request_is_closed_after_the_idle_bound(server):
             assert 0.9 < took < 5, took
 
     asyncio.run(scenario())
+
+
+def test_a_peer_breaking_sctp_is_ended_and_another_session_keeps_its_media(server):
+    """A connected client's SACK naming 19 million TSNs the gateway never sent (20 of them, 23 KB, froze every
+    session's video 21 s and dropped them before sctp_guard.py) ends that client's session at once; another
+    session's video goes on."""
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            victim, attacker = Peer(), Peer()
+            assert (await victim.connect(http, "192.0.2.1"))[0] == 200
+            assert (await attacker.connect(http, "203.0.113.66"))[0] == 200
+            await until(victim.receiving, 20)
+            t = time.monotonic()
+            for _ in range(3):
+                await attacker.pc.sctp._send_chunk(gap_sack(attacker.pc.sctp, 290))
+            await until(lambda: closed(attacker) and len(gw.sessions) == 1, 10)
+            await asyncio.sleep(1.0)
+            assert victim.receiving() and victim.largest_gap(t, time.monotonic()) < 0.5
+            async with http.get("/stats") as r:
+                assert (await r.json())["sessions_broke_sctp"] == 1
+            for peer in (victim, attacker):
+                await peer.pc.close()
+
+    asyncio.run(scenario())
+
+
+async def until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)

@@ -33,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 from deploy.gateway import triton
 from deploy.gateway.ice import IceSettings, filter_candidates
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
+from deploy.gateway.sctp_guard import SctpGuard
 from deploy.gateway.session import AVATAR_ID, Session
 from deploy.gateway.stats import GatewayStats
 from deploy.gateway.tracks import read_microphone
@@ -242,6 +243,8 @@ class Gateway:
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            if pc.sctp is not None:  # the offer has a data channel
+                SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason))
             pc.addTrack(session.audio)
             pc.addTrack(session.video)
             receive_only_the_microphone(pc)
@@ -261,6 +264,12 @@ class Gateway:
             log.info("session %s: not connected %g s after its answer: ended", sid, self.limits.connect_timeout_s)
             self.stats.sessions_unconnected += 1
             asyncio.ensure_future(self.end(sid))
+
+    def _breach(self, sid: str, client: str, reason: str) -> None:
+        """A session's peer broke a rule of its SCTP association (sctp_guard.py): the session is ended."""
+        log.warning("session %s of client %s ended: %s", sid, client, reason)
+        self.stats.sessions_broke_sctp += 1
+        asyncio.ensure_future(self.end(sid))
 
     async def stats_handler(self, request: web.Request) -> web.Response:
         try:

@@ -12,7 +12,7 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - per session: data-channel messages per second and their size, microphone audio at most `mic_speedup` times real
   time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
   WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
-  idle motion, for good).
+  idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py).
 
 Refusals say which bound and its value (HTTP 429 for quotas, 413 for sizes, 400 for malformed offers).
 """
@@ -50,6 +50,10 @@ class GatewayLimits:
     # (aiohttp's keep-alive timeout; its default, 3630 s, let half-sent requests hold connections for an hour), and
     # one whose client takes none of its responses for this long (TCP_USER_TIMEOUT: app.unread_responses_closed)
     idle_connection_s: float = 15.0
+    # a session's SCTP association (its data channel's transport; sctp_guard.py: aiortc keeps whatever its peer sends):
+    sctp_window_overrun_bytes: int = 64 * 1024  # DATA past the advertised receive window (a packet in flight)
+    sctp_held_chunks: int = 1024  # DATA chunks held past a missing TSN or of unfinished messages
+    sctp_streams: int = 16  # inbound streams (data channels; the page opens one)
 
 
 class Refused(Exception):

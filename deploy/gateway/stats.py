@@ -51,6 +51,7 @@ class GatewayStats:
     sessions_started: int = 0
     sessions_ended: int = 0
     sessions_unconnected: int = 0  # ended because their WebRTC connection never came up
+    sessions_broke_sctp: int = 0  # ended because their peer broke a rule of its SCTP association (sctp_guard.py)
     active: int = 0
     started: float = field(default_factory=time.monotonic)
     frames: dict = field(default_factory=dict)  # live session -> (video frames sent, skipped as late)
@@ -70,7 +71,8 @@ class GatewayStats:
     def summary(self, recent: int = 20) -> dict:
         out: dict = {"active_sessions": self.active, "sessions_started": self.sessions_started,
                      "sessions_ended": self.sessions_ended,
-                     "sessions_unconnected": self.sessions_unconnected, "replies": len(self.replies),
+                     "sessions_unconnected": self.sessions_unconnected,
+                     "sessions_broke_sctp": self.sessions_broke_sctp, "replies": len(self.replies),
                      "uptime_s": round(time.monotonic() - self.started, 1),
                      "process_cpu_s": round(time.process_time(), 3),
                      "video_frames_sent": self.frames_ended[0] + sum(f[0] for f in self.frames.values()),
