@@ -311,6 +311,14 @@ def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+async def peak_rss_mib(pid: int, peak: list[float], every_s: float = 0.25) -> None:
+    """Keep the largest resident size of `pid` seen in peak[0] until cancelled (during a case: what the attacker
+    held before it closed)."""
+    while True:
+        peak[0] = max(peak[0], rss_mib(pid))
+        await asyncio.sleep(every_s)
+
+
 async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pid: int) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(base) as http:
@@ -324,13 +332,17 @@ async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pi
         for name in names:
             cpu0, t, rss0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid)
             gw0 = own_cpu_s(gateway_pid)
+            peak_mib = [rss0]
+            peak = asyncio.ensure_future(peak_rss_mib(gateway_pid, peak_mib))
             outcome = await CASES[name](http, victim)
+            peak.cancel()
             await asyncio.sleep(1)
             t1 = time.monotonic()
             dropped = not victim.receiving()  # its connection failed (ICE consent lost while the gateway froze)
             rows.append({"case": name, "attacker": outcome, "victim_gap_s": victim.largest_gap(t, t1),
                          "victim_dropped": dropped, "server_cpu": (cpu_s(server) - cpu0) / (t1 - t),
                          "seconds": t1 - t, "gateway_mib": [rss0, rss_mib(gateway_pid)],
+                         "gateway_peak_mib": peak_mib[0],
                          "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / (t1 - t)})
             print(f"{name}: {outcome} | victim's largest frame gap {rows[-1]['victim_gap_s']:.2f} s"
                   f"{', its connection dropped' if dropped else ''}", flush=True)
@@ -372,12 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             gateway.terminate()
             gateway.wait(30)
     print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) | gateway "
-          "CPU (cores) | gateway MiB, before → after |")
+          "CPU (cores) | gateway MiB, before → peak → after |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         cpu = f"{r['server_cpu']:.2f}"
         dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
-        mib = "{:.0f} → {:.0f}".format(*r["gateway_mib"]) if "gateway_mib" in r else ""
+        mib = ("{:.0f} → {:.0f} → {:.0f}".format(r["gateway_mib"][0], r["gateway_peak_mib"], r["gateway_mib"][1])
+               if "gateway_mib" in r else "")
         gw = f"{r['gateway_cores']:.2f}" if "gateway_cores" in r else ""
         print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} |")
     if args.out:

@@ -1,20 +1,24 @@
-"""Below the data channel: a connected peer that breaks SCTP's rules, cases of `python -m loadtests.gateway_abuse`
-(RELIABILITY.md, "An eighth pass").
+"""Below the data channel and the media: a connected peer that breaks SCTP's rules or asks too much with RTCP
+feedback, cases of `python -m loadtests.gateway_abuse` (RELIABILITY.md, "An eighth pass").
 
 A browser's SCTP stack sends no more than the receive window the gateway advertised (1 MiB) and fills the holes it
 leaves. A client that wants to hurt the gateway need not: after its DTLS handshake, any DATA chunk it sends reaches
 aiortc's association, which takes it whatever the window, keeps it until its message is whole, and for each chunk
 walks what it holds (the TSNs past a hole are sorted again, an unfinished message is scanned again). The attacker
 here is aiortc itself, connected as the page is, then sending DATA chunks of its own making on its data channel's
-stream at `rate` chunks a second (1000 bytes each: 8 Mbit/s, a home uplink).
+stream at `rate` chunks a second (1000 bytes each: 8 Mbit/s, a home uplink), or RTCP feedback on the video the
+gateway sends it.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Callable
+from struct import pack
 
+from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import SCTP_DATA_FIRST_FRAG, WEBRTC_BINARY, DataChunk, RTCSctpTransport, SackChunk
+from aiortc.rtp import RTCP_PSFB, RTCP_PSFB_PLI, RTCP_RTPFB, RTCP_RTPFB_NACK, pack_rtcp_packet
 
 from loadtests.gateway_peer import Peer, short
 
@@ -103,4 +107,65 @@ async def sctp_sack_gaps(http, victim, seconds: float = 20.0, per_second: float 
     return f"{sent} SACKs of {gaps} gap blocks ({len(bytes(sack))} bytes each) in {took:.1f} s; {ended}"
 
 
-CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps)
+class VideoSeen:
+    """The gateway's video stream as the attacker's receiver sees it: its SSRC and the last sequence number."""
+
+    def __init__(self, pc: RTCPeerConnection):
+        receiver = next(r for r in pc.getReceivers() if r.track.kind == "video")
+        self.transport, self.ssrc, self.seq, self.packets = receiver.transport, None, None, 0
+        handle = receiver._handle_rtp_packet
+
+        async def seen(packet, arrival_time_ms):
+            self.ssrc, self.seq, self.packets = packet.ssrc, packet.sequence_number, self.packets + 1
+            await handle(packet, arrival_time_ms=arrival_time_ms)
+        receiver._handle_rtp_packet = seen
+
+    def nack(self, entries: int) -> bytes:
+        """A generic NACK naming the 17 latest packets (one pid and a full bitmask) `entries` times over."""
+        return self.nack_of([((self.seq - 16) % 65536, 0xFFFF)] * entries)
+
+    def nack_of(self, fci: list[tuple[int, int]]) -> bytes:
+        """A generic NACK of (pid, bitmask of the 16 packets after it) entries; (seq, 0) names one packet."""
+        entries = b"".join(pack("!HH", pid, blp) for pid, blp in fci)
+        return pack_rtcp_packet(RTCP_RTPFB, RTCP_RTPFB_NACK, pack("!LL", 1, self.ssrc) + entries)
+
+    def pli(self) -> bytes:
+        return pack_rtcp_packet(RTCP_PSFB, RTCP_PSFB_PLI, pack("!LL", 1, self.ssrc))
+
+
+async def rtcp_flood(http, make: Callable[[VideoSeen], bytes], seconds: float, per_second: float) -> str:
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    video = VideoSeen(peer.pc)
+    while not video.packets:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(2.0)
+    calm = video.packets / 2.0  # video packets a second before the flood (counted from the first: ~2 s)
+    t0, sent, before = time.monotonic(), 0, video.packets
+    while time.monotonic() - t0 < seconds and not closed(peer):
+        packet = make(video)
+        await video.transport._send_rtp(packet)
+        sent += 1
+        await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
+    took = time.monotonic() - t0
+    rate = (video.packets - before) / took
+    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    await peer.pc.close()
+    return (f"{sent} RTCP packets of {len(packet)} bytes in {took:.1f} s; it received {rate:.0f} video packets a "
+            f"second ({calm:.0f} before); {ended}")
+
+
+async def rtcp_nacks(http, victim, seconds: float = 20.0, per_second: float = 10.0) -> str:
+    """NACKs for the gateway's video, each naming its 17 latest packets 297 times over (one 1200-byte packet asks
+    for 5049 retransmissions of what the gateway keeps, 128 packets), 10 a second."""
+    return await rtcp_flood(http, lambda video: video.nack(297), seconds, per_second)
+
+
+async def rtcp_plis(http, victim, seconds: float = 20.0, per_second: float = 100.0) -> str:
+    """Picture loss indications for the gateway's video, 100 a second: every frame a keyframe."""
+    return await rtcp_flood(http, VideoSeen.pli, seconds, per_second)
+
+
+CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis)

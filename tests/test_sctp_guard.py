@@ -96,6 +96,23 @@ def test_a_sack_claiming_tsns_never_sent_is_refused_before_it_is_walked():
     asyncio.run(scenario())
 
 
+def test_a_sack_reordered_on_the_way_passes_as_aiortc_drops_it():
+    """A SACK older than one already taken is dropped by aiortc unread: its gap blocks are not held against it, even
+    when nothing is outstanding any more."""
+    async def scenario():
+        async with connected() as (a, channel, b, guard, reasons):
+            b.sctp._data_channels[channel.id].send(b"hello")
+            await until(lambda: not b.sctp._sent_queue)  # acknowledged
+            stale = SackChunk()
+            stale.cumulative_tsn = (a.sctp._last_received_tsn - 5) % 2**32
+            stale.advertised_rwnd, stale.gaps = 1 << 20, [(1, 2)]
+            await a.sctp._send_chunk(stale)
+            await a.sctp._send_chunk(gap_sack(a.sctp, 1))  # a current one naming TSNs never sent: refused
+            await until(lambda: bool(reasons))
+            assert len(reasons) == 1 and "its SACK acknowledges TSNs 1..65535" in reasons[0], reasons
+    asyncio.run(scenario())
+
+
 def test_streams_past_the_bound_end_the_association():
     async def scenario():
         async with connected(GatewayLimits(sctp_streams=4)) as (a, channel, b, guard, reasons):

@@ -33,6 +33,7 @@ from tritonclient.utils import InferenceServerException
 from deploy.gateway import triton
 from deploy.gateway.ice import IceSettings, filter_candidates
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
+from deploy.gateway.rtcp_guard import RtcpGuard
 from deploy.gateway.sctp_guard import SctpGuard
 from deploy.gateway.session import AVATAR_ID, Session
 from deploy.gateway.stats import GatewayStats
@@ -245,8 +246,8 @@ class Gateway:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if pc.sctp is not None:  # the offer has a data channel
                 SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason))
-            pc.addTrack(session.audio)
-            pc.addTrack(session.video)
+            for track in (session.audio, session.video):
+                RtcpGuard(pc.addTrack(track), self.limits)
             receive_only_the_microphone(pc)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:

@@ -12,7 +12,8 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - per session: data-channel messages per second and their size, microphone audio at most `mic_speedup` times real
   time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
   WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
-  idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py).
+  idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py) and its RTCP
+  feedback may ask for (rtcp_guard.py).
 
 Refusals say which bound and its value (HTTP 429 for quotas, 413 for sizes, 400 for malformed offers).
 """
@@ -54,6 +55,9 @@ class GatewayLimits:
     sctp_window_overrun_bytes: int = 64 * 1024  # DATA past the advertised receive window (a packet in flight)
     sctp_held_chunks: int = 1024  # DATA chunks held past a missing TSN or of unfinished messages
     sctp_streams: int = 16  # inbound streams (data channels; the page opens one)
+    # retransmissions a session's NACKs may ask of each outgoing stream (rtcp_guard.py; 1.5 Mbit/s video: ~156/s)
+    retransmissions_per_second: float = 150.0
+    keyframe_interval_s: float = 0.5  # keyframe requests (PLI, FIR) of a session passed on at most this often
 
 
 class Refused(Exception):

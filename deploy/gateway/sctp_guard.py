@@ -20,22 +20,22 @@ client can send chunks of its own making, and aiortc takes them on the gateway's
 - SACK: gap blocks only over TSNs the gateway sent and has not seen acknowledged, never more of them in all;
 - FORWARD-TSN: at most `sctp_streams` streams, counting those already open.
 
-The guard reads aiortc's own state (`_advertised_rwnd`, `_sack_misordered`, `_inbound_streams`, `_sent_queue`);
-`requirements-gateway.txt` pins aiortc and the guard refuses to start on an association without them, so an upgrade
-that renames them fails tests/test_sctp_guard.py instead of leaving the gateway unguarded.
+The guard reads aiortc's own state (`_advertised_rwnd`, `_sack_misordered`, `_inbound_streams`, `_sent_queue`,
+`_last_sacked_tsn`); `requirements-gateway.txt` pins aiortc and the guard refuses to start on an association without
+them, so an upgrade that renames them fails tests/test_sctp_guard.py instead of leaving the gateway unguarded.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from aiortc.rtcsctptransport import DataChunk, ForwardTsnChunk, RTCSctpTransport, SackChunk
+from aiortc.utils import uint32_gt
 
 from deploy.gateway.limits import GatewayLimits
 
-log = logging.getLogger(__name__)
 TSN_MODULO = 2**32
-STATE = ("_receive_chunk", "_advertised_rwnd", "_sack_misordered", "_inbound_streams", "_sent_queue")
+STATE = ("_receive_chunk", "_advertised_rwnd", "_sack_misordered", "_inbound_streams", "_sent_queue",
+         "_last_sacked_tsn")
 
 
 def breach(sctp: RTCSctpTransport, chunk, limits: GatewayLimits) -> str | None:
@@ -69,6 +69,8 @@ def streams_breach(sctp: RTCSctpTransport, named: set[int], limits: GatewayLimit
 
 
 def sack_breach(sctp: RTCSctpTransport, chunk: SackChunk) -> str | None:
+    if uint32_gt(sctp._last_sacked_tsn, chunk.cumulative_tsn):
+        return None  # older than one already taken (reordered on the way): aiortc drops it unread
     queue = sctp._sent_queue
     outstanding = (queue[-1].tsn - chunk.cumulative_tsn) % TSN_MODULO if queue else 0
     if outstanding >= TSN_MODULO // 2:  # the SACK is past the last TSN sent: no gap can be valid
