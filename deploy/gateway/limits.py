@@ -58,6 +58,7 @@ class GatewayLimits:
     # retransmissions a session's NACKs may ask of each outgoing stream (rtcp_guard.py; 1.5 Mbit/s video: ~156/s)
     retransmissions_per_second: float = 150.0
     keyframe_interval_s: float = 0.5  # keyframe requests (PLI, FIR) of a session passed on at most this often
+    ice_learned_candidates: int = 8  # peer-reflexive candidates a session learns from checks (ice.LearnedCandidates)
 
 
 class Refused(Exception):
