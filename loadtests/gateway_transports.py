@@ -182,7 +182,7 @@ def binding_request(gateway_ufrag: str, own_ufrag: str, password: str) -> bytes:
     return bytes(request)
 
 
-async def ice_new_addresses(http, victim, seconds: float = 20.0, per_second: float = 1000.0) -> str:
+async def ice_new_addresses(http, victim, seconds: float = 20.0, per_second: float = 4000.0) -> str:
     """Valid connectivity checks for the attacker's own session (its credentials are in the offer and answer), each
     from a new source port: each is a new peer-reflexive candidate to aioice, with its candidate pair and its checks.
     (From a host that can spoof its source, the addresses are any it likes; the gateway's checks then go to them.)"""

@@ -31,7 +31,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from tritonclient.utils import InferenceServerException
 
 from deploy.gateway import triton
-from deploy.gateway.ice import IceSettings, LearnedCandidates, filter_candidates, ice_connections
+from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
 from deploy.gateway.rtcp_guard import RtcpGuard
 from deploy.gateway.sctp_guard import SctpGuard
@@ -247,7 +247,8 @@ class Gateway:
             if pc.sctp is not None:  # the offer has a data channel
                 SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason))
             for connection in ice_connections(pc):
-                LearnedCandidates(connection, self.ice.remote_networks, self.limits.ice_learned_candidates)
+                ReceivedChecks(connection, self.ice.remote_networks, self.limits.ice_learned_candidates,
+                               self.limits.ice_checks_per_second)
             for track in (session.audio, session.video):
                 RtcpGuard(pc.addTrack(track), self.limits)
             receive_only_the_microphone(pc)

@@ -7,7 +7,7 @@
 - `--remote-network CIDR` (repeatable): browser candidates outside these networks are removed from the offer
   before aiortc sees them, so the gateway never sends a connectivity check anywhere else (tests: 127.0.0.0/8); the
   candidates a session learns from the checks it receives (peer-reflexive) are held to them too, and to a few
-  (`LearnedCandidates`).
+  (`ReceivedChecks`, which also bounds how many of its own checks a session's client gets answered).
 - `--ice-server URL` with `--turn-username/--turn-password`, or `--turn-secret` (coturn's `use-auth-secret`: a
   short-lived username `expiry:session` and password base64(HMAC-SHA1(secret, username)) per page load), used by
   the gateway itself and handed to the page (`/config`), unless `--page-ice-server` names what the page uses (the
@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
+from deploy.front_door.quota import TokenBucket
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -68,29 +70,48 @@ def ice_connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
     return list(found.values())
 
 
-class LearnedCandidates:
-    """The peer-reflexive candidates one ICE connection may learn. A connectivity check from an address the offer did
-    not name makes aioice add a remote candidate, a candidate pair and checks of its own to that address, each new one
-    sorted into a list it walks for every check, without bound; and `filter_candidates` never sees it. A client holds
-    its own session's credentials (the offer and answer carry them), so it can send valid checks from as many ports
-    as it likes, or from addresses it spoofs (RELIABILITY.md, "An eighth pass"). At most `limit` are learned, each
-    inside `networks` when they are given (as filter_candidates keeps the offer's); a check from any other address is
-    answered (aioice answers before it learns) and learns nothing: `refused` counts them."""
+class ReceivedChecks:
+    """What the connectivity checks one ICE connection receives may make it do. A client holds its own session's
+    credentials (the offer and answer carry them), so it can send valid checks as fast as it likes, from as many
+    ports as it likes or from addresses it spoofs (RELIABILITY.md, "An eighth pass"):
 
-    def __init__(self, connection: aioice.Connection, networks: Sequence[str], limit: int):
-        if not hasattr(connection, "check_incoming") or not hasattr(connection, "_remote_candidates"):
-            raise RuntimeError("aioice's Connection has no check_incoming/_remote_candidates: the gateway's ICE bound "
-                               "is written for aioice 0.13 (requirements-gateway.txt)")
-        self.connection, self.limit = connection, limit
+    - aioice verifies and answers each (its integrity, then an answer with its own): ~0.4 ms of the gateway's loop.
+      Checks naming this session's username are answered at most `checks_per_second` (bursts of twice as many; a
+      browser checks a few pairs every 50 ms while connecting, then its consent every few seconds); the rest are
+      dropped unread. Checks naming no username of this session pass to aioice as before, so a stranger cannot
+      spend a session's budget;
+    - a check from an address the offer did not name makes aioice add a remote candidate, a candidate pair and checks
+      of its own to that address, each new pair sorted into a list it walks for every check, without bound; and
+      `filter_candidates` never sees it. At most `learn` are learned, each inside `networks` when they are given (as
+      filter_candidates keeps the offer's); a check from any other address is answered and learns nothing.
+
+    `dropped` and `refused` count the checks dropped and the addresses not learned."""
+
+    def __init__(self, connection: aioice.Connection, networks: Sequence[str], learn: int, checks_per_second: float):
+        missing = [a for a in ("request_received", "check_incoming", "_remote_candidates", "local_username")
+                   if not hasattr(connection, a)]
+        if missing:
+            raise RuntimeError(f"aioice's Connection has no {', '.join(missing)}: the gateway's ICE bounds are "
+                               "written for aioice 0.13 (requirements-gateway.txt)")
+        self.connection, self.learn = connection, learn
         self.nets = [ipaddress.ip_network(n, strict=False) for n in networks]
-        self.learned = self.refused = 0
-        self._check = connection.check_incoming
-        connection.check_incoming = self._checked  # request_received calls it through the instance
+        self.answers = TokenBucket(checks_per_second, int(2 * checks_per_second))
+        self.learned = self.refused = self.dropped = 0
+        self._request, self._check = connection.request_received, connection.check_incoming
+        # aioice's protocol calls request_received, and request_received check_incoming, through the instance
+        connection.request_received, connection.check_incoming = self._requested, self._checked
+
+    def _requested(self, message, addr: tuple[str, int], protocol) -> None:
+        username = message.attributes.get("USERNAME", "")
+        if username.startswith(self.connection.local_username + ":") and not self.answers.take():
+            self.dropped += 1
+            return
+        self._request(message, addr, protocol)
 
     def _checked(self, message, addr: tuple[str, int], protocol) -> None:
         known = any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
         if not known:
-            if self.learned >= self.limit or (self.nets and not in_networks(addr[0], self.nets)):
+            if self.learned >= self.learn or (self.nets and not in_networks(addr[0], self.nets)):
                 self.refused += 1
                 return
             self.learned += 1

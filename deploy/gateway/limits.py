@@ -12,8 +12,9 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - per session: data-channel messages per second and their size, microphone audio at most `mic_speedup` times real
   time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
   WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
-  idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py) and its RTCP
-  feedback may ask for (rtcp_guard.py).
+  idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py), what its RTCP
+  feedback may ask for (rtcp_guard.py) and the checks its ICE connection answers and learns from (ice.py
+  `ReceivedChecks`).
 
 Refusals say which bound and its value (HTTP 429 for quotas, 413 for sizes, 400 for malformed offers).
 """
@@ -58,7 +59,10 @@ class GatewayLimits:
     # retransmissions a session's NACKs may ask of each outgoing stream (rtcp_guard.py; 1.5 Mbit/s video: ~156/s)
     retransmissions_per_second: float = 150.0
     keyframe_interval_s: float = 0.5  # keyframe requests (PLI, FIR) of a session passed on at most this often
-    ice_learned_candidates: int = 8  # peer-reflexive candidates a session learns from checks (ice.LearnedCandidates)
+    # the connectivity checks a session's ICE connection receives (ice.ReceivedChecks): peer-reflexive candidates it
+    # learns from them, and its own client's checks answered a second (twice as many at once)
+    ice_learned_candidates: int = 8
+    ice_checks_per_second: float = 50.0
 
 
 class Refused(Exception):
