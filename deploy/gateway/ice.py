@@ -75,7 +75,7 @@ class ReceivedChecks:
     credentials (the offer and answer carry them), so it can send valid checks as fast as it likes, from as many
     ports as it likes or from addresses it spoofs (RELIABILITY.md, "An eighth pass"):
 
-    - aioice verifies and answers each (its integrity, then an answer with its own): ~0.4 ms of the gateway's loop.
+    - aioice verifies and answers each (its integrity, then an answer with its own), on the gateway's one loop.
       Checks naming this session's username are answered at most `checks_per_second` (bursts of twice as many; a
       browser checks a few pairs every 50 ms while connecting, then its consent every few seconds); the rest are
       dropped unread. Checks naming no username of this session pass to aioice as before, so a stranger cannot
