@@ -26,7 +26,7 @@ from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
 from loadtests.gateway_peer import Peer
-from loadtests.gateway_transports import closed, gap_sack
+from loadtests.gateway_transports import VideoSeen, closed, gap_sack
 
 pytestmark = pytest.mark.server
 
@@ -231,23 +231,27 @@ def test_a_half_sent_request_is_closed_after_the_idle_bound(server):
 
 
 def test_a_peer_breaking_sctp_is_ended_and_another_session_keeps_its_media(server):
-    """A connected client's SACK naming 19 million TSNs the gateway never sent (20 of them, 23 KB, froze every
-    session's video 21 s and dropped them before sctp_guard.py) ends that client's session at once; another
-    session's video goes on."""
+    """A connected client's NACKs past the retransmission budget are not acted on, and its SACK naming 19 million
+    TSNs the gateway never sent (20 of them, 23 KB, froze every session's video 21 s and dropped them before
+    sctp_guard.py) ends its session at once; another session's video goes on; /stats counts both."""
     async def scenario():
         async with running(server, GatewayLimits()) as (gw, http):
             victim, attacker = Peer(), Peer()
             assert (await victim.connect(http, "192.0.2.1"))[0] == 200
             assert (await attacker.connect(http, "203.0.113.66"))[0] == 200
-            await until(victim.receiving, 20)
+            video = VideoSeen(attacker.pc)
+            await until(lambda: victim.receiving() and video.packets > 0, 20)
             t = time.monotonic()
+            await video.transport._send_rtp(video.nack(297))  # 5049 retransmissions asked, 128 made at most
             for _ in range(3):
                 await attacker.pc.sctp._send_chunk(gap_sack(attacker.pc.sctp, 290))
             await until(lambda: closed(attacker) and len(gw.sessions) == 1, 10)
             await asyncio.sleep(1.0)
             assert victim.receiving() and victim.largest_gap(t, time.monotonic()) < 0.5
             async with http.get("/stats") as r:
-                assert (await r.json())["sessions_broke_sctp"] == 1
+                stats = await r.json()
+            assert stats["sessions_broke_sctp"] == 1
+            assert stats["refused"]["rtcp_retransmissions_refused"] >= 5049 - 128, stats["refused"]
             for peer in (victim, attacker):
                 await peer.pc.close()
 

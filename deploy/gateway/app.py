@@ -248,9 +248,9 @@ class Gateway:
                 SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason))
             for connection in ice_connections(pc):
                 ReceivedChecks(connection, self.ice.remote_networks, self.limits.ice_learned_candidates,
-                               self.limits.ice_checks_per_second)
+                               self.limits.ice_checks_per_second, self.stats.refused)
             for track in (session.audio, session.video):
-                RtcpGuard(pc.addTrack(track), self.limits)
+                RtcpGuard(pc.addTrack(track), self.limits, self.stats.refused)
             receive_only_the_microphone(pc)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:

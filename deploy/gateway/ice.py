@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 import aioice.ice
@@ -85,9 +86,12 @@ class ReceivedChecks:
       `filter_candidates` never sees it. At most `learn` are learned, each inside `networks` when they are given (as
       filter_candidates keeps the offer's); a check from any other address is answered and learns nothing.
 
-    `dropped` and `refused` count the checks dropped and the addresses not learned."""
+    `counts` (the gateway's, shared by its sessions and shown at /stats) gets the checks dropped
+    (`ice_checks_dropped`) and the addresses not learned (`ice_addresses_not_learned`); `learned` is this
+    connection's own count."""
 
-    def __init__(self, connection: aioice.Connection, networks: Sequence[str], learn: int, checks_per_second: float):
+    def __init__(self, connection: aioice.Connection, networks: Sequence[str], learn: int, checks_per_second: float,
+                 counts: Counter | None = None):
         missing = [a for a in ("request_received", "check_incoming", "_remote_candidates", "local_username")
                    if not hasattr(connection, a)]
         if missing:
@@ -96,7 +100,7 @@ class ReceivedChecks:
         self.connection, self.learn = connection, learn
         self.nets = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.answers = TokenBucket(checks_per_second, int(2 * checks_per_second))
-        self.learned = self.refused = self.dropped = 0
+        self.learned, self.counts = 0, Counter() if counts is None else counts
         self._request, self._check = connection.request_received, connection.check_incoming
         # aioice's protocol calls request_received, and request_received check_incoming, through the instance
         connection.request_received, connection.check_incoming = self._requested, self._checked
@@ -104,7 +108,7 @@ class ReceivedChecks:
     def _requested(self, message, addr: tuple[str, int], protocol) -> None:
         username = message.attributes.get("USERNAME", "")
         if username.startswith(self.connection.local_username + ":") and not self.answers.take():
-            self.dropped += 1
+            self.counts["ice_checks_dropped"] += 1
             return
         self._request(message, addr, protocol)
 
@@ -112,7 +116,7 @@ class ReceivedChecks:
         known = any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
         if not known:
             if self.learned >= self.learn or (self.nets and not in_networks(addr[0], self.nets)):
-                self.refused += 1
+                self.counts["ice_addresses_not_learned"] += 1
                 return
             self.learned += 1
         self._check(message, addr, protocol)

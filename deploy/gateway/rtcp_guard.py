@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from aiortc import RTCRtpSender
@@ -29,17 +30,19 @@ HISTORY = 128  # packets aiortc keeps for retransmission (aiortc.rtp.RTP_HISTORY
 
 
 class RtcpGuard:
-    """Bounds the retransmissions and keyframes `sender`'s peer can ask for; `refused` counts the retransmissions not
-    made, `keyframes_refused` the keyframe requests not passed on."""
+    """Bounds the retransmissions and keyframes `sender`'s peer can ask for. `counts` (the gateway's, shared by its
+    sessions and shown at /stats) gets the retransmissions not made (`rtcp_retransmissions_refused`) and the keyframe
+    requests not passed on (`rtcp_keyframe_requests_dropped`)."""
 
-    def __init__(self, sender: RTCRtpSender, limits: GatewayLimits, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, sender: RTCRtpSender, limits: GatewayLimits, counts: Counter | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         if not hasattr(sender, "_handle_rtcp_packet"):
             raise RuntimeError("aiortc's RTP sender has no _handle_rtcp_packet: the gateway's RTCP guard is written "
                                "for aiortc 1.16 (requirements-gateway.txt)")
         self.budget = TokenBucket(limits.retransmissions_per_second, HISTORY, clock)
-        self.refused = 0
+        self.counts = Counter() if counts is None else counts
         self.clock, self.keyframe_interval_s = clock, limits.keyframe_interval_s
-        self.last_keyframe, self.keyframes_refused = -math.inf, 0
+        self.last_keyframe = -math.inf
         self._handle = sender._handle_rtcp_packet
         sender._handle_rtcp_packet = self._checked  # the DTLS transport routes RTCP to it, through the instance
 
@@ -47,14 +50,14 @@ class RtcpGuard:
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             named = list(dict.fromkeys(packet.lost))
             lost = [seq for seq in named if self.budget.take()]
-            self.refused += len(packet.lost) - len(lost)
+            self.counts["rtcp_retransmissions_refused"] += len(packet.lost) - len(lost)
             if not lost:
                 return
             packet = RtcpRtpfbPacket(fmt=packet.fmt, ssrc=packet.ssrc, media_ssrc=packet.media_ssrc, lost=lost)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             now = self.clock()
             if now - self.last_keyframe < self.keyframe_interval_s:
-                self.keyframes_refused += 1
+                self.counts["rtcp_keyframe_requests_dropped"] += 1
                 return
             self.last_keyframe = now
         await self._handle(packet)

@@ -5,7 +5,7 @@ latency); per session and in total, the process CPU time."""
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 
@@ -52,6 +52,7 @@ class GatewayStats:
     sessions_ended: int = 0
     sessions_unconnected: int = 0  # ended because their WebRTC connection never came up
     sessions_broke_sctp: int = 0  # ended because their peer broke a rule of its SCTP association (sctp_guard.py)
+    refused: Counter = field(default_factory=Counter)  # what the RTCP and ICE bounds did not do, by kind
     active: int = 0
     started: float = field(default_factory=time.monotonic)
     frames: dict = field(default_factory=dict)  # live session -> (video frames sent, skipped as late)
@@ -72,7 +73,8 @@ class GatewayStats:
         out: dict = {"active_sessions": self.active, "sessions_started": self.sessions_started,
                      "sessions_ended": self.sessions_ended,
                      "sessions_unconnected": self.sessions_unconnected,
-                     "sessions_broke_sctp": self.sessions_broke_sctp, "replies": len(self.replies),
+                     "sessions_broke_sctp": self.sessions_broke_sctp, "refused": dict(sorted(self.refused.items())),
+                     "replies": len(self.replies),
                      "uptime_s": round(time.monotonic() - self.started, 1),
                      "process_cpu_s": round(time.process_time(), 3),
                      "video_frames_sent": self.frames_ended[0] + sum(f[0] for f in self.frames.values()),
