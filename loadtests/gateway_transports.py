@@ -12,6 +12,7 @@ gateway sends it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -23,6 +24,7 @@ from aiortc import RTCPeerConnection
 from aiortc.rtcsctptransport import SCTP_DATA_FIRST_FRAG, WEBRTC_BINARY, DataChunk, RTCSctpTransport, SackChunk
 from aiortc.rtp import RTCP_PSFB, RTCP_PSFB_PLI, RTCP_RTPFB, RTCP_RTPFB_NACK, pack_rtcp_packet
 from aiortc.sdp import SessionDescription
+from OpenSSL import SSL
 
 from loadtests.gateway_peer import Peer, short
 
@@ -207,4 +209,37 @@ async def ice_new_addresses(http, victim, seconds: float = 20.0, per_second: flo
     return f"{sent} connectivity checks from as many source ports in {took:.1f} s; {ended}"
 
 
-CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses)
+async def dtls_renegotiations(http, victim, seconds: float = 20.0) -> str:
+    """DTLS 1.2 renegotiations of the attacker's session, one after the other as fast as both ends complete them (the
+    attacker is the DTLS server of its session: it sends a HelloRequest, the gateway starts a new handshake; WebRTC
+    never renegotiates)."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    dtls = peer.pc.sctp.transport
+    t0, asked, completed, refused = time.monotonic(), 0, 0, ""
+    while time.monotonic() - t0 < seconds and not closed(peer) and not refused:
+        try:
+            dtls._ssl.renegotiate()
+            with contextlib.suppress(SSL.WantReadError):
+                dtls._ssl.do_handshake()
+            await dtls._write_ssl()
+            asked += 1
+            t = time.monotonic()
+            while dtls._ssl.renegotiate_pending() and time.monotonic() - t < 1.0:
+                await asyncio.sleep(0.001)
+                with contextlib.suppress(SSL.WantReadError):
+                    dtls._ssl.do_handshake()  # raises once the gateway's no_renegotiation alert is in
+            completed += not dtls._ssl.renegotiate_pending()
+        except SSL.Error:
+            refused = "; refused by the gateway (its OpenSSL broke on the no_renegotiation alert)"
+    took = time.monotonic() - t0
+    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    with contextlib.suppress(SSL.Error):
+        await peer.pc.close()
+    return f"{asked} renegotiations asked, {completed} completed ({completed / took:.0f} a second){refused}; {ended}"
+
+
+CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses,
+         dtls_renegotiations)

@@ -19,9 +19,11 @@ import pytest
 from aiohttp import web
 from aiortc import RTCPeerConnection
 from aiortc.sdp import SessionDescription
+from OpenSSL import SSL
 from test_gateway_limits import browser_like_offer
 
 from deploy.gateway.app import Gateway, make_runner
+from deploy.gateway.dtls import dtls_transports
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
@@ -254,6 +256,37 @@ def test_a_peer_breaking_sctp_is_ended_and_another_session_keeps_its_media(serve
             assert stats["refused"]["rtcp_retransmissions_refused"] >= 5049 - 128, stats["refused"]
             for peer in (victim, attacker):
                 await peer.pc.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_session_whose_dtls_its_peer_broke_is_ended_with_its_transports_stopped(server):
+    """A client asking to renegotiate DTLS is refused, which leaves its session's DTLS broken at both ends; aiortc's
+    close() then raises and stops nothing after its first step, so the gateway stops the transports itself: the
+    session's ICE transport (its UDP socket, its consent checks) closed, the gateway serving on."""
+    offer = json.dumps({"type": "offer", "sdp": browser_like_offer()})
+
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            attacker = Peer()
+            status, sid = await attacker.connect(http, "203.0.113.66")
+            assert status == 200
+            _, pc = gw.sessions[sid]
+            await until(lambda: pc.connectionState == "connected", 10)
+            dtls = attacker.pc.sctp.transport
+            dtls._ssl.renegotiate()
+            with contextlib.suppress(SSL.WantReadError, SSL.Error):
+                dtls._ssl.do_handshake()
+            await dtls._write_ssl()
+            await asyncio.sleep(0.5)
+            assert dtls._ssl.renegotiate_pending()  # refused: never completed
+            ice = [d.transport for d in dtls_transports(pc)]
+            await gw.end(sid)  # raised SSL.Error from aiortc's close() and left the transports running
+            assert sid not in gw.sessions and [t.state for t in ice] == ["closed"] * len(ice)
+            with contextlib.suppress(SSL.Error):
+                await attacker.pc.close()
+            status, _, _ = await post(http, "/offer", "192.0.2.10", data=offer)
+            assert status == 200
 
     asyncio.run(scenario())
 

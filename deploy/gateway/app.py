@@ -31,6 +31,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from tritonclient.utils import InferenceServerException
 
 from deploy.gateway import triton
+from deploy.gateway.dtls import refuse_renegotiation, stop_transports
 from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
 from deploy.gateway.rtcp_guard import RtcpGuard
@@ -164,7 +165,12 @@ class Gateway:
         session, pc = entry
         self.clients.close_session(self.client_of.pop(sid, ""), sid)
         await session.close()
-        await pc.close()
+        try:
+            await pc.close()
+        except Exception as e:  # aiortc stops its transports in order, and one that raises leaves the rest (dtls.py)
+            log.warning("session %s: closing its connection raised %s %s; its transports are stopped one by one", sid,
+                        type(e).__name__, e)
+            await stop_transports(pc)
         self.stats.active = len(self.sessions)
         self.stats.sessions_ended += 1
         log.info("session %s ended (%d active)", sid, len(self.sessions))
@@ -241,6 +247,8 @@ class Gateway:
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 await self.end(sid)
+            elif pc.connectionState == "connected":
+                refuse_renegotiation(pc)
 
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +30,9 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from deploy.front_door.quota import TokenBucket
+from deploy.gateway.dtls import dtls_transports
+
+log = logging.getLogger(__name__)
 
 
 def restrict_host_addresses(addresses: Sequence[str]) -> None:
@@ -66,8 +70,7 @@ def in_networks(host: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6
 
 def ice_connections(pc: RTCPeerConnection) -> list[aioice.Connection]:
     """The aioice connections of a peer connection's transports (one when its media are bundled)."""
-    dtls = [t.receiver.transport for t in pc.getTransceivers()] + ([pc.sctp.transport] if pc.sctp else [])
-    found = {id(c): c for c in (d.transport.iceGatherer._connection for d in dtls if d is not None)}
+    found = {id(c): c for c in (d.transport.iceGatherer._connection for d in dtls_transports(pc))}
     return list(found.values())
 
 
@@ -87,8 +90,9 @@ class ReceivedChecks:
       filter_candidates keeps the offer's); a check from any other address is answered and learns nothing.
 
     `counts` (the gateway's, shared by its sessions and shown at /stats) gets the checks dropped
-    (`ice_checks_dropped`) and the addresses not learned (`ice_addresses_not_learned`); `learned` is this
-    connection's own count."""
+    (`ice_checks_dropped`) and the addresses not learned, outside the networks (`ice_addresses_outside_networks`: a
+    browser checks from each of its interfaces, so this one counts ordinary use too) or past the limit
+    (`ice_addresses_past_limit`); `learned` is this connection's own count."""
 
     def __init__(self, connection: aioice.Connection, networks: Sequence[str], learn: int, checks_per_second: float,
                  counts: Counter | None = None):
@@ -100,7 +104,7 @@ class ReceivedChecks:
         self.connection, self.learn = connection, learn
         self.nets = [ipaddress.ip_network(n, strict=False) for n in networks]
         self.answers = TokenBucket(checks_per_second, int(2 * checks_per_second))
-        self.learned, self.counts = 0, Counter() if counts is None else counts
+        self.learned, self.counts, self._told = 0, Counter() if counts is None else counts, False
         self._request, self._check = connection.request_received, connection.check_incoming
         # aioice's protocol calls request_received, and request_received check_incoming, through the instance
         connection.request_received, connection.check_incoming = self._requested, self._checked
@@ -115,8 +119,13 @@ class ReceivedChecks:
     def _checked(self, message, addr: tuple[str, int], protocol) -> None:
         known = any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
         if not known:
-            if self.learned >= self.learn or (self.nets and not in_networks(addr[0], self.nets)):
-                self.counts["ice_addresses_not_learned"] += 1
+            outside = bool(self.nets) and not in_networks(addr[0], self.nets)
+            if outside or self.learned >= self.learn:
+                self.counts["ice_addresses_outside_networks" if outside else "ice_addresses_past_limit"] += 1
+                if not self._told:  # once per connection; the rest are counted
+                    self._told = True
+                    log.info("ICE: a check from %s:%d is not learned (%s)", addr[0], addr[1],
+                             "outside --remote-network" if outside else f"{self.learn} addresses learned already")
                 return
             self.learned += 1
         self._check(message, addr, protocol)
