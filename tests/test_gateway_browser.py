@@ -213,7 +213,7 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
     # a browser keeps the transports' rules: no bound below the data channel refused it anything, but for its checks
     # from addresses outside --remote-network (its other interfaces), which the gateway is told not to try
     stats = json.load(urllib.request.urlopen(f"{gateway}/stats", timeout=5))
-    assert stats["sessions_broke_sctp"] == 0 and set(stats["refused"]) <= {"ice_addresses_outside_networks"}, stats
+    assert stats["sessions_broke_sctp"] == 0 and set(stats["refused"]) <= {"ice_checks_outside_networks"}, stats
     print(f"\nbrowser: first audio {first['firstAudio']:.0f} ms, first frame {first['firstFrame']:.0f} ms after the "
           f"turn_end event; {frames} frames; avatar likeness {score:.2f}; voice stopped {stop_ms:.0f} ms after the "
           f"barge-in (arriving until {tail_ms:.0f} ms: the page's audio delay {delay_ms:.0f} ms); test body {time.monotonic() - t0:.1f} s")

@@ -54,7 +54,7 @@ def test_a_session_learns_a_few_candidates_from_checks_and_the_rest_nothing():
         async with paired() as (bound, connection, (channel, got), target, check):
             before = len(connection._remote_candidates)
             await from_new_ports(50, check, target)
-            assert (bound.learned, bound.counts["ice_addresses_past_limit"]) == (8, 42)
+            assert (bound.learned, bound.counts["ice_checks_past_learned_limit"]) == (8, 42)
             assert len(connection._remote_candidates) == before + 8
             assert await still_carries(channel, got)
     asyncio.run(scenario())
@@ -69,7 +69,7 @@ def test_a_check_from_outside_the_remote_networks_learns_nothing():
         async with paired([outside]) as (bound, connection, (channel, got), target, check):
             before = len(connection._remote_candidates)
             await from_new_ports(5, check, target)
-            not_learned = bound.counts["ice_addresses_outside_networks"]
+            not_learned = bound.counts["ice_checks_outside_networks"]
             assert (bound.learned, not_learned, len(connection._remote_candidates)) == (0, 5, before)
             assert await still_carries(channel, got)
     asyncio.run(scenario())
@@ -84,13 +84,13 @@ def test_a_clients_own_checks_are_answered_at_the_budget_and_a_strangers_spend_n
                 for _ in range(300):
                     sock.sendto(stranger, target)  # answered 401 by aioice, the budget untouched
                 await asyncio.sleep(0.3)
-                assert bound.counts["ice_checks_dropped"] == 0
+                assert bound.counts["ice_checks_past_rate"] == 0
                 t = time.monotonic()
                 for _ in range(300):
                     sock.sendto(check, target)
                 await asyncio.sleep(0.5)
                 allowed = 100 + 50 * (time.monotonic() - t)  # the burst, then 50 a second
-                dropped = bound.counts["ice_checks_dropped"]
+                dropped = bound.counts["ice_checks_past_rate"]
                 assert 300 - allowed <= dropped < 300, dropped
             assert await still_carries(channel, got)
     asyncio.run(scenario())

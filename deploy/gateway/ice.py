@@ -79,20 +79,23 @@ class ReceivedChecks:
     credentials (the offer and answer carry them), so it can send valid checks as fast as it likes, from as many
     ports as it likes or from addresses it spoofs (RELIABILITY.md, "An eighth pass"):
 
-    - aioice verifies and answers each (its integrity, then an answer with its own), on the gateway's one loop.
-      Checks naming this session's username are answered at most `checks_per_second` (bursts of twice as many; a
-      browser checks a few pairs every 50 ms while connecting, then its consent every few seconds); the rest are
-      dropped unread. Checks naming no username of this session pass to aioice as before, so a stranger cannot
-      spend a session's budget;
     - a check from an address the offer did not name makes aioice add a remote candidate, a candidate pair and checks
       of its own to that address, each new pair sorted into a list it walks for every check, without bound; and
       `filter_candidates` never sees it. At most `learn` are learned, each inside `networks` when they are given (as
-      filter_candidates keeps the offer's); a check from any other address is answered and learns nothing.
+      filter_candidates keeps the offer's). A check from any other address gets no answer: answered, it would tell
+      the browser that path works, and a browser may then nominate a pair this side never formed (Chromium checks
+      from each of its interfaces, and a connection that nominated its eth0 path to a loopback-only gateway never
+      came up);
+    - aioice verifies and answers each check (its integrity, then an answer with its own), on the gateway's one loop.
+      Checks naming this session's username are answered at most `checks_per_second` (bursts of twice as many; a
+      browser checks a few pairs every 50 ms while connecting, then its consent every few seconds); the rest are
+      dropped unread. Checks naming no username of this session pass to aioice as before (it refuses them), so a
+      stranger cannot spend a session's budget.
 
-    `counts` (the gateway's, shared by its sessions and shown at /stats) gets the checks dropped
-    (`ice_checks_dropped`) and the addresses not learned, outside the networks (`ice_addresses_outside_networks`: a
-    browser checks from each of its interfaces, so this one counts ordinary use too) or past the limit
-    (`ice_addresses_past_limit`); `learned` is this connection's own count."""
+    `counts` (the gateway's, shared by its sessions and shown at /stats) gets the checks dropped: past the rate
+    (`ice_checks_past_rate`), from outside the networks (`ice_checks_outside_networks`: a browser checks from each of
+    its interfaces, so this one counts ordinary use too), from a new address past the limit
+    (`ice_checks_past_learned_limit`); `learned` is this connection's own count."""
 
     def __init__(self, connection: aioice.Connection, networks: Sequence[str], learn: int, checks_per_second: float,
                  counts: Counter | None = None):
@@ -109,24 +112,37 @@ class ReceivedChecks:
         # aioice's protocol calls request_received, and request_received check_incoming, through the instance
         connection.request_received, connection.check_incoming = self._requested, self._checked
 
+    def _refusal(self, addr: tuple[str, int]) -> str | None:
+        """Why a check from `addr` is dropped unanswered, or None."""
+        if any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates):
+            return None
+        if self.nets and not in_networks(addr[0], self.nets):
+            return "ice_checks_outside_networks"
+        if self.learned >= self.learn:
+            return "ice_checks_past_learned_limit"
+        return None
+
     def _requested(self, message, addr: tuple[str, int], protocol) -> None:
-        username = message.attributes.get("USERNAME", "")
-        if username.startswith(self.connection.local_username + ":") and not self.answers.take():
-            self.counts["ice_checks_dropped"] += 1
-            return
+        if message.attributes.get("USERNAME", "").startswith(self.connection.local_username + ":"):
+            refusal = self._refusal(addr) or (None if self.answers.take() else "ice_checks_past_rate")
+            if refusal is not None:
+                self.counts[refusal] += 1
+                if not self._told and refusal != "ice_checks_past_rate":  # once per connection; the rest counted
+                    self._told = True
+                    log.info("ICE: checks from %s:%d get no answer (%s)", addr[0], addr[1],
+                             "outside --remote-network" if refusal == "ice_checks_outside_networks" else
+                             f"{self.learn} addresses learned already")
+                return
         self._request(message, addr, protocol)
 
     def _checked(self, message, addr: tuple[str, int], protocol) -> None:
-        known = any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
-        if not known:
-            outside = bool(self.nets) and not in_networks(addr[0], self.nets)
-            if outside or self.learned >= self.learn:
-                self.counts["ice_addresses_outside_networks" if outside else "ice_addresses_past_limit"] += 1
-                if not self._told:  # once per connection; the rest are counted
-                    self._told = True
-                    log.info("ICE: a check from %s:%d is not learned (%s)", addr[0], addr[1],
-                             "outside --remote-network" if outside else f"{self.learn} addresses learned already")
-                return
+        """A verified check (now or, for one that came before the answer was set, later): a new address is learned,
+        within the limit (early checks are checked again here)."""
+        refusal = self._refusal(addr)
+        if refusal is not None:
+            self.counts[refusal] += 1
+            return
+        if not any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates):
             self.learned += 1
         self._check(message, addr, protocol)
 
