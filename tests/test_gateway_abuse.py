@@ -21,6 +21,7 @@ from aiortc import RTCPeerConnection
 from aiortc.sdp import SessionDescription
 from OpenSSL import SSL
 from test_gateway_limits import browser_like_offer
+from webrtc_pair import until
 
 from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.dtls import dtls_transports
@@ -28,7 +29,7 @@ from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
 from loadtests.gateway_peer import Peer
-from loadtests.gateway_transports import VideoSeen, closed, gap_sack
+from loadtests.gateway_transports import VideoSeen, ask_renegotiation, closed, gap_sack
 
 pytestmark = pytest.mark.server
 
@@ -274,10 +275,7 @@ def test_a_session_whose_dtls_its_peer_broke_is_ended_with_its_transports_stoppe
             _, pc = gw.sessions[sid]
             await until(lambda: pc.connectionState == "connected", 10)
             dtls = attacker.pc.sctp.transport
-            dtls._ssl.renegotiate()
-            with contextlib.suppress(SSL.WantReadError, SSL.Error):
-                dtls._ssl.do_handshake()
-            await dtls._write_ssl()
+            await ask_renegotiation(dtls)
             await asyncio.sleep(0.5)
             assert dtls._ssl.renegotiate_pending()  # refused: never completed
             ice = [d.transport for d in dtls_transports(pc)]
@@ -289,10 +287,3 @@ def test_a_session_whose_dtls_its_peer_broke_is_ended_with_its_transports_stoppe
             assert status == 200
 
     asyncio.run(scenario())
-
-
-async def until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)

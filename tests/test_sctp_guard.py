@@ -11,7 +11,7 @@ import time
 
 import pytest
 from aiortc.rtcsctptransport import SackChunk
-from webrtc_pair import connected_pair
+from webrtc_pair import connected_pair, until
 
 from deploy.gateway.limits import GatewayLimits
 from deploy.gateway.sctp_guard import SctpGuard
@@ -25,13 +25,6 @@ async def connected(limits: GatewayLimits = GatewayLimits()):
     async with connected_pair(lambda gateway: SctpGuard(gateway.sctp, limits, reasons.append)) as (
             a, channel, b, _, guard):
         yield a, channel, b, guard, reasons
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
 
 
 def lose_one_in(dtls, n: int) -> None:

@@ -1,6 +1,6 @@
 """Two aiortc peer connections in this process, connected as a page and the gateway are: the client offers a data
 channel `events`, the gateway answers. For the tests of the gateway's transport bounds, which run on real aiortc and
-aioice transports without a server."""
+aioice transports without a server; and `until`, which those tests poll with."""
 from __future__ import annotations
 
 import asyncio
@@ -41,3 +41,11 @@ async def connected_pair(before_answer: Callable[[RTCPeerConnection], object] = 
                 await pc.close()
             except SSL.Error:
                 await stop_transports(pc)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)

@@ -112,9 +112,13 @@ class ReceivedChecks:
         # aioice's protocol calls request_received, and request_received check_incoming, through the instance
         connection.request_received, connection.check_incoming = self._requested, self._checked
 
+    def _known(self, addr: tuple[str, int]) -> bool:
+        """Whether `addr` is one of the connection's remote candidates (aioice's own test in check_incoming)."""
+        return any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates)
+
     def _refusal(self, addr: tuple[str, int]) -> str | None:
         """Why a check from `addr` is dropped unanswered, or None."""
-        if any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates):
+        if self._known(addr):
             return None
         if self.nets and not in_networks(addr[0], self.nets):
             return "ice_checks_outside_networks"
@@ -142,7 +146,7 @@ class ReceivedChecks:
         if refusal is not None:
             self.counts[refusal] += 1
             return
-        if not any(c._network_host == addr[0] and c.port == addr[1] for c in self.connection._remote_candidates):
+        if not self._known(addr):
             self.learned += 1
         self._check(message, addr, protocol)
 

@@ -9,9 +9,9 @@ what the video itself sends at its highest bitrate; what is past it is not retra
 each lost packet once and ask again only after a round trip, far inside it.
 
 A picture loss indication (PLI, or FIR) makes the next frame a keyframe, several times a delta frame's encoding and
-bytes; sent for every frame, the gateway encodes only keyframes for that session (one client's PLI flood: the
-gateway's CPU 0.16 -> 0.31 cores for its one session). One is passed on per `keyframe_interval_s` (0.5 s), the rest
-dropped: a browser asks once when it loses a frame, and the keyframe repairs it.
+bytes; sent for every frame, the gateway encodes only keyframes for that session (RELIABILITY.md has the figures).
+One is passed on per `keyframe_interval_s` (0.5 s), the rest dropped: a browser asks once when it loses a frame, and
+the keyframe repairs it.
 """
 from __future__ import annotations
 
