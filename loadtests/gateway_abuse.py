@@ -35,7 +35,7 @@ from deploy.processes import free_ports, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
-from loadtests import gateway_transports
+from loadtests import gateway_rtp, gateway_transports
 from loadtests.bench_gpu import process_cpu_s
 from loadtests.door_connections import raise_own_limit
 from loadtests.gateway_connections import address, idle_connections, unread_responses
@@ -276,7 +276,7 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
                                  unread_responses, gzip_avatar, udp_flood,
-                                 *gateway_transports.CASES)}
+                                 *gateway_transports.CASES, *gateway_rtp.CASES)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:
@@ -382,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid))
         finally:
             gateway.terminate()
-            gateway.wait(30)
+            try:
+                gateway.wait(30)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
+                print("the gateway had not exited 30 s after SIGTERM: killed", flush=True)
     print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) | gateway "
           "CPU (cores) | gateway MiB, before → peak → after |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")

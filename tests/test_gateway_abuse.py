@@ -29,6 +29,7 @@ from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
 from loadtests.gateway_peer import Peer
+from loadtests.gateway_rtp import SILENCE_20MS, RawMicrophone, SilentMicrophone, opus_packet
 from loadtests.gateway_transports import VideoSeen, ask_renegotiation, closed, gap_sack
 
 pytestmark = pytest.mark.server
@@ -257,6 +258,37 @@ def test_a_peer_breaking_sctp_is_ended_and_another_session_keeps_its_media(serve
             assert stats["refused"]["rtcp_retransmissions_refused"] >= 5049 - 128, stats["refused"]
             for peer in (victim, attacker):
                 await peer.pc.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_microphone_line_from_many_ssrcs_and_of_long_packets_is_bounded_and_its_session_ends(server):
+    """A connected client's microphone line sends from 70 SSRCs, then 120 ms packets 100 times faster than real time:
+    packets past the session's 8 SSRCs never reach libsrtp and aiortc, audio past 3 times real time is not decoded
+    (/stats counts both); when the client closes, its session ends (before rtp_guard.py, aiortc's report of 70 SSRCs
+    was past a packet's size, its RTCP task died and the session's close() waited for it forever); another
+    session's video goes on."""
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            victim, attacker = Peer(), Peer(mic=SilentMicrophone())
+            assert (await victim.connect(http, "192.0.2.1"))[0] == 200
+            assert (await attacker.connect(http, "203.0.113.66"))[0] == 200
+            await until(lambda: victim.receiving(), 20)
+            mic, payload, t = RawMicrophone(attacker.pc), opus_packet(120), time.monotonic()
+            for n in range(70):
+                await mic.send(9000 + n, n * 960, SILENCE_20MS)
+            for n in range(100):  # 12 s of audio in about 0.15 s
+                await mic.send(9000, (70 + n) * 5760, payload)
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(2.0)  # a receiver report or two (every 0.5 to 1.5 s)
+            async with http.get("/stats") as r:
+                refused = (await r.json())["refused"]
+            assert refused["srtp_packets_past_ssrcs"] >= 70 - GatewayLimits().rtp_ssrcs, refused
+            assert refused["rtp_audio_past_rate"] >= 100 - 3 * 3.5 / 0.12 - 1, refused
+            await attacker.pc.close()
+            await until(lambda: len(gw.sessions) == 1 and gw.stats.sessions_ended == 1, 10)
+            assert victim.receiving() and victim.largest_gap(t, time.monotonic()) < 0.5
+            await victim.pc.close()
 
     asyncio.run(scenario())
 

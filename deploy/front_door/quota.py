@@ -136,7 +136,7 @@ class QuotaExceeded(Exception):
 
 @dataclass
 class TokenBucket:
-    """`rate` tokens a second up to `burst`; `take` spends one or says there is none."""
+    """`rate` tokens a second up to `burst`; `take` spends one (or `amount`) or says there are not enough."""
     rate: float
     burst: int
     clock: Callable[[], float] = time.monotonic
@@ -155,13 +155,13 @@ class TokenBucket:
         """Whether it holds `burst` tokens again (a new bucket would be the same)."""
         return self._level(self.clock()) >= self.burst
 
-    def take(self) -> bool:
+    def take(self, amount: float = 1.0) -> bool:
         now = self.clock()
         self.tokens = self._level(now)
         self.stamp = now
-        if self.tokens < 1.0:
+        if self.tokens < amount:
             return False
-        self.tokens -= 1.0
+        self.tokens -= amount
         return True
 
 

@@ -14,6 +14,8 @@ a data channel. One process serves many browsers.
     video.py    frame schedule, pts/RTP clock, JPEG -> video frames (pure, tested alone)
     ice.py      ICE candidates and STUN/TURN servers
     limits.py   who a client is and what it may use (sessions, offers, uploads, messages, microphone rate)
+    sctp_guard.py, rtcp_guard.py, rtp_guard.py, dtls.py
+                what a session's peer may make aiortc hold, walk, send or decode below the data channel and media
     stats.py    latency figures
     static/     index.html, app.js, style.css
 """

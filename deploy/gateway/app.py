@@ -31,10 +31,11 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from tritonclient.utils import InferenceServerException
 
 from deploy.gateway import triton
-from deploy.gateway.dtls import refuse_renegotiation, stop_transports
+from deploy.gateway.dtls import close_connection, on_transport_end, refuse_renegotiation
 from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
 from deploy.gateway.rtcp_guard import RtcpGuard
+from deploy.gateway.rtp_guard import guard_rtp
 from deploy.gateway.sctp_guard import SctpGuard
 from deploy.gateway.session import AVATAR_ID, Session
 from deploy.gateway.stats import GatewayStats
@@ -165,12 +166,9 @@ class Gateway:
         session, pc = entry
         self.clients.close_session(self.client_of.pop(sid, ""), sid)
         await session.close()
-        try:
-            await pc.close()
-        except Exception as e:  # aiortc stops its transports in order, and one that raises leaves the rest (dtls.py)
-            log.warning("session %s: closing its connection raised %s %s; its transports are stopped one by one", sid,
-                        type(e).__name__, e)
-            await stop_transports(pc)
+        failed = await close_connection(pc)  # aiortc's close() may raise, or never return (dtls.py)
+        if failed:
+            log.warning("session %s: its connection's %s; its transports were stopped one by one", sid, failed)
         self.stats.active = len(self.sessions)
         self.stats.sessions_ended += 1
         log.info("session %s ended (%d active)", sid, len(self.sessions))
@@ -260,6 +258,8 @@ class Gateway:
             for track in (session.audio, session.video):
                 RtcpGuard(pc.addTrack(track), self.limits, self.stats.refused)
             receive_only_the_microphone(pc)
+            guard_rtp(pc, self.limits, self.stats.refused)
+            on_transport_end(pc, lambda: asyncio.ensure_future(self.end(sid)))  # aiortc may never say "closed"
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
             await self.end(sid)

@@ -10,13 +10,24 @@ A DTLS connection broken by its peer (a fatal alert; the refused renegotiation a
 which reads past the error, and `RTCPeerConnection.close()` then raises `SSL.Error` from its first step (the SCTP
 association's ABORT) and stops nothing after it: the session's DTLS and ICE transports, their UDP sockets and
 consent checks, would stay for as long as the gateway runs. `stop_transports` stops each of them regardless.
+
+`close()` can also wait forever: an RTP receiver's stop waits for its RTCP task to end, and that task dies (its
+exception unread) when one report of the SSRCs its peer sent no longer fits a packet (about 60 SSRCs, 60 tiny
+packets: RELIABILITY.md, "A ninth pass"); the close then never returns and stops none of the session's senders or
+transports. `close_connection` gives `close()` `CLOSE_TIMEOUT_S`, then stops the transports itself. And since aiortc
+says a connection is "closed" only once that close() is done (it starts one itself when its peer closes DTLS),
+`on_transport_end` tells the gateway of a closed or failed DTLS transport itself.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Callable
 
 from aiortc import RTCDtlsTransport, RTCPeerConnection
 from OpenSSL import SSL
+
+CLOSE_TIMEOUT_S = 5.0  # what aiortc's close() of one session may take (it takes milliseconds)
 
 
 def dtls_transports(pc: RTCPeerConnection) -> list[RTCDtlsTransport]:
@@ -42,3 +53,24 @@ async def stop_transports(pc: RTCPeerConnection) -> None:
         for stop in (dtls.stop, dtls.transport.stop):
             with contextlib.suppress(Exception):  # SSL.Error from a broken connection, ConnectionError
                 await stop()
+
+
+async def close_connection(pc: RTCPeerConnection, timeout_s: float = CLOSE_TIMEOUT_S) -> str | None:
+    """Close `pc`; if aiortc's `close()` raises or has not returned in `timeout_s`, stop its transports one by one.
+    None, or what went wrong (for the log)."""
+    try:
+        await asyncio.wait_for(pc.close(), timeout_s)
+        return None
+    except asyncio.TimeoutError:
+        failed = f"close() had not returned after {timeout_s:g} s"
+    except Exception as e:  # SSL.Error from a broken DTLS connection
+        failed = f"close() raised {type(e).__name__}: {e}"
+    await stop_transports(pc)
+    return failed
+
+
+def on_transport_end(pc: RTCPeerConnection, callback: Callable[[], object]) -> None:
+    """Call `callback()` when a DTLS transport of `pc` is closed or fails (its peer closed it, or it broke), whether
+    or not aiortc's own close() of `pc`, which it then starts, ever returns."""
+    for dtls in dtls_transports(pc):
+        dtls.on("statechange", lambda dtls=dtls: dtls.state in ("closed", "failed") and callback())

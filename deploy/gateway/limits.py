@@ -13,8 +13,8 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
   time (a client may send RTP as fast as it likes; every 32 ms chunk is a request to the orchestrator), and the
   WebRTC connection must come up within `connect_timeout_s` (an offer that never connects held its slot, and its
   idle motion, for good); below the data channel, what its SCTP association may hold (sctp_guard.py), what its RTCP
-  feedback may ask for (rtcp_guard.py) and the checks its ICE connection answers and learns from (ice.py
-  `ReceivedChecks`).
+  feedback may ask for (rtcp_guard.py), the checks its ICE connection answers and learns from (ice.py
+  `ReceivedChecks`) and the RTP its microphone line passes to aiortc's decoder (rtp_guard.py).
 
 Refusals say which bound and its value (HTTP 429 for quotas, 413 for sizes, 400 for malformed offers).
 """
@@ -63,6 +63,11 @@ class GatewayLimits:
     # learns from them, and its own client's checks answered a second (twice as many at once)
     ice_learned_candidates: int = 8
     ice_checks_per_second: float = 50.0
+    # a session's SRTP and RTP (rtp_guard.py): SSRCs it takes packets from (the page uses one to three: its
+    # microphone's and those it sends RTCP from), and the audio its packets hold, decoded at most this many times
+    # real time (bursts of as many seconds; mic_speedup, on what reaches the server, is below it)
+    rtp_ssrcs: int = 8
+    mic_decode_speedup: float = 3.0
 
 
 class Refused(Exception):

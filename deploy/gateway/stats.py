@@ -52,7 +52,7 @@ class GatewayStats:
     sessions_ended: int = 0
     sessions_unconnected: int = 0  # ended because their WebRTC connection never came up
     sessions_broke_sctp: int = 0  # ended because their peer broke a rule of its SCTP association (sctp_guard.py)
-    refused: Counter = field(default_factory=Counter)  # what the RTCP and ICE bounds did not do, by kind
+    refused: Counter = field(default_factory=Counter)  # what the RTCP, RTP and ICE bounds did not do, by kind
     active: int = 0
     started: float = field(default_factory=time.monotonic)
     frames: dict = field(default_factory=dict)  # live session -> (video frames sent, skipped as late)
