@@ -6,8 +6,9 @@ Starts the embedded server (tiny preset) and `python -m deploy.gateway` on free 
 worktree of an older commit, to measure "before"), connects a victim (an aiortc peer, as a browser: data channel,
 audio and video received, frames timed as they arrive) and, one case after the other, one attacker from the same
 address. Per case: what the attacker got, the victim's largest gap between two video frames during the case (idle
-motion comes at 12.5 fps: ~0.08 s), whether a newcomer's offer was answered during it, and the gateway's sessions and
-tritonserver's CPU use (its stubs included) over the case. Prints a table (RELIABILITY.md, "A sixth pass").
+motion comes at 12.5 fps: ~0.08 s), whether a newcomer's offer was answered during it, the gateway's and tritonserver's
+CPU use (its stubs included), the gateway's memory (before, peak, after) and what it wrote to its log over the case
+(the log: build/gateway-abuse/gateway.log). Prints a table (RELIABILITY.md, "A sixth pass" and after).
 """
 from __future__ import annotations
 
@@ -319,7 +320,7 @@ async def peak_rss_mib(pid: int, peak: list[float], every_s: float = 0.25) -> No
         await asyncio.sleep(every_s)
 
 
-async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pid: int) -> list[dict]:
+async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pid: int, log: Path) -> list[dict]:
     rows = []
     async with aiohttp.ClientSession(base) as http:
         victim = await new_victim(http)
@@ -330,7 +331,7 @@ async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pi
                      "victim_gap_s": victim.largest_gap(t, time.monotonic()),
                      "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / 5})
         for name in names:
-            cpu0, t, rss0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid)
+            cpu0, t, rss0, log0 = cpu_s(server), time.monotonic(), rss_mib(gateway_pid), log.stat().st_size
             gw0 = own_cpu_s(gateway_pid)
             peak_mib = [rss0]
             peak = asyncio.ensure_future(peak_rss_mib(gateway_pid, peak_mib))
@@ -343,7 +344,8 @@ async def attack(server: EmbeddedServer, base: str, names: list[str], gateway_pi
                          "victim_dropped": dropped, "server_cpu": (cpu_s(server) - cpu0) / (t1 - t),
                          "seconds": t1 - t, "gateway_mib": [rss0, rss_mib(gateway_pid)],
                          "gateway_peak_mib": peak_mib[0],
-                         "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / (t1 - t)})
+                         "gateway_cores": (own_cpu_s(gateway_pid) - gw0) / (t1 - t),
+                         "gateway_log_kib": (log.stat().st_size - log0) / 1024})
             print(f"{name}: {outcome} | victim's largest frame gap {rows[-1]['victim_gap_s']:.2f} s"
                   f"{', its connection dropped' if dropped else ''}", flush=True)
             await asyncio.sleep(3)
@@ -370,16 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
     port = free_ports(1)[0]
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
-    with EmbeddedServer(options) as server:
+    log = BUILD / "gateway-abuse" / "gateway.log"  # what the gateway logs, measured per case
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with EmbeddedServer(options) as server, log.open("w") as log_file:
         gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
                                     str(port), "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
                                     *(["--client-header", "X-Forwarded-For"] if knows_clients else [])],
-                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, text=True,
+                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, stderr=log_file, text=True,
                                    preexec_fn=None if args.nofile is None else
                                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.nofile, hard), hard)))
         try:
             print(gateway.stdout.readline().strip(), flush=True)
-            rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid))
+            rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid, log))
         finally:
             gateway.terminate()
             try:
@@ -387,16 +391,18 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 gateway.kill()
                 print("the gateway had not exited 30 s after SIGTERM: killed", flush=True)
+    print(f"the gateway's log: {log}")
     print("| case | the attacker got | victim's largest gap between video frames | tritonserver CPU (cores) | gateway "
-          "CPU (cores) | gateway MiB, before → peak → after |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+          "CPU (cores) | gateway MiB, before → peak → after | gateway log KiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         cpu = f"{r['server_cpu']:.2f}"
         dropped = ", **its connection dropped**" if r.get("victim_dropped") else ""
         mib = ("{:.0f} → {:.0f} → {:.0f}".format(r["gateway_mib"][0], r["gateway_peak_mib"], r["gateway_mib"][1])
                if "gateway_mib" in r else "")
         gw = f"{r['gateway_cores']:.2f}" if "gateway_cores" in r else ""
-        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} |")
+        logged = f"{r['gateway_log_kib']:.0f}" if "gateway_log_kib" in r else ""
+        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} | {logged} |")
     if args.out:
         commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()

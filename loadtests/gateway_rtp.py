@@ -119,6 +119,13 @@ async def rtp_long_packets(http, victim, seconds: float = 20.0, per_second: floa
     return await rtp_flood(http, lambda n: (ssrc, n * 5760, payload), seconds, per_second)
 
 
+async def rtp_undecodable(http, victim, seconds: float = 20.0, per_second: float = 150.0) -> str:
+    """150 packets a second whose Opus table of contents is valid (two frames of 20 ms) and whose frames are not
+    (the first claims 250 bytes of a 13-byte packet): each fails in the decoder, which aiortc logs as a warning."""
+    ssrc, payload = random.getrandbits(32), bytes([0xFB, 0x82, 250]) + b"x" * 10
+    return await rtp_flood(http, lambda n: (ssrc, n * 1920, payload), seconds, per_second)
+
+
 def gateway_process(http) -> psutil.Process:
     """The gateway serving `http` (`python -m deploy.gateway ... --port PORT`)."""
     port = str(http._base_url.port)
@@ -157,4 +164,4 @@ async def rtp_ssrcs_then_close(http, victim, sessions: int = 6, ssrcs: int = 70)
             f"open files{refused}")
 
 
-CASES = (rtp_new_ssrcs, rtp_long_packets, rtp_ssrcs_then_close)
+CASES = (rtp_new_ssrcs, rtp_long_packets, rtp_ssrcs_then_close, rtp_undecodable)
