@@ -166,6 +166,23 @@ async def message_flood(http, victim, n: int = 3000) -> str:
     return f"{n} sent; {turns} replies done, {len(errors)} errors" + (f" ({errors[0][:70]})" if errors else "")
 
 
+async def deep_message(http, victim) -> str:
+    """A data-channel message of 10 KB (within the 16 KiB bound) nested 5000 deep, then a typed turn."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+    peer.channel.send("[" * 5000 + "]" * 5000)
+    await asyncio.sleep(2.0)
+    peer.channel.send(json.dumps({"type": "text", "text": "Hello."}))
+    await asyncio.sleep(12.0)
+    errors = [m["message"] for m in peer.messages if m["type"] == "error"]
+    replies = sum(m["type"] == "done" for m in peer.messages)
+    state = peer.pc.connectionState
+    await peer.pc.close()
+    return f"its connection {state}; {replies} replies to the turn after; errors: {errors[:1]}"
+
+
 async def mic_flood(http, victim, seconds: float = 12.0) -> str:
     """A connected session whose microphone sends RTP as fast as it can."""
     tone = UnpacedTone()
@@ -275,8 +292,8 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
-                                 message_flood, mic_flood, camera, huge_message, slow_requests, idle_connections,
-                                 unread_responses, gzip_avatar, udp_flood,
+                                 message_flood, deep_message, mic_flood, camera, huge_message, slow_requests,
+                                 idle_connections, unread_responses, gzip_avatar, udp_flood,
                                  *gateway_transports.CASES, *gateway_rtp.CASES)}
 
 
@@ -402,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                if "gateway_mib" in r else "")
         gw = f"{r['gateway_cores']:.2f}" if "gateway_cores" in r else ""
         logged = f"{r['gateway_log_kib']:.0f}" if "gateway_log_kib" in r else ""
-        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} | {logged} |")
+        print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} "
+              f"| {logged} |")
     if args.out:
         commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                                 capture_output=True, text=True).stdout.strip()

@@ -165,6 +165,8 @@ def test_page_messages_become_requests(session):
     s.channel.handler("not json")
     s.channel.handler(json.dumps({"type": "avatar", "id": "../../etc"}))
     assert [m["type"] for m in s.channel.sent[-2:]] == ["error", "error"]
+    s.channel.handler("[" * 5000 + "]" * 5000)  # 10 KB, within a message's 16 KiB: past json's recursion limit
+    assert s.channel.sent[-1] == {"type": "error", "message": "data channel messages are JSON objects with a type"}
 
 
 def test_a_drain_ends_the_stream_once_the_reply_is_played_and_resume_opens_a_new_one(session):

@@ -162,7 +162,8 @@ class Session:
         try:
             msg = json.loads(raw)
             kind = msg["type"]
-        except (TypeError, ValueError, KeyError):
+        except (TypeError, ValueError, KeyError, RecursionError):  # nested past json's limit: raised into aiortc, the
+            # exception ended the session's DTLS transport
             return self.send({"type": ERROR, "message": "data channel messages are JSON objects with a type"})
         if kind == "text":
             text = str(msg.get("text", "")).strip()[:MAX_TEXT]
