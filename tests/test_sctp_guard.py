@@ -10,7 +10,14 @@ import contextlib
 import time
 
 import pytest
-from aiortc.rtcsctptransport import SackChunk
+from aiortc.rtcsctptransport import (
+    SCTP_DATA_FIRST_FRAG,
+    SCTP_DATA_LAST_FRAG,
+    SCTP_DATA_UNORDERED,
+    WEBRTC_STRING,
+    DataChunk,
+    SackChunk,
+)
 from webrtc_pair import connected_pair, until
 
 from deploy.gateway.limits import GatewayLimits
@@ -103,6 +110,24 @@ def test_streams_past_the_bound_end_the_association():
             await until(lambda: bool(reasons))
             assert "it used 5 SCTP streams (the limit is 4)" in reasons[0], reasons
             assert len(b.sctp._inbound_streams) <= 4
+    asyncio.run(scenario())
+
+
+def test_a_chunk_aiortc_raises_on_is_a_breach_not_an_exception_in_the_dtls_pump():
+    """A whole string message that is not UTF-8: aiortc's decode raised up into the DTLS transport's pump, which
+    ended the transport with a traceback."""
+    async def scenario():
+        async with connected() as (a, channel, b, guard, reasons):
+            chunk = DataChunk(flags=SCTP_DATA_FIRST_FRAG | SCTP_DATA_LAST_FRAG | SCTP_DATA_UNORDERED)
+            chunk.tsn, chunk.stream_id, chunk.stream_seq = a.sctp._local_tsn, channel.id, 0
+            chunk.protocol, chunk.user_data = WEBRTC_STRING, b"\xff\xfe not UTF-8"
+            a.sctp._local_tsn = (a.sctp._local_tsn + 1) % 2**32
+            await a.sctp._send_chunk(chunk)
+            await until(lambda: bool(reasons))
+            assert reasons == ["its DataChunk could not be taken: UnicodeDecodeError: 'utf-8' codec can't decode byte "
+                               "0xff in position 0: invalid start byte"]
+            await asyncio.sleep(0.2)
+            assert b.sctp.transport.state == "connected"  # its pump goes on; the gateway ends the session itself
     asyncio.run(scenario())
 
 

@@ -18,7 +18,8 @@ client can send chunks of its own making, and aiortc takes them on the gateway's
   when the window closes), at most `sctp_held_chunks` chunks held (past a hole or of unfinished messages; the page's
   largest message, 16 KiB, is 14), at most `sctp_streams` inbound streams (the page opens one);
 - SACK: gap blocks only over TSNs the gateway sent and has not seen acknowledged, never more of them in all;
-- FORWARD-TSN: at most `sctp_streams` streams, counting those already open.
+- FORWARD-TSN: at most `sctp_streams` streams, counting those already open;
+- any chunk aiortc raises on (a string message that is not UTF-8).
 
 The guard reads aiortc's own state (`_advertised_rwnd`, `_sack_misordered`, `_inbound_streams`, `_sent_queue`,
 `_last_sacked_tsn`); `requirements-gateway.txt` pins aiortc and the guard refuses to start on an association without
@@ -103,7 +104,11 @@ class SctpGuard:
         if self.reason is not None:
             return
         self.reason = breach(self.sctp, chunk, self.limits)
-        if self.reason is not None:
-            self.on_breach(self.reason)
-            return
-        await self._receive(chunk)
+        if self.reason is None:
+            try:
+                await self._receive(chunk)
+                return
+            except Exception as e:  # raised on what the peer sent (aiortc decodes a string message as UTF-8): up
+                # in aiortc's DTLS pump it would end the transport with a traceback, the session none the wiser
+                self.reason = f"its {type(chunk).__name__} could not be taken: {type(e).__name__}: {e}"[:200]
+        self.on_breach(self.reason)
