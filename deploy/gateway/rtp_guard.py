@@ -5,11 +5,12 @@ After its DTLS handshake a client can send any SRTP its session's keys protect, 
 gateway's one event loop (RELIABILITY.md, "A ninth pass"):
 
 - libsrtp (through pylibsrtp) keeps a stream for every SSRC it authenticates, for the session's life, in a list it
-  walks for every packet: each new SSRC makes every later packet of that session slower (40000 SSRCs: ~0.5 ms a
-  packet, +10 MiB), without bound;
+  walks for every packet: each new SSRC makes every later packet of that session slower (after 40000 SSRCs: ~0.8 ms
+  a packet, +10 MiB; `python -m loadtests.srtp_streams`), without bound;
 - aiortc's RTP router learns every new SSRC on the microphone's payload type as the microphone's, its receiver keeps
-  statistics for each and reports on all of them every second (past 63 the report's count no longer fits its 5
-  bits, and aiortc's RTCP task dies);
+  statistics for each and reports on all of them every second (past 31 the report's count no longer fits its 5
+  bits; past about 60 the report no longer fits a packet, aiortc's RTCP task dies, and the session's close() then
+  waits for it forever: dtls.py);
 - every packet goes to the Opus decoder, a thread fed by a queue without a bound: a packet may hold 120 ms of audio,
   so 2000 small packets a second ask 240 s of decoding a second; the queue grows past what the thread decodes, the
   decoded frames are resampled on the loop, and closing the session (or an RTCP BYE) joins the decoder thread on
@@ -20,8 +21,8 @@ authenticated (the page uses one to three) is dropped before libsrtp sees it, by
 stranger's packets, which fail authentication, learn nothing. `RtpGuard` sits in front of the RTP router: each
 packet spends the audio it holds (its Opus table of contents, RFC 6716 section 3.1; at least 20 ms, a browser's
 packet) from a budget of `mic_decode_speedup` times real time (bursts of as many seconds), and a packet past it is
-dropped before it is decoded. The microphone's own bound (`mic_speedup`, on the decoded audio the server gets) is
-below this one, so the page's microphone never reaches it.
+dropped before it is decoded. A browser's microphone sends real time; the microphone's own bound (`mic_speedup`, 1.5
+times real time, on the decoded audio the server gets) is below this one too.
 """
 from __future__ import annotations
 
