@@ -37,6 +37,15 @@ class RepeatLimit(logging.Filter):
         return True
 
 
+def configure_logging(level: str, quiet: tuple[str, ...] = ()) -> None:
+    """A public endpoint's log (the front door's, the gateway's): `level` and up, the `quiet` loggers (a library's)
+    from warnings, and each kind of record rate-limited."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    limit_repeats()
+
+
 def limit_repeats(logger: logging.Logger | None = None, **kw) -> RepeatLimit:
     """Put one `RepeatLimit` on each handler of `logger` (the root's by default: every logger's records reach them,
     where a filter on a logger sees only its own)."""

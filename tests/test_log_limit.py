@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import logging
 
-from deploy.gateway.__main__ import setup_logging
-from deploy.log_limit import RepeatLimit
+from deploy.gateway.__main__ import QUIET
+from deploy.log_limit import RepeatLimit, configure_logging
 
 
 class Clock:
@@ -54,12 +54,12 @@ def test_the_gateways_log_limits_each_kind_of_aiortc_warning():
     out = io.StringIO()
     root.handlers = [logging.StreamHandler(out)]
     try:
-        setup_logging("INFO")
+        configure_logging("INFO", quiet=QUIET)
         receiver_log = logging.getLogger("aiortc.rtcrtpreceiver")
         for _ in range(500):  # a client's undecodable packets: one warning each in aiortc
             receiver_log.warning("RTCRtpReceiver(%s) failed to decode %s frame: %s", "audio", "opus", "Invalid data")
         assert len(out.getvalue().splitlines()) == 10
     finally:
         root.handlers, root.level = handlers, level
-        for name in ("aiortc", "aioice", "aiohttp.access"):
+        for name in QUIET:
             logging.getLogger(name).setLevel(logging.NOTSET)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from deploy.front_door import FrontDoorOptions, start
 from deploy.front_door.quota import KeyFileError, Limits
+from deploy.log_limit import configure_logging
 from deploy.open_files import raise_open_file_limit
 
 D = Limits()
@@ -93,7 +94,7 @@ async def serve(options: FrontDoorOptions) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level)  # each kind of record rate-limited: a client's streams cut off, one line each
     if (args.tls_cert is None) != (args.tls_key is None):
         print("--tls-cert and --tls-key go together", file=sys.stderr)
         return 2

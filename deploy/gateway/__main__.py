@@ -24,11 +24,14 @@ from aiohttp import web
 from deploy.gateway.app import Gateway, make_runner
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
 from deploy.gateway.limits import GatewayLimits
-from deploy.log_limit import limit_repeats
+from deploy.log_limit import configure_logging
 from deploy.open_files import raise_open_file_limit
 from export.contract.layout import BUILD, GRPC_URL
 
 DEFAULT_PORT = 8080
+# libraries whose info lines are per packet or request: warnings and up (each kind rate-limited: deploy/log_limit.py;
+# aiortc logs a warning for every audio packet a client makes its decoder refuse)
+QUIET = ("aiortc", "aioice", "aiohttp.access")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -118,19 +121,9 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.cleanup()
 
 
-def setup_logging(level: str) -> None:
-    """The gateway's log: `level` and up, aiortc, aioice and aiohttp's access log from warnings, and each kind of
-    record rate-limited (deploy/log_limit.py: aiortc logs a warning for every audio packet a client makes its decoder
-    refuse)."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    for noisy in ("aiortc", "aioice", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    limit_repeats()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_logging(args.log_level)
+    configure_logging(args.log_level, quiet=QUIET)
     raise_open_file_limit(logging.getLogger("deploy.gateway"))  # each browser's connections hold descriptors
     if not args.start_server:
         asyncio.run(serve(args))
