@@ -389,12 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
     port = free_ports(1)[0]
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
+    # /stats beside the page (the cases read it from there), where the tree has an operator's listener of its own
+    stats_beside = "--stats-port" in (args.gateway_tree / "deploy" / "gateway" / "__main__.py").read_text()
     log = BUILD / "gateway-abuse" / "gateway.log"  # what the gateway logs, measured per case
     log.parent.mkdir(parents=True, exist_ok=True)
     with EmbeddedServer(options) as server, log.open("w") as log_file:
         gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
                                     str(port), "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
-                                    *(["--client-header", "X-Forwarded-For"] if knows_clients else [])],
+                                    *(["--client-header", "X-Forwarded-For"] if knows_clients else []),
+                                    *(["--stats-port", str(port)] if stats_beside else [])],
                                    cwd=args.gateway_tree, stdout=subprocess.PIPE, stderr=log_file, text=True,
                                    preexec_fn=None if args.nofile is None else
                                    lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.nofile, hard), hard)))

@@ -78,7 +78,8 @@ class Gateway:
     def __init__(self, triton: str):
         (self.port,) = free_ports(1)
         self.proc = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", triton, "--port",
-                                      str(self.port), "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8"],
+                                      str(self.port), "--stats-port", str(self.port),  # /stats beside the page
+                                      "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         ready = threading.Event()
         self.log: list[str] = []

@@ -23,7 +23,7 @@ from OpenSSL import SSL
 from test_gateway_limits import browser_like_offer
 from webrtc_pair import until
 
-from deploy.gateway.app import Gateway, make_runner
+from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.dtls import dtls_transports
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
@@ -119,8 +119,7 @@ def test_one_clients_offers_are_bounded_and_unconnected_sessions_end(server):
             assert not gw.sessions and gw.stats.sessions_unconnected == 4
             status, text, _ = await post(http, "/offer", "203.0.113.66", data=offer)
             assert status == 200, text  # its slots came back
-            async with http.get("/stats") as r:
-                assert (await r.json())["sessions_unconnected"] == 4
+            assert gw.stats.summary()["sessions_unconnected"] == 4
 
     asyncio.run(scenario())
 
@@ -252,8 +251,7 @@ def test_a_peer_breaking_sctp_is_ended_and_another_session_keeps_its_media(serve
             await until(lambda: closed(attacker) and len(gw.sessions) == 1, 10)
             await asyncio.sleep(1.0)
             assert victim.receiving() and victim.largest_gap(t, time.monotonic()) < 0.5
-            async with http.get("/stats") as r:
-                stats = await r.json()
+            stats = gw.stats.summary()
             assert stats["sessions_broke_sctp"] == 1
             assert stats["refused"]["rtcp_retransmissions_refused"] >= 5049 - 128, stats["refused"]
             for peer in (victim, attacker):
@@ -281,14 +279,35 @@ def test_a_microphone_line_from_many_ssrcs_and_of_long_packets_is_bounded_and_it
                 await mic.send(9000, (70 + n) * 5760, payload)
                 await asyncio.sleep(0.001)
             await asyncio.sleep(2.0)  # a receiver report or two (every 0.5 to 1.5 s)
-            async with http.get("/stats") as r:
-                refused = (await r.json())["refused"]
+            refused = gw.stats.summary()["refused"]
             assert refused["srtp_packets_past_ssrcs"] >= 70 - GatewayLimits().rtp_ssrcs, refused
             assert refused["rtp_audio_past_rate"] >= 100 - 3 * 3.5 / 0.12 - 1, refused
             await attacker.pc.close()
             await until(lambda: len(gw.sessions) == 1 and gw.stats.sessions_ended == 1, 10)
             assert victim.receiving() and victim.largest_gap(t, time.monotonic()) < 0.5
             await victim.pc.close()
+
+    asyncio.run(scenario())
+
+
+def test_stats_are_the_operators_listeners_not_the_pages(server):
+    """/stats names every recent reply's session and timing and what the bounds refused: the page's listener does
+    not serve it (404), the operator's does, and serves nothing of the page's."""
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            async with http.get("/stats") as r:
+                assert r.status == 404
+            runner = make_stats_runner(gw)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            try:
+                async with aiohttp.ClientSession(f"http://127.0.0.1:{runner.addresses[0][1]}") as operator:
+                    async with operator.get("/stats") as r:
+                        assert r.status == 200 and (await r.json())["active_sessions"] == 0
+                    async with operator.post("/offer", data=b"{}") as r:
+                        assert r.status in (404, 405)
+            finally:
+                await runner.cleanup()
 
     asyncio.run(scenario())
 

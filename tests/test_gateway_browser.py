@@ -60,11 +60,13 @@ def question_wav(tmp_path_factory):
 
 @contextlib.contextmanager
 def running_gateway(server, *extra: str):
-    """`python -m deploy.gateway` on a free port against the test server (ICE on 127.0.0.1 only): its base URL."""
-    (port,) = free_ports(1)
+    """`python -m deploy.gateway` on a free port against the test server (ICE on 127.0.0.1 only), its operator's
+    listener on another: (the page's base URL, the operator's)."""
+    port, stats_port = free_ports(2)
     proc = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", server.options.grpc_url,
-                             "--port", str(port), "--ice-host", "127.0.0.1", "--remote-network", "127.0.0.0/8",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--stats-port", str(stats_port), "--ice-host", "127.0.0.1",
+                             "--remote-network", "127.0.0.0/8", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     url: list[str] = []
     ready = threading.Event()
@@ -79,7 +81,7 @@ def running_gateway(server, *extra: str):
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(60), "the gateway did not start:\n" + "".join(lines[-30:])
-        yield url[0]
+        yield url[0], f"http://127.0.0.1:{stats_port}"
     finally:
         proc.terminate()
         try:
@@ -91,8 +93,8 @@ def running_gateway(server, *extra: str):
 
 @pytest.fixture(scope="module")
 def gateway(server):
-    with running_gateway(server) as url:
-        yield url
+    with running_gateway(server) as urls:
+        yield urls
 
 
 @pytest.fixture
@@ -163,6 +165,7 @@ def likeness(a: np.ndarray, b: np.ndarray, side: int = 32) -> float:
 def test_talk_to_the_avatar_in_chromium(gateway, browser):
     from ensemble.avatar import demo_avatar_png
 
+    gateway, operator = gateway
     t0 = time.monotonic()
     browser.get(f"{gateway}/?autostart=1&handsfree=1&raw=1&options=" + urllib.parse.quote(json.dumps(LONG)))
     wait_for(browser, "return th.connected", 20, "the WebRTC connection")
@@ -207,12 +210,15 @@ def test_talk_to_the_avatar_in_chromium(gateway, browser):
     # leaving the page ends the session at the gateway
     browser.get("about:blank")
     deadline = time.monotonic() + 10
-    while json.load(urllib.request.urlopen(f"{gateway}/stats", timeout=5))["active_sessions"]:
+    while json.load(urllib.request.urlopen(f"{operator}/stats", timeout=5))["active_sessions"]:
         assert time.monotonic() < deadline, "the gateway kept the session of a page that left"
         time.sleep(0.2)
     # a browser keeps the transports' rules: no bound below the data channel refused it anything, but for its checks
     # from addresses outside --remote-network (its other interfaces), which the gateway is told not to try
-    stats = json.load(urllib.request.urlopen(f"{gateway}/stats", timeout=5))
+    stats = json.load(urllib.request.urlopen(f"{operator}/stats", timeout=5))
+    with pytest.raises(urllib.error.HTTPError) as page_port:  # the operator's figures are not the page's to give
+        urllib.request.urlopen(f"{gateway}/stats", timeout=5)
+    assert page_port.value.code == 404
     assert stats["sessions_broke_sctp"] == 0 and set(stats["refused"]) <= {"ice_checks_outside_networks"}, stats
     print(f"\nbrowser: first audio {first['firstAudio']:.0f} ms, first frame {first['firstFrame']:.0f} ms after the "
           f"turn_end event; {frames} frames; avatar likeness {score:.2f}; voice stopped {stop_ms:.0f} ms after the "
@@ -228,7 +234,7 @@ def test_https_page_and_avatar_upload(server, tmp_path):
     from ensemble.avatar import demo_avatar_png
 
     tls = make_self_signed(tmp_path / "tls")
-    with running_gateway(server, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)) as url:
+    with running_gateway(server, "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key)) as (url, _):
         assert url.startswith("https://localhost:")
         context = ssl.create_default_context(cafile=str(tls.root_cert))
         with urllib.request.urlopen(f"{url}/", context=context, timeout=10) as r:

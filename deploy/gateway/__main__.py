@@ -4,7 +4,8 @@
     python -m deploy.gateway --start-server               # also start the embedded Triton (tiny models)
     python -m deploy.gateway --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem     # other machines: HTTPS
 
-Browsers give the microphone only to a secure context: http://localhost is one, any other address needs HTTPS
+The operator's figures, GET /stats (and /healthz), are served on 127.0.0.1:8081 (--stats-host, --stats-port), not on
+the page's port. Browsers give the microphone only to a secure context: http://localhost is one, any other address needs HTTPS
 (--tls-cert/--tls-key; deploy/gateway/README.md shows a self-signed certificate for trials).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from deploy.gateway.app import Gateway, make_runner
+from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
 from deploy.gateway.limits import GatewayLimits
 from deploy.log_limit import configure_logging
@@ -39,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     ap.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--stats-host", default="127.0.0.1",
+                    help="address of the operator's listener, GET /stats and /healthz (never public: /stats names "
+                         "every recent reply's session and timing)")
+    ap.add_argument("--stats-port", type=int, default=DEFAULT_PORT + 1,
+                    help="its port; the same as --port serves /stats beside the page (a benchmark on one machine)")
     ap.add_argument("--triton", default=GRPC_URL, help="Triton's gRPC endpoint (host:port)")
     ap.add_argument("--triton-root-cert", type=Path, help="gRPC over TLS to Triton: the CA certificate (PEM)")
     ap.add_argument("--start-server", action="store_true",
@@ -107,11 +113,16 @@ async def serve(args: argparse.Namespace) -> None:
     # aiortc encodes every outgoing frame, and the video tracks decode JPEGs, on the loop's default executor:
     # size it for the sessions (asyncio's default, cores + 4 threads, would queue them behind each other)
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(min(64, 4 + 2 * args.max_sessions)))
-    runner = make_runner(gateway)
+    together = args.stats_port == args.port
+    runner = make_runner(gateway, stats=together)
     await runner.setup()  # waits for Triton and registers the default avatar
     await web.TCPSite(runner, args.host, args.port, ssl_context=context).start()
+    stats_runner = None if together else make_stats_runner(gateway)
+    if stats_runner is not None:
+        await stats_runner.setup()
+        await web.TCPSite(stats_runner, args.stats_host, args.stats_port).start()
     print(f"talking-head gateway: {page_url(args)}  (Triton {args.triton}, default avatar "
-          f"{gateway.default_avatar})", flush=True)
+          f"{gateway.default_avatar}; stats: http://{args.stats_host}:{args.stats_port}/stats)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -119,6 +130,8 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     print("gateway stopping: closing sessions", flush=True)
     await runner.cleanup()
+    if stats_runner is not None:
+        await stats_runner.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,8 @@ is one more middleware in that list).
     GET  /config        {"default_avatar", "ice_servers", "options"}: what the page needs
     POST /avatar        an image (its bytes as the body, <= 10 MB) -> avatar_registry -> {"id", "face_box", "message"}
     POST /offer         {"sdp", "type": "offer", "avatar_id"?, "options"?} -> {"sdp", "type": "answer", "session"}
-    GET  /stats         sessions, replies' latencies at the gateway (p50/p95), process CPU time (?recent=N replies)
+    GET  /stats         sessions, replies' latencies at the gateway (p50/p95), process CPU time (?recent=N replies);
+                        on the operator's listener (make_stats_runner), not the page's
     GET  /healthz       200 when Triton's orchestrator is ready, else 503
 
 Each client's use is bounded (limits.py: sessions, offers, avatar uploads, data-channel messages, microphone rate,
@@ -334,15 +335,18 @@ def unread_responses_closed(after_s: float):
     return bound
 
 
-def make_runner(gateway: Gateway) -> web.AppRunner:
-    """The application's runner: a connection without a whole request for `idle_connection_s` is closed; request
-    bodies are taken as sent, never decompressed (`identity_bodies`)."""
-    return web.AppRunner(make_app(gateway), access_log=None, keepalive_timeout=gateway.limits.idle_connection_s,
-                         auto_decompress=False)
+def make_runner(gateway: Gateway, stats: bool = False) -> web.AppRunner:
+    """The application's runner (`stats`: /stats beside the page, see `make_app`): a connection without a whole
+    request for `idle_connection_s` is closed; request bodies are taken as sent, never decompressed
+    (`identity_bodies`)."""
+    return web.AppRunner(make_app(gateway, stats=stats), access_log=None,
+                         keepalive_timeout=gateway.limits.idle_connection_s, auto_decompress=False)
 
 
-def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
-    """The aiohttp application; `middlewares` run before every handler (the place for authentication)."""
+def make_app(gateway: Gateway, middlewares: tuple = (), stats: bool = False) -> web.Application:
+    """The aiohttp application the browsers reach; `middlewares` run before every handler (the place for
+    authentication). /stats (every recent reply's session, turn and latencies, what the bounds refused) is the
+    operator's: on its own listener (`make_stats_runner`), here only with `stats` (a benchmark on one machine)."""
     app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s), identity_bodies,
                                        *middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
@@ -351,7 +355,17 @@ def make_app(gateway: Gateway, middlewares: tuple = ()) -> web.Application:
     app.router.add_get("/config", gateway.config)
     app.router.add_post("/avatar", gateway.avatar)
     app.router.add_post("/offer", gateway.offer)
-    app.router.add_get("/stats", gateway.stats_handler)
+    if stats:
+        app.router.add_get("/stats", gateway.stats_handler)
     app.router.add_get("/healthz", gateway.healthz)
     app.router.add_static("/static/", STATIC, show_index=False)
     return app
+
+
+def make_stats_runner(gateway: Gateway) -> web.AppRunner:
+    """The operator's listener: GET /stats and /healthz only (RELIABILITY.md, "A ninth pass": /stats on the page's
+    port told anyone every recent reply's session id and timing, and what the bounds had refused)."""
+    app = web.Application(middlewares=[security_headers])
+    app.router.add_get("/stats", gateway.stats_handler)
+    app.router.add_get("/healthz", gateway.healthz)
+    return web.AppRunner(app, access_log=None, keepalive_timeout=gateway.limits.idle_connection_s)
