@@ -25,6 +25,7 @@ from webrtc_pair import until
 
 from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.dtls import dtls_transports
+from deploy.gateway.ice import IceSettings
 from deploy.gateway.limits import GatewayLimits
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
@@ -36,9 +37,9 @@ pytestmark = pytest.mark.server
 
 
 @contextlib.asynccontextmanager
-async def running(server, limits: GatewayLimits):
+async def running(server, limits: GatewayLimits, ice: IceSettings | None = None):
     """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
-    gw = Gateway(server.options.grpc_url, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For")
+    gw = Gateway(server.options.grpc_url, ice, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For")
     runner = make_runner(gw)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -288,6 +289,26 @@ def test_a_microphone_line_from_many_ssrcs_and_of_long_packets_is_bounded_and_it
             await victim.pc.close()
 
     asyncio.run(scenario())
+
+
+def test_the_pages_of_one_client_get_one_turn_user_and_another_clients_another(server):
+    """coturn's user-quota counts the username's part after its expiry: every page of one client gets the same part
+    (a hash, not the address), another client another; a request without the proxy's header gets no credentials."""
+    ice = IceSettings(["turn:turn.example.com:3478"], secret="s3cret")
+
+    async def scenario():
+        async with running(server, GatewayLimits(), ice) as (gw, http):
+            users = []
+            for client in ("203.0.113.66", "203.0.113.66", "192.0.2.1"):
+                async with http.get("/config", headers=as_client(client)) as r:
+                    (turn,) = (await r.json())["ice_servers"]
+                    users.append(turn["username"].split(":", 1)[1])
+            async with http.get("/config") as r:
+                assert r.status == 403
+            return users
+
+    users = asyncio.run(scenario())
+    assert users[0] == users[1] != users[2] and "203.0.113" not in users[0], users
 
 
 def test_stats_are_the_operators_listeners_not_the_pages(server):

@@ -21,7 +21,7 @@ import aioice.turn
 import pytest
 from manifests import compose
 
-from deploy.gateway.ice import IceSettings
+from deploy.gateway.ice import IceSettings, turn_user
 from deploy.processes import free_ports
 
 CONF = Path(__file__).resolve().parents[1] / "deploy" / "gateway" / "turnserver.conf"
@@ -134,3 +134,42 @@ def test_compose_turn_relays_to_the_gateways_media_address_only():
     conf = CONF.read_text().splitlines()
     assert {"denied-peer-ip=0.0.0.0-255.255.255.255", "denied-peer-ip=::-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"} \
         <= set(conf)
+
+
+async def allocations(server, username: str, password: str, n: int) -> tuple[list, str]:
+    """Up to `n` relays allocated with one credential, each from a new local port (as a client taking every relay
+    port would): (the relays, why the next one was refused, or "")."""
+    relays = []
+    for _ in range(n):
+        try:
+            relay, _ = await asyncio.wait_for(aioice.turn.create_turn_endpoint(asyncio.DatagramProtocol, server,
+                                                                               username, password), 5)
+        except Exception as e:  # TransactionFailed: 486 Allocation Quota Reached, 508 Cannot create socket
+            return relays, str(e)
+        relays.append(relay)
+    return relays, ""
+
+
+@needs_coturn
+def test_one_client_holds_at_most_its_quota_of_relays_and_another_client_gets_one(turn):
+    """Without `user-quota` one page's credentials took all 41 relay ports and another client's got 508; the quota
+    counts the username's part after its expiry, which is the same for every page of one client (ice.turn_user)."""
+    server, ice = turn
+    mallory, alice = turn_user("203.0.113.66"), turn_user("192.0.2.1")
+
+    async def scenario():
+        first, second = ice.servers(mallory, page=True)[0], None
+        held, refused = await allocations(server, first["username"], first["credential"], 50)
+        await asyncio.sleep(1.1)  # a later page of the same client: another expiry, the same user
+        second = ice.servers(mallory, page=True)[0]
+        assert second["username"] != first["username"]
+        more, refused_again = await allocations(server, second["username"], second["credential"], 5)
+        page = ice.servers(alice, page=True)[0]
+        hers, hers_refused = await allocations(server, page["username"], page["credential"], 1)
+        for relay in held + more + hers:
+            relay.close()
+        return len(held), refused, len(more), refused_again, len(hers), hers_refused
+
+    held, refused, more, refused_again, hers, hers_refused = asyncio.run(scenario())
+    assert (held, more) == (8, 0) and "486" in refused and "486" in refused_again, (held, refused, refused_again)
+    assert (hers, hers_refused) == (1, "")

@@ -33,7 +33,7 @@ from tritonclient.utils import InferenceServerException
 
 from deploy.gateway import triton
 from deploy.gateway.dtls import close_connection, on_transport_end, refuse_renegotiation
-from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections
+from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections, turn_user
 from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
 from deploy.gateway.rtcp_guard import RtcpGuard
 from deploy.gateway.rtp_guard import guard_rtp
@@ -179,8 +179,12 @@ class Gateway:
         return web.FileResponse(STATIC / "index.html")
 
     async def config(self, request: web.Request) -> web.Response:
+        try:  # the page's TURN credentials are its client's: coturn's user-quota bounds the relays of each client
+            client = client_identity(request.remote, request.headers, self.client_header)
+        except Refused as e:
+            return refusal(e)
         return web.json_response({"default_avatar": self.default_avatar, "options": sorted(PAGE_OPTIONS),
-                                  "ice_servers": self.ice.servers(uuid.uuid4().hex[:8], page=True)})
+                                  "ice_servers": self.ice.servers(turn_user(client), page=True)})
 
     async def avatar(self, request: web.Request) -> web.Response:
         try:

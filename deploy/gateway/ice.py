@@ -151,9 +151,16 @@ class ReceivedChecks:
         self._check(message, addr, protocol)
 
 
-def turn_credentials(secret: str, session: str, ttl_s: int = 3600, now: float | None = None) -> tuple[str, str]:
+def turn_user(client: str) -> str:
+    """The TURN username's part after the expiry for a page of `client` (limits.client_identity): the same for every
+    page of one client, so coturn's `user-quota` (which counts that part: RELIABILITY.md, "A ninth pass") bounds the
+    relays one client holds, however many credentials it asks for. A hash: no address in a username."""
+    return "c-" + hashlib.sha256(client.encode()).hexdigest()[:16]
+
+
+def turn_credentials(secret: str, user: str, ttl_s: int = 3600, now: float | None = None) -> tuple[str, str]:
     """coturn's REST-API credentials (`use-auth-secret` + `static-auth-secret=secret`): valid for ttl_s."""
-    username = f"{int((time.time() if now is None else now) + ttl_s)}:{session}"
+    username = f"{int((time.time() if now is None else now) + ttl_s)}:{user}"
     password = base64.b64encode(hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()).decode()
     return username, password
 
@@ -170,20 +177,20 @@ class IceSettings:
         self.username, self.password, self.secret = username, password, secret
         self.remote_networks = [str(ipaddress.ip_network(n, strict=False)) for n in remote_networks]
 
-    def servers(self, session: str = "gateway", page: bool = False) -> list[dict]:
-        """The iceServers list (RTCConfiguration's JSON shape) of the gateway, or of a page: TURN URLs carry
-        credentials."""
+    def servers(self, user: str = "gateway", page: bool = False) -> list[dict]:
+        """The iceServers list (RTCConfiguration's JSON shape) of the gateway, or of a page (`user`: `turn_user` of its
+        client): TURN URLs carry credentials."""
         urls = self.page_urls if page else self.urls
         if not urls:
             return []
-        user, password = self.username, self.password
+        name, password = self.username, self.password
         if self.secret:
-            user, password = turn_credentials(self.secret, session)
+            name, password = turn_credentials(self.secret, user)
         stun = [u for u in urls if u.startswith("stun:")]
         out = [{"urls": stun}] if stun else []
         turn = [u for u in urls if not u.startswith("stun:")]
         if turn:
-            out.append({"urls": turn, "username": user or "", "credential": password or ""})
+            out.append({"urls": turn, "username": name or "", "credential": password or ""})
         return out
 
     def configuration(self) -> RTCConfiguration:
