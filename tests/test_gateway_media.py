@@ -167,6 +167,8 @@ def test_turn_credentials_follow_coturns_rest_scheme():
     ice = IceSettings(["stun:stun.example:3478", "turn:turn.example:3478"], secret="s3cret")
     servers = ice.servers("x")
     assert servers[0] == {"urls": ["stun:stun.example:3478"]} and servers[1]["username"].endswith(":x")
+    # each gateway session relays as a TURN user of its own: the per-user quota (one client's pages) never caps them
+    assert ice.configuration("gateway-web-1").iceServers[1].username.endswith(":gateway-web-1")
     assert IceSettings().configuration().iceServers == []  # never aiortc's public STUN default
     split = IceSettings(["turn:coturn:3478"], "u", "p", page_urls=["turn:turn.example.com:3478"])
     assert split.servers(page=True) == [{"urls": ["turn:turn.example.com:3478"], "username": "u", "credential": "p"}]

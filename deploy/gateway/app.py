@@ -234,7 +234,7 @@ class Gateway:
         sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
         session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats,
                           SessionBudget(self.limits))
-        pc = RTCPeerConnection(configuration=self.ice.configuration())
+        pc = RTCPeerConnection(configuration=self.ice.configuration(f"gateway-{sid}"))
         self.sessions[sid] = (session, pc)
         self.client_of[sid] = client
         self.stats.active = len(self.sessions)

@@ -193,6 +193,8 @@ class IceSettings:
             out.append({"urls": turn, "username": name or "", "credential": password or ""})
         return out
 
-    def configuration(self) -> RTCConfiguration:
-        """aiortc's configuration: these servers, or an explicitly empty list (never aiortc's public default)."""
-        return RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.servers()])
+    def configuration(self, user: str = "gateway") -> RTCConfiguration:
+        """aiortc's configuration for one of the gateway's sessions (`user`: its own TURN user, so that coturn's
+        user-quota, meant for each client's pages, never caps how many sessions the gateway relays): these servers,
+        or an explicitly empty list (never aiortc's public default)."""
+        return RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.servers(user)])
