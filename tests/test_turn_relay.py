@@ -173,3 +173,30 @@ def test_one_client_holds_at_most_its_quota_of_relays_and_another_client_gets_on
     held, refused, more, refused_again, hers, hers_refused = asyncio.run(scenario())
     assert (held, more) == (8, 0) and "486" in refused and "486" in refused_again, (held, refused, refused_again)
     assert (hers, hers_refused) == (1, "")
+
+
+@needs_coturn
+def test_a_relay_carries_at_most_its_bandwidth_to_the_gateway(turn):
+    """A client sending as fast as it can through its relay to the gateway's address (the one peer allowed): coturn
+    passes at most `max-bps` (500000 bytes a second); without it, 20 MB/s reached the gateway's media port here."""
+    server, ice = turn
+    page = ice.servers(turn_user("203.0.113.66"), page=True)[0]
+
+    async def scenario() -> float:
+        _, gateway = await asyncio.get_running_loop().create_datagram_endpoint(Sink, local_addr=(GATEWAY, 0))
+        relay, _ = await aioice.turn.create_turn_endpoint(asyncio.DatagramProtocol, server, page["username"],
+                                                          page["credential"])
+        try:
+            target, t0 = gateway.transport.get_extra_info("sockname"), time.monotonic()
+            while time.monotonic() - t0 < 3.0:
+                for _ in range(50):
+                    relay.sendto(b"x" * 1200, target)
+                await asyncio.sleep(0.001)
+            await asyncio.sleep(0.5)
+            return sum(len(data) for data, _ in gateway.got) / (time.monotonic() - t0)
+        finally:
+            relay.close()
+            gateway.transport.close()
+
+    got = asyncio.run(scenario())
+    assert 0 < got < 1.3 * 500000, f"{got / 1e6:.2f} MB/s reached the gateway"
