@@ -199,4 +199,5 @@ def test_a_relay_carries_at_most_its_bandwidth_to_the_gateway(turn):
             gateway.transport.close()
 
     got = asyncio.run(scenario())
+    print(f"\nrelayed to the gateway: {got / 1e6:.2f} MB/s")
     assert 0 < got < 1.3 * 500000, f"{got / 1e6:.2f} MB/s reached the gateway"
