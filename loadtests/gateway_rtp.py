@@ -74,9 +74,14 @@ class RawMicrophone:
         self.transport._setup_srtp()
 
 
-async def refused_counts(http) -> Counter:
+async def stats(http) -> dict:
+    """The gateway's /stats (the harness serves it beside the page: `--stats-port` equal to `--port`)."""
     async with http.get("/stats") as r:
-        return Counter((await r.json()).get("refused", {}))
+        return await r.json()
+
+
+async def refused_counts(http) -> Counter:
+    return Counter((await stats(http)).get("refused", {}))
 
 
 async def rtp_flood(http, make, seconds: float, per_second: float, fresh_srtp_every: int = 0) -> str:
@@ -131,11 +136,6 @@ def gateway_process(http) -> psutil.Process:
     port = str(http._base_url.port)
     return next(p for p in psutil.process_iter(["cmdline"]) if "deploy.gateway" in (p.info["cmdline"] or [])
                 and port in p.info["cmdline"])
-
-
-async def stats(http) -> dict:
-    async with http.get("/stats") as r:
-        return await r.json()
 
 
 async def rtp_ssrcs_then_close(http, victim, sessions: int = 6, ssrcs: int = 70) -> str:
