@@ -117,8 +117,7 @@ async def offer_flood(http, victim, watch_s: float = 30.0) -> str:
     status, text = await newcomer.connect(http, NEWCOMER)
     await newcomer.pc.close()
     await asyncio.sleep(watch_s)
-    async with http.get("/stats") as r:
-        active = (await r.json())["active_sessions"]
+    active = (await gateway_rtp.stats(http))["active_sessions"]
     for p in peers:
         await p.pc.close()
     return f"offers: {counts(statuses)}; newcomer: {short(status, text)}; {active} sessions open {watch_s:g} s later"
