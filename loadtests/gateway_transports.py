@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import socket
 import time
@@ -251,5 +252,27 @@ async def dtls_renegotiations(http, victim, seconds: float = 20.0) -> str:
     return f"{asked} renegotiations asked, {completed} completed ({completed / took:.0f} a second){refused}; {outcome}"
 
 
+async def sctp_never_acknowledged(http, victim, seconds: float = 120.0, per_second: float = 2.0) -> str:
+    """A client whose SCTP stack acknowledges nothing the gateway sends (no SACK ever) and asks for typed turns, 2 a
+    second: every event of every reply waits in the gateway's data-channel queue for a client that never takes it."""
+    peer = Peer()
+    status, text = await peer.connect(http)
+    if status != 200:
+        return f"attacker not connected: {short(status, text)}"
+
+    async def no_sack() -> None:
+        return None
+    peer.pc.sctp._send_sack = no_sack
+    t0, sent = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds and not closed(peer):
+        peer.channel.send(json.dumps({"type": "text", "text": f"Tell me about the number {sent}."}))
+        sent += 1
+        await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
+    took = time.monotonic() - t0
+    outcome = ended(peer, f" after {took:.0f} s" if closed(peer) else "")
+    await peer.pc.close()
+    return f"{sent} typed turns in {took:.0f} s, nothing acknowledged; {outcome}"
+
+
 CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses,
-         dtls_renegotiations)
+         dtls_renegotiations, sctp_never_acknowledged)

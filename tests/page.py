@@ -11,6 +11,7 @@ class Channel:
     def __init__(self):
         self.sent: list[dict] = []
         self.handler = None
+        self.bufferedAmount = 0  # bytes queued, not yet taken by the page (aiortc's RTCDataChannel says so too)
 
     def send(self, raw):
         self.sent.append(json.loads(raw))

@@ -291,6 +291,30 @@ def test_a_microphone_line_from_many_ssrcs_and_of_long_packets_is_bounded_and_it
     asyncio.run(scenario())
 
 
+def test_a_client_that_acknowledges_nothing_is_ended_once_its_messages_pile_up(server):
+    """A client whose SCTP stack sends no SACK and asks for typed turns: aiortc queues every event of every reply for
+    it without bound; past `max_unread_bytes` (here 4 KiB) the session is ended and /stats counts it."""
+    async def scenario():
+        async with running(server, GatewayLimits(max_unread_bytes=4096)) as (gw, http):
+            attacker = Peer()
+            status, sid = await attacker.connect(http, "203.0.113.66")
+            assert status == 200
+
+            async def no_sack() -> None:
+                return None
+            attacker.pc.sctp._send_sack = no_sack
+            deadline = time.monotonic() + 60
+            while sid in gw.sessions:
+                assert time.monotonic() < deadline, "never ended"
+                attacker.channel.send(json.dumps({"type": "text", "text": "Tell me something long."}))
+                await asyncio.sleep(1.0)
+            await until(lambda: gw.stats.sessions_ended == 1, 10)
+            assert gw.stats.summary()["sessions_unread"] == 1
+            await attacker.pc.close()
+
+    asyncio.run(scenario())
+
+
 def test_the_pages_of_one_client_get_one_turn_user_and_another_clients_another(server):
     """coturn's user-quota counts the username's part after its expiry: every page of one client gets the same part
     (a hash, not the address), another client another; a request without the proxy's header gets no credentials."""

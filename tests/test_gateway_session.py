@@ -169,6 +169,19 @@ def test_page_messages_become_requests(session):
     assert s.channel.sent[-1] == {"type": "error", "message": "data channel messages are JSON objects with a type"}
 
 
+def test_a_page_that_takes_none_of_its_messages_is_reported_once_and_sent_no_more(session):
+    s, loop = session
+    reasons: list[str] = []
+    s.on_unread = reasons.append
+    s.send({"type": "server", "state": "ok"})
+    s.channel.bufferedAmount = s.budget.limits.max_unread_bytes + 1  # aiortc's queue for a client that acknowledges
+    for _ in range(3):  # nothing
+        s.send({"type": "server", "state": "ok"})
+    assert len(s.channel.sent) == 1 and len(reasons) == 1
+    assert reasons[0] == (f"its client has not taken {s.budget.limits.max_unread_bytes + 1} bytes of data-channel "
+                          f"messages (the limit is {s.budget.limits.max_unread_bytes})")
+
+
 def test_a_drain_ends_the_stream_once_the_reply_is_played_and_resume_opens_a_new_one(session):
     s, loop = session
     old = s.stream

@@ -233,7 +233,7 @@ class Gateway:
             return refusal(e)
         sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
         session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats,
-                          SessionBudget(self.limits))
+                          SessionBudget(self.limits), lambda reason: self._breach(sid, client, reason, "unread"))
         pc = RTCPeerConnection(configuration=self.ice.configuration(f"gateway-{sid}"))
         self.sessions[sid] = (session, pc)
         self.client_of[sid] = client
@@ -256,7 +256,7 @@ class Gateway:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             if pc.sctp is not None:  # the offer has a data channel
-                SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason))
+                SctpGuard(pc.sctp, self.limits, lambda reason: self._breach(sid, client, reason, "broke_sctp"))
             for connection in ice_connections(pc):
                 ReceivedChecks(connection, self.ice.remote_networks, self.limits.ice_learned_candidates,
                                self.limits.ice_checks_per_second, self.stats.refused)
@@ -282,10 +282,11 @@ class Gateway:
             self.stats.sessions_unconnected += 1
             asyncio.ensure_future(self.end(sid))
 
-    def _breach(self, sid: str, client: str, reason: str) -> None:
-        """A session's peer broke a rule of its SCTP association (sctp_guard.py): the session is ended."""
+    def _breach(self, sid: str, client: str, reason: str, kind: str) -> None:
+        """A session's peer broke a rule of its SCTP association (sctp_guard.py: `kind` "broke_sctp") or took none of
+        its data-channel messages ("unread"): the session is ended, counted in /stats as sessions_<kind>."""
         log.warning("session %s of client %s ended: %s", sid, client, reason)
-        self.stats.sessions_broke_sctp += 1
+        setattr(self.stats, f"sessions_{kind}", getattr(self.stats, f"sessions_{kind}") + 1)
         asyncio.ensure_future(self.end(sid))
 
     async def stats_handler(self, request: web.Request) -> web.Response:

@@ -46,6 +46,9 @@ class GatewayLimits:
     messages_per_second: float = 20.0  # data-channel messages of a session, sustained ...
     message_burst: int = 40  # ... and at once
     max_message_bytes: int = 16 * 1024  # one data-channel message (a typed turn: 2000 characters)
+    # the gateway's data-channel messages a session's client has not taken (aiortc queues them without bound while the
+    # client acknowledges nothing): past it the session is ended (a page takes them as they come: a few KB queued)
+    max_unread_bytes: int = 1024 * 1024
     mic_speedup: float = 1.5  # microphone audio of a session at most this many times real time (2 s bursts)
     connect_timeout_s: float = 20.0  # from the answer to a connected WebRTC session
     # an HTTP connection without a whole request for this long is closed, before its first request as between two

@@ -22,6 +22,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from deploy.gateway.limits import GatewayLimits, Refusal, SessionBudget
@@ -57,9 +58,12 @@ class Reply:
 
 
 class Session:
-    def __init__(self, sid: str, stream: OrchestratorStream, stats: GatewayStats, budget: SessionBudget | None = None):
+    def __init__(self, sid: str, stream: OrchestratorStream, stats: GatewayStats, budget: SessionBudget | None = None,
+                 on_unread: Callable[[str], None] = lambda reason: None):
         self.id, self.stream, self.stats = sid, stream, stats
         self.budget = budget or SessionBudget(GatewayLimits())  # data-channel messages and microphone rate
+        self.on_unread = on_unread  # its client took none of `max_unread_bytes` of messages: the gateway ends it
+        self.unread = False  # ... and it was told so once
         self.clock = MediaClock(time.monotonic)
         self.playout = AudioPlayout()
         self.schedule = VideoSchedule()
@@ -151,6 +155,12 @@ class Session:
     def send(self, msg: dict) -> None:
         ch = self.channel
         if ch is not None and ch.readyState == "open":
+            if self.unread or ch.bufferedAmount > self.budget.limits.max_unread_bytes:
+                if not self.unread:
+                    self.unread = True
+                    self.on_unread(f"its client has not taken {ch.bufferedAmount} bytes of data-channel messages "
+                                   f"(the limit is {self.budget.limits.max_unread_bytes})")
+                return
             ch.send(json.dumps(msg, separators=(",", ":")))
         elif ch is None and len(self._pending) < 500:
             self._pending.append(msg)

@@ -52,6 +52,7 @@ class GatewayStats:
     sessions_ended: int = 0
     sessions_unconnected: int = 0  # ended because their WebRTC connection never came up
     sessions_broke_sctp: int = 0  # ended because their peer broke a rule of its SCTP association (sctp_guard.py)
+    sessions_unread: int = 0  # ended because their client took none of max_unread_bytes of data-channel messages
     refused: Counter = field(default_factory=Counter)  # what the RTCP, RTP and ICE bounds did not do, by kind
     active: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -73,7 +74,8 @@ class GatewayStats:
         out: dict = {"active_sessions": self.active, "sessions_started": self.sessions_started,
                      "sessions_ended": self.sessions_ended,
                      "sessions_unconnected": self.sessions_unconnected,
-                     "sessions_broke_sctp": self.sessions_broke_sctp, "refused": dict(sorted(self.refused.items())),
+                     "sessions_broke_sctp": self.sessions_broke_sctp, "sessions_unread": self.sessions_unread,
+                     "refused": dict(sorted(self.refused.items())),
                      "replies": len(self.replies),
                      "uptime_s": round(time.monotonic() - self.started, 1),
                      "process_cpu_s": round(time.process_time(), 3),
