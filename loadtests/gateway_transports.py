@@ -263,15 +263,20 @@ async def sctp_never_acknowledged(http, victim, seconds: float = 120.0, per_seco
     async def no_sack() -> None:
         return None
     peer.pc.sctp._send_sack = no_sack
-    t0, sent = time.monotonic(), 0
+    t0, sent, queued = time.monotonic(), 0, []
     while time.monotonic() - t0 < seconds and not closed(peer):
         peer.channel.send(json.dumps({"type": "text", "text": f"Tell me about the number {sent}."}))
         sent += 1
+        if sent % 20 == 0:  # what the gateway holds for clients that have not taken it (a tree that says so)
+            async with http.get("/stats") as r:
+                queued.append((await r.json()).get("unread_bytes_largest"))
         await asyncio.sleep(max(0.0, t0 + sent / per_second - time.monotonic()))
     took = time.monotonic() - t0
     outcome = ended(peer, f" after {took:.0f} s" if closed(peer) else "")
     await peer.pc.close()
-    return f"{sent} typed turns in {took:.0f} s, nothing acknowledged; {outcome}"
+    held = [q for q in queued if q is not None]
+    return (f"{sent} typed turns in {took:.0f} s, nothing acknowledged; {outcome}"
+            + (f"; its queue at the gateway every 10 s: {', '.join(f'{q // 1024} KiB' for q in held)}" if held else ""))
 
 
 CASES = (sctp_past_window, sctp_past_hole, sctp_empty_chunks, sctp_sack_gaps, rtcp_nacks, rtcp_plis, ice_new_addresses,

@@ -348,7 +348,8 @@ def test_stats_are_the_operators_listeners_not_the_pages(server):
             try:
                 async with aiohttp.ClientSession(f"http://127.0.0.1:{runner.addresses[0][1]}") as operator:
                     async with operator.get("/stats") as r:
-                        assert r.status == 200 and (await r.json())["active_sessions"] == 0
+                        figures = await r.json()
+                        assert r.status == 200 and figures["active_sessions"] == 0 and figures["unread_bytes"] == 0
                     async with operator.post("/offer", data=b"{}") as r:
                         assert r.status in (404, 405)
             finally:

@@ -294,7 +294,10 @@ class Gateway:
             recent = min(self.stats.keep, max(0, int(request.query.get("recent", "20"))))
         except ValueError:
             raise web.HTTPBadRequest(text="recent: a number of replies") from None
-        return web.json_response(self.stats.summary(recent))
+        unread = [s.channel.bufferedAmount for s, _ in self.sessions.values() if s.channel is not None]
+        # data-channel bytes queued for clients that have not taken them: all sessions', and the largest one's
+        return web.json_response({**self.stats.summary(recent), "unread_bytes": sum(unread),
+                                  "unread_bytes_largest": max(unread, default=0)})
 
     async def healthz(self, request: web.Request) -> web.Response:
         try:
