@@ -34,6 +34,7 @@ import pylibsrtp
 from aiortc import RTCPeerConnection
 
 from deploy.front_door.quota import TokenBucket
+from deploy.gateway.dtls import dtls_transports
 from deploy.gateway.limits import GatewayLimits
 
 FRAME_MS = (10, 20, 40, 60) * 3 + (10, 20) * 2 + (2.5, 5, 10, 20) * 4  # by the TOC byte's configuration, 0..31
@@ -110,9 +111,7 @@ def guard_rtp(pc: RTCPeerConnection, limits: GatewayLimits, counts: Counter | No
     with BUNDLE), and `KnownSsrcs` in front of each one's inbound SRTP as the handshake makes it (the transport
     announces "connected" before it reads a packet)."""
     counts = Counter() if counts is None else counts
-    transports = {id(t.receiver.transport): t.receiver.transport for t in pc.getTransceivers()
-                  if t.receiver.transport is not None}
-    for dtls in transports.values():
+    for dtls in dtls_transports(pc):
         if not hasattr(dtls, "_rx_srtp"):
             raise RuntimeError("aiortc's DTLS transport has no _rx_srtp: the gateway's RTP guard is written for "
                                "aiortc 1.16 (requirements-gateway.txt)")

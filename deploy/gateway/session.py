@@ -155,12 +155,12 @@ class Session:
     def send(self, msg: dict) -> None:
         ch = self.channel
         if ch is not None and ch.readyState == "open":
-            if self.unread or ch.bufferedAmount > self.budget.limits.max_unread_bytes:
-                if not self.unread:
-                    self.unread = True
-                    self.on_unread(f"its client has not taken {ch.bufferedAmount} bytes of data-channel messages "
-                                   f"(the limit is {self.budget.limits.max_unread_bytes})")
+            if self.unread:
                 return
+            if ch.bufferedAmount > self.budget.limits.max_unread_bytes:
+                self.unread = True
+                return self.on_unread(f"its client has not taken {ch.bufferedAmount} bytes of data-channel messages "
+                                      f"(the limit is {self.budget.limits.max_unread_bytes})")
             ch.send(json.dumps(msg, separators=(",", ":")))
         elif ch is None and len(self._pending) < 500:
             self._pending.append(msg)
