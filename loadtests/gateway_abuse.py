@@ -36,7 +36,7 @@ from deploy.processes import free_ports, server_ports
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
-from loadtests import gateway_rtp, gateway_transports
+from loadtests import gateway_identity, gateway_rtp, gateway_transports
 from loadtests.bench_gpu import process_cpu_s
 from loadtests.door_connections import raise_own_limit
 from loadtests.gateway_connections import address, idle_connections, unread_responses
@@ -293,7 +293,7 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, deep_message, mic_flood, camera, huge_message, slow_requests,
                                  idle_connections, unread_responses, gzip_avatar, udp_flood,
-                                 *gateway_transports.CASES, *gateway_rtp.CASES)}
+                                 *gateway_transports.CASES, *gateway_rtp.CASES, *gateway_identity.CASES)}
 
 
 def cpu_s(server: EmbeddedServer) -> float:

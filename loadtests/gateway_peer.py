@@ -51,8 +51,9 @@ class Peer:
         return self.pc.localDescription.sdp
 
     async def connect(self, http: aiohttp.ClientSession, client: str = ATTACKER,
-                      wait_open_s: float = 20.0) -> tuple[int, str]:
-        status, text = await send_offer(http, await self.offer(), client)
+                      wait_open_s: float = 20.0, **extra) -> tuple[int, str]:
+        """Offer (with `extra` fields beside the SDP: options, avatar_id) and wait for the data channel to open."""
+        status, text = await send_offer(http, await self.offer(), client, **extra)
         if status != 200:
             return status, text
         answer = json.loads(text)

@@ -13,7 +13,8 @@ from tritonclient.grpc import service_pb2 as pb
 
 from client.wire import turn_inputs
 from deploy.front_door.proxy import Refused, check_request, one_bytes_element, own_options
-from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, SessionTokens, Usage
+from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, Usage
+from deploy.session_tokens import SessionTokens
 from export.contract.spec import TALKING_HEAD
 
 KEYS = {"alice": "alice-key-0123456789abcdef", "bob": "bob-key-0123456789abcdef"}
@@ -33,10 +34,13 @@ def test_keys_file_is_parsed_and_keys_compared_by_digest(tmp_path):
 
 
 def test_session_tokens_are_per_identity_and_valid_session_tokens():
-    tokens = SessionTokens(b"secret")
+    tokens = SessionTokens(b"a secret of 24 bytes....")
     a, b = tokens("alice"), tokens("bob")
     assert a != b and a == tokens("alice") and len(a) == 32 and a.replace("-", "").replace("_", "").isalnum()
-    assert SessionTokens(b"other")("alice") != a
+    assert SessionTokens(b"another secret of 28 bytes..")("alice") != a
+    assert SessionTokens()("alice") != SessionTokens()("alice")  # a random secret per process unless given
+    with pytest.raises(ValueError, match="0 bytes; give at least 16"):
+        SessionTokens(b"")  # an empty secret file is an error, not a random secret in silence
 
 
 def test_rate_and_turn_quotas():

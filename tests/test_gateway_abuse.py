@@ -27,6 +27,7 @@ from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.dtls import dtls_transports
 from deploy.gateway.ice import IceSettings
 from deploy.gateway.limits import GatewayLimits
+from deploy.session_tokens import SessionTokens
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
 from loadtests.gateway_peer import Peer
@@ -37,9 +38,11 @@ pytestmark = pytest.mark.server
 
 
 @contextlib.asynccontextmanager
-async def running(server, limits: GatewayLimits, ice: IceSettings | None = None):
+async def running(server, limits: GatewayLimits, ice: IceSettings | None = None,
+                  tokens: SessionTokens | None = None):
     """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
-    gw = Gateway(server.options.grpc_url, ice, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For")
+    gw = Gateway(server.options.grpc_url, ice, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For",
+                 tokens=tokens)
     runner = make_runner(gw)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -123,6 +126,28 @@ def test_one_clients_offers_are_bounded_and_unconnected_sessions_end(server):
             assert gw.stats.summary()["sessions_unconnected"] == 4
 
     asyncio.run(scenario())
+
+
+def test_the_sessions_of_one_client_carry_one_session_token_and_another_clients_another(server):
+    """The orchestrator bounds what one client holds by its `session_token` (a quarter of the answer cache): with a
+    token per session, a client's 4 sessions held all of it and flushed what others had cached (RELIABILITY.md, "A
+    tenth pass"). Every session of one client now carries the client's token, another client's another, and none is
+    the token the front door would derive for a key of the same name."""
+    offer = json.dumps({"type": "offer", "sdp": browser_like_offer()})
+    tokens = SessionTokens(b"one secret, 16 bytes or more")
+
+    async def scenario():
+        async with running(server, GatewayLimits(), tokens=tokens) as (gw, http):
+            for client in ("203.0.113.66", "203.0.113.66", "203.0.113.66", "192.0.2.1"):
+                status, text, _ = await post(http, "/offer", client, data=offer)
+                assert status == 200, text
+            return [(gw.client_of[sid], session.stream.token) for sid, (session, _) in gw.sessions.items()]
+
+    held = asyncio.run(scenario())
+    mallory = {token for client, token in held if client == "203.0.113.66"}
+    (other,) = {token for client, token in held if client == "192.0.2.1"}
+    assert len(held) == 4 and len(mallory) == 1 and other not in mallory, held
+    assert tokens("203.0.113.66") not in mallory  # the gateway's clients are named apart from the door's
 
 
 def test_one_clients_avatar_uploads_are_bounded_and_another_client_uploads(server):

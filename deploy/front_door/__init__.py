@@ -20,7 +20,8 @@ import grpc
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from deploy.front_door.proxy import FrontDoor
-from deploy.front_door.quota import ApiKeys, Limits, SessionTokens
+from deploy.front_door.quota import ApiKeys, Limits
+from deploy.session_tokens import SessionTokens
 
 log = logging.getLogger("deploy.front_door")
 LOOPBACK = "127.0.0.1"

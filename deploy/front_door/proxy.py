@@ -33,7 +33,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from client.wire import ServerError
-from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, SessionTokens, bearer
+from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, bearer
+from deploy.session_tokens import SessionTokens
 from export.contract import spec
 
 TALKING_HEAD = spec.TALKING_HEAD.name

@@ -10,10 +10,8 @@ streams whose final response has not come back), unary calls in flight, and requ
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,23 +81,6 @@ def bearer(metadata) -> str | None:
             scheme, _, key = v.strip().partition(" ")
             return key.strip() if scheme.lower() == "bearer" else None
     return None
-
-
-class SessionTokens:
-    """The `session_token` of an identity: HMAC-SHA256(secret, name), URL-safe, 32 characters. The same identity
-    gets the same token for the life of the secret (per process unless `secret` is given: replicas behind one
-    balancer share it with `--session-secret-file`), so its sessions belong to it and to no one else."""
-
-    def __init__(self, secret: bytes | None = None):
-        self._secret = secret or secrets.token_bytes(32)
-        self._cache: dict[str, str] = {}
-
-    def __call__(self, identity: str) -> str:
-        token = self._cache.get(identity)
-        if token is None:
-            mac = hmac.new(self._secret, identity.encode(), hashlib.sha256).digest()
-            token = self._cache[identity] = base64.urlsafe_b64encode(mac).decode()[:32]
-        return token
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from deploy.gateway.ice import IceSettings, restrict_host_addresses
 from deploy.gateway.limits import GatewayLimits
 from deploy.log_limit import configure_logging
 from deploy.open_files import raise_open_file_limit
+from deploy.session_tokens import SessionTokens
 from export.contract.layout import BUILD, GRPC_URL
 
 DEFAULT_PORT = 8080
@@ -60,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--client-header", metavar="NAME",
                     help="behind a proxy: the header naming the client (its last value), e.g. X-Forwarded-For; "
                          "requests without it are refused (default: the peer's address)")
+    ap.add_argument("--session-secret-file", type=Path, metavar="PATH",
+                    help="HMAC secret of the session tokens the gateway derives from its clients (one per client: "
+                         "the server's per-client bounds see a client, not each of its sessions); give every replica "
+                         "behind one balancer the same file (default: a random secret per process)")
     ap.add_argument("--ice-host", action="append", default=[], metavar="ADDR",
                     help="offer host candidates on these addresses only (repeatable; default: every interface)")
     ap.add_argument("--remote-network", action="append", default=[], metavar="CIDR",
@@ -105,7 +110,9 @@ async def serve(args: argparse.Namespace) -> None:
     gateway = Gateway(args.triton, ice, max_sessions=args.max_sessions,
                       root_cert=str(args.triton_root_cert) if args.triton_root_cert else None,
                       default_avatar=args.avatar.read_bytes() if args.avatar else None,
-                      ready_poll_s=args.ready_poll_s, client_header=args.client_header, limits=limits)
+                      ready_poll_s=args.ready_poll_s, client_header=args.client_header, limits=limits,
+                      tokens=SessionTokens(args.session_secret_file.read_bytes().strip()
+                                           if args.session_secret_file else None))
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -41,6 +41,7 @@ from deploy.gateway.sctp_guard import SctpGuard
 from deploy.gateway.session import AVATAR_ID, Session
 from deploy.gateway.stats import GatewayStats
 from deploy.gateway.tracks import read_microphone
+from deploy.session_tokens import SessionTokens
 from ensemble.errors import InputError
 from ensemble.options import TurnOptions
 from export.contract.spec import TALKING_HEAD
@@ -105,9 +106,13 @@ def refusal(e: Refused) -> web.Response:
 class Gateway:
     def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
                  root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0,
-                 limits: GatewayLimits = GatewayLimits(), client_header: str | None = None):
+                 limits: GatewayLimits = GatewayLimits(), client_header: str | None = None,
+                 tokens: SessionTokens | None = None):
         self.triton_url, self.root_cert = triton_url, root_cert
         self.limits, self.client_header = limits, client_header
+        # one session_token per client, not per session: the orchestrator's per-client bounds (its share of the
+        # answer cache) see a client however many sessions it opens
+        self.tokens = tokens or SessionTokens()
         self.clients = Clients(limits)
         self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
@@ -232,8 +237,9 @@ class Gateway:
         except Refused as e:
             return refusal(e)
         sdp, removed = filter_candidates(body["sdp"], self.ice.remote_networks)
-        session = Session(sid, triton.OrchestratorStream(self.client, sid, avatar_id, options), self.stats,
-                          SessionBudget(self.limits), lambda reason: self._breach(sid, client, reason, "unread"))
+        stream = triton.OrchestratorStream(self.client, sid, avatar_id, options, token=self.tokens(f"web:{client}"))
+        session = Session(sid, stream, self.stats, SessionBudget(self.limits),
+                          lambda reason: self._breach(sid, client, reason, "unread"))
         pc = RTCPeerConnection(configuration=self.ice.configuration(f"gateway-{sid}"))
         self.sessions[sid] = (session, pc)
         self.client_of[sid] = client
