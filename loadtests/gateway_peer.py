@@ -34,6 +34,7 @@ class Peer:
         else:
             self.pc.addTransceiver("video", direction="recvonly")
         self.pc.on("track", self._track)
+        self._pulls: list[asyncio.Future] = []
 
     def _track(self, track) -> None:
         if track.kind != "video":
@@ -44,7 +45,13 @@ class Peer:
                 while True:
                     await track.recv()
                     self.frames.append(time.monotonic())
-        asyncio.ensure_future(pull())
+        self._pulls.append(asyncio.ensure_future(pull()))
+
+    async def close(self) -> None:
+        """Close the connection and stop reading its video."""
+        for pull in self._pulls:
+            pull.cancel()
+        await self.pc.close()
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())

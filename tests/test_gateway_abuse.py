@@ -39,10 +39,10 @@ pytestmark = pytest.mark.server
 
 @contextlib.asynccontextmanager
 async def running(server, limits: GatewayLimits, ice: IceSettings | None = None,
-                  tokens: SessionTokens | None = None):
+                  tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = ()):
     """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
     gw = Gateway(server.options.grpc_url, ice, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For",
-                 tokens=tokens)
+                 tokens=tokens, page_origins=page_origins)
     runner = make_runner(gw)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -148,6 +148,33 @@ def test_the_sessions_of_one_client_carry_one_session_token_and_another_clients_
     (other,) = {token for client, token in held if client == "192.0.2.1"}
     assert len(held) == 4 and len(mallory) == 1 and other not in mallory, held
     assert tokens("203.0.113.66") not in mallory  # the gateway's clients are named apart from the door's
+
+
+def test_a_post_from_another_sites_page_is_refused_and_the_page_is_not_framed(server):
+    """Browsers name the page that sent a POST (`Origin`): one of another origin is refused before the offer or the
+    image is read, and counts against nothing; the gateway's own page (its Host's origin), an origin the operator
+    allows (`page_origins`) and a client that is no page (no Origin) are served. Every answer forbids framing."""
+    offer = json.dumps({"type": "offer", "sdp": browser_like_offer()})
+
+    async def scenario():
+        async with running(server, GatewayLimits(upload_burst=1), page_origins=("https://app.example",)) \
+                as (gw, http):
+            async with http.get("/") as r:  # the page, and the origin a browser gives it
+                own = f"{r.url.scheme}://{r.url.host}:{r.url.port}"
+                assert r.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
+                assert r.headers["X-Frame-Options"] == "DENY"
+            for origin in ("https://evil.example", "null", own.replace("http:", "ftp:"), own + "1"):
+                for path, body in (("/offer", offer), ("/avatar", demo_avatar_png())):
+                    status, text, _ = await post(http, path, headers={"Origin": origin}, data=body)
+                    assert status == 403 and "another origin" in text and origin[:20] in text, (origin, text)
+            assert gw.stats.sessions_started == 0
+            for origin in (own, "https://app.example", None):
+                status, text, _ = await post(http, "/offer", headers={"Origin": origin} if origin else {}, data=offer)
+                assert status == 200, (origin, text)
+            status, text, _ = await post(http, "/avatar", headers={"Origin": own}, data=demo_avatar_png())
+            assert status == 200, text  # the one upload of its burst: the refused ones took none
+
+    asyncio.run(scenario())
 
 
 def test_one_clients_avatar_uploads_are_bounded_and_another_client_uploads(server):

@@ -249,3 +249,37 @@ def test_https_page_and_avatar_upload(server, tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(bad, context=context, timeout=30)
         assert refused.value.code == 400 and refused.value.read()
+
+
+@needs_chromium
+def test_another_sites_page_cannot_post_offers_or_avatars_for_its_visitor(gateway):
+    """A page of another origin POSTs a real offer and the demo portrait to the gateway with fetch in no-cors mode,
+    as any website can without asking (RELIABILITY.md, "A tenth pass"). Chromium names the page in `Origin`, and the
+    gateway starts no session and stores nothing for it: its visitor then gets a session and an upload of its own.
+    Before, the page's offers took the visitor's 4 sessions (the visitor's own offer: 429) and its uploads the
+    visitor's upload budget."""
+    pytest.importorskip("selenium.webdriver", reason="pip install -r requirements-dev.txt (selenium)")
+    import asyncio
+
+    from loadtests.cross_site import as_the_visitor, run_page, serve_page
+
+    page_url, stats_url = gateway
+    (site_port,) = free_ports(1)
+
+    def started() -> int:
+        with urllib.request.urlopen(f"{stats_url}/stats", timeout=10) as r:
+            return json.load(r)["sessions_started"]
+
+    loop = asyncio.new_event_loop()
+    try:
+        site = loop.run_until_complete(serve_page(site_port))
+        before = started()
+        sent = loop.run_until_complete(loop.run_in_executor(
+            None, run_page, f"http://localhost:{site_port}/page.html?gw={page_url}&offers=6&uploads=31"))
+        assert sent == {"offers": 6, "uploads": 31, "network_errors": 0}, sent  # every request went out
+        assert started() == before
+        visitor = loop.run_until_complete(as_the_visitor(page_url))
+        loop.run_until_complete(site.cleanup())
+    finally:
+        loop.close()
+    assert visitor["offer"] == [200, "answered"] and visitor["upload"][0] == 200, visitor

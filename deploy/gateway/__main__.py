@@ -61,6 +61,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--client-header", metavar="NAME",
                     help="behind a proxy: the header naming the client (its last value), e.g. X-Forwarded-For; "
                          "requests without it are refused (default: the peer's address)")
+    ap.add_argument("--page-origin", action="append", default=[], metavar="ORIGIN",
+                    help="an origin besides the gateway's own whose pages may POST offers and avatars (e.g. "
+                         "https://app.example.com; repeatable). A POST from any other page is refused (403): any "
+                         "website could otherwise make its visitors' browsers open sessions here")
     ap.add_argument("--session-secret-file", type=Path, metavar="PATH",
                     help="HMAC secret of the session tokens the gateway derives from its clients (one per client: "
                          "the server's per-client bounds see a client, not each of its sessions); give every replica "
@@ -112,7 +116,8 @@ async def serve(args: argparse.Namespace) -> None:
                       default_avatar=args.avatar.read_bytes() if args.avatar else None,
                       ready_poll_s=args.ready_poll_s, client_header=args.client_header, limits=limits,
                       tokens=SessionTokens(args.session_secret_file.read_bytes().strip()
-                                           if args.session_secret_file else None))
+                                           if args.session_secret_file else None),
+                      page_origins=tuple(args.page_origin))
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

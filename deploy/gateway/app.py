@@ -25,6 +25,7 @@ import json
 import logging
 import socket
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 
 from aiohttp import web
@@ -34,7 +35,15 @@ from tritonclient.utils import InferenceServerException
 from deploy.gateway import triton
 from deploy.gateway.dtls import close_connection, on_transport_end, refuse_renegotiation
 from deploy.gateway.ice import IceSettings, ReceivedChecks, filter_candidates, ice_connections, turn_user
-from deploy.gateway.limits import Clients, GatewayLimits, Refused, SessionBudget, check_offer, client_identity
+from deploy.gateway.limits import (
+    Clients,
+    GatewayLimits,
+    Refused,
+    SessionBudget,
+    check_offer,
+    check_origin,
+    client_identity,
+)
 from deploy.gateway.rtcp_guard import RtcpGuard
 from deploy.gateway.rtp_guard import guard_rtp
 from deploy.gateway.sctp_guard import SctpGuard
@@ -107,12 +116,13 @@ class Gateway:
     def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
                  root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0,
                  limits: GatewayLimits = GatewayLimits(), client_header: str | None = None,
-                 tokens: SessionTokens | None = None):
+                 tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = ()):
         self.triton_url, self.root_cert = triton_url, root_cert
         self.limits, self.client_header = limits, client_header
         # one session_token per client, not per session: the orchestrator's per-client bounds (its share of the
         # answer cache) see a client however many sessions it opens
         self.tokens = tokens or SessionTokens()
+        self.page_origins = page_origins  # origins besides the gateway's own whose pages may POST offers and avatars
         self.clients = Clients(limits)
         self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
@@ -318,7 +328,23 @@ async def security_headers(request: web.Request, handler) -> web.StreamResponse:
     response = await handler(request)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
+    # no other site frames the page (it asks for the microphone): clickjacking
+    response.headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
     return response
+
+
+def same_origin(allowed: Collection[str]):
+    """A POST sent by another site's page is refused (`limits.check_origin`; RELIABILITY.md, "A tenth pass")."""
+    @web.middleware
+    async def middleware(request: web.Request, handler) -> web.StreamResponse:
+        if request.method == "POST":
+            try:
+                check_origin(request.headers.get("Origin"), request.headers.get("Host"), allowed)
+            except Refused as e:
+                return refusal(e)
+        return await handler(request)
+    return middleware
 
 
 @web.middleware
@@ -361,8 +387,9 @@ def make_app(gateway: Gateway, middlewares: tuple = (), stats: bool = False) -> 
     """The aiohttp application the browsers reach; `middlewares` run before every handler (the place for
     authentication). /stats (every recent reply's session, turn and latencies, what the bounds refused) is the
     operator's: on its own listener (`make_stats_runner`), here only with `stats` (a benchmark on one machine)."""
-    app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s), identity_bodies,
-                                       *middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
+    app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s),
+                                       same_origin(gateway.page_origins), identity_bodies, *middlewares,
+                                       security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
     app.on_shutdown.append(gateway.shutdown)
     app.router.add_get("/", gateway.index)

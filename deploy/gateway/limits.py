@@ -5,6 +5,7 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - a client is its address (an IPv6 address by its /64, what one host is usually given), or, behind a proxy that
   says who the client is (`--client-header X-Forwarded-For`, or an authenticating proxy's user header), that
   header's last value; a request without it is refused, since it did not come through that proxy;
+- a POST from another site's page (its `Origin`) is refused: a website's visitors are not clients of their own;
 - per client: sessions open at once, offers per minute, avatar uploads in flight and per hour (the avatar store is
   shared and bounded: one client uploading without pause would push other clients' avatars out);
 - per offer: its size and line counts, checked before aiortc parses it (aiortc's parser is quadratic in `a=ssrc`
@@ -22,8 +23,9 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from deploy.front_door.quota import Limits as DoorLimits
 from deploy.front_door.quota import TokenBucket
@@ -109,6 +111,22 @@ def client_identity(remote: str | None, headers, header: str | None) -> str:
     if not value:
         raise Refused(403, f"no {header} header: this gateway is reached through a proxy that sets it")
     return client_key(value.split(",")[-1])
+
+
+def check_origin(origin: str | None, host: str | None, allowed: Collection[str] = ()) -> None:
+    """A POST from a page of another site is refused (403). A browser names the page that sent a POST in `Origin`:
+    any website can make its visitors' browsers POST offers and avatars to the gateway (`fetch` in no-cors mode
+    sends them without asking), and each visitor is a client of its own, so the per-client bounds never add up (a
+    few visitors' offers fill every session). The gateway's own page is the origin of the request's `Host`;
+    `allowed` names others (`--page-origin`, a page served elsewhere). A request without `Origin` is not a page's
+    (a browser sends one with every POST): its sender is bounded as the client it is."""
+    if origin is None or origin in allowed:
+        return
+    parts = urlsplit(origin)
+    if parts.scheme in ("http", "https") and host and parts.netloc.lower() == host.lower():
+        return
+    raise Refused(403, f"a request from a page of another origin ({origin[:80]!r}) is refused: this gateway takes "
+                       "offers and avatars from its own page")
 
 
 def check_offer(sdp: str, limits: GatewayLimits) -> None:
