@@ -5,7 +5,8 @@ of another origin, which makes a real offer with its own RTCPeerConnection and t
 `/offer`, and the demo portrait to its `/avatar`, with `fetch(..., {mode: "no-cors"})`: what any website can do
 without asking, its visitor none the wiser. The page cannot read the answers; the question is what the gateway did
 with them. Afterwards the visitor itself (this process, from the same address, as the gateway's own page would)
-asks for a session and uploads an avatar.
+asks for a session and uploads an avatar. Last, DNS rebinding: a page whose own name now points at the gateway's
+loopback address reads `/config` and posts an offer as the gateway's own page would.
 
     python -m loadtests.cross_site [--gateway-tree /tmp/before10] [--out results.json]
 """
@@ -33,10 +34,8 @@ from loadtests.gateway_peer import Peer
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PAGE = """<!doctype html><title>an unrelated website</title><script>
-window.result = null;
-(async () => {
-  const q = new URLSearchParams(location.search), gw = q.get("gw");
+MAKE_OFFER = """
+async function makeOffer() {
   const pc = new RTCPeerConnection();
   pc.createDataChannel("events");
   pc.addTransceiver("audio");
@@ -46,7 +45,15 @@ window.result = null;
     if (pc.iceGatheringState === "complete") return done();
     pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
   });
-  const offer = JSON.stringify({type: "offer", sdp: pc.localDescription.sdp});
+  return JSON.stringify({type: "offer", sdp: pc.localDescription.sdp});
+}
+"""
+
+PAGE = """<!doctype html><title>an unrelated website</title><script>""" + MAKE_OFFER + """
+window.result = null;
+(async () => {
+  const q = new URLSearchParams(location.search), gw = q.get("gw");
+  const offer = await makeOffer();
   const image = await (await fetch("/face.png")).blob();
   const sent = {offers: 0, uploads: 0, network_errors: 0};
   const post = async (path, body) => {
@@ -60,14 +67,29 @@ window.result = null;
 </script>"""
 
 
-def chromium(profile: Path):
+# DNS rebinding: the script a website's page runs once its name points at the gateway's address (here Chromium is
+# told so: --host-resolver-rules), in that page's origin, which is now the gateway's
+REBOUND = MAKE_OFFER + """
+const finish = arguments[arguments.length - 1];
+(async () => {
+  const config = await fetch("/config");
+  const r = await fetch("/offer", {method: "POST", headers: {"Content-Type": "application/json"},
+                                    body: await makeOffer()});
+  const text = await r.text();
+  finish({config: [config.status, (await config.text()).slice(0, 100)], offer: r.status,
+          answer_read: r.ok && text.includes('"sdp"'), said: r.ok ? "" : text.slice(0, 140)});
+})().catch((e) => finish({error: String(e)}));
+"""
+
+
+def chromium(profile: Path, *flags: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"):
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}", *flags):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
@@ -82,6 +104,18 @@ def run_page(page_url: str, timeout_s: float = 60.0) -> dict:
                 assert time.monotonic() < deadline, "the page did not finish"
                 time.sleep(0.2)
             return result
+        finally:
+            driver.quit()
+
+
+def run_rebound(port: int, name: str = "rebinding.example", timeout_s: float = 60.0) -> dict:
+    """The REBOUND script in a page of http://`name`:`port`, `name` resolving to 127.0.0.1 (the gateway's port)."""
+    with tempfile.TemporaryDirectory() as profile:
+        driver = chromium(Path(profile), f"--host-resolver-rules=MAP {name} 127.0.0.1")
+        try:
+            driver.set_script_timeout(timeout_s)
+            driver.get(f"http://{name}:{port}/")
+            return driver.execute_async_script(REBOUND)
         finally:
             driver.quit()
 
@@ -144,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             sent = loop.run_until_complete(sent)
             started = stats(base)["sessions_started"] - before
             visitor = loop.run_until_complete(as_the_visitor(base))
+            deadline = time.monotonic() + 60  # the page's sessions end unconnected (20 s): the client's slots free
+            while stats(base)["active_sessions"] and time.monotonic() < deadline:
+                time.sleep(1)
+            rebound = loop.run_until_complete(loop.run_in_executor(None, run_rebound, port))
             loop.run_until_complete(site.cleanup())
         finally:
             loop.close()
@@ -152,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     figures = {"gateway_commit": commit, "page_sent": sent, "sessions_the_gateway_started": started,
-               "then_the_visitor": visitor}
+               "then_the_visitor": visitor, "dns_rebinding": rebound}
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))

@@ -23,10 +23,11 @@ from OpenSSL import SSL
 from test_gateway_limits import browser_like_offer
 from webrtc_pair import until
 
+from deploy.gateway import __main__ as gateway_main
 from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.dtls import dtls_transports
 from deploy.gateway.ice import IceSettings
-from deploy.gateway.limits import GatewayLimits
+from deploy.gateway.limits import LOOPBACK_NAMES, GatewayLimits
 from deploy.session_tokens import SessionTokens
 from ensemble.avatar import demo_avatar_png
 from loadtests.gateway_connections import UnreadPipeline, address
@@ -39,10 +40,11 @@ pytestmark = pytest.mark.server
 
 @contextlib.asynccontextmanager
 async def running(server, limits: GatewayLimits, ice: IceSettings | None = None,
-                  tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = ()):
+                  tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = (),
+                  allowed_hosts: tuple[str, ...] = ()):
     """The gateway app on a free loopback port, clients named by X-Forwarded-For (two clients from one host)."""
     gw = Gateway(server.options.grpc_url, ice, ready_poll_s=0, limits=limits, client_header="X-Forwarded-For",
-                 tokens=tokens, page_origins=page_origins)
+                 tokens=tokens, page_origins=page_origins, allowed_hosts=allowed_hosts)
     runner = make_runner(gw)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -173,6 +175,33 @@ def test_a_post_from_another_sites_page_is_refused_and_the_page_is_not_framed(se
                 assert status == 200, (origin, text)
             status, text, _ = await post(http, "/avatar", headers={"Origin": own}, data=demo_avatar_png())
             assert status == 200, text  # the one upload of its burst: the refused ones took none
+
+    asyncio.run(scenario())
+
+
+def test_on_loopback_a_request_for_another_host_name_is_refused(server):
+    """DNS rebinding: a website that points its name at the gateway's loopback address has a page same-origin with
+    the gateway (its Origin matches the Host it sends). A gateway on loopback serves the loopback's names only."""
+    offer = json.dumps({"type": "offer", "sdp": browser_like_offer()})
+    args = gateway_main.parse_args
+    assert gateway_main.allowed_hosts(args([])) == LOOPBACK_NAMES  # --host 127.0.0.1, the default
+    assert gateway_main.allowed_hosts(args(["--host", "0.0.0.0"])) == ()  # behind a proxy: its names are the proxy's
+    assert gateway_main.allowed_hosts(args(["--host", "::", "--allowed-host", "Talk.Example"])) == ("talk.example",)
+
+    async def scenario():
+        async with running(server, GatewayLimits(), allowed_hosts=LOOPBACK_NAMES) as (gw, http):
+            async with http.get("/") as r:
+                port = r.url.port
+            rebound = {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"}
+            for path in ("/", "/config"):
+                async with http.get(path, headers={**as_client("198.51.100.1"), **rebound}) as r:
+                    assert r.status == 403 and "DNS rebinding" in await r.text()
+            status, text, _ = await post(http, "/offer", headers=rebound, data=offer)
+            assert status == 403 and "evil.example" in text, text
+            for name in ("localhost", "127.0.0.1", "[::1]"):
+                own = {"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}"}
+                status, text, _ = await post(http, "/offer", headers=own, data=offer)
+                assert status == 200, (name, text)
 
     asyncio.run(scenario())
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from deploy.gateway.app import Gateway, make_runner, make_stats_runner
 from deploy.gateway.ice import IceSettings, restrict_host_addresses
-from deploy.gateway.limits import GatewayLimits
+from deploy.gateway.limits import LOOPBACK_NAMES, GatewayLimits
 from deploy.log_limit import configure_logging
 from deploy.open_files import raise_open_file_limit
 from deploy.session_tokens import SessionTokens
@@ -65,6 +66,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="an origin besides the gateway's own whose pages may POST offers and avatars (e.g. "
                          "https://app.example.com; repeatable). A POST from any other page is refused (403): any "
                          "website could otherwise make its visitors' browsers open sessions here")
+    ap.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                    help="a host name the page is served as (repeatable); requests for others are refused (403). "
+                         "Default: on a loopback --host, localhost, 127.0.0.1 and ::1 (a website whose name points "
+                         "at loopback, DNS rebinding, is refused); elsewhere any")
     ap.add_argument("--session-secret-file", type=Path, metavar="PATH",
                     help="HMAC secret of the session tokens the gateway derives from its clients (one per client: "
                          "the server's per-client bounds see a client, not each of its sessions); give every replica "
@@ -96,6 +101,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def allowed_hosts(args: argparse.Namespace) -> tuple[str, ...]:
+    """--allowed-host, else the loopback's names when the page listens on loopback only (else any host)."""
+    if args.allowed_host:
+        return tuple(name.lower() for name in args.allowed_host)
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    return LOOPBACK_NAMES if loopback else ()
+
+
 def page_url(args: argparse.Namespace) -> str:
     host = "localhost" if args.host in ("127.0.0.1", "0.0.0.0", "::", "") else args.host
     return f"{'https' if args.tls_cert else 'http'}://{host}:{args.port}/"
@@ -117,7 +133,7 @@ async def serve(args: argparse.Namespace) -> None:
                       ready_poll_s=args.ready_poll_s, client_header=args.client_header, limits=limits,
                       tokens=SessionTokens(args.session_secret_file.read_bytes().strip()
                                            if args.session_secret_file else None),
-                      page_origins=tuple(args.page_origin))
+                      page_origins=tuple(args.page_origin), allowed_hosts=allowed_hosts(args))
     context = None
     if args.tls_cert:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

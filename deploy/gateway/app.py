@@ -40,6 +40,7 @@ from deploy.gateway.limits import (
     GatewayLimits,
     Refused,
     SessionBudget,
+    check_host,
     check_offer,
     check_origin,
     client_identity,
@@ -116,13 +117,15 @@ class Gateway:
     def __init__(self, triton_url: str, ice: IceSettings | None = None, *, max_sessions: int = 32,
                  root_cert: str | None = None, default_avatar: bytes | None = None, ready_poll_s: float = 1.0,
                  limits: GatewayLimits = GatewayLimits(), client_header: str | None = None,
-                 tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = ()):
+                 tokens: SessionTokens | None = None, page_origins: tuple[str, ...] = (),
+                 allowed_hosts: tuple[str, ...] = ()):
         self.triton_url, self.root_cert = triton_url, root_cert
         self.limits, self.client_header = limits, client_header
         # one session_token per client, not per session: the orchestrator's per-client bounds (its share of the
         # answer cache) see a client however many sessions it opens
         self.tokens = tokens or SessionTokens()
         self.page_origins = page_origins  # origins besides the gateway's own whose pages may POST offers and avatars
+        self.allowed_hosts = allowed_hosts  # the host names it serves (none: any)
         self.clients = Clients(limits)
         self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
@@ -334,15 +337,17 @@ async def security_headers(request: web.Request, handler) -> web.StreamResponse:
     return response
 
 
-def same_origin(allowed: Collection[str]):
-    """A POST sent by another site's page is refused (`limits.check_origin`; RELIABILITY.md, "A tenth pass")."""
+def own_pages(origins: Collection[str], hosts: Collection[str]):
+    """A request for a host name the gateway does not serve, and a POST sent by another site's page, are refused
+    (`limits.check_host`, `limits.check_origin`; RELIABILITY.md, "A tenth pass")."""
     @web.middleware
     async def middleware(request: web.Request, handler) -> web.StreamResponse:
-        if request.method == "POST":
-            try:
-                check_origin(request.headers.get("Origin"), request.headers.get("Host"), allowed)
-            except Refused as e:
-                return refusal(e)
+        try:
+            check_host(request.headers.get("Host"), hosts)
+            if request.method == "POST":
+                check_origin(request.headers.get("Origin"), request.headers.get("Host"), origins)
+        except Refused as e:
+            return refusal(e)
         return await handler(request)
     return middleware
 
@@ -388,7 +393,8 @@ def make_app(gateway: Gateway, middlewares: tuple = (), stats: bool = False) -> 
     authentication). /stats (every recent reply's session, turn and latencies, what the bounds refused) is the
     operator's: on its own listener (`make_stats_runner`), here only with `stats` (a benchmark on one machine)."""
     app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s),
-                                       same_origin(gateway.page_origins), identity_bodies, *middlewares,
+                                       own_pages(gateway.page_origins, gateway.allowed_hosts), identity_bodies,
+                                       *middlewares,
                                        security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
     app.on_shutdown.append(gateway.shutdown)

@@ -5,7 +5,8 @@ The gateway reaches Triton on its own port, not through the front door, so it bo
 - a client is its address (an IPv6 address by its /64, what one host is usually given), or, behind a proxy that
   says who the client is (`--client-header X-Forwarded-For`, or an authenticating proxy's user header), that
   header's last value; a request without it is refused, since it did not come through that proxy;
-- a POST from another site's page (its `Origin`) is refused: a website's visitors are not clients of their own;
+- a POST from another site's page (its `Origin`) is refused, and on loopback a request for a host name other than
+  the loopback's (DNS rebinding): a website's visitors are not clients of their own;
 - per client: sessions open at once, offers per minute, avatar uploads in flight and per hour (the avatar store is
   shared and bounded: one client uploading without pause would push other clients' avatars out);
 - per offer: its size and line counts, checked before aiortc parses it (aiortc's parser is quadratic in `a=ssrc`
@@ -111,6 +112,23 @@ def client_identity(remote: str | None, headers, header: str | None) -> str:
     if not value:
         raise Refused(403, f"no {header} header: this gateway is reached through a proxy that sets it")
     return client_key(value.split(",")[-1])
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")  # the host names of a gateway that listens on loopback
+
+
+def check_host(host: str | None, allowed: Collection[str]) -> None:
+    """A request for a host name the gateway does not serve is refused (403), when it is told which it serves (on
+    loopback: LOOPBACK_NAMES). DNS rebinding: a website points its own name at the gateway's address once its page
+    is loaded, and that page is then same-origin with the gateway, reading `/config` and the offers' answers as the
+    gateway's own page does, and the `Origin` it sends matches the `Host`. The name it must use is its own."""
+    if not allowed:
+        return
+    name = urlsplit(f"//{host or ''}").hostname or ""
+    if name not in allowed:
+        raise Refused(403, f"a request for host {(host or '')[:80]!r} is refused: this gateway serves "
+                           f"{', '.join(allowed)} (a website's name pointed at this address, DNS rebinding, is "
+                           "not; --allowed-host adds names)")
 
 
 def check_origin(origin: str | None, host: str | None, allowed: Collection[str] = ()) -> None:
