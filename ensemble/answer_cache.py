@@ -7,10 +7,12 @@ manifest's digest). Only texts on the configured list are cached, so open-ended 
 never are. The first turn of a listed text (or a `prerender` request) records its events;
 later ones replay them with a fresh turn id and fresh timestamps: the same event types,
 text, audio and frames, only sooner. Entries are bounded by bytes; the least recently
-used is evicted first. Each client (its `session_token`; behind the front door, its API key) may hold at most
+used is evicted first (of the client holding the most). Each client (its `session_token`; behind the front door, its API key) may hold at most
 `max_bytes / owner_share` of it: past that its own oldest entries go, so no client can flush what others cached
 (a key once emptied it with a few 256-token, `ignore_eos` prerenders under different seeds); a quarter
-holds one client's prerender of every listed phrase.
+holds one client's prerender of every listed phrase. A full cache takes room from the clients holding the most
+first (least recently used among theirs), so a few clients at their share cannot flush one that holds less either
+(five gateway clients at their quarter once pushed a victim's cached "hello" out: RELIABILITY.md, "A tenth pass").
 """
 from __future__ import annotations
 
@@ -89,9 +91,10 @@ class AnswerCache:
         self._owner_bytes[owner] = self._owner_bytes.get(owner, 0) + size
         while self._owner_bytes[owner] > self.max_owner_bytes:  # the owner's own oldest first
             self._drop(next(k for k, (_, _, o) in self._entries.items() if o == owner))
-        while self.bytes > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-        return True
+        while self.bytes > self.max_bytes:  # a full cache takes room from the clients holding the most, oldest first
+            most = max(self._owner_bytes.values())
+            self._drop(next(k for k, (_, _, o) in self._entries.items() if self._owner_bytes[o] == most))
+        return key in self._entries
 
     def _drop(self, key: CacheKey) -> None:
         _, size, owner = self._entries.pop(key)

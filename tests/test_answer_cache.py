@@ -38,3 +38,14 @@ def test_many_clients_still_share_the_cache_least_recently_used_first():
         assert cache.put(key(f"q{c}"), answer(10), owner=f"client-{c}")
     assert cache.bytes <= 100 * MB and len(cache) == 9
     assert cache.get(key("q0")) is None and cache.get(key("q11")) is not None
+
+
+def test_clients_at_their_share_make_room_from_themselves_not_from_one_that_holds_less():
+    """Each at its share, five clients hold more than the cache: the room comes from the clients holding the most,
+    so the one that holds a little keeps it (before, least recently used first, its answer went first)."""
+    cache = AnswerCache(max_bytes=100 * MB, owner_share=4)
+    assert cache.put(key("hello"), answer(8), owner="victim")
+    for c in range(5):
+        for seed in range(3):
+            cache.put(key("hello", 100 * c + seed + 1), answer(12), owner=f"mallory-{c}")
+    assert cache.get(key("hello")) is not None and cache.bytes <= 100 * MB
