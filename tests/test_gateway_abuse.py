@@ -165,7 +165,7 @@ def test_a_post_from_another_sites_page_is_refused_and_the_page_is_not_framed(se
                 own = f"{r.url.scheme}://{r.url.host}:{r.url.port}"
                 assert r.headers["Content-Security-Policy"] == "frame-ancestors 'none'"
                 assert r.headers["X-Frame-Options"] == "DENY"
-            for origin in ("https://evil.example", "null", own.replace("http:", "ftp:"), own + "1"):
+            for origin in ("https://evil.example", "null", own.replace("http:", "ftp:"), own + "1", "http://["):
                 for path, body in (("/offer", offer), ("/avatar", demo_avatar_png())):
                     status, text, _ = await post(http, path, headers={"Origin": origin}, data=body)
                     assert status == 403 and "another origin" in text and origin[:20] in text, (origin, text)
@@ -198,6 +198,8 @@ def test_on_loopback_a_request_for_another_host_name_is_refused(server):
                     assert r.status == 403 and "DNS rebinding" in await r.text()
             status, text, _ = await post(http, "/offer", headers=rebound, data=offer)
             assert status == 403 and "evil.example" in text, text
+            async with http.get("/", headers={"Host": "["}) as r:  # not a host name at all: refused, not a 500
+                assert r.status == 403, await r.text()
             for name in ("localhost", "127.0.0.1", "[::1]"):
                 own = {"Host": f"{name}:{port}", "Origin": f"http://{name}:{port}"}
                 status, text, _ = await post(http, "/offer", headers=own, data=offer)

@@ -392,10 +392,9 @@ def make_app(gateway: Gateway, middlewares: tuple = (), stats: bool = False) -> 
     """The aiohttp application the browsers reach; `middlewares` run before every handler (the place for
     authentication). /stats (every recent reply's session, turn and latencies, what the bounds refused) is the
     operator's: on its own listener (`make_stats_runner`), here only with `stats` (a benchmark on one machine)."""
-    app = web.Application(middlewares=[unread_responses_closed(gateway.limits.idle_connection_s),
-                                       own_pages(gateway.page_origins, gateway.allowed_hosts), identity_bodies,
-                                       *middlewares,
-                                       security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
+    checks = [unread_responses_closed(gateway.limits.idle_connection_s),
+              own_pages(gateway.page_origins, gateway.allowed_hosts), identity_bodies]
+    app = web.Application(middlewares=[*checks, *middlewares, security_headers], client_max_size=MAX_IMAGE_BYTES + 1024)
     app.on_startup.append(gateway.startup)
     app.on_shutdown.append(gateway.shutdown)
     app.router.add_get("/", gateway.index)

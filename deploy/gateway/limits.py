@@ -124,7 +124,10 @@ def check_host(host: str | None, allowed: Collection[str]) -> None:
     gateway's own page does, and the `Origin` it sends matches the `Host`. The name it must use is its own."""
     if not allowed:
         return
-    name = urlsplit(f"//{host or ''}").hostname or ""
+    try:
+        name = urlsplit(f"//{host or ''}").hostname or ""
+    except ValueError:  # not a host name ("[", a bracket left open)
+        name = ""
     if name not in allowed:
         raise Refused(403, f"a request for host {(host or '')[:80]!r} is refused: this gateway serves "
                            f"{', '.join(allowed)} (a website's name pointed at this address, DNS rebinding, is "
@@ -140,8 +143,11 @@ def check_origin(origin: str | None, host: str | None, allowed: Collection[str] 
     (a browser sends one with every POST): its sender is bounded as the client it is."""
     if origin is None or origin in allowed:
         return
-    parts = urlsplit(origin)
-    if parts.scheme in ("http", "https") and host and parts.netloc.lower() == host.lower():
+    try:
+        parts = urlsplit(origin)
+    except ValueError:  # not a URL ("http://[")
+        parts = None
+    if parts and parts.scheme in ("http", "https") and host and parts.netloc.lower() == host.lower():
         return
     raise Refused(403, f"a request from a page of another origin ({origin[:80]!r}) is refused: this gateway takes "
                        "offers and avatars from its own page")
