@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 
-from loadtests.gateway_peer import ATTACKER, Peer, short
+from loadtests.gateway_peer import ATTACKER, Peer, sent_by, short
 
 # large answers, each within what one client may cache (a quarter of the 256 MiB cache: one of 96 tokens, 111 MiB on
 # the tiny preset at this quality, is never cached): every frame at the best JPEG quality, a reply of fixed length
@@ -101,4 +102,26 @@ async def flush(http, victim: Peer, rounds: list[list[str]], tokens: int) -> str
             f"the victim's 'hello' {how} in {took} ms" + (f" (after {degraded} degraded turns)" if degraded else ""))
 
 
-CASES = (answer_cache_flush, answer_cache_flush_by_clients)
+async def new_addresses(http, victim: Peer, per_second: int = 300, seconds: float = 30.0) -> str:
+    """Requests from ever new addresses (as the proxy's header names them: an IPv6 /48 holds 65536 /64s, each a
+    client), each an empty avatar upload (refused 400, after the gateway has looked up its client)."""
+    statuses: Counter = Counter()
+    t0, n = time.monotonic(), 0
+
+    async def one(i: int) -> None:
+        async with http.post("/avatar", data=b"", headers=sent_by(f"2001:db8:{i // 65536:x}:{i % 65536:x}::1")) as r:
+            statuses[r.status] += 1
+
+    pending: set[asyncio.Task] = set()
+    while (elapsed := time.monotonic() - t0) < seconds:
+        while n < elapsed * per_second:
+            pending.add(asyncio.ensure_future(one(n)))
+            n += 1
+        pending = {t for t in pending if not t.done()}
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*pending, return_exceptions=True)
+    took = time.monotonic() - t0
+    return f"{n} requests from {n} addresses in {took:.0f} s ({n / took:.0f} a second): {dict(statuses)}"
+
+
+CASES = (answer_cache_flush, answer_cache_flush_by_clients, new_addresses)

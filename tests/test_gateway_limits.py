@@ -16,6 +16,7 @@ from test_gateway_session import FakeStream
 
 from deploy.gateway.limits import (
     Clients,
+    ClientUsage,
     GatewayLimits,
     Refused,
     SessionBudget,
@@ -136,9 +137,28 @@ def test_clients_that_hold_nothing_are_forgotten_when_there_are_many():
     for i in range(7):
         clients.open_session(f"once-{i}", f"x{i}")
         clients.close_session(f"once-{i}", f"x{i}")
-    clock.t += 60.0  # their offer budgets are full again: nothing to remember
-    clients["newcomer"]
-    assert len(clients) == 2 and len(clients["holder"].sessions) == 1
+    seen_again = clients["once-0"]  # now the most recently seen
+    clients["newcomer"]  # the least recently seen that holds nothing goes: once-1
+    assert len(clients) == 8 and clients["once-0"] is seen_again and clients["holder"].sessions == {"s1"}
+    clients.start_upload("uploader")
+    for i in range(20):
+        clients[f"later-{i}"]
+    assert len(clients) == 8 and clients["holder"].sessions == {"s1"} and clients["uploader"].uploads == 1
+
+
+def test_a_new_client_past_the_kept_ones_looks_at_few_of_them(monkeypatch):
+    """Each new client past 4096 used to look at every kept one (8 ms each here, on the gateway's loop): requests
+    from new addresses froze a victim's video 35 s. Now the least recently seen go, looked at one at a time."""
+    clients = Clients(GatewayLimits(), Clock(), keep=4096)
+    for i in range(4096):
+        clients.start_upload(f"a{i}")
+        clients.end_upload(f"a{i}")  # each has spent from its upload budget (the old scan forgot none of them)
+    looked = []
+    holds = ClientUsage.holds
+    monkeypatch.setattr(ClientUsage, "holds", lambda self: looked.append(self) or holds(self))
+    for i in range(100):
+        clients[f"b{i}"]
+    assert len(clients) == 4096 and len(looked) == 100
 
 
 def test_a_sessions_messages_and_microphone_have_a_budget():
