@@ -6,7 +6,9 @@ API key's (the door writes HMAC(identity) into every request), from the gateway 
 answer cache lets each client hold a quarter of it, so that no client can flush what others cached (the fourth
 pass). The attacker here is a browser-like peer that opens the sessions its gateway limits allow, each with render
 options of its own (every seed is a new cache entry), and asks for the cached phrases; the victim, another client,
-had its "hello" cached before and asks again after.
+had its "hello" cached before and asks again after. And the many-addresses cases: requests from ever new addresses
+(each a client to the gateway's per-client bounds), and many clients' avatar uploads at once, each within its own
+bounds.
 """
 from __future__ import annotations
 
@@ -15,7 +17,10 @@ import json
 import time
 from collections import Counter
 
-from loadtests.gateway_peer import ATTACKER, Peer, sent_by, short
+import numpy as np
+
+from ensemble.avatar import demo_avatar_png
+from loadtests.gateway_peer import ATTACKER, NEWCOMER, Peer, sent_by, short
 
 # large answers, each within what one client may cache (a quarter of the 256 MiB cache: one of 96 tokens, 111 MiB on
 # the tiny preset at this quality, is never cached): every frame at the best JPEG quality, a reply of fixed length
@@ -124,4 +129,28 @@ async def new_addresses(http, victim: Peer, per_second: int = 300, seconds: floa
     return f"{n} requests from {n} addresses in {took:.0f} s ({n / took:.0f} a second): {dict(statuses)}"
 
 
-CASES = (answer_cache_flush, answer_cache_flush_by_clients, new_addresses)
+async def uploads_from_many(http, victim: Peer, clients: int = 40, at_once: int = 2, rounds: int = 3,
+                            mib: float = 9.5) -> str:
+    """40 clients, each with its 2 uploads in flight (its own bound), 3 times over: bodies just under the 10 MiB
+    limit (random bytes: the registry refuses them once it has them). Then a newcomer uploads the demo portrait."""
+    body = np.random.default_rng(0).integers(0, 256, int(mib * 2**20), dtype=np.uint8).tobytes()
+    statuses: Counter = Counter()
+
+    async def upload(client: str, data: bytes) -> tuple[int, str]:
+        async with http.post("/avatar", data=data, headers=sent_by(client)) as r:
+            return r.status, await r.text()
+
+    async def one_client(c: int) -> None:
+        for _ in range(rounds):
+            for status, _ in await asyncio.gather(*(upload(f"198.51.100.{c + 1}", body) for _ in range(at_once))):
+                statuses[status] += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one_client(c) for c in range(clients)))
+    took = time.monotonic() - t0
+    status, text = await upload(NEWCOMER, demo_avatar_png())
+    return (f"{sum(statuses.values())} uploads of {mib:g} MiB, {clients * at_once} at a time, in {took:.0f} s: "
+            f"{dict(statuses)}; then a newcomer's upload: {short(status, text)}")
+
+
+CASES = (answer_cache_flush, answer_cache_flush_by_clients, new_addresses, uploads_from_many)
