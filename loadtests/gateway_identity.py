@@ -5,7 +5,7 @@ The orchestrator bounds some things per client, and knows a client by its `sessi
 API key's (the door writes HMAC(identity) into every request), from the gateway whatever the gateway sends. Its
 answer cache lets each client hold a quarter of it, so that no client can flush what others cached (the fourth
 pass). The attacker here is a browser-like peer that opens the sessions its gateway limits allow, each with render
-options of its own (every seed is a new cache entry), and asks for the cached phrases; the victim, another client,
+options of its own (every seed is a new cache entry), and asks for "hello" in each; the victim, another client,
 had its "hello" cached before and asks again after. And the many-addresses cases: requests from ever new addresses
 (each a client to the gateway's per-client bounds), and many clients' avatar uploads at once, each within its own
 bounds.
