@@ -349,7 +349,8 @@ def test_mutual_tls_clients_are_known_by_their_certificates(server, tmp_path):
 @pytest.mark.server
 def test_a_prerender_may_stay_silent_longer_than_the_silence_cut(server):
     """A prerender streams nothing until its `done` (its turns go to the answer cache): the door's cut for a silent
-    upstream (meant for a dead orchestrator) leaves it alone, while it would end a turn that long silent."""
+    upstream (meant for a dead orchestrator) leaves it alone, while it would end a turn that long silent. One phrase
+    (~7 s here, 14 times the cut): all twelve took 90 s on a slow day, past the stream's wait."""
     from ensemble.avatar import demo_avatar_png
 
     options = FrontDoorOptions(upstream=server.options.grpc_url, listen="127.0.0.1:0", keys=ApiKeys(KEYS),
@@ -359,11 +360,12 @@ def test_a_prerender_may_stay_silent_longer_than_the_silence_cut(server):
             image = [infer_input(AVATAR_REGISTRY, AVATAR_REGISTRY.inputs[0], [demo_avatar_png()])]
             avatar = c.infer(AVATAR_REGISTRY.name, image, headers=auth("alice")).as_numpy("avatar_id").reshape(-1)[0]
         t0 = time.perf_counter()
-        s = Stream(door.url, auth("alice"), action_inputs("prerender", avatar.decode(), {"seed": 4242})).wait()
+        s = Stream(door.url, auth("alice"), action_inputs("prerender", avatar.decode(), {"seed": 4242},
+                                                           text="good morning")).wait()
         took = time.perf_counter() - t0
     assert s.error is None, s.error
     done = s.events[-1]
-    assert done.type == ev.DONE and len(done.data["prerendered"]) > 1 and took > 0.5, (took, done.data)
+    assert done.type == ev.DONE and done.data["prerendered"] == ["good morning"] and took > 0.5, (took, done.data)
 
 
 @pytest.mark.server
