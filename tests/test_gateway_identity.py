@@ -1,7 +1,7 @@
 """Whom the gateway's bounds count (RELIABILITY.md, "A tenth pass"), with the real gateway app and the real embedded
 tritonserver: one session token per client, POSTs only from the gateway's own page, loopback host names only on
-loopback, avatar uploads registered a few at a time. (`python -m loadtests.gateway_abuse --cases answer_cache_flush
-... uploads_from_many` and `python -m loadtests.cross_site`: the same with a connected victim measured.)"""
+loopback. (`python -m loadtests.gateway_abuse --cases answer_cache_flush ...` and `python -m loadtests.cross_site`:
+the same with a connected victim measured.)"""
 from __future__ import annotations
 
 import asyncio
@@ -96,31 +96,3 @@ def test_on_loopback_a_request_for_another_host_name_is_refused(server):
 
     asyncio.run(scenario())
 
-
-def test_avatar_uploads_are_registered_a_few_at_a_time_and_the_rest_wait_unread(server):
-    """Each upload in flight holds its body and tritonclient's copies of it: many clients' at once (each within its
-    own 2) grew the gateway toward its memory limit. With `uploads_at_once` = 1: an upload whose body is still
-    coming holds the one turn, another client's waits, is told 503 after `upload_wait_s`, and counts against
-    nothing; once the first is done, uploads are registered again."""
-    png = demo_avatar_png()
-
-    async def scenario():
-        async with running(server, GatewayLimits(uploads_at_once=1, upload_wait_s=1.0)) as (gw, http):
-            async with http.get("/") as r:
-                port = r.url.port
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a body sent slowly: half now
-            writer.write(b"POST /avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.66\r\n"
-                         b"Content-Length: %d\r\n\r\n" % len(png) + png[: len(png) // 2])
-            await writer.drain()
-            await asyncio.sleep(0.3)
-            status, text, took = await post(http, "/avatar", "192.0.2.10", data=png)
-            assert status == 503 and "1 avatar uploads are being registered" in text and took >= 1.0, (status, text)
-            writer.write(png[len(png) // 2:])  # the rest: the first is registered
-            await writer.drain()
-            assert b" 200 " in (await reader.readline()), "the slow upload was not registered"
-            writer.close()
-            status, text, _ = await post(http, "/avatar", "192.0.2.10", data=png)
-            assert status == 200 and json.loads(text)["id"], text  # its waiting upload took none of its budget
-            assert gw.uploading.locked() is False
-
-    asyncio.run(scenario())

@@ -127,7 +127,6 @@ class Gateway:
         self.page_origins = page_origins  # origins besides the gateway's own whose pages may POST offers and avatars
         self.allowed_hosts = allowed_hosts  # the host names it serves (none: any)
         self.clients = Clients(limits)
-        self.uploading = asyncio.Semaphore(limits.uploads_at_once)  # avatar bodies read and registered at once
         self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
         self.max_sessions = max_sessions
@@ -212,19 +211,10 @@ class Gateway:
         except Refused as e:
             return refusal(e)
         try:
-            try:
-                async with asyncio.timeout(self.limits.upload_wait_s):
-                    await self.uploading.acquire()  # the body stays unread (in the socket) until its turn
-            except TimeoutError:
-                raise web.HTTPServiceUnavailable(text=f"{self.limits.uploads_at_once} avatar uploads are being "
-                                                      "registered and more are waiting; retry in a moment") from None
-            try:
-                image = await request.read()
-                if not image:
-                    raise web.HTTPBadRequest(text="send the image file as the request body")
-                info = await triton.register_avatar(self.client, image)
-            finally:
-                self.uploading.release()
+            image = await request.read()
+            if not image:
+                raise web.HTTPBadRequest(text="send the image file as the request body")
+            info = await triton.register_avatar(self.client, image)
         except InferenceServerException as e:  # the registry's message says what is wrong with the image
             raise web.HTTPBadRequest(text=str(e.message())) from None
         finally:
