@@ -1,10 +1,11 @@
 """Whom the gateway's bounds count (RELIABILITY.md, "A tenth pass"), with the real gateway app and the real embedded
 tritonserver: one session token per client, POSTs only from the gateway's own page, loopback host names only on
-loopback. (`python -m loadtests.gateway_abuse --cases answer_cache_flush ...` and `python -m loadtests.cross_site`:
-the same with a connected victim measured.)"""
+loopback, avatar uploads leaving nothing behind and registered a few at a time. (`python -m loadtests.gateway_abuse
+--cases answer_cache_flush ...` and `python -m loadtests.cross_site`: the same with a connected victim measured.)"""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 
 import pytest
@@ -96,3 +97,59 @@ def test_on_loopback_a_request_for_another_host_name_is_refused(server):
 
     asyncio.run(scenario())
 
+
+
+def test_a_refused_upload_leaves_nothing_with_its_connection(server):
+    """aiohttp keeps a keep-alive connection's last request and answer until its next request: the body cached by
+    `request.read()` and an answer raised from the registry's error (whose context held every copy of the image)
+    stayed with each connection, ~19 MiB of Python objects for each refused 9.5 MiB upload (and more below them):
+    40 clients' uploads held 8.7 GiB. With 8 keep-alive connections each just refused, under 2 MiB is still held."""
+    import tracemalloc
+
+    import numpy as np
+
+    body = np.random.default_rng(0).integers(0, 256, int(9.5 * 2**20), dtype=np.uint8).tobytes()
+
+    async def scenario():
+        async with running(server, GatewayLimits()) as (gw, http):
+            tracemalloc.start()
+            try:
+                answers = await asyncio.gather(*(post(http, "/avatar", f"198.51.100.{i + 1}", data=body)
+                                                 for i in range(8)))
+                assert [a[0] for a in answers] == [400] * 8, answers  # not an image: the registry's message
+                gc.collect()
+                held = tracemalloc.get_traced_memory()[0]
+            finally:
+                tracemalloc.stop()
+            assert held < 2 * 2**20, f"{held / 2**20:.0f} MiB held with the connections"
+
+    asyncio.run(scenario())
+
+
+def test_avatar_uploads_are_registered_a_few_at_a_time_and_the_rest_wait_unread(server):
+    """Each upload in flight holds its body and tritonclient's copies of it: many clients' at once (each within its
+    own 2) grew the gateway toward its memory limit. With `uploads_at_once` = 1: an upload whose body is still
+    coming holds the one turn, another client's waits, is told 503 after `upload_wait_s`, and counts against
+    nothing; once the first is done, uploads are registered again."""
+    png = demo_avatar_png()
+
+    async def scenario():
+        async with running(server, GatewayLimits(uploads_at_once=1, upload_wait_s=1.0)) as (gw, http):
+            async with http.get("/") as r:
+                port = r.url.port
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a body sent slowly: half now
+            writer.write(b"POST /avatar HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 203.0.113.66\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(png) + png[: len(png) // 2])
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            status, text, took = await post(http, "/avatar", "192.0.2.10", data=png)
+            assert status == 503 and "1 avatar uploads are being registered" in text and took >= 1.0, (status, text)
+            writer.write(png[len(png) // 2:])  # the rest: the first is registered
+            await writer.drain()
+            assert b" 200 " in (await reader.readline()), "the slow upload was not registered"
+            writer.close()
+            status, text, _ = await post(http, "/avatar", "192.0.2.10", data=png)
+            assert status == 200 and json.loads(text)["id"], text  # its waiting upload took none of its budget
+            assert gw.uploading.locked() is False
+
+    asyncio.run(scenario())

@@ -127,6 +127,7 @@ class Gateway:
         self.page_origins = page_origins  # origins besides the gateway's own whose pages may POST offers and avatars
         self.allowed_hosts = allowed_hosts  # the host names it serves (none: any)
         self.clients = Clients(limits)
+        self.uploading = asyncio.Semaphore(limits.uploads_at_once)  # avatar bodies read and registered at once
         self.client_of: dict[str, str] = {}  # session id -> the client that opened it
         self.ice = ice or IceSettings()
         self.max_sessions = max_sessions
@@ -210,16 +211,33 @@ class Gateway:
             self.clients.start_upload(client)
         except Refused as e:
             return refusal(e)
+        # Nothing of an upload may outlive its answer: aiohttp keeps a connection's last request and answer until
+        # its next request, so a body read with `request.read()` (cached in the request) and an answer raised from
+        # the registry's error (its context: every copy of the image) stayed with each keep-alive connection
+        # (RELIABILITY.md, "A tenth pass": 40 clients' uploads held 8.7 GiB)
         try:
-            image = await request.read()
-            if not image:
-                raise web.HTTPBadRequest(text="send the image file as the request body")
-            info = await triton.register_avatar(self.client, image)
-        except InferenceServerException as e:  # the registry's message says what is wrong with the image
-            raise web.HTTPBadRequest(text=str(e.message())) from None
+            try:
+                async with asyncio.timeout(self.limits.upload_wait_s):
+                    await self.uploading.acquire()  # the body stays unread (in the socket) until its turn
+            except TimeoutError:
+                return web.Response(status=503, text=f"{self.limits.uploads_at_once} avatar uploads are being "
+                                                     "registered and more are waiting; retry in a moment")
+            try:
+                image = await read_bounded(request, MAX_IMAGE_BYTES)
+                if not image:
+                    return web.Response(status=400, text="send the image file as the request body")
+                info = await triton.register_avatar(self.client, image)
+            except Refused as e:
+                return refusal(e)
+            except InferenceServerException as e:  # the registry's message says what is wrong with the image
+                refused = str(e.message())
+            else:
+                return web.json_response(info)
+            finally:
+                self.uploading.release()
         finally:
             self.clients.end_upload(client)
-        return web.json_response(info)
+        return web.Response(status=400, text=refused)
 
     async def offer(self, request: web.Request) -> web.Response:
         try:

@@ -45,6 +45,11 @@ class GatewayLimits:
     offers_per_minute: float = 12.0  # new sessions a client may start, sustained ...
     offer_burst: int = 6  # ... and at once
     uploads_in_flight: int = 2  # avatar uploads of one client at once
+    # avatar uploads read and registered at once, all clients together (each holds its body, up to 10 MiB, and the
+    # copies tritonclient and gRPC make of it: 80 at once, each within its client's bounds, took the gateway to
+    # 2.9 GiB); more wait for a turn, at most upload_wait_s, their bodies unread
+    uploads_at_once: int = 4
+    upload_wait_s: float = 10.0
     uploads_per_hour: float = DoorLimits.registrations_per_hour  # the front door's registration budget, per client
     upload_burst: int = DoorLimits.registration_burst
     messages_per_second: float = 20.0  # data-channel messages of a session, sustained ...
