@@ -51,7 +51,8 @@ def test_sessions_spread_over_client_processes_all_run_their_turns(server, avata
     by_turn = s["ttfa_ms_by_turn"]
     assert len(by_turn) == 2 and all(0 < p50 <= p95 for p50, p95 in by_turn), by_turn
     firsts = sorted(1000 * r.ttfa_s for r in records if r.turn == 0)
-    assert firsts[0] <= by_turn[0][0] <= firsts[-1]  # the first turns' own TTFAs
+    # the first turns' own TTFAs (the summary's are rounded to 0.1 ms: its median of 43.892 was 43.9)
+    assert round(firsts[0], 1) <= by_turn[0][0] <= round(firsts[-1], 1)
 
 
 def test_the_report_shows_where_the_first_audio_went():
