@@ -7,12 +7,12 @@ manifest's digest). Only texts on the configured list are cached, so open-ended 
 never are. The first turn of a listed text (or a `prerender` request) records its events;
 later ones replay them with a fresh turn id and fresh timestamps: the same event types,
 text, audio and frames, only sooner. Entries are bounded by bytes; the least recently
-used is evicted first (of the client holding the most). Each client (its `session_token`; behind the front door, its API key) may hold at most
-`max_bytes / owner_share` of it: past that its own oldest entries go, so no client can flush what others cached
-(a key once emptied it with a few 256-token, `ignore_eos` prerenders under different seeds); a quarter
+used is evicted first (of the client holding the most). Each client (its `session_token`; behind the front
+door, its API key; from the gateway, its browser's) may hold at most `max_bytes / owner_share` of it: past that
+its own oldest entries go, so no client can flush what others cached (a key once emptied it with a few 256-token, `ignore_eos` prerenders under different seeds); a quarter
 holds one client's prerender of every listed phrase. A full cache takes room from the clients holding the most
 first (least recently used among theirs), so a few clients at their share cannot flush one that holds less either
-(five gateway clients at their quarter once pushed a victim's cached "hello" out: RELIABILITY.md, "A tenth pass").
+(six gateway clients at their quarter once pushed a victim's cached "hello" out: RELIABILITY.md, "A tenth pass").
 """
 from __future__ import annotations
 
@@ -79,8 +79,8 @@ class AnswerCache:
         return entry[0]
 
     def put(self, key: CacheKey, events: list[Event], owner: str = "") -> bool:
-        """Store a completed turn's events for `owner` (the client's token); False when one answer alone exceeds
-        what a client may hold."""
+        """Store a completed turn's events for `owner` (the client's token); False when it is not kept (one answer
+        alone exceeds what a client may hold, or the room a full cache needed was taken from it)."""
         size = sum(event_bytes(e) for e in events)
         if size > self.max_owner_bytes:
             return False

@@ -132,10 +132,6 @@ class TokenBucket:
         """The tokens it holds at `now`: what it had, refilled at `rate` since `stamp`, up to `burst`."""
         return min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
 
-    def full(self) -> bool:
-        """Whether it holds `burst` tokens again (a new bucket would be the same)."""
-        return self._level(self.clock()) >= self.burst
-
     def take(self, amount: float = 1.0) -> bool:
         now = self.clock()
         self.tokens = self._level(now)
