@@ -6,13 +6,14 @@ frame stride, JPEG quality, reply length, sampling) and the model versions (the 
 manifest's digest). Only texts on the configured list are cached, so open-ended turns
 never are. The first turn of a listed text (or a `prerender` request) records its events;
 later ones replay them with a fresh turn id and fresh timestamps: the same event types,
-text, audio and frames, only sooner. Entries are bounded by bytes; the least recently
-used is evicted first (of the client holding the most). Each client (its `session_token`; behind the front
-door, its API key; from the gateway, its browser's) may hold at most `max_bytes / owner_share` of it: past that
-its own oldest entries go, so no client can flush what others cached (a key once emptied it with a few 256-token,
-`ignore_eos` prerenders under different seeds); a quarter holds one client's prerender of every listed phrase. A
-full cache takes room from the clients holding the most first (least recently used among theirs), so a few clients at their share cannot flush one that holds less either
-(six gateway clients at their quarter once pushed a victim's cached "hello" out: RELIABILITY.md, "A tenth pass").
+text, audio and frames, only sooner.
+Entries are bounded by bytes; the least recently used is evicted first (of the client holding the most). Each client
+(its `session_token`; behind the front door, its API key; from the gateway, its browser's) may hold at most
+`max_bytes / owner_share` of it: past that its own oldest entries go, so no client can flush what others cached (a
+key once emptied it with a few 256-token, `ignore_eos` prerenders under different seeds); a quarter holds one
+client's prerender of every listed phrase. A full cache takes room from the clients holding the most first (least
+recently used among theirs), so a few clients at their share cannot flush one that holds less either (six gateway
+clients at their quarter once pushed a victim's cached "hello" out: RELIABILITY.md, "A tenth pass").
 """
 from __future__ import annotations
 
