@@ -4,13 +4,17 @@ A Python stub that dies is not restarted and Triton's health endpoints keep
 answering 200, so this probe runs real work through every model: it registers
 the demo avatar (avatar_registry), asks one short spoken turn (asr_encoder,
 asr_decoder, llm, tts, vocoder) and one short text turn with video (lipsync),
-and exits 0 only if both finish within --timeout seconds. Its turns carry the option `"canary": true`, so
-they do not count in the user latency metrics (talking_head_ttfa_seconds, talking_head_ttff_seconds). On failure it exits 1 and
+and exits 0 only if both finish within --timeout seconds, or if the server refused its turn as busy or draining
+(a refusal `client.retry` would retry: it answered, so it is alive, and nothing says a model is broken; as a
+liveness probe the canary must not restart a server for being full or for draining). Its turns carry the option
+`"canary": true`, so they do not count in the user latency metrics (talking_head_ttfa_seconds,
+talking_head_ttff_seconds). On failure it exits 1 and
 names the model that failed when the error does (a dead stub: "Stub process
 'vocoder_0_0' is not healthy"; a stage error: "StageError: vocoder: ..."):
 
     python -m deploy.canary --url localhost:8001 --timeout 10
     canary FAILED after 2.41 s (model: vocoder): internal error: StageError: vocoder: Stub process ...
+    canary busy after 0.40 s (alive; its turn was refused): server busy: 2 turns in flight (limit 2); retry later
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ import time
 
 import numpy as np
 
+from client.retry import is_retryable_refusal
 from client.sdk import ClientError, TalkingHeadClient
 from ensemble.avatar import demo_avatar_png
-from export.contract import media
+from export.contract import media, spec
 from export.contract.layout import GRPC_URL
 
 # What the canary turns ask for: as little work as still touches every stage. "canary": the orchestrator serves them
@@ -45,6 +50,17 @@ def failed_model(message: str) -> str | None:
         if m:
             return m.group(1)
     return None
+
+
+_UNLOADED = re.compile(r"unknown model: '(\w+)' has no available versions")
+
+
+def busy(message: str) -> bool:
+    """The server refused the canary's turn for capacity (its turn slots, a stage's queue) or because it is draining
+    (talking_head unloading or unloaded): the refusals a client retries later (client.retry). A dead stub or a hung
+    event loop never answers this way. A *stage* with no version loaded is no refusal but a broken pipeline."""
+    unloaded = _UNLOADED.search(message)
+    return is_retryable_refusal(message) and (unloaded is None or unloaded.group(1) == spec.TALKING_HEAD.name)
 
 
 def probe_audio(seconds: float = 0.5) -> np.ndarray:
@@ -82,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         took = run(args.url, args.timeout, args.root_certificates)
     except (ClientError, TimeoutError, OSError) as e:
+        if busy(str(e)):
+            print(f"canary busy after {time.perf_counter() - t0:.2f} s (alive; its turn was refused): {e}")
+            return 0
         model = failed_model(str(e))
         print(f"canary FAILED after {time.perf_counter() - t0:.2f} s{f' (model: {model})' if model else ''}: {e}",
               file=sys.stderr)

@@ -6,6 +6,12 @@ unloads and loads it again (explicit model control; the admin key), which starts
 model, or the same model failing again right after its reload, is reported and left to the next round (and, in
 Kubernetes, to the liveness probe that restarts the container).
 
+Two failures are not a broken model and reload nothing: the server refusing the canary's turn as busy or draining
+(`deploy.canary.busy`: under load every slot may be taken; a round then says `busy` and leaves readiness as it was,
+so a full pod is not taken out of its Service, nor a full house of pods out of every one), and a model Triton does not
+call ready (a dead stub leaves its model READY: one that is not was unloaded by an operator or by a drain, which the
+watchdog must not undo, or is loading), unless the watchdog's own reload of it failed.
+
     python -m deploy.watchdog --url localhost:8001 --admin-key-env TRITON_ADMIN_KEY --interval 10
 
 Each round prints one line: `ok in 1.32 s`, or what failed and what was reloaded. For Kubernetes probes:
@@ -30,6 +36,7 @@ from deploy.admin import admin_headers
 from export.contract.layout import GRPC_URL
 
 Reload = Callable[[str], float]  # unload + load a model; the seconds it took
+ModelReady = Callable[[str], bool]
 
 
 @dataclass
@@ -40,10 +47,13 @@ class Round:
     error: str = ""
     reloaded: str | None = None
     reload_s: float = 0.0
+    busy: bool = False  # the server refused the canary's turn as busy or draining (deploy.canary.busy)
 
     def line(self) -> str:
         if self.ok:
             return f"ok in {self.seconds:.2f} s"
+        if self.busy:
+            return f"busy after {self.seconds:.2f} s (nothing reloaded, readiness as it was): {self.error}"
         what = f"canary failed after {self.seconds:.2f} s ({self.failed_model or 'no model named'}): {self.error}"
         return what + (f"; reloaded {self.reloaded} in {self.reload_s:.2f} s" if self.reloaded else "")
 
@@ -62,16 +72,30 @@ def admin_reload(url: str, admin_key: str | None, timeout_s: float = 120.0) -> R
     return reload
 
 
+def model_ready(url: str) -> ModelReady:
+    """Whether Triton at `url` (gRPC) calls a model ready (an open API: no admin key)."""
+    import tritonclient.grpc as grpcclient
+
+    def ready(model: str) -> bool:
+        with grpcclient.InferenceServerClient(url) as client:
+            return client.is_model_ready(model)
+
+    return ready
+
+
 class Watchdog:
     """Canary rounds every `interval_s`; a round whose canary names a model reloads it (see the module docstring).
-    `run_canary(timeout_s)` returns the canary's seconds or raises (deploy.canary.run by default)."""
+    `run_canary(timeout_s)` returns the canary's seconds or raises (deploy.canary.run by default); `is_ready(model)`
+    says whether Triton calls a model ready (model_ready(url) by default)."""
 
     def __init__(self, url: str, reload: Reload, interval_s: float = 10.0, timeout_s: float = 10.0,
                  run_canary: Callable[[float], float] | None = None, log: Callable[[str], None] = print,
-                 heartbeat: Path | None = None, ready_file: Path | None = None):
+                 heartbeat: Path | None = None, ready_file: Path | None = None, is_ready: ModelReady | None = None):
         self.url, self.reload, self.interval_s, self.timeout_s, self.log = url, reload, interval_s, timeout_s, log
         self.heartbeat, self.ready_file = heartbeat, ready_file
         self.run_canary = run_canary or (lambda timeout: canary.run(url, timeout))
+        self.is_ready = is_ready or model_ready(url)
+        self.reload_failed: set[str] = set()  # models whose reload by this watchdog failed: tried again, ready or not
         self.rounds: list[Round] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,23 +106,35 @@ class Watchdog:
         try:
             r = Round(ok=True, seconds=self.run_canary(self.timeout_s))
         except (ClientError, TimeoutError, OSError) as e:
-            r = Round(ok=False, seconds=time.perf_counter() - t0, failed_model=canary.failed_model(str(e)),
-                      error=str(e))
-            if r.failed_model is not None:
-                try:
-                    r.reload_s, r.reloaded = self.reload(r.failed_model), r.failed_model
-                except Exception as reload_error:  # reported; the next round tries again
-                    r.error += f"; its reload failed: {reload_error}"
+            r = Round(ok=False, seconds=time.perf_counter() - t0, error=str(e), busy=canary.busy(str(e)))
+            if not r.busy:
+                r.failed_model = canary.failed_model(str(e))
+                self._bring_back(r)
         self.rounds.append(r)
         self.log(f"watchdog: {r.line()}")
-        self._mark(r.ok)
+        self._mark(r)
         return r
 
-    def _mark(self, ok: bool) -> None:
+    def _bring_back(self, r: Round) -> None:
+        """Reload the model a failed round names, if it is READY (a dead stub's) or this watchdog's reload failed."""
+        model = r.failed_model
+        if model is None:
+            return
+        try:
+            if model not in self.reload_failed and not self.is_ready(model):
+                r.error += f"; {model} is not ready (unloaded or loading), so it was left alone"
+                return
+            r.reload_s, r.reloaded = self.reload(model), model
+            self.reload_failed.discard(model)
+        except Exception as reload_error:  # reported; the next round tries again
+            self.reload_failed.add(model)
+            r.error += f"; its reload failed: {reload_error}"
+
+    def _mark(self, r: Round) -> None:
         if self.heartbeat is not None:
             self.heartbeat.touch()
-        if self.ready_file is not None:
-            if ok:
+        if self.ready_file is not None and not r.busy:
+            if r.ok:
                 self.ready_file.write_text(f"{time.time():.0f}\n")
             else:
                 self.ready_file.unlink(missing_ok=True)

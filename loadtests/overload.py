@@ -187,12 +187,17 @@ def report(r: dict) -> str:
     ])
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_load_arguments(ap: argparse.ArgumentParser) -> None:
+    """--cap, --factor, --duration and --think: the overload this harness offers (loadtests.keepers offers it too)."""
     ap.add_argument("--cap", type=int, default=2, help="talking_head's session cap, max_sessions (default 2)")
     ap.add_argument("--factor", type=int, default=4, help="sessions offered per admitted one (default 4)")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of overload (default 60)")
     ap.add_argument("--think", type=float, default=0.2, help="seconds between a session's turns (default 0.2)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_load_arguments(ap)
     ap.add_argument("--baseline-turns", type=int, default=10, help="turns one at a time (default 10)")
     ap.add_argument("--capacity-turns", type=int, default=8, help="turns per session at capacity (default 8)")
     ap.add_argument("--preset", default="tiny", help="preset exported when the repository has none (default tiny)")

@@ -368,3 +368,45 @@ def test_a_dead_orchestrator_ends_its_streams_at_the_door_and_the_watchdog_bring
     result = th.turn(avatar_id=avatar.id, **SHORT_TURN)
     assert result.done is not None and result.audio.size > 0
     print(f"\nstream ended {ended_s:.2f} s after the orchestrator's stub died; " + "; ".join(lines))
+
+
+def test_a_full_or_draining_server_is_alive_to_the_canary_and_the_watchdog_leaves_it_alone(fault_server, th, avatar,
+                                                                                             tmp_path):
+    """Every turn slot taken, then talking_head unloading for a drain, then unloaded: none is a broken model. The
+    liveness canary (Kubernetes' probe) passes as `busy` (before: it failed, 6 of 7 under load, and three failures
+    restart the container); the watchdog reloads nothing and readiness stays (before: it loaded talking_head back in
+    the middle of the drain, and a full pod left its Service); the unloaded model stays unloaded."""
+    from deploy.admin import unload_orchestrator
+    from deploy.watchdog import Watchdog
+
+    url, lines, ready = fault_server.options.grpc_url, [], tmp_path / "ready"
+    dog = Watchdog(url, fault_server.reload_model, timeout_s=CANARY_TIMEOUT_S, log=lines.append, ready_file=ready)
+    fault_server.set_parameters("talking_head", {"max_sessions": 1})
+    try:
+        assert dog.check().ok and ready.exists(), lines
+        turn = Background(th, avatar.id, LONG_TURN)
+        turn.wait_for(ev.AUDIO)
+        rc, out, _ = _canary(fault_server)
+        assert rc == 0 and "canary busy" in out and "server busy: 1 turns in flight (limit 1)" in out, out
+        full = dog.check()
+        assert full.busy and full.reloaded is None and ready.exists(), lines
+        unload_orchestrator(url, fault_server.options.admin_key)
+        draining = dog.check()
+        assert draining.busy and "has no available versions" in draining.error and draining.reloaded is None, lines
+        rc, out, _ = _canary(fault_server)
+        assert rc == 0 and "canary busy" in out, out
+        turn.thread.join(120)
+        assert turn.error is None and ev.DONE in turn.kinds  # the drained turn ran to its end
+        with fault_server.admin_client() as admin:
+            headers, deadline = admin_headers(fault_server.options.admin_key), time.monotonic() + 30
+            while {m.name: m.state for m in admin.get_model_repository_index(headers=headers).models
+                   }["talking_head"] != "UNAVAILABLE":  # unloaded (UNLOADING until its streams close)
+                assert time.monotonic() < deadline, "talking_head did not finish unloading"
+                time.sleep(0.2)
+            unloaded = dog.check()  # Triton: "has no available versions" still
+            assert unloaded.busy and unloaded.reloaded is None and ready.exists(), lines
+            assert not admin.is_model_ready("talking_head"), lines
+        print("\n" + "\n".join(lines))
+    finally:
+        with fault_server.admin_client() as admin:  # the repository's config again (max_sessions as exported)
+            admin.load_model("talking_head", headers=admin_headers(fault_server.options.admin_key))
