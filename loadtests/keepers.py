@@ -1,4 +1,5 @@
-"""The server's own keepers under load and at a drain: the liveness canary, the watchdog and its readiness.
+"""The server's own keepers under load, after it and at a drain: the liveness canary, the watchdog and its readiness,
+the load governor.
 
 Kubernetes runs `python -m deploy.canary` as the Triton container's liveness probe (every 30 s; three failures in a
 row restart the container, every session on it lost) and `python -m deploy.watchdog` as a sidecar (a canary round
@@ -8,14 +9,17 @@ same watchdog. This harness serves them what a busy day serves them and counts w
   1. load: `--cap` x `--factor` sessions asking turns back to back for `--duration` s against a session cap of
      `--cap` (a config override, as loadtests.overload), while the liveness command runs every `--probe-every` s and
      the watchdog every `--interval` s;
-  2. drain: a long turn in flight, then `python -m deploy.drain --unload` (the preStop hook) while the watchdog runs;
+  2. after: the server quiet for `--quiet` s, then one user's turns: the load governor's level at each (degraded
+     turns stream half the frames, shorter replies, lower JPEG quality);
+  3. drain: a long turn in flight, then `python -m deploy.drain --unload` (the preStop hook) while the watchdog runs;
      is `talking_head` loaded again before or after the drain ends?
 
     python -m loadtests.keepers [--duration 60] [--tree WORKTREE] [--out FILE]
 
 `--tree`: run the canary, the watchdog and the drain from another checkout (a before-run); the server is this one's.
 Prints and writes the liveness results (failures, the longest run of them: 3 restart a Kubernetes container), the
-watchdog's rounds and reloads, the users' turns (done, refused as busy, failed: what a reload cost them) and the drain.
+watchdog's rounds and reloads, the users' turns (done, refused as busy, failed: what a reload cost them), the turns
+degraded after the load, and the drain.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from client.sdk import TalkingHeadClient
+from deploy import metrics_text
 from deploy.processes import server_ports
 from deploy.server import EmbeddedServer, ServerOptions
+from ensemble import metrics
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import ROOT
 from loadtests import stats
@@ -130,12 +136,13 @@ def load_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> dic
         if time.monotonic() > deadline:
             raise RuntimeError(f"the watchdog's first round did not pass: {lines}")
         time.sleep(0.2)
-    print(f"== load: {args.cap * args.factor} sessions for {args.duration:g} s against a cap of {args.cap}; "
+    users = args.users or args.cap * args.factor
+    print(f"== load: {users} sessions for {args.duration:g} s against a cap of {args.cap}; "
           f"the liveness canary every {args.probe_every:g} s, the watchdog every {args.interval:g} s", flush=True)
     stop = threading.Event()
     samples = ready_samples(ready, stop)
     prober, probes = probes_every(keeper, args.probe_every, stop, ["--url", o.grpc_url])
-    attempts = run_users(o.grpc_url, avatar, "load", args.cap * args.factor, duration_s=args.duration,
+    attempts = run_users(o.grpc_url, avatar, "load", users, duration_s=args.duration,
                          think_s=args.think)
     stop.set()
     prober.join()
@@ -156,6 +163,23 @@ def load_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> dic
                   "failed": len(outcome("failed")),
                   "failed_messages": sorted({(a.message or "")[:160] for a in outcome("failed")})[:6]},
     }
+
+
+def after_phase(server: EmbeddedServer, avatar: str, quiet_s: float, turns: int = 4) -> dict:
+    """The load over and the server quiet for `quiet_s`: does the next user get full settings? The load governor's
+    level (talking_head_degraded) read at each of their turns' first event, one turn at a time."""
+    metrics_url = server.options.metrics_url
+    degraded = lambda: metrics_text.total(metrics_text.scrape(metrics_url), metrics.DEGRADED.name)  # noqa: E731
+    print(f"== after: quiet for {quiet_s:g} s (the governor at level {degraded():.0f}), then {turns} turns", flush=True)
+    time.sleep(quiet_s)
+    levels = []
+    with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=120) as client:
+        for _ in range(turns):
+            level = None
+            for e in client.ask(avatar_id=avatar, text="Hello there.", options={"max_reply_tokens": 8}):
+                level = degraded() if level is None else level
+            levels.append(level)
+    return {"quiet_s": quiet_s, "levels": levels, "degraded_turns": sum(1 for v in levels if v)}
 
 
 def drain_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> dict:
@@ -192,8 +216,10 @@ def drain_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_load_arguments(ap)
+    ap.add_argument("--users", type=int, default=None, help="sessions offered (default: cap x factor)")
     ap.add_argument("--probe-every", type=float, default=10.0, help="seconds between liveness probes (default 10)")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between watchdog rounds (default 5)")
+    ap.add_argument("--quiet", type=float, default=30.0, help="seconds idle after the load (default 30)")
     ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose canary, watchdog and drain run")
     ap.add_argument("--out", type=Path, default=None, help="default loadtests/results/keepers_<UTC time>.json")
     args = ap.parse_args(argv)
@@ -208,11 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         run_users(options.grpc_url, avatar, "warm-up", args.cap, turns=1)
         load = load_phase(server, keeper, avatar, args)
         wait_idle(options.metrics_url, 120)
+        after = after_phase(server, avatar, args.quiet)
         drain = drain_phase(server, keeper, avatar, args)
     shutil.rmtree(workdir, ignore_errors=True)
     result = {"command": "python -m loadtests.keepers " + " ".join(argv if argv is not None else sys.argv[1:]),
               "code": code, "hardware": hardware(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "load": load, "drain": drain}
+              "load": load, "after": after, "drain": drain}
     lv, wd, tu = load["liveness"], load["watchdog"], load["turns"]
     print(f"liveness canary: {lv['failed']} of {lv['probes']} failed, longest run {lv['longest_failed_run']} "
           f"({'a Kubernetes restart' if lv['restart'] else 'no restart'}); {lv['failures'][:2]}")
@@ -221,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
           f"ready file absent {load['ready_file']['absent']} of {load['ready_file']['samples']} s")
     print(f"turns: {tu['asked']} asked, {tu['done']} done, {tu['refused_busy']} refused busy, {tu['failed']} failed "
           f"{tu['failed_messages'][:2]}")
+    print(f"after {after['quiet_s']:g} s quiet: {after['degraded_turns']} of {len(after['levels'])} turns degraded "
+          f"(the governor's level at each: {after['levels']})")
     print(f"drain: rc {drain['drain']['rc']}, the long turn {drain['long_turn']}, talking_head loaded back after "
           f"the drain: {drain['loaded_back']}; watchdog reloads {drain['watchdog']['reloads'][:2]}")
     out = args.out or RESULTS / f"keepers_{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.json"
