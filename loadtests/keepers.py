@@ -170,7 +170,9 @@ def after_phase(server: EmbeddedServer, avatar: str, quiet_s: float, turns: int 
     level (talking_head_degraded) read at each of their turns' first event, one turn at a time."""
     metrics_url = server.options.metrics_url
     degraded = lambda: metrics_text.total(metrics_text.scrape(metrics_url), metrics.DEGRADED.name)  # noqa: E731
-    print(f"== after: quiet for {quiet_s:g} s (the governor at level {degraded():.0f}), then {turns} turns", flush=True)
+    late = metrics_text.total(metrics_text.scrape(metrics_url), metrics.FRAMES_DROPPED.name, reason="late")
+    print(f"== after: quiet for {quiet_s:g} s (the governor at level {degraded():.0f}; {late:.0f} frame slots dropped "
+          f"late so far), then {turns} turns", flush=True)
     time.sleep(quiet_s)
     levels = []
     with TalkingHeadClient(server.options.grpc_url, turn_timeout_s=120) as client:
@@ -179,7 +181,8 @@ def after_phase(server: EmbeddedServer, avatar: str, quiet_s: float, turns: int 
             for e in client.ask(avatar_id=avatar, text="Hello there.", options={"max_reply_tokens": 8}):
                 level = degraded() if level is None else level
             levels.append(level)
-    return {"quiet_s": quiet_s, "levels": levels, "degraded_turns": sum(1 for v in levels if v)}
+    return {"quiet_s": quiet_s, "frames_dropped_late_before": late, "levels": levels,
+            "degraded_turns": sum(1 for v in levels if v)}
 
 
 def drain_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> dict:
