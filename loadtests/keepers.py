@@ -9,8 +9,9 @@ same watchdog. This harness serves them what a busy day serves them and counts w
   1. load: `--cap` x `--factor` sessions asking turns back to back for `--duration` s against a session cap of
      `--cap` (a config override, as loadtests.overload), while the liveness command runs every `--probe-every` s and
      the watchdog every `--interval` s;
-  2. after: the server quiet for `--quiet` s, then one user's turns: the load governor's level at each (degraded
-     turns stream half the frames, shorter replies, lower JPEG quality);
+  2. after: with `--burst S`, first as many long turns at once, their clients hanging up after S s (the load ends
+     at its heaviest); the server quiet for `--quiet` s, then one user's turns: the load governor's level at each
+     (degraded turns stream half the frames, shorter replies, lower JPEG quality);
   3. drain: a long turn in flight, then `python -m deploy.drain --unload` (the preStop hook) while the watchdog runs;
      is `talking_head` loaded again before or after the drain ends?
 
@@ -165,6 +166,29 @@ def load_phase(server: EmbeddedServer, keeper: Keeper, avatar: str, args) -> dic
     }
 
 
+def burst_phase(url: str, avatar: str, users: int, seconds: float) -> dict:
+    """`users` long turns at once, each client hanging up after `seconds` (its turn cancelled mid-reply): the load
+    ends at its heaviest, every turn still dropping frames."""
+    print(f"== burst: {users} long turns, the clients hanging up after {seconds:g} s", flush=True)
+    got: list[int] = []
+
+    def user() -> None:
+        with TalkingHeadClient(url, turn_timeout_s=120) as client:
+            t0, n = time.monotonic(), 0
+            for _ in client.ask(avatar_id=avatar, text="Tell me a long story.", options=LONG_TURN):
+                n += 1
+                if time.monotonic() - t0 > seconds:
+                    break  # closing the stream cancels the turn
+            got.append(n)
+
+    threads = [threading.Thread(target=user, daemon=True) for _ in range(users)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"users": users, "seconds": seconds, "events_each": got}
+
+
 def after_phase(server: EmbeddedServer, avatar: str, quiet_s: float, turns: int = 4) -> dict:
     """The load over and the server quiet for `quiet_s`: does the next user get full settings? The load governor's
     level (talking_head_degraded) read at each of their turns' first event, one turn at a time."""
@@ -222,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=None, help="sessions offered (default: cap x factor)")
     ap.add_argument("--probe-every", type=float, default=10.0, help="seconds between liveness probes (default 10)")
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between watchdog rounds (default 5)")
+    ap.add_argument("--burst", type=float, default=0.0,
+                    help="then as many long turns at once, hung up after this many seconds (default 0: none)")
     ap.add_argument("--quiet", type=float, default=30.0, help="seconds idle after the load (default 30)")
     ap.add_argument("--tree", type=Path, default=ROOT, help="checkout whose canary, watchdog and drain run")
     ap.add_argument("--out", type=Path, default=None, help="default loadtests/results/keepers_<UTC time>.json")
@@ -237,12 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         run_users(options.grpc_url, avatar, "warm-up", args.cap, turns=1)
         load = load_phase(server, keeper, avatar, args)
         wait_idle(options.metrics_url, 120)
+        burst = burst_phase(options.grpc_url, avatar, args.users or args.cap * args.factor, args.burst) \
+            if args.burst > 0 else None
+        wait_idle(options.metrics_url, 120)
         after = after_phase(server, avatar, args.quiet)
         drain = drain_phase(server, keeper, avatar, args)
     shutil.rmtree(workdir, ignore_errors=True)
     result = {"command": "python -m loadtests.keepers " + " ".join(argv if argv is not None else sys.argv[1:]),
               "code": code, "hardware": hardware(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "load": load, "after": after, "drain": drain}
+              "load": load, "burst": burst, "after": after, "drain": drain}
     lv, wd, tu = load["liveness"], load["watchdog"], load["turns"]
     print(f"liveness canary: {lv['failed']} of {lv['probes']} failed, longest run {lv['longest_failed_run']} "
           f"({'a Kubernetes restart' if lv['restart'] else 'no restart'}); {lv['failures'][:2]}")
