@@ -8,9 +8,13 @@ Two signals, read when a turn starts and when one ends:
 Level 1 (degraded) starts when either signal passes its enter threshold, and ends only
 when both are below their exit thresholds — the session count smoothed over recent turn
 starts and ends, so a moment between two turns does not count as quiet — and the level
-has held for `min_hold_s`, so it does not flap. Degraded turns stream video at a lower frame rate (`frame_stride`), cap the
-reply length and lower the JPEG quality; turns in flight keep their settings. Every switch
-is logged (the `log` callable) and counted (metrics.DEGRADE_SWITCHES, metrics.DEGRADED).
+has held for `min_hold_s`, so it does not flap. Time with no turn in flight counts too: it
+halves the smoothed count and the lag every `idle_half_life_s` (until 2026-12-07 both moved
+only when turns started and ended, so a server left degraded by a burst stayed so through
+any quiet and degraded its next user's first turns). Degraded turns stream video at a lower
+frame rate (`frame_stride`), cap the reply length and lower the JPEG quality; turns in
+flight keep their settings. Every switch is logged (the `log` callable) and counted
+(metrics.DEGRADE_SWITCHES, metrics.DEGRADED).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ class GovernorSettings:
     lag_weight: float = 0.3  # weight of the newest turn in the lag average
     load_weight: float = 0.2  # weight of the newest reading in the smoothed session count (recovery only)
     min_hold_s: float = 5.0  # a level holds at least this long before switching back
+    idle_half_life_s: float = 5.0  # with no turn in flight, the smoothed count and the lag halve this often
     frame_stride: int = 2  # degraded: 12.5 fps
     max_reply_tokens: int = 24  # degraded: shorter replies
     jpeg_quality: int = 60  # degraded: smaller frames
@@ -54,9 +59,12 @@ class LoadGovernor:
         self.lag = 0.0
         self.load: float | None = None  # smoothed turns in flight
         self.switched_at = -float("inf")
+        self.read_at: float | None = None  # when the last reading came ...
+        self.active_then = 0  # ... and how many turns were in flight from then on
         recorder.set(metrics.DEGRADED, 0)
 
     def turn_ended(self, frames_dropped_late: int, frame_slots: int, active: int) -> None:
+        self._idle(self.clock())
         if frame_slots:
             w = self.settings.lag_weight
             self.lag = (1 - w) * self.lag + w * frames_dropped_late / frame_slots
@@ -67,7 +75,9 @@ class LoadGovernor:
         if not s.enabled:
             return 0
         now = self.clock()
+        self._idle(now)
         self.load = active if self.load is None else (1 - s.load_weight) * self.load + s.load_weight * active
+        self.active_then = active
         if self.level == 0 and (active >= s.enter_sessions or self.lag >= s.enter_lag):
             self._switch(1, f"{active} turns in flight (enter at {s.enter_sessions}), video lag {self.lag:.2f}"
                             f" (enter at {s.enter_lag})", now)
@@ -77,6 +87,14 @@ class LoadGovernor:
                             f" {self.lag:.2f}"
                             f" (exit at {s.exit_lag})", now)
         return self.level
+
+    def _idle(self, now: float) -> None:
+        """Time since the last reading with no turn in flight: the smoothed count and the lag decay."""
+        if self.read_at is not None and self.active_then == 0:
+            quiet = 0.5 ** ((now - self.read_at) / self.settings.idle_half_life_s)
+            self.lag *= quiet
+            self.load = None if self.load is None else self.load * quiet
+        self.read_at = now
 
     def _switch(self, level: int, why: str, now: float) -> None:
         self.level, self.switched_at = level, now

@@ -352,34 +352,6 @@ def test_prerender_fills_the_cache_and_the_cache_stays_bounded(exported_reposito
 
 # ------------------------------------------------------------------ degradation
 
-def test_governor_degrades_new_turns_under_load_with_hysteresis():
-    from ensemble.governor import GovernorSettings, LoadGovernor
-    from ensemble.options import TurnOptions
-
-    now = {"t": 0.0}
-    lines = []
-    rec = metrics.MemoryRecorder()
-    gov = LoadGovernor(GovernorSettings(enter_sessions=8, exit_sessions=4, min_hold_s=5.0), rec, lines.append,
-                       clock=lambda: now["t"])
-    assert gov.update(7) == 0 and gov.apply(TurnOptions()) == TurnOptions()
-    assert gov.update(8) == 1
-    light = gov.apply(TurnOptions())
-    assert light.frame_stride == 2 and light.max_reply_tokens == 24 and light.jpeg_quality == 60
-    assert gov.apply(TurnOptions(max_reply_tokens=10)).max_reply_tokens == 10  # a lighter client choice stays
-    assert gov.update(5) == 1  # between the thresholds: stays
-    assert gov.update(3) == 1  # below exit, but held only 0 s
-    now["t"] = 6.0
-    assert gov.update(3) == 1  # below exit for a moment: the smoothed count is still above it
-    for _ in range(10):
-        level = gov.update(2)
-    assert level == 0
-    gov.turn_ended(frames_dropped_late=50, frame_slots=50, active=1)  # video lag alone degrades
-    assert gov.level == 1
-    assert rec.totals[(metrics.DEGRADE_SWITCHES.name, (("to", "degraded"),))] == 2
-    assert rec.totals[(metrics.DEGRADE_SWITCHES.name, (("to", "normal"),))] == 1
-    assert len(lines) == 3 and "degrading new turns" in lines[0]
-
-
 def test_service_applies_degraded_settings_to_new_turns(exported_repository, tmp_path, stage_runners, demo_avatar):
     from ensemble.governor import GovernorSettings
 
