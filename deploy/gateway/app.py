@@ -255,8 +255,10 @@ class Gateway:
             if not AVATAR_ID.fullmatch(avatar_id):
                 raise ValueError("bad avatar_id")
         except (ValueError, RecursionError) as e:  # json.JSONDecodeError and UnicodeDecodeError too
-            raise web.HTTPBadRequest(text=str(e) if isinstance(e, ValueError) else "the offer is nested too deeply") \
-                from None
+            # answered, not raised: an answer raised here keeps this fault (its traceback: the offer) with the
+            # keep-alive connection until its next request (the avatar handler's comment)
+            return web.Response(status=400, text=str(e) if isinstance(e, ValueError) else
+                                "the offer is nested too deeply")
         if not self.upstream_ready:
             raise web.HTTPServiceUnavailable(text="the server is restarting the conversation model; try again in a "
                                                   "moment")
@@ -304,8 +306,12 @@ class Gateway:
             on_transport_end(pc, lambda: asyncio.ensure_future(self.end(sid)))  # aiortc may never say "closed"
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as e:
+            failed = f"cannot answer this offer: {e}"
+        else:
+            failed = None
+        if failed is not None:  # ended and answered outside the `except`: nothing of the session kept with its fault
             await self.end(sid)
-            raise web.HTTPBadRequest(text=f"cannot answer this offer: {e}") from None
+            return web.Response(status=400, text=failed)
         session.start()
         asyncio.get_running_loop().call_later(self.limits.connect_timeout_s, self._connect_deadline, sid, pc)
         log.info("session %s started (%d active; %d remote candidates filtered)", sid, len(self.sessions), removed)
