@@ -39,7 +39,7 @@ from export.contract.layout import BUILD
 from loadtests import gateway_identity, gateway_rtp, gateway_transports
 from loadtests.bench_gpu import process_cpu_s
 from loadtests.door_connections import raise_own_limit
-from loadtests.gateway_connections import address, idle_connections, unread_responses
+from loadtests.gateway_connections import address, healthz_flood, idle_connections, unread_responses
 from loadtests.gateway_peer import ATTACKER, NEWCOMER, VICTIM, Peer, send_offer, sent_by, short
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -292,7 +292,7 @@ async def slow_requests(http, victim, n: int = 3000, hold_s: float = 20.0) -> st
 
 CASES = {f.__name__: f for f in (not_an_object, bad_options, sdp_bomb, candidate_bomb, offer_flood, avatar_flood,
                                  message_flood, deep_message, mic_flood, camera, huge_message, slow_requests,
-                                 idle_connections, unread_responses, gzip_avatar, udp_flood,
+                                 idle_connections, unread_responses, healthz_flood, gzip_avatar, udp_flood,
                                  *gateway_transports.CASES, *gateway_rtp.CASES, *gateway_identity.CASES)}
 
 

@@ -73,3 +73,20 @@ async def unread_responses(http, victim, n: int = 2000, watch_s: float = 30.0) -
     pipe.sock.close()
     return (f"{n} requests pipelined, {'not all' if pipe.pending else 'all'} sent; the gateway " + (
         f"closed its end after {closed_after:.1f} s" if closed_after else f"still held it {watch_s:g} s later"))
+
+
+async def healthz_flood(http, victim, clients: int = 64, seconds: float = 20.0) -> str:
+    """`clients` keyless callers asking the page port's `/healthz` back to back for `seconds` (it answers whether
+    Triton's orchestrator is ready)."""
+    statuses: dict[int, int] = {}
+    t0 = time.monotonic()
+
+    async def caller() -> None:
+        while time.monotonic() - t0 < seconds:
+            async with http.get("/healthz") as r:
+                await r.read()
+                statuses[r.status] = statuses.get(r.status, 0) + 1
+
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    n = sum(statuses.values())
+    return f"{n} GET /healthz in {seconds:g} s ({n / seconds:.0f} a second) by {clients} callers: {statuses}"

@@ -99,19 +99,13 @@ def gateway(server):
 
 @pytest.fixture
 def browser(question_wav, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -r requirements-dev.txt (selenium)")
-    from selenium.webdriver.chrome.service import Service
+    pytest.importorskip("selenium.webdriver", reason="pip install -r requirements-dev.txt (selenium)")
+    from loadtests.cross_site import chromium
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-audio-capture={question_wav}", "--autoplay-policy=no-user-gesture-required",
-                 "--allow-loopback-in-peer-connection",  # ICE on 127.0.0.1 only, like the gateway (--ice-host)
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,1400"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path / "profile", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                      f"--use-file-for-fake-audio-capture={question_wav}", "--autoplay-policy=no-user-gesture-required",
+                      "--allow-loopback-in-peer-connection",  # ICE on 127.0.0.1 only, like the gateway (--ice-host)
+                      "--window-size=1000,1400")
     try:
         yield driver
     finally:

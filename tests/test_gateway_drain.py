@@ -65,17 +65,25 @@ def test_a_drain_ends_the_sessions_streams_so_talking_head_unloads_and_they_resu
         async def state_is(want: str) -> bool:
             return await asyncio.to_thread(state) == want
 
+        async def healthz() -> int:
+            return (await gw.healthz(None)).status
+
         try:
             await until(lambda: frames() > 0, 60, "the first idle-motion frames")
+            asked, ask = [], gw.client.is_model_ready  # /healthz answers from the poll: callers never reach Triton
+            gw.client.is_model_ready = lambda *a, **kw: asked.append(a) or ask(*a, **kw)
+            assert [await healthz() for _ in range(100)] == [200] * 100 and asked == []
+            gw.client.is_model_ready = ask
             await asyncio.to_thread(admin_call, "unload_model", TALKING_HEAD.name)
             await until(lambda: any(m["type"] == "server" for m in page.sent), 10,
                         "the session to hear of the drain")
-            assert page.sent[-1]["state"] == "draining" and session.draining
+            assert page.sent[-1]["state"] == "draining" and session.draining and await healthz() == 503
             await until(lambda: state_is("UNAVAILABLE"), 20, "talking_head to finish unloading (the session's "
                                                              "stream still open?)")
             await asyncio.to_thread(admin_call, "load_model", TALKING_HEAD.name)
             await until(lambda: page.sent[-1] == {"type": "server", "state": "ready"}, 30,
                         "the session to resume")
+            assert await healthz() == 200
             queued = frames()
             await until(lambda: frames() > queued, 30, "idle motion on the new stream")
             page.handler(json.dumps({"type": "text", "text": "Hello again."}))
