@@ -121,9 +121,14 @@ class Watchdog:
         if model is None:
             return
         try:
-            if model not in self.reload_failed and not self.is_ready(model):
-                r.error += f"; {model} is not ready (unloaded or loading), so it was left alone"
-                return
+            ready = model in self.reload_failed or self.is_ready(model)
+        except Exception as e:  # Triton unreachable: nothing to reload into; the next round asks again
+            r.error += f"; could not ask whether {model} is ready ({e}), so nothing was reloaded"
+            return
+        if not ready:
+            r.error += f"; {model} is not ready (unloaded or loading), so it was left alone"
+            return
+        try:
             r.reload_s, r.reloaded = self.reload(model), model
             self.reload_failed.discard(model)
         except Exception as reload_error:  # reported; the next round tries again

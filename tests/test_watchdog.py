@@ -66,3 +66,13 @@ def test_a_model_that_is_not_ready_is_left_alone_unless_the_watchdogs_own_reload
     again = dog.check()
     assert again.reloaded == "vocoder" and dog.reloaded == ["vocoder"], again.line()
     assert dog.check().ok and (tmp_path / "ready").exists()
+
+
+def test_a_server_that_cannot_say_whether_the_model_is_ready_gets_nothing_reloaded(tmp_path):
+    def unreachable(model):
+        raise ConnectionError("failed to connect to all addresses")
+
+    dog = watchdog([DEAD_VOCODER], tmp_path)
+    dog.is_ready = unreachable
+    r = dog.check()
+    assert r.reloaded is None and "could not ask whether vocoder is ready" in r.error and not dog.reload_failed
