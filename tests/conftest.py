@@ -1,6 +1,8 @@
 """Shared fixtures: the exported tiny graphs and one real embedded Triton server per test session."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -103,6 +105,25 @@ def server(exported_repository, tmp_path_factory):
     options = ServerOptions(repository=exported_repository, workdir=tmp_path_factory.mktemp("triton"), **PORTS)
     with EmbeddedServer(options) as s:
         yield s
+
+
+@pytest.fixture(autouse=True)
+def _shared_server_alive(request):
+    """The shared server, for a test that uses it, alive: one that died under an earlier test is started again on its
+    ports, with a warning holding its exit code and the end of its log. Triton 2.51's gRPC front end aborts now and
+    then where streams end or are cancelled (`sync.cc:105 ASSERTION FAILED: prior > 0`, RELIABILITY.md); once, in a
+    fresh-clone CI run (2026-12-07), it did so between two tests, and every later test of the shared server failed
+    (13 before the run was stopped). The test that was running fails with the exit code and log anyway
+    (pytest_runtest_makereport)."""
+    if "server" not in request.fixturenames:
+        return
+    server = request.getfixturevalue("server")
+    if server.process is not None and server.process.poll() is not None:
+        code, tail = server.process.returncode, server.log_tail(20)
+        server.stop(drain=False)
+        server.start()
+        warnings.warn(f"the shared tritonserver had died (exit code {code}) before {request.node.nodeid}; started "
+                      f"again. The end of its log:\n{tail}", stacklevel=1)
 
 
 @pytest.fixture
