@@ -112,9 +112,8 @@ def _shared_server_alive(request):
     """The shared server, for a test that uses it, alive: one that died under an earlier test is started again on its
     ports, with a warning holding its exit code and the end of its log. Triton 2.51's gRPC front end aborts now and
     then where streams end or are cancelled (`sync.cc:105 ASSERTION FAILED: prior > 0`, RELIABILITY.md); once, in a
-    fresh-clone CI run (2026-12-07), it did so between two tests, and every later test of the shared server failed
-    (13 before the run was stopped). The test that was running fails with the exit code and log anyway
-    (pytest_runtest_makereport)."""
+    fresh-clone CI run (2026-12-07), every test of the shared server after it failed (13 before the run was
+    stopped). A test that was running when it died fails with the exit code and log (pytest_runtest_makereport)."""
     if "server" not in request.fixturenames:
         return
     server = request.getfixturevalue("server")
