@@ -296,7 +296,10 @@ class Service:
             cached = self.cache.get(key)
             if cached is not None:
                 rec.inc(metrics.CACHE_HITS)
-                await replay(cached, emit, rec)
+                try:
+                    await replay(cached, emit, rec)
+                finally:  # its end is a reading too, as a rendered turn's (turn_ended): the quiet after it counts
+                    self.governor.update(self.active)
                 rec.inc(metrics.TURNS, outcome="ok")
                 return None
         recording: list[Event] = []

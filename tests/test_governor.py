@@ -62,3 +62,23 @@ def test_a_short_pause_or_a_long_busy_stretch_does_not_count_as_quiet():
     gov.update(8)
     clock["t"] += 60  # a minute with 8 turns in flight and none starting or ending: busy, not quiet
     assert gov.update(8) == 1 and gov.lag > 0.3
+
+
+def test_the_quiet_after_a_cached_answer_counts_too(exported_repository, tmp_path, demo_avatar, stage_runners):
+    """A replayed answer's start is a reading (one turn in flight) and so is its end, as a rendered turn's: until
+    then the quiet after a replay, even of a degraded answer, counted as a turn in flight and relaxed nothing."""
+    import asyncio
+
+    from test_conversation import Log, Stages, make_service, request
+
+    svc = make_service(exported_repository, tmp_path, demo_avatar)
+    clock = {"t": 0.0}
+    gov = svc.governor
+    gov.clock = lambda: clock["t"]
+    gov.lag = 0.6
+    assert gov.update(0) == 1  # left degraded by recent late frames
+    for text in ("Hello!", "hello"):  # rendered degraded and cached, then replayed from the cache
+        asyncio.run(svc.handle(request(svc, text), Stages(stage_runners), Log()))
+    assert svc.recorder.totals[(metrics.CACHE_HITS.name, ())] == 1 and gov.level == 1
+    clock["t"] += 30
+    assert gov.update(1) == 0
