@@ -98,29 +98,33 @@ def test_on_loopback_a_request_for_another_host_name_is_refused(server):
     asyncio.run(scenario())
 
 
+async def answered_and_held(http, path: str, body: bytes | str, clients: int) -> tuple[list, int]:
+    """`clients` POSTs of `body` to `path` at once, each from its own address on its own keep-alive connection: their
+    answers, and the bytes of Python objects still allocated once they are answered (tracemalloc, after gc)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        answers = await asyncio.gather(*(post(http, path, f"198.51.100.{i + 1}", data=body) for i in range(clients)))
+        gc.collect()
+        return answers, tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+
 
 def test_a_refused_upload_leaves_nothing_with_its_connection(server):
     """aiohttp keeps a keep-alive connection's last request and answer until its next request: the body cached by
     `request.read()` and an answer raised from the registry's error (whose context held every copy of the image)
     stayed with each connection, ~19 MiB of Python objects for each refused 9.5 MiB upload (and more below them):
     40 clients' uploads held 8.7 GiB. With 8 keep-alive connections each just refused, under 2 MiB is still held."""
-    import tracemalloc
-
     import numpy as np
 
     body = np.random.default_rng(0).integers(0, 256, int(9.5 * 2**20), dtype=np.uint8).tobytes()
 
     async def scenario():
         async with running(server, GatewayLimits()) as (gw, http):
-            tracemalloc.start()
-            try:
-                answers = await asyncio.gather(*(post(http, "/avatar", f"198.51.100.{i + 1}", data=body)
-                                                 for i in range(8)))
-                assert [a[0] for a in answers] == [400] * 8, answers  # not an image: the registry's message
-                gc.collect()
-                held = tracemalloc.get_traced_memory()[0]
-            finally:
-                tracemalloc.stop()
+            answers, held = await answered_and_held(http, "/avatar", body, 8)
+            assert [a[0] for a in answers] == [400] * 8, answers  # not an image: the registry's message
             assert held < 2 * 2**20, f"{held / 2**20:.0f} MiB held with the connections"
 
     asyncio.run(scenario())
@@ -130,21 +134,12 @@ def test_a_refused_offer_leaves_nothing_with_its_connection(server):
     """The same for offers: a 400 raised inside the `except` that caught the offer's fault kept that fault's traceback,
     and with it the offer (its bytes, its decoded text and the JSON parsed from it), with each keep-alive connection
     until its next request: 16 clients' 60 KiB offers, refused, held 2.2 MiB; now under 1 MiB (0.36 measured)."""
-    import tracemalloc
-
     bad = json.dumps({"type": "offer", "sdp": 1, "padding": "x" * 60_000})  # an offer whose sdp is no text
 
     async def scenario():
         async with running(server, GatewayLimits()) as (gw, http):
-            tracemalloc.start()
-            try:
-                answers = await asyncio.gather(*(post(http, "/offer", f"198.51.100.{i + 1}", data=bad)
-                                                 for i in range(16)))
-                assert [a[0] for a in answers] == [400] * 16 and "expected a JSON object" in answers[0][1], answers
-                gc.collect()
-                held = tracemalloc.get_traced_memory()[0]
-            finally:
-                tracemalloc.stop()
+            answers, held = await answered_and_held(http, "/offer", bad, 16)
+            assert [a[0] for a in answers] == [400] * 16 and "expected a JSON object" in answers[0][1], answers
             assert held < 2**20, f"{held / 2**20:.2f} MiB held with the connections"
             print(f"\n16 refused offers: {held / 2**20:.2f} MiB held with their connections")
 
