@@ -31,6 +31,7 @@ from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
 from loadtests.gateway_peer import Peer
+from loadtests.run import checkout_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,10 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.close()
             gateway.terminate()
             gateway.wait(30)
-    commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    figures = {"gateway_commit": commit, "page_sent": sent, "sessions_the_gateway_started": started,
-               "then_the_visitor": visitor, "dns_rebinding": rebound}
+    figures = {"gateway_commit": checkout_commit(args.gateway_tree), "page_sent": sent,
+               "sessions_the_gateway_started": started, "then_the_visitor": visitor, "dns_rebinding": rebound}
     print(json.dumps(figures, indent=2))
     if args.out:
         args.out.write_text(json.dumps(figures, indent=2))

@@ -41,6 +41,7 @@ from loadtests.bench_gpu import process_cpu_s
 from loadtests.door_connections import raise_own_limit
 from loadtests.gateway_connections import address, healthz_flood, idle_connections, unread_responses
 from loadtests.gateway_peer import ATTACKER, NEWCOMER, VICTIM, Peer, send_offer, sent_by, short
+from loadtests.run import checkout_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -424,9 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['case']} | {r['attacker']} | {r['victim_gap_s']:.2f} s{dropped} | {cpu} | {gw} | {mib} "
               f"| {logged} |")
     if args.out:
-        commit = subprocess.run(["git", "-C", str(args.gateway_tree), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True).stdout.strip()
-        args.out.write_text(json.dumps({"gateway_commit": commit, "nofile": args.nofile, "rows": rows}, indent=2))
+        args.out.write_text(json.dumps({"gateway_commit": checkout_commit(args.gateway_tree), "nofile": args.nofile,
+                                        "rows": rows}, indent=2))
     return 0
 
 

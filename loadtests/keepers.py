@@ -46,7 +46,7 @@ from export.contract.layout import ROOT
 from loadtests import stats
 from loadtests.bench_cpu import hardware
 from loadtests.overload import add_load_arguments, attempt, run_users, wait_idle
-from loadtests.run import ensure_exported
+from loadtests.run import checkout_commit, ensure_exported
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LONG_TURN = {"max_reply_tokens": 160, "ignore_eos": True}
@@ -76,13 +76,6 @@ class Keeper:
         threading.Thread(target=lambda: [lines.append(f"{time.perf_counter():.3f} {line.rstrip()}")
                                          for line in p.stdout], daemon=True).start()
         return p, lines
-
-
-def which_code(tree: Path) -> str:
-    """The commit a checkout is at, and whether its tracked files differ from it."""
-    git = lambda *a: subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True).stdout  # noqa: E731
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return git("log", "-1", "--format=%h %s").strip() + (" + uncommitted changes" if dirty else "")
 
 
 def longest_run(flags: list[bool]) -> int:
@@ -255,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     ensure_exported("tiny")
     workdir = Path(tempfile.mkdtemp(prefix="keepers-server-"))
     options = ServerOptions(workdir=workdir, **server_ports())
-    code = which_code(args.tree)
+    code = checkout_commit(args.tree, "%h %s")
     with EmbeddedServer(options) as server, TalkingHeadClient(options.grpc_url) as client:
         server.set_parameters("talking_head", {"max_sessions": args.cap})
         keeper = Keeper(args.tree.resolve(), {"TRITON_ADMIN_KEY": options.admin_key})

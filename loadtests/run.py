@@ -73,6 +73,14 @@ def ensure_exported(preset: str) -> None:
         raise SystemExit("export failed")
 
 
+def checkout_commit(tree: Path, fmt: str = "%h") -> str:
+    """The commit the checkout at `tree` is at (`git log --format`), marked when its tracked files differ from it: what
+    a result file says its "before" or "after" code was."""
+    git = lambda *a: subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True).stdout  # noqa: E731
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("log", "-1", f"--format={fmt}").strip() + (" + uncommitted changes" if dirty else "")
+
+
 def check_ports_free(*ports: int) -> None:
     """Refuse to start when a port is taken: EmbeddedServer would find the other server ready and use it."""
     import socket
