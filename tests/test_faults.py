@@ -270,30 +270,6 @@ def test_the_watchdog_brings_a_dead_stub_back(fault_server, th, avatar, kill_stu
     print("\n" + "\n".join(lines))
 
 
-def test_the_watchdog_reloads_nothing_when_no_model_is_named_and_marks_readiness(tmp_path):
-    """A failure naming no model (the server not up yet) reloads nothing; the ready file exists only while the
-    last round passed, the heartbeat after every round (the Kubernetes probes of deploy/k8s/base/deployment.yaml)."""
-    from client.sdk import ClientError
-    from deploy.watchdog import Watchdog
-
-    reloaded, outcomes = [], iter([ClientError("connection refused"), 0.25, ClientError("connection refused")])
-
-    def canary(timeout_s):
-        outcome = next(outcomes)
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome
-
-    beat, ready = tmp_path / "heartbeat", tmp_path / "ready"
-    dog = Watchdog("localhost:1", lambda m: reloaded.append(m) or 0.0, run_canary=canary, log=lambda s: None,
-                   heartbeat=beat, ready_file=ready)
-    r = dog.check()
-    assert not r.ok and r.failed_model is None and r.reloaded is None and not reloaded
-    assert "no model named" in r.line() and beat.exists() and not ready.exists()
-    assert dog.check().ok and ready.exists()
-    assert not dog.check().ok and not ready.exists()
-
-
 def _blue_less_demo_face() -> bytes:
     img = cv2.imdecode(np.frombuffer(demo_avatar_png(), np.uint8), cv2.IMREAD_COLOR)
     img[:, :, 0] = 0  # no blue at all: the faulty stage's marker

@@ -31,6 +31,19 @@ def watchdog(outcomes, tmp_path, ready_models=(), reload_errors=()):
     return dog
 
 
+def test_the_watchdog_reloads_nothing_when_no_model_is_named_and_marks_readiness(tmp_path):
+    """A failure naming no model (the server not up yet) reloads nothing; the ready file exists only while the
+    last round passed, the heartbeat after every round (the Kubernetes probes of deploy/k8s/base/deployment.yaml)."""
+    refused = ClientError("connection refused")
+    dog = watchdog([refused, 0.25, refused], tmp_path)
+    beat, ready = tmp_path / "beat", tmp_path / "ready"
+    r = dog.check()
+    assert not r.ok and r.failed_model is None and r.reloaded is None and not dog.reloaded
+    assert "no model named" in r.line() and beat.exists() and not ready.exists()
+    assert dog.check().ok and ready.exists()
+    assert not dog.check().ok and not ready.exists()
+
+
 def test_a_server_refusing_the_canary_as_busy_or_draining_is_not_broken(tmp_path):
     """Every turn slot taken ("server busy"), a stage's queue full, or talking_head unloading for a drain: nothing is
     reloaded and readiness stays as it was (before: a full pod left its Service, and the model a drain was unloading
