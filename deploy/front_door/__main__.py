@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
                    help="requests per second, sustained (unary calls, stream opens, stream requests; default "
                         "%(default)s); more: RESOURCE_EXHAUSTED")
     q.add_argument("--burst", type=int, default=D.burst, help="requests at once above --rate (default %(default)s)")
+    q.add_argument("--mic-rate", type=float, default=D.mic_rate,
+                   help="seconds of microphone audio a second (chunks of action `mic` spend audio, not --rate: a live "
+                        "microphone sends 30-50 a second; default %(default)s, real time for --max-turns "
+                        "microphones); more: RESOURCE_EXHAUSTED")
+    q.add_argument("--mic-burst-s", type=float, default=D.mic_burst_s,
+                   help="seconds of microphone audio at once above --mic-rate (default %(default)s)")
     q.add_argument("--max-message-bytes", type=int, default=D.max_message_bytes,
                    help="largest gRPC message from a client (default %(default)s = 12 MiB; the avatar limit is "
                         "10 MiB); more: RESOURCE_EXHAUSTED from gRPC itself")
@@ -102,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print("give --keys (API keys) or --tls-client-ca with --tls-cert (client certificates)", file=sys.stderr)
         return 2
     limits = Limits(max_streams=args.max_streams, max_turns=args.max_turns, rate=args.rate, burst=args.burst,
+                    mic_rate=args.mic_rate, mic_burst_s=args.mic_burst_s,
                     max_message_bytes=args.max_message_bytes, max_request_id_bytes=args.max_request_id_bytes,
                     max_stall_s=args.max_stall_s, max_upstream_silence_s=args.max_upstream_silence_s,
                     max_calls=args.max_calls, ready_poll_s=args.ready_poll_s,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import struct
 import time
 
@@ -35,7 +36,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from client.wire import ServerError
 from deploy.front_door.quota import ApiKeys, Limits, QuotaExceeded, Quotas, bearer
 from deploy.session_tokens import SessionTokens
-from export.contract import spec
+from export.contract import media, spec
 
 TALKING_HEAD = spec.TALKING_HEAD.name
 AVATAR_REGISTRY = spec.AVATAR_REGISTRY.name
@@ -132,6 +133,13 @@ def own_options(req: pb.ModelInferRequest, token: str) -> str | None:
         del req.inputs[i].contents.bytes_contents[:]
         req.inputs[i].contents.bytes_contents.append(new)
     return data.get("action") if isinstance(data.get("action"), str) else None
+
+
+def mic_seconds(req: pb.ModelInferRequest) -> float:
+    """The seconds of audio a microphone chunk holds, read from its `audio` input's shape (Triton refuses a shape
+    its data does not fill), at least one VAD window's: the orchestrator's work per chunk."""
+    samples = max((math.prod(t.shape) for t in req.inputs if t.name == "audio"), default=0)
+    return max(samples, media.VAD_WINDOW) / media.INPUT_SAMPLE_RATE
 
 
 def check_request(req: pb.ModelInferRequest, model: str, limits: Limits) -> None:
@@ -450,11 +458,14 @@ class _Stream:
 
     def _admit(self, req: pb.ModelInferRequest) -> None:
         check_request(req, TALKING_HEAD, self.door.limits)
+        action = own_options(req, self.token)
         try:
-            self.usage.spend(f"request {req.id[:32]!r}")
+            if action == "mic":  # a live microphone's chunks come faster than `rate`: they spend seconds of audio
+                self.usage.hear(mic_seconds(req), f"microphone chunk {req.id[:32]!r}")
+            else:
+                self.usage.spend(f"request {req.id[:32]!r}")
         except QuotaExceeded as e:
             raise Refused(CODE.RESOURCE_EXHAUSTED, str(e)) from None
-        action = own_options(req, self.token)
         if action == "prerender":  # its turns stream to the answer cache, not to the client: exempt from the silence cut
             self.quiet[req.id] = self.quiet.get(req.id, 0) + 1
         if action != "cancel":

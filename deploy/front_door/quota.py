@@ -5,8 +5,9 @@ presented key is hashed and compared with every stored digest in constant time (
 comparison nor the loop tells how much of a key was right. The identity is the key's `name`.
 
 Quotas, per identity, independent of every other identity: open streams, turns in flight (requests on `talking_head`
-streams whose final response has not come back), unary calls in flight, and requests per second (a token bucket:
-`rate` per second, bursts of `burst`). Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
+streams whose final response has not come back), unary calls in flight, requests per second (a token bucket:
+`rate` per second, bursts of `burst`) and, for microphone chunks instead of requests, seconds of audio per second.
+Exceeding one is refused with RESOURCE_EXHAUSTED by the proxy.
 """
 from __future__ import annotations
 
@@ -89,6 +90,11 @@ class Limits:
     max_turns: int = 4  # talking_head requests in flight at once (cancels are not counted)
     rate: float = 20.0  # requests per second (unary calls, stream opens and stream requests), sustained
     burst: int = 40  # ... and at once
+    # a live microphone sends more requests than `rate` (the SDK: 32 ms chunks, 31 a second), so its chunks (action
+    # `mic`) spend seconds of audio instead: at most `mic_rate` seconds a second (real time for as many microphones as
+    # max_turns) and `mic_burst_s` at once; a chunk counts as at least one VAD window (media.VAD_WINDOW, 32 ms)
+    mic_rate: float = 4.0
+    mic_burst_s: float = 8.0
     # one gRPC message from a client: the orchestrator's largest input (an avatar image) and room for the rest
     max_message_bytes: int = ServiceLimits.max_avatar_bytes + 2 * 1024 * 1024
     max_request_id_bytes: int = ServiceLimits.max_request_id_bytes  # Triton echoes the id in every response
@@ -119,7 +125,7 @@ class QuotaExceeded(Exception):
 class TokenBucket:
     """`rate` tokens a second up to `burst`; `take` spends one (or `amount`) or says there are not enough."""
     rate: float
-    burst: int
+    burst: float
     clock: Callable[[], float] = time.monotonic
     tokens: float = field(default=-1.0)
     stamp: float = 0.0
@@ -150,10 +156,12 @@ class Usage:
     turns: int = 0
     calls: int = 0
     requests: TokenBucket = field(init=False)
+    audio: TokenBucket = field(init=False)  # microphone seconds
     registrations: TokenBucket = field(init=False)
 
     def __post_init__(self):
         self.requests = TokenBucket(self.limits.rate, self.limits.burst, self.clock)
+        self.audio = TokenBucket(self.limits.mic_rate, self.limits.mic_burst_s, self.clock)
         self.registrations = TokenBucket(self.limits.registrations_per_hour / 3600, self.limits.registration_burst,
                                          self.clock)
 
@@ -162,6 +170,14 @@ class Usage:
         if not self.requests.take():
             raise QuotaExceeded(f"rate limit: {what} refused, more than {self.limits.rate:g} requests per second "
                                 f"(burst {self.limits.burst}) for this API key; retry later")
+
+    def hear(self, seconds: float, what: str) -> None:
+        """A microphone chunk's seconds of audio from the audio bucket, or QuotaExceeded."""
+        if not self.audio.take(seconds):
+            raise QuotaExceeded(f"microphone limit: {what} ({seconds * 1000:.0f} ms of audio) refused, more than "
+                                f"{self.limits.mic_rate:g} s of microphone audio a second (burst "
+                                f"{self.limits.mic_burst_s:g} s) for this API key: send it as it is spoken (a "
+                                "recording: one `turn` with all of its audio); retry later")
 
     def register(self) -> None:
         """One avatar registration, or QuotaExceeded."""
