@@ -106,9 +106,9 @@ def test_a_long_run_without_whitespace_is_scanned_once():
     """Tried from every character, 20000 dots took ~3.6 s of the orchestrator's event loop (2000: 36 ms, ~20 a
     second at the door's rate limit); from word starts only, well under a millisecond here."""
     s = Segmenter(4)
-    t0 = time.perf_counter()
+    t0 = time.thread_time()  # this thread's CPU time: another process on a shared machine does not stretch it
     assert s.push("." * 20000) == [] and s.finish() == []
-    assert time.perf_counter() - t0 < 1.0
+    assert time.thread_time() - t0 < 1.0
     assert Segmenter(4).push("x" * 5000 + " and more words here. ") == ["x" * 5000 + " and more words"]
 
 
