@@ -1,6 +1,6 @@
 """A live microphone through the front door (deploy/front_door) in front of the real server: its chunks spend seconds
-of audio, not requests (a microphone sends more requests a second than `Limits.rate`), and audio sent faster than
-the key's microphone budget is refused for that key only."""
+of audio, not requests (a microphone sends more requests a second than `Limits.rate`), a session's chunks hold one
+turn slot together, and audio sent faster than the key's microphone budget is refused for that key only."""
 from __future__ import annotations
 
 import shutil
@@ -37,9 +37,11 @@ def door_options(server, **limits) -> FrontDoorOptions:
 
 
 def test_a_live_microphone_goes_through_the_front_door(server, question):
-    """The SDK's microphone sends 31 chunks a second, paced as spoken, past a request rate of 5 a second: until
-    2026-12-07 each chunk spent a request and the stream was refused after its burst (`rate limit: request ...`)."""
-    with FrontDoorThread(door_options(server, rate=5, burst=5)) as door, \
+    """The SDK's microphone sends 31 chunks a second, paced as spoken, past a request rate of 5 a second and with one
+    turn slot: until 2026-12-07 each chunk spent a request and held a slot until answered, so the stream was refused
+    after its burst (`rate limit: request ...`) or as soon as two chunks were in flight at once (`too many turns`:
+    with 4 slots, under a load of 6 real-model turns, 0.17 s into the recording)."""
+    with FrontDoorThread(door_options(server, rate=5, burst=5, max_turns=1)) as door, \
             TalkingHeadClient(door.url, api_key=KEYS["alice"]) as c:
         avatar = c.register_avatar(_png()).id
         events = list(c.microphone(session="live", avatar_id=avatar, audio=question, options=SHORT))

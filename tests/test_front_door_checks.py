@@ -12,8 +12,9 @@ import pytest
 from tritonclient.grpc import service_pb2 as pb
 
 from client.wire import turn_inputs
-from deploy.front_door.proxy import Refused, check_request, mic_seconds, one_bytes_element, own_options
+from deploy.front_door.checks import FINAL, Refused, check_request, mic_seconds, one_bytes_element, own_options
 from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, Usage
+from deploy.front_door.stream import Stream
 from deploy.session_tokens import SessionTokens
 from export.contract import media
 from export.contract.spec import TALKING_HEAD
@@ -86,6 +87,51 @@ def test_microphone_chunks_spend_seconds_of_audio_not_requests():
     assert mic_seconds(pb.ModelInferRequest()) == media.VAD_WINDOW / media.INPUT_SAMPLE_RATE
 
 
+def _chunk(rid: str, session: str | None = "a", action: str = "mic") -> pb.ModelInferRequest:
+    req = pb.ModelInferRequest(model_name=TALKING_HEAD.name, id=rid)
+    opts = json.dumps({"action": action, **({"session": session} if session else {})}).encode()
+    req.inputs.add(name="options", datatype="BYTES", shape=[1]).contents.bytes_contents.append(opts)
+    req.inputs.add(name="audio", datatype="FP32", shape=[1, 512])
+    return req
+
+
+def _final(rid: str, outputs: int = 0) -> pb.ModelStreamInferResponse:
+    resp = pb.ModelStreamInferResponse(infer_response=pb.ModelInferResponse(id=rid))
+    resp.infer_response.parameters[FINAL].bool_param = True
+    for _ in range(outputs):
+        resp.infer_response.outputs.add(name="events")
+    return resp
+
+
+def test_a_sessions_microphone_chunks_hold_one_turn_slot_together():
+    """A live microphone has many chunks in flight while the server answers them (and the chunk that ended a turn
+    until its reply ends): until 2026-12-07 each held a turn slot, and a microphone under load was refused (`too many
+    turns: 4 in flight`) 0.17 s into its speech."""
+    usage = Usage(Limits(max_turns=2))
+    stream = Stream(Limits(max_turns=2), lambda: False, None, usage, "T" * 32, fatal=False)
+    for k in range(40):
+        stream._admit(_chunk(f"c{k}"))
+    assert (usage.turns, stream.slots, stream.turns) == (1, 1, 40)
+    stream._admit(_chunk("t", action="turn"))  # a typed turn: a slot of its own
+    assert usage.turns == 2
+    with pytest.raises(Refused, match="too many turns: 2 in flight"):
+        stream._admit(_chunk("b0", session="b"))  # another session's microphone needs a slot of its own
+    with pytest.raises(Refused, match="request id 'c5' is in flight on this stream already"):
+        stream._admit(_chunk("c5"))  # its answer would be taken for the other's
+    with pytest.raises(Refused, match="in flight on this stream already"):
+        stream._admit(_chunk("t"))  # a chunk may not share a turn's id either
+    assert stream._ended(_final("c0")) is True  # the final response the door asked for: dropped
+    for k in range(1, 39):
+        assert stream._ended(_final(f"c{k}", outputs=k % 2)) is (k % 2 == 0)  # one with events is passed on
+    assert usage.turns == 2  # c39 (the chunk that ended a turn, say) still in flight
+    stream._ended(_final("c39"))
+    assert (usage.turns, stream.slots, stream.mics) == (1, 1, {})
+    stream._admit(_chunk("b0", session="b"))
+    stream._ended(pb.ModelStreamInferResponse(error_message="invalid input: x", infer_response=pb.ModelInferResponse(
+        id="t")))  # an error ends its request
+    assert (usage.turns, stream.turns, list(stream.inflight)) == (1, 1, ["b0"])
+
+
 def test_avatar_registrations_have_an_hourly_budget_per_key():
     now = [0.0]
     u = Usage(Limits(registrations_per_hour=60, registration_burst=2), clock=lambda: now[0])
@@ -107,13 +153,13 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
     for i in inputs:  # as tritonclient sends it: raw contents, 4-byte length before each BYTES element
         raw.inputs.append(i._get_tensor())
         raw.raw_input_contents.append(i._get_content())
-    assert own_options(raw, "T" * 32) is None
+    assert own_options(raw, "T" * 32) == (None, "s")
     opts = one_bytes_element(raw.raw_input_contents[[t.name for t in raw.inputs].index("options")])
     assert json.loads(opts) == {"session": "s", "session_token": "T" * 32}
     typed = pb.ModelInferRequest(model_name=TALKING_HEAD.name)
     typed.inputs.add(name="options", datatype="BYTES", shape=[1]).contents.bytes_contents.append(
         b'{"action":"cancel","session":"s"}')
-    assert own_options(typed, "T" * 32) == "cancel"
+    assert own_options(typed, "T" * 32) == ("cancel", "s")
     assert json.loads(typed.inputs[0].contents.bytes_contents[0])["session_token"] == "T" * 32
     typed.inputs[0].contents.bytes_contents[0] = b'{"canary": true}'  # would hide its turns from the latency metrics
     with pytest.raises(Refused, match="canary") as refused:
@@ -124,12 +170,12 @@ def test_options_get_the_identitys_token_in_contents_and_raw_contents():
         with pytest.raises(Refused, match="option `streaming` false .* is for benchmarks"):
             own_options(typed, "T" * 32)
     typed.inputs[0].contents.bytes_contents[0] = b'{"streaming": true}'
-    assert own_options(typed, "T" * 32) is None
+    assert own_options(typed, "T" * 32) == (None, None)
     for other in ('{"seed": 1}'.encode("utf-16"), b'\xef\xbb\xbf{"seed": 1}'):  # parsed as the orchestrator does
         typed.inputs[0].contents.bytes_contents[0] = other
-        assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == other
+        assert own_options(typed, "T" * 32) == (None, None) and typed.inputs[0].contents.bytes_contents[0] == other
     typed.inputs[0].contents.bytes_contents[0] = b"not json"
-    assert own_options(typed, "T" * 32) is None and typed.inputs[0].contents.bytes_contents[0] == b"not json"
+    assert own_options(typed, "T" * 32) == (None, None) and typed.inputs[0].contents.bytes_contents[0] == b"not json"
     typed.inputs[0].contents.bytes_contents.append(b"{}")
     with pytest.raises(Refused, match="one BYTES element"):
         own_options(typed, "T" * 32)
