@@ -207,7 +207,10 @@ def _open(s: socket.socket) -> bool:
 CASES = {f.__name__: f for f in (idle_connections, half_handshakes, gzip_bomb, anonymous_flood)}
 
 
-def start_door(tree: Path, upstream: str, workdir: Path, nofile: int) -> tuple[subprocess.Popen, Door]:
+def start_door(tree: Path, upstream: str, workdir: Path, nofile: int = 1024,
+               flags: tuple[str, ...] = ("--rate", "200", "--burst", "400")) -> tuple[subprocess.Popen, Door]:
+    """`python -m deploy.front_door` of `tree` as Compose runs it (TLS, a keys file of loadtests.adversarial.KEYS),
+    with `flags` (default: a request rate that keeps the victim's turns clear of it), once it answers."""
     tls = make_self_signed(workdir / "tls")
     keys = workdir / "keys.txt"
     keys.write_text("".join(f"{name}:{key}\n" for name, key in KEYS.items()))
@@ -216,7 +219,7 @@ def start_door(tree: Path, upstream: str, workdir: Path, nofile: int) -> tuple[s
     proc = subprocess.Popen(
         [sys.executable, "-m", "deploy.front_door", "--upstream", upstream, "--listen", f"0.0.0.0:{port}",
          "--keys", str(keys), "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
-         "--rate", "200", "--burst", "400"],
+         *flags],
         cwd=tree, stderr=open(workdir / "door.log", "w"),
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard)))
     door = Door(port, proc.pid, tls.root_cert)
