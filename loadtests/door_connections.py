@@ -6,8 +6,9 @@ Starts the embedded server (tiny preset) and `python -m deploy.front_door` as Co
 free ports, from `--door-tree` (e.g. a worktree of an older commit, to measure "before"), its soft open-file limit
 set to `--nofile` at start (1024: Docker Engine 29 with containerd 2.1.5 gives a container's process that); a victim
 loops short text turns through the door all along (loadtests.adversarial.Victim). Per case: what the attacker got, the
-victim's turns (failed, slowest), whether a newcomer could connect and be answered during it, and the door's open
-descriptors, resident memory and CPU. Prints each case as a JSON line (RELIABILITY.md, "A seventh pass" has the table).
+victim's turns (failed, slowest), whether a newcomer could connect and be answered during it, the door's open
+descriptors, resident memory and CPU, and tritonserver's CPU (the victim's turns in it too). Prints each case as a
+JSON line (RELIABILITY.md, "A seventh pass" has the table).
 """
 from __future__ import annotations
 
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ServerOptions(repository=BUILD / "tiny_repository", workdir=workdir / "triton", exit_timeout_s=10,
                             **server_ports())
     results = []
-    with EmbeddedServer(options):
+    with EmbeddedServer(options) as server:
+        triton = psutil.Process(server.process.pid)
         proc, door = start_door(args.door_tree.resolve(), options.grpc_url, workdir, args.nofile)
         try:
             limit = open(f"/proc/{door.pid}/limits").read().split("Max open files")[1].split()[0]
@@ -255,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.cases:
                 victim.reset()
                 fds0, rss0 = door.fds(), round(door.rss_mib(), 1)
+                cpu0, t0 = sum(triton.cpu_times()[:2]), time.monotonic()
                 r = {"case": name, "door_open_files_limit": limit, "door_fds_before": fds0,
                      "door_rss_mib_before": rss0, **CASES[name](door)}
+                r["tritonserver_cores"] = round((sum(triton.cpu_times()[:2]) - cpu0) / (time.monotonic() - t0), 2)
                 time.sleep(2)
                 r.update(victim_turns=victim.turns, victim_failed=victim.failed,
                          victim_slowest_s=round(victim.slowest, 2), victim_errors=victim.errors[:3],

@@ -3,6 +3,7 @@ options it owns and the requests it refuses before anything goes upstream. tests
 in front of the real server."""
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import time
@@ -13,6 +14,7 @@ from tritonclient.grpc import service_pb2 as pb
 
 from client.wire import turn_inputs
 from deploy.front_door.checks import FINAL, Refused, check_request, mic_seconds, one_bytes_element, own_options
+from deploy.front_door.proxy import Shared
 from deploy.front_door.quota import ApiKeys, KeyFileError, Limits, QuotaExceeded, Usage
 from deploy.front_door.stream import Stream
 from deploy.session_tokens import SessionTokens
@@ -130,6 +132,37 @@ def test_a_sessions_microphone_chunks_hold_one_turn_slot_together():
     stream._ended(pb.ModelStreamInferResponse(error_message="invalid input: x", infer_response=pb.ModelInferResponse(
         id="t")))  # an error ends its request
     assert (usage.turns, stream.turns, list(stream.inflight)) == (1, 1, ["b0"])
+
+
+def test_keyless_health_calls_share_one_upstream_answer():
+    """ServerLive/ServerReady need no key: before 2026-12-07 each was forwarded, so one client's flood (492 a second)
+    was as many calls to Triton."""
+    calls, now = [], [0.0]
+
+    async def upstream():
+        calls.append(now[0])
+        await asyncio.sleep(0.01)
+        if len(calls) == 3:
+            raise RuntimeError("upstream down")
+        return len(calls)
+
+    async def main():
+        shared = Shared(upstream, ttl_s=0.5, clock=lambda: now[0])
+        assert await asyncio.gather(*(shared() for _ in range(100))) == [1] * 100  # one call for all in flight
+        now[0] = 0.4
+        assert await shared() == 1 and len(calls) == 1  # within ttl_s: the same answer
+        now[0] = 0.6
+        first, second = asyncio.ensure_future(shared()), asyncio.ensure_future(shared())
+        await asyncio.sleep(0)
+        first.cancel()  # a caller that goes away leaves the call to the others
+        assert await second == 2
+        now[0] = 1.2
+        with pytest.raises(RuntimeError, match="upstream down"):
+            await shared()
+        assert await shared() == 4  # an error is not kept
+        assert len(calls) == 4
+
+    asyncio.run(main())
 
 
 def test_avatar_registrations_have_an_hourly_budget_per_key():

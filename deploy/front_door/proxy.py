@@ -1,6 +1,7 @@
 """The front door's gRPC service: Triton's GRPCInferenceService, of which only what clients need is passed on.
 
-Forwarded to the upstream Triton: ServerLive and ServerReady (open, for probes), ModelReady and ModelMetadata of
+Forwarded to the upstream Triton: ServerLive and ServerReady (open, for probes; one upstream answer serves every
+caller for HEALTH_TTL_S), ModelReady and ModelMetadata of
 the exposed models, ModelInfer of `avatar_registry` and ModelStreamInfer of `talking_head` (both directions pumped
 at once, responses written back as they come: stream.py). Everything else (the stage models, the repository, config,
 statistics, trace, logging and shared-memory APIs, ServerMetadata) is refused with PERMISSION_DENIED.
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 from tritonclient.grpc import service_pb2 as pb
@@ -29,8 +33,38 @@ from deploy.front_door.stream import Stream
 from deploy.session_tokens import SessionTokens
 
 STATUS_HEADER = "triton_grpc_error"  # answered here, never forwarded
+HEALTH_TTL_S = 0.5  # upstream's answer to ServerLive/ServerReady is given again for this long (Shared)
+HEALTH_TIMEOUT_S = 5.0
 SPARE_AFTER_S = 0.05  # a spare upstream stream is opened this long after the last was taken: off that turn's path
 log = logging.getLogger("deploy.front_door")
+
+
+class Shared:
+    """One upstream call answers every caller that asks while it is in flight or within `ttl_s` after it: the keyless
+    health calls, which anyone may send as fast as they like, reach Triton at most about 1 / ttl_s times a second
+    (before 2026-12-07 each was forwarded: 492 a second from one flooding client). An error is not kept."""
+
+    def __init__(self, call: Callable[[], Awaitable], ttl_s: float = HEALTH_TTL_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.call, self.ttl_s, self.clock = call, ttl_s, clock
+        self._answer, self._at = None, -math.inf
+        self._flight: asyncio.Future | None = None
+
+    async def __call__(self):
+        if self._answer is not None and self.clock() - self._at < self.ttl_s:
+            return self._answer
+        if self._flight is None:
+            self._flight = asyncio.ensure_future(self._ask())
+            self._flight.add_done_callback(lambda f: f.cancelled() or f.exception())  # no waiter left: not logged
+        return await asyncio.shield(self._flight)  # a caller that goes away leaves the call to the others
+
+    async def _ask(self):
+        try:
+            answer = await self.call()
+            self._answer, self._at = answer, self.clock()
+            return answer
+        finally:
+            self._flight = None
 
 
 class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
@@ -46,6 +80,8 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
         self._ready_watch: asyncio.Task | None = None
         self._spare = None  # an upstream ModelStreamInfer opened ahead of the next client stream (_upstream_stream)
         self._refill: asyncio.TimerHandle | None = None
+        self._live = Shared(lambda: self.stub.ServerLive(pb.ServerLiveRequest(), timeout=HEALTH_TIMEOUT_S))
+        self._ready = Shared(lambda: self.stub.ServerReady(pb.ServerReadyRequest(), timeout=HEALTH_TIMEOUT_S))
 
     async def _watch_ready(self) -> None:
         """Poll upstream's ModelReady(talking_head). Only an answer counts: an error (the server down, a stand-in
@@ -124,10 +160,16 @@ class FrontDoor(pb_grpc.GRPCInferenceServiceServicer):
     # -- forwarded
 
     async def ServerLive(self, request, context):
-        return await self._unary(self.stub.ServerLive, request, context)
+        return await self._health(self._live, context)
 
     async def ServerReady(self, request, context):
-        return await self._unary(self.stub.ServerReady, request, context)
+        return await self._health(self._ready, context)
+
+    async def _health(self, shared: Shared, context):
+        try:
+            return await shared()
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "")
 
     async def ModelReady(self, request, context):
         await self._admit(context, "ModelReady", request.name)
