@@ -46,8 +46,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-streams", type=int, default=D.max_streams,
                    help="talking_head streams open at once (default %(default)s); more: RESOURCE_EXHAUSTED")
     q.add_argument("--max-turns", type=int, default=D.max_turns,
-                   help="talking_head requests in flight at once, cancels aside (default %(default)s); more: "
-                        "RESOURCE_EXHAUSTED")
+                   help="talking_head requests in flight at once, cancels aside, the chunks of one session's "
+                        "microphone counted once (default %(default)s); more: RESOURCE_EXHAUSTED")
     q.add_argument("--rate", type=float, default=D.rate,
                    help="requests per second, sustained (unary calls, stream opens, stream requests; default "
                         "%(default)s); more: RESOURCE_EXHAUSTED")

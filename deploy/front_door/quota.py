@@ -87,7 +87,8 @@ def bearer(metadata) -> str | None:
 @dataclass(frozen=True)
 class Limits:
     max_streams: int = 8  # ModelStreamInfer calls open at once
-    max_turns: int = 4  # talking_head requests in flight at once (cancels are not counted)
+    # talking_head requests in flight at once (cancels not counted; the chunks of one session's microphone once)
+    max_turns: int = 4
     rate: float = 20.0  # requests per second (unary calls, stream opens and stream requests), sustained
     burst: int = 40  # ... and at once
     # a live microphone sends more requests than `rate` (the SDK: 32 ms chunks, 31 a second), so its chunks (action
