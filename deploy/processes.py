@@ -1,6 +1,7 @@
 """A running tritonserver seen from outside: its Python stub processes, their shared memory, busy ports."""
 from __future__ import annotations
 
+import resource
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +100,14 @@ def server_ports() -> dict[str, int]:
     """ServerOptions' three ports, free now: `ServerOptions(**server_ports(), ...)`."""
     http, grpc, metrics = free_ports(3)
     return {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}
+
+
+def with_open_file_limit(argv: list[str], soft: int) -> list[str]:
+    """`argv` run with a soft RLIMIT_NOFILE of `soft` (the hard limit kept), through util-linux's `prlimit`, which
+    execs it (the same pid). Not a Python `preexec_fn`: that forks the caller, and the fork of a process using gRPC
+    can abort the child before it execs (grpc/grpc#43055: `epoll_wait error: Bad file descriptor`, SIGABRT; seen in a
+    fresh-clone CI run on 2026-12-07, where the test's front door died that way before it started)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return ["prlimit", f"--nofile={soft}:unlimited", "--", *argv]
+    return ["prlimit", f"--nofile={min(soft, hard)}:{hard}", "--", *argv]

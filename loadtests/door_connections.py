@@ -31,7 +31,7 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from client.sdk import TalkingHeadClient
-from deploy.processes import free_ports, server_ports
+from deploy.processes import free_ports, server_ports, with_open_file_limit
 from deploy.server import EmbeddedServer, ServerOptions
 from deploy.tls import make_self_signed
 from ensemble.avatar import demo_avatar_png
@@ -216,13 +216,10 @@ def start_door(tree: Path, upstream: str, workdir: Path, nofile: int = 1024,
     keys = workdir / "keys.txt"
     keys.write_text("".join(f"{name}:{key}\n" for name, key in KEYS.items()))
     (port,) = free_ports(1)
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    proc = subprocess.Popen(
+    proc = subprocess.Popen(with_open_file_limit(
         [sys.executable, "-m", "deploy.front_door", "--upstream", upstream, "--listen", f"0.0.0.0:{port}",
          "--keys", str(keys), "--tls-cert", str(tls.server_cert), "--tls-key", str(tls.server_key),
-         *flags],
-        cwd=tree, stderr=open(workdir / "door.log", "w"),
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard)))
+         *flags], nofile), cwd=tree, stderr=open(workdir / "door.log", "w"))
     door = Door(port, proc.pid, tls.root_cert)
     for _ in range(100):
         if door.call(KEYS["victim"], timeout=1).startswith("ok"):

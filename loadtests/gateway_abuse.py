@@ -18,7 +18,6 @@ import contextlib
 import fractions
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ import numpy as np
 import psutil
 from aiortc import MediaStreamTrack, VideoStreamTrack
 
-from deploy.processes import free_ports, server_ports
+from deploy.processes import free_ports, server_ports, with_open_file_limit
 from deploy.server import EmbeddedServer, ServerOptions
 from ensemble.avatar import demo_avatar_png
 from export.contract.layout import BUILD
@@ -385,7 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="write the rows as JSON here too")
     args = ap.parse_args(argv)
     raise_own_limit()  # the attacker's connections: as many as allowed
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     options = ServerOptions(repository=args.repository, workdir=BUILD / "gateway-abuse", **server_ports())
     port = free_ports(1)[0]
     knows_clients = (args.gateway_tree / "deploy" / "gateway" / "limits.py").exists()
@@ -394,13 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     log = BUILD / "gateway-abuse" / "gateway.log"  # what the gateway logs, measured per case
     log.parent.mkdir(parents=True, exist_ok=True)
     with EmbeddedServer(options) as server, log.open("w") as log_file:
-        gateway = subprocess.Popen([sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port",
-                                    str(port), "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
-                                    *(["--client-header", "X-Forwarded-For"] if knows_clients else []),
-                                    *(["--stats-port", str(port)] if stats_beside else [])],
-                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, stderr=log_file, text=True,
-                                   preexec_fn=None if args.nofile is None else
-                                   lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.nofile, hard), hard)))
+        argv = [sys.executable, "-m", "deploy.gateway", "--triton", options.grpc_url, "--port", str(port),
+                "--log-level", os.environ.get("GATEWAY_LOG", "WARNING"),
+                *(["--client-header", "X-Forwarded-For"] if knows_clients else []),
+                *(["--stats-port", str(port)] if stats_beside else [])]
+        gateway = subprocess.Popen(argv if args.nofile is None else with_open_file_limit(argv, args.nofile),
+                                   cwd=args.gateway_tree, stdout=subprocess.PIPE, stderr=log_file, text=True)
         try:
             print(gateway.stdout.readline().strip(), flush=True)
             rows = asyncio.run(attack(server, f"http://127.0.0.1:{port}", args.cases, gateway.pid, log))

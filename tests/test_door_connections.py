@@ -21,7 +21,7 @@ import deploy.front_door as front_door
 from deploy.front_door import FrontDoorOptions, FrontDoorThread
 from deploy.front_door.quota import ApiKeys
 from deploy.open_files import raise_open_file_limit
-from deploy.processes import free_ports
+from deploy.processes import free_ports, with_open_file_limit
 from loadtests.door_connections import PREFACE
 
 pytestmark = pytest.mark.server
@@ -85,10 +85,9 @@ def test_one_clients_idle_connections_do_not_lock_others_out(server, tmp_path):
     keys = tmp_path / "keys.txt"
     keys.write_text(f"alice:{KEY}\n")
     (port,) = free_ports(1)
-    door = subprocess.Popen(
+    door = subprocess.Popen(with_open_file_limit(
         [sys.executable, "-m", "deploy.front_door", "--upstream", server.options.grpc_url, "--listen",
-         f"127.0.0.1:{port}", "--keys", str(keys)], cwd=ROOT, stderr=open(tmp_path / "door.log", "w"),
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)))
+         f"127.0.0.1:{port}", "--keys", str(keys)], low), cwd=ROOT, stderr=open(tmp_path / "door.log", "w"))
     socks = []
     try:
         deadline = time.monotonic() + 30
