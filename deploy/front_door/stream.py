@@ -73,9 +73,6 @@ class Stream:
         self.limits, self.draining = limits, draining  # draining(): upstream's talking_head is not ready
         self.context, self.usage, self.token, self.fatal = context, usage, token, fatal
         self.inflight: dict[str, list[InFlight]] = {}  # request id -> its requests in flight, oldest first
-        self.turns = 0  # requests in flight
-        self.slots = 0  # the identity's turn slots this stream holds (usage.turns; given back at its end)
-        self.quiet = 0  # prerenders in flight
         self.mics: dict[str | None, int] = {}  # session -> its microphone chunks in flight
         self.failure: Refused | None = None
         self.heard = time.monotonic()  # the upstream's last response (or the last moment nothing was in flight)
@@ -84,6 +81,17 @@ class Stream:
         # a write waits on the client, earned back second for second while the door waits on upstream instead
         self.slack = limits.max_stall_s
         self.wrote = time.monotonic()  # when the last write to the client ended
+
+    @property
+    def turns(self) -> int:
+        """Requests in flight."""
+        return sum(map(len, self.inflight.values()))
+
+    @property
+    def slots(self) -> int:
+        """The identity's turn slots this stream holds (in usage.turns; given back at its end): one a request in
+        flight, one a microphone."""
+        return sum(not e.mic for held in self.inflight.values() for e in held) + len(self.mics)
 
     async def run(self, call, request_iterator) -> None:
         pump = asyncio.ensure_future(self._pump(call, request_iterator))
@@ -155,7 +163,7 @@ class Stream:
                 log.info("closed an idle stream: talking_head is not ready upstream")
                 call.cancel()
                 return
-            if self.turns <= self.quiet:  # nothing in flight that should be talking
+            if all(e.quiet for held in self.inflight.values() for e in held):  # nothing in flight should be talking
                 self.heard = now
             elif now - self.heard > silence:
                 self.failure = Refused(CODE.UNAVAILABLE, (
@@ -177,20 +185,14 @@ class Stream:
         entry = held.pop(0)
         if not held:
             del self.inflight[r.id]
-        self.turns -= 1
-        self.quiet -= entry.quiet
         if entry.mic:
             self.mics[entry.session] -= 1
             if not self.mics[entry.session]:
                 del self.mics[entry.session]
-                self._give_back()
+                self.usage.end_turns()
         else:
-            self._give_back()
+            self.usage.end_turns()
         return entry.forced and not resp.error_message and not r.outputs
-
-    def _give_back(self) -> None:
-        self.slots -= 1
-        self.usage.end_turns()
 
     async def _pump(self, call, request_iterator) -> None:
         try:
@@ -236,8 +238,6 @@ class Stream:
                 self.usage.start_turn()
         except QuotaExceeded as e:
             raise Refused(CODE.RESOURCE_EXHAUSTED, str(e)) from None
-        if not mic or not self.mics.get(session):
-            self.slots += 1
         if mic:
             self.mics[session] = self.mics.get(session, 0) + 1
         want = req.parameters.get(WANT_FINAL)
@@ -245,7 +245,4 @@ class Stream:
         if forced:
             req.parameters[WANT_FINAL].bool_param = True
         # a prerender's turns stream to the answer cache, not to the client: exempt from the silence cut
-        quiet = action == "prerender"
-        self.inflight.setdefault(req.id, []).append(InFlight(mic, session, quiet, forced))
-        self.turns += 1
-        self.quiet += quiet
+        self.inflight.setdefault(req.id, []).append(InFlight(mic, session, action == "prerender", forced))
